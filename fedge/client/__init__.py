@@ -1,0 +1,1 @@
+"""Client side: the Flower ClientApp handlers and the torch-free device runtime."""

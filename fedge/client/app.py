@@ -1,0 +1,124 @@
+"""The ClientApp: thin handlers for train, evaluate and query.deploy (load -> call -> wrap)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedge.client.runtime.store import ModelStore
+from fedge.client.runtime.verify import BundleError, load_public_key
+from fedge.core import messages as m
+from fedge.core import training
+from fedge.core.config import RunConfig
+from fedge.core.models import build_teacher
+from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
+from fedge.core.partition import ClientData, build_federation, client_data
+from fedge.core.records import record_to_config, record_to_weights, weights_to_record
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this client's private partition."""
+    torch.set_num_threads(1)
+    cfg = record_to_config(msg.content.config_records[m.CONFIG])
+    pid, data = _local_data(cfg, context)
+    model = _model(cfg, msg)
+    server_round = int(msg.content.config_records[m.CONFIG].get("server-round", 0))
+    result = training.train(
+        model,
+        data.train.x,
+        data.train.y,
+        epochs=cfg.local_epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed * 100_003 + server_round * 1_009 + pid,
+        proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+    )
+    metrics = MetricRecord(
+        {m.NUM_EXAMPLES: result.num_examples, m.TRAIN_LOSS: result.loss, m.PARTITION_ID: pid}
+    )
+    arrays = weights_to_record(training.get_weights(model))
+    return Message(RecordDict({m.ARRAYS: arrays, m.METRICS: metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this client's local test split."""
+    torch.set_num_threads(1)
+    cfg = record_to_config(msg.content.config_records[m.CONFIG])
+    pid, data = _local_data(cfg, context)
+    loss, accuracy = training.evaluate(_model(cfg, msg), data.test.x, data.test.y)
+    metrics = MetricRecord(
+        {m.NUM_EXAMPLES: len(data.test), m.LOSS: loss, m.ACCURACY: accuracy, m.PARTITION_ID: pid}
+    )
+    return Message(RecordDict({m.METRICS: metrics}), reply_to=msg)
+
+
+@app.query(m.DEPLOY_ACTION)
+def deploy(msg: Message, context: Context) -> Message:
+    """Verify and install a signed bundle, then evaluate it locally with onnxruntime.
+
+    Verification (signature, manifest, sha256, version) runs before anything parses the
+    ONNX; a refused bundle is not installed and the reply says which check failed.
+    """
+    config = msg.content.config_records[m.CONFIG]
+    cfg = record_to_config(config)
+    pid, data = _local_data(cfg, context)
+    store_dir, key_path = _deploy_paths(context, config, pid)
+    files = {name: bytes(config[name]) for name in (m.MODEL_ONNX, m.MANIFEST, m.SIGNATURE) if name in config}  # type: ignore[arg-type]
+    metrics = {m.PARTITION_ID: pid, m.INSTALLED: 0, m.NUM_EXAMPLES: len(data.test)}
+    status = {m.REASON: "installed"}
+    try:
+        store = ModelStore(store_dir)
+        key = load_public_key(key_path)
+        store.install(files, key)
+        bundle = store.load(key)  # read back and verified again from disk
+    except BundleError as err:
+        status[m.REASON] = str(err)
+    else:
+        session = make_session(bundle.model_bytes)
+        one = data.test.x[:1]
+        metrics.update(
+            {
+                m.INSTALLED: 1,
+                m.ACCURACY: session_accuracy(session, data.test.x, data.test.y),
+                m.LATENCY_US_P50: interleaved_latency_us({"b1": session_call(session, one)})["b1"]["p50"],
+                "version": bundle.version,
+            }
+        )
+    content = RecordDict({m.METRICS: MetricRecord(metrics), m.STATUS: ConfigRecord(status)})
+    return Message(content, reply_to=msg)
+
+
+def _local_data(cfg: RunConfig, context: Context) -> tuple[int, ClientData]:
+    pid = int(context.node_config[m.NODE_PARTITION_ID])
+    num_partitions = int(context.node_config.get(m.NODE_NUM_PARTITIONS, cfg.clients))
+    if num_partitions != cfg.clients:
+        raise ValueError(
+            f"this federation has {num_partitions} nodes but the run expects clients={cfg.clients}"
+        )
+    return pid, client_data(build_federation(cfg), pid, cfg)
+
+
+def _model(cfg: RunConfig, msg: Message) -> torch.nn.Module:
+    fed = build_federation(cfg)
+    model = build_teacher(fed.dataset.preprocessing.input_shape, fed.dataset.num_classes, cfg.seed)
+    training.set_weights(model, record_to_weights(msg.content.array_records[m.ARRAYS]))
+    return model
+
+
+def _deploy_paths(context: Context, config: ConfigRecord, pid: int) -> tuple[Path, Path]:
+    """The node's own model store and trusted key win; in simulation the run supplies them."""
+    node = context.node_config
+    if m.NODE_MODEL_STORE in node:
+        store = Path(str(node[m.NODE_MODEL_STORE]))
+    else:
+        store = Path(str(config[m.MODEL_STORE_ROOT])) / f"partition-{pid}" / "model-store"
+    key = Path(str(node.get(m.NODE_TRUSTED_KEY, config.get(m.TRUSTED_KEY, ""))))
+    return store, key
+

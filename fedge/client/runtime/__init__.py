@@ -1,0 +1,1 @@
+"""The device runtime: bundle verification and the model store (numpy, onnxruntime, cryptography only)."""

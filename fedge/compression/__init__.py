@@ -1,0 +1,1 @@
+"""Compression stages (distill, prune, export, quantize, bundle): one config + one verb each; no flwr."""

@@ -1,0 +1,121 @@
+"""Bundle stage: model.onnx + manifest.json + Ed25519 signature, written atomically; key handling."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedge.core import bundle_format as fmt
+
+PRIVATE_KEY_FILE = "signing.key"
+PUBLIC_KEY_FILE = "signing.pub"
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """What the manifest says about the model."""
+
+    model_id: str  # a stable name for the model line (e.g. the run id)
+    version: int  # monotonic; devices refuse anything not newer than what they have
+    input_name: str
+    input_shape: tuple[int | None, ...]  # None for the dynamic batch axis
+    output_name: str
+    preprocessing: dict[str, Any]
+    labels: tuple[int, ...]
+    metrics: dict[str, Any]
+    compression: dict[str, Any]
+    quantized: bool
+
+
+def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
+    """The manifest.json bytes (canonical: sorted keys) binding metadata to the model's hash."""
+    manifest = {
+        "format": fmt.FORMAT,
+        "model_id": config.model_id,
+        "version": config.version,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "input": {"name": config.input_name, "shape": list(config.input_shape), "dtype": "float32"},
+        "output": {"name": config.output_name},
+        "preprocessing": config.preprocessing,
+        "labels": list(config.labels),
+        "metrics": config.metrics,
+        "compression": config.compression,
+        "quantized": config.quantized,
+        "model_bytes": len(model_bytes),
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+    }
+    errors = fmt.schema_errors(manifest)
+    if errors:
+        raise ValueError(f"invalid manifest: {'; '.join(errors)}")
+    return json.dumps(manifest, sort_keys=True, indent=1).encode()
+
+
+def make_bundle(model_bytes: bytes, config: BundleConfig, key: Ed25519PrivateKey) -> dict[str, bytes]:
+    """The three bundle files as bytes, keyed by file name."""
+    manifest = build_manifest(model_bytes, config)
+    return {fmt.MODEL_FILE: model_bytes, fmt.MANIFEST_FILE: manifest, fmt.SIGNATURE_FILE: key.sign(manifest)}
+
+
+def write_bundle(files: dict[str, bytes], directory: Path) -> Path:
+    """Write the bundle directory atomically: a temp sibling, then one rename."""
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"bundle directory already exists: {directory}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        tmp.chmod(0o755)  # mkdtemp creates 0700
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def generate_keypair(directory: Path) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair (PEM; private key mode 0600). Refuses to overwrite."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = directory / PRIVATE_KEY_FILE, directory / PUBLIC_KEY_FILE
+    for path in (private_path, public_path):
+        if path.exists():
+            raise FileExistsError(f"refusing to overwrite existing key {path}")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(private_pem)
+    public_path.write_bytes(public_pem(key))
+    return private_path, public_path
+
+
+def public_pem(key: Ed25519PrivateKey) -> bytes:
+    """The PEM of a private key's public half."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read an Ed25519 private key PEM; a clear error for anything else."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"cannot read private key {path}: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} holds a {type(key).__name__}; fedge signs with Ed25519 keys")
+    return key

@@ -1,0 +1,55 @@
+"""Export stage: torch -> ONNX bytes, checked by onnx.checker, with no metadata carrying local paths."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import torch
+from torch import nn
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """How to export."""
+
+    opset: int = 17  # ONNX opset; 17 is well supported by onnxruntime quantization
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], config: ExportConfig) -> bytes:
+    """Serialise `model` to a self-contained ONNX model with a dynamic batch axis."""
+    model = model.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *input_shape),),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=config.opset,
+            dynamo=False,  # the dynamo exporter needs onnxscript and embeds source paths
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    strip_metadata(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def strip_metadata(proto: onnx.ModelProto) -> None:
+    """Drop doc strings and metadata props (they can carry stack traces with local paths)."""
+    proto.doc_string = ""
+    proto.graph.doc_string = ""
+    del proto.metadata_props[:]
+    for node in proto.graph.node:
+        node.doc_string = ""
+        del node.metadata_props[:]
+    proto.producer_name = "fedge"
+    proto.producer_version = ""

@@ -1,0 +1,70 @@
+"""Knowledge-distillation training loop (Hinton KD on unlabeled inputs), shared by distill and prune."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: KL(teacher_T || student_T) * T^2 (soft targets only: the pool is unlabeled)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
+
+
+def kd_train(
+    student: nn.Module,
+    teacher: nn.Module,
+    inputs: np.ndarray,
+    *,
+    epochs: int,
+    temperature: float,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    mixup: float,
+    noise: float,
+) -> float:
+    """Train `student` to match `teacher` on `inputs` (plus mixup/noise views the teacher labels).
+
+    The teacher labels every augmented input on the fly, so the student sees many more
+    points of the teacher's function than the pool has samples. Returns the last epoch's loss.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
+    xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+    teacher.eval()
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    steps = epochs * max(1, -(-len(xs) // batch_size))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    last = 0.0
+    for _ in range(epochs):
+        student.train()
+        order = torch.randperm(len(xs), generator=generator)
+        total = 0.0
+        for start in range(0, len(xs), batch_size):
+            batch = xs[order[start : start + batch_size]]
+            if beta is not None:
+                lam = beta.sample((len(batch),)).view(-1, *([1] * (batch.dim() - 1)))
+                partner = batch[torch.randperm(len(batch), generator=generator)]
+                batch = lam * batch + (1 - lam) * partner
+            if noise > 0:
+                batch = batch + noise * torch.randn(batch.shape, generator=generator)
+            with torch.no_grad():
+                target = teacher(batch)
+            loss = kd_loss(student(batch), target, temperature)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(batch)
+        last = total / len(xs)
+    student.eval()
+    return last

@@ -1,0 +1,107 @@
+"""Quantize stage: int8 with onnxruntime static quantization, guarded by validation accuracy and size."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from fedge.compression.distill import require_public_pool
+from fedge.core.ort import make_session, session_accuracy
+from fedge.core.partition import PublicPool, Split
+
+FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How to quantize, and when to refuse int8."""
+
+    format: str = "qdq"  # qdq | qoperator
+    per_channel: bool = True  # per-output-channel weight scales
+    calibration_samples: int = 256  # public-pool samples used for calibration
+    tolerance: float = 0.01  # max validation accuracy int8 may lose against fp32
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown quant format {self.format!r}; allowed: {', '.join(FORMATS)}")
+        if self.calibration_samples < 1:
+            raise ValueError(f"calibration-samples must be >= 1, got {self.calibration_samples}")
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """The model to ship and why."""
+
+    model_bytes: bytes  # int8 when accepted, else the fp32 input
+    quantized: bool
+    reason: str  # why int8 was shipped or refused
+    fp32_val_accuracy: float
+    int8_val_accuracy: float
+    int8_bytes: int
+
+
+class _PoolReader(CalibrationDataReader):
+    """Feeds public-pool samples one batch at a time to the calibrator."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int = 32) -> None:
+        self._batches = iter(
+            [{input_name: x[i : i + batch_size]} for i in range(0, len(x), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeConfig) -> bytes:
+    """Static int8 quantization calibrated on the public pool; returns the int8 ONNX bytes."""
+    require_public_pool(public_pool)
+    calib = np.ascontiguousarray(public_pool.x[: config.calibration_samples], dtype=np.float32)
+    input_name = make_session(model_bytes).get_inputs()[0].name
+    with tempfile.TemporaryDirectory(prefix="fedge-quant-") as tmp:
+        fp32, prepped, int8 = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
+        fp32.write_bytes(model_bytes)
+        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepped),
+            str(int8),
+            _PoolReader(input_name, calib),
+            quant_format=FORMATS[config.format],
+            per_channel=config.per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        return int8.read_bytes()
+
+
+def quantize(
+    model_bytes: bytes, public_pool: PublicPool, val: Split, config: QuantizeConfig
+) -> QuantizeResult:
+    """int8 if it stays within `tolerance` of fp32 on the validation split and is smaller."""
+    int8 = quantize_int8(model_bytes, public_pool, config)
+    fp32_acc = session_accuracy(make_session(model_bytes), val.x, val.y)
+    int8_acc = session_accuracy(make_session(int8), val.x, val.y)
+    drop = fp32_acc - int8_acc
+    if drop > config.tolerance:
+        reason = f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance {config.tolerance * 100:.2f})"
+        return QuantizeResult(model_bytes, False, reason, fp32_acc, int8_acc, len(int8))
+    if len(int8) >= len(model_bytes):
+        reason = f"int8 refused: not smaller ({len(int8)} >= {len(model_bytes)} bytes)"
+        return QuantizeResult(model_bytes, False, reason, fp32_acc, int8_acc, len(int8))
+    reason = (
+        f"int8 accepted: {len(model_bytes)} -> {len(int8)} bytes, "
+        f"validation {fp32_acc:.4f} -> {int8_acc:.4f}"
+    )
+    return QuantizeResult(int8, True, reason, fp32_acc, int8_acc, len(int8))

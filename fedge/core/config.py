@@ -1,0 +1,146 @@
+"""The typed run configuration: built once from Flower's run_config, validated, kebab on the wire."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
+PARTITIONS = ("iid", "dirichlet", "pathological")
+STRATEGIES = ("fedavg", "fedprox", "fedadam")
+STUDENTS = ("tiny", "small", "medium")
+QUANT_FORMATS = ("qdq", "qoperator")
+
+
+class ConfigError(ValueError):
+    """A run setting has a bad value; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one fedge run (the pyproject `[tool.flwr.app.config]` has the same)."""
+
+    dataset: str = "digits"  # digits | mnist1d | npz:PATH
+    clients: int = 10  # number of federated clients (partitions)
+    rounds: int = 5  # federated rounds of teacher training
+    partition: str = "dirichlet"  # iid | dirichlet | pathological
+    alpha: float = 0.5  # Dirichlet concentration: smaller = more skew
+    classes_per_client: int = 2  # pathological: classes held by each client
+    seed: int = 0  # fixes splits, partitions, initialisation and sampling
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam
+    proximal_mu: float = 0.01  # FedProx proximal term weight
+    server_lr: float = 0.01  # FedAdam server learning rate
+    local_epochs: int = 3  # client epochs per round
+    lr: float = 0.05  # client SGD learning rate
+    batch_size: int = 16  # client batch size
+    client_test_fraction: float = 0.2  # share of each client's data held out for local test
+    test_fraction: float = 0.2  # central test split (server, labeled, reporting only)
+    val_fraction: float = 0.1  # server validation split (labeled, model choices and guards)
+    public_fraction: float = 0.25  # server public pool (labels dropped), for distillation
+    out: str = ""  # run directory; "" means ./runs/<time>-<dataset>
+    round_timeout: float = 300.0  # seconds to wait for replies in one round
+    student: str = "medium"  # student width: tiny | small | medium
+    kd_temperature: float = 4.0  # Hinton KD softmax temperature
+    kd_epochs: int = 150  # distillation epochs over the public pool
+    prune_ratio: float = 0.3  # share of channels/units structurally removed (0 = no pruning)
+    finetune_epochs: int = 60  # KD fine-tuning epochs after pruning
+    quant_format: str = "qdq"  # qdq | qoperator (onnxruntime static quantization)
+    quant_per_channel: bool = True  # per-channel weight scales
+    int8_tolerance: float = 0.01  # max validation accuracy int8 may lose vs fp32
+    private_key: str = ""  # Ed25519 private key PEM; "" generates one per run
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value and what is allowed."""
+        if self.dataset not in DATASETS and not self.dataset.startswith("npz:"):
+            allowed = ", ".join(DATASETS)
+            raise ConfigError(f"unknown dataset {self.dataset!r}; allowed: {allowed}, npz:PATH")
+        _one_of("partition", self.partition, PARTITIONS)
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("student", self.student, STUDENTS)
+        _one_of("quant-format", self.quant_format, QUANT_FORMATS)
+        _at_least("clients", self.clients, 1)
+        _at_least("rounds", self.rounds, 1)
+        _at_least("local-epochs", self.local_epochs, 1)
+        _at_least("batch-size", self.batch_size, 1)
+        _at_least("classes-per-client", self.classes_per_client, 1)
+        _at_least("kd-epochs", self.kd_epochs, 0)
+        _at_least("finetune-epochs", self.finetune_epochs, 0)
+        for name in ("alpha", "lr", "kd-temperature", "round-timeout", "server-lr"):
+            value = getattr(self, name.replace("-", "_"))
+            if not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal-mu must be >= 0, got {self.proximal_mu}")
+        if not 0 <= self.prune_ratio < 1:
+            raise ConfigError(f"prune-ratio must be in [0, 1), got {self.prune_ratio}")
+        if not 0 <= self.int8_tolerance <= 1:
+            raise ConfigError(f"int8-tolerance must be in [0, 1], got {self.int8_tolerance}")
+        for name in ("client-test-fraction", "test-fraction", "val-fraction", "public-fraction"):
+            value = getattr(self, name.replace("-", "_"))
+            if not 0 < value < 1:
+                raise ConfigError(f"{name} must be in (0, 1), got {value}")
+        server_share = self.test_fraction + self.val_fraction + self.public_fraction
+        if server_share >= 0.9:
+            raise ConfigError(
+                f"test-fraction + val-fraction + public-fraction = {server_share:.2f} leaves "
+                "clients less than 10 % of the data; allowed: a sum below 0.9"
+            )
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunConfig:
+        """Build from kebab-case keys (Flower run_config, scenario files, CLI flags)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                allowed = ", ".join(sorted(kebab(n) for n in known))
+                raise ConfigError(f"unknown setting {key!r}; allowed: {allowed}")
+            kwargs[name] = _coerce(key, value, type(getattr(cls(), name)))
+        return cls(**kwargs)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Kebab-case dict: the inverse of from_run_config (JSON and ConfigRecord friendly)."""
+        return {kebab(k): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a copy with snake_case fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def npz_path(self) -> Path | None:
+        """The user's data file when dataset is npz:PATH."""
+        return Path(self.dataset[4:]) if self.dataset.startswith("npz:") else None
+
+
+def kebab(name: str) -> str:
+    """snake_case -> kebab-case."""
+    return name.replace("_", "-")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Accept TOML/JSON types; ints where floats are expected. No parsing of strings."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,42 @@
+"""Message types and record keys shared by the ServerApp and the ClientApp (one place, no literals)."""
+
+from __future__ import annotations
+
+# Message types (Flower: train | evaluate | query, or "<type>.<identifier>").
+TRAIN = "train"
+EVALUATE = "evaluate"
+DEPLOY_ACTION = "deploy"  # registered with @app.query("deploy")
+DEPLOY = f"query.{DEPLOY_ACTION}"
+
+# RecordDict keys.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+BUNDLE = "bundle"
+STATUS = "status"
+
+# MetricRecord keys.
+NUM_EXAMPLES = "num-examples"
+PARTITION_ID = "partition-id"
+TRAIN_LOSS = "train-loss"
+ACCURACY = "accuracy"
+LOSS = "loss"
+INSTALLED = "installed"
+LATENCY_US_P50 = "latency-us-p50"
+
+# ConfigRecord keys of a deploy message.
+MODEL_ONNX = "model.onnx"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+MODEL_STORE_ROOT = "model-store-root"  # simulation: nodes' stores live under the run directory
+TRUSTED_KEY = "trusted-key"  # simulation: path of the run's public key
+REASON = "reason"
+
+# node_config keys (Flower sets partition-id and num-partitions in simulation).
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_MODEL_STORE = "model-store"
+NODE_TRUSTED_KEY = "trusted-key"
+
+# RunConfig keys that stay on the server (never sent to clients).
+SERVER_ONLY_SETTINGS = ("out", "private-key")

@@ -1,0 +1,94 @@
+"""Model zoo: a teacher per data shape and a small student family (CNN 2-D, CNN 1-D, MLP)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Student widths: (conv1 channels, conv2 channels, hidden units). The teacher is far wider.
+STUDENT_WIDTHS: dict[str, tuple[int, int, int]] = {
+    "tiny": (4, 8, 16),
+    "small": (8, 16, 32),
+    "medium": (16, 32, 64),
+}
+TEACHER_WIDTH = (32, 64, 256)
+
+
+class ConvNet(nn.Module):
+    """Two convolutions, one pooling, two linear layers; 2-D or 1-D by `dims`.
+
+    Flattening uses `torch.flatten` (not nn.Unflatten/view tricks) so that ONNX export and
+    onnxruntime's quantization pre-processing stay happy.
+    """
+
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, width: tuple[int, int, int]
+    ) -> None:
+        super().__init__()
+        dims = len(input_shape) - 1
+        conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv2d if dims == 2 else nn.Conv1d
+        pool: type[nn.MaxPool1d] | type[nn.MaxPool2d] = nn.MaxPool2d if dims == 2 else nn.MaxPool1d
+        c1, c2, hidden = width
+        kernel = 3 if dims == 2 else 5
+        self.features = nn.Sequential(
+            conv(input_shape[0], c1, kernel, padding=kernel // 2),
+            nn.ReLU(),
+            conv(c1, c2, kernel, padding=kernel // 2),
+            nn.ReLU(),
+            pool(2),
+        )
+        flat = c2 * math.prod(s // 2 for s in input_shape[1:])
+        self.classifier = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class MLP(nn.Module):
+    """Two hidden layers for flat (tabular) features."""
+
+    def __init__(self, num_features: int, num_classes: int, width: tuple[int, int, int]) -> None:
+        super().__init__()
+        h1, h2 = width[2], max(width[2] // 2, 4)
+        self.net = nn.Sequential(
+            nn.Linear(num_features, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.net(x)
+
+
+def build_model(
+    input_shape: tuple[int, ...], num_classes: int, width: tuple[int, int, int]
+) -> nn.Module:
+    """A CNN for images (C, H, W) and signals (C, L), an MLP for flat features (D,)."""
+    if len(input_shape) == 1:
+        return MLP(input_shape[0], num_classes, width)
+    if len(input_shape) in (2, 3):
+        return ConvNet(input_shape, num_classes, width)
+    raise ValueError(f"unsupported input shape {input_shape}; allowed: (D,), (C, L), (C, H, W)")
+
+
+def build_teacher(input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """The federated model, seeded so every run with one seed starts from one point."""
+    torch.manual_seed(seed)
+    return build_model(input_shape, num_classes, TEACHER_WIDTH)
+
+
+def build_student(
+    input_shape: tuple[int, ...], num_classes: int, size: str, seed: int
+) -> nn.Module:
+    """A member of the student family (`tiny`, `small`, `medium`)."""
+    if size not in STUDENT_WIDTHS:
+        raise ValueError(f"unknown student {size!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
+    torch.manual_seed(seed)
+    return build_model(input_shape, num_classes, STUDENT_WIDTHS[size])
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())

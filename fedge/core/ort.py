@@ -1,0 +1,68 @@
+"""onnxruntime helpers (numpy + onnxruntime only): sessions, accuracy and interleaved latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+
+def make_session(model_bytes: bytes) -> ort.InferenceSession:
+    """A CPU session set up as BENCHMARKS.md measures: one thread, sequential, all optimisations."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def session_logits(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run `session` over x in batches; returns the first output."""
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outs)
+
+
+def session_accuracy(session: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return float((session_logits(session, x).argmax(1) == y).mean())
+
+
+def interleaved_latency_us(
+    calls: dict[str, Callable[[], object]], *, warmup: int = 200, iters: int = 1000
+) -> dict[str, dict[str, float]]:
+    """p50/p95 wall and thread-CPU microseconds per call, the sides interleaved (A B A B ...)."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    wall: dict[str, list[int]] = {n: [] for n in names}
+    cpu: dict[str, list[int]] = {n: [] for n in names}
+    for _ in range(iters):
+        for name in names:
+            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            calls[name]()
+            w1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+            wall[name].append(w1 - w0)
+            cpu[name].append(c1 - c0)
+    return {
+        n: {
+            "p50": float(np.percentile(wall[n], 50)) / 1e3,
+            "p95": float(np.percentile(wall[n], 95)) / 1e3,
+            "cpu_p50": float(np.percentile(cpu[n], 50)) / 1e3,
+        }
+        for n in names
+    }
+
+
+def session_call(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
+    """A zero-argument closure that runs `session` on a fixed input (for latency timing)."""
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    return lambda: session.run(None, feed)

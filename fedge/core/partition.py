@@ -1,0 +1,194 @@
+"""Seeded splits: central test, server validation, unlabeled public pool, and client partitions."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedge.core.config import ConfigError, RunConfig
+from fedge.core.data import Dataset, load_dataset
+
+
+@dataclass(frozen=True)
+class Split:
+    """Model-ready inputs (preprocessed) with labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class PublicPool:
+    """The server's unlabeled public data: inputs only, by construction."""
+
+    x: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """What the server holds: it never sees client partitions."""
+
+    test: Split
+    val: Split
+    public_pool: PublicPool
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """One client's private data: a training split and a local test split."""
+
+    train: Split
+    test: Split
+
+
+@dataclass(frozen=True)
+class Federation:
+    """All splits of one run: server data and the index sets of every client partition."""
+
+    dataset: Dataset
+    server: ServerData
+    client_x: np.ndarray  # preprocessed pool that clients partition
+    client_y: np.ndarray
+    partitions: tuple[np.ndarray, ...]  # indices into client_x, one array per client
+
+
+SPLIT_FIELDS = (
+    "dataset",
+    "clients",
+    "partition",
+    "alpha",
+    "classes_per_client",
+    "seed",
+    "test_fraction",
+    "val_fraction",
+    "public_fraction",
+)
+
+
+def build_federation(cfg: RunConfig) -> Federation:
+    """Make every split of a run, deterministically from the config (cached per process)."""
+    return _build(RunConfig(**{name: getattr(cfg, name) for name in SPLIT_FIELDS}))
+
+
+@functools.lru_cache(maxsize=4)
+def _build(cfg: RunConfig) -> Federation:
+    from sklearn.model_selection import train_test_split
+
+    data = load_dataset(cfg.dataset)
+    prep = data.preprocessing.apply
+    rng_seed = cfg.seed
+    x, y = data.x, data.y
+    n_total = len(y) + (0 if data.y_test is None else len(data.y_test))
+    if data.x_test is None or data.y_test is None:
+        x, x_test, y, y_test = train_test_split(
+            x, y, test_size=cfg.test_fraction, random_state=rng_seed, stratify=_strata(y)
+        )
+    else:
+        x_test, y_test = data.x_test, data.y_test
+    n_val = max(1, round(cfg.val_fraction * n_total))
+    n_pub = max(1, round(cfg.public_fraction * n_total))
+    if n_val + n_pub >= len(y):
+        raise ConfigError(
+            f"val-fraction + public-fraction leave no data for clients ({len(y)} samples)"
+        )
+    x, x_val, y, y_val = train_test_split(
+        x, y, test_size=n_val, random_state=rng_seed + 1, stratify=_strata(y)
+    )
+    x, x_pub, y, _ = train_test_split(
+        x, y, test_size=n_pub, random_state=rng_seed + 2, stratify=_strata(y)
+    )
+    if cfg.clients * 2 > len(y):
+        raise ConfigError(
+            f"clients={cfg.clients} is too many for {len(y)} client samples of {data.name}; "
+            f"allowed: at most {len(y) // 2} (each client needs a train and a test sample)"
+        )
+    partitions = partition_labels(y, cfg)
+    server = ServerData(
+        test=Split(prep(x_test), y_test),
+        val=Split(prep(x_val), y_val),
+        public_pool=PublicPool(prep(x_pub)),
+    )
+    return Federation(data, server, prep(x), y, partitions)
+
+
+def client_data(fed: Federation, partition_id: int, cfg: RunConfig) -> ClientData:
+    """A client's partition, with a seeded local test holdout."""
+    if not 0 <= partition_id < len(fed.partitions):
+        raise ConfigError(f"partition-id {partition_id} out of range 0..{len(fed.partitions) - 1}")
+    idx = np.random.default_rng([cfg.seed, partition_id]).permutation(fed.partitions[partition_id])
+    n_test = min(len(idx) - 1, max(1, round(cfg.client_test_fraction * len(idx))))
+    test, train = idx[:n_test], idx[n_test:]
+    return ClientData(
+        train=Split(fed.client_x[train], fed.client_y[train]),
+        test=Split(fed.client_x[test], fed.client_y[test]),
+    )
+
+
+def partition_labels(y: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
+    """Partition sample indices over clients with flwr-datasets partitioners."""
+    from datasets import Dataset as HFDataset
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+        Partitioner,
+    )
+
+    n = cfg.clients
+    partitioner: Partitioner
+    if cfg.partition == "iid":
+        partitioner = IidPartitioner(num_partitions=n)
+    elif cfg.partition == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=n,
+            partition_by="label",
+            alpha=cfg.alpha,
+            min_partition_size=min(10, max(2, len(y) // (4 * n))),
+            self_balancing=True,
+            seed=cfg.seed,
+        )
+    else:
+        num_classes = len(np.unique(y))
+        if cfg.classes_per_client > num_classes:
+            raise ConfigError(
+                f"classes-per-client={cfg.classes_per_client} exceeds the {num_classes} classes"
+            )
+        partitioner = PathologicalPartitioner(
+            num_partitions=n,
+            partition_by="label",
+            num_classes_per_partition=cfg.classes_per_client,
+            class_assignment_mode="first-deterministic",
+            seed=cfg.seed,
+        )
+    partitioner.dataset = HFDataset.from_dict({"label": y.tolist(), "idx": np.arange(len(y))})
+    try:
+        parts = tuple(
+            np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(n)
+        )
+    except ValueError as err:
+        raise ConfigError(f"cannot partition {len(y)} samples over {n} clients: {err}") from err
+    if cfg.partition == "iid":
+        # IidPartitioner splits in order; shuffle the pool first so the split is seeded.
+        order = np.random.default_rng(cfg.seed).permutation(len(y))
+        parts = tuple(order[p] for p in parts)
+    small = [i for i, p in enumerate(parts) if len(p) < 2]
+    if small:
+        raise ConfigError(
+            f"partition {cfg.partition!r} left clients {small} with fewer than 2 samples; "
+            "use fewer clients, a larger alpha, or more classes-per-client"
+        )
+    return parts
+
+
+def _strata(y: np.ndarray) -> np.ndarray | None:
+    """Stratify when every class has at least two samples, else plain random split."""
+    counts = np.unique(y, return_counts=True)[1]
+    return y if len(counts) > 1 and counts.min() >= 2 else None

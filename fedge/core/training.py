@@ -1,0 +1,92 @@
+"""Pure torch train/evaluate functions shared by clients, the server and the compression stages."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one local training call reports."""
+
+    loss: float
+    num_examples: int
+
+
+def train(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> TrainResult:
+    """SGD with momentum on (x, y); with proximal_mu > 0 adds FedProx's term to the start point."""
+    generator = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    total, seen = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(yt), generator=generator)
+        for start in range(0, len(yt), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(xt[batch]), yt[batch])
+            if anchor:
+                drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                loss = loss + proximal_mu / 2 * drift
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+    if not np.isfinite(total):
+        raise FloatingPointError(f"local training diverged (loss {total}); lower lr={lr}")
+    return TrainResult(loss=total / max(seen, 1), num_examples=len(yt))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits for x in eval mode."""
+    model.eval()
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    outs = [model(xt[i : i + batch_size]) for i in range(0, len(xt), batch_size)]
+    return torch.cat(outs).numpy()
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(loss, accuracy in [0, 1])."""
+    logits = torch.from_numpy(predict_logits(model, x))
+    labels = torch.from_numpy(y)
+    loss = float(F.cross_entropy(logits, labels))
+    accuracy = float((logits.argmax(1) == labels).float().mean())
+    return loss, accuracy
+
+
+def get_weights(model: nn.Module) -> OrderedDict[str, np.ndarray]:
+    """State dict as numpy arrays, keyed by qualified parameter name."""
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items())
+
+
+def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Load numpy arrays by name; names and shapes must match exactly."""
+    expected = model.state_dict()
+    if set(weights) != set(expected):
+        raise ValueError(f"weight keys differ: got {sorted(weights)}, expected {sorted(expected)}")
+    state = OrderedDict()
+    for key, ref in expected.items():
+        value = torch.from_numpy(np.asarray(weights[key]))
+        if value.shape != ref.shape:
+            raise ValueError(f"weight {key!r} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        state[key] = value.to(ref.dtype)
+    model.load_state_dict(state, strict=True)

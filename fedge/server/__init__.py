@@ -1,0 +1,1 @@
+"""Server side: the ServerApp, strategy choice, the compression phase, signing and redistribution."""

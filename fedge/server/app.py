@@ -1,0 +1,38 @@
+"""The ServerApp: builds the typed config once, then runs the whole pipeline into a run directory."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedge.core.config import RunConfig
+from fedge.server.run import run_server, staged_run_dir
+
+app = ServerApp()
+log = logging.getLogger("fedge")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Train, compress, sign, redistribute and report (outputs under the `out` setting)."""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_run_config(dict(context.run_config))
+    final = default_run_dir(cfg)
+    with staged_run_dir(final) as work:
+        run_server(grid, cfg, work)
+    log.info("run directory: %s", final)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """`out` as an absolute path; empty means ~/fedge-runs/<time>-<dataset> (the ServerApp's
+    working directory under `flwr run` is the SuperLink's, so relative paths would surprise)."""
+    if cfg.out:
+        return Path(cfg.out).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = cfg.dataset.split(":")[0] if not cfg.dataset.startswith("npz:") else "npz"
+    return Path.home() / "fedge-runs" / f"{stamp}-{name}"

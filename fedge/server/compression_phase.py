@@ -1,0 +1,102 @@
+"""The compression phase: teacher -> distill -> prune -> ONNX -> guarded int8, on the public pool only."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from fedge.compression.distill import DistillConfig, distill, require_public_pool
+from fedge.compression.export import ExportConfig, export_onnx
+from fedge.compression.prune import PruneConfig, prune
+from fedge.compression.quantize import QuantizeConfig, QuantizeResult, quantize
+from fedge.core.config import RunConfig
+from fedge.core.models import count_params
+from fedge.core.ort import make_session, session_accuracy
+from fedge.core.partition import PublicPool, Split
+from fedge.core.training import evaluate
+
+log = logging.getLogger("fedge")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """All stage configs of one compression phase (saved in the bundle manifest)."""
+
+    distill: DistillConfig
+    prune: PruneConfig
+    export: ExportConfig
+    quantize: QuantizeConfig
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> CompressionConfig:
+        """The stage configs a run's settings describe."""
+        return cls(
+            distill=DistillConfig(
+                student=cfg.student, temperature=cfg.kd_temperature, epochs=cfg.kd_epochs, seed=cfg.seed
+            ),
+            prune=PruneConfig(
+                ratio=cfg.prune_ratio,
+                finetune_epochs=cfg.finetune_epochs,
+                temperature=cfg.kd_temperature,
+                seed=cfg.seed,
+            ),
+            export=ExportConfig(),
+            quantize=QuantizeConfig(
+                format=cfg.quant_format, per_channel=cfg.quant_per_channel, tolerance=cfg.int8_tolerance
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for results.json and the manifest."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CompressionOutcome:
+    """What the phase produced: the model to ship and a row per stage."""
+
+    student_bytes: bytes
+    quantization: QuantizeResult
+    student_params: int
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_compression(
+    teacher: nn.Module,
+    public_pool: PublicPool,
+    val: Split,
+    test: Split,
+    config: CompressionConfig,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> CompressionOutcome:
+    """Compress the teacher. Training sees only `public_pool`; `val` decides the int8 guard and
+    `test` is only measured, for the report."""
+    require_public_pool(public_pool)
+    stages: list[dict[str, Any]] = []  # bytes: raw fp32 weights for torch stages, file size after
+
+    def record(name: str, accuracy: float, params: int, size: int) -> None:
+        stages.append({"name": name, "accuracy": accuracy, "params": params, "bytes": size})
+        log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
+
+    log.info("compression: distilling into a %r student on %d public samples", config.distill.student, len(public_pool))
+    student = distill(teacher, public_pool, config.distill, input_shape=input_shape, num_classes=num_classes)
+    record("distilled", evaluate(student, test.x, test.y)[1], count_params(student), 4 * count_params(student))
+    log.info("compression: pruning %.0f %% of channels, then KD fine-tuning", 100 * config.prune.ratio)
+    pruned = prune(student, teacher, public_pool, config.prune, input_shape=input_shape)
+    params = count_params(pruned)
+    record("pruned", evaluate(pruned, test.x, test.y)[1], params, 4 * params)
+    fp32 = export_onnx(pruned, input_shape, config.export)
+    record("onnx-fp32", session_accuracy(make_session(fp32), test.x, test.y), params, len(fp32))
+    log.info("compression: int8 static quantization (%s, per-channel=%s)", config.quantize.format, config.quantize.per_channel)
+    quant = quantize(fp32, public_pool, val, config.quantize)
+    if quant.quantized:
+        int8_acc = session_accuracy(make_session(quant.model_bytes), test.x, test.y)
+        record("int8", int8_acc, params, len(quant.model_bytes))
+    log.info("compression: %s", quant.reason)
+    return CompressionOutcome(quant.model_bytes, quant, params, stages)

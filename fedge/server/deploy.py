@@ -1,0 +1,70 @@
+"""Redistribution: send the signed bundle to every node in a query.deploy message, collect verdicts."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedge.core import messages as m
+from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+from fedge.core.config import RunConfig
+from fedge.core.records import config_to_record
+
+log = logging.getLogger("fedge")
+
+
+def deploy_bundle(
+    grid: Grid,
+    cfg: RunConfig,
+    files: dict[str, bytes],
+    *,
+    store_root: Path,
+    trusted_key: Path,
+    node_partition: dict[int, int],
+) -> tuple[list[dict[str, Any]], int]:
+    """Send the bundle to every connected node; returns per-client rows and bytes sent."""
+    payload = {
+        m.MODEL_ONNX: files[MODEL_FILE],
+        m.MANIFEST: files[MANIFEST_FILE],
+        m.SIGNATURE: files[SIGNATURE_FILE],
+        m.MODEL_STORE_ROOT: str(store_root),
+        m.TRUSTED_KEY: str(trusted_key),
+    }
+    bundle_bytes = sum(len(files[name]) for name in (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE))
+    content = RecordDict({m.CONFIG: config_to_record(cfg, **payload)})
+    nodes = list(grid.get_node_ids())
+    messages = [Message(content=content, message_type=m.DEPLOY, dst_node_id=node) for node in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    clients = []
+    for reply in replies:
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            row = {"partition_id": node_partition.get(node), "installed": False, "reason": reply.error.reason,
+                   "accuracy": None, "latency_us_p50": None}
+        else:
+            metrics = reply.content.metric_records[m.METRICS]
+            status = reply.content.config_records[m.STATUS]
+            installed = bool(metrics[m.INSTALLED])
+            row = {
+                "partition_id": int(metrics[m.PARTITION_ID]),  # type: ignore[arg-type]
+                "installed": installed,
+                "reason": str(status[m.REASON]),
+                "accuracy": float(metrics[m.ACCURACY]) if installed else None,  # type: ignore[arg-type]
+                "latency_us_p50": float(metrics[m.LATENCY_US_P50]) if installed else None,  # type: ignore[arg-type]
+                "test_examples": int(metrics[m.NUM_EXAMPLES]),  # type: ignore[arg-type]
+            }
+        clients.append(row)
+    answered = {r.metadata.src_node_id for r in replies}
+    for node in nodes:
+        if node not in answered:
+            clients.append({"partition_id": node_partition.get(node), "installed": False,
+                            "reason": "no reply before round-timeout", "accuracy": None, "latency_us_p50": None})
+    clients.sort(key=lambda r: (r["partition_id"] is None, r["partition_id"] or 0))
+    ok = sum(r["installed"] for r in clients)
+    log.info("deploy: %d of %d clients installed the bundle", ok, len(clients))
+    return clients, bundle_bytes * len(nodes)
+

@@ -1,0 +1,120 @@
+"""The human-readable outputs of a run: report.md and the accuracy-per-round plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedge.core.io import atomic_write_bytes
+
+PLOT_FILE = "accuracy.png"
+
+
+def write_plot(results: dict[str, Any], run_dir: Path) -> Path:
+    """Central test accuracy of the teacher per round, with the deployed student as a line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in results["rounds"]]
+    accuracy = [100 * r["accuracy"] for r in results["rounds"]]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(rounds, accuracy, marker="o", label="teacher (federated, central test)")
+    ax.axhline(100 * results["student"]["accuracy"], color="C2", linestyle="--",
+               label=f"deployed student ({results['student']['onnx_bytes'] / 1024:.1f} KiB)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks(rounds)
+    ax.set_title(f"{results['config']['dataset']}: {results['config']['clients']} clients, "
+                 f"{results['config']['partition']}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(run_dir / PLOT_FILE, buffer.getvalue())
+
+
+def render_report(results: dict[str, Any]) -> str:
+    """report.md: teacher vs each stage, per-client accuracy of the deployed model, costs."""
+    cfg, teacher, student = results["config"], results["teacher"], results["student"]
+    lines = [
+        f"# fedge run `{results['run_id']}`",
+        "",
+        f"{cfg['dataset']}, {cfg['clients']} clients, {cfg['partition']} partition"
+        + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
+        + f", {cfg['strategy']}, {cfg['rounds']} rounds, seed {cfg['seed']}.",
+        "",
+        "## Teacher and compression stages (central test split)",
+        "",
+        "| model | accuracy | params | bytes | vs teacher ONNX |",
+        "|---|---:|---:|---:|---:|",
+        _row("teacher (fp32 ONNX)", teacher["accuracy"], teacher["params"], teacher["onnx_bytes"], teacher["onnx_bytes"]),
+    ]
+    for stage in results["stages"]:
+        lines.append(_row(stage["name"], stage["accuracy"], stage["params"], stage["bytes"], teacher["onnx_bytes"]))
+    lines.append(_row("**deployed student**", student["accuracy"], student["params"], student["onnx_bytes"], teacher["onnx_bytes"]))
+    lines += [
+        "",
+        "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files.",
+        f"Quantization: {student['quantization_reason']}.",
+        "",
+        "| latency, onnxruntime 1 thread | batch 1 p50 | batch 64 p50 |",
+        "|---|---:|---:|",
+        f"| teacher fp32 | {teacher['latency_us']['b1_p50']:.1f} µs | {teacher['latency_us']['b64_p50']:.1f} µs |",
+        f"| deployed student | {student['latency_us']['b1_p50']:.1f} µs | {student['latency_us']['b64_p50']:.1f} µs |",
+        "",
+        f"Size ratio {student['size_ratio']:.1f}x, accuracy change "
+        f"{100 * (student['accuracy'] - teacher['accuracy']):+.2f} points.",
+        "",
+        "## Federated training (central test split)",
+        "",
+        "| round | accuracy | loss | clients ok | failed |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rounds"]:
+        lines.append(f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | {len(r['clients_failed'])} |")
+    lines += [
+        "",
+        "## Deployment: each client's local test split",
+        "",
+        "| client | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 | reason |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for c in results["clients"]:
+        t_acc = c.get("teacher_accuracy")
+        lines.append(
+            f"| {c['partition_id']} | {'yes' if c['installed'] else 'no'} | "
+            f"{_pct(t_acc)} | {_pct(c['accuracy'])} | "
+            f"{_us(c['latency_us_p50'])} | {c['reason']} |"
+        )
+    comm, timing = results["communication"], results["timing_s"]
+    lines += [
+        "",
+        "## Costs",
+        "",
+        f"- Communication: training {comm['train_bytes'] / 1e6:.2f} MB, redistribution {comm['deploy_bytes'] / 1e3:.1f} kB.",
+        f"- Time: total {timing['total']:.1f} s (training {timing['training']:.1f} s, "
+        f"compression {timing['compression']:.1f} s, deploy {timing['deploy']:.1f} s).",
+        f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student['sha256'][:16]}...`.",
+        "",
+        "The student is trained on the server's public pool only (never on client data).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _row(name: str, accuracy: float, params: int, size: int, teacher_bytes: int) -> str:
+    return f"| {name} | {100 * accuracy:.2f} % | {params:,} | {size:,} | {teacher_bytes / size:.1f}x |"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f} %"
+
+
+def _us(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} µs"

@@ -1,0 +1,156 @@
+"""One whole run on the server: train the teacher, compress, sign, redistribute, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+
+from fedge.compression.bundle import (
+    BundleConfig,
+    generate_keypair,
+    load_private_key,
+    make_bundle,
+    public_pem,
+    write_bundle,
+)
+from fedge.compression.export import INPUT_NAME, OUTPUT_NAME, ExportConfig, export_onnx
+from fedge.core.config import RunConfig
+from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.core.models import build_teacher, count_params
+from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
+from fedge.core.partition import build_federation
+from fedge.server.compression_phase import CompressionConfig, run_compression
+from fedge.server.deploy import deploy_bundle
+from fedge.server.report import render_report, write_plot
+from fedge.server.training_loop import train_teacher
+
+log = logging.getLogger("fedge")
+RESULTS_FILE = "results.json"
+
+
+@contextmanager
+def staged_run_dir(final: Path) -> Iterator[Path]:
+    """Work in `<final>.partial`, rename to `final` on success, remove it on failure."""
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"run directory {final} already exists and is not empty")
+    work = final.with_name(final.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()
+    os.replace(work, final)
+
+
+def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Everything the ServerApp does, writing into `run_dir` (which must exist)."""
+    t0 = time.monotonic()
+    torch.manual_seed(cfg.seed)
+    fed = build_federation(cfg)
+    server, shape, classes = fed.server, fed.dataset.preprocessing.input_shape, fed.dataset.num_classes
+    key = _signing_key(cfg, run_dir)
+    teacher = build_teacher(shape, classes, cfg.seed)
+    log.info("training a %d-parameter teacher: %d clients x %d rounds", count_params(teacher), cfg.clients, cfg.rounds)
+    training = train_teacher(grid, cfg, teacher, server.test)
+    t1 = time.monotonic()
+
+    teacher_onnx = export_onnx(teacher, shape, ExportConfig())
+    atomic_write_bytes(run_dir / "teacher.onnx", teacher_onnx)
+    compression = CompressionConfig.from_run(cfg)
+    outcome = run_compression(teacher, server.public_pool, server.val, server.test, compression,
+                              input_shape=shape, num_classes=classes)
+    student_bytes = outcome.student_bytes
+    teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
+    latency = _latency(teacher_session, student_session, server.test.x)
+    teacher_acc = session_accuracy(teacher_session, server.test.x, server.test.y)
+    student_acc = session_accuracy(student_session, server.test.x, server.test.y)
+    manifest = BundleConfig(
+        model_id=run_dir.name.removesuffix(".partial"),
+        version=time.time_ns() // 1_000_000,
+        input_name=INPUT_NAME,
+        input_shape=(None, *shape),
+        output_name=OUTPUT_NAME,
+        preprocessing=fed.dataset.preprocessing.to_json(),
+        labels=tuple(range(classes)),
+        metrics={"test_accuracy": student_acc, "teacher_test_accuracy": teacher_acc},
+        compression=compression.to_json(),
+        quantized=outcome.quantization.quantized,
+    )
+    files = make_bundle(student_bytes, manifest, key)
+    write_bundle(files, run_dir / "bundle")
+    t2 = time.monotonic()
+
+    clients, deploy_bytes = deploy_bundle(
+        grid, cfg, files, store_root=run_dir / "nodes", trusted_key=run_dir / "keys" / "signing.pub",
+        node_partition=training.node_partition,
+    )
+    for row in clients:
+        row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])
+    t3 = time.monotonic()
+    results = {
+        "run_id": manifest.model_id,
+        "config": cfg.to_run_config(),
+        "compression_config": compression.to_json(),
+        "rounds": training.rounds,
+        "teacher": {"accuracy": teacher_acc, "params": count_params(teacher), "onnx_bytes": len(teacher_onnx),
+                    "latency_us": latency["teacher"]},
+        "stages": outcome.stages,
+        "student": {
+            "accuracy": student_acc,
+            "params": outcome.student_params,
+            "onnx_bytes": len(student_bytes),
+            "sha256": hashlib.sha256(student_bytes).hexdigest(),
+            "quantized": outcome.quantization.quantized,
+            "quantization_reason": outcome.quantization.reason,
+            "size_ratio": len(teacher_onnx) / len(student_bytes),
+            "version": manifest.version,
+            "latency_us": latency["student"],
+        },
+        "clients": clients,
+        "communication": {"train_bytes": training.train_bytes, "deploy_bytes": deploy_bytes},
+        "timing_s": {"total": t3 - t0, "training": t1 - t0, "compression": t2 - t1, "deploy": t3 - t2},
+    }
+    atomic_write_json(run_dir / RESULTS_FILE, results)
+    atomic_write_bytes(run_dir / "report.md", render_report(results).encode())
+    write_plot(results, run_dir)
+    return results
+
+
+def _signing_key(cfg: RunConfig, run_dir: Path) -> Any:
+    """The configured private key, or a fresh pair for this run; the public half in keys/."""
+    keys = run_dir / "keys"
+    if cfg.private_key:
+        key = load_private_key(Path(cfg.private_key))
+        atomic_write_bytes(keys / "signing.pub", public_pem(key))
+        return key
+    private_path, _ = generate_keypair(keys)
+    return load_private_key(private_path)
+
+
+def _latency(teacher: Any, student: Any, x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Batch-1 and batch-64 p50 of teacher and student in onnxruntime, interleaved."""
+    b1 = interleaved_latency_us({"teacher": session_call(teacher, x[:1]), "student": session_call(student, x[:1])})
+    x64 = np.resize(x, (64, *x.shape[1:]))
+    b64 = interleaved_latency_us(
+        {"teacher": session_call(teacher, x64), "student": session_call(student, x64)}, iters=200
+    )
+    return {
+        side: {"b1_p50": b1[side]["p50"], "b64_p50": b64[side]["p50"], "b1_p95": b1[side]["p95"]}
+        for side in ("teacher", "student")
+    }
