@@ -35,6 +35,8 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown quant format {self.format!r}; allowed: {', '.join(FORMATS)}")
+        if self.tolerance > 1:
+            raise ValueError(f"tolerance must be <= 1, got {self.tolerance}")
         if self.calibration_samples < 1:
             raise ValueError(f"calibration-samples must be >= 1, got {self.calibration_samples}")
 
@@ -86,6 +88,16 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
         return int8.read_bytes()
 
 
+def guard(fp32_bytes: int, int8_bytes: int, fp32_acc: float, int8_acc: float, tolerance: float) -> tuple[bool, str]:
+    """Accept int8 only if it loses at most `tolerance` validation accuracy and is smaller."""
+    drop = fp32_acc - int8_acc
+    if drop > tolerance:
+        return False, f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance {tolerance * 100:.2f})"
+    if int8_bytes >= fp32_bytes:
+        return False, f"int8 refused: not smaller ({int8_bytes} >= {fp32_bytes} bytes)"
+    return True, f"int8 accepted: {fp32_bytes} -> {int8_bytes} bytes, validation {fp32_acc:.4f} -> {int8_acc:.4f}"
+
+
 def quantize(
     model_bytes: bytes, public_pool: PublicPool, val: Split, config: QuantizeConfig
 ) -> QuantizeResult:
@@ -93,15 +105,5 @@ def quantize(
     int8 = quantize_int8(model_bytes, public_pool, config)
     fp32_acc = session_accuracy(make_session(model_bytes), val.x, val.y)
     int8_acc = session_accuracy(make_session(int8), val.x, val.y)
-    drop = fp32_acc - int8_acc
-    if drop > config.tolerance:
-        reason = f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance {config.tolerance * 100:.2f})"
-        return QuantizeResult(model_bytes, False, reason, fp32_acc, int8_acc, len(int8))
-    if len(int8) >= len(model_bytes):
-        reason = f"int8 refused: not smaller ({len(int8)} >= {len(model_bytes)} bytes)"
-        return QuantizeResult(model_bytes, False, reason, fp32_acc, int8_acc, len(int8))
-    reason = (
-        f"int8 accepted: {len(model_bytes)} -> {len(int8)} bytes, "
-        f"validation {fp32_acc:.4f} -> {int8_acc:.4f}"
-    )
-    return QuantizeResult(int8, True, reason, fp32_acc, int8_acc, len(int8))
+    accepted, reason = guard(len(model_bytes), len(int8), fp32_acc, int8_acc, config.tolerance)
+    return QuantizeResult(int8 if accepted else model_bytes, accepted, reason, fp32_acc, int8_acc, len(int8))

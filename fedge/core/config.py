@@ -24,7 +24,7 @@ class RunConfig:
 
     dataset: str = "digits"  # digits | mnist1d | npz:PATH
     clients: int = 10  # number of federated clients (partitions)
-    rounds: int = 5  # federated rounds of teacher training
+    rounds: int = 10  # federated rounds of teacher training
     partition: str = "dirichlet"  # iid | dirichlet | pathological
     alpha: float = 0.5  # Dirichlet concentration: smaller = more skew
     classes_per_client: int = 2  # pathological: classes held by each client
@@ -32,7 +32,7 @@ class RunConfig:
     strategy: str = "fedavg"  # fedavg | fedprox | fedadam
     proximal_mu: float = 0.01  # FedProx proximal term weight
     server_lr: float = 0.01  # FedAdam server learning rate
-    local_epochs: int = 3  # client epochs per round
+    local_epochs: int = 5  # client epochs per round
     lr: float = 0.05  # client SGD learning rate
     batch_size: int = 16  # client batch size
     client_test_fraction: float = 0.2  # share of each client's data held out for local test

@@ -1,0 +1,87 @@
+"""The ClientApp handlers, called directly with hand-built messages."""
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedge.client.app import app
+from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
+from fedge.compression.export import ExportConfig, export_onnx
+from fedge.core import messages as m
+from fedge.core.config import RunConfig
+from fedge.core.models import build_student, build_teacher
+from fedge.core.records import config_to_record, weights_to_record
+from fedge.core.training import get_weights
+from tests.client.test_bundle import _config
+from tests.flower_local import node_context, set_task_identity
+
+CFG = RunConfig(clients=4, partition="iid", local_epochs=1)
+
+
+def _message(content: RecordDict, message_type: str) -> Message:
+    set_task_identity()
+    return Message(content=content, message_type=message_type, dst_node_id=7)
+
+
+def test_train_returns_updated_weights_with_the_same_keys():
+    weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    msg = _message(RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG, **{"server-round": 1})}), m.TRAIN)
+    reply = app(msg, node_context(7, partition_id=2, num_partitions=4))
+    arrays = reply.content.array_records[m.ARRAYS]
+    metrics = reply.content.metric_records[m.METRICS]
+    assert list(arrays.keys()) == list(weights.keys())
+    assert metrics[m.PARTITION_ID] == 2 and metrics[m.NUM_EXAMPLES] > 0
+    assert not np.allclose(arrays["classifier.2.weight"].numpy(), weights["classifier.2.weight"])
+
+
+def test_evaluate_reports_local_accuracy():
+    weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    msg = _message(RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG)}), m.EVALUATE)
+    metrics = app(msg, node_context(7, 1, 4)).content.metric_records[m.METRICS]
+    assert 0.0 <= metrics[m.ACCURACY] <= 0.5  # untrained: near chance
+
+
+def _deploy_message(files: dict[str, bytes], store_root, key_path) -> Message:
+    payload = {m.MODEL_ONNX: files["model.onnx"], m.MANIFEST: files["manifest.json"],
+               m.SIGNATURE: files["manifest.sig"], m.MODEL_STORE_ROOT: str(store_root), m.TRUSTED_KEY: str(key_path)}
+    return _message(RecordDict({m.CONFIG: config_to_record(CFG, **payload)}), m.DEPLOY)
+
+
+def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path):
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
+    files = make_bundle(model, _config(), load_private_key(private_path))
+    reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 3, 4))
+    metrics = reply.content.metric_records[m.METRICS]
+    assert metrics[m.INSTALLED] == 1 and metrics[m.PARTITION_ID] == 3
+    assert 0 <= metrics[m.ACCURACY] <= 1 and metrics[m.LATENCY_US_P50] > 0
+    installed = tmp_path / "nodes" / "partition-3" / "model-store" / "versions" / "1" / "model.onnx"
+    assert installed.read_bytes() == model
+
+
+def test_deploy_refuses_a_tampered_bundle_and_says_why(tmp_path):
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
+    files = make_bundle(model, _config(), load_private_key(private_path))
+    files["model.onnx"] = files["model.onnx"][:-1] + b"\x00"
+    reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 0, 4))
+    assert reply.content.metric_records[m.METRICS][m.INSTALLED] == 0
+    assert "check failed" in str(reply.content.config_records[m.STATUS][m.REASON])
+    assert not (tmp_path / "nodes" / "partition-0" / "model-store" / "CURRENT").exists()
+
+
+def test_node_config_store_and_key_win_over_the_message(tmp_path):
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    _, other_public = generate_keypair(tmp_path / "other")
+    model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
+    files = make_bundle(model, _config(), load_private_key(private_path))
+    # The message names a key that would accept; the node trusts only its own (other) key.
+    context = node_context(7, 0, 4, **{"model-store": str(tmp_path / "own"), "trusted-key": str(other_public)})
+    reply = app(_deploy_message(files, tmp_path / "nodes", public_path), context)
+    assert reply.content.metric_records[m.METRICS][m.INSTALLED] == 0
+    assert "signature" in str(reply.content.config_records[m.STATUS][m.REASON])
+
+
+def test_config_record_carries_no_server_only_settings():
+    record = config_to_record(RunConfig(private_key="/secret/key.pem", out="/tmp/x"))
+    assert "private-key" not in record and "out" not in record
+    assert isinstance(record, ConfigRecord)

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small federation and a quickly trained teacher on digits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedge.core.config import RunConfig
+from fedge.core.models import build_teacher
+from fedge.core.partition import Federation, build_federation
+from fedge.core.training import train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_cfg() -> RunConfig:
+    return RunConfig(dataset="digits", clients=4, partition="iid", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_fed(digits_cfg: RunConfig) -> Federation:
+    return build_federation(digits_cfg)
+
+
+@pytest.fixture(scope="session")
+def teacher(digits_fed: Federation) -> torch.nn.Module:
+    """A teacher trained centrally on the client pool (fast; compression tests only need a good one)."""
+    model = build_teacher((1, 8, 8), 10, seed=0)
+    train(model, digits_fed.client_x, digits_fed.client_y, epochs=8, lr=0.05, batch_size=32, seed=0)
+    return model.eval()
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,64 @@
+"""An in-process Grid that delivers messages to the real ClientApp, one Context per node.
+
+It mirrors what Flower's runtimes do around a ClientApp (route by node id, turn an exception
+in a handler into an error reply) so server code can be tested without Ray or gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+
+def set_task_identity() -> None:
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+
+
+def node_context(node_id: int, partition_id: int, num_partitions: int, **node_config) -> Context:
+    config = {"partition-id": partition_id, "num-partitions": num_partitions, **node_config}
+    return Context(run_id=1, node_id=node_id, node_config=config, state=RecordDict(), run_config={})
+
+
+class LocalGrid(Grid):
+    def __init__(self, client_app: ClientApp, num_nodes: int, failing_partitions: Iterable[int] = ()) -> None:
+        set_task_identity()
+        self.client_app = client_app
+        self.contexts = {100 + i: node_context(100 + i, i, num_nodes) for i in range(num_nodes)}
+        self.failing = set(failing_partitions)
+        self.sent: list[Message] = []
+
+    def set_run(self, run):  # noqa: D102
+        pass
+
+    @property
+    def run(self):  # noqa: D102
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: D102
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+
+    def get_node_ids(self):  # noqa: D102
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # noqa: D102
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # noqa: D102
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            context = self.contexts[msg.metadata.dst_node_id]
+            try:
+                if context.node_config["partition-id"] in self.failing and msg.metadata.message_type == "train":
+                    raise RuntimeError("simulated crash in local training")
+                replies.append(self.client_app(msg, context))
+            except Exception as err:  # what a Flower runtime does with a raising handler
+                replies.append(Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg))
+        return replies

@@ -1,0 +1,60 @@
+"""The server pipeline through an in-process Grid that runs the real ClientApp handlers."""
+
+import json
+
+import pytest
+
+from fedge.client.app import app as client_app
+from fedge.client.runtime.store import ModelStore
+from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
+from fedge.core.config import RunConfig
+from fedge.core.models import build_teacher
+from fedge.core.partition import build_federation
+from fedge.server.run import run_server, staged_run_dir
+from fedge.server.training_loop import FederationError, train_teacher, wait_for_nodes
+from tests.flower_local import LocalGrid
+
+FAST = RunConfig(clients=4, rounds=2, partition="iid", local_epochs=1, kd_epochs=3, finetune_epochs=1)
+
+
+def test_a_client_that_raises_is_reported_and_the_round_goes_on():
+    grid = LocalGrid(client_app, num_nodes=4, failing_partitions=[1])
+    fed = build_federation(FAST)
+    teacher = build_teacher((1, 8, 8), 10, seed=0)
+    log = train_teacher(grid, FAST, teacher, fed.server.test)
+    assert [r["clients_ok"] for r in log.rounds] == [3, 3]
+    failure = log.rounds[1]["clients_failed"][0]
+    assert "simulated crash" in failure["reason"] and failure["node_id"] == 101
+    assert log.rounds[-1]["accuracy"] > 0.5  # the others still trained the model
+
+
+def test_waiting_for_too_few_nodes_ends_with_a_clear_message():
+    grid = LocalGrid(client_app, num_nodes=2)
+    with pytest.raises(FederationError, match="only 2 of clients=4 nodes connected"):
+        wait_for_nodes(grid, 4, timeout=0.5)
+
+
+def test_run_server_writes_results_and_every_node_installs(tmp_path):
+    grid = LocalGrid(client_app, num_nodes=4)
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(grid, FAST, work)
+    run = tmp_path / "run"
+    assert not (tmp_path / "run.partial").exists()
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk["student"]["sha256"] == results["student"]["sha256"]
+    assert [c["installed"] for c in on_disk["clients"]] == [True] * 4
+    assert [c["partition_id"] for c in on_disk["clients"]] == [0, 1, 2, 3]
+    assert on_disk["communication"]["train_bytes"] > 0 and on_disk["communication"]["deploy_bytes"] > 0
+    key = load_public_key(run / "keys" / "signing.pub")
+    bundle = verify_bundle(read_bundle_dir(run / "bundle"), key)
+    for pid in range(4):
+        assert ModelStore(run / "nodes" / f"partition-{pid}" / "model-store").load(key).model_bytes == bundle.model_bytes
+    assert (run / "report.md").read_text().startswith("# fedge run")
+    assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failed_run_leaves_no_directory(tmp_path):
+    grid = LocalGrid(client_app, num_nodes=2)  # fewer nodes than clients=4
+    with pytest.raises(FederationError), staged_run_dir(tmp_path / "run") as work:
+        run_server(grid, FAST.replace(round_timeout=0.5), work)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
