@@ -14,8 +14,11 @@ from rich.table import Table
 
 from fedge.core.config import ConfigError
 
-app = typer.Typer(help="Federated edge-cloud learning: train, compress, sign, deploy.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Federated edge-cloud learning: train, compress, sign, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
@@ -29,39 +32,61 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 @app.command()
 def simulate(
-    scenario: Annotated[Path | None, typer.Option(help="TOML file of settings (see simulations/).")] = None,
+    scenario: Annotated[
+        Path | None, typer.Option(help="TOML file of settings (see simulations/).")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="digits | mnist1d | npz:PATH")] = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     partition: Annotated[str | None, typer.Option(help="iid | dirichlet | pathological")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Dirichlet alpha (> 0; smaller is more skewed).")] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="Dirichlet alpha (> 0; smaller is more skewed).")
+    ] = None,
     strategy: Annotated[str | None, typer.Option(help="fedavg | fedprox | fedadam")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for splits, init and sampling.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (must not exist or be empty).")] = None,
-    private_key: Annotated[Path | None, typer.Option(help="Ed25519 key to sign with (default: new pair).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (must not exist or be empty).")
+    ] = None,
+    private_key: Annotated[
+        Path | None, typer.Option(help="Ed25519 key to sign with (default: new pair).")
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a teacher federatedly, compress it, sign it and redistribute it to every client."""
-    from fedge.simulations.runner import build_config, preflight, simulate as run
+    from fedge.simulations.runner import build_config, preflight
+    from fedge.simulations.runner import simulate as run
 
-    flags = {"dataset": dataset, "clients": clients, "rounds": rounds, "partition": partition, "alpha": alpha,
-             "strategy": strategy, "seed": seed, "out": None if out is None else str(out),
-             "private-key": None if private_key is None else str(private_key.resolve())}
+    flags = {
+        "dataset": dataset,
+        "clients": clients,
+        "rounds": rounds,
+        "partition": partition,
+        "alpha": alpha,
+        "strategy": strategy,
+        "seed": seed,
+        "out": None if out is None else str(out),
+        "private-key": None if private_key is None else str(private_key.resolve()),
+    }
     try:
         cfg = build_config(scenario, flags)
         preflight(cfg)
     except ConfigError as err:
         raise fail(str(err)) from None
     _setup_logging(verbose)
-    console.print(f"fedge simulate: {cfg.dataset}, {cfg.clients} clients, {cfg.partition}, "
-                  f"{cfg.rounds} rounds -> {cfg.out}", highlight=False)
+    console.print(
+        f"fedge simulate: {cfg.dataset}, {cfg.clients} clients, {cfg.partition}, "
+        f"{cfg.rounds} rounds -> {cfg.out}",
+        highlight=False,
+    )
     run_dir = run(cfg, verbose=verbose)
     _summary(run_dir)
 
 
 @keys_app.command("generate")
 def keys_generate(
-    out: Annotated[Path, typer.Option(help="Directory for signing.key (0600) and signing.pub.")] = Path("keys"),
+    out: Annotated[
+        Path, typer.Option(help="Directory for signing.key (0600) and signing.pub.")
+    ] = Path("keys"),
 ) -> None:
     """Make an Ed25519 key pair for signing bundles; devices trust signing.pub."""
     from fedge.compression.bundle import generate_keypair
@@ -92,14 +117,25 @@ def _summary(run_dir: Path) -> None:
     for column in ("model", "accuracy", "params", "bytes"):
         table.add_column(column, justify="right" if column != "model" else "left")
     teacher, student = results["teacher"], results["student"]
-    table.add_row("teacher (fp32 ONNX)", f"{100 * teacher['accuracy']:.2f} %", f"{teacher['params']:,}",
-                  f"{teacher['onnx_bytes']:,}")
-    table.add_row("deployed student", f"{100 * student['accuracy']:.2f} %", f"{student['params']:,}",
-                  f"{student['onnx_bytes']:,}")
+    table.add_row(
+        "teacher (fp32 ONNX)",
+        f"{100 * teacher['accuracy']:.2f} %",
+        f"{teacher['params']:,}",
+        f"{teacher['onnx_bytes']:,}",
+    )
+    table.add_row(
+        "deployed student",
+        f"{100 * student['accuracy']:.2f} %",
+        f"{student['params']:,}",
+        f"{student['onnx_bytes']:,}",
+    )
     Console().print(table)
     installed = sum(c["installed"] for c in results["clients"])
-    console.print(f"{student['size_ratio']:.1f}x smaller, {installed}/{len(results['clients'])} clients installed it, "
-                  f"{results['timing_s']['total']:.0f} s. Report: {run_dir / 'report.md'}", highlight=False)
+    console.print(
+        f"{student['size_ratio']:.1f}x smaller, {installed}/{len(results['clients'])} clients installed it, "
+        f"{results['timing_s']['total']:.0f} s. Report: {run_dir / 'report.md'}",
+        highlight=False,
+    )
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ def node_context(node_id: int, partition_id: int, num_partitions: int, **node_co
 
 
 class LocalGrid(Grid):
-    def __init__(self, client_app: ClientApp, num_nodes: int, failing_partitions: Iterable[int] = ()) -> None:
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, failing_partitions: Iterable[int] = ()
+    ) -> None:
         set_task_identity()
         self.client_app = client_app
         self.contexts = {100 + i: node_context(100 + i, i, num_nodes) for i in range(num_nodes)}
@@ -39,7 +41,9 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: D102
-        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+        return Message(
+            content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id
+        )
 
     def get_node_ids(self):  # noqa: D102
         return list(self.contexts)
@@ -56,9 +60,14 @@ class LocalGrid(Grid):
             self.sent.append(msg)
             context = self.contexts[msg.metadata.dst_node_id]
             try:
-                if context.node_config["partition-id"] in self.failing and msg.metadata.message_type == "train":
+                if (
+                    context.node_config["partition-id"] in self.failing
+                    and msg.metadata.message_type == "train"
+                ):
                     raise RuntimeError("simulated crash in local training")
                 replies.append(self.client_app(msg, context))
             except Exception as err:  # what a Flower runtime does with a raising handler
-                replies.append(Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg))
+                replies.append(
+                    Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+                )
         return replies

@@ -16,7 +16,13 @@ from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import ClientData, build_federation, client_data
-from fedge.core.records import record_to_config, record_to_weights, weights_to_record
+from fedge.core.records import (
+    as_bytes,
+    as_int,
+    record_to_config,
+    record_to_weights,
+    weights_to_record,
+)
 
 app = ClientApp()
 
@@ -28,7 +34,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = record_to_config(msg.content.config_records[m.CONFIG])
     pid, data = _local_data(cfg, context)
     model = _model(cfg, msg)
-    server_round = int(msg.content.config_records[m.CONFIG].get("server-round", 0))
+    server_round = as_int(msg.content.config_records[m.CONFIG].get("server-round", 0))
     result = training.train(
         model,
         data.train.x,
@@ -70,9 +76,17 @@ def deploy(msg: Message, context: Context) -> Message:
     cfg = record_to_config(config)
     pid, data = _local_data(cfg, context)
     store_dir, key_path = _deploy_paths(context, config, pid)
-    files = {name: bytes(config[name]) for name in (m.MODEL_ONNX, m.MANIFEST, m.SIGNATURE) if name in config}  # type: ignore[arg-type]
-    metrics = {m.PARTITION_ID: pid, m.INSTALLED: 0, m.NUM_EXAMPLES: len(data.test)}
-    status = {m.REASON: "installed"}
+    files = {
+        name: as_bytes(config[name])
+        for name in (m.MODEL_ONNX, m.MANIFEST, m.SIGNATURE)
+        if name in config
+    }
+    metrics: dict[str, int | float] = {
+        m.PARTITION_ID: pid,
+        m.INSTALLED: 0,
+        m.NUM_EXAMPLES: len(data.test),
+    }
+    status: dict[str, str] = {m.REASON: "installed"}
     try:
         store = ModelStore(store_dir)
         key = load_public_key(key_path)
@@ -87,17 +101,21 @@ def deploy(msg: Message, context: Context) -> Message:
             {
                 m.INSTALLED: 1,
                 m.ACCURACY: session_accuracy(session, data.test.x, data.test.y),
-                m.LATENCY_US_P50: interleaved_latency_us({"b1": session_call(session, one)})["b1"]["p50"],
+                m.LATENCY_US_P50: interleaved_latency_us({"b1": session_call(session, one)})["b1"][
+                    "p50"
+                ],
                 "version": bundle.version,
             }
         )
-    content = RecordDict({m.METRICS: MetricRecord(metrics), m.STATUS: ConfigRecord(status)})
+    content = RecordDict(
+        {m.METRICS: MetricRecord(dict(metrics)), m.STATUS: ConfigRecord(dict(status))}
+    )
     return Message(content, reply_to=msg)
 
 
 def _local_data(cfg: RunConfig, context: Context) -> tuple[int, ClientData]:
-    pid = int(context.node_config[m.NODE_PARTITION_ID])
-    num_partitions = int(context.node_config.get(m.NODE_NUM_PARTITIONS, cfg.clients))
+    pid = as_int(context.node_config[m.NODE_PARTITION_ID])
+    num_partitions = as_int(context.node_config.get(m.NODE_NUM_PARTITIONS, cfg.clients))
     if num_partitions != cfg.clients:
         raise ValueError(
             f"this federation has {num_partitions} nodes but the run expects clients={cfg.clients}"
@@ -121,4 +139,3 @@ def _deploy_paths(context: Context, config: ConfigRecord, pid: int) -> tuple[Pat
         store = Path(str(config[m.MODEL_STORE_ROOT])) / f"partition-{pid}" / "model-store"
     key = Path(str(node.get(m.NODE_TRUSTED_KEY, config.get(m.TRUSTED_KEY, ""))))
     return store, key
-

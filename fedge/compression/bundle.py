@@ -60,10 +60,16 @@ def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
     return json.dumps(manifest, sort_keys=True, indent=1).encode()
 
 
-def make_bundle(model_bytes: bytes, config: BundleConfig, key: Ed25519PrivateKey) -> dict[str, bytes]:
+def make_bundle(
+    model_bytes: bytes, config: BundleConfig, key: Ed25519PrivateKey
+) -> dict[str, bytes]:
     """The three bundle files as bytes, keyed by file name."""
     manifest = build_manifest(model_bytes, config)
-    return {fmt.MODEL_FILE: model_bytes, fmt.MANIFEST_FILE: manifest, fmt.SIGNATURE_FILE: key.sign(manifest)}
+    return {
+        fmt.MODEL_FILE: model_bytes,
+        fmt.MANIFEST_FILE: manifest,
+        fmt.SIGNATURE_FILE: key.sign(manifest),
+    }
 
 
 def write_bundle(files: dict[str, bytes], directory: Path) -> Path:

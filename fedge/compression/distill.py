@@ -22,11 +22,14 @@ class DistillConfig:
     batch_size: int = 64  # public-pool batch size
     mixup: float = 0.4  # Beta(a, a) mixup of pool samples; 0 turns it off
     noise: float = 0.05  # std of Gaussian input noise on the pool views
+    shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
     seed: int = 0  # student initialisation and batch order
 
     def __post_init__(self) -> None:
         if self.student not in STUDENT_WIDTHS:
-            raise ValueError(f"unknown student {self.student!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
+            raise ValueError(
+                f"unknown student {self.student!r}; allowed: {', '.join(STUDENT_WIDTHS)}"
+            )
         if self.temperature <= 0 or self.lr <= 0 or self.batch_size < 1 or self.epochs < 0:
             raise ValueError(f"invalid distill config: {self}")
 
@@ -53,6 +56,7 @@ def distill(
         seed=config.seed,
         mixup=config.mixup,
         noise=config.noise,
+        shift=config.shift,
     )
     return student
 

@@ -30,7 +30,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], config: ExportCo
         torch.onnx.export(
             model,
             (torch.zeros(1, *input_shape),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # file-like objects work; the stub says path
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},

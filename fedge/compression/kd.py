@@ -8,7 +8,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Hinton et al. 2015: KL(teacher_T || student_T) * T^2 (soft targets only: the pool is unlabeled)."""
     t = temperature
     return F.kl_div(
@@ -31,6 +33,7 @@ def kd_train(
     seed: int,
     mixup: float,
     noise: float,
+    shift: int = 0,
 ) -> float:
     """Train `student` to match `teacher` on `inputs` (plus mixup/noise views the teacher labels).
 
@@ -55,6 +58,8 @@ def kd_train(
                 lam = beta.sample((len(batch),)).view(-1, *([1] * (batch.dim() - 1)))
                 partner = batch[torch.randperm(len(batch), generator=generator)]
                 batch = lam * batch + (1 - lam) * partner
+            if shift > 0:
+                batch = random_shift(batch, shift, generator)
             if noise > 0:
                 batch = batch + noise * torch.randn(batch.shape, generator=generator)
             with torch.no_grad():
@@ -68,3 +73,22 @@ def kd_train(
         last = total / len(xs)
     student.eval()
     return last
+
+
+def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each sample by up to `max_shift` steps along every spatial axis (zero padding).
+
+    Only for images (N, C, H, W) and signals (N, C, L); flat features are returned unchanged.
+    """
+    spatial = batch.dim() - 2
+    if spatial < 1:
+        return batch
+    pad = [max_shift] * (2 * spatial)
+    padded = F.pad(batch, pad)
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(batch), spatial), generator=generator)
+    out = torch.empty_like(batch)
+    sizes = batch.shape[2:]
+    for i in range(len(batch)):
+        index = tuple(slice(int(o), int(o) + n) for o, n in zip(offsets[i], sizes, strict=True))
+        out[i] = padded[(i, slice(None), *index)]
+    return out

@@ -25,6 +25,7 @@ class PruneConfig:
     batch_size: int = 64  # public-pool batch size
     mixup: float = 0.4  # as in DistillConfig
     noise: float = 0.05  # as in DistillConfig
+    shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
     seed: int = 0  # batch order
 
     def __post_init__(self) -> None:
@@ -71,5 +72,6 @@ def prune(
             seed=config.seed,
             mixup=config.mixup,
             noise=config.noise,
+            shift=config.shift,
         )
     return model.eval()

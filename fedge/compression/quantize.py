@@ -88,14 +88,22 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
         return int8.read_bytes()
 
 
-def guard(fp32_bytes: int, int8_bytes: int, fp32_acc: float, int8_acc: float, tolerance: float) -> tuple[bool, str]:
+def guard(
+    fp32_bytes: int, int8_bytes: int, fp32_acc: float, int8_acc: float, tolerance: float
+) -> tuple[bool, str]:
     """Accept int8 only if it loses at most `tolerance` validation accuracy and is smaller."""
     drop = fp32_acc - int8_acc
     if drop > tolerance:
-        return False, f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance {tolerance * 100:.2f})"
+        return (
+            False,
+            f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance {tolerance * 100:.2f})",
+        )
     if int8_bytes >= fp32_bytes:
         return False, f"int8 refused: not smaller ({int8_bytes} >= {fp32_bytes} bytes)"
-    return True, f"int8 accepted: {fp32_bytes} -> {int8_bytes} bytes, validation {fp32_acc:.4f} -> {int8_acc:.4f}"
+    return (
+        True,
+        f"int8 accepted: {fp32_bytes} -> {int8_bytes} bytes, validation {fp32_acc:.4f} -> {int8_acc:.4f}",
+    )
 
 
 def quantize(
@@ -106,4 +114,6 @@ def quantize(
     fp32_acc = session_accuracy(make_session(model_bytes), val.x, val.y)
     int8_acc = session_accuracy(make_session(int8), val.x, val.y)
     accepted, reason = guard(len(model_bytes), len(int8), fp32_acc, int8_acc, config.tolerance)
-    return QuantizeResult(int8 if accepted else model_bytes, accepted, reason, fp32_acc, int8_acc, len(int8))
+    return QuantizeResult(
+        int8 if accepted else model_bytes, accepted, reason, fp32_acc, int8_acc, len(int8)
+    )

@@ -1,0 +1,1 @@
+"""Shared by server and client: data, splits, models, training, records, message types."""

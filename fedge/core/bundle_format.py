@@ -36,7 +36,9 @@ def schema_errors(manifest: Any) -> list[str]:
     for key, kind in MANIFEST_SCHEMA.items():
         if key not in manifest:
             errors.append(f"missing key {key!r}")
-        elif not isinstance(manifest[key], kind) or (kind is int and isinstance(manifest[key], bool)):
+        elif not isinstance(manifest[key], kind) or (
+            kind is int and isinstance(manifest[key], bool)
+        ):
             errors.append(f"key {key!r} has type {type(manifest[key]).__name__}")
     if not errors and manifest["format"] != FORMAT:
         errors.append(f"format {manifest['format']!r} is not {FORMAT!r}")

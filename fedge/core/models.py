@@ -40,7 +40,9 @@ class ConvNet(nn.Module):
             pool(2),
         )
         flat = c2 * math.prod(s // 2 for s in input_shape[1:])
-        self.classifier = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits."""
@@ -54,7 +56,11 @@ class MLP(nn.Module):
         super().__init__()
         h1, h2 = width[2], max(width[2] // 2, 4)
         self.net = nn.Sequential(
-            nn.Linear(num_features, h1), nn.ReLU(), nn.Linear(h1, h2), nn.ReLU(), nn.Linear(h2, num_classes)
+            nn.Linear(num_features, h1),
+            nn.ReLU(),
+            nn.Linear(h1, h2),
+            nn.ReLU(),
+            nn.Linear(h2, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

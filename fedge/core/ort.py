@@ -20,7 +20,9 @@ def make_session(model_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def session_logits(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def session_logits(
+    session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
     """Run `session` over x in batches; returns the first output."""
     name = session.get_inputs()[0].name
     outs = [

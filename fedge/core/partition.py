@@ -138,8 +138,8 @@ def partition_labels(y: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         IidPartitioner,
-        PathologicalPartitioner,
         Partitioner,
+        PathologicalPartitioner,
     )
 
     n = cfg.clients

@@ -44,7 +44,9 @@ def train(
             optimizer.zero_grad()
             loss = F.cross_entropy(model(xt[batch]), yt[batch])
             if anchor:
-                drift = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
+                drift = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
                 loss = loss + proximal_mu / 2 * drift
             loss.backward()
             optimizer.step()
@@ -87,6 +89,8 @@ def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
     for key, ref in expected.items():
         value = torch.from_numpy(np.asarray(weights[key]))
         if value.shape != ref.shape:
-            raise ValueError(f"weight {key!r} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+            raise ValueError(
+                f"weight {key!r} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}"
+            )
         state[key] = value.to(ref.dtype)
     model.load_state_dict(state, strict=True)

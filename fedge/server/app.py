@@ -29,8 +29,11 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    """`out` as an absolute path; empty means ~/fedge-runs/<time>-<dataset> (the ServerApp's
-    working directory under `flwr run` is the SuperLink's, so relative paths would surprise)."""
+    """`out` as an absolute path; empty means ~/fedge-runs/<time>-<dataset>.
+
+    Under `flwr run` the ServerApp's working directory is the SuperLink's, so relative paths
+    would land somewhere surprising.
+    """
     if cfg.out:
         return Path(cfg.out).expanduser().resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -36,7 +36,10 @@ class CompressionConfig:
         """The stage configs a run's settings describe."""
         return cls(
             distill=DistillConfig(
-                student=cfg.student, temperature=cfg.kd_temperature, epochs=cfg.kd_epochs, seed=cfg.seed
+                student=cfg.student,
+                temperature=cfg.kd_temperature,
+                epochs=cfg.kd_epochs,
+                seed=cfg.seed,
             ),
             prune=PruneConfig(
                 ratio=cfg.prune_ratio,
@@ -46,7 +49,9 @@ class CompressionConfig:
             ),
             export=ExportConfig(),
             quantize=QuantizeConfig(
-                format=cfg.quant_format, per_channel=cfg.quant_per_channel, tolerance=cfg.int8_tolerance
+                format=cfg.quant_format,
+                per_channel=cfg.quant_per_channel,
+                tolerance=cfg.int8_tolerance,
             ),
         )
 
@@ -75,8 +80,11 @@ def run_compression(
     input_shape: tuple[int, ...],
     num_classes: int,
 ) -> CompressionOutcome:
-    """Compress the teacher. Training sees only `public_pool`; `val` decides the int8 guard and
-    `test` is only measured, for the report."""
+    """Compress the teacher.
+
+    Training sees only `public_pool`; `val` decides the int8 guard and `test` is only
+    measured, for the report.
+    """
     require_public_pool(public_pool)
     stages: list[dict[str, Any]] = []  # bytes: raw fp32 weights for torch stages, file size after
 
@@ -84,16 +92,33 @@ def run_compression(
         stages.append({"name": name, "accuracy": accuracy, "params": params, "bytes": size})
         log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
 
-    log.info("compression: distilling into a %r student on %d public samples", config.distill.student, len(public_pool))
-    student = distill(teacher, public_pool, config.distill, input_shape=input_shape, num_classes=num_classes)
-    record("distilled", evaluate(student, test.x, test.y)[1], count_params(student), 4 * count_params(student))
-    log.info("compression: pruning %.0f %% of channels, then KD fine-tuning", 100 * config.prune.ratio)
+    log.info(
+        "compression: distilling into a %r student on %d public samples",
+        config.distill.student,
+        len(public_pool),
+    )
+    student = distill(
+        teacher, public_pool, config.distill, input_shape=input_shape, num_classes=num_classes
+    )
+    record(
+        "distilled",
+        evaluate(student, test.x, test.y)[1],
+        count_params(student),
+        4 * count_params(student),
+    )
+    log.info(
+        "compression: pruning %.0f %% of channels, then KD fine-tuning", 100 * config.prune.ratio
+    )
     pruned = prune(student, teacher, public_pool, config.prune, input_shape=input_shape)
     params = count_params(pruned)
     record("pruned", evaluate(pruned, test.x, test.y)[1], params, 4 * params)
     fp32 = export_onnx(pruned, input_shape, config.export)
     record("onnx-fp32", session_accuracy(make_session(fp32), test.x, test.y), params, len(fp32))
-    log.info("compression: int8 static quantization (%s, per-channel=%s)", config.quantize.format, config.quantize.per_channel)
+    log.info(
+        "compression: int8 static quantization (%s, per-channel=%s)",
+        config.quantize.format,
+        config.quantize.per_channel,
+    )
     quant = quantize(fp32, public_pool, val, config.quantize)
     if quant.quantized:
         int8_acc = session_accuracy(make_session(quant.model_bytes), test.x, test.y)

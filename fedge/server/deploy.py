@@ -12,7 +12,7 @@ from flwr.serverapp import Grid
 from fedge.core import messages as m
 from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from fedge.core.config import RunConfig
-from fedge.core.records import config_to_record
+from fedge.core.records import as_float, as_int, config_to_record
 
 log = logging.getLogger("fedge")
 
@@ -39,32 +39,44 @@ def deploy_bundle(
     nodes = list(grid.get_node_ids())
     messages = [Message(content=content, message_type=m.DEPLOY, dst_node_id=node) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-    clients = []
+    clients: list[dict[str, Any]] = []
     for reply in replies:
         node = reply.metadata.src_node_id
+        row: dict[str, Any]
         if reply.has_error():
-            row = {"partition_id": node_partition.get(node), "installed": False, "reason": reply.error.reason,
-                   "accuracy": None, "latency_us_p50": None}
+            row = {
+                "partition_id": node_partition.get(node),
+                "installed": False,
+                "reason": reply.error.reason,
+                "accuracy": None,
+                "latency_us_p50": None,
+            }
         else:
             metrics = reply.content.metric_records[m.METRICS]
             status = reply.content.config_records[m.STATUS]
             installed = bool(metrics[m.INSTALLED])
             row = {
-                "partition_id": int(metrics[m.PARTITION_ID]),  # type: ignore[arg-type]
+                "partition_id": as_int(metrics[m.PARTITION_ID]),
                 "installed": installed,
                 "reason": str(status[m.REASON]),
-                "accuracy": float(metrics[m.ACCURACY]) if installed else None,  # type: ignore[arg-type]
-                "latency_us_p50": float(metrics[m.LATENCY_US_P50]) if installed else None,  # type: ignore[arg-type]
-                "test_examples": int(metrics[m.NUM_EXAMPLES]),  # type: ignore[arg-type]
+                "accuracy": as_float(metrics[m.ACCURACY]) if installed else None,
+                "latency_us_p50": as_float(metrics[m.LATENCY_US_P50]) if installed else None,
+                "test_examples": as_int(metrics[m.NUM_EXAMPLES]),
             }
         clients.append(row)
     answered = {r.metadata.src_node_id for r in replies}
     for node in nodes:
         if node not in answered:
-            clients.append({"partition_id": node_partition.get(node), "installed": False,
-                            "reason": "no reply before round-timeout", "accuracy": None, "latency_us_p50": None})
+            clients.append(
+                {
+                    "partition_id": node_partition.get(node),
+                    "installed": False,
+                    "reason": "no reply before round-timeout",
+                    "accuracy": None,
+                    "latency_us_p50": None,
+                }
+            )
     clients.sort(key=lambda r: (r["partition_id"] is None, r["partition_id"] or 0))
     ok = sum(r["installed"] for r in clients)
     log.info("deploy: %d of %d clients installed the bundle", ok, len(clients))
     return clients, bundle_bytes * len(nodes)
-

@@ -23,13 +23,19 @@ def write_plot(results: dict[str, Any], run_dir: Path) -> Path:
     accuracy = [100 * r["accuracy"] for r in results["rounds"]]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(rounds, accuracy, marker="o", label="teacher (federated, central test)")
-    ax.axhline(100 * results["student"]["accuracy"], color="C2", linestyle="--",
-               label=f"deployed student ({results['student']['onnx_bytes'] / 1024:.1f} KiB)")
+    ax.axhline(
+        100 * results["student"]["accuracy"],
+        color="C2",
+        linestyle="--",
+        label=f"deployed student ({results['student']['onnx_bytes'] / 1024:.1f} KiB)",
+    )
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.set_xticks(rounds)
-    ax.set_title(f"{results['config']['dataset']}: {results['config']['clients']} clients, "
-                 f"{results['config']['partition']}")
+    ax.set_title(
+        f"{results['config']['dataset']}: {results['config']['clients']} clients, "
+        f"{results['config']['partition']}"
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -53,11 +59,33 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "| model | accuracy | params | bytes | vs teacher ONNX |",
         "|---|---:|---:|---:|---:|",
-        _row("teacher (fp32 ONNX)", teacher["accuracy"], teacher["params"], teacher["onnx_bytes"], teacher["onnx_bytes"]),
+        _row(
+            "teacher (fp32 ONNX)",
+            teacher["accuracy"],
+            teacher["params"],
+            teacher["onnx_bytes"],
+            teacher["onnx_bytes"],
+        ),
     ]
     for stage in results["stages"]:
-        lines.append(_row(stage["name"], stage["accuracy"], stage["params"], stage["bytes"], teacher["onnx_bytes"]))
-    lines.append(_row("**deployed student**", student["accuracy"], student["params"], student["onnx_bytes"], teacher["onnx_bytes"]))
+        lines.append(
+            _row(
+                stage["name"],
+                stage["accuracy"],
+                stage["params"],
+                stage["bytes"],
+                teacher["onnx_bytes"],
+            )
+        )
+    lines.append(
+        _row(
+            "**deployed student**",
+            student["accuracy"],
+            student["params"],
+            student["onnx_bytes"],
+            teacher["onnx_bytes"],
+        )
+    )
     lines += [
         "",
         "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files.",
@@ -77,7 +105,9 @@ def render_report(results: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|",
     ]
     for r in results["rounds"]:
-        lines.append(f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | {len(r['clients_failed'])} |")
+        lines.append(
+            f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | {len(r['clients_failed'])} |"
+        )
     lines += [
         "",
         "## Deployment: each client's local test split",
@@ -109,7 +139,9 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def _row(name: str, accuracy: float, params: int, size: int, teacher_bytes: int) -> str:
-    return f"| {name} | {100 * accuracy:.2f} % | {params:,} | {size:,} | {teacher_bytes / size:.1f}x |"
+    return (
+        f"| {name} | {100 * accuracy:.2f} % | {params:,} | {size:,} | {teacher_bytes / size:.1f}x |"
+    )
 
 
 def _pct(value: float | None) -> str:

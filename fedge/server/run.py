@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -63,18 +62,34 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
     fed = build_federation(cfg)
-    server, shape, classes = fed.server, fed.dataset.preprocessing.input_shape, fed.dataset.num_classes
+    server, shape, classes = (
+        fed.server,
+        fed.dataset.preprocessing.input_shape,
+        fed.dataset.num_classes,
+    )
     key = _signing_key(cfg, run_dir)
     teacher = build_teacher(shape, classes, cfg.seed)
-    log.info("training a %d-parameter teacher: %d clients x %d rounds", count_params(teacher), cfg.clients, cfg.rounds)
+    log.info(
+        "training a %d-parameter teacher: %d clients x %d rounds",
+        count_params(teacher),
+        cfg.clients,
+        cfg.rounds,
+    )
     training = train_teacher(grid, cfg, teacher, server.test)
     t1 = time.monotonic()
 
     teacher_onnx = export_onnx(teacher, shape, ExportConfig())
     atomic_write_bytes(run_dir / "teacher.onnx", teacher_onnx)
     compression = CompressionConfig.from_run(cfg)
-    outcome = run_compression(teacher, server.public_pool, server.val, server.test, compression,
-                              input_shape=shape, num_classes=classes)
+    outcome = run_compression(
+        teacher,
+        server.public_pool,
+        server.val,
+        server.test,
+        compression,
+        input_shape=shape,
+        num_classes=classes,
+    )
     student_bytes = outcome.student_bytes
     teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
     latency = _latency(teacher_session, student_session, server.test.x)
@@ -97,7 +112,11 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     t2 = time.monotonic()
 
     clients, deploy_bytes = deploy_bundle(
-        grid, cfg, files, store_root=run_dir / "nodes", trusted_key=run_dir / "keys" / "signing.pub",
+        grid,
+        cfg,
+        files,
+        store_root=run_dir / "nodes",
+        trusted_key=run_dir / "keys" / "signing.pub",
         node_partition=training.node_partition,
     )
     for row in clients:
@@ -108,8 +127,12 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "config": cfg.to_run_config(),
         "compression_config": compression.to_json(),
         "rounds": training.rounds,
-        "teacher": {"accuracy": teacher_acc, "params": count_params(teacher), "onnx_bytes": len(teacher_onnx),
-                    "latency_us": latency["teacher"]},
+        "teacher": {
+            "accuracy": teacher_acc,
+            "params": count_params(teacher),
+            "onnx_bytes": len(teacher_onnx),
+            "latency_us": latency["teacher"],
+        },
         "stages": outcome.stages,
         "student": {
             "accuracy": student_acc,
@@ -124,7 +147,12 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         },
         "clients": clients,
         "communication": {"train_bytes": training.train_bytes, "deploy_bytes": deploy_bytes},
-        "timing_s": {"total": t3 - t0, "training": t1 - t0, "compression": t2 - t1, "deploy": t3 - t2},
+        "timing_s": {
+            "total": t3 - t0,
+            "training": t1 - t0,
+            "compression": t2 - t1,
+            "deploy": t3 - t2,
+        },
     }
     atomic_write_json(run_dir / RESULTS_FILE, results)
     atomic_write_bytes(run_dir / "report.md", render_report(results).encode())
@@ -145,7 +173,9 @@ def _signing_key(cfg: RunConfig, run_dir: Path) -> Any:
 
 def _latency(teacher: Any, student: Any, x: np.ndarray) -> dict[str, dict[str, float]]:
     """Batch-1 and batch-64 p50 of teacher and student in onnxruntime, interleaved."""
-    b1 = interleaved_latency_us({"teacher": session_call(teacher, x[:1]), "student": session_call(student, x[:1])})
+    b1 = interleaved_latency_us(
+        {"teacher": session_call(teacher, x[:1]), "student": session_call(student, x[:1])}
+    )
     x64 = np.resize(x, (64, *x.shape[1:]))
     b64 = interleaved_latency_us(
         {"teacher": session_call(teacher, x64), "student": session_call(student, x64)}, iters=200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedge.core.config import RunConfig
@@ -12,7 +14,7 @@ def make_strategy(cfg: RunConfig) -> FedAvg:
 
     Every strategy samples all clients each round and needs all of them connected to start.
     """
-    common = {
+    common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
         "min_train_nodes": cfg.clients,

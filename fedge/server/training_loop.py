@@ -14,7 +14,13 @@ from torch import nn
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.partition import Split
-from fedge.core.records import config_to_record, record_to_weights, weights_to_record
+from fedge.core.records import (
+    as_float,
+    as_int,
+    config_to_record,
+    record_to_weights,
+    weights_to_record,
+)
 from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.server.strategy import make_strategy
 
@@ -42,7 +48,7 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
         if time.monotonic() > deadline:
             raise FederationError(
                 f"only {len(nodes)} of clients={wanted} nodes connected after {timeout:.0f} s; "
-                "start more SuperNodes (flwr run: --federation-config \"num-supernodes=N\") "
+                'start more SuperNodes (flwr run: --federation-config "num-supernodes=N") '
                 "or lower clients"
             )
         time.sleep(0.2)
@@ -63,7 +69,9 @@ def train_teacher(grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split) -
         failures = _failures(replies, messages, out.node_partition)
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
-            raise FederationError(f"round {server_round}: no client returned a usable update ({failures})")
+            raise FederationError(
+                f"round {server_round}: no client returned a usable update ({failures})"
+            )
         arrays = new_arrays
         set_weights(teacher, record_to_weights(arrays))
         loss, accuracy = evaluate(teacher, test.x, test.y)
@@ -71,7 +79,9 @@ def train_teacher(grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split) -
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
-            "train_loss": float(metrics[m.TRAIN_LOSS]) if metrics and m.TRAIN_LOSS in metrics else None,
+            "train_loss": as_float(metrics[m.TRAIN_LOSS])
+            if metrics and m.TRAIN_LOSS in metrics
+            else None,
             "clients_ok": len(replies) - len(failures),
             "clients_failed": failures,
             "seconds": time.monotonic() - start,
@@ -79,13 +89,20 @@ def train_teacher(grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split) -
         out.rounds.append(row)
         log.info(
             "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed",
-            server_round, cfg.rounds, accuracy, loss, row["clients_ok"], len(failures),
+            server_round,
+            cfg.rounds,
+            accuracy,
+            loss,
+            row["clients_ok"],
+            len(failures),
         )
     out.client_teacher_accuracy = _federated_evaluate(grid, cfg, strategy, arrays)
     return out
 
 
-def _federated_evaluate(grid: Grid, cfg: RunConfig, strategy: Any, arrays: ArrayRecord) -> dict[int, float]:
+def _federated_evaluate(
+    grid: Grid, cfg: RunConfig, strategy: Any, arrays: ArrayRecord
+) -> dict[int, float]:
     """The final teacher on every client's local test split (partition id -> accuracy)."""
     messages = list(strategy.configure_evaluate(cfg.rounds, arrays, config_to_record(cfg), grid))
     replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
@@ -93,11 +110,13 @@ def _federated_evaluate(grid: Grid, cfg: RunConfig, strategy: Any, arrays: Array
     for reply in replies:
         if not reply.has_error():
             metrics: MetricRecord = reply.content.metric_records[m.METRICS]
-            result[int(metrics[m.PARTITION_ID])] = float(metrics[m.ACCURACY])  # type: ignore[arg-type]
+            result[as_int(metrics[m.PARTITION_ID])] = as_float(metrics[m.ACCURACY])
     return result
 
 
-def _failures(replies: list[Message], sent: list[Message], node_partition: dict[int, int]) -> list[dict[str, Any]]:
+def _failures(
+    replies: list[Message], sent: list[Message], node_partition: dict[int, int]
+) -> list[dict[str, Any]]:
     """Error replies and missing replies, each with node id, partition id (when known) and reason."""
     failures = []
     answered = set()
@@ -105,13 +124,25 @@ def _failures(replies: list[Message], sent: list[Message], node_partition: dict[
         node = reply.metadata.src_node_id
         answered.add(node)
         if reply.has_error():
-            failures.append({"node_id": node, "partition_id": node_partition.get(node), "reason": reply.error.reason})
+            failures.append(
+                {
+                    "node_id": node,
+                    "partition_id": node_partition.get(node),
+                    "reason": reply.error.reason,
+                }
+            )
         else:
-            node_partition[node] = int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])  # type: ignore[arg-type]
+            node_partition[node] = as_int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])
     for msg in sent:
         node = msg.metadata.dst_node_id
         if node not in answered:
-            failures.append({"node_id": node, "partition_id": node_partition.get(node), "reason": "no reply before round-timeout"})
+            failures.append(
+                {
+                    "node_id": node,
+                    "partition_id": node_partition.get(node),
+                    "reason": "no reply before round-timeout",
+                }
+            )
     return failures
 
 
@@ -122,4 +153,3 @@ def _array_bytes(messages: list[Message]) -> int:
         if not msg.has_error()
         for record in msg.content.array_records.values()
     )
-

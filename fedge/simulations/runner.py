@@ -16,6 +16,7 @@ FLOWER_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # silences a FutureWarning; we use no GPU
 }
 
 
@@ -30,7 +31,9 @@ def load_scenario(path: Path) -> dict[str, Any]:
         raise ConfigError(f"scenario {path} is not valid TOML: {err}") from err
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
-        raise ConfigError(f"scenario {path}: tables are not allowed ({', '.join(nested)}); use flat keys")
+        raise ConfigError(
+            f"scenario {path}: tables are not allowed ({', '.join(nested)}); use flat keys"
+        )
     return data
 
 
@@ -41,7 +44,11 @@ def build_config(scenario: Path | None, overrides: dict[str, Any]) -> RunConfig:
         settings.update(load_scenario(scenario))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = RunConfig.from_run_config(settings)
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{_short(cfg.dataset)}"
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{_short(cfg.dataset)}"
+    )
     return cfg.replace(out=str(out.expanduser().resolve()))
 
 
@@ -52,7 +59,9 @@ def preflight(cfg: RunConfig) -> None:
 
     out = Path(cfg.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"out {out} already exists and is not an empty directory; choose a new --out")
+        raise ConfigError(
+            f"out {out} already exists and is not an empty directory; choose a new --out"
+        )
     if cfg.private_key:
         try:
             load_private_key(Path(cfg.private_key))
@@ -74,7 +83,9 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
 
     # The public run_simulation() hands the ServerApp an empty run_config; the engine's own
     # entry point (what `flwr run` uses) takes a Context, so we call that with our settings.
-    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=cfg.to_run_config())
+    context = Context(
+        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=cfg.to_run_config()
+    )
     _run_simulation(
         num_supernodes=cfg.clients,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -82,14 +93,18 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
         server_app=server_app,
         backend_name="ray",
         # num_cpus=2 on 2 cores: one Ray actor, the fastest to start here.
-        backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0},
-                        "init_args": {"logging_level": "ERROR", "log_to_driver": verbose}},
+        backend_config={
+            "client_resources": {"num_cpus": 2, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
+        },
         server_app_context=context,
         verbose_logging=verbose,
     )
     out = Path(cfg.out)
     if not (out / "results.json").is_file():
-        raise RuntimeError(f"the simulation ended without writing {out / 'results.json'}; see the log above")
+        raise RuntimeError(
+            f"the simulation ended without writing {out / 'results.json'}; see the log above"
+        )
     return out
 
 

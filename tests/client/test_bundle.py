@@ -8,7 +8,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir, verify_bundle
-from fedge.compression.bundle import BundleConfig, generate_keypair, load_private_key, make_bundle, write_bundle
+from fedge.compression.bundle import (
+    BundleConfig,
+    generate_keypair,
+    load_private_key,
+    make_bundle,
+    write_bundle,
+)
 from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core.models import build_student
 from fedge.core.ort import make_session
@@ -16,9 +22,16 @@ from fedge.core.ort import make_session
 
 def _config(version: int = 1) -> BundleConfig:
     return BundleConfig(
-        model_id="test", version=version, input_name="input", input_shape=(None, 1, 8, 8), output_name="logits",
-        preprocessing={"shift": 0.0, "scale": 0.0625, "input_shape": [1, 8, 8]}, labels=tuple(range(10)),
-        metrics={}, compression={}, quantized=False,
+        model_id="test",
+        version=version,
+        input_name="input",
+        input_shape=(None, 1, 8, 8),
+        output_name="logits",
+        preprocessing={"shift": 0.0, "scale": 0.0625, "input_shape": [1, 8, 8]},
+        labels=tuple(range(10)),
+        metrics={},
+        compression={},
+        quantized=False,
     )
 
 
@@ -36,8 +49,10 @@ def keys(tmp_path):
 @pytest.fixture()
 def no_onnxruntime(monkeypatch):
     """Fail the test if anything builds an onnxruntime session."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("onnxruntime saw a bundle that should have been refused")
+
     monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
 
 

@@ -24,7 +24,15 @@ def _message(content: RecordDict, message_type: str) -> Message:
 
 def test_train_returns_updated_weights_with_the_same_keys():
     weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
-    msg = _message(RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG, **{"server-round": 1})}), m.TRAIN)
+    msg = _message(
+        RecordDict(
+            {
+                m.ARRAYS: weights_to_record(weights),
+                m.CONFIG: config_to_record(CFG, **{"server-round": 1}),
+            }
+        ),
+        m.TRAIN,
+    )
     reply = app(msg, node_context(7, partition_id=2, num_partitions=4))
     arrays = reply.content.array_records[m.ARRAYS]
     metrics = reply.content.metric_records[m.METRICS]
@@ -35,14 +43,22 @@ def test_train_returns_updated_weights_with_the_same_keys():
 
 def test_evaluate_reports_local_accuracy():
     weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
-    msg = _message(RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG)}), m.EVALUATE)
+    msg = _message(
+        RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG)}),
+        m.EVALUATE,
+    )
     metrics = app(msg, node_context(7, 1, 4)).content.metric_records[m.METRICS]
     assert 0.0 <= metrics[m.ACCURACY] <= 0.5  # untrained: near chance
 
 
 def _deploy_message(files: dict[str, bytes], store_root, key_path) -> Message:
-    payload = {m.MODEL_ONNX: files["model.onnx"], m.MANIFEST: files["manifest.json"],
-               m.SIGNATURE: files["manifest.sig"], m.MODEL_STORE_ROOT: str(store_root), m.TRUSTED_KEY: str(key_path)}
+    payload = {
+        m.MODEL_ONNX: files["model.onnx"],
+        m.MANIFEST: files["manifest.json"],
+        m.SIGNATURE: files["manifest.sig"],
+        m.MODEL_STORE_ROOT: str(store_root),
+        m.TRUSTED_KEY: str(key_path),
+    }
     return _message(RecordDict({m.CONFIG: config_to_record(CFG, **payload)}), m.DEPLOY)
 
 
@@ -75,7 +91,9 @@ def test_node_config_store_and_key_win_over_the_message(tmp_path):
     model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
     files = make_bundle(model, _config(), load_private_key(private_path))
     # The message names a key that would accept; the node trusts only its own (other) key.
-    context = node_context(7, 0, 4, **{"model-store": str(tmp_path / "own"), "trusted-key": str(other_public)})
+    context = node_context(
+        7, 0, 4, **{"model-store": str(tmp_path / "own"), "trusted-key": str(other_public)}
+    )
     reply = app(_deploy_message(files, tmp_path / "nodes", public_path), context)
     assert reply.content.metric_records[m.METRICS][m.INSTALLED] == 0
     assert "signature" in str(reply.content.config_records[m.STATUS][m.REASON])

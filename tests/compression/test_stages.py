@@ -18,28 +18,43 @@ SHAPE = (1, 8, 8)
 
 @pytest.fixture(scope="module")
 def student(teacher, digits_fed):
-    return distill(teacher, digits_fed.server.public_pool, DistillConfig(student="small", epochs=40),
-                   input_shape=SHAPE, num_classes=10)
+    return distill(
+        teacher,
+        digits_fed.server.public_pool,
+        DistillConfig(student="small", epochs=40),
+        input_shape=SHAPE,
+        num_classes=10,
+    )
 
 
 def test_distilled_student_learns_the_teacher(teacher, student, digits_fed):
     test = digits_fed.server.test
     untrained = build_student(SHAPE, 10, "small", seed=0)
     assert count_params(student) < count_params(teacher) / 20
-    agree = (predict_logits(student, test.x).argmax(1) == predict_logits(teacher, test.x).argmax(1)).mean()
+    agree = (
+        predict_logits(student, test.x).argmax(1) == predict_logits(teacher, test.x).argmax(1)
+    ).mean()
     assert agree > 0.85
     assert evaluate(student, test.x, test.y)[1] > evaluate(untrained, test.x, test.y)[1] + 0.5
 
 
 def test_compression_refuses_anything_but_the_public_pool(teacher, digits_fed):
     with pytest.raises(TypeError, match="only a PublicPool"):
-        distill(teacher, digits_fed.server.val, DistillConfig(epochs=1), input_shape=SHAPE, num_classes=10)
+        distill(
+            teacher,
+            digits_fed.server.val,
+            DistillConfig(epochs=1),
+            input_shape=SHAPE,
+            num_classes=10,
+        )
 
 
 def test_onnx_matches_torch(teacher, digits_fed):
     x = digits_fed.server.test.x[:64]
     session = make_session(export_onnx(teacher, SHAPE, ExportConfig()))
-    np.testing.assert_allclose(session_logits(session, x), predict_logits(teacher, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        session_logits(session, x), predict_logits(teacher, x), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_export_carries_no_local_paths_or_metadata(teacher):
@@ -51,12 +66,16 @@ def test_export_carries_no_local_paths_or_metadata(teacher):
 
 def test_pruning_removes_parameters_and_keeps_the_output_shape(teacher, student, digits_fed):
     pool = digits_fed.server.public_pool
-    pruned = prune(student, teacher, pool, PruneConfig(ratio=0.5, finetune_epochs=10), input_shape=SHAPE)
+    pruned = prune(
+        student, teacher, pool, PruneConfig(ratio=0.5, finetune_epochs=10), input_shape=SHAPE
+    )
     assert count_params(pruned) < 0.5 * count_params(student)
     x = torch.from_numpy(digits_fed.server.test.x[:5])
     assert pruned(x).shape == student(x).shape == (5, 10)
     # physically smaller: the exported file shrinks too (masks would not)
-    assert len(export_onnx(pruned, SHAPE, ExportConfig())) < 0.6 * len(export_onnx(student, SHAPE, ExportConfig()))
+    assert len(export_onnx(pruned, SHAPE, ExportConfig())) < 0.6 * len(
+        export_onnx(student, SHAPE, ExportConfig())
+    )
     test = digits_fed.server.test
     assert evaluate(pruned, test.x, test.y)[1] > 0.8
 
@@ -64,8 +83,12 @@ def test_pruning_removes_parameters_and_keeps_the_output_shape(teacher, student,
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 def test_int8_is_smaller_and_within_tolerance_of_fp32(teacher, digits_fed, fmt):
     fp32 = export_onnx(teacher, SHAPE, ExportConfig())
-    result = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val,
-                      QuantizeConfig(format=fmt, tolerance=0.02))
+    result = quantize(
+        fp32,
+        digits_fed.server.public_pool,
+        digits_fed.server.val,
+        QuantizeConfig(format=fmt, tolerance=0.02),
+    )
     assert result.quantized, result.reason
     assert len(result.model_bytes) < len(fp32) / 3
     test = digits_fed.server.test
@@ -89,5 +112,7 @@ def test_int8_guard(fp32_bytes, int8_bytes, fp32_acc, int8_acc, accepted, why):
 
 def test_refused_int8_ships_the_fp32_bytes(teacher, digits_fed):
     fp32 = export_onnx(teacher, SHAPE, ExportConfig())
-    result = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig(tolerance=-1.0))
+    result = quantize(
+        fp32, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig(tolerance=-1.0)
+    )
     assert not result.quantized and result.model_bytes == fp32 and "lost" in result.reason

@@ -24,7 +24,9 @@ def test_server_splits_are_disjoint_from_clients_and_each_other():
     cfg = RunConfig()
     fed = build_federation(cfg)
     data = load_dataset("digits")
-    total = len(fed.server.test) + len(fed.server.val) + len(fed.server.public_pool) + len(fed.client_y)
+    total = (
+        len(fed.server.test) + len(fed.server.val) + len(fed.server.public_pool) + len(fed.client_y)
+    )
     assert total == len(data.y)
     rows = lambda x: {r.tobytes() for r in x.reshape(len(x), -1)}  # noqa: E731
     # digits has a few exact duplicate images; the splits may share those and nothing more.
@@ -50,7 +52,9 @@ def test_pathological_gives_k_classes_per_client():
 
 def test_splits_are_seeded():
     a = build_federation(RunConfig(partition="dirichlet", seed=1))
-    b = build_federation(RunConfig(partition="dirichlet", seed=1, lr=0.2))  # lr does not change splits
+    b = build_federation(
+        RunConfig(partition="dirichlet", seed=1, lr=0.2)
+    )  # lr does not change splits
     c = build_federation(RunConfig(partition="dirichlet", seed=2))
     assert all(np.array_equal(x, y) for x, y in zip(a.partitions, b.partitions, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a.partitions, c.partitions, strict=True))
@@ -88,9 +92,21 @@ def test_npz_dataset(tmp_path, rng):
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"x_train": np.zeros((10, 3)), "y_train": np.zeros(10, int), "x_test": np.zeros((5, 3))}, "lacks arrays y_test"),
         (
-            {"x_train": np.zeros((10, 3)), "y_train": np.zeros(9, int), "x_test": np.zeros((5, 3)), "y_test": np.zeros(5, int)},
+            {
+                "x_train": np.zeros((10, 3)),
+                "y_train": np.zeros(10, int),
+                "x_test": np.zeros((5, 3)),
+            },
+            "lacks arrays y_test",
+        ),
+        (
+            {
+                "x_train": np.zeros((10, 3)),
+                "y_train": np.zeros(9, int),
+                "x_test": np.zeros((5, 3)),
+                "y_test": np.zeros(5, int),
+            },
             "x_train has 10 rows but y_train has 9",
         ),
     ],

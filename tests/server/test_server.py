@@ -14,7 +14,9 @@ from fedge.server.run import run_server, staged_run_dir
 from fedge.server.training_loop import FederationError, train_teacher, wait_for_nodes
 from tests.flower_local import LocalGrid
 
-FAST = RunConfig(clients=4, rounds=2, partition="iid", local_epochs=1, kd_epochs=3, finetune_epochs=1)
+FAST = RunConfig(
+    clients=4, rounds=2, partition="iid", local_epochs=1, kd_epochs=3, finetune_epochs=1
+)
 
 
 def test_a_client_that_raises_is_reported_and_the_round_goes_on():
@@ -44,11 +46,16 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
     assert on_disk["student"]["sha256"] == results["student"]["sha256"]
     assert [c["installed"] for c in on_disk["clients"]] == [True] * 4
     assert [c["partition_id"] for c in on_disk["clients"]] == [0, 1, 2, 3]
-    assert on_disk["communication"]["train_bytes"] > 0 and on_disk["communication"]["deploy_bytes"] > 0
+    assert (
+        on_disk["communication"]["train_bytes"] > 0 and on_disk["communication"]["deploy_bytes"] > 0
+    )
     key = load_public_key(run / "keys" / "signing.pub")
     bundle = verify_bundle(read_bundle_dir(run / "bundle"), key)
     for pid in range(4):
-        assert ModelStore(run / "nodes" / f"partition-{pid}" / "model-store").load(key).model_bytes == bundle.model_bytes
+        assert (
+            ModelStore(run / "nodes" / f"partition-{pid}" / "model-store").load(key).model_bytes
+            == bundle.model_bytes
+        )
     assert (run / "report.md").read_text().startswith("# fedge run")
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -71,7 +71,9 @@ def verify_bundle(
     try:
         trusted_key.verify(signature, manifest_bytes)
     except InvalidSignature:
-        raise BundleError("signature", "manifest.sig does not match manifest.json under the trusted key") from None
+        raise BundleError(
+            "signature", "manifest.sig does not match manifest.json under the trusted key"
+        ) from None
     try:
         manifest = json.loads(manifest_bytes)
     except ValueError as err:
@@ -81,16 +83,27 @@ def verify_bundle(
         raise BundleError("manifest", "; ".join(errors))
     model_bytes = files[fmt.MODEL_FILE]
     if len(model_bytes) != manifest["model_bytes"]:
-        raise BundleError("size", f"model.onnx has {len(model_bytes)} bytes, manifest says {manifest['model_bytes']}")
+        raise BundleError(
+            "size",
+            f"model.onnx has {len(model_bytes)} bytes, manifest says {manifest['model_bytes']}",
+        )
     digest = hashlib.sha256(model_bytes).hexdigest()
     if digest != manifest["model_sha256"]:
-        raise BundleError("sha256", f"model.onnx hashes to {digest[:16]}..., manifest says {manifest['model_sha256'][:16]}...")
+        raise BundleError(
+            "sha256",
+            f"model.onnx hashes to {digest[:16]}..., manifest says {manifest['model_sha256'][:16]}...",
+        )
     if newer_than is not None and manifest["version"] <= newer_than:
-        raise BundleError("version", f"version {manifest['version']} is not newer than installed {newer_than} (no rollback)")
+        raise BundleError(
+            "version",
+            f"version {manifest['version']} is not newer than installed {newer_than} (no rollback)",
+        )
     return VerifiedBundle(model_bytes, manifest_bytes, signature, manifest)
 
 
 def read_bundle_dir(directory: Path | str) -> dict[str, bytes]:
     """Read the three bundle files from a directory (missing files simply absent)."""
     directory = Path(directory)
-    return {name: (directory / name).read_bytes() for name in fmt.FILES if (directory / name).is_file()}
+    return {
+        name: (directory / name).read_bytes() for name in fmt.FILES if (directory / name).is_file()
+    }

@@ -1,0 +1,97 @@
+"""End to end: `fedge simulate` on Flower's real simulation engine, through redistribution."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedge.client.runtime.store import ModelStore
+from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
+from fedge.core.ort import make_session
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home")}
+    return subprocess.run(
+        [sys.executable, "-m", "fedge", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.e2e
+def test_tiny_simulation_trains_compresses_and_every_client_installs(tmp_path):
+    out = tmp_path / "run"
+    proc = fedge(
+        "simulate",
+        "--scenario",
+        str(ROOT / "simulations" / "tiny.toml"),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    assert all(0 <= r["accuracy"] <= 1 for r in results["rounds"])
+    assert results["teacher"]["accuracy"] > 0.7  # chance is 0.1
+    assert results["student"]["onnx_bytes"] * 10 < results["teacher"]["onnx_bytes"]
+    assert [s["name"] for s in results["stages"]][:3] == ["distilled", "pruned", "onnx-fp32"]
+    assert len(results["clients"]) == 3 and all(c["installed"] for c in results["clients"])
+    assert {"train_bytes", "deploy_bytes"} <= results["communication"].keys()
+    assert {"total", "training", "compression", "deploy"} <= results["timing_s"].keys()
+    key = load_public_key(out / "keys" / "signing.pub")
+    bundle = verify_bundle(read_bundle_dir(out / "bundle"), key)
+    make_session(bundle.model_bytes)
+    for pid in range(3):
+        assert (
+            ModelStore(out / "nodes" / f"partition-{pid}" / "model-store").load(key).version
+            == bundle.version
+        )
+    assert "deployed student" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+        (
+            ["--partition", "zipf"],
+            "unknown partition 'zipf'; allowed: iid, dirichlet, pathological",
+        ),
+        (["--strategy", "sgd"], "unknown strategy 'sgd'"),
+        (["--alpha", "0"], "alpha must be > 0"),
+        (["--rounds", "0"], "rounds must be >= 1"),
+        (["--clients", "5000", "--partition", "iid"], "clients=5000 is too many"),
+        (["--scenario", "nope.toml"], "scenario file not found"),
+        (["--dataset", "npz:missing.npz"], "npz file not found"),
+    ],
+)
+def test_bad_input_exits_2_before_training_and_writes_nothing(tmp_path, args, message):
+    proc = fedge("simulate", *args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in " ".join(proc.stderr.split())
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_scenario_key_is_refused(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('dataset = "digits"\nroundz = 3\n')
+    proc = fedge("simulate", "--scenario", str(scenario), cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown setting 'roundz'" in proc.stderr
+
+
+def test_keys_generate_refuses_to_overwrite(tmp_path):
+    assert fedge("keys", "generate", "--out", "k", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "k" / "signing.key").stat().st_mode & 0o777 == 0o600
+    again = fedge("keys", "generate", "--out", "k", cwd=tmp_path)
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
