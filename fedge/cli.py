@@ -107,7 +107,7 @@ def _setup_logging(verbose: bool) -> None:
     for flwr_handler in list(flwr_logger.handlers):
         flwr_logger.removeHandler(flwr_handler)
     flwr_logger.propagate = True
-    for name in ("flwr", "ray", "datasets"):
+    for name in ("flwr", "ray", "datasets", "alembic"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 

@@ -89,6 +89,8 @@ def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator
     out = torch.empty_like(batch)
     sizes = batch.shape[2:]
     for i in range(len(batch)):
-        index = tuple(slice(int(o), int(o) + n) for o, n in zip(offsets[i], sizes, strict=True))
-        out[i] = padded[(i, slice(None), *index)]
+        window: list[slice] = [
+            slice(int(o), int(o) + n) for o, n in zip(offsets[i], sizes, strict=True)
+        ]
+        out[i] = padded[(i, slice(None), *window)]
     return out
