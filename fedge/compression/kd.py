@@ -89,8 +89,8 @@ def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator
     out = torch.empty_like(batch)
     sizes = batch.shape[2:]
     for i in range(len(batch)):
-        window: list[slice] = [
-            slice(int(o), int(o) + n) for o, n in zip(offsets[i], sizes, strict=True)
-        ]
-        out[i] = padded[(i, slice(None), *window)]
+        sample = padded[i]
+        for axis, (start, size) in enumerate(zip(offsets[i].tolist(), sizes, strict=True)):
+            sample = sample.narrow(axis + 1, start, size)
+        out[i] = sample
     return out
