@@ -30,6 +30,7 @@ class BundleConfig:
     input_name: str
     input_shape: tuple[int | None, ...]  # None for the dynamic batch axis
     output_name: str
+    probabilities_name: str | None  # an output holding softmax probabilities, if the model has one
     preprocessing: dict[str, Any]
     labels: tuple[int, ...]
     metrics: dict[str, Any]
@@ -45,7 +46,7 @@ def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
         "version": config.version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": {"name": config.input_name, "shape": list(config.input_shape), "dtype": "float32"},
-        "output": {"name": config.output_name},
+        "output": {"name": config.output_name, "probabilities": config.probabilities_name},
         "preprocessing": config.preprocessing,
         "labels": list(config.labels),
         "metrics": config.metrics,

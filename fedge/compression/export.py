@@ -12,6 +12,19 @@ from torch import nn
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+PROBABILITIES_NAME = "probabilities"
+
+
+class _WithProbabilities(nn.Module):
+    """Adds a softmax output, so devices get probabilities from onnxruntime, not numpy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
 
 
 @dataclass(frozen=True)
@@ -22,8 +35,11 @@ class ExportConfig:
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], config: ExportConfig) -> bytes:
-    """Serialise `model` to a self-contained ONNX model with a dynamic batch axis."""
-    model = model.eval()
+    """Serialise `model` to a self-contained ONNX model with a dynamic batch axis.
+
+    Outputs: `logits`, then `probabilities` (softmax of the logits).
+    """
+    model = _WithProbabilities(model.eval()).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter warns that it is legacy
@@ -32,8 +48,12 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], config: ExportCo
             (torch.zeros(1, *input_shape),),
             buffer,  # type: ignore[arg-type]  # file-like objects work; the stub says path
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=[OUTPUT_NAME, PROBABILITIES_NAME],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                OUTPUT_NAME: {0: "batch"},
+                PROBABILITIES_NAME: {0: "batch"},
+            },
             opset_version=config.opset,
             dynamo=False,  # the dynamo exporter needs onnxscript and embeds source paths
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -74,6 +75,8 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
         fp32, prepped, int8 = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         fp32.write_bytes(model_bytes)
         quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        # Probabilities stay float: an int8 softmax would round them to steps of 1/256.
+        softmax = [n.name for n in onnx.load(str(prepped)).graph.node if n.op_type == "Softmax"]
         quantize_static(
             str(prepped),
             str(int8),
@@ -83,6 +86,7 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=softmax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         return int8.read_bytes()

@@ -24,7 +24,13 @@ from fedge.compression.bundle import (
     public_pem,
     write_bundle,
 )
-from fedge.compression.export import INPUT_NAME, OUTPUT_NAME, ExportConfig, export_onnx
+from fedge.compression.export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PROBABILITIES_NAME,
+    ExportConfig,
+    export_onnx,
+)
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.models import build_teacher, count_params
@@ -101,6 +107,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         input_name=INPUT_NAME,
         input_shape=(None, *shape),
         output_name=OUTPUT_NAME,
+        probabilities_name=PROBABILITIES_NAME,
         preprocessing=fed.dataset.preprocessing.to_json(),
         labels=tuple(range(classes)),
         metrics={"test_accuracy": student_acc, "teacher_test_accuracy": teacher_acc},

@@ -27,6 +27,7 @@ def _config(version: int = 1) -> BundleConfig:
         input_name="input",
         input_shape=(None, 1, 8, 8),
         output_name="logits",
+        probabilities_name="probabilities",
         preprocessing={"shift": 0.0, "scale": 0.0625, "input_shape": [1, 8, 8]},
         labels=tuple(range(10)),
         metrics={},

@@ -1,4 +1,4 @@
-"""Verify a bundle before anything parses the ONNX: signature -> manifest schema -> sha256 -> version."""
+"""Verify a bundle before onnxruntime sees it: signature, manifest, sha256, external data, version."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.core import bundle_format as fmt
+from fedge.core.onnx_scan import MalformedModelError, external_data_refs
 
 
 class BundleError(Exception):
@@ -92,6 +93,14 @@ def verify_bundle(
         raise BundleError(
             "sha256",
             f"model.onnx hashes to {digest[:16]}..., manifest says {manifest['model_sha256'][:16]}...",
+        )
+    try:
+        refs = external_data_refs(model_bytes)
+    except MalformedModelError as err:
+        raise BundleError("onnx", f"model.onnx is not a well-formed ONNX protobuf: {err}") from err
+    if refs:
+        raise BundleError(
+            "external-data", f"model.onnx references external data files for {refs[:3]}"
         )
     if newer_than is not None and manifest["version"] <= newer_than:
         raise BundleError(
