@@ -9,7 +9,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir, verify_bundle
 from fedge.compression.bundle import (
-    BundleConfig,
     generate_keypair,
     load_private_key,
     make_bundle,
@@ -18,22 +17,7 @@ from fedge.compression.bundle import (
 from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core.models import build_student
 from fedge.core.ort import make_session
-
-
-def _config(version: int = 1) -> BundleConfig:
-    return BundleConfig(
-        model_id="test",
-        version=version,
-        input_name="input",
-        input_shape=(None, 1, 8, 8),
-        output_name="logits",
-        probabilities_name="probabilities",
-        preprocessing={"shift": 0.0, "scale": 0.0625, "input_shape": [1, 8, 8]},
-        labels=tuple(range(10)),
-        metrics={},
-        compression={},
-        quantized=False,
-    )
+from tests.client.conftest import bundle_config
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +47,14 @@ def _flip(data: bytes, index: int) -> bytes:
 
 def test_a_good_bundle_verifies_and_runs(model_bytes, keys):
     private, public = keys
-    bundle = verify_bundle(make_bundle(model_bytes, _config(), private), public)
+    bundle = verify_bundle(make_bundle(model_bytes, bundle_config(), private), public)
     assert bundle.manifest["model_sha256"] and bundle.version == 1
     make_session(bundle.model_bytes)
 
 
 def test_flipped_model_byte_is_refused_by_the_hash(model_bytes, keys, no_onnxruntime):
     private, public = keys
-    files = make_bundle(model_bytes, _config(), private)
+    files = make_bundle(model_bytes, bundle_config(), private)
     files["model.onnx"] = _flip(files["model.onnx"], len(model_bytes) // 2)
     with pytest.raises(BundleError) as err:
         verify_bundle(files, public)
@@ -79,7 +63,7 @@ def test_flipped_model_byte_is_refused_by_the_hash(model_bytes, keys, no_onnxrun
 
 def test_flipped_manifest_byte_is_refused_by_the_signature(model_bytes, keys, no_onnxruntime):
     private, public = keys
-    files = make_bundle(model_bytes, _config(), private)
+    files = make_bundle(model_bytes, bundle_config(), private)
     files["manifest.json"] = files["manifest.json"].replace(b'"version": 1', b'"version": 9')
     with pytest.raises(BundleError) as err:
         verify_bundle(files, public)
@@ -88,14 +72,14 @@ def test_flipped_manifest_byte_is_refused_by_the_signature(model_bytes, keys, no
 
 def test_another_key_is_refused(model_bytes, keys, no_onnxruntime):
     _, public = keys
-    files = make_bundle(model_bytes, _config(), Ed25519PrivateKey.generate())
+    files = make_bundle(model_bytes, bundle_config(), Ed25519PrivateKey.generate())
     with pytest.raises(BundleError, match="signature check failed"):
         verify_bundle(files, public)
 
 
 def test_signed_but_malformed_manifest_is_refused(model_bytes, keys):
     private, public = keys
-    files = make_bundle(model_bytes, _config(), private)
+    files = make_bundle(model_bytes, bundle_config(), private)
     manifest = json.loads(files["manifest.json"])
     del manifest["model_sha256"]
     files["manifest.json"] = json.dumps(manifest).encode()
@@ -107,7 +91,7 @@ def test_signed_but_malformed_manifest_is_refused(model_bytes, keys):
 
 def test_truncated_model_is_refused(model_bytes, keys, no_onnxruntime):
     private, public = keys
-    files = make_bundle(model_bytes, _config(), private)
+    files = make_bundle(model_bytes, bundle_config(), private)
     files["model.onnx"] = files["model.onnx"][:-10]
     with pytest.raises(BundleError) as err:
         verify_bundle(files, public)
@@ -117,13 +101,13 @@ def test_truncated_model_is_refused(model_bytes, keys, no_onnxruntime):
 def test_store_installs_atomically_and_refuses_rollback(model_bytes, keys, tmp_path):
     private, public = keys
     store = ModelStore(tmp_path / "store")
-    store.install(make_bundle(model_bytes, _config(version=5), private), public)
+    store.install(make_bundle(model_bytes, bundle_config(version=5), private), public)
     assert store.current_version() == 5
     with pytest.raises(BundleError) as err:
-        store.install(make_bundle(model_bytes, _config(version=4), private), public)
+        store.install(make_bundle(model_bytes, bundle_config(version=4), private), public)
     assert err.value.check == "version"
-    store.install(make_bundle(model_bytes, _config(version=6), private), public)
-    store.install(make_bundle(model_bytes, _config(version=7), private), public)
+    store.install(make_bundle(model_bytes, bundle_config(version=6), private), public)
+    store.install(make_bundle(model_bytes, bundle_config(version=7), private), public)
     assert store.current_version() == 7
     assert store.installed_versions() == [6, 7]  # the previous version is kept
     assert store.load(public).model_bytes == model_bytes
@@ -133,9 +117,9 @@ def test_store_installs_atomically_and_refuses_rollback(model_bytes, keys, tmp_p
 def test_refused_bundle_leaves_the_store_unchanged(model_bytes, keys, tmp_path):
     private, public = keys
     store = ModelStore(tmp_path / "store")
-    store.install(make_bundle(model_bytes, _config(version=1), private), public)
+    store.install(make_bundle(model_bytes, bundle_config(version=1), private), public)
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*"))
-    bad = make_bundle(model_bytes, _config(version=2), private)
+    bad = make_bundle(model_bytes, bundle_config(version=2), private)
     bad["model.onnx"] = _flip(bad["model.onnx"], 100)
     with pytest.raises(BundleError):
         store.install(bad, public)
@@ -146,7 +130,7 @@ def test_refused_bundle_leaves_the_store_unchanged(model_bytes, keys, tmp_path):
 def test_tampering_on_disk_is_caught_on_load(model_bytes, keys, tmp_path):
     private, public = keys
     store = ModelStore(tmp_path / "store")
-    store.install(make_bundle(model_bytes, _config(), private), public)
+    store.install(make_bundle(model_bytes, bundle_config(), private), public)
     path = tmp_path / "store" / "versions" / "1" / "model.onnx"
     path.write_bytes(_flip(path.read_bytes(), 200))
     with pytest.raises(BundleError, match="sha256"):
@@ -155,7 +139,7 @@ def test_tampering_on_disk_is_caught_on_load(model_bytes, keys, tmp_path):
 
 def test_written_bundle_round_trips(model_bytes, keys, tmp_path):
     private, public = keys
-    write_bundle(make_bundle(model_bytes, _config(), private), tmp_path / "bundle")
+    write_bundle(make_bundle(model_bytes, bundle_config(), private), tmp_path / "bundle")
     assert verify_bundle(read_bundle_dir(tmp_path / "bundle"), public).model_bytes == model_bytes
     with pytest.raises(FileExistsError):
-        write_bundle(make_bundle(model_bytes, _config(), private), tmp_path / "bundle")
+        write_bundle(make_bundle(model_bytes, bundle_config(), private), tmp_path / "bundle")

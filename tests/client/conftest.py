@@ -1,0 +1,58 @@
+"""Fixtures for the device runtime: a signed student bundle installed in a model store."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedge.client.runtime.store import ModelStore
+from fedge.client.runtime.verify import load_public_key
+from fedge.compression.bundle import BundleConfig, generate_keypair, load_private_key, make_bundle
+from fedge.compression.export import ExportConfig, export_onnx
+from fedge.core.models import build_student
+
+
+def bundle_config(version: int = 1) -> BundleConfig:
+    return BundleConfig(
+        model_id="test",
+        version=version,
+        input_name="input",
+        input_shape=(None, 1, 8, 8),
+        output_name="logits",
+        probabilities_name="probabilities",
+        preprocessing={"shift": 0.0, "scale": 0.0625, "input_shape": [1, 8, 8]},
+        labels=tuple(range(10)),
+        metrics={},
+        compression={},
+        quantized=False,
+    )
+
+
+@dataclass
+class Device:
+    store: Path
+    public_key: Path
+    private_key: Ed25519PrivateKey
+    model_bytes: bytes
+
+    def install(self, version: int, model_bytes: bytes | None = None) -> None:
+        files = make_bundle(
+            model_bytes or self.model_bytes, bundle_config(version), self.private_key
+        )
+        ModelStore(self.store).install(files, load_public_key(self.public_key))
+
+
+@pytest.fixture(scope="session")
+def student_onnx() -> bytes:
+    return export_onnx(build_student((1, 8, 8), 10, "small", seed=0), (1, 8, 8), ExportConfig())
+
+
+@pytest.fixture()
+def device(tmp_path, student_onnx) -> Device:
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    dev = Device(
+        tmp_path / "model-store", public_path, load_private_key(private_path), student_onnx
+    )
+    dev.install(1)
+    return dev

@@ -1,0 +1,232 @@
+"""The torch-free device runtime: Predictor, fedge infer and fedge serve."""
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+from fedge.client.runtime.predictor import InputError, Predictor
+from fedge.client.runtime.store import ModelStore
+from fedge.client.runtime.verify import BundleError, load_public_key
+from fedge.compression.bundle import make_bundle
+from fedge.core.data import load_dataset
+from fedge.core.ort import make_session, session_logits
+from tests.client.conftest import bundle_config
+
+RAW = load_dataset("digits").x[:32]  # raw 0..16 grey levels, flat (N, 64)
+
+# Run fedge with torch and flwr unimportable: the device path must not need them.
+NO_TORCH = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "flwr", "onnx", "sklearn"):
+            raise ImportError(f"{name} is blocked on this device")
+sys.meta_path.insert(0, Block())
+sys.argv = ["fedge", *sys.argv[1:]]
+from fedge.cli import main
+main()
+"""
+
+
+def test_predictions_equal_onnxruntime_on_preprocessed_input(device):
+    predictor = Predictor(device.store, device.public_key)
+    prediction = predictor.predict(RAW)
+    logits = session_logits(
+        make_session(device.model_bytes), (RAW / 16).reshape(-1, 1, 8, 8).astype(np.float32)
+    )
+    assert np.array_equal(prediction.labels, logits.argmax(1))
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(
+        prediction.probabilities, expected / expected.sum(1, keepdims=True), rtol=1e-5, atol=1e-6
+    )
+    assert prediction.version == 1 and prediction.model_id == "test"
+
+
+@pytest.mark.parametrize("shape", [(32, 64), (32, 1, 8, 8)])
+def test_batch_layouts(device, shape):
+    labels = Predictor(device.store, device.public_key).predict(RAW.reshape(shape)).labels
+    assert labels.shape == (32,)
+
+
+def test_one_sample_without_batch_axis_and_integer_input(device):
+    predictor = Predictor(device.store, device.public_key)
+    one = predictor.predict(RAW[0].astype(np.int64))
+    assert one.labels.shape == (1,) and one.labels[0] == predictor.predict(RAW[:1]).labels[0]
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (
+            np.zeros((2, 63), np.float32),
+            "input shape (2, 63) does not fit: expected (N, 1, 8, 8) or (N, 64)",
+        ),
+        (np.array([["a"] * 64]), "is not numeric"),
+        (np.full((1, 64), np.nan, np.float32), "NaN or Inf"),
+    ],
+)
+def test_bad_input_is_a_clear_error(device, batch, message):
+    with pytest.raises(InputError) as err:
+        Predictor(device.store, device.public_key).predict(batch)
+    assert message in str(err.value)
+
+
+def test_picks_up_a_newer_bundle_without_restart(device):
+    predictor = Predictor(device.store, device.public_key, check_interval=0.0)
+    device.install(2)
+    assert predictor.predict(RAW[:1]).version == 2
+
+
+def test_a_tampered_newer_bundle_is_refused_and_the_current_one_keeps_serving(device):
+    predictor = Predictor(device.store, device.public_key, check_interval=0.0)
+    device.install(2)
+    model = device.store / "versions" / "2" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    model.write_bytes(bytes(data))
+    assert predictor.predict(RAW[:1]).version == 1
+    assert "sha256" in predictor.last_error
+
+
+def test_external_data_is_refused_before_onnxruntime(device, tmp_path, monkeypatch):
+    proto = onnx.load_from_string(device.model_bytes)
+    onnx.save_model(
+        proto, tmp_path / "m.onnx", save_as_external_data=True, location="w.bin", size_threshold=0
+    )
+    external = (tmp_path / "m.onnx").read_bytes()
+    import onnxruntime
+
+    monkeypatch.setattr(
+        onnxruntime, "InferenceSession", lambda *a, **k: pytest.fail("onnxruntime saw it")
+    )
+    with pytest.raises(BundleError) as err:
+        ModelStore(device.store).install(
+            make_bundle(external, bundle_config(2), device.private_key),
+            load_public_key(device.public_key),
+        )
+    assert err.value.check == "external-data"
+
+
+def _fedge_no_torch(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
+
+
+def test_fedge_infer_without_torch(device, tmp_path):
+    np.save(tmp_path / "x.npy", RAW[:3])
+    proc = _fedge_no_torch(
+        "infer",
+        "--model-dir",
+        str(device.store),
+        "--trusted-key",
+        str(device.public_key),
+        str(tmp_path / "x.npy"),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert (
+        out["labels"] == Predictor(device.store, device.public_key).predict(RAW[:3]).labels.tolist()
+    )
+    stdin = _fedge_no_torch(
+        "infer",
+        "--model-dir",
+        str(device.store),
+        "--trusted-key",
+        str(device.public_key),
+        "-",
+        input=json.dumps({"inputs": RAW[:2].tolist()}),
+    )
+    assert stdin.returncode == 0 and len(stdin.stdout.split()) == 2
+    csv = tmp_path / "x.csv"
+    np.savetxt(csv, RAW[:4], delimiter=",")
+    assert (
+        len(
+            _fedge_no_torch(
+                "infer",
+                "--model-dir",
+                str(device.store),
+                "--trusted-key",
+                str(device.public_key),
+                str(csv),
+            ).stdout.split()
+        )
+        == 4
+    )
+
+
+def test_fedge_infer_refuses_a_wrong_key_and_a_bad_file(device, tmp_path):
+    from fedge.compression.bundle import generate_keypair
+
+    _, other = generate_keypair(tmp_path / "other")
+    proc = _fedge_no_torch(
+        "infer", "--model-dir", str(device.store), "--trusted-key", str(other), "-", input="[[0]]"
+    )
+    assert proc.returncode == 2 and "signature check failed" in proc.stderr
+    (tmp_path / "x.txt").write_text("1,2")
+    proc = _fedge_no_torch(
+        "infer",
+        "--model-dir",
+        str(device.store),
+        "--trusted-key",
+        str(device.public_key),
+        str(tmp_path / "x.txt"),
+    )
+    assert proc.returncode == 2 and "allowed: .npy, .csv, .json" in proc.stderr
+
+
+def test_fedge_serve_without_torch(device):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            NO_TORCH,
+            "serve",
+            "--model-dir",
+            str(device.store),
+            "--trusted-key",
+            str(device.public_key),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "on http://127.0.0.1:" in line, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(line.rsplit(":", 1)[1]), timeout=10)
+
+        def call(method, path, body=None):
+            conn.request(method, path, body=None if body is None else json.dumps(body).encode())
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+
+        status, health = call("GET", "/health")
+        assert status == 200 and health["version"] == 1 and health["model_id"] == "test"
+        status, result = call("POST", "/predict", {"inputs": RAW[:2].tolist()})
+        assert (
+            status == 200 and len(result["labels"]) == 2 and len(result["probabilities"][0]) == 10
+        )
+        status, error = call("POST", "/predict", {"inputs": [[1, 2, 3]]})
+        assert status == 400 and "does not fit" in error["error"]
+        assert call("POST", "/predict", {"inputs": RAW[:1].tolist()})[0] == 200  # still up
+        device.install(2)
+        deadline = time.monotonic() + 10
+        while call("GET", "/health")[1]["version"] != 2:
+            assert time.monotonic() < deadline, "new bundle not picked up"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
