@@ -15,11 +15,12 @@ from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
-from fedge.core.partition import ClientData, build_federation, client_data
+from fedge.core.partition import ClientData, build_federation, client_data, node_data
 from fedge.core.records import (
     as_bytes,
     as_int,
     record_to_config,
+    record_to_spec,
     record_to_weights,
     weights_to_record,
 )
@@ -32,7 +33,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's private partition."""
     torch.set_num_threads(1)
     cfg = record_to_config(msg.content.config_records[m.CONFIG])
-    pid, data = _local_data(cfg, context)
+    pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
     model = _model(cfg, msg)
     server_round = as_int(msg.content.config_records[m.CONFIG].get("server-round", 0))
     result = training.train(
@@ -57,7 +58,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's local test split."""
     torch.set_num_threads(1)
     cfg = record_to_config(msg.content.config_records[m.CONFIG])
-    pid, data = _local_data(cfg, context)
+    pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
     loss, accuracy = training.evaluate(_model(cfg, msg), data.test.x, data.test.y)
     metrics = MetricRecord(
         {m.NUM_EXAMPLES: len(data.test), m.LOSS: loss, m.ACCURACY: accuracy, m.PARTITION_ID: pid}
@@ -74,7 +75,7 @@ def deploy(msg: Message, context: Context) -> Message:
     """
     config = msg.content.config_records[m.CONFIG]
     cfg = record_to_config(config)
-    pid, data = _local_data(cfg, context)
+    pid, data = _local_data(cfg, context, config)
     store_dir, key_path = _deploy_paths(context, config, pid)
     files = {
         name: as_bytes(config[name])
@@ -113,8 +114,12 @@ def deploy(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def _local_data(cfg: RunConfig, context: Context) -> tuple[int, ClientData]:
+def _local_data(cfg: RunConfig, context: Context, config: ConfigRecord) -> tuple[int, ClientData]:
+    """The node's data: its own file when node_config names one, else its simulated partition."""
     pid = as_int(context.node_config[m.NODE_PARTITION_ID])
+    if m.NODE_DATA_FILE in context.node_config:
+        prep, num_classes = record_to_spec(config)
+        return pid, node_data(Path(str(context.node_config[m.NODE_DATA_FILE])), prep, num_classes)
     num_partitions = as_int(context.node_config.get(m.NODE_NUM_PARTITIONS, cfg.clients))
     if num_partitions != cfg.clients:
         raise ValueError(
@@ -124,8 +129,8 @@ def _local_data(cfg: RunConfig, context: Context) -> tuple[int, ClientData]:
 
 
 def _model(cfg: RunConfig, msg: Message) -> torch.nn.Module:
-    fed = build_federation(cfg)
-    model = build_teacher(fed.dataset.preprocessing.input_shape, fed.dataset.num_classes, cfg.seed)
+    prep, num_classes = record_to_spec(msg.content.config_records[m.CONFIG])
+    model = build_teacher(prep.input_shape, num_classes, cfg.seed)
     training.set_weights(model, record_to_weights(msg.content.array_records[m.ARRAYS]))
     return model
 

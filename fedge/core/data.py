@@ -97,8 +97,12 @@ def _mnist1d() -> Dataset:
 
 @functools.cache
 def _npz(path: str, _mtime_ns: int) -> Dataset:
-    """Read a user's npz; every problem is a ConfigError naming the file and the fault."""
-    if not Path(path).is_file():
+    return dataset_from_arrays(Path(path).name, **read_npz(Path(path)))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The four arrays of a user's npz; every problem is a ConfigError naming the file and fault."""
+    if not path.is_file():
         raise ConfigError(f"npz file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -108,12 +112,11 @@ def _npz(path: str, _mtime_ns: int) -> Dataset:
                     f"npz {path} lacks arrays {', '.join(missing)}; "
                     f"required: {', '.join(NPZ_KEYS)} (has: {', '.join(npz.files) or 'none'})"
                 )
-            arrays = {k: npz[k] for k in NPZ_KEYS}
+            return {k: npz[k] for k in NPZ_KEYS}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"cannot read npz {path}: {err}") from err
-    return dataset_from_arrays(Path(path).name, **arrays)
 
 
 def dataset_from_arrays(

@@ -32,11 +32,18 @@ MODEL_STORE_ROOT = "model-store-root"  # simulation: nodes' stores live under th
 TRUSTED_KEY = "trusted-key"  # simulation: path of the run's public key
 REASON = "reason"
 
+# ConfigRecord keys describing the federation's model (so devices need not hold the dataset).
+INPUT_SHAPE = "input-shape"
+NUM_CLASSES = "num-classes"
+PREPROCESS_SHIFT = "preprocess-shift"
+PREPROCESS_SCALE = "preprocess-scale"
+
 # node_config keys (Flower sets partition-id and num-partitions in simulation).
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
+NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition
 
 # RunConfig keys that stay on the server (never sent to clients).
 SERVER_ONLY_SETTINGS = ("out", "private-key")

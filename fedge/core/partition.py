@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.core.data import Dataset, load_dataset
+from fedge.core.data import NPZ_KEYS, Dataset, Preprocessing, load_dataset, read_npz
 
 
 @dataclass(frozen=True)
@@ -192,3 +193,30 @@ def _strata(y: np.ndarray) -> np.ndarray | None:
     """Stratify when every class has at least two samples, else plain random split."""
     counts = np.unique(y, return_counts=True)[1]
     return y if len(counts) > 1 and counts.min() >= 2 else None
+
+
+def node_data(path: Path, prep: Preprocessing, num_classes: int) -> ClientData:
+    """A real device's own data file (npz with x_train, y_train, x_test, y_test).
+
+    The server's preprocessing is applied, so the device's samples meet the federation's
+    model; shapes and labels that do not fit are refused with the reason.
+    """
+    arrays = read_npz(Path(path))
+    size = int(np.prod(prep.input_shape))
+    for x_key, y_key in (NPZ_KEYS[:2], NPZ_KEYS[2:]):
+        x, y = arrays[x_key], arrays[y_key]
+        if len(x) != len(y) or len(x) == 0:
+            raise ConfigError(
+                f"{path}: {x_key} has {len(x)} rows and {y_key} {len(y)}; need equal, > 0"
+            )
+        if int(np.prod(x.shape[1:])) != size:
+            raise ConfigError(
+                f"{path}: samples of shape {x.shape[1:]} do not fit the federation's model input "
+                f"{prep.input_shape}"
+            )
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
+            raise ConfigError(f"{path}: {y_key} must be integer labels in 0..{num_classes - 1}")
+    return ClientData(
+        train=Split(prep.apply(arrays["x_train"]), arrays["y_train"].astype(np.int64)),
+        test=Split(prep.apply(arrays["x_test"]), arrays["y_test"].astype(np.int64)),
+    )

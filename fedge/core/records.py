@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
+from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.data import Preprocessing
 from fedge.core.messages import SERVER_ONLY_SETTINGS
 
 
@@ -29,6 +31,29 @@ def config_to_record(cfg: RunConfig, **extra: Any) -> ConfigRecord:
     values = {k: v for k, v in cfg.to_run_config().items() if k not in SERVER_ONLY_SETTINGS}
     values.update(extra)
     return ConfigRecord(values)
+
+
+def model_spec(prep: Preprocessing, num_classes: int) -> dict[str, Any]:
+    """Wire entries that tell a client the model's input and the preprocessing to apply."""
+    return {
+        m.INPUT_SHAPE: list(prep.input_shape),
+        m.NUM_CLASSES: num_classes,
+        m.PREPROCESS_SHIFT: float(prep.shift),
+        m.PREPROCESS_SCALE: float(prep.scale),
+    }
+
+
+def record_to_spec(record: ConfigRecord) -> tuple[Preprocessing, int]:
+    """Inverse of model_spec."""
+    shape = record[m.INPUT_SHAPE]
+    if not isinstance(shape, list):
+        raise TypeError(f"{m.INPUT_SHAPE} must be a list of ints, got {shape!r}")
+    prep = Preprocessing(
+        shift=as_float(record[m.PREPROCESS_SHIFT]),
+        scale=as_float(record[m.PREPROCESS_SCALE]),
+        input_shape=tuple(as_int(d) for d in shape),
+    )
+    return prep, as_int(record[m.NUM_CLASSES])
 
 
 def record_to_config(record: ConfigRecord) -> RunConfig:

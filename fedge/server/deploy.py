@@ -25,6 +25,7 @@ def deploy_bundle(
     store_root: Path,
     trusted_key: Path,
     node_partition: dict[int, int],
+    spec: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], int]:
     """Send the bundle to every connected node; returns per-client rows and bytes sent."""
     payload = {
@@ -33,6 +34,7 @@ def deploy_bundle(
         m.SIGNATURE: files[SIGNATURE_FILE],
         m.MODEL_STORE_ROOT: str(store_root),
         m.TRUSTED_KEY: str(trusted_key),
+        **spec,
     }
     bundle_bytes = sum(len(files[name]) for name in (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE))
     content = RecordDict({m.CONFIG: config_to_record(cfg, **payload)})

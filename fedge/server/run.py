@@ -36,6 +36,7 @@ from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.models import build_teacher, count_params
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import build_federation
+from fedge.core.records import model_spec
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.deploy import deploy_bundle
 from fedge.server.report import render_report, write_plot
@@ -81,7 +82,8 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         cfg.clients,
         cfg.rounds,
     )
-    training = train_teacher(grid, cfg, teacher, server.test)
+    spec = model_spec(fed.dataset.preprocessing, classes)
+    training = train_teacher(grid, cfg, teacher, server.test, spec)
     t1 = time.monotonic()
 
     teacher_onnx = export_onnx(teacher, shape, ExportConfig())
@@ -125,6 +127,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         store_root=run_dir / "nodes",
         trusted_key=run_dir / "keys" / "signing.pub",
         node_partition=training.node_partition,
+        spec=spec,
     )
     for row in clients:
         row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])

@@ -55,15 +55,22 @@ def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
     return nodes
 
 
-def train_teacher(grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split) -> TrainingLog:
-    """Run cfg.rounds rounds; `teacher` holds the aggregated weights at the end."""
+def train_teacher(
+    grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split, spec: dict[str, Any]
+) -> TrainingLog:
+    """Run cfg.rounds rounds; `teacher` holds the aggregated weights at the end.
+
+    `spec` (records.model_spec) tells clients the model input and preprocessing.
+    """
     strategy = make_strategy(cfg)
     wait_for_nodes(grid, cfg.clients, timeout=min(cfg.round_timeout, 120.0))
     arrays = weights_to_record(get_weights(teacher))
     out = TrainingLog()
     for server_round in range(1, cfg.rounds + 1):
         start = time.monotonic()
-        messages = list(strategy.configure_train(server_round, arrays, config_to_record(cfg), grid))
+        messages = list(
+            strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
+        )
         replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
         out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
         failures = _failures(replies, messages, out.node_partition)
@@ -96,15 +103,17 @@ def train_teacher(grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split) -
             row["clients_ok"],
             len(failures),
         )
-    out.client_teacher_accuracy = _federated_evaluate(grid, cfg, strategy, arrays)
+    out.client_teacher_accuracy = _federated_evaluate(grid, cfg, strategy, arrays, spec)
     return out
 
 
 def _federated_evaluate(
-    grid: Grid, cfg: RunConfig, strategy: Any, arrays: ArrayRecord
+    grid: Grid, cfg: RunConfig, strategy: Any, arrays: ArrayRecord, spec: dict[str, Any]
 ) -> dict[int, float]:
     """The final teacher on every client's local test split (partition id -> accuracy)."""
-    messages = list(strategy.configure_evaluate(cfg.rounds, arrays, config_to_record(cfg), grid))
+    messages = list(
+        strategy.configure_evaluate(cfg.rounds, arrays, config_to_record(cfg, **spec), grid)
+    )
     replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
     result = {}
     for reply in replies:

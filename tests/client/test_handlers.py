@@ -8,13 +8,15 @@ from fedge.compression.bundle import generate_keypair, load_private_key, make_bu
 from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.data import load_dataset
 from fedge.core.models import build_student, build_teacher
-from fedge.core.records import config_to_record, weights_to_record
+from fedge.core.records import config_to_record, model_spec, weights_to_record
 from fedge.core.training import get_weights
 from tests.client.conftest import bundle_config
 from tests.flower_local import node_context, set_task_identity
 
 CFG = RunConfig(clients=4, partition="iid", local_epochs=1)
+SPEC = model_spec(load_dataset("digits").preprocessing, 10)
 
 
 def _message(content: RecordDict, message_type: str) -> Message:
@@ -28,7 +30,7 @@ def test_train_returns_updated_weights_with_the_same_keys():
         RecordDict(
             {
                 m.ARRAYS: weights_to_record(weights),
-                m.CONFIG: config_to_record(CFG, **{"server-round": 1}),
+                m.CONFIG: config_to_record(CFG, **SPEC, **{"server-round": 1}),
             }
         ),
         m.TRAIN,
@@ -44,7 +46,7 @@ def test_train_returns_updated_weights_with_the_same_keys():
 def test_evaluate_reports_local_accuracy():
     weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
     msg = _message(
-        RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG)}),
+        RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG, **SPEC)}),
         m.EVALUATE,
     )
     metrics = app(msg, node_context(7, 1, 4)).content.metric_records[m.METRICS]
@@ -58,6 +60,7 @@ def _deploy_message(files: dict[str, bytes], store_root, key_path) -> Message:
         m.SIGNATURE: files["manifest.sig"],
         m.MODEL_STORE_ROOT: str(store_root),
         m.TRUSTED_KEY: str(key_path),
+        **SPEC,
     }
     return _message(RecordDict({m.CONFIG: config_to_record(CFG, **payload)}), m.DEPLOY)
 
@@ -103,3 +106,48 @@ def test_config_record_carries_no_server_only_settings():
     record = config_to_record(RunConfig(private_key="/secret/key.pem", out="/tmp/x"))
     assert "private-key" not in record and "out" not in record
     assert isinstance(record, ConfigRecord)
+
+
+def test_a_node_trains_on_its_own_data_file(tmp_path):
+    """A real device: node_config names an npz; the server's preprocessing is applied to it."""
+    digits = load_dataset("digits")
+    path = tmp_path / "device.npz"
+    np.savez(
+        path,
+        x_train=digits.x[:60],
+        y_train=digits.y[:60],
+        x_test=digits.x[60:80],
+        y_test=digits.y[60:80],
+    )
+    weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    msg = _message(
+        RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG, **SPEC)}),
+        m.TRAIN,
+    )
+    reply = app(msg, node_context(7, 0, 4, **{"data-file": str(path)}))
+    assert reply.content.metric_records[m.METRICS][m.NUM_EXAMPLES] == 60
+
+
+def test_a_data_file_that_does_not_fit_the_model_is_refused(tmp_path):
+    import pytest
+
+    from fedge.core.config import ConfigError
+
+    path = tmp_path / "device.npz"
+    np.savez(
+        path,
+        x_train=np.zeros((5, 10)),
+        y_train=np.zeros(5, int),
+        x_test=np.zeros((2, 10)),
+        y_test=np.zeros(2, int),
+    )
+    weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    msg = _message(
+        RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG, **SPEC)}),
+        m.TRAIN,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"samples of shape \(10,\) do not fit the federation's model input \(1, 8, 8\)",
+    ):
+        app(msg, node_context(7, 0, 4, **{"data-file": str(path)}))

@@ -68,13 +68,19 @@ def test_one_sample_without_batch_axis_and_integer_input(device):
             "input shape (2, 63) does not fit: expected (N, 1, 8, 8) or (N, 64)",
         ),
         (np.array([["a"] * 64]), "is not numeric"),
-        (np.full((1, 64), np.nan, np.float32), "NaN or Inf"),
     ],
 )
 def test_bad_input_is_a_clear_error(device, batch, message):
     with pytest.raises(InputError) as err:
         Predictor(device.store, device.public_key).predict(batch)
     assert message in str(err.value)
+
+
+def test_nan_input_is_refused_by_the_parsers():
+    from fedge.client.runtime.inputs import from_json
+
+    with pytest.raises(InputError, match="NaN or Inf"):
+        from_json("[[NaN, 1.0]]", "stdin")
 
 
 def test_picks_up_a_newer_bundle_without_restart(device):

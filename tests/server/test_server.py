@@ -10,6 +10,7 @@ from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation
+from fedge.core.records import model_spec
 from fedge.server.run import run_server, staged_run_dir
 from fedge.server.training_loop import FederationError, train_teacher, wait_for_nodes
 from tests.flower_local import LocalGrid
@@ -23,7 +24,9 @@ def test_a_client_that_raises_is_reported_and_the_round_goes_on():
     grid = LocalGrid(client_app, num_nodes=4, failing_partitions=[1])
     fed = build_federation(FAST)
     teacher = build_teacher((1, 8, 8), 10, seed=0)
-    log = train_teacher(grid, FAST, teacher, fed.server.test)
+    log = train_teacher(
+        grid, FAST, teacher, fed.server.test, model_spec(fed.dataset.preprocessing, 10)
+    )
     assert [r["clients_ok"] for r in log.rounds] == [3, 3]
     failure = log.rounds[1]["clients_failed"][0]
     assert "simulated crash" in failure["reason"] and failure["node_id"] == 101

@@ -16,6 +16,17 @@ FORMATS = ".npy, .csv, .json or - (JSON on stdin)"
 
 def read_inputs(source: str) -> np.ndarray:
     """Samples from a file or stdin; JSON is a list of samples or {"inputs": [...]}."""
+    return require_finite(_read(source), source)
+
+
+def require_finite(array: np.ndarray, where: str) -> np.ndarray:
+    """Refuse NaN and Inf (numeric arrays only; dtype problems are the Predictor's to report)."""
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise InputError(f"{where}: input holds NaN or Inf")
+    return array
+
+
+def _read(source: str) -> np.ndarray:
     if source == "-":
         return from_json(sys.stdin.read(), "stdin")
     path = Path(source)
@@ -48,4 +59,4 @@ def from_json(text: str, where: str) -> np.ndarray:
         array = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError) as err:
         raise InputError(f"{where}: samples must be equal-length lists of numbers ({err})") from err
-    return array
+    return require_finite(array, where)
