@@ -57,6 +57,7 @@ class LocalGrid(Grid):
     def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
         replies = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # as a real grid's push does
             self.sent.append(msg)
             context = self.contexts[msg.metadata.dst_node_id]
             try:

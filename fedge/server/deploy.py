@@ -13,6 +13,7 @@ from fedge.core import messages as m
 from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from fedge.core.config import RunConfig
 from fedge.core.records import as_float, as_int, config_to_record
+from fedge.server.replies import reply_origins
 
 log = logging.getLogger("fedge")
 
@@ -42,8 +43,8 @@ def deploy_bundle(
     messages = [Message(content=content, message_type=m.DEPLOY, dst_node_id=node) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     clients: list[dict[str, Any]] = []
-    for reply in replies:
-        node = reply.metadata.src_node_id
+    origins = reply_origins(messages, replies)
+    for reply, node in zip(replies, origins, strict=True):
         row: dict[str, Any]
         if reply.has_error():
             row = {
@@ -66,14 +67,17 @@ def deploy_bundle(
                 "test_examples": as_int(metrics[m.NUM_EXAMPLES]),
             }
         clients.append(row)
-    answered = {r.metadata.src_node_id for r in replies}
-    for node in nodes:
+    answered = set(origins)
+    gone = [node for node in node_partition if node not in nodes]  # trained, then disconnected
+    for node in [*nodes, *gone]:
         if node not in answered:
             clients.append(
                 {
                     "partition_id": node_partition.get(node),
                     "installed": False,
-                    "reason": "no reply before round-timeout",
+                    "reason": "no reply before round-timeout"
+                    if node in nodes
+                    else "not connected at deploy time",
                     "accuracy": None,
                     "latency_us_p50": None,
                 }

@@ -22,6 +22,7 @@ from fedge.core.records import (
     weights_to_record,
 )
 from fedge.core.training import evaluate, get_weights, set_weights
+from fedge.server.replies import reply_origins
 from fedge.server.strategy import make_strategy
 
 log = logging.getLogger("fedge")
@@ -128,10 +129,7 @@ def _failures(
 ) -> list[dict[str, Any]]:
     """Error replies and missing replies, each with node id, partition id (when known) and reason."""
     failures = []
-    answered = set()
-    for reply in replies:
-        node = reply.metadata.src_node_id
-        answered.add(node)
+    for reply, node in zip(replies, reply_origins(sent, replies), strict=True):
         if reply.has_error():
             failures.append(
                 {
@@ -142,6 +140,7 @@ def _failures(
             )
         else:
             node_partition[node] = as_int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])
+    answered = set(reply_origins(sent, replies))
     for msg in sent:
         node = msg.metadata.dst_node_id
         if node not in answered:
