@@ -64,9 +64,22 @@ class _Loaded:
         # Models exported by fedge carry a softmax output; others get numpy's softmax.
         self.output_names = [wanted] if wanted in outputs else [outputs[0]]
         self.has_probabilities = wanted in outputs
+        self.local = threading.local()  # per-thread input buffers (fedge serve is threaded)
         zeros = np.zeros((1, *self.sample_shape), dtype=np.float32)
         for _ in range(warmup):
             self.session.run(None, {self.input_name: zeros})
+
+    def buffer(self, rows: int) -> np.ndarray:
+        """A float32 input array for `rows` samples, reused by this thread's next call."""
+        buffers: dict[int, np.ndarray] | None = getattr(self.local, "buffers", None)
+        if buffers is None:
+            buffers = self.local.buffers = {}
+        buf = buffers.get(rows)
+        if buf is None:
+            if len(buffers) > 8:  # many batch sizes: keep memory bounded
+                buffers.clear()
+            buf = buffers[rows] = np.empty((rows, *self.sample_shape), dtype=np.float32)
+        return buf
 
 
 class Predictor:
@@ -111,7 +124,7 @@ class Predictor:
 
     def preprocess(self, batch: Any) -> np.ndarray:
         """The model input for raw samples (shape checks and the manifest's preprocessing)."""
-        return self._model_input(batch, self._loaded)
+        return self._model_input(batch, self._loaded).copy()
 
     def reload_if_newer(self) -> bool:
         """Switch to a newer verified bundle if the store has one; True if switched."""
@@ -147,28 +160,29 @@ class Predictor:
         x = self._model_input(batch, loaded)
         out = loaded.session.run(loaded.output_names, {loaded.input_name: x})[0]
         probabilities = out if loaded.has_probabilities else _softmax(out)
-        best = probabilities.argmax(axis=1)
+        best = probabilities.argmax(1)
         labels = best if loaded.identity_labels else loaded.labels[best]
         return Prediction(labels, probabilities, loaded.model_id, loaded.version)
 
     @staticmethod
     def _model_input(batch: Any, loaded: _Loaded) -> np.ndarray:
-        x = batch if isinstance(batch, np.ndarray) else np.asarray(batch)
+        """Checked, preprocessed float32 input in a reused per-thread buffer."""
+        x = batch if type(batch) is np.ndarray else np.asarray(batch)
         if x.dtype.kind not in "iuf":
             raise InputError(f"input dtype {x.dtype} is not numeric; expected float or int values")
         shape = loaded.sample_shape
-        if x.shape[1:] == shape:
-            pass  # the common case: (N, *sample_shape)
-        elif x.size == loaded.sample_size and x.ndim <= len(shape):
-            x = x.reshape(1, *shape)  # one sample without a batch axis
-        elif x.ndim == 2 and x.shape[1] == loaded.sample_size:
-            x = x.reshape(len(x), *shape)  # flat samples
-        else:
-            raise InputError(
-                f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
-                f" or (N, {loaded.sample_size})"
-            )
-        out = np.multiply(x, loaded.scale, dtype=np.float32)
+        if x.shape[1:] != shape:
+            if x.size == loaded.sample_size and x.ndim <= len(shape):
+                x = x.reshape(1, *shape)  # one sample without a batch axis
+            elif x.ndim == 2 and x.shape[1] == loaded.sample_size:
+                x = x.reshape(len(x), *shape)  # flat samples
+            else:
+                raise InputError(
+                    f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
+                    f" or (N, {loaded.sample_size})"
+                )
+        out = loaded.buffer(len(x))
+        np.multiply(x, loaded.scale, out=out, casting="unsafe")
         if loaded.offset:
             out += loaded.offset
         return out
