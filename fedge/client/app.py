@@ -8,13 +8,14 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key
 from fedge.core import messages as m
 from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
-from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
+from fedge.core.ort import interleaved_latency_us
 from fedge.core.partition import ClientData, build_federation, client_data, node_data
 from fedge.core.records import (
     as_bytes,
@@ -68,7 +69,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query(m.DEPLOY_ACTION)
 def deploy(msg: Message, context: Context) -> Message:
-    """Verify and install a signed bundle, then evaluate it locally with onnxruntime.
+    """Verify and install a signed bundle, then evaluate it locally with the device Predictor.
 
     Verification (signature, manifest, sha256, version) runs before anything parses the
     ONNX; a refused bundle is not installed and the reply says which check failed.
@@ -89,23 +90,23 @@ def deploy(msg: Message, context: Context) -> Message:
     }
     status: dict[str, str] = {m.REASON: "installed"}
     try:
-        store = ModelStore(store_dir)
         key = load_public_key(key_path)
-        store.install(files, key)
-        bundle = store.load(key)  # read back and verified again from disk
+        ModelStore(store_dir).install(files, key)
+        # What the device will run: the Predictor, which verifies the store's bundle again.
+        predictor = Predictor(store_dir, key_path, warmup=0)
     except BundleError as err:
         status[m.REASON] = str(err)
     else:
-        session = make_session(bundle.model_bytes)
-        one = data.test.x[:1]
+        prep, _ = record_to_spec(config)
+        raw = data.test.x / prep.scale + prep.shift  # the device's raw measurements
+        accuracy = float((predictor.predict(raw).labels == data.test.y).mean())
+        latency = interleaved_latency_us({"b1": lambda: predictor.predict(raw[:1])})["b1"]["p50"]
         metrics.update(
             {
                 m.INSTALLED: 1,
-                m.ACCURACY: session_accuracy(session, data.test.x, data.test.y),
-                m.LATENCY_US_P50: interleaved_latency_us({"b1": session_call(session, one)})["b1"][
-                    "p50"
-                ],
-                "version": bundle.version,
+                m.ACCURACY: accuracy,
+                m.LATENCY_US_P50: latency,
+                "version": predictor.version,
             }
         )
     content = RecordDict(

@@ -36,6 +36,7 @@ class BundleConfig:
     metrics: dict[str, Any]
     compression: dict[str, Any]
     quantized: bool
+    label_name: str | None = None  # an output holding the predicted class index, if any
 
 
 def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
@@ -46,7 +47,11 @@ def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
         "version": config.version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": {"name": config.input_name, "shape": list(config.input_shape), "dtype": "float32"},
-        "output": {"name": config.output_name, "probabilities": config.probabilities_name},
+        "output": {
+            "name": config.output_name,
+            "probabilities": config.probabilities_name,
+            "label": config.label_name,
+        },
         "preprocessing": config.preprocessing,
         "labels": list(config.labels),
         "metrics": config.metrics,

@@ -6,8 +6,10 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 INPUT_NAME = "input"
@@ -73,3 +75,53 @@ def strip_metadata(proto: onnx.ModelProto) -> None:
         del node.metadata_props[:]
     proto.producer_name = "fedge"
     proto.producer_version = ""
+
+
+LABEL_NAME = "label"
+
+
+def fold_device_ops(model_bytes: bytes, shift: float, scale: float) -> bytes:
+    """The model as shipped to devices: raw input in, probabilities and label out.
+
+    Prepends the affine preprocessing ((x - shift) * scale, as Mul/Add nodes) and appends an
+    ArgMax `label` output, so a device's Python does no numpy work per call. The result is
+    checked with onnx.checker; the caller checks it against the unfolded model.
+    """
+    proto = onnx.load_from_string(model_bytes)
+    graph = proto.graph
+    raw = graph.input[0].name
+    normalized = f"{raw}__normalized"
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == raw:
+                node.input[i] = normalized
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, dtype=np.float32), "fedge__scale"),
+            numpy_helper.from_array(np.array(-shift * scale, dtype=np.float32), "fedge__offset"),
+        ]
+    )
+    pre = [
+        helper.make_node(
+            "Mul", [raw, "fedge__scale"], [f"{raw}__scaled"], name="fedge_preprocess_scale"
+        ),
+        helper.make_node(
+            "Add", [f"{raw}__scaled", "fedge__offset"], [normalized], name="fedge_preprocess_shift"
+        ),
+    ]
+    nodes = [*pre, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    outputs = [o.name for o in graph.output]
+    if PROBABILITIES_NAME not in outputs:
+        raise ValueError(f"model has no {PROBABILITIES_NAME!r} output (outputs: {outputs})")
+    graph.node.append(
+        helper.make_node(
+            "ArgMax", [PROBABILITIES_NAME], [LABEL_NAME], axis=1, keepdims=0, name="fedge_label"
+        )
+    )
+    graph.output.append(
+        helper.make_tensor_value_info(LABEL_NAME, onnx.TensorProto.INT64, ["batch"])
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()

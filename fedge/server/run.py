@@ -26,10 +26,12 @@ from fedge.compression.bundle import (
 )
 from fedge.compression.export import (
     INPUT_NAME,
+    LABEL_NAME,
     OUTPUT_NAME,
     PROBABILITIES_NAME,
     ExportConfig,
     export_onnx,
+    fold_device_ops,
 )
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
@@ -98,11 +100,16 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         input_shape=shape,
         num_classes=classes,
     )
-    student_bytes = outcome.student_bytes
+    prep = fed.dataset.preprocessing
+    student_bytes = fold_device_ops(outcome.student_bytes, prep.shift, prep.scale)
+    raw_test = server.test.x / prep.scale + prep.shift
+    check_folded(outcome.student_bytes, student_bytes, server.test.x, raw_test)
     teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
-    latency = _latency(teacher_session, student_session, server.test.x)
+    latency = _latency(teacher_session, server.test.x, student_session, raw_test)
     teacher_acc = session_accuracy(teacher_session, server.test.x, server.test.y)
-    student_acc = session_accuracy(student_session, server.test.x, server.test.y)
+    student_acc = session_accuracy(
+        make_session(outcome.student_bytes), server.test.x, server.test.y
+    )
     manifest = BundleConfig(
         model_id=run_dir.name.removesuffix(".partial"),
         version=time.time_ns() // 1_000_000,
@@ -110,7 +117,8 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         input_shape=(None, *shape),
         output_name=OUTPUT_NAME,
         probabilities_name=PROBABILITIES_NAME,
-        preprocessing=fed.dataset.preprocessing.to_json(),
+        label_name=LABEL_NAME,
+        preprocessing={**prep.to_json(), "in_model": True},
         labels=tuple(range(classes)),
         metrics={"test_accuracy": student_acc, "teacher_test_accuracy": teacher_acc},
         compression=compression.to_json(),
@@ -181,14 +189,30 @@ def _signing_key(cfg: RunConfig, run_dir: Path) -> Any:
     return load_private_key(private_path)
 
 
-def _latency(teacher: Any, student: Any, x: np.ndarray) -> dict[str, dict[str, float]]:
-    """Batch-1 and batch-64 p50 of teacher and student in onnxruntime, interleaved."""
-    b1 = interleaved_latency_us(
-        {"teacher": session_call(teacher, x[:1]), "student": session_call(student, x[:1])}
+def check_folded(model: bytes, folded: bytes, x: np.ndarray, raw: np.ndarray) -> None:
+    """The shipped model on raw input must give what the compressed model gives on model input."""
+    probabilities = make_session(model).run([PROBABILITIES_NAME], {INPUT_NAME: x})[0]
+    shipped_probabilities, labels = make_session(folded).run(
+        [PROBABILITIES_NAME, LABEL_NAME], {INPUT_NAME: raw.astype(np.float32)}
     )
-    x64 = np.resize(x, (64, *x.shape[1:]))
+    if not np.allclose(probabilities, shipped_probabilities, atol=1e-4) or not np.array_equal(
+        labels, probabilities.argmax(1)
+    ):
+        raise RuntimeError(
+            "the device model with folded preprocessing disagrees with the compressed model"
+        )
+
+
+def _latency(
+    teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Batch-1 and batch-64 p50 of teacher and shipped student in onnxruntime, interleaved."""
+    b1 = interleaved_latency_us(
+        {"teacher": session_call(teacher, x[:1]), "student": session_call(student, raw[:1])}
+    )
+    x64, raw64 = np.resize(x, (64, *x.shape[1:])), np.resize(raw, (64, *raw.shape[1:]))
     b64 = interleaved_latency_us(
-        {"teacher": session_call(teacher, x64), "student": session_call(student, x64)}, iters=200
+        {"teacher": session_call(teacher, x64), "student": session_call(student, raw64)}, iters=200
     )
     return {
         side: {"b1_p50": b1[side]["p50"], "b64_p50": b64[side]["p50"], "b1_p95": b1[side]["p95"]}

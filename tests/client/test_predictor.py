@@ -48,6 +48,35 @@ def test_predictions_equal_onnxruntime_on_preprocessed_input(device):
     assert prediction.version == 1 and prediction.model_id == "test"
 
 
+def test_bundle_with_preprocessing_in_the_model(device, student_onnx):
+    """fedge's own bundles carry preprocessing and the label inside the graph."""
+    from fedge.compression.export import fold_device_ops
+
+    folded = fold_device_ops(student_onnx, shift=0.0, scale=0.0625)
+    config = bundle_config(2)
+    config = type(config)(
+        **{
+            **config.__dict__,
+            "label_name": "label",
+            "preprocessing": {**config.preprocessing, "in_model": True},
+        }
+    )
+    ModelStore(device.store).install(
+        make_bundle(folded, config, device.private_key), load_public_key(device.public_key)
+    )
+    predictor = Predictor(device.store, device.public_key)
+    assert predictor.version == 2
+    prediction = predictor.predict(RAW)
+    logits = session_logits(
+        make_session(student_onnx), (RAW / 16).reshape(-1, 1, 8, 8).astype(np.float32)
+    )
+    assert np.array_equal(prediction.labels, logits.argmax(1))
+    assert (
+        predictor.predict(RAW.astype(np.int64)[:3]).labels.tolist()
+        == prediction.labels[:3].tolist()
+    )
+
+
 @pytest.mark.parametrize("shape", [(32, 64), (32, 1, 8, 8)])
 def test_batch_layouts(device, shape):
     labels = Predictor(device.store, device.public_key).predict(RAW.reshape(shape)).labels

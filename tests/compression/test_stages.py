@@ -116,3 +116,22 @@ def test_refused_int8_ships_the_fp32_bytes(teacher, digits_fed):
         fp32, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig(tolerance=-1.0)
     )
     assert not result.quantized and result.model_bytes == fp32 and "lost" in result.reason
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_folded_device_model_on_raw_input_equals_the_model_on_preprocessed_input(
+    teacher, digits_fed, quantized
+):
+    from fedge.compression.export import fold_device_ops
+
+    model = export_onnx(teacher, SHAPE, ExportConfig())
+    if quantized:
+        model = quantize(
+            model, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig()
+        ).model_bytes
+    folded = fold_device_ops(model, shift=0.0, scale=1 / 16)
+    x = digits_fed.server.test.x[:50]
+    logits, probabilities = make_session(model).run(None, {"input": x})
+    folded_logits, folded_probabilities, labels = make_session(folded).run(None, {"input": x * 16})
+    np.testing.assert_allclose(folded_probabilities, probabilities, atol=1e-6)
+    assert np.array_equal(labels, logits.argmax(1))

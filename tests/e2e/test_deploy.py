@@ -68,8 +68,13 @@ class Processes:
             proc.wait(timeout=10)
 
     def stop(self) -> None:
+        """Stop every group, even if one of them resists."""
         for proc in self.started:
-            self.kill(proc, signal.SIGTERM)
+            try:
+                self.kill(proc, signal.SIGTERM)
+            except Exception:  # noqa: BLE001  (keep going: the others must still be stopped)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _flwr(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

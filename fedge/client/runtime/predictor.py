@@ -53,17 +53,26 @@ class _Loaded:
         self.version: int = bundle.version
         self.sample_shape = tuple(int(d) for d in prep["input_shape"])
         self.sample_size = math.prod(self.sample_shape)
-        self.scale = np.float32(prep["scale"])
-        self.offset = np.float32(-float(prep["shift"]) * float(prep["scale"]))
+        # Bundles from fedge carry the preprocessing inside the model ("in_model"): Python then
+        # only checks and casts. Others get it applied here with numpy.
+        self.in_model = bool(prep.get("in_model", False))
+        self.scale = np.float32(1.0 if self.in_model else prep["scale"])
+        self.offset = np.float32(
+            0.0 if self.in_model else -float(prep["shift"]) * float(prep["scale"])
+        )
         self.labels = np.asarray(manifest["labels"], dtype=np.int64)
         self.identity_labels = bool(np.array_equal(self.labels, np.arange(len(self.labels))))
         self.session = make_session(bundle.model_bytes)
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         wanted = manifest["output"].get("probabilities")
-        # Models exported by fedge carry a softmax output; others get numpy's softmax.
-        self.output_names = [wanted] if wanted in outputs else [outputs[0]]
+        # Models exported by fedge carry softmax and label outputs; others get numpy's.
+        label = manifest["output"].get("label")
         self.has_probabilities = wanted in outputs
+        self.has_label = self.has_probabilities and label in outputs
+        self.output_names = [wanted] if self.has_probabilities else [outputs[0]]
+        if self.has_label:
+            self.output_names.append(label)
         self.local = threading.local()  # per-thread input buffers (fedge serve is threaded)
         zeros = np.zeros((1, *self.sample_shape), dtype=np.float32)
         for _ in range(warmup):
@@ -158,9 +167,9 @@ class Predictor:
             self.reload_if_newer()
         loaded = self._loaded
         x = self._model_input(batch, loaded)
-        out = loaded.session.run(loaded.output_names, {loaded.input_name: x})[0]
-        probabilities = out if loaded.has_probabilities else _softmax(out)
-        best = probabilities.argmax(1)
+        outs = loaded.session.run(loaded.output_names, {loaded.input_name: x})
+        probabilities = outs[0] if loaded.has_probabilities else _softmax(outs[0])
+        best = outs[1] if loaded.has_label else probabilities.argmax(1)
         labels = best if loaded.identity_labels else loaded.labels[best]
         return Prediction(labels, probabilities, loaded.model_id, loaded.version)
 
@@ -181,6 +190,8 @@ class Predictor:
                     f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
                     f" or (N, {loaded.sample_size})"
                 )
+        if loaded.in_model:
+            return x if x.dtype == np.float32 else x.astype(np.float32)
         out = loaded.buffer(len(x))
         np.multiply(x, loaded.scale, out=out, casting="unsafe")
         if loaded.offset:
