@@ -158,14 +158,18 @@ def _fedge_no_torch(*args, **kwargs):
     )
 
 
+def _infer(device, *args: str, key=None, **kwargs):
+    """`fedge infer` on the device's store, torch unimportable."""
+    trusted = str(key or device.public_key)
+    return _fedge_no_torch(
+        "infer", "--model-dir", str(device.store), "--trusted-key", trusted, *args, **kwargs
+    )
+
+
 def test_fedge_infer_without_torch(device, tmp_path):
     np.save(tmp_path / "x.npy", RAW[:3])
-    proc = _fedge_no_torch(
-        "infer",
-        "--model-dir",
-        str(device.store),
-        "--trusted-key",
-        str(device.public_key),
+    proc = _infer(
+        device,
         str(tmp_path / "x.npy"),
         "--json",
     )
@@ -174,12 +178,8 @@ def test_fedge_infer_without_torch(device, tmp_path):
     assert (
         out["labels"] == Predictor(device.store, device.public_key).predict(RAW[:3]).labels.tolist()
     )
-    stdin = _fedge_no_torch(
-        "infer",
-        "--model-dir",
-        str(device.store),
-        "--trusted-key",
-        str(device.public_key),
+    stdin = _infer(
+        device,
         "-",
         input=json.dumps({"inputs": RAW[:2].tolist()}),
     )
@@ -188,12 +188,8 @@ def test_fedge_infer_without_torch(device, tmp_path):
     np.savetxt(csv, RAW[:4], delimiter=",")
     assert (
         len(
-            _fedge_no_torch(
-                "infer",
-                "--model-dir",
-                str(device.store),
-                "--trusted-key",
-                str(device.public_key),
+            _infer(
+                device,
                 str(csv),
             ).stdout.split()
         )
@@ -205,17 +201,11 @@ def test_fedge_infer_refuses_a_wrong_key_and_a_bad_file(device, tmp_path):
     from fedge.compression.bundle import generate_keypair
 
     _, other = generate_keypair(tmp_path / "other")
-    proc = _fedge_no_torch(
-        "infer", "--model-dir", str(device.store), "--trusted-key", str(other), "-", input="[[0]]"
-    )
+    proc = _infer(device, "-", key=other, input="[[0]]")
     assert proc.returncode == 2 and "signature check failed" in proc.stderr
     (tmp_path / "x.txt").write_text("1,2")
-    proc = _fedge_no_torch(
-        "infer",
-        "--model-dir",
-        str(device.store),
-        "--trusted-key",
-        str(device.public_key),
+    proc = _infer(
+        device,
         str(tmp_path / "x.txt"),
     )
     assert proc.returncode == 2 and "allowed: .npy, .csv, .json" in proc.stderr
