@@ -35,13 +35,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for pid in range(args.nodes):
         data = client_data(fed, pid, cfg)
-        raw = {  # undo the preprocessing: a device holds raw measurements
-            "x_train": data.train.x / prep.scale + prep.shift,
-            "y_train": data.train.y,
-            "x_test": data.test.x / prep.scale + prep.shift,
-            "y_test": data.test.y,
-        }
-        np.savez(args.out / f"node-{pid}.npz", **{k: np.asarray(v) for k, v in raw.items()})
+        np.savez(  # raw values: a device holds measurements, not model inputs
+            args.out / f"node-{pid}.npz",
+            x_train=prep.invert(data.train.x),
+            y_train=data.train.y,
+            x_test=prep.invert(data.test.x),
+            y_test=data.test.y,
+        )
     print(f"wrote {args.nodes} data files to {args.out}")
 
 

@@ -98,7 +98,7 @@ def deploy(msg: Message, context: Context) -> Message:
         status[m.REASON] = str(err)
     else:
         prep, _ = record_to_spec(config)
-        raw = data.test.x / prep.scale + prep.shift  # the device's raw measurements
+        raw = prep.invert(data.test.x)  # the device's raw measurements
         accuracy = float((predictor.predict(raw).labels == data.test.y).mean())
         latency = interleaved_latency_us({"b1": lambda: predictor.predict(raw[:1])})["b1"]["p50"]
         metrics.update(

@@ -27,6 +27,10 @@ class Preprocessing:
         x = np.asarray(x, dtype=np.float32).reshape(-1, *self.input_shape)
         return ((x - self.shift) * self.scale).astype(np.float32)
 
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """Model input -> raw samples (what a device measures), float32."""
+        return (np.asarray(x, dtype=np.float32) / self.scale + self.shift).astype(np.float32)
+
     def to_json(self) -> dict[str, object]:
         """For the bundle manifest."""
         return {"shift": self.shift, "scale": self.scale, "input_shape": list(self.input_shape)}

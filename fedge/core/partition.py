@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.core.data import NPZ_KEYS, Dataset, Preprocessing, load_dataset, read_npz
+from fedge.core.data import Dataset, Preprocessing, dataset_from_arrays, load_dataset, read_npz
 
 
 @dataclass(frozen=True)
@@ -198,25 +199,22 @@ def _strata(y: np.ndarray) -> np.ndarray | None:
 def node_data(path: Path, prep: Preprocessing, num_classes: int) -> ClientData:
     """A real device's own data file (npz with x_train, y_train, x_test, y_test).
 
-    The server's preprocessing is applied, so the device's samples meet the federation's
-    model; shapes and labels that do not fit are refused with the reason.
+    The file gets the same checks as `--dataset npz:PATH`; then the server's preprocessing is
+    applied, so the device's samples meet the federation's model. Samples or labels that do
+    not fit that model are refused with the reason.
     """
-    arrays = read_npz(Path(path))
-    size = int(np.prod(prep.input_shape))
-    for x_key, y_key in (NPZ_KEYS[:2], NPZ_KEYS[2:]):
-        x, y = arrays[x_key], arrays[y_key]
-        if len(x) != len(y) or len(x) == 0:
-            raise ConfigError(
-                f"{path}: {x_key} has {len(x)} rows and {y_key} {len(y)}; need equal, > 0"
-            )
-        if int(np.prod(x.shape[1:])) != size:
-            raise ConfigError(
-                f"{path}: samples of shape {x.shape[1:]} do not fit the federation's model input "
-                f"{prep.input_shape}"
-            )
-        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= num_classes:
-            raise ConfigError(f"{path}: {y_key} must be integer labels in 0..{num_classes - 1}")
+    own = dataset_from_arrays(str(path), **read_npz(Path(path)))
+    assert own.x_test is not None and own.y_test is not None  # npz data always has a test split
+    if math.prod(own.x.shape[1:]) != math.prod(prep.input_shape):
+        raise ConfigError(
+            f"{path}: samples of shape {own.x.shape[1:]} do not fit the federation's model input "
+            f"{prep.input_shape}"
+        )
+    if own.num_classes > num_classes:
+        raise ConfigError(
+            f"{path}: labels must be in 0..{num_classes - 1}, found {own.num_classes - 1}"
+        )
     return ClientData(
-        train=Split(prep.apply(arrays["x_train"]), arrays["y_train"].astype(np.int64)),
-        test=Split(prep.apply(arrays["x_test"]), arrays["y_test"].astype(np.int64)),
+        train=Split(prep.apply(own.x), own.y),
+        test=Split(prep.apply(own.x_test), own.y_test),
     )

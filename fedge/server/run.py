@@ -102,7 +102,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     )
     prep = fed.dataset.preprocessing
     student_bytes = fold_device_ops(outcome.student_bytes, prep.shift, prep.scale)
-    raw_test = server.test.x / prep.scale + prep.shift
+    raw_test = prep.invert(server.test.x)
     check_folded(outcome.student_bytes, student_bytes, server.test.x, raw_test)
     teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
     latency = _latency(teacher_session, server.test.x, student_session, raw_test)
