@@ -100,7 +100,7 @@ def main() -> None:
             .uniform(0, 16, size=(1, *predictor.sample_shape))
             .astype(np.float32)
         )
-        prepped = predictor.preprocess(raw)  # the bare run gets exactly what the model sees
+        prepped = predictor.model_input(raw)  # the bare run gets exactly what the model sees
         name = session.get_inputs()[0].name
         lat = interleaved_latency_us(
             {

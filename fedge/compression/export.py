@@ -12,6 +12,9 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from fedge.core.data import Preprocessing
+from fedge.core.ort import make_session
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PROBABILITIES_NAME = "probabilities"
@@ -80,13 +83,14 @@ def strip_metadata(proto: onnx.ModelProto) -> None:
 LABEL_NAME = "label"
 
 
-def fold_device_ops(model_bytes: bytes, shift: float, scale: float) -> bytes:
+def fold_device_ops(model_bytes: bytes, prep: Preprocessing, check_x: np.ndarray) -> bytes:
     """The model as shipped to devices: raw input in, probabilities and label out.
 
     Prepends the affine preprocessing ((x - shift) * scale, as Mul/Add nodes) and appends an
-    ArgMax `label` output, so a device's Python does no numpy work per call. The result is
-    checked with onnx.checker; the caller checks it against the unfolded model.
+    ArgMax `label` output, so a device's Python does no numpy work per call. The result passes
+    onnx.checker and must agree with `model_bytes` on `check_x` (model inputs) fed raw.
     """
+    shift, scale = prep.shift, prep.scale
     proto = onnx.load_from_string(model_bytes)
     graph = proto.graph
     raw = graph.input[0].name
@@ -124,4 +128,19 @@ def fold_device_ops(model_bytes: bytes, shift: float, scale: float) -> bytes:
         helper.make_tensor_value_info(LABEL_NAME, onnx.TensorProto.INT64, ["batch"])
     )
     onnx.checker.check_model(proto, full_check=True)
-    return proto.SerializeToString()
+    folded = proto.SerializeToString()
+    _check_agreement(model_bytes, folded, check_x, prep.invert(check_x))
+    return folded
+
+
+def _check_agreement(model: bytes, folded: bytes, x: np.ndarray, raw: np.ndarray) -> None:
+    expected = make_session(model).run([PROBABILITIES_NAME], {INPUT_NAME: x})[0]
+    probabilities, labels = make_session(folded).run(
+        [PROBABILITIES_NAME, LABEL_NAME], {INPUT_NAME: raw}
+    )
+    if not np.allclose(expected, probabilities, atol=1e-4) or not np.array_equal(
+        labels, expected.argmax(1)
+    ):
+        raise RuntimeError(
+            "the device model with folded preprocessing disagrees with the compressed model"
+        )

@@ -10,10 +10,11 @@ from typing import Any
 from torch import nn
 
 from fedge.compression.distill import DistillConfig, distill, require_public_pool
-from fedge.compression.export import ExportConfig, export_onnx
+from fedge.compression.export import ExportConfig, export_onnx, fold_device_ops
 from fedge.compression.prune import PruneConfig, prune
 from fedge.compression.quantize import QuantizeConfig, QuantizeResult, quantize
 from fedge.core.config import RunConfig
+from fedge.core.data import Preprocessing
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
@@ -64,7 +65,7 @@ class CompressionConfig:
 class CompressionOutcome:
     """What the phase produced: the model to ship and a row per stage."""
 
-    student_bytes: bytes
+    student_bytes: bytes  # the device model: raw input in, logits/probabilities/label out
     quantization: QuantizeResult
     student_params: int
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -77,14 +78,16 @@ def run_compression(
     test: Split,
     config: CompressionConfig,
     *,
-    input_shape: tuple[int, ...],
+    preprocessing: Preprocessing,
     num_classes: int,
 ) -> CompressionOutcome:
-    """Compress the teacher.
+    """Compress the teacher into the model devices get.
 
-    Training sees only `public_pool`; `val` decides the int8 guard and `test` is only
-    measured, for the report.
+    Training sees only `public_pool`; `val` decides the int8 guard and checks the device ops;
+    `test` is only measured, for the report. The result takes raw input (preprocessing folded
+    into the graph) and also outputs probabilities and the label.
     """
+    input_shape = preprocessing.input_shape
     require_public_pool(public_pool)
     stages: list[dict[str, Any]] = []  # bytes: raw fp32 weights for torch stages, file size after
 
@@ -124,4 +127,5 @@ def run_compression(
         int8_acc = session_accuracy(make_session(quant.model_bytes), test.x, test.y)
         record("int8", int8_acc, params, len(quant.model_bytes))
     log.info("compression: %s", quant.reason)
-    return CompressionOutcome(quant.model_bytes, quant, params, stages)
+    device_model = fold_device_ops(quant.model_bytes, preprocessing, check_x=val.x)
+    return CompressionOutcome(device_model, quant, params, stages)

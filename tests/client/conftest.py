@@ -9,8 +9,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import load_public_key
 from fedge.compression.bundle import BundleConfig, generate_keypair, load_private_key, make_bundle
-from fedge.compression.export import ExportConfig, export_onnx
+from fedge.compression.export import ExportConfig, export_onnx, fold_device_ops
+from fedge.core.data import Preprocessing, load_dataset
 from fedge.core.models import build_student
+
+PREP = Preprocessing(shift=0.0, scale=1 / 16, input_shape=(1, 8, 8))
 
 
 def bundle_config(version: int = 1) -> BundleConfig:
@@ -21,7 +24,8 @@ def bundle_config(version: int = 1) -> BundleConfig:
         input_shape=(None, 1, 8, 8),
         output_name="logits",
         probabilities_name="probabilities",
-        preprocessing={"shift": 0.0, "scale": 0.0625, "input_shape": [1, 8, 8]},
+        label_name="label",
+        preprocessing={**PREP.to_json(), "in_model": True},
         labels=tuple(range(10)),
         metrics={},
         compression={},
@@ -29,12 +33,19 @@ def bundle_config(version: int = 1) -> BundleConfig:
     )
 
 
+def device_model(size: str = "small") -> tuple[bytes, bytes]:
+    """(exported student, the same as shipped to devices: preprocessing and label in the graph)."""
+    exported = export_onnx(build_student((1, 8, 8), 10, size, seed=0), (1, 8, 8), ExportConfig())
+    check_x = PREP.apply(load_dataset("digits").x[:64])
+    return exported, fold_device_ops(exported, PREP, check_x=check_x)
+
+
 @dataclass
 class Device:
     store: Path
     public_key: Path
     private_key: Ed25519PrivateKey
-    model_bytes: bytes
+    model_bytes: bytes  # the shipped (folded) model
 
     def install(self, version: int, model_bytes: bytes | None = None) -> None:
         files = make_bundle(
@@ -44,15 +55,21 @@ class Device:
 
 
 @pytest.fixture(scope="session")
-def student_onnx() -> bytes:
-    return export_onnx(build_student((1, 8, 8), 10, "small", seed=0), (1, 8, 8), ExportConfig())
+def student_models() -> tuple[bytes, bytes]:
+    return device_model()
+
+
+@pytest.fixture(scope="session")
+def student_onnx(student_models) -> bytes:
+    """The exported student, before the device ops are folded in."""
+    return student_models[0]
 
 
 @pytest.fixture()
-def device(tmp_path, student_onnx) -> Device:
+def device(tmp_path, student_models) -> Device:
     private_path, public_path = generate_keypair(tmp_path / "keys")
     dev = Device(
-        tmp_path / "model-store", public_path, load_private_key(private_path), student_onnx
+        tmp_path / "model-store", public_path, load_private_key(private_path), student_models[1]
     )
     dev.install(1)
     return dev

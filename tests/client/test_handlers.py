@@ -5,14 +5,13 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedge.client.app import app
 from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
-from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.data import load_dataset
-from fedge.core.models import build_student, build_teacher
+from fedge.core.models import build_teacher
 from fedge.core.records import config_to_record, model_spec, weights_to_record
 from fedge.core.training import get_weights
-from tests.client.conftest import bundle_config
+from tests.client.conftest import bundle_config, device_model
 from tests.flower_local import node_context, set_task_identity
 
 CFG = RunConfig(clients=4, partition="iid", local_epochs=1)
@@ -67,7 +66,7 @@ def _deploy_message(files: dict[str, bytes], store_root, key_path) -> Message:
 
 def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path):
     private_path, public_path = generate_keypair(tmp_path / "keys")
-    model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
+    model = device_model("tiny")[1]
     files = make_bundle(model, bundle_config(), load_private_key(private_path))
     reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 3, 4))
     metrics = reply.content.metric_records[m.METRICS]
@@ -79,7 +78,7 @@ def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path):
 
 def test_deploy_refuses_a_tampered_bundle_and_says_why(tmp_path):
     private_path, public_path = generate_keypair(tmp_path / "keys")
-    model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
+    model = device_model("tiny")[1]
     files = make_bundle(model, bundle_config(), load_private_key(private_path))
     files["model.onnx"] = files["model.onnx"][:-1] + b"\x00"
     reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 0, 4))
@@ -91,7 +90,7 @@ def test_deploy_refuses_a_tampered_bundle_and_says_why(tmp_path):
 def test_node_config_store_and_key_win_over_the_message(tmp_path):
     private_path, public_path = generate_keypair(tmp_path / "keys")
     _, other_public = generate_keypair(tmp_path / "other")
-    model = export_onnx(build_student((1, 8, 8), 10, "tiny", 0), (1, 8, 8), ExportConfig())
+    model = device_model("tiny")[1]
     files = make_bundle(model, bundle_config(), load_private_key(private_path))
     # The message names a key that would accept; the node trusts only its own (other) key.
     context = node_context(

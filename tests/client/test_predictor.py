@@ -34,11 +34,12 @@ main()
 """
 
 
-def test_predictions_equal_onnxruntime_on_preprocessed_input(device):
+def test_predictions_equal_onnxruntime_on_preprocessed_input(device, student_onnx):
+    """Raw input through the shipped model == the exported student on preprocessed input."""
     predictor = Predictor(device.store, device.public_key)
     prediction = predictor.predict(RAW)
     logits = session_logits(
-        make_session(device.model_bytes), (RAW / 16).reshape(-1, 1, 8, 8).astype(np.float32)
+        make_session(student_onnx), (RAW / 16).reshape(-1, 1, 8, 8).astype(np.float32)
     )
     assert np.array_equal(prediction.labels, logits.argmax(1))
     expected = np.exp(logits - logits.max(1, keepdims=True))
@@ -48,33 +49,15 @@ def test_predictions_equal_onnxruntime_on_preprocessed_input(device):
     assert prediction.version == 1 and prediction.model_id == "test"
 
 
-def test_bundle_with_preprocessing_in_the_model(device, student_onnx):
-    """fedge's own bundles carry preprocessing and the label inside the graph."""
-    from fedge.compression.export import fold_device_ops
-
-    folded = fold_device_ops(student_onnx, shift=0.0, scale=0.0625)
-    config = bundle_config(2)
-    config = type(config)(
-        **{
-            **config.__dict__,
-            "label_name": "label",
-            "preprocessing": {**config.preprocessing, "in_model": True},
-        }
-    )
-    ModelStore(device.store).install(
-        make_bundle(folded, config, device.private_key), load_public_key(device.public_key)
-    )
-    predictor = Predictor(device.store, device.public_key)
-    assert predictor.version == 2
-    prediction = predictor.predict(RAW)
-    logits = session_logits(
-        make_session(student_onnx), (RAW / 16).reshape(-1, 1, 8, 8).astype(np.float32)
-    )
-    assert np.array_equal(prediction.labels, logits.argmax(1))
-    assert (
-        predictor.predict(RAW.astype(np.int64)[:3]).labels.tolist()
-        == prediction.labels[:3].tolist()
-    )
+def test_a_model_without_the_device_contract_is_refused(device, student_onnx):
+    """A signed bundle whose model still expects preprocessed input is not served."""
+    predictor = Predictor(device.store, device.public_key, check_interval=0.0)
+    bad = make_bundle(student_onnx, bundle_config(2), device.private_key)
+    ModelStore(device.store).install(bad, load_public_key(device.public_key))
+    assert predictor.predict(RAW[:1]).version == 1  # keeps serving the good one
+    assert "device-model check failed" in predictor.last_error
+    with pytest.raises(BundleError, match="device-model"):
+        Predictor(device.store, device.public_key)
 
 
 @pytest.mark.parametrize("shape", [(32, 64), (32, 1, 8, 8)])

@@ -132,9 +132,20 @@ def test_folded_device_model_on_raw_input_equals_the_model_on_preprocessed_input
         model = quantize(
             model, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig()
         ).model_bytes
-    folded = fold_device_ops(model, shift=0.0, scale=1 / 16)
     x = digits_fed.server.test.x[:50]
+    folded = fold_device_ops(model, digits_fed.dataset.preprocessing, check_x=x)
     logits, probabilities = make_session(model).run(None, {"input": x})
     folded_logits, folded_probabilities, labels = make_session(folded).run(None, {"input": x * 16})
     np.testing.assert_allclose(folded_probabilities, probabilities, atol=1e-6)
     assert np.array_equal(labels, logits.argmax(1))
+
+
+def test_folding_check_catches_a_device_model_that_disagrees(teacher, student, digits_fed):
+    from fedge.compression.export import _check_agreement, fold_device_ops
+
+    prep = digits_fed.dataset.preprocessing
+    x = digits_fed.server.test.x[:50]
+    teacher_onnx = export_onnx(teacher, SHAPE, ExportConfig())
+    other = fold_device_ops(export_onnx(student, SHAPE, ExportConfig()), prep, check_x=x)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        _check_agreement(teacher_onnx, other, x, prep.invert(x))

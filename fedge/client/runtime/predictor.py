@@ -44,51 +44,34 @@ class Prediction:
 
 
 class _Loaded:
-    """One verified bundle turned into a session and its preprocessing constants."""
+    """One verified bundle turned into a session, with what predict needs at hand."""
 
     def __init__(self, bundle: VerifiedBundle, warmup: int) -> None:
         manifest = bundle.manifest
-        prep = manifest["preprocessing"]
         self.model_id: str = manifest["model_id"]
         self.version: int = bundle.version
-        self.sample_shape = tuple(int(d) for d in prep["input_shape"])
+        self.sample_shape = tuple(int(d) for d in manifest["preprocessing"]["input_shape"])
         self.sample_size = math.prod(self.sample_shape)
-        # Bundles from fedge carry the preprocessing inside the model ("in_model"): Python then
-        # only checks and casts. Others get it applied here with numpy.
-        self.in_model = bool(prep.get("in_model", False))
-        self.scale = np.float32(1.0 if self.in_model else prep["scale"])
-        self.offset = np.float32(
-            0.0 if self.in_model else -float(prep["shift"]) * float(prep["scale"])
-        )
         self.labels = np.asarray(manifest["labels"], dtype=np.int64)
         self.identity_labels = bool(np.array_equal(self.labels, np.arange(len(self.labels))))
         self.session = make_session(bundle.model_bytes)
         self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        wanted = manifest["output"].get("probabilities")
-        # Models exported by fedge carry softmax and label outputs; others get numpy's.
-        label = manifest["output"].get("label")
-        self.has_probabilities = wanted in outputs
-        self.has_label = self.has_probabilities and label in outputs
-        self.output_names = [wanted] if self.has_probabilities else [outputs[0]]
-        if self.has_label:
-            self.output_names.append(label)
-        self.local = threading.local()  # per-thread input buffers (fedge serve is threaded)
+        # The device contract (fedge's bundles): preprocessing inside the graph, so Python only
+        # checks and casts, and probability and label outputs, so it computes nothing.
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.output_names = [
+            manifest["output"].get("probabilities"),
+            manifest["output"].get("label"),
+        ]
+        if not manifest["preprocessing"].get("in_model") or not set(self.output_names) <= outputs:
+            raise BundleError(
+                "device-model",
+                "the model must take raw input (preprocessing in_model) and output probabilities "
+                f"and label; manifest output {manifest['output']}, model outputs {sorted(outputs)}",
+            )
         zeros = np.zeros((1, *self.sample_shape), dtype=np.float32)
         for _ in range(warmup):
             self.session.run(None, {self.input_name: zeros})
-
-    def buffer(self, rows: int) -> np.ndarray:
-        """A float32 input array for `rows` samples, reused by this thread's next call."""
-        buffers: dict[int, np.ndarray] | None = getattr(self.local, "buffers", None)
-        if buffers is None:
-            buffers = self.local.buffers = {}
-        buf = buffers.get(rows)
-        if buf is None:
-            if len(buffers) > 8:  # many batch sizes: keep memory bounded
-                buffers.clear()
-            buf = buffers[rows] = np.empty((rows, *self.sample_shape), dtype=np.float32)
-        return buf
 
 
 class Predictor:
@@ -131,9 +114,9 @@ class Predictor:
         """The per-sample shape the model expects (raw input may also be flat)."""
         return self._loaded.sample_shape
 
-    def preprocess(self, batch: Any) -> np.ndarray:
-        """The model input for raw samples (shape checks and the manifest's preprocessing)."""
-        return self._model_input(batch, self._loaded).copy()
+    def model_input(self, batch: Any) -> np.ndarray:
+        """What predict feeds onnxruntime for raw samples: checked, reshaped, float32."""
+        return self._model_input(batch, self._loaded)
 
     def reload_if_newer(self) -> bool:
         """Switch to a newer verified bundle if the store has one; True if switched."""
@@ -157,7 +140,7 @@ class Predictor:
             return True
 
     def predict(self, batch: Any) -> Prediction:
-        """Labels and probabilities for raw samples (the manifest's preprocessing is applied).
+        """Labels and probabilities for raw samples (the model applies the preprocessing).
 
         Accepts (N, *sample_shape), (N, prod(sample_shape)), or one sample without the batch
         axis; any integer or float dtype. NaN/Inf are not checked on this hot path (they give
@@ -167,15 +150,13 @@ class Predictor:
             self.reload_if_newer()
         loaded = self._loaded
         x = self._model_input(batch, loaded)
-        outs = loaded.session.run(loaded.output_names, {loaded.input_name: x})
-        probabilities = outs[0] if loaded.has_probabilities else _softmax(outs[0])
-        best = outs[1] if loaded.has_label else probabilities.argmax(1)
+        probabilities, best = loaded.session.run(loaded.output_names, {loaded.input_name: x})
         labels = best if loaded.identity_labels else loaded.labels[best]
         return Prediction(labels, probabilities, loaded.model_id, loaded.version)
 
     @staticmethod
     def _model_input(batch: Any, loaded: _Loaded) -> np.ndarray:
-        """Checked, preprocessed float32 input in a reused per-thread buffer."""
+        """Checked, reshaped float32 input."""
         x = batch if type(batch) is np.ndarray else np.asarray(batch)
         if x.dtype.kind not in "iuf":
             raise InputError(f"input dtype {x.dtype} is not numeric; expected float or int values")
@@ -190,22 +171,9 @@ class Predictor:
                     f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
                     f" or (N, {loaded.sample_size})"
                 )
-        if loaded.in_model:
-            return x if x.dtype == np.float32 else x.astype(np.float32)
-        out = loaded.buffer(len(x))
-        np.multiply(x, loaded.scale, out=out, casting="unsafe")
-        if loaded.offset:
-            out += loaded.offset
-        return out
+        return x if x.dtype == np.float32 else x.astype(np.float32)
 
 
 def bare_session(model_dir: Path | str, trusted_key: Path | str) -> ort.InferenceSession:
     """The same verified model in a plain session (what benchmarks compare Predictor against)."""
     return make_session(ModelStore(model_dir).load(load_public_key(trusted_key)).model_bytes)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
