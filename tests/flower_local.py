@@ -25,12 +25,17 @@ def node_context(node_id: int, partition_id: int, num_partitions: int, **node_co
 
 class LocalGrid(Grid):
     def __init__(
-        self, client_app: ClientApp, num_nodes: int, failing_partitions: Iterable[int] = ()
+        self,
+        client_app: ClientApp,
+        num_nodes: int,
+        failing_partitions: Iterable[int] = (),
+        failing_types: Iterable[str] = ("train",),
     ) -> None:
         set_task_identity()
         self.client_app = client_app
         self.contexts = {100 + i: node_context(100 + i, i, num_nodes) for i in range(num_nodes)}
         self.failing = set(failing_partitions)
+        self.failing_types = set(failing_types)
         self.sent: list[Message] = []
 
     def set_run(self, run):  # noqa: D102
@@ -63,9 +68,9 @@ class LocalGrid(Grid):
             try:
                 if (
                     context.node_config["partition-id"] in self.failing
-                    and msg.metadata.message_type == "train"
+                    and msg.metadata.message_type in self.failing_types
                 ):
-                    raise RuntimeError("simulated crash in local training")
+                    raise RuntimeError(f"simulated crash in {msg.metadata.message_type}")
                 replies.append(self.client_app(msg, context))
             except Exception as err:  # what a Flower runtime does with a raising handler
                 replies.append(

@@ -13,7 +13,7 @@ from fedge.core import messages as m
 from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from fedge.core.config import RunConfig
 from fedge.core.records import as_float, as_int, config_to_record
-from fedge.server.replies import reply_origins
+from fedge.server.replies import replies_by_node
 
 log = logging.getLogger("fedge")
 
@@ -42,47 +42,41 @@ def deploy_bundle(
     nodes = list(grid.get_node_ids())
     messages = [Message(content=content, message_type=m.DEPLOY, dst_node_id=node) for node in nodes]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-    clients: list[dict[str, Any]] = []
-    origins = reply_origins(messages, replies)
-    for reply, node in zip(replies, origins, strict=True):
-        row: dict[str, Any]
-        if reply.has_error():
-            row = {
-                "partition_id": node_partition.get(node),
-                "installed": False,
-                "reason": reply.error.reason,
-                "accuracy": None,
-                "latency_us_p50": None,
-            }
-        else:
-            metrics = reply.content.metric_records[m.METRICS]
-            status = reply.content.config_records[m.STATUS]
-            installed = bool(metrics[m.INSTALLED])
-            row = {
-                "partition_id": as_int(metrics[m.PARTITION_ID]),
-                "installed": installed,
-                "reason": str(status[m.REASON]),
-                "accuracy": as_float(metrics[m.ACCURACY]) if installed else None,
-                "latency_us_p50": as_float(metrics[m.LATENCY_US_P50]) if installed else None,
-                "test_examples": as_int(metrics[m.NUM_EXAMPLES]),
-            }
-        clients.append(row)
-    answered = set(origins)
-    gone = [node for node in node_partition if node not in nodes]  # trained, then disconnected
-    for node in [*nodes, *gone]:
-        if node not in answered:
-            clients.append(
-                {
-                    "partition_id": node_partition.get(node),
-                    "installed": False,
-                    "reason": "no reply before round-timeout"
-                    if node in nodes
-                    else "not connected at deploy time",
-                    "accuracy": None,
-                    "latency_us_p50": None,
-                }
-            )
+    answers = replies_by_node(messages, replies)
+    gone = [node for node in node_partition if node not in answers]  # trained, then disconnected
+    clients = [_client_row(reply, node_partition.get(node)) for node, reply in answers.items()]
+    clients += [
+        _not_installed(node_partition.get(node), "not connected at deploy time") for node in gone
+    ]
     clients.sort(key=lambda r: (r["partition_id"] is None, r["partition_id"] or 0))
     ok = sum(r["installed"] for r in clients)
     log.info("deploy: %d of %d clients installed the bundle", ok, len(clients))
     return clients, bundle_bytes * len(nodes)
+
+
+def _client_row(reply: Message | None, partition_id: int | None) -> dict[str, Any]:
+    """One client's verdict from its deploy reply (None: no reply before the timeout)."""
+    if reply is None:
+        return _not_installed(partition_id, "no reply before round-timeout")
+    if reply.has_error():
+        return _not_installed(partition_id, str(reply.error.reason))
+    metrics = reply.content.metric_records[m.METRICS]
+    installed = bool(metrics[m.INSTALLED])
+    return {
+        "partition_id": as_int(metrics[m.PARTITION_ID]),
+        "installed": installed,
+        "reason": str(reply.content.config_records[m.STATUS][m.REASON]),
+        "accuracy": as_float(metrics[m.ACCURACY]) if installed else None,
+        "latency_us_p50": as_float(metrics[m.LATENCY_US_P50]) if installed else None,
+        "test_examples": as_int(metrics[m.NUM_EXAMPLES]),
+    }
+
+
+def _not_installed(partition_id: int | None, reason: str) -> dict[str, Any]:
+    return {
+        "partition_id": partition_id,
+        "installed": False,
+        "reason": reason,
+        "accuracy": None,
+        "latency_us_p50": None,
+    }

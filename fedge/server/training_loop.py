@@ -22,7 +22,7 @@ from fedge.core.records import (
     weights_to_record,
 )
 from fedge.core.training import evaluate, get_weights, set_weights
-from fedge.server.replies import reply_origins
+from fedge.server.replies import replies_by_node
 from fedge.server.strategy import make_strategy
 
 log = logging.getLogger("fedge")
@@ -129,28 +129,14 @@ def _failures(
 ) -> list[dict[str, Any]]:
     """Error replies and missing replies, each with node id, partition id (when known) and reason."""
     failures = []
-    for reply, node in zip(replies, reply_origins(sent, replies), strict=True):
-        if reply.has_error():
-            failures.append(
-                {
-                    "node_id": node,
-                    "partition_id": node_partition.get(node),
-                    "reason": reply.error.reason,
-                }
-            )
-        else:
+    for node, reply in replies_by_node(sent, replies).items():
+        if reply is not None and not reply.has_error():
             node_partition[node] = as_int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])
-    answered = set(reply_origins(sent, replies))
-    for msg in sent:
-        node = msg.metadata.dst_node_id
-        if node not in answered:
-            failures.append(
-                {
-                    "node_id": node,
-                    "partition_id": node_partition.get(node),
-                    "reason": "no reply before round-timeout",
-                }
-            )
+            continue
+        reason = "no reply before round-timeout" if reply is None else reply.error.reason
+        failures.append(
+            {"node_id": node, "partition_id": node_partition.get(node), "reason": reason}
+        )
     return failures
 
 

@@ -29,7 +29,7 @@ def test_a_client_that_raises_is_reported_and_the_round_goes_on():
     )
     assert [r["clients_ok"] for r in log.rounds] == [3, 3]
     failure = log.rounds[1]["clients_failed"][0]
-    assert "simulated crash" in failure["reason"] and failure["node_id"] == 101
+    assert "simulated crash in train" in failure["reason"] and failure["node_id"] == 101
     assert log.rounds[-1]["accuracy"] > 0.5  # the others still trained the model
 
 
@@ -68,3 +68,14 @@ def test_a_failed_run_leaves_no_directory(tmp_path):
     with pytest.raises(FederationError), staged_run_dir(tmp_path / "run") as work:
         run_server(grid, FAST.replace(round_timeout=0.5), work)
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
+    grid = LocalGrid(
+        client_app, num_nodes=4, failing_partitions=[2], failing_types=["query.deploy"]
+    )
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(grid, FAST, work)
+    rows = {c["partition_id"]: c for c in results["clients"]}
+    assert [rows[p]["installed"] for p in range(4)] == [True, True, False, True]
+    assert "simulated crash in query.deploy" in rows[2]["reason"]
