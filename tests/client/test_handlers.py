@@ -1,6 +1,7 @@
 """The ClientApp handlers, called directly with hand-built messages."""
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedge.client.app import app
@@ -43,13 +44,27 @@ def test_train_returns_updated_weights_with_the_same_keys():
 
 
 def test_evaluate_reports_local_accuracy():
-    weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    """The handler's accuracy equals evaluating the same model on that client's test split."""
+    from fedge.core.partition import build_federation, client_data
+    from fedge.core.training import evaluate, train
+
+    model = build_teacher((1, 8, 8), 10, seed=0)
+    fed = build_federation(CFG)
+    train(model, fed.client_x, fed.client_y, epochs=1, lr=0.05, batch_size=32, seed=0)
     msg = _message(
-        RecordDict({m.ARRAYS: weights_to_record(weights), m.CONFIG: config_to_record(CFG, **SPEC)}),
+        RecordDict(
+            {
+                m.ARRAYS: weights_to_record(get_weights(model)),
+                m.CONFIG: config_to_record(CFG, **SPEC),
+            }
+        ),
         m.EVALUATE,
     )
     metrics = app(msg, node_context(7, 1, 4)).content.metric_records[m.METRICS]
-    assert 0.0 <= metrics[m.ACCURACY] <= 0.5  # untrained: near chance
+    local = client_data(fed, 1, CFG).test
+    loss, accuracy = evaluate(model, local.x, local.y)
+    assert metrics[m.ACCURACY] == pytest.approx(accuracy) and metrics[m.LOSS] == pytest.approx(loss)
+    assert metrics[m.NUM_EXAMPLES] == len(local) and accuracy > 0.5  # trained: well above chance
 
 
 def _deploy_message(files: dict[str, bytes], store_root, key_path) -> Message:
@@ -128,7 +143,6 @@ def test_a_node_trains_on_its_own_data_file(tmp_path):
 
 
 def test_a_data_file_that_does_not_fit_the_model_is_refused(tmp_path):
-    import pytest
 
     from fedge.core.config import ConfigError
 
