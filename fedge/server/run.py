@@ -17,6 +17,7 @@ import torch
 from flwr.serverapp import Grid
 
 from fedge.compression.bundle import (
+    PUBLIC_KEY_FILE,
     BundleConfig,
     generate_keypair,
     load_private_key,
@@ -126,7 +127,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         cfg,
         files,
         store_root=run_dir / "nodes",
-        trusted_key=run_dir / "keys" / "signing.pub",
+        trusted_key=run_dir / "keys" / PUBLIC_KEY_FILE,
         node_partition=training.node_partition,
         spec=spec,
     )
@@ -176,7 +177,7 @@ def _signing_key(cfg: RunConfig, run_dir: Path) -> Any:
     keys = run_dir / "keys"
     if cfg.private_key:
         key = load_private_key(Path(cfg.private_key))
-        atomic_write_bytes(keys / "signing.pub", public_pem(key))
+        atomic_write_bytes(keys / PUBLIC_KEY_FILE, public_pem(key))
         return key
     private_path, _ = generate_keypair(keys)
     return load_private_key(private_path)

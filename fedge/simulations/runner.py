@@ -80,6 +80,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
 
     from fedge.client.app import app as client_app
     from fedge.server.app import app as server_app
+    from fedge.server.run import RESULTS_FILE
 
     # The public run_simulation() hands the ServerApp an empty run_config; the engine's own
     # entry point (what `flwr run` uses) takes a Context, so we call that with our settings.
@@ -101,9 +102,9 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
         verbose_logging=verbose,
     )
     out = Path(cfg.out)
-    if not (out / "results.json").is_file():
+    if not (out / RESULTS_FILE).is_file():
         raise RuntimeError(
-            f"the simulation ended without writing {out / 'results.json'}; see the log above"
+            f"the simulation ended without writing {out / RESULTS_FILE}; see the log above"
         )
     return out
 

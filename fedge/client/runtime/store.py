@@ -10,6 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.verify import BundleError, VerifiedBundle, read_bundle_dir, verify_bundle
+from fedge.core.io import atomic_write_bytes
 
 CURRENT = "CURRENT"  # a file holding the current version number, replaced atomically
 VERSIONS = "versions"
@@ -47,8 +48,7 @@ class ModelStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-        _write_synced(self.root / f".{CURRENT}.tmp", str(bundle.version).encode())
-        os.replace(self.root / f".{CURRENT}.tmp", self.root / CURRENT)
+        atomic_write_bytes(self.root / CURRENT, str(bundle.version).encode())
         self._drop_old(bundle.version)
         return bundle
 
