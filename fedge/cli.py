@@ -50,6 +50,26 @@ def simulate(
     private_key: Annotated[
         Path | None, typer.Option(help="Ed25519 key to sign with (default: new pair).")
     ] = None,
+    aggregation: Annotated[
+        str | None,
+        typer.Option(help="fedavg | median | trimmed-mean | krum | multi-krum | bulyan"),
+    ] = None,
+    byzantine_fraction: Annotated[
+        float | None, typer.Option(help="Share of clients that attack (simulation).")
+    ] = None,
+    byzantine_mode: Annotated[
+        str | None, typer.Option(help="sign-flip | gaussian | label-flip")
+    ] = None,
+    dropout_fraction: Annotated[
+        float | None, typer.Option(help="Share of clients dropping out of each round.")
+    ] = None,
+    straggler_fraction: Annotated[
+        float | None, typer.Option(help="Share of clients replying after the round timeout.")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the unfinished run in this directory from its checkpoint."),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a teacher federatedly, compress it, sign it and redistribute it to every client."""
@@ -66,9 +86,14 @@ def simulate(
         "seed": seed,
         "out": None if out is None else str(out),
         "private-key": None if private_key is None else str(private_key.resolve()),
+        "aggregation": aggregation,
+        "byzantine-fraction": byzantine_fraction,
+        "byzantine-mode": byzantine_mode,
+        "dropout-fraction": dropout_fraction,
+        "straggler-fraction": straggler_fraction,
     }
     try:
-        cfg = build_config(scenario, flags)
+        cfg = build_config(scenario, flags, resume=resume)
         preflight(cfg)
     except ConfigError as err:
         raise fail(str(err)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -11,8 +12,8 @@ from flwr.clientapp import ClientApp
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key
+from fedge.core import faults, training
 from fedge.core import messages as m
-from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.ort import interleaved_latency_us
@@ -37,20 +38,36 @@ def train(msg: Message, context: Context) -> Message:
     pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
     model = _model(cfg, msg)
     server_round = as_int(msg.content.config_records[m.CONFIG].get("server-round", 0))
+    roles = faults.round_roles(cfg, server_round)
+    if pid in roles.dropped:
+        raise faults.SimulatedDropoutError(f"partition {pid} dropped out of round {server_round}")
+    seed = cfg.seed * 100_003 + server_round * 1_009 + pid
+    attacking = pid in roles.byzantine
+    labels = data.train.y
+    if attacking and cfg.byzantine_mode == "label-flip":
+        labels = faults.flip_labels(
+            labels, as_int(msg.content.config_records[m.CONFIG][m.NUM_CLASSES])
+        )
+    start = training.get_weights(model)
     result = training.train(
         model,
         data.train.x,
-        data.train.y,
+        labels,
         epochs=cfg.local_epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
-        seed=cfg.seed * 100_003 + server_round * 1_009 + pid,
+        seed=seed,
         proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
     )
+    weights = training.get_weights(model)
+    if attacking:
+        weights = faults.poison_update(cfg, start, weights, seed)
+    if pid in roles.stragglers:
+        time.sleep(faults.straggler_delay(cfg))
     metrics = MetricRecord(
         {m.NUM_EXAMPLES: result.num_examples, m.TRAIN_LOSS: result.loss, m.PARTITION_ID: pid}
     )
-    arrays = weights_to_record(training.get_weights(model))
+    arrays = weights_to_record(weights)
     return Message(RecordDict({m.ARRAYS: arrays, m.METRICS: metrics}), reply_to=msg)
 
 

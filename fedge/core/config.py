@@ -12,6 +12,10 @@ PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 STUDENTS = ("tiny", "small", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
+BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
+# Settings a resumed run may change: where it lives, how long a round may wait, the resume flag.
+RESUMABLE_CHANGES = ("out", "round-timeout", "resume")
 
 
 class ConfigError(ValueError):
@@ -50,6 +54,18 @@ class RunConfig:
     quant_per_channel: bool = True  # per-channel weight scales
     int8_tolerance: float = 0.01  # max validation accuracy int8 may lose vs fp32
     private_key: str = ""  # Ed25519 private key PEM; "" generates one per run
+    aggregation: str = "fedavg"  # fedavg | median | trimmed-mean | krum | multi-krum | bulyan
+    trim_beta: float = 0.2  # trimmed-mean: share cut from each end per coordinate
+    num_malicious: int = 1  # krum, multi-krum, bulyan: assumed Byzantine clients per round
+    min_clients: int = 1  # fewest valid updates a round aggregates; fewer skips the round
+    norm_outlier_factor: float = 10.0  # reject updates whose norm > factor x round median (0 = off)
+    byzantine_fraction: float = 0.0  # simulation: share of clients that attack every round
+    byzantine_mode: str = "sign-flip"  # sign-flip | gaussian | label-flip
+    byzantine_scale: float = 5.0  # sign-flip: update multiplier; gaussian: noise std
+    dropout_fraction: float = 0.0  # simulation: share of clients that drop out of each round
+    straggler_fraction: float = 0.0  # simulation: share of clients that reply late each round
+    straggler_delay: float = 0.0  # seconds a straggler sleeps; 0 = round-timeout + 1
+    resume: bool = False  # continue the unfinished run in `out` from its last checkpoint
 
     def __post_init__(self) -> None:
         self.validate()
@@ -63,6 +79,8 @@ class RunConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("student", self.student, STUDENTS)
         _one_of("quant-format", self.quant_format, QUANT_FORMATS)
+        _one_of("aggregation", self.aggregation, AGGREGATIONS)
+        _one_of("byzantine-mode", self.byzantine_mode, BYZANTINE_MODES)
         _at_least("clients", self.clients, 1)
         _at_least("rounds", self.rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)
@@ -70,6 +88,9 @@ class RunConfig:
         _at_least("classes-per-client", self.classes_per_client, 1)
         _at_least("kd-epochs", self.kd_epochs, 0)
         _at_least("finetune-epochs", self.finetune_epochs, 0)
+        _at_least("min-clients", self.min_clients, 1)
+        _at_least("num-malicious", self.num_malicious, 0)
+        self._validate_robustness()
         for name in ("alpha", "lr", "kd-temperature", "round-timeout", "server-lr"):
             value = getattr(self, name.replace("-", "_"))
             if not value > 0:
@@ -90,6 +111,42 @@ class RunConfig:
                 f"test-fraction + val-fraction + public-fraction = {server_share:.2f} leaves "
                 "clients less than 10 % of the data; allowed: a sum below 0.9"
             )
+
+    def _validate_robustness(self) -> None:
+        for name in ("byzantine-fraction", "dropout-fraction", "straggler-fraction"):
+            value = getattr(self, name.replace("-", "_"))
+            if not 0 <= value < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+        if not 0 <= self.trim_beta < 0.5:
+            raise ConfigError(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
+        for name in ("norm-outlier-factor", "byzantine-scale", "straggler-delay"):
+            value = getattr(self, name.replace("-", "_"))
+            if value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.aggregation != "fedavg" and self.strategy == "fedadam":
+            raise ConfigError(
+                f"aggregation {self.aggregation!r} cannot be combined with strategy 'fedadam'; "
+                "allowed with fedadam: fedavg"
+            )
+        if self.aggregation == "bulyan" and self.clients < 4 * self.num_malicious + 3:
+            raise ConfigError(
+                f"aggregation 'bulyan' needs clients >= 4 x num-malicious + 3 = "
+                f"{4 * self.num_malicious + 3}, got clients={self.clients}"
+            )
+        if self.aggregation in ("krum", "multi-krum") and self.clients < 2 * self.num_malicious + 3:
+            raise ConfigError(
+                f"aggregation {self.aggregation!r} needs clients >= 2 x num-malicious + 3 = "
+                f"{2 * self.num_malicious + 3}, got clients={self.clients}"
+            )
+        if self.min_clients > self.clients:
+            raise ConfigError(
+                f"min-clients must be <= clients={self.clients}, got {self.min_clients}"
+            )
+
+    def incompatible_with(self, other: RunConfig) -> list[str]:
+        """Settings (kebab-case) that differ and that a resumed run may not change."""
+        mine, theirs = self.to_run_config(), other.to_run_config()
+        return [k for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunConfig:

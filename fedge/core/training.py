@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -94,3 +95,13 @@ def set_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
             )
         state[key] = value.to(ref.dtype)
     model.load_state_dict(state, strict=True)
+
+
+def weights_sha256(weights: dict[str, np.ndarray]) -> str:
+    """sha256 over every (name, dtype, shape, bytes) in order: equal hashes mean equal models."""
+    digest = hashlib.sha256()
+    for name, value in weights.items():
+        array = np.ascontiguousarray(value)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -23,7 +23,7 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(1)
     cfg = RunConfig.from_run_config(dict(context.run_config))
     final = default_run_dir(cfg)
-    with staged_run_dir(final) as work:
+    with staged_run_dir(final, resume=cfg.resume) as work:
         run_server(grid, cfg, work)
     log.info("run directory: %s", final)
 

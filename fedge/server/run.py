@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ import torch
 from flwr.serverapp import Grid
 
 from fedge.compression.bundle import (
+    PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     BundleConfig,
     generate_keypair,
@@ -33,12 +35,15 @@ from fedge.compression.export import (
     ExportConfig,
     export_onnx,
 )
-from fedge.core.config import RunConfig
+from fedge.core.config import ConfigError, RunConfig
+from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.models import build_teacher, count_params
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
+from fedge.core.training import get_weights, weights_sha256
+from fedge.server.checkpoint import CheckpointDir
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.deploy import deploy_bundle
 from fedge.server.report import render_report, write_plot
@@ -46,24 +51,81 @@ from fedge.server.training_loop import train_teacher
 
 log = logging.getLogger("fedge")
 RESULTS_FILE = "results.json"
+RUN_CONFIG_FILE = "run-config.json"
+CHECKPOINT_DIR = "checkpoints"
 
 
 @contextmanager
-def staged_run_dir(final: Path) -> Iterator[Path]:
-    """Work in `<final>.partial`, rename to `final` on success, remove it on failure."""
-    if final.exists() and any(final.iterdir()):
-        raise FileExistsError(f"run directory {final} already exists and is not empty")
-    work = final.with_name(final.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+def staged_run_dir(final: Path, *, resume: bool = False) -> Iterator[Path]:
+    """Work in `<final>.partial`, rename to `final` on success.
+
+    On failure the partial directory is removed, unless it holds completed rounds (or is being
+    resumed): then it stays for `fedge simulate --resume`. A fresh run refuses to start over an
+    unfinished one.
+    """
+    work = partial_dir(final)
+    if resume:
+        stored_config(final)  # raises ConfigError if there is nothing to resume
+    else:
+        if final.exists() and any(final.iterdir()):
+            raise FileExistsError(f"run directory {final} already exists and is not empty")
+        if (work / RUN_CONFIG_FILE).exists():
+            raise FileExistsError(
+                f"{work} holds an unfinished run; continue it with "
+                f"`fedge simulate --resume {final}` or delete it"
+            )
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
     try:
         yield work
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        if resume or CheckpointDir(work / CHECKPOINT_DIR).exists():
+            log.error(
+                "the run stopped; completed rounds are kept in %s: `fedge simulate --resume %s`",
+                work,
+                final,
+            )
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         raise
+    shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
     if final.exists():
         final.rmdir()
     os.replace(work, final)
+
+
+def partial_dir(final: Path) -> Path:
+    """Where an unfinished run lives."""
+    return final.with_name(final.name + ".partial")
+
+
+def stored_config(final: Path) -> RunConfig:
+    """The config an unfinished run was started with; ConfigError if it cannot be resumed."""
+    work = partial_dir(final)
+    if (final / RESULTS_FILE).is_file() and not work.exists():
+        raise ConfigError(f"run {final} already finished; there is nothing to resume")
+    path = work / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{final} is not an unfinished fedge run: {path} does not exist "
+            "(resume takes the run's --out directory)"
+        )
+    try:
+        return RunConfig.from_run_config(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not a valid fedge run config: {err}") from err
+
+
+def check_resumable(final: Path, cfg: RunConfig) -> None:
+    """ConfigError naming every setting that differs from the run being resumed."""
+    stored = stored_config(final)
+    differ = stored.incompatible_with(cfg)
+    if differ:
+        pairs = ", ".join(
+            f"{k} (run: {stored.to_run_config()[k]!r}, now: {cfg.to_run_config()[k]!r})"
+            for k in differ
+        )
+        raise ConfigError(f"cannot resume {final} with different settings: {pairs}")
 
 
 def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
@@ -73,6 +135,10 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     fed = build_federation(cfg)
     server, classes = fed.server, fed.dataset.num_classes
     shape = fed.dataset.preprocessing.input_shape
+    if cfg.resume:
+        check_resumable(run_dir.with_name(run_dir.name.removesuffix(".partial")), cfg)
+    else:
+        atomic_write_json(run_dir / RUN_CONFIG_FILE, cfg.to_run_config())
     key = _signing_key(cfg, run_dir)
     teacher = build_teacher(shape, classes, cfg.seed)
     log.info(
@@ -82,7 +148,9 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         cfg.rounds,
     )
     spec = model_spec(fed.dataset.preprocessing, classes)
-    training = train_teacher(grid, cfg, teacher, server.test, spec)
+    checkpoints = CheckpointDir(run_dir / CHECKPOINT_DIR)
+    training = train_teacher(grid, cfg, teacher, server.test, spec, checkpoints)
+    final_sha256 = weights_sha256(get_weights(teacher))
     t1 = time.monotonic()
 
     teacher_onnx = export_onnx(teacher, shape, ExportConfig())
@@ -139,6 +207,10 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "config": cfg.to_run_config(),
         "compression_config": compression.to_json(),
         "rounds": training.rounds,
+        "rejected": training.rejected,
+        "faults": _faults(cfg),
+        "resumed_from": training.resumed_from,
+        "final_model_sha256": final_sha256,
         "teacher": {
             "accuracy": teacher_acc,
             "params": count_params(teacher),
@@ -175,12 +247,31 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 def _signing_key(cfg: RunConfig, run_dir: Path) -> Any:
     """The configured private key, or a fresh pair for this run; the public half in keys/."""
     keys = run_dir / "keys"
+    if (keys / PRIVATE_KEY_FILE).is_file():  # a resumed run signs with the key it started with
+        key = load_private_key(keys / PRIVATE_KEY_FILE)
+        atomic_write_bytes(keys / PUBLIC_KEY_FILE, public_pem(key))
+        return key
     if cfg.private_key:
         key = load_private_key(Path(cfg.private_key))
         atomic_write_bytes(keys / PUBLIC_KEY_FILE, public_pem(key))
         return key
     private_path, _ = generate_keypair(keys)
     return load_private_key(private_path)
+
+
+def _faults(cfg: RunConfig) -> dict[str, Any]:
+    """The injected faults and the defences, as configured (per-round roles are in rounds[])."""
+    return {
+        "aggregation": cfg.aggregation,
+        "norm_outlier_factor": cfg.norm_outlier_factor,
+        "min_clients": cfg.min_clients,
+        "byzantine_mode": cfg.byzantine_mode if cfg.byzantine_fraction else None,
+        "byzantine_partitions": sorted(byzantine_partitions(cfg)),
+        "byzantine_scale": cfg.byzantine_scale,
+        "dropout_fraction": cfg.dropout_fraction,
+        "straggler_fraction": cfg.straggler_fraction,
+        "straggler_delay_s": straggler_delay(cfg) if cfg.straggler_fraction else None,
+    }
 
 
 def _latency(

@@ -1,20 +1,35 @@
-"""Choice of the Flower aggregation strategy from the run config."""
+"""Choice of the Flower strategy (optimiser and aggregation rule) from the run config."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+import numpy as np
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+)
 
 from fedge.core.config import RunConfig
 
+# Strategy attributes that carry state from round to round (FedAdam's moments).
+STATEFUL_ATTRIBUTES = ("m_t", "v_t")
+
 
 def make_strategy(cfg: RunConfig) -> FedAvg:
-    """FedAvg, FedProx (clients add the proximal term) or FedAdam (server-side Adam).
+    """The Flower strategy for `strategy` x `aggregation`.
 
+    fedprox differs from fedavg only on the client (the proximal term), so it combines with
+    every robust aggregation; fedadam keeps server-side moments and only aggregates by mean.
     Every round samples all connected clients. The run waits for `clients` nodes once, before
-    round 1 (training_loop.wait_for_nodes, with a timeout); after that a node that dies only
-    drops out, so the minimums here are 1: Flower's own wait for a minimum has no timeout.
+    round 1, and for `min-clients` before each round, each with a timeout
+    (training_loop.wait_for_nodes); the minimums here are 1 because Flower's own wait has none.
     """
     common: dict[str, Any] = {
         "fraction_train": 1.0,
@@ -23,8 +38,37 @@ def make_strategy(cfg: RunConfig) -> FedAvg:
         "min_evaluate_nodes": 1,
         "min_available_nodes": 1,
     }
-    if cfg.strategy == "fedprox":
-        return FedProx(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":
         return FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+    if cfg.aggregation == "median":
+        return FedMedian(**common)
+    if cfg.aggregation == "trimmed-mean":
+        return FedTrimmedAvg(beta=cfg.trim_beta, **common)
+    if cfg.aggregation == "krum":
+        return Krum(num_malicious_nodes=cfg.num_malicious, **common)
+    if cfg.aggregation == "multi-krum":
+        keep = max(1, cfg.clients - cfg.num_malicious)
+        return MultiKrum(num_malicious_nodes=cfg.num_malicious, num_nodes_to_select=keep, **common)
+    if cfg.aggregation == "bulyan":
+        return Bulyan(num_malicious_nodes=cfg.num_malicious, **common)
+    if cfg.strategy == "fedprox":
+        return FedProx(proximal_mu=cfg.proximal_mu, **common)
     return FedAvg(**common)
+
+
+def strategy_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:
+    """The strategy's round-to-round state (empty for stateless aggregation rules)."""
+    state = {}
+    for name in STATEFUL_ATTRIBUTES:
+        value = getattr(strategy, name, None)
+        if value:
+            state[name] = {k: np.asarray(v) for k, v in value.items()}
+    return state
+
+
+def restore_strategy_state(strategy: FedAvg, state: dict[str, dict[str, np.ndarray]]) -> None:
+    """Inverse of strategy_state."""
+    for name, value in state.items():
+        if name not in STATEFUL_ATTRIBUTES or not hasattr(strategy, name):
+            raise ValueError(f"checkpoint holds state {name!r} this strategy does not have")
+        setattr(strategy, name, dict(value))

@@ -9,10 +9,12 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.faults import round_roles
 from fedge.core.partition import Split
 from fedge.core.records import (
     as_float,
@@ -22,8 +24,10 @@ from fedge.core.records import (
     weights_to_record,
 )
 from fedge.core.training import evaluate, get_weights, set_weights
+from fedge.server.checkpoint import Checkpoint, CheckpointDir, capture_rng, restore_rng
 from fedge.server.replies import replies_by_node
-from fedge.server.strategy import make_strategy
+from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
+from fedge.server.validation import validate_updates
 
 log = logging.getLogger("fedge")
 
@@ -34,104 +38,216 @@ class FederationError(RuntimeError):
 
 @dataclass
 class TrainingLog:
-    """What training produced besides the model."""
+    """What training produced besides the model (checkpointed with it after every round)."""
 
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     train_bytes: int = 0
     node_partition: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     client_teacher_accuracy: dict[int, float] = field(default_factory=dict)  # partition id -> acc
+    resumed_from: list[int] = field(default_factory=list)  # rounds a resume started after
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form (checkpoint metadata)."""
+        return {
+            "rounds": self.rounds,
+            "rejected": self.rejected,
+            "train_bytes": self.train_bytes,
+            "resumed_from": self.resumed_from,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingLog:
+        """Inverse of to_json (node ids are not kept: a restarted federation has new ones)."""
+        return cls(
+            rounds=list(data["rounds"]),
+            rejected=list(data["rejected"]),
+            train_bytes=int(data["train_bytes"]),
+            resumed_from=list(data.get("resumed_from", [])),
+        )
 
 
-def wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
+def wait_for_nodes(grid: Grid, wanted: int, timeout: float, what: str = "clients") -> list[int]:
     """Wait until `wanted` nodes are connected; a clear error instead of waiting forever."""
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < wanted:
         if time.monotonic() > deadline:
             raise FederationError(
-                f"only {len(nodes)} of clients={wanted} nodes connected after {timeout:.0f} s; "
+                f"only {len(nodes)} of {what}={wanted} nodes connected after {timeout:.0f} s; "
                 'start more SuperNodes (flwr run: --federation-config "num-supernodes=N") '
-                "or lower clients"
+                f"or lower {what}"
             )
         time.sleep(0.2)
     return nodes
 
 
 def train_teacher(
-    grid: Grid, cfg: RunConfig, teacher: nn.Module, test: Split, spec: dict[str, Any]
+    grid: Grid,
+    cfg: RunConfig,
+    teacher: nn.Module,
+    test: Split,
+    spec: dict[str, Any],
+    checkpoints: CheckpointDir | None = None,
 ) -> TrainingLog:
     """Run cfg.rounds rounds; `teacher` holds the aggregated weights at the end.
 
-    `spec` (records.model_spec) tells clients the model input and preprocessing.
+    `spec` (records.model_spec) tells clients the model input and preprocessing. With
+    `checkpoints`, every finished round is saved, and a run that finds a checkpoint there
+    continues after its round with the same model, strategy state and RNG states.
     """
     strategy = make_strategy(cfg)
+    out, first = TrainingLog(), 1
+    saved = checkpoints.latest() if checkpoints is not None else None
+    if saved is not None:
+        set_weights(teacher, saved.weights)
+        restore_strategy_state(strategy, saved.strategy)
+        restore_rng(saved.rng)
+        out = TrainingLog.from_json(saved.log)
+        out.resumed_from.append(saved.round)
+        first = saved.round + 1
+        log.info("resuming after round %d of %d", saved.round, cfg.rounds)
     wait_for_nodes(grid, cfg.clients, timeout=min(cfg.round_timeout, 120.0))
     arrays = weights_to_record(get_weights(teacher))
-    out = TrainingLog()
-    for server_round in range(1, cfg.rounds + 1):
-        start = time.monotonic()
-        messages = list(
-            strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
-        )
-        replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-        out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
-        failures = _failures(replies, messages, out.node_partition)
-        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is None:
-            raise FederationError(
-                f"round {server_round}: no client returned a usable update ({failures})"
-            )
-        arrays = new_arrays
+    for server_round in range(first, cfg.rounds + 1):
+        arrays, row = _train_round(grid, cfg, strategy, server_round, arrays, spec, out)
         set_weights(teacher, record_to_weights(arrays))
         loss, accuracy = evaluate(teacher, test.x, test.y)
-        row = {
-            "round": server_round,
-            "accuracy": accuracy,
-            "loss": loss,
-            "train_loss": as_float(metrics[m.TRAIN_LOSS])
-            if metrics and m.TRAIN_LOSS in metrics
-            else None,
-            "clients_ok": len(replies) - len(failures),
-            "clients_failed": failures,
-            "seconds": time.monotonic() - start,
-        }
+        row.update({"accuracy": accuracy, "loss": loss})
         out.rounds.append(row)
         log.info(
-            "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed",
+            "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed, %d rejected%s",
             server_round,
             cfg.rounds,
             accuracy,
             loss,
             row["clients_ok"],
-            len(failures),
+            len(row["clients_failed"]),
+            len(row["clients_rejected"]),
+            f"  (skipped: {row['skipped']})" if row["skipped"] else "",
         )
-    out.client_teacher_accuracy = _federated_evaluate(grid, cfg, strategy, arrays, spec)
+        if checkpoints is not None:
+            checkpoints.save(
+                Checkpoint(
+                    round=server_round,
+                    weights=get_weights(teacher),
+                    strategy=strategy_state(strategy),
+                    log=out.to_json(),
+                    rng=capture_rng(),
+                )
+            )
+    out.client_teacher_accuracy = _federated_evaluate(
+        grid, cfg, strategy, arrays, spec, out.node_partition
+    )
     return out
 
 
+def _train_round(
+    grid: Grid,
+    cfg: RunConfig,
+    strategy: FedAvg,
+    server_round: int,
+    arrays: ArrayRecord,
+    spec: dict[str, Any],
+    out: TrainingLog,
+) -> tuple[ArrayRecord, dict[str, Any]]:
+    """One round: send, receive, validate, aggregate robustly. Returns the new model and its row.
+
+    Fewer than `min-clients` accepted updates (or an aggregation rule that cannot decide)
+    skips the round: the model stays as it was and the row says why.
+    """
+    start = time.monotonic()
+    wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout, what="min-clients")
+    messages = list(
+        strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
+    )
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
+    by_node = replies_by_node(messages, replies)
+    failures = _failures(by_node, out.node_partition)
+    if len(failures) == len(messages):
+        raise FederationError(
+            f"round {server_round}: no client returned a usable update ({failures})"
+        )
+    ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
+    accepted, rejected = validate_updates(
+        ok, record_to_weights(arrays), norm_outlier_factor=cfg.norm_outlier_factor
+    )
+    for row in rejected:
+        row["round"] = server_round
+        log.warning(
+            "round %d: rejected the update of partition %s: %s",
+            server_round,
+            row["partition_id"],
+            row["reason"],
+        )
+    out.rejected += rejected
+    skipped = None
+    metrics = None
+    if len(accepted) < cfg.min_clients:
+        skipped = f"{len(accepted)} valid updates, min-clients={cfg.min_clients}"
+    else:
+        new_arrays, metrics = strategy.aggregate_train(server_round, [c.reply for c in accepted])
+        if new_arrays is None:
+            skipped = (
+                f"aggregation {cfg.aggregation!r} returned no model from {len(accepted)} updates"
+            )
+        else:
+            arrays = new_arrays
+    roles = round_roles(cfg, server_round)
+    row = {
+        "round": server_round,
+        "train_loss": as_float(metrics[m.TRAIN_LOSS])
+        if metrics and m.TRAIN_LOSS in metrics
+        else None,
+        "clients_ok": len(accepted),
+        "clients_failed": failures,
+        "clients_rejected": sorted(
+            r["partition_id"] for r in rejected if r["partition_id"] is not None
+        ),
+        "skipped": skipped,
+        "injected": {
+            "byzantine": sorted(roles.byzantine),
+            "dropped": sorted(roles.dropped),
+            "stragglers": sorted(roles.stragglers),
+        },
+        "seconds": time.monotonic() - start,
+    }
+    return arrays, row
+
+
 def _federated_evaluate(
-    grid: Grid, cfg: RunConfig, strategy: Any, arrays: ArrayRecord, spec: dict[str, Any]
+    grid: Grid,
+    cfg: RunConfig,
+    strategy: Any,
+    arrays: ArrayRecord,
+    spec: dict[str, Any],
+    node_partition: dict[int, int],
 ) -> dict[int, float]:
     """The final teacher on every client's local test split (partition id -> accuracy)."""
     messages = list(
         strategy.configure_evaluate(cfg.rounds, arrays, config_to_record(cfg, **spec), grid)
     )
-    replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
+    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     result = {}
-    for reply in replies:
-        if not reply.has_error():
+    for node, reply in replies_by_node(messages, replies).items():
+        if reply is not None and not reply.has_error():
             metrics: MetricRecord = reply.content.metric_records[m.METRICS]
-            result[as_int(metrics[m.PARTITION_ID])] = as_float(metrics[m.ACCURACY])
+            partition = as_int(metrics[m.PARTITION_ID])
+            node_partition[node] = partition
+            result[partition] = as_float(metrics[m.ACCURACY])
     return result
 
 
 def _failures(
-    replies: list[Message], sent: list[Message], node_partition: dict[int, int]
+    by_node: dict[int, Message | None], node_partition: dict[int, int]
 ) -> list[dict[str, Any]]:
     """Error replies and missing replies, each with node id, partition id (when known) and reason."""
     failures = []
-    for node, reply in replies_by_node(sent, replies).items():
+    for node, reply in by_node.items():
         if reply is not None and not reply.has_error():
-            node_partition[node] = as_int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])
+            metrics = reply.content.metric_records.get(m.METRICS)
+            if metrics is not None and m.PARTITION_ID in metrics:
+                node_partition[node] = as_int(metrics[m.PARTITION_ID])
             continue
         reason = "no reply before round-timeout" if reply is None else reply.error.reason
         failures.append(

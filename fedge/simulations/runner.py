@@ -37,13 +37,30 @@ def load_scenario(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(scenario: Path | None, overrides: dict[str, Any]) -> RunConfig:
-    """Defaults -> scenario file -> flags, then validation. `out` becomes an absolute path."""
+def build_config(
+    scenario: Path | None, overrides: dict[str, Any], *, resume: Path | None = None
+) -> RunConfig:
+    """Defaults -> scenario file -> flags, then validation. `out` becomes an absolute path.
+
+    With `resume` (a run directory), the unfinished run's own config replaces the defaults,
+    and any scenario or flag may only change what a resumed run may change.
+    """
     settings: dict[str, Any] = {}
+    if resume is not None:
+        from fedge.server.run import check_resumable, stored_config
+
+        final = _final_dir(resume)
+        if overrides.get("out") is not None and Path(overrides["out"]).resolve() != final:
+            raise ConfigError("--resume takes the run directory; do not also give --out")
+        settings.update(stored_config(final).to_run_config())
     if scenario is not None:
         settings.update(load_scenario(scenario))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = RunConfig.from_run_config(settings)
+    if resume is not None:
+        cfg = cfg.replace(out=str(final), resume=True)
+        check_resumable(final, cfg)
+        return cfg
     out = (
         Path(cfg.out)
         if cfg.out
@@ -56,18 +73,31 @@ def preflight(cfg: RunConfig) -> None:
     """Every check that can fail before training starts (data, partitions, key, output dir)."""
     from fedge.compression.bundle import load_private_key
     from fedge.core.partition import build_federation
+    from fedge.server.run import RUN_CONFIG_FILE, partial_dir
 
     out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(
-            f"out {out} already exists and is not an empty directory; choose a new --out"
-        )
+    if not cfg.resume:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(
+                f"out {out} already exists and is not an empty directory; choose a new --out"
+            )
+        if (partial_dir(out) / RUN_CONFIG_FILE).exists():
+            raise ConfigError(
+                f"{partial_dir(out)} holds an unfinished run; continue it with "
+                f"`fedge simulate --resume {out}` or delete it"
+            )
     if cfg.private_key:
         try:
             load_private_key(Path(cfg.private_key))
         except ValueError as err:
             raise ConfigError(str(err)) from err
     build_federation(cfg)
+
+
+def _final_dir(path: Path) -> Path:
+    """The run's final directory, whether given as DIR or DIR.partial."""
+    path = Path(path).expanduser().resolve()
+    return path.with_name(path.name.removesuffix(".partial"))
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
@@ -93,9 +123,11 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
         client_app=client_app,
         server_app=server_app,
         backend_name="ray",
-        # num_cpus=2 on 2 cores: one Ray actor, the fastest to start here.
+        # num_cpus=2 on 2 cores: one Ray actor, the fastest to start here. A straggler sleeps
+        # in its actor, so with stragglers each client gets one core: two actors, and the
+        # clients queued behind a straggler are not held up with it.
         backend_config={
-            "client_resources": {"num_cpus": 2, "num_gpus": 0.0},
+            "client_resources": {"num_cpus": 1 if cfg.straggler_fraction else 2, "num_gpus": 0.0},
             "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
         },
         server_app_context=context,
