@@ -7,6 +7,7 @@ in a handler into an error reply) so server code can be tested without Ray or gR
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -60,20 +61,25 @@ class LocalGrid(Grid):
         raise NotImplementedError
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
-        replies = []
+        """Handlers run in threads; a reply that misses `timeout` is left out, as on a real grid."""
+        messages = list(messages)
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = msg.object_id  # as a real grid's push does
             self.sent.append(msg)
-            context = self.contexts[msg.metadata.dst_node_id]
-            try:
-                if (
-                    context.node_config["partition-id"] in self.failing
-                    and msg.metadata.message_type in self.failing_types
-                ):
-                    raise RuntimeError(f"simulated crash in {msg.metadata.message_type}")
-                replies.append(self.client_app(msg, context))
-            except Exception as err:  # what a Flower runtime does with a raising handler
-                replies.append(
-                    Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
-                )
-        return replies
+        pool = ThreadPoolExecutor(max_workers=max(1, len(messages)))
+        futures = [pool.submit(self._handle, msg) for msg in messages]
+        done, _ = wait(futures, timeout=timeout)
+        pool.shutdown(wait=False)
+        return [f.result() for f in futures if f in done]
+
+    def _handle(self, msg):
+        context = self.contexts[msg.metadata.dst_node_id]
+        try:
+            if (
+                context.node_config["partition-id"] in self.failing
+                and msg.metadata.message_type in self.failing_types
+            ):
+                raise RuntimeError(f"simulated crash in {msg.metadata.message_type}")
+            return self.client_app(msg, context)
+        except Exception as err:  # what a Flower runtime does with a raising handler
+            return Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)

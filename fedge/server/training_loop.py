@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -111,6 +112,7 @@ def train_teacher(
     for server_round in range(first, cfg.rounds + 1):
         arrays, row = _train_round(grid, cfg, strategy, server_round, arrays, spec, out)
         set_weights(teacher, record_to_weights(arrays))
+        arrays = weights_to_record(get_weights(teacher))  # the model's dtypes (FedAdam: float64)
         loss, accuracy = evaluate(teacher, test.x, test.y)
         row.update({"accuracy": accuracy, "loss": loss})
         out.rounds.append(row)
@@ -135,6 +137,9 @@ def train_teacher(
                     rng=capture_rng(),
                 )
             )
+    if out.rounds and all(row["skipped"] for row in out.rounds):
+        reasons = "; ".join(f"round {r['round']}: {r['skipped']}" for r in out.rounds[-3:])
+        raise FederationError(f"no round produced a model ({reasons})")
     out.client_teacher_accuracy = _federated_evaluate(
         grid, cfg, strategy, arrays, spec, out.node_partition
     )
@@ -164,10 +169,6 @@ def _train_round(
     out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
     by_node = replies_by_node(messages, replies)
     failures = _failures(by_node, out.node_partition)
-    if len(failures) == len(messages):
-        raise FederationError(
-            f"round {server_round}: no client returned a usable update ({failures})"
-        )
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
     accepted, rejected = validate_updates(
         ok, record_to_weights(arrays), norm_outlier_factor=cfg.norm_outlier_factor
@@ -191,6 +192,8 @@ def _train_round(
             skipped = (
                 f"aggregation {cfg.aggregation!r} returned no model from {len(accepted)} updates"
             )
+        elif not all(np.isfinite(a).all() for a in record_to_weights(new_arrays).values()):
+            skipped = "the aggregated model has NaN or Inf values; kept the previous one"
         else:
             arrays = new_arrays
     roles = round_roles(cfg, server_round)

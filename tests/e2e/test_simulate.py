@@ -27,18 +27,21 @@ def fedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.e2e
-def test_tiny_simulation_trains_compresses_and_every_client_installs(tmp_path):
-    out = tmp_path / "run"
-    proc = fedge(
-        "simulate",
-        "--scenario",
-        str(ROOT / "simulations" / "tiny.toml"),
-        "--out",
-        str(out),
-        cwd=tmp_path,
-    )
+TINY = str(ROOT / "simulations" / "tiny.toml")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One uninterrupted tiny run, shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    proc = fedge("simulate", "--scenario", TINY, "--out", str(tmp / "run"), cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"
+
+
+@pytest.mark.e2e
+def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
+    out = tiny_run
     results = json.loads((out / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
     assert all(0 <= r["accuracy"] <= 1 for r in results["rounds"])
@@ -95,3 +98,55 @@ def test_keys_generate_refuses_to_overwrite(tmp_path):
     assert (tmp_path / "k" / "signing.key").stat().st_mode & 0o777 == 0o600
     again = fedge("keys", "generate", "--out", "k", cwd=tmp_path)
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_loses_no_round_and_ends_with_the_same_model(tmp_path, tiny_run):
+    from fedge.simulations.crash import kill_when, start_simulate
+
+    out = tmp_path / "run"
+    checkpoint = tmp_path / "run.partial" / "checkpoints" / "round-0001.json"
+    env_home = tmp_path / "flwr-home"
+    os.environ["FLWR_HOME"] = str(env_home)
+    proc = start_simulate(["--scenario", TINY, "--out", str(out)], tmp_path / "killed.log")
+    assert kill_when(proc, checkpoint.is_file, timeout=300), (tmp_path / "killed.log").read_text()
+    assert not out.exists()
+    resumed = fedge("simulate", "--resume", str(out), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    reference = json.loads((tiny_run / "results.json").read_text())
+    assert results["resumed_from"] and results["resumed_from"][0] >= 1
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    assert results["final_model_sha256"] == reference["final_model_sha256"]
+    assert not (tmp_path / "run.partial").exists() and not (out / "checkpoints").exists()
+
+
+def test_resume_refuses_what_it_cannot_continue_and_touches_nothing(tmp_path, tiny_run):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    finished = fedge("simulate", "--resume", str(tiny_run), cwd=tmp_path)
+    assert finished.returncode == 2 and "already finished" in finished.stderr
+    (tmp_path / "junk").mkdir()
+    junk = fedge("simulate", "--resume", str(tmp_path / "junk"), cwd=tmp_path)
+    assert junk.returncode == 2 and "is not an unfinished fedge run" in " ".join(
+        junk.stderr.split()
+    )
+    partial = tmp_path / "half.partial"
+    partial.mkdir()
+    (partial / "run-config.json").write_text(json.dumps({"rounds": 3, "clients": 3}))
+    changed = fedge("simulate", "--resume", str(tmp_path / "half"), "--rounds", "5", cwd=tmp_path)
+    assert changed.returncode == 2
+    assert "different settings: rounds (run: 3, now: 5)" in " ".join(changed.stderr.split())
+    fresh = fedge("simulate", "--out", str(tmp_path / "half"), cwd=tmp_path)
+    assert fresh.returncode == 2 and "holds an unfinished run" in " ".join(fresh.stderr.split())
+    assert sorted(p.name for p in partial.iterdir()) == ["run-config.json"]
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_a_corrupt_data_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "data.npz"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    proc = fedge(
+        "simulate", "--dataset", f"npz:{bad}", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "data.npz" in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
