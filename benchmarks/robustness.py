@@ -1,12 +1,12 @@
 """Robustness: Byzantine clients against each aggregation rule, drop-outs, and kill/resume.
 
-    python benchmarks/robustness.py --json OUT.json [--rounds 10] [--clients 10] [--trials 5]
+    python benchmarks/robustness.py --json OUT.json [--seeds 3] [--rounds 20] [--trials 5]
 
 Every figure comes from real `fedge simulate` runs (Flower's simulation engine, Ray) on IID
-digits with the same seed, each in its own process: a clean run; 20 % sign-flip clients under
+digits, for each of `--seeds` seeds, each in its own process: a clean run; 20 % sign-flip clients under
 fedavg, median, trimmed-mean, krum and multi-krum; 20 % Gaussian-noise clients under fedavg
 (the norm rule rejects them); 50 % of clients dropping out of every round. Accuracy is the
-teacher's on the central test split. Then `--trials` times: start the clean configuration,
+teacher's on the central test split. Then `--trials` times: start the clean seed-0 configuration,
 SIGKILL its whole process tree at a random moment, resume it with `fedge simulate --resume`,
 and compare `final_model_sha256` with the uninterrupted clean run.
 """
@@ -41,7 +41,7 @@ ATTACKS: dict[str, dict[str, Any]] = {
 }
 
 
-def base_config(args: argparse.Namespace) -> dict[str, Any]:
+def base_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The clean run: IID digits; a light compression phase (this measures training)."""
     return {
         "dataset": "digits",
@@ -49,7 +49,7 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "partition": "iid",
         "local-epochs": args.local_epochs,
-        "seed": args.seed,
+        "seed": seed,
         "student": "tiny",
         "kd-epochs": 2,
         "prune-ratio": 0.0,
@@ -130,58 +130,122 @@ def resume_trial(work: Path, index: int, settings: dict[str, Any], at: float) ->
     }
 
 
+def measure_attacks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Clean and attacked runs for every seed; drops are means over seeds of per-seed drops."""
+    rows: list[dict[str, Any]] = []
+    print(f"{'run':24} {'seed':>4} {'accuracy':>9} {'drop (pt)':>10} {'rejected':>9} {'failed':>7}")
+    clean_runs = {}
+    for seed in range(args.seeds):
+        base = base_config(args, seed)
+        clean = simulate(work, f"clean-s{seed}", base)
+        clean_runs[seed] = clean
+        for name, change in {"clean": {}, **ATTACKS}.items():
+            res = (
+                clean if name == "clean" else simulate(work, f"{name}-s{seed}", {**base, **change})
+            )
+            row = {
+                "run": name,
+                "seed": seed,
+                "settings": change,
+                "accuracy": res["teacher"]["accuracy"],
+                "drop_pt": (clean["teacher"]["accuracy"] - res["teacher"]["accuracy"]) * 100,
+                "rejected": len(res["rejected"]),
+                "rejected_byzantine": sum(
+                    r["partition_id"] in res["faults"]["byzantine_partitions"]
+                    for r in res["rejected"]
+                ),
+                "failed": sum(len(r["clients_failed"]) for r in res["rounds"]),
+                "skipped_rounds": sum(bool(r["skipped"]) for r in res["rounds"]),
+                "byzantine_partitions": res["faults"]["byzantine_partitions"],
+                "wall_s": res["wall_s"],
+            }
+            rows.append(row)
+            print(
+                f"{name:24} {seed:4d} {row['accuracy'] * 100:8.2f}% {row['drop_pt']:10.2f} "
+                f"{row['rejected']:9d} {row['failed']:7d}"
+            )
+    out: dict[str, Any] = {
+        "clean_accuracy": _mean(r["accuracy"] for r in rows if r["run"] == "clean"),
+        "runs": rows,
+        "clean_runs": clean_runs,
+    }
+    for name in ATTACKS:
+        out[f"{name}_drop_pt"] = _mean(r["drop_pt"] for r in rows if r["run"] == name)
+        out[f"{name}_accuracy"] = _mean(r["accuracy"] for r in rows if r["run"] == name)
+    return out
+
+
+def measure_resume(
+    work: Path, args: argparse.Namespace, clean: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Kill the clean seed-0 configuration at random moments and resume it.
+
+    A kill that comes after the run finished is retried earlier, so every counted trial was
+    really killed mid-run.
+    """
+    rng = random.Random(args.seed)
+    trials = []
+    for i in range(args.trials):
+        fraction = rng.uniform(0.1, 0.9)
+        for attempt in range(4):
+            at = fraction * clean["wall_s"] / 2**attempt
+            trial = resume_trial(work, i * 10 + attempt, base_config(args, 0), at)
+            if trial["killed"] and trial["how"] != "finished before the kill":
+                break
+        trial["identical"] = trial["killed"] and (
+            trial["final_model_sha256"] == clean["final_model_sha256"]
+        )
+        trials.append(trial)
+        print(
+            f"resume trial {i}: killed at {trial['kill_at_s']:5.1f} s "
+            f"(checkpoints {trial['checkpoints_at_kill'][-1:] or 'none'}), {trial['how']}, "
+            f"rounds {trial['rounds_recorded'][0]}..{trial['rounds_recorded'][-1]}, "
+            f"identical={trial['identical']}"
+        )
+    return trials
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--local-epochs", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="accuracy runs use seeds 0..N-1")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
     parser.add_argument("--trials", type=int, default=5)
     args = parser.parse_args()
-    base = base_config(args)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedge-robustness-") as tmp:
         work = Path(tmp)
-        clean = simulate(work, "clean", base)
-        clean_acc = clean["teacher"]["accuracy"]
-        out: dict[str, Any] = {
-            "config": {**base, "byzantine-mode": "sign-flip", "byzantine-scale": 5.0},
-            "clean_accuracy": clean_acc,
-            "clean_wall_s": clean["wall_s"],
-            "runs": {},
+        out = {
+            "config": {
+                **base_config(args, 0),
+                "seeds": list(range(args.seeds)),
+                "byzantine-fraction": 0.2,
+                "byzantine-mode": "sign-flip",
+                "byzantine-scale": 5.0,
+                "norm-outlier-factor": 10.0,
+                "attacks": ATTACKS,
+            },
+            **measure_attacks(work, args),
         }
-        print(f"{'run':24} {'accuracy':>9} {'drop (pt)':>10} {'rejected':>9}")
-        print(f"{'clean':24} {clean_acc * 100:8.2f}% {0:10.2f} {0:9d}")
-        for name, change in ATTACKS.items():
-            res = simulate(work, name, {**base, **change})
-            acc = res["teacher"]["accuracy"]
-            drop = (clean_acc - acc) * 100
-            out[f"{name}_drop_pt"] = drop
-            out["runs"][name] = {
-                "settings": change,
-                "accuracy": acc,
-                "drop_pt": drop,
-                "rejected": len(res["rejected"]),
-                "failed": sum(len(r["clients_failed"]) for r in res["rounds"]),
-                "byzantine_partitions": res["faults"]["byzantine_partitions"],
-            }
-            print(f"{name:24} {acc * 100:8.2f}% {drop:10.2f} {len(res['rejected']):9d}")
-        rng = random.Random(args.seed)
-        trials = []
-        for i in range(args.trials):
-            at = rng.uniform(0.15, 0.95) * clean["wall_s"]
-            trial = resume_trial(work, i, base, at)
-            trial["identical"] = trial["final_model_sha256"] == clean["final_model_sha256"]
-            trials.append(trial)
-            print(
-                f"resume trial {i}: kill at {at:5.1f} s, {trial['how']}, after "
-                f"{trial['checkpoints_at_kill'][-1:] or 'no checkpoint'}: identical={trial['identical']}"
-            )
-        out["resume_trials"] = trials
-        out["resume_identical"] = all(t["identical"] for t in trials)
-        out["clean_final_model_sha256"] = clean["final_model_sha256"]
+        clean = out.pop("clean_runs")[0]
+        trials = measure_resume(work, args, clean)
+    out["resume_trials"] = trials
+    out["resume_identical"] = all(t["identical"] for t in trials)
+    out["clean_final_model_sha256"] = clean["final_model_sha256"]
+    out["benchmark_wall_s"] = time.monotonic() - started
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print()
+    for name in ATTACKS:
+        print(f"{name + '_drop_pt':32} {out[name + '_drop_pt']:7.2f}")
     print(f"resume: {sum(t['identical'] for t in trials)}/{len(trials)} identical -> {args.json}")
 
 

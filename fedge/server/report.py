@@ -101,13 +101,16 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Federated training (central test split)",
         "",
-        "| round | accuracy | loss | clients ok | failed |",
-        "|---:|---:|---:|---:|---:|",
+        "| round | accuracy | loss | updates used | failed | rejected | note |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results["rounds"]:
+        note = f"skipped: {r['skipped']}" if r.get("skipped") else ""
         lines.append(
-            f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | {len(r['clients_failed'])} |"
+            f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | "
+            f"{len(r['clients_failed'])} | {len(r.get('clients_rejected', []))} | {note} |"
         )
+    lines += _robustness_lines(results)
     lines += [
         "",
         "## Deployment: each client's local test split",
@@ -136,6 +139,35 @@ def render_report(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _robustness_lines(results: dict[str, Any]) -> list[str]:
+    """Aggregation rule, injected faults, rejected updates and resumes, when there are any."""
+    faults = results.get("faults", {})
+    lines = [
+        "",
+        f"Aggregation: `{faults.get('aggregation', 'fedavg')}`; update validation: "
+        f"norm-outlier-factor {faults.get('norm_outlier_factor')}, min-clients "
+        f"{faults.get('min_clients')}.",
+    ]
+    if faults.get("byzantine_partitions"):
+        lines.append(
+            f"Injected: partitions {faults['byzantine_partitions']} attack with "
+            f"`{faults['byzantine_mode']}` (scale {faults['byzantine_scale']})."
+        )
+    if faults.get("dropout_fraction") or faults.get("straggler_fraction"):
+        lines.append(
+            f"Injected: {faults['dropout_fraction']:.0%} of clients drop out and "
+            f"{faults['straggler_fraction']:.0%} straggle each round (see results.json rounds[].injected)."
+        )
+    rejected = results.get("rejected", [])
+    if rejected:
+        lines += ["", "| round | partition | rejected because |", "|---:|---:|---|"]
+        lines += [f"| {r['round']} | {r['partition_id']} | {r['reason']} |" for r in rejected]
+    if results.get("resumed_from"):
+        lines.append(f"Resumed after round(s) {results['resumed_from']} from checkpoints.")
+    lines.append(f"Final teacher weights sha256 `{results.get('final_model_sha256', '')}`.")
+    return lines
 
 
 def _row(name: str, accuracy: float, params: int, size: int, teacher_bytes: int) -> str:
