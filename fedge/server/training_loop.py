@@ -165,6 +165,8 @@ def _train_round(
     messages = list(
         strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
     )
+    for msg in messages:  # expire with the round: a late node never trains a stale round
+        msg.metadata.ttl = cfg.round_timeout
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
     by_node = replies_by_node(messages, replies)
