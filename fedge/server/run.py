@@ -88,10 +88,12 @@ def staged_run_dir(final: Path, *, resume: bool = False) -> Iterator[Path]:
         else:
             shutil.rmtree(work, ignore_errors=True)
         raise
-    shutil.rmtree(work / CHECKPOINT_DIR, ignore_errors=True)
     if final.exists():
         final.rmdir()
     os.replace(work, final)
+    shutil.rmtree(
+        final / CHECKPOINT_DIR, ignore_errors=True
+    )  # after the rename: a crash here loses nothing
 
 
 def partial_dir(final: Path) -> Path:
