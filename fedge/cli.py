@@ -108,6 +108,63 @@ def simulate(
 
 
 @app.command()
+def compress(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `fedge simulate` run directory.")],
+    scenario: Annotated[
+        Path | None, typer.Option(help="TOML file of compression settings.")
+    ] = None,
+    student: Annotated[str | None, typer.Option(help="tiny | small | medium")] = None,
+    kd_epochs: Annotated[int | None, typer.Option(help="Distillation epochs.")] = None,
+    prune_ratio: Annotated[float | None, typer.Option(help="Share of channels removed.")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(help="KD epochs after pruning.")] = None,
+    quant_format: Annotated[str | None, typer.Option(help="qdq | qoperator")] = None,
+    quant_per_channel: Annotated[
+        bool | None, typer.Option(help="Per-channel (or per-tensor) int8 weight scales.")
+    ] = None,
+    int8_tolerance: Annotated[
+        float | None, typer.Option(help="Validation accuracy int8 may lose.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default RUN_DIR/compress/<time>).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
+) -> None:
+    """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
+    from fedge.server.recompress import compress_config, compress_run, default_out
+    from fedge.server.run import staged_run_dir
+    from fedge.simulations.runner import load_scenario
+
+    flags = {
+        "student": student,
+        "kd-epochs": kd_epochs,
+        "prune-ratio": prune_ratio,
+        "finetune-epochs": finetune_epochs,
+        "quant-format": quant_format,
+        "quant-per-channel": quant_per_channel,
+        "int8-tolerance": int8_tolerance,
+    }
+    try:
+        changes = load_scenario(scenario) if scenario is not None else {}
+        changes.update({k: v for k, v in flags.items() if v is not None})
+        cfg, teacher_params = compress_config(run_dir, changes)
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    target = (out or default_out(run_dir)).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        raise fail(f"out {target} already exists and is not empty; choose a new --out")
+    _setup_logging(verbose)
+    with staged_run_dir(target) as work:
+        results = compress_run(run_dir, cfg, work, teacher_params)
+    student_row = results["student"]
+    console.print(
+        f"student {100 * student_row['accuracy']:.2f} % ({student_row['onnx_bytes']:,} bytes, "
+        f"{student_row['size_ratio']:.1f}x smaller than the teacher at "
+        f"{100 * results['teacher']['accuracy']:.2f} %) -> {target}",
+        highlight=False,
+    )
+
+
+@app.command()
 def infer(
     input_path: Annotated[
         str,

@@ -47,7 +47,7 @@ def write_plot(results: dict[str, Any], run_dir: Path) -> Path:
 
 def render_report(results: dict[str, Any]) -> str:
     """report.md: teacher vs each stage, per-client accuracy of the deployed model, costs."""
-    cfg, teacher, student = results["config"], results["teacher"], results["student"]
+    cfg, student = results["config"], results["student"]
     lines = [
         f"# fedge run `{results['run_id']}`",
         "",
@@ -55,6 +55,69 @@ def render_report(results: dict[str, Any]) -> str:
         + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
         + f", {cfg['strategy']}, {cfg['rounds']} rounds, seed {cfg['seed']}.",
         "",
+        *_compression_lines(results),
+        "",
+        "## Federated training (central test split)",
+        "",
+        "| round | accuracy | loss | updates used | failed | rejected | note |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results["rounds"]:
+        note = f"skipped: {r['skipped']}" if r.get("skipped") else ""
+        lines.append(
+            f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | "
+            f"{len(r['clients_failed'])} | {len(r.get('clients_rejected', []))} | {note} |"
+        )
+    lines += _robustness_lines(results)
+    lines += [
+        "",
+        "## Deployment: each client's local test split",
+        "",
+        "| client | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 | reason |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for c in results["clients"]:
+        t_acc = c.get("teacher_accuracy")
+        lines.append(
+            f"| {c['partition_id']} | {'yes' if c['installed'] else 'no'} | "
+            f"{_pct(t_acc)} | {_pct(c['accuracy'])} | "
+            f"{_us(c['latency_us_p50'])} | {c['reason']} |"
+        )
+    comm, timing = results["communication"], results["timing_s"]
+    lines += [
+        "",
+        "## Costs",
+        "",
+        f"- Communication: training {comm['train_bytes'] / 1e6:.2f} MB, redistribution {comm['deploy_bytes'] / 1e3:.1f} kB.",
+        f"- Time: total {timing['total']:.1f} s (training {timing['training']:.1f} s, "
+        f"compression {timing['compression']:.1f} s, deploy {timing['deploy']:.1f} s).",
+        f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student['sha256'][:16]}...`.",
+        "",
+        "The student is trained on the server's public pool only (never on client data).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_compression_report(results: dict[str, Any]) -> str:
+    """report.md of `fedge compress`: the same teacher, a new compression of it."""
+    return "\n".join(
+        [
+            f"# fedge compress of run `{results['run_id']}`",
+            "",
+            f"Teacher: `{results['source_run']}/teacher.onnx` (not retrained). "
+            "The student is trained on the server's public pool only.",
+            "",
+            *_compression_lines(results),
+            "",
+        ]
+    )
+
+
+def _compression_lines(results: dict[str, Any]) -> list[str]:
+    """Teacher vs each stage vs the deployed student: accuracy, size, latency."""
+    teacher, student = results["teacher"], results["student"]
+    lines = [
         "## Teacher and compression stages (central test split)",
         "",
         "| model | accuracy | params | bytes | vs teacher ONNX |",
@@ -98,47 +161,8 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         f"Size ratio {student['size_ratio']:.1f}x, accuracy change "
         f"{100 * (student['accuracy'] - teacher['accuracy']):+.2f} points.",
-        "",
-        "## Federated training (central test split)",
-        "",
-        "| round | accuracy | loss | updates used | failed | rejected | note |",
-        "|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in results["rounds"]:
-        note = f"skipped: {r['skipped']}" if r.get("skipped") else ""
-        lines.append(
-            f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | "
-            f"{len(r['clients_failed'])} | {len(r.get('clients_rejected', []))} | {note} |"
-        )
-    lines += _robustness_lines(results)
-    lines += [
-        "",
-        "## Deployment: each client's local test split",
-        "",
-        "| client | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 | reason |",
-        "|---:|---|---:|---:|---:|---|",
-    ]
-    for c in results["clients"]:
-        t_acc = c.get("teacher_accuracy")
-        lines.append(
-            f"| {c['partition_id']} | {'yes' if c['installed'] else 'no'} | "
-            f"{_pct(t_acc)} | {_pct(c['accuracy'])} | "
-            f"{_us(c['latency_us_p50'])} | {c['reason']} |"
-        )
-    comm, timing = results["communication"], results["timing_s"]
-    lines += [
-        "",
-        "## Costs",
-        "",
-        f"- Communication: training {comm['train_bytes'] / 1e6:.2f} MB, redistribution {comm['deploy_bytes'] / 1e3:.1f} kB.",
-        f"- Time: total {timing['total']:.1f} s (training {timing['training']:.1f} s, "
-        f"compression {timing['compression']:.1f} s, deploy {timing['deploy']:.1f} s).",
-        f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student['sha256'][:16]}...`.",
-        "",
-        "The student is trained on the server's public pool only (never on client data).",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _robustness_lines(results: dict[str, Any]) -> list[str]:

@@ -91,9 +91,8 @@ def staged_run_dir(final: Path, *, resume: bool = False) -> Iterator[Path]:
     if final.exists():
         final.rmdir()
     os.replace(work, final)
-    shutil.rmtree(
-        final / CHECKPOINT_DIR, ignore_errors=True
-    )  # after the rename: a crash here loses nothing
+    # Checkpoints go only after the rename: a crash before it loses nothing.
+    shutil.rmtree(final / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def partial_dir(final: Path) -> Path:

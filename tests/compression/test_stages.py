@@ -149,3 +149,15 @@ def test_folding_check_catches_a_device_model_that_disagrees(teacher, student, d
     other = fold_device_ops(export_onnx(student, SHAPE, ExportConfig()), prep, check_x=x)
     with pytest.raises(RuntimeError, match="disagrees"):
         _check_agreement(teacher_onnx, other, x, prep.invert(x))
+
+
+def test_onnx_teacher_gives_the_torch_teachers_logits(teacher, digits_fed):
+    import torch
+
+    from fedge.compression.export import ExportConfig, export_onnx
+    from fedge.compression.onnx_teacher import OnnxTeacher
+
+    wrapped = OnnxTeacher(export_onnx(teacher, (1, 8, 8), ExportConfig()))
+    x = torch.from_numpy(digits_fed.server.test.x[:64])
+    with torch.no_grad():
+        np.testing.assert_allclose(wrapped(x).numpy(), teacher(x).numpy(), atol=1e-4)

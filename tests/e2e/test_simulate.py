@@ -150,3 +150,48 @@ def test_a_corrupt_data_file_is_a_clear_error(tmp_path):
     )
     assert proc.returncode == 2 and "data.npz" in proc.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.e2e
+def test_compress_reuses_the_teacher_and_writes_a_bundle_devices_accept(tmp_path, tiny_run):
+    from fedge.client.runtime.predictor import Predictor
+
+    out = tmp_path / "c"
+    args = ["--student", "small", "--kd-epochs", "30", "--finetune-epochs", "2"]
+    proc = fedge("compress", str(tiny_run), *args, "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    source = json.loads((tiny_run / "results.json").read_text())
+    assert results["teacher"]["accuracy"] == source["teacher"]["accuracy"]  # same teacher
+    assert results["compression_config"]["distill"]["student"] == "small"
+    assert results["student"]["onnx_bytes"] < source["student"]["onnx_bytes"]  # small < medium
+    key_path = tiny_run / "keys" / "signing.pub"
+    store = ModelStore(tmp_path / "store")
+    store.install(read_bundle_dir(out / "bundle"), load_public_key(key_path))
+    predictor = Predictor(tmp_path / "store", key_path, warmup=0)
+    assert predictor.version == results["student"]["version"] > source["student"]["version"]
+    assert "fedge compress of run" in (out / "report.md").read_text()
+
+
+def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (
+            [str(tmp_path / "empty")],
+            "is not a finished fedge run with a teacher: results.json is missing",
+        ),
+        ([str(tiny_run), "--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
+    ]
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("rounds = 7\n")
+    cases.append(
+        ([str(tiny_run), "--scenario", str(scenario)], "fedge compress cannot change rounds")
+    )
+    unknown = tmp_path / "u.toml"
+    unknown.write_text("distil-epochs = 7\n")
+    cases.append(([str(tiny_run), "--scenario", str(unknown)], "unknown setting 'distil-epochs'"))
+    for args, message in cases:
+        proc = fedge("compress", *args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+        assert proc.returncode == 2 and message in " ".join(proc.stderr.split()), proc.stderr
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert not (tiny_run / "compress").exists()

@@ -1,0 +1,95 @@
+"""From a compression outcome to a signed bundle plus the measured figures of teacher and student."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedge.compression.bundle import BundleConfig, make_bundle
+from fedge.compression.export import INPUT_NAME, LABEL_NAME, OUTPUT_NAME, PROBABILITIES_NAME
+from fedge.core.data import Preprocessing
+from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
+from fedge.core.partition import Split
+from fedge.server.compression_phase import CompressionConfig, CompressionOutcome
+
+
+@dataclass
+class Shipment:
+    """The signed bundle files and the figures that go into results.json."""
+
+    files: dict[str, bytes]
+    manifest: BundleConfig
+    teacher: dict[str, Any]
+    student: dict[str, Any]
+
+
+def ship(
+    teacher_onnx: bytes,
+    outcome: CompressionOutcome,
+    compression: CompressionConfig,
+    test: Split,
+    *,
+    preprocessing: Preprocessing,
+    num_classes: int,
+    key: Any,
+    model_id: str,
+) -> Shipment:
+    """Measure teacher and shipped student on the test split (student on raw input), then sign."""
+    student_bytes = outcome.student_bytes
+    raw_test = preprocessing.invert(test.x)
+    teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
+    latency = _latency(teacher_session, test.x, student_session, raw_test)
+    teacher_acc = session_accuracy(teacher_session, test.x, test.y)
+    student_acc = session_accuracy(student_session, raw_test, test.y)  # what ships
+    manifest = BundleConfig(
+        model_id=model_id,
+        version=time.time_ns() // 1_000_000,
+        input_name=INPUT_NAME,
+        input_shape=(None, *preprocessing.input_shape),
+        output_name=OUTPUT_NAME,
+        probabilities_name=PROBABILITIES_NAME,
+        label_name=LABEL_NAME,
+        preprocessing={**preprocessing.to_json(), "in_model": True},
+        labels=tuple(range(num_classes)),
+        metrics={"test_accuracy": student_acc, "teacher_test_accuracy": teacher_acc},
+        compression=compression.to_json(),
+        quantized=outcome.quantization.quantized,
+    )
+    teacher = {
+        "accuracy": teacher_acc,
+        "onnx_bytes": len(teacher_onnx),
+        "latency_us": latency["teacher"],
+    }
+    student = {
+        "accuracy": student_acc,
+        "params": outcome.student_params,
+        "onnx_bytes": len(student_bytes),
+        "sha256": hashlib.sha256(student_bytes).hexdigest(),
+        "quantized": outcome.quantization.quantized,
+        "quantization_reason": outcome.quantization.reason,
+        "size_ratio": len(teacher_onnx) / len(student_bytes),
+        "version": manifest.version,
+        "latency_us": latency["student"],
+    }
+    return Shipment(make_bundle(student_bytes, manifest, key), manifest, teacher, student)
+
+
+def _latency(
+    teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Batch-1 and batch-64 p50 of teacher and shipped student in onnxruntime, interleaved."""
+    b1 = interleaved_latency_us(
+        {"teacher": session_call(teacher, x[:1]), "student": session_call(student, raw[:1])}
+    )
+    x64, raw64 = np.resize(x, (64, *x.shape[1:])), np.resize(raw, (64, *raw.shape[1:]))
+    b64 = interleaved_latency_us(
+        {"teacher": session_call(teacher, x64), "student": session_call(student, raw64)}, iters=200
+    )
+    return {
+        side: {"b1_p50": b1[side]["p50"], "b64_p50": b64[side]["p50"], "b1_p95": b1[side]["p95"]}
+        for side in ("teacher", "student")
+    }
