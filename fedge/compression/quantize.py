@@ -50,8 +50,8 @@ class QuantizeResult:
     quantized: bool
     reason: str  # why int8 was shipped or refused
     fp32_val_accuracy: float
-    int8_val_accuracy: float
-    int8_bytes: int
+    int8_val_accuracy: float | None  # None: quantization failed
+    int8_bytes: int | None
 
 
 class _PoolReader(CalibrationDataReader):
@@ -113,9 +113,17 @@ def guard(
 def quantize(
     model_bytes: bytes, public_pool: PublicPool, val: Split, config: QuantizeConfig
 ) -> QuantizeResult:
-    """int8 if it stays within `tolerance` of fp32 on the validation split and is smaller."""
-    int8 = quantize_int8(model_bytes, public_pool, config)
+    """int8 if it stays within `tolerance` of fp32 on the validation split and is smaller.
+
+    A model onnxruntime cannot quantize (e.g. non-finite activation ranges from a collapsed
+    teacher) ships as fp32, with the reason.
+    """
     fp32_acc = session_accuracy(make_session(model_bytes), val.x, val.y)
+    try:
+        int8 = quantize_int8(model_bytes, public_pool, config)
+    except (AssertionError, ValueError, RuntimeError) as err:
+        reason = f"int8 refused: onnxruntime could not quantize ({type(err).__name__}: {err})"
+        return QuantizeResult(model_bytes, False, reason, fp32_acc, None, None)
     int8_acc = session_accuracy(make_session(int8), val.x, val.y)
     accepted, reason = guard(len(model_bytes), len(int8), fp32_acc, int8_acc, config.tolerance)
     return QuantizeResult(
