@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,25 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.serverapp import Grid
 
 from fedge.compression.bundle import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
-    BundleConfig,
     generate_keypair,
     load_private_key,
-    make_bundle,
     public_pem,
     write_bundle,
 )
 from fedge.compression.export import (
-    INPUT_NAME,
-    LABEL_NAME,
-    OUTPUT_NAME,
-    PROBABILITIES_NAME,
     ExportConfig,
     export_onnx,
 )
@@ -39,7 +31,6 @@ from fedge.core.config import ConfigError, RunConfig
 from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.models import build_teacher, count_params
-from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
@@ -47,6 +38,7 @@ from fedge.server.checkpoint import CheckpointDir
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.deploy import deploy_bundle
 from fedge.server.report import render_report, write_plot
+from fedge.server.shipping import ship
 from fedge.server.training_loop import train_teacher
 
 log = logging.getLogger("fedge")
@@ -167,27 +159,17 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         preprocessing=prep,
         num_classes=classes,
     )
-    student_bytes = outcome.student_bytes
-    raw_test = prep.invert(server.test.x)
-    teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
-    latency = _latency(teacher_session, server.test.x, student_session, raw_test)
-    teacher_acc = session_accuracy(teacher_session, server.test.x, server.test.y)
-    student_acc = session_accuracy(student_session, raw_test, server.test.y)  # what ships
-    manifest = BundleConfig(
+    shipment = ship(
+        teacher_onnx,
+        outcome,
+        compression,
+        server.test,
+        preprocessing=prep,
+        num_classes=classes,
+        key=key,
         model_id=run_dir.name.removesuffix(".partial"),
-        version=time.time_ns() // 1_000_000,
-        input_name=INPUT_NAME,
-        input_shape=(None, *shape),
-        output_name=OUTPUT_NAME,
-        probabilities_name=PROBABILITIES_NAME,
-        label_name=LABEL_NAME,
-        preprocessing={**prep.to_json(), "in_model": True},
-        labels=tuple(range(classes)),
-        metrics={"test_accuracy": student_acc, "teacher_test_accuracy": teacher_acc},
-        compression=compression.to_json(),
-        quantized=outcome.quantization.quantized,
     )
-    files = make_bundle(student_bytes, manifest, key)
+    files, manifest = shipment.files, shipment.manifest
     write_bundle(files, run_dir / "bundle")
     t2 = time.monotonic()
 
@@ -212,24 +194,9 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "faults": _faults(cfg),
         "resumed_from": training.resumed_from,
         "final_model_sha256": final_sha256,
-        "teacher": {
-            "accuracy": teacher_acc,
-            "params": count_params(teacher),
-            "onnx_bytes": len(teacher_onnx),
-            "latency_us": latency["teacher"],
-        },
+        "teacher": {**shipment.teacher, "params": count_params(teacher)},
         "stages": outcome.stages,
-        "student": {
-            "accuracy": student_acc,
-            "params": outcome.student_params,
-            "onnx_bytes": len(student_bytes),
-            "sha256": hashlib.sha256(student_bytes).hexdigest(),
-            "quantized": outcome.quantization.quantized,
-            "quantization_reason": outcome.quantization.reason,
-            "size_ratio": len(teacher_onnx) / len(student_bytes),
-            "version": manifest.version,
-            "latency_us": latency["student"],
-        },
+        "student": shipment.student,
         "clients": clients,
         "communication": {"train_bytes": training.train_bytes, "deploy_bytes": deploy_bytes},
         "timing_s": {
@@ -272,21 +239,4 @@ def _faults(cfg: RunConfig) -> dict[str, Any]:
         "dropout_fraction": cfg.dropout_fraction,
         "straggler_fraction": cfg.straggler_fraction,
         "straggler_delay_s": straggler_delay(cfg) if cfg.straggler_fraction else None,
-    }
-
-
-def _latency(
-    teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray
-) -> dict[str, dict[str, float]]:
-    """Batch-1 and batch-64 p50 of teacher and shipped student in onnxruntime, interleaved."""
-    b1 = interleaved_latency_us(
-        {"teacher": session_call(teacher, x[:1]), "student": session_call(student, raw[:1])}
-    )
-    x64, raw64 = np.resize(x, (64, *x.shape[1:])), np.resize(raw, (64, *raw.shape[1:]))
-    b64 = interleaved_latency_us(
-        {"teacher": session_call(teacher, x64), "student": session_call(student, raw64)}, iters=200
-    )
-    return {
-        side: {"b1_p50": b1[side]["p50"], "b64_p50": b64[side]["p50"], "b1_p95": b1[side]["p95"]}
-        for side in ("teacher", "student")
     }

@@ -161,3 +161,18 @@ def test_onnx_teacher_gives_the_torch_teachers_logits(teacher, digits_fed):
     x = torch.from_numpy(digits_fed.server.test.x[:64])
     with torch.no_grad():
         np.testing.assert_allclose(wrapped(x).numpy(), teacher(x).numpy(), atol=1e-4)
+
+
+def test_a_model_onnxruntime_cannot_quantize_ships_fp32_with_the_reason(
+    teacher, digits_fed, monkeypatch
+):
+    import fedge.compression.quantize as q
+
+    def broken(*args, **kwargs):
+        raise AssertionError("scale issue")
+
+    fp32 = export_onnx(teacher, (1, 8, 8), ExportConfig())
+    monkeypatch.setattr(q, "quantize_int8", broken)
+    result = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig())
+    assert result.model_bytes == fp32 and not result.quantized
+    assert "could not quantize (AssertionError: scale issue)" in result.reason
