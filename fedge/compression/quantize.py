@@ -13,6 +13,7 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
+    quantize_dynamic,
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -22,20 +23,34 @@ from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
 
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+MODES = ("static", "dynamic")
+CALIBRATIONS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     """How to quantize, and when to refuse int8."""
 
-    format: str = "qdq"  # qdq | qoperator
-    per_channel: bool = True  # per-output-channel weight scales
+    format: str = "qdq"  # qdq | qoperator (static mode)
+    per_channel: bool = True  # per-output-channel weight scales (else one scale per tensor)
     calibration_samples: int = 256  # public-pool samples used for calibration
     tolerance: float = 0.01  # max validation accuracy int8 may lose against fp32
+    mode: str = "static"  # static (weights and activations) | dynamic (MatMul weights only)
+    calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown quant format {self.format!r}; allowed: {', '.join(FORMATS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown quant mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(
+                f"unknown calibration {self.calibration!r}; allowed: {', '.join(CALIBRATIONS)}"
+            )
         if self.tolerance > 1:
             raise ValueError(f"tolerance must be <= 1, got {self.tolerance}")
         if self.calibration_samples < 1:
@@ -75,6 +90,17 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
         fp32, prepped, int8 = (Path(tmp) / n for n in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         fp32.write_bytes(model_bytes)
         quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        if config.mode == "dynamic":
+            # Dynamic int8 here means MatMul weights only: activations stay float and are
+            # quantized on the fly; convolutions are left fp32.
+            quantize_dynamic(
+                str(prepped),
+                str(int8),
+                per_channel=config.per_channel,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+            )
+            return int8.read_bytes()
         # Probabilities stay float: an int8 softmax would round them to steps of 1/256.
         softmax = [n.name for n in onnx.load(str(prepped)).graph.node if n.op_type == "Softmax"]
         quantize_static(
@@ -85,7 +111,7 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
             per_channel=config.per_channel,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CALIBRATIONS[config.calibration],
             nodes_to_exclude=softmax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )

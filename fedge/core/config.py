@@ -12,6 +12,8 @@ PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 STUDENTS = ("tiny", "small", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
+QUANT_MODES = ("static", "dynamic")
+QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 # Settings a resumed run may change: where it lives, how long a round may wait, the resume flag.
@@ -52,6 +54,9 @@ class RunConfig:
     finetune_epochs: int = 60  # KD fine-tuning epochs after pruning
     quant_format: str = "qdq"  # qdq | qoperator (onnxruntime static quantization)
     quant_per_channel: bool = True  # per-channel weight scales
+    quant_mode: str = "static"  # static | dynamic (MatMul weights only)
+    quant_calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
+    quant_calibration_samples: int = 256  # public-pool samples for calibration
     int8_tolerance: float = 0.01  # max validation accuracy int8 may lose vs fp32
     private_key: str = ""  # Ed25519 private key PEM; "" generates one per run
     aggregation: str = "fedavg"  # fedavg | median | trimmed-mean | krum | multi-krum | bulyan
@@ -79,6 +84,9 @@ class RunConfig:
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("student", self.student, STUDENTS)
         _one_of("quant-format", self.quant_format, QUANT_FORMATS)
+        _one_of("quant-mode", self.quant_mode, QUANT_MODES)
+        _one_of("quant-calibration", self.quant_calibration, QUANT_CALIBRATIONS)
+        _at_least("quant-calibration-samples", self.quant_calibration_samples, 1)
         _one_of("aggregation", self.aggregation, AGGREGATIONS)
         _one_of("byzantine-mode", self.byzantine_mode, BYZANTINE_MODES)
         _at_least("clients", self.clients, 1)

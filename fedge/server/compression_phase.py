@@ -53,6 +53,9 @@ class CompressionConfig:
                 format=cfg.quant_format,
                 per_channel=cfg.quant_per_channel,
                 tolerance=cfg.int8_tolerance,
+                mode=cfg.quant_mode,
+                calibration=cfg.quant_calibration,
+                calibration_samples=cfg.quant_calibration_samples,
             ),
         )
 
@@ -118,9 +121,11 @@ def run_compression(
     fp32 = export_onnx(pruned, input_shape, config.export)
     record("onnx-fp32", session_accuracy(make_session(fp32), test.x, test.y), params, len(fp32))
     log.info(
-        "compression: int8 static quantization (%s, per-channel=%s)",
+        "compression: int8 %s quantization (%s, per-channel=%s, calibration %s)",
+        config.quantize.mode,
         config.quantize.format,
         config.quantize.per_channel,
+        config.quantize.calibration,
     )
     quant = quantize(fp32, public_pool, val, config.quantize)
     if quant.quantized:

@@ -30,6 +30,9 @@ COMPRESSION_SETTINGS = (
     "finetune-epochs",
     "quant-format",
     "quant-per-channel",
+    "quant-mode",
+    "quant-calibration",
+    "quant-calibration-samples",
     "int8-tolerance",
 )
 

@@ -176,3 +176,47 @@ def test_a_model_onnxruntime_cannot_quantize_ships_fp32_with_the_reason(
     result = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val, QuantizeConfig())
     assert result.model_bytes == fp32 and not result.quantized
     assert "could not quantize (AssertionError: scale issue)" in result.reason
+
+
+def _weight_scales(model_bytes: bytes) -> dict[str, tuple[int, ...]]:
+    """Shape of each weight's int8 scale (per tensor: (); per channel: (out_channels,))."""
+    proto = onnx.load_from_string(model_bytes)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return {
+        node.input[0]: inits[node.input[1]].shape
+        for node in proto.graph.node
+        if node.op_type == "DequantizeLinear"
+        and inits.get(node.input[0]) is not None
+        and inits[node.input[0]].ndim > 1
+    }
+
+
+def _activation_scales(model_bytes: bytes) -> list[float]:
+    proto = onnx.load_from_string(model_bytes)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    return [float(inits[n.input[1]]) for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def test_quantization_options_change_what_they_claim(teacher, digits_fed):
+    from fedge.compression.quantize import quantize_int8
+
+    fp32 = export_onnx(teacher, (1, 8, 8), ExportConfig())
+    pool = digits_fed.server.public_pool
+    per_channel = _weight_scales(quantize_int8(fp32, pool, QuantizeConfig(per_channel=True)))
+    per_tensor = _weight_scales(quantize_int8(fp32, pool, QuantizeConfig(per_channel=False)))
+    assert per_channel.keys() == per_tensor.keys() and len(per_channel) == 4
+    assert all(shape == () for shape in per_tensor.values())
+    assert all(len(shape) == 1 and shape[0] > 1 for shape in per_channel.values())
+
+    minmax = _activation_scales(quantize_int8(fp32, pool, QuantizeConfig(calibration="minmax")))
+    pct = _activation_scales(quantize_int8(fp32, pool, QuantizeConfig(calibration="percentile")))
+    assert len(minmax) == len(pct) and minmax != pct
+
+    dynamic = quantize_int8(fp32, pool, QuantizeConfig(mode="dynamic"))
+    ops = {n.op_type for n in onnx.load_from_string(dynamic).graph.node}
+    assert "MatMulInteger" in ops and "Conv" in ops  # fully connected layers int8, convs float
+    assert not ops & {"QLinearConv", "ConvInteger", "QuantizeLinear"}
+    assert len(dynamic) < len(fp32) / 2
+    result = quantize(fp32, pool, digits_fed.server.val, QuantizeConfig(mode="dynamic"))
+    assert result.int8_val_accuracy is not None
+    assert result.int8_val_accuracy >= result.fp32_val_accuracy - 0.02
