@@ -220,3 +220,27 @@ def test_quantization_options_change_what_they_claim(teacher, digits_fed):
     result = quantize(fp32, pool, digits_fed.server.val, QuantizeConfig(mode="dynamic"))
     assert result.int8_val_accuracy is not None
     assert result.int8_val_accuracy >= result.fp32_val_accuracy - 0.02
+
+
+@pytest.mark.parametrize(("fast", "plain"), [("small-fast", "small"), ("medium-fast", "medium")])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 40)])
+def test_fast_students_pool_before_the_second_convolution(fast, plain, shape):
+    """Same weights as the plain layout, but the second convolution sees half the length
+    (a quarter of the pixels), so it costs proportionally fewer multiply-adds."""
+    fast_model, plain_model = build_student(shape, 10, fast, 0), build_student(shape, 10, plain, 0)
+    assert count_params(fast_model) == count_params(plain_model)
+    kinds = [type(layer).__name__ for layer in fast_model.features]
+    assert kinds[2].startswith("MaxPool") and not kinds[-1].startswith("MaxPool")
+    x = torch.zeros(2, *shape)
+    seen = {}
+
+    def spy(name):
+        def hook(module, inputs, output):
+            seen[name] = inputs[0].shape[2:]
+
+        return hook
+
+    fast_model.features[3].register_forward_hook(spy("fast"))  # conv, pool, relu, conv
+    plain_model.features[2].register_forward_hook(spy("plain"))  # conv, relu, conv
+    assert fast_model(x).shape == plain_model(x).shape == (2, 10)
+    assert np.prod(seen["fast"]) * 2 ** (len(shape) - 1) == np.prod(seen["plain"])
