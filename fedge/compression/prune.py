@@ -1,4 +1,4 @@
-"""Structured pruning stage: physically remove channels/units (torch-pruning), then KD fine-tuning."""
+"""Pruning stage: remove channels/units (torch-pruning), optional magnitude sparsity, KD fine-tuning."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from fedge.compression.distill import require_public_pool
 from fedge.compression.kd import kd_train
@@ -27,10 +28,13 @@ class PruneConfig:
     noise: float = 0.05  # as in DistillConfig
     shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
     seed: int = 0  # batch order
+    sparsity: float = 0.0  # unstructured: share of conv/linear weights zeroed by magnitude
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
             raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
 
 
 def prune(
@@ -44,8 +48,43 @@ def prune(
     """Return a pruned copy of `student` (fewer parameters, same outputs shape), KD fine-tuned."""
     require_public_pool(public_pool)
     model = copy.deepcopy(student).eval()
-    if config.ratio == 0:
-        return model
+    if config.ratio > 0:
+        _remove_channels(model, teacher, public_pool, config, input_shape)
+    if config.sparsity > 0:
+        _zero_smallest(model, teacher, public_pool, config)
+    return model.eval()
+
+
+def _zero_smallest(
+    model: nn.Module, teacher: nn.Module, public_pool: PublicPool, config: PruneConfig
+) -> None:
+    """Unstructured magnitude pruning: the smallest weights become zeros.
+
+    The globally smallest `sparsity` share of conv/linear weights is masked, kept masked through
+    KD fine-tuning, then made permanent.
+
+    The tensors keep their shapes: this shrinks the compressed (gzip) size of the file, not the
+    raw file or the latency.
+    """
+    layers = [
+        (m, "weight") for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear)
+    ]
+    torch_prune.global_unstructured(
+        layers, pruning_method=torch_prune.L1Unstructured, amount=config.sparsity
+    )
+    _finetune(model, teacher, public_pool, config)
+    for module, name in layers:
+        torch_prune.remove(module, name)
+
+
+def _remove_channels(
+    model: nn.Module,
+    teacher: nn.Module,
+    public_pool: PublicPool,
+    config: PruneConfig,
+    input_shape: tuple[int, ...],
+) -> None:
+    """Structured pruning in place: channels and hidden units physically removed."""
     example = torch.zeros(1, *input_shape)
     output_layers = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     pruner = tp.pruner.BasePruner(
@@ -60,6 +99,12 @@ def prune(
         num_heads={},
     )
     pruner.step()
+    _finetune(model, teacher, public_pool, config)
+
+
+def _finetune(
+    model: nn.Module, teacher: nn.Module, public_pool: PublicPool, config: PruneConfig
+) -> None:
     if config.finetune_epochs:
         kd_train(
             model,
@@ -74,4 +119,3 @@ def prune(
             noise=config.noise,
             shift=config.shift,
         )
-    return model.eval()

@@ -52,6 +52,7 @@ class RunConfig:
     kd_epochs: int = 150  # distillation epochs over the public pool
     prune_ratio: float = 0.3  # share of channels/units structurally removed (0 = no pruning)
     finetune_epochs: int = 60  # KD fine-tuning epochs after pruning
+    sparsity: float = 0.0  # unstructured magnitude pruning share (shrinks gzip size only)
     quant_format: str = "qdq"  # qdq | qoperator (onnxruntime static quantization)
     quant_per_channel: bool = True  # per-channel weight scales
     quant_mode: str = "static"  # static | dynamic (MatMul weights only)
@@ -107,6 +108,8 @@ class RunConfig:
             raise ConfigError(f"proximal-mu must be >= 0, got {self.proximal_mu}")
         if not 0 <= self.prune_ratio < 1:
             raise ConfigError(f"prune-ratio must be in [0, 1), got {self.prune_ratio}")
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if not 0 <= self.int8_tolerance <= 1:
             raise ConfigError(f"int8-tolerance must be in [0, 1], got {self.int8_tolerance}")
         for name in ("client-test-fraction", "test-fraction", "val-fraction", "public-fraction"):

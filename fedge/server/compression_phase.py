@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,11 @@ from fedge.core.partition import PublicPool, Split
 from fedge.core.training import evaluate
 
 log = logging.getLogger("fedge")
+
+
+def gzip_size(data: bytes) -> int:
+    """Bytes of `data` gzip-compressed at level 9 (what a sparse model saves in transfer)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class CompressionConfig:
                 finetune_epochs=cfg.finetune_epochs,
                 temperature=cfg.kd_temperature,
                 seed=cfg.seed,
+                sparsity=cfg.sparsity,
             ),
             export=ExportConfig(),
             quantize=QuantizeConfig(
@@ -94,8 +101,10 @@ def run_compression(
     require_public_pool(public_pool)
     stages: list[dict[str, Any]] = []  # bytes: raw fp32 weights for torch stages, file size after
 
-    def record(name: str, accuracy: float, params: int, size: int) -> None:
-        stages.append({"name": name, "accuracy": accuracy, "params": params, "bytes": size})
+    def record(name: str, accuracy: float, params: int, size: int, gz: int | None = None) -> None:
+        stages.append(
+            {"name": name, "accuracy": accuracy, "params": params, "bytes": size, "gzip_bytes": gz}
+        )
         log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
 
     log.info(
@@ -119,7 +128,13 @@ def run_compression(
     params = count_params(pruned)
     record("pruned", evaluate(pruned, test.x, test.y)[1], params, 4 * params)
     fp32 = export_onnx(pruned, input_shape, config.export)
-    record("onnx-fp32", session_accuracy(make_session(fp32), test.x, test.y), params, len(fp32))
+    record(
+        "onnx-fp32",
+        session_accuracy(make_session(fp32), test.x, test.y),
+        params,
+        len(fp32),
+        gzip_size(fp32),
+    )
     log.info(
         "compression: int8 %s quantization (%s, per-channel=%s, calibration %s)",
         config.quantize.mode,
@@ -130,7 +145,7 @@ def run_compression(
     quant = quantize(fp32, public_pool, val, config.quantize)
     if quant.quantized:
         int8_acc = session_accuracy(make_session(quant.model_bytes), test.x, test.y)
-        record("int8", int8_acc, params, len(quant.model_bytes))
+        record("int8", int8_acc, params, len(quant.model_bytes), gzip_size(quant.model_bytes))
     log.info("compression: %s", quant.reason)
     device_model = fold_device_ops(quant.model_bytes, preprocessing, check_x=val.x)
     return CompressionOutcome(device_model, quant, params, stages)

@@ -28,6 +28,7 @@ COMPRESSION_SETTINGS = (
     "kd-epochs",
     "prune-ratio",
     "finetune-epochs",
+    "sparsity",
     "quant-format",
     "quant-per-channel",
     "quant-mode",

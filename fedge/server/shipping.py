@@ -14,7 +14,7 @@ from fedge.compression.export import INPUT_NAME, LABEL_NAME, OUTPUT_NAME, PROBAB
 from fedge.core.data import Preprocessing
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Split
-from fedge.server.compression_phase import CompressionConfig, CompressionOutcome
+from fedge.server.compression_phase import CompressionConfig, CompressionOutcome, gzip_size
 
 
 @dataclass
@@ -68,6 +68,7 @@ def ship(
         "accuracy": student_acc,
         "params": outcome.student_params,
         "onnx_bytes": len(student_bytes),
+        "gzip_bytes": gzip_size(student_bytes),
         "sha256": hashlib.sha256(student_bytes).hexdigest(),
         "quantized": outcome.quantization.quantized,
         "quantization_reason": outcome.quantization.reason,

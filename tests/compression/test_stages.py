@@ -244,3 +244,28 @@ def test_fast_students_pool_before_the_second_convolution(fast, plain, shape):
     plain_model.features[2].register_forward_hook(spy("plain"))  # conv, relu, conv
     assert fast_model(x).shape == plain_model(x).shape == (2, 10)
     assert np.prod(seen["fast"]) * 2 ** (len(shape) - 1) == np.prod(seen["plain"])
+
+
+def test_magnitude_sparsity_shrinks_the_gzip_size_not_the_raw_file(teacher, student, digits_fed):
+    from fedge.server.compression_phase import gzip_size
+
+    pool = digits_fed.server.public_pool
+    dense = prune(
+        student, teacher, pool, PruneConfig(ratio=0.0, finetune_epochs=0), input_shape=SHAPE
+    )
+    sparse = prune(
+        student,
+        teacher,
+        pool,
+        PruneConfig(ratio=0.0, sparsity=0.6, finetune_epochs=3),
+        input_shape=SHAPE,
+    )
+    weights = [
+        m.weight for m in sparse.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
+    ]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.6 and not any(hasattr(m, "weight_mask") for m in sparse.modules())
+    dense_onnx, sparse_onnx = (export_onnx(m, SHAPE, ExportConfig()) for m in (dense, sparse))
+    assert abs(len(sparse_onnx) - len(dense_onnx)) < 0.01 * len(dense_onnx)
+    assert gzip_size(sparse_onnx) < 0.75 * gzip_size(dense_onnx)
+    assert evaluate(sparse, digits_fed.server.test.x, digits_fed.server.test.y)[1] > 0.8
