@@ -124,13 +124,20 @@ def compress(
     int8_tolerance: Annotated[
         float | None, typer.Option(help="Validation accuracy int8 may lose.")
     ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(help="Choose the smallest student within this many validation points."),
+    ] = None,
+    max_bytes: Annotated[
+        int | None, typer.Option(help="Choose the most accurate student of at most this size.")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default RUN_DIR/compress/<time>).")
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
-    from fedge.server.recompress import compress_config, compress_run, default_out
+    from fedge.server.recompress import Choice, compress_config, compress_run, default_out
     from fedge.server.run import staged_run_dir
     from fedge.simulations.runner import load_scenario
 
@@ -147,14 +154,18 @@ def compress(
         changes = load_scenario(scenario) if scenario is not None else {}
         changes.update({k: v for k, v in flags.items() if v is not None})
         cfg, teacher_params = compress_config(run_dir, changes)
+        choice = Choice(max_accuracy_drop=max_accuracy_drop, max_bytes=max_bytes)
     except ConfigError as err:
         raise fail(str(err)) from None
     target = (out or default_out(run_dir)).expanduser().resolve()
     if target.exists() and any(target.iterdir()):
         raise fail(f"out {target} already exists and is not empty; choose a new --out")
     _setup_logging(verbose)
-    with staged_run_dir(target) as work:
-        results = compress_run(run_dir, cfg, work, teacher_params)
+    try:
+        with staged_run_dir(target) as work:
+            results = compress_run(run_dir, cfg, work, teacher_params, choice)
+    except ConfigError as err:  # e.g. no student meets the limit: nothing was written
+        raise fail(str(err)) from None
     student_row = results["student"]
     console.print(
         f"student {100 * student_row['accuracy']:.2f} % ({student_row['onnx_bytes']:,} bytes, "
