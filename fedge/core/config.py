@@ -10,7 +10,8 @@ from typing import Any
 DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-STUDENTS = ("tiny", "small", "medium", "small-fast", "medium-fast")
+# Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
+STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -47,7 +48,7 @@ class RunConfig:
     public_fraction: float = 0.25  # server public pool (labels dropped), for distillation
     out: str = ""  # run directory; "" means ./runs/<time>-<dataset>
     round_timeout: float = 300.0  # seconds to wait for replies in one round
-    student: str = "medium"  # tiny | small | medium | small-fast | medium-fast
+    student: str = "medium"  # tiny | small-fast | small | medium-fast | medium
     kd_temperature: float = 4.0  # Hinton KD softmax temperature
     kd_epochs: int = 150  # distillation epochs over the public pool
     prune_ratio: float = 0.3  # share of channels/units structurally removed (0 = no pruning)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -30,3 +31,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 def atomic_write_json(path: Path, value: Any) -> Path:
     """JSON (indented, sorted keys) written atomically."""
     return atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def gzip_size(data: bytes) -> int:
+    """Bytes of `data` gzip-compressed at level 9 (what a sparse model saves in transfer)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,17 +15,13 @@ from fedge.compression.prune import PruneConfig, prune
 from fedge.compression.quantize import QuantizeConfig, QuantizeResult, quantize
 from fedge.core.config import RunConfig
 from fedge.core.data import Preprocessing
+from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
 from fedge.core.training import evaluate
 
 log = logging.getLogger("fedge")
-
-
-def gzip_size(data: bytes) -> int:
-    """Bytes of `data` gzip-compressed at level 9 (what a sparse model saves in transfer)."""
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,16 @@ from typing import Any
 
 from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_bundle
 from fedge.compression.onnx_teacher import OnnxTeacher
-from fedge.core.config import ConfigError, RunConfig
+from fedge.core.config import STUDENTS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import build_federation
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.report import render_compression_report
+from fedge.server.run import RESULTS_FILE, TEACHER_FILE
 from fedge.server.shipping import ship
 
 log = logging.getLogger("fedge")
-RESULTS_FILE = "results.json"
-TEACHER_FILE = "teacher.onnx"
 # The settings `fedge compress` may change: everything else would change the teacher or the data.
 COMPRESSION_SETTINGS = (
     "student",
@@ -74,10 +73,6 @@ def default_out(run_dir: Path) -> Path:
     return Path(run_dir) / "compress" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-# Students from fewest bytes (and cheapest) to most: the order automatic choice tries them in.
-STUDENTS_BY_SIZE = ("tiny", "small-fast", "small", "medium-fast", "medium")
-
-
 @dataclass(frozen=True)
 class Choice:
     """Automatic student choice (at most one of the two limits).
@@ -108,13 +103,13 @@ def compress_run(
     cfg: RunConfig,
     out: Path,
     teacher_params: int,
-    choice: Choice | None = None,
+    choice: Choice = Choice(),
 ) -> dict[str, Any]:
     """Compress the run's teacher with `cfg`'s settings into `out` (which must exist, empty).
 
-    With a `choice`, every student in STUDENTS_BY_SIZE is compressed with the other settings
-    and the choice is made on the validation split (the device model on raw input); ConfigError
-    if no student satisfies it.
+    With an active `choice`, students from STUDENTS (smallest first) are compressed with the
+    other settings and the choice is made on the validation split (the device model on raw
+    input); ConfigError if no student satisfies it.
     """
     start = time.monotonic()
     run_dir = Path(run_dir)
@@ -123,9 +118,10 @@ def compress_run(
     teacher_onnx = (run_dir / TEACHER_FILE).read_bytes()
     teacher = OnnxTeacher(teacher_onnx)
     val = fed.server.val
-    teacher_val = session_accuracy(make_session(teacher_onnx), val.x, val.y)
+    teacher_val = session_accuracy(teacher.session, val.x, val.y)
+    raw_val = prep.invert(val.x)
     candidates = []
-    for student in STUDENTS_BY_SIZE if choice and choice.active else (cfg.student,):
+    for student in STUDENTS if choice.active else (cfg.student,):
         trial = cfg.replace(student=student)
         compression = CompressionConfig.from_run(trial)
         outcome = run_compression(
@@ -137,7 +133,7 @@ def compress_run(
             preprocessing=prep,
             num_classes=classes,
         )
-        val_acc = session_accuracy(make_session(outcome.student_bytes), prep.invert(val.x), val.y)
+        val_acc = session_accuracy(make_session(outcome.student_bytes), raw_val, val.y)
         row: dict[str, Any] = {
             "student": student,
             "val_accuracy": val_acc,
@@ -146,11 +142,7 @@ def compress_run(
         }
         candidates.append((row, trial, compression, outcome))
         log.info("candidate %-11s validation %.4f  bytes %d", student, val_acc, row["bytes"])
-        if (
-            choice
-            and choice.max_accuracy_drop is not None
-            and row["drop_pt"] <= choice.max_accuracy_drop
-        ):
+        if choice.max_accuracy_drop is not None and row["drop_pt"] <= choice.max_accuracy_drop:
             break
     row, cfg, compression, outcome = _choose(candidates, choice)
     key = load_private_key(run_dir / "keys" / PRIVATE_KEY_FILE)
@@ -175,8 +167,8 @@ def compress_run(
         "student": shipment.student,
         "timing_s": {"compression": time.monotonic() - start},
         "choice": {
-            "max_accuracy_drop_pt": choice.max_accuracy_drop if choice else None,
-            "max_bytes": choice.max_bytes if choice else None,
+            "max_accuracy_drop_pt": choice.max_accuracy_drop,
+            "max_bytes": choice.max_bytes,
             "teacher_val_accuracy": teacher_val,
             "candidates": [c[0] for c in candidates],
             "chosen": row["student"],
@@ -187,9 +179,9 @@ def compress_run(
     return results
 
 
-def _choose(candidates: list[Any], choice: Choice | None) -> Any:
+def _choose(candidates: list[Any], choice: Choice) -> Any:
     """The candidate the choice asks for (the only one without a choice)."""
-    if choice is None or not choice.active:
+    if not choice.active:
         return candidates[0]
     rows = ", ".join(
         f"{c[0]['student']} {c[0]['drop_pt']:.2f} pt / {c[0]['bytes']} B" for c in candidates

@@ -43,6 +43,7 @@ from fedge.server.training_loop import train_teacher
 
 log = logging.getLogger("fedge")
 RESULTS_FILE = "results.json"
+TEACHER_FILE = "teacher.onnx"
 RUN_CONFIG_FILE = "run-config.json"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -92,6 +93,11 @@ def partial_dir(final: Path) -> Path:
     return final.with_name(final.name + ".partial")
 
 
+def final_dir(path: Path) -> Path:
+    """A run's final directory, whether given as DIR or as its DIR.partial."""
+    return path.with_name(path.name.removesuffix(".partial"))
+
+
 def stored_config(final: Path) -> RunConfig:
     """The config an unfinished run was started with; ConfigError if it cannot be resumed."""
     work = partial_dir(final)
@@ -129,7 +135,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     server, classes = fed.server, fed.dataset.num_classes
     shape = fed.dataset.preprocessing.input_shape
     if cfg.resume:
-        check_resumable(run_dir.with_name(run_dir.name.removesuffix(".partial")), cfg)
+        check_resumable(final_dir(run_dir), cfg)
     else:
         atomic_write_json(run_dir / RUN_CONFIG_FILE, cfg.to_run_config())
     key = _signing_key(cfg, run_dir)
@@ -147,7 +153,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     t1 = time.monotonic()
 
     teacher_onnx = export_onnx(teacher, shape, ExportConfig())
-    atomic_write_bytes(run_dir / "teacher.onnx", teacher_onnx)
+    atomic_write_bytes(run_dir / TEACHER_FILE, teacher_onnx)
     compression = CompressionConfig.from_run(cfg)
     prep = fed.dataset.preprocessing
     outcome = run_compression(
@@ -167,7 +173,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         preprocessing=prep,
         num_classes=classes,
         key=key,
-        model_id=run_dir.name.removesuffix(".partial"),
+        model_id=final_dir(run_dir).name,
     )
     files, manifest = shipment.files, shipment.manifest
     write_bundle(files, run_dir / "bundle")

@@ -12,9 +12,10 @@ import numpy as np
 from fedge.compression.bundle import BundleConfig, make_bundle
 from fedge.compression.export import INPUT_NAME, LABEL_NAME, OUTPUT_NAME, PROBABILITIES_NAME
 from fedge.core.data import Preprocessing
+from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Split
-from fedge.server.compression_phase import CompressionConfig, CompressionOutcome, gzip_size
+from fedge.server.compression_phase import CompressionConfig, CompressionOutcome
 
 
 @dataclass

@@ -40,11 +40,12 @@ def validate_updates(
     rejected: list[dict[str, Any]] = []
     for node_id, reply in replies.items():
         partition = _partition_id(reply)
-        reason = _structural_problem(reply, reference)
-        if reason is not None:
+        reason, weights = _structural_problem(reply, reference)
+        if partition is None and reason is None:
+            reason = f"malformed reply: {m.PARTITION_ID!r} is not an integer"
+        if reason is not None or partition is None:
             rejected.append({"node_id": node_id, "partition_id": partition, "reason": reason})
             continue
-        weights = record_to_weights(reply.content.array_records[m.ARRAYS])
         norm = float(
             np.sqrt(
                 sum(
@@ -54,9 +55,7 @@ def validate_updates(
                 )
             )
         )
-        accepted.append(
-            Checked(reply, node_id, int(partition if partition is not None else -1), norm)
-        )
+        accepted.append(Checked(reply, node_id, partition, norm))
     if norm_outlier_factor > 0 and accepted:
         median = float(np.median([c.norm for c in accepted]))
         limit = norm_outlier_factor * median
@@ -86,34 +85,36 @@ def _partition_id(reply: Message) -> int | None:
         return None
 
 
-def _structural_problem(reply: Message, reference: dict[str, np.ndarray]) -> str | None:
-    """Why the reply cannot be aggregated, or None."""
+def _structural_problem(
+    reply: Message, reference: dict[str, np.ndarray]
+) -> tuple[str | None, dict[str, np.ndarray]]:
+    """Why the reply cannot be aggregated (None if it can), and its weights when it can."""
     content = reply.content
     if m.ARRAYS not in content.array_records:
-        return f"malformed reply: no {m.ARRAYS!r} array record"
+        return f"malformed reply: no {m.ARRAYS!r} array record", {}
     metrics = content.metric_records.get(m.METRICS)
     if metrics is None or m.PARTITION_ID not in metrics or m.NUM_EXAMPLES not in metrics:
-        return f"malformed reply: metrics need {m.NUM_EXAMPLES!r} and {m.PARTITION_ID!r}"
+        return f"malformed reply: metrics need {m.NUM_EXAMPLES!r} and {m.PARTITION_ID!r}", {}
     examples = metrics[m.NUM_EXAMPLES]
     if not isinstance(examples, int | float) or not examples > 0:
-        return f"num-examples must be > 0, got {examples!r}"
+        return f"num-examples must be > 0, got {examples!r}", {}
     try:
         weights = record_to_weights(content.array_records[m.ARRAYS])
     except Exception as err:  # a record whose bytes do not decode to an array
-        return f"arrays do not decode: {err}"
+        return f"arrays do not decode: {err}", {}
     missing, unexpected = (
         sorted(set(reference) - set(weights)),
         sorted(set(weights) - set(reference)),
     )
     if missing or unexpected:
-        return f"wrong keys: missing {missing}, unexpected {unexpected}"
+        return f"wrong keys: missing {missing}, unexpected {unexpected}", {}
     for key, ref in reference.items():
         value = weights[key]
         if value.shape != ref.shape:
-            return f"weight {key!r} has shape {value.shape}, expected {ref.shape}"
+            return f"weight {key!r} has shape {value.shape}, expected {ref.shape}", {}
         if value.dtype != ref.dtype:
-            return f"weight {key!r} has dtype {value.dtype}, expected {ref.dtype}"
+            return f"weight {key!r} has dtype {value.dtype}, expected {ref.dtype}", {}
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             bad = "NaN" if np.isnan(value).any() else "Inf"
-            return f"weight {key!r} contains {bad}"
-    return None
+            return f"weight {key!r} contains {bad}", {}
+    return None, weights

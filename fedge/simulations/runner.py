@@ -47,9 +47,9 @@ def build_config(
     """
     settings: dict[str, Any] = {}
     if resume is not None:
-        from fedge.server.run import check_resumable, stored_config
+        from fedge.server.run import check_resumable, final_dir, stored_config
 
-        final = _final_dir(resume)
+        final = final_dir(Path(resume).expanduser().resolve())
         if overrides.get("out") is not None and Path(overrides["out"]).resolve() != final:
             raise ConfigError("--resume takes the run directory; do not also give --out")
         settings.update(stored_config(final).to_run_config())
@@ -92,12 +92,6 @@ def preflight(cfg: RunConfig) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from err
     build_federation(cfg)
-
-
-def _final_dir(path: Path) -> Path:
-    """The run's final directory, whether given as DIR or DIR.partial."""
-    path = Path(path).expanduser().resolve()
-    return path.with_name(path.name.removesuffix(".partial"))
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:

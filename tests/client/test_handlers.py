@@ -24,18 +24,28 @@ def _message(content: RecordDict, message_type: str) -> Message:
     return Message(content=content, message_type=message_type, dst_node_id=7)
 
 
-def test_train_returns_updated_weights_with_the_same_keys():
+def _train_reply(cfg: RunConfig, pid: int):
     weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
     msg = _message(
         RecordDict(
             {
                 m.ARRAYS: weights_to_record(weights),
-                m.CONFIG: config_to_record(CFG, **SPEC, **{"server-round": 1}),
+                m.CONFIG: config_to_record(cfg, **SPEC, **{"server-round": 1}),
             }
         ),
         m.TRAIN,
     )
-    reply = app(msg, node_context(7, partition_id=2, num_partitions=4))
+    return weights, app(msg, node_context(7, partition_id=pid, num_partitions=cfg.clients))
+
+
+def _trained(cfg: RunConfig, pid: int):
+    """The start weights and the weights the client sent back, as numpy."""
+    weights, reply = _train_reply(cfg, pid)
+    return weights, {k: a.numpy() for k, a in reply.content.array_records[m.ARRAYS].items()}
+
+
+def test_train_returns_updated_weights_with_the_same_keys():
+    weights, reply = _train_reply(CFG, pid=2)
     arrays = reply.content.array_records[m.ARRAYS]
     metrics = reply.content.metric_records[m.METRICS]
     assert list(arrays.keys()) == list(weights.keys())
@@ -166,35 +176,20 @@ def test_a_data_file_that_does_not_fit_the_model_is_refused(tmp_path):
         app(msg, node_context(7, 0, 4, **{"data-file": str(path)}))
 
 
-def _train_reply(cfg: RunConfig, pid: int):
-    weights = get_weights(build_teacher((1, 8, 8), 10, seed=0))
-    msg = _message(
-        RecordDict(
-            {
-                m.ARRAYS: weights_to_record(weights),
-                m.CONFIG: config_to_record(cfg, **SPEC, **{"server-round": 1}),
-            }
-        ),
-        m.TRAIN,
-    )
-    reply = app(msg, node_context(7, partition_id=pid, num_partitions=cfg.clients))
-    return weights, {k: a.numpy() for k, a in reply.content.array_records[m.ARRAYS].items()}
-
-
 def test_a_byzantine_client_sends_what_its_mode_says_and_honest_ones_do_not():
     from fedge.core.faults import byzantine_partitions
 
     attack = CFG.replace(byzantine_fraction=0.25, byzantine_scale=3.0)
     (pid,) = byzantine_partitions(attack)
-    start, honest = _train_reply(CFG, pid)
-    _, flipped = _train_reply(attack, pid)
+    start, honest = _trained(CFG, pid)
+    _, flipped = _trained(attack, pid)
     for key in ("classifier.2.weight", "features.0.weight"):
         np.testing.assert_allclose(
             flipped[key], start[key] - 3.0 * (honest[key] - start[key]), rtol=1e-5, atol=1e-6
         )
-    _, label_flipped = _train_reply(attack.replace(byzantine_mode="label-flip"), pid)
+    _, label_flipped = _trained(attack.replace(byzantine_mode="label-flip"), pid)
     assert not np.allclose(label_flipped["classifier.2.weight"], honest["classifier.2.weight"])
     other = next(p for p in range(4) if p != pid)
-    _, same = _train_reply(attack, other)
-    _, reference = _train_reply(CFG, other)
+    _, same = _trained(attack, other)
+    _, reference = _trained(CFG, other)
     assert all(np.array_equal(same[k], reference[k]) for k in reference)

@@ -247,7 +247,7 @@ def test_fast_students_pool_before_the_second_convolution(fast, plain, shape):
 
 
 def test_magnitude_sparsity_shrinks_the_gzip_size_not_the_raw_file(teacher, student, digits_fed):
-    from fedge.server.compression_phase import gzip_size
+    from fedge.core.io import gzip_size
 
     pool = digits_fed.server.public_pool
     dense = prune(

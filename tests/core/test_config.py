@@ -41,3 +41,10 @@ def test_bad_values_name_the_value_and_the_allowed_ones(settings, message):
 
 def test_ints_are_accepted_where_floats_are_expected():
     assert RunConfig.from_run_config({"alpha": 1}).alpha == 1.0
+
+
+def test_the_config_knows_every_student_the_model_zoo_builds():
+    from fedge.core.config import STUDENTS
+    from fedge.core.models import STUDENT_WIDTHS
+
+    assert set(STUDENTS) == set(STUDENT_WIDTHS)

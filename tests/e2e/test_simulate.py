@@ -199,54 +199,27 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
 
 @pytest.mark.e2e
 def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
-    quick = ["--kd-epochs", "3", "--finetune-epochs", "0", "--prune-ratio", "0.0"]
-    roomy = fedge(
-        "compress",
-        str(tiny_run),
-        *quick,
-        "--max-bytes",
-        "30000",
-        "--out",
-        str(tmp_path / "a"),
-        cwd=tmp_path,
-    )
+    def compress(out: str, *limit: str) -> subprocess.CompletedProcess:
+        quick = ["--kd-epochs", "3", "--finetune-epochs", "0", "--prune-ratio", "0.0"]
+        return fedge(
+            "compress", str(tiny_run), *quick, *limit, "--out", str(tmp_path / out), cwd=tmp_path
+        )
+
+    roomy = compress("a", "--max-bytes", "30000")
     assert roomy.returncode == 0, roomy.stderr[-3000:]
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     candidates = {c["student"]: c for c in results["choice"]["candidates"]}
     assert set(candidates) == {"tiny", "small-fast", "small", "medium-fast", "medium"}
     fits = [c for c in candidates.values() if c["bytes"] <= 30000]
     best = max(fits, key=lambda c: c["val_accuracy"])
-    assert (
-        results["choice"]["chosen"]
-        == best["student"]
-        == results["compression_config"]["distill"]["student"]
-    )
+    chosen = results["choice"]["chosen"]
+    assert chosen == best["student"] == results["compression_config"]["distill"]["student"]
     assert results["student"]["onnx_bytes"] <= 30000
     smallest = min(c["bytes"] for c in candidates.values())
-    tight = fedge(
-        "compress",
-        str(tiny_run),
-        *quick,
-        "--max-bytes",
-        str(smallest - 1),
-        "--out",
-        str(tmp_path / "b"),
-        cwd=tmp_path,
-    )
+    tight = compress("b", "--max-bytes", str(smallest - 1))
     assert tight.returncode == 2 and "no student fits max-bytes" in " ".join(tight.stderr.split())
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
-    lenient = fedge(
-        "compress",
-        str(tiny_run),
-        *quick,
-        "--max-accuracy-drop",
-        "100",
-        "--out",
-        str(tmp_path / "c"),
-        cwd=tmp_path,
-    )
+    lenient = compress("c", "--max-accuracy-drop", "100")
     assert lenient.returncode == 0, lenient.stderr[-3000:]
-    chosen = json.loads((tmp_path / "c" / "results.json").read_text())["choice"]
-    assert (
-        chosen["chosen"] == "tiny" and len(chosen["candidates"]) == 1
-    )  # smallest first, stops there
+    choice = json.loads((tmp_path / "c" / "results.json").read_text())["choice"]
+    assert choice["chosen"] == "tiny" and len(choice["candidates"]) == 1  # smallest first, stops

@@ -49,6 +49,7 @@ def with_bad(key, value):
         ),
         (reply(arrays=False), "no 'arrays' array record"),
         (reply(examples=0), "num-examples must be > 0"),
+        (reply(partition=1.5), "'partition-id' is not an integer"),
     ],
 )
 def test_each_structural_rule_rejects_its_bad_update_and_keeps_the_good_ones(bad, reason):
