@@ -117,9 +117,16 @@ def compress(
     kd_epochs: Annotated[int | None, typer.Option(help="Distillation epochs.")] = None,
     prune_ratio: Annotated[float | None, typer.Option(help="Share of channels removed.")] = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="KD epochs after pruning.")] = None,
+    sparsity: Annotated[
+        float | None, typer.Option(help="Share of weights zeroed by magnitude (gzip size only).")
+    ] = None,
+    quant_mode: Annotated[str | None, typer.Option(help="static | dynamic (MatMul only)")] = None,
     quant_format: Annotated[str | None, typer.Option(help="qdq | qoperator")] = None,
     quant_per_channel: Annotated[
         bool | None, typer.Option(help="Per-channel (or per-tensor) int8 weight scales.")
+    ] = None,
+    quant_calibration: Annotated[
+        str | None, typer.Option(help="minmax | entropy | percentile")
     ] = None,
     int8_tolerance: Annotated[
         float | None, typer.Option(help="Validation accuracy int8 may lose.")
@@ -146,8 +153,11 @@ def compress(
         "kd-epochs": kd_epochs,
         "prune-ratio": prune_ratio,
         "finetune-epochs": finetune_epochs,
+        "sparsity": sparsity,
+        "quant-mode": quant_mode,
         "quant-format": quant_format,
         "quant-per-channel": quant_per_channel,
+        "quant-calibration": quant_calibration,
         "int8-tolerance": int8_tolerance,
     }
     try:

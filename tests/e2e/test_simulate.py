@@ -181,6 +181,11 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
             "is not a finished fedge run with a teacher: results.json is missing",
         ),
         ([str(tiny_run), "--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
+        (
+            [str(tiny_run), "--quant-mode", "fp16"],
+            "unknown quant-mode 'fp16'; allowed: static, dynamic",
+        ),
+        ([str(tiny_run), "--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
     ]
     scenario = tmp_path / "s.toml"
     scenario.write_text("rounds = 7\n")
