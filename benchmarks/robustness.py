@@ -17,14 +17,13 @@ import argparse
 import json
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from fedge.simulations.crash import kill_when, start_simulate
+from fedge.server.run import CHECKPOINT_DIR, RESULTS_FILE, RUN_CONFIG_FILE, partial_dir
+from fedge.simulations.crash import kill_when, run_simulate, start_simulate
 
 ATTACKS: dict[str, dict[str, Any]] = {
     "signflip_fedavg": {"byzantine-fraction": 0.2, "aggregation": "fedavg"},
@@ -67,13 +66,8 @@ def simulate(work: Path, name: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = work / name
     file = scenario(work / f"{name}.toml", settings)
     start = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "fedge", "simulate", "--scenario", str(file), "--out", str(out)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=(work / f"{name}.log").open("wb"),
-    )
-    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    run_simulate(["--scenario", str(file), "--out", str(out)], work / f"{name}.log")
+    results: dict[str, Any] = json.loads((out / RESULTS_FILE).read_text())
     results["wall_s"] = time.monotonic() - start
     return results
 
@@ -81,44 +75,28 @@ def simulate(work: Path, name: str, settings: dict[str, Any]) -> dict[str, Any]:
 def resume_trial(work: Path, index: int, settings: dict[str, Any], at: float) -> dict[str, Any]:
     """Kill the clean configuration `at` seconds in, resume it, return what happened."""
     out = work / f"resume-{index}"
-    file = scenario(work / f"resume-{index}.toml", settings)
+    fresh = [
+        "--scenario",
+        str(scenario(work / f"resume-{index}.toml", settings)),
+        "--out",
+        str(out),
+    ]
     log = work / f"resume-{index}.log"
     start = time.monotonic()
-    proc = start_simulate(["--scenario", str(file), "--out", str(out)], log)
+    proc = start_simulate(fresh, log)
     killed = kill_when(proc, lambda: time.monotonic() - start >= at, timeout=at + 600)
-    partial = out.with_name(out.name + ".partial")
-    checkpoints = sorted(p.name for p in (partial / "checkpoints").glob("round-*.json"))
-    if (out / "results.json").is_file():
+    partial = partial_dir(out)
+    checkpoints = sorted(p.name for p in (partial / CHECKPOINT_DIR).glob("round-*.json"))
+    if (out / RESULTS_FILE).is_file():
         how = "finished before the kill"
-    elif (partial / "run-config.json").is_file():
+    elif (partial / RUN_CONFIG_FILE).is_file():
         how = "resumed"
-        with log.open("ab") as handle:
-            subprocess.run(
-                [sys.executable, "-m", "fedge", "simulate", "--resume", str(out)],
-                check=True,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
+        run_simulate(["--resume", str(out)], log)
     else:  # killed before the run wrote anything: nothing was completed, start again
         how = "restarted (killed before the run directory existed)"
         shutil.rmtree(partial, ignore_errors=True)
-        with log.open("ab") as handle:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedge",
-                    "simulate",
-                    "--scenario",
-                    str(file),
-                    "--out",
-                    str(out),
-                ],
-                check=True,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )
-    results = json.loads((out / "results.json").read_text())
+        run_simulate(fresh, log)
+    results = json.loads((out / RESULTS_FILE).read_text())
     return {
         "kill_at_s": round(at, 2),
         "killed": killed,

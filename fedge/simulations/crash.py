@@ -23,6 +23,17 @@ def start_simulate(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def run_simulate(args: list[str], log: Path) -> None:
+    """`python -m fedge simulate ARGS` to the end, output appended to `log`; raises if it fails."""
+    with open(log, "ab") as handle:
+        subprocess.run(
+            [sys.executable, "-m", "fedge", "simulate", *args],
+            check=True,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process's whole session (fedge, Ray workers), then reap it."""
     with contextlib.suppress(ProcessLookupError):
