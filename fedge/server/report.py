@@ -63,10 +63,10 @@ def render_report(results: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results["rounds"]:
-        note = f"skipped: {r['skipped']}" if r.get("skipped") else ""
+        note = f"skipped: {r['skipped']}" if r["skipped"] else ""
         lines.append(
             f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | "
-            f"{len(r['clients_failed'])} | {len(r.get('clients_rejected', []))} | {note} |"
+            f"{len(r['clients_failed'])} | {len(r['clients_rejected'])} | {note} |"
         )
     lines += _robustness_lines(results)
     lines += [
@@ -152,11 +152,11 @@ def _compression_lines(results: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files.",
-        f"Shipped file gzip-compressed: {student.get('gzip_bytes') or 0:,} bytes"
+        f"Shipped file gzip-compressed: {student['gzip_bytes']:,} bytes"
         + (
-            f" (magnitude sparsity {results['config'].get('sparsity', 0):.0%}: zeros shrink the"
+            f" (magnitude sparsity {results['config']['sparsity']:.0%}: zeros shrink the"
             " gzip size, not the raw file or the latency)."
-            if results["config"].get("sparsity")
+            if results["config"]["sparsity"]
             else "."
         ),
         f"Quantization: {student['quantization_reason']}.",
@@ -174,30 +174,30 @@ def _compression_lines(results: dict[str, Any]) -> list[str]:
 
 def _robustness_lines(results: dict[str, Any]) -> list[str]:
     """Aggregation rule, injected faults, rejected updates and resumes, when there are any."""
-    faults = results.get("faults", {})
+    faults = results["faults"]
     lines = [
         "",
-        f"Aggregation: `{faults.get('aggregation', 'fedavg')}`; update validation: "
-        f"norm-outlier-factor {faults.get('norm_outlier_factor')}, min-clients "
-        f"{faults.get('min_clients')}.",
+        f"Aggregation: `{faults['aggregation']}`; update validation: "
+        f"norm-outlier-factor {faults['norm_outlier_factor']}, min-clients "
+        f"{faults['min_clients']}.",
     ]
-    if faults.get("byzantine_partitions"):
+    if faults["byzantine_partitions"]:
         lines.append(
             f"Injected: partitions {faults['byzantine_partitions']} attack with "
             f"`{faults['byzantine_mode']}` (scale {faults['byzantine_scale']})."
         )
-    if faults.get("dropout_fraction") or faults.get("straggler_fraction"):
+    if faults["dropout_fraction"] or faults["straggler_fraction"]:
         lines.append(
             f"Injected: {faults['dropout_fraction']:.0%} of clients drop out and "
             f"{faults['straggler_fraction']:.0%} straggle each round (see results.json rounds[].injected)."
         )
-    rejected = results.get("rejected", [])
+    rejected = results["rejected"]
     if rejected:
         lines += ["", "| round | partition | rejected because |", "|---:|---:|---|"]
         lines += [f"| {r['round']} | {r['partition_id']} | {r['reason']} |" for r in rejected]
-    if results.get("resumed_from"):
+    if results["resumed_from"]:
         lines.append(f"Resumed after round(s) {results['resumed_from']} from checkpoints.")
-    lines.append(f"Final teacher weights sha256 `{results.get('final_model_sha256', '')}`.")
+    lines.append(f"Final teacher weights sha256 `{results['final_model_sha256']}`.")
     return lines
 
 
