@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from fedge.core.config import ConfigError
+
+if TYPE_CHECKING:
+    from fedge.server.sweep import Grid
 
 app = typer.Typer(
     help="Federated edge-cloud learning: train, compress, sign, deploy.",
@@ -138,14 +141,32 @@ def compress(
     max_bytes: Annotated[
         int | None, typer.Option(help="Choose the most accurate student of at most this size.")
     ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            help="Compress a grid of students x prune ratios x quantization; write sweep.csv, "
+            "sweep.json, pareto.png and ship the choice (default limit: 1 point)."
+        ),
+    ] = False,
+    sweep_students: Annotated[
+        str | None, typer.Option(help="Sweep students, comma-separated (default: all).")
+    ] = None,
+    sweep_prune: Annotated[
+        str | None, typer.Option(help="Sweep prune ratios, comma-separated (default 0,0.3,0.5).")
+    ] = None,
+    sweep_quant: Annotated[
+        str | None,
+        typer.Option(help="Sweep quantization: fp32,qdq,qoperator,dynamic (default: all)."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default RUN_DIR/compress/<time>).")
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
-    from fedge.server.recompress import Choice, compress_config, compress_run, default_out
+    from fedge.server.recompress import compress_config, compress_run, default_out
     from fedge.server.run import staged_run_dir
+    from fedge.server.sweep import Choice
     from fedge.simulations.runner import load_scenario
 
     flags = {
@@ -165,6 +186,9 @@ def compress(
         changes.update({k: v for k, v in flags.items() if v is not None})
         cfg, teacher_params = compress_config(run_dir, changes)
         choice = Choice(max_accuracy_drop=max_accuracy_drop, max_bytes=max_bytes)
+        grid = _grid(sweep_students, sweep_prune, sweep_quant) if sweep else None
+        if not sweep and (sweep_students or sweep_prune or sweep_quant):
+            raise ConfigError("--sweep-students/--sweep-prune/--sweep-quant need --sweep")
     except ConfigError as err:
         raise fail(str(err)) from None
     target = (out or default_out(run_dir)).expanduser().resolve()
@@ -173,7 +197,7 @@ def compress(
     _setup_logging(verbose)
     try:
         with staged_run_dir(target) as work:
-            results = compress_run(run_dir, cfg, work, teacher_params, choice)
+            results = compress_run(run_dir, cfg, work, teacher_params, choice, grid)
     except ConfigError as err:  # e.g. no student meets the limit: nothing was written
         raise fail(str(err)) from None
     student_row = results["student"]
@@ -183,6 +207,28 @@ def compress(
         f"{100 * results['teacher']['accuracy']:.2f} %) -> {target}",
         highlight=False,
     )
+
+
+def _grid(students: str | None, prune: str | None, quant: str | None) -> Grid:
+    """The sweep grid from comma-separated flag values (defaults where a flag is not given)."""
+    from fedge.server.sweep import Grid
+
+    def items(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    changes: dict[str, Any] = {}
+    if students is not None:
+        changes["students"] = items(students)
+    if quant is not None:
+        changes["quant"] = items(quant)
+    if prune is not None:
+        try:
+            changes["prune_ratios"] = tuple(float(part) for part in items(prune))
+        except ValueError:
+            raise ConfigError(
+                f"--sweep-prune takes comma-separated numbers in [0, 1), got {prune!r}"
+            ) from None
+    return Grid(**changes)
 
 
 @app.command()

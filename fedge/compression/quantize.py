@@ -23,7 +23,7 @@ from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
 
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
-MODES = ("static", "dynamic")
+MODES = ("static", "dynamic", "none")
 CALIBRATIONS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -39,7 +39,7 @@ class QuantizeConfig:
     per_channel: bool = True  # per-output-channel weight scales (else one scale per tensor)
     calibration_samples: int = 256  # public-pool samples used for calibration
     tolerance: float = 0.01  # max validation accuracy int8 may lose against fp32
-    mode: str = "static"  # static (weights and activations) | dynamic (MatMul weights only)
+    mode: str = "static"  # static (weights, activations) | dynamic (MatMul weights) | none
     calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
 
     def __post_init__(self) -> None:
@@ -147,6 +147,10 @@ def quantize(
     teacher) ships as fp32, with the reason.
     """
     fp32_acc = session_accuracy(make_session(model_bytes), val.x, val.y)
+    if config.mode == "none":
+        return QuantizeResult(
+            model_bytes, False, "int8 not requested (quant-mode none)", fp32_acc, None, None
+        )
     try:
         int8 = quantize_int8(model_bytes, public_pool, config)
     except (AssertionError, ValueError, RuntimeError) as err:

@@ -13,7 +13,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
 STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
-QUANT_MODES = ("static", "dynamic")
+QUANT_MODES = ("static", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
@@ -56,7 +56,7 @@ class RunConfig:
     sparsity: float = 0.0  # unstructured magnitude pruning share (shrinks gzip size only)
     quant_format: str = "qdq"  # qdq | qoperator (onnxruntime static quantization)
     quant_per_channel: bool = True  # per-channel weight scales
-    quant_mode: str = "static"  # static | dynamic (MatMul weights only)
+    quant_mode: str = "static"  # static | dynamic (MatMul weights only) | none (fp32)
     quant_calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
     quant_calibration_samples: int = 256  # public-pool samples for calibration
     int8_tolerance: float = 0.01  # max validation accuracy int8 may lose vs fp32

@@ -93,43 +93,86 @@ def run_compression(
     into the graph) and also outputs probabilities and the label.
     """
     input_shape = preprocessing.input_shape
+    student, distilled = distill_stage(
+        teacher, public_pool, test, config.distill, input_shape=input_shape, num_classes=num_classes
+    )
+    pruned, pruned_row = prune_stage(
+        student, teacher, public_pool, test, config.prune, input_shape=input_shape
+    )
+    return package_stage(
+        pruned,
+        public_pool,
+        val,
+        test,
+        config,
+        preprocessing=preprocessing,
+        stages=[distilled, pruned_row],
+    )
+
+
+def stage_row(
+    name: str, accuracy: float, params: int, size: int, gz: int | None = None
+) -> dict[str, Any]:
+    """One stage's figures (bytes: raw fp32 weights for torch stages, the file size after)."""
+    log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
+    return {"name": name, "accuracy": accuracy, "params": params, "bytes": size, "gzip_bytes": gz}
+
+
+def distill_stage(
+    teacher: nn.Module,
+    public_pool: PublicPool,
+    test: Split,
+    config: DistillConfig,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The distilled student and its stage row."""
     require_public_pool(public_pool)
-    stages: list[dict[str, Any]] = []  # bytes: raw fp32 weights for torch stages, file size after
-
-    def record(name: str, accuracy: float, params: int, size: int, gz: int | None = None) -> None:
-        stages.append(
-            {"name": name, "accuracy": accuracy, "params": params, "bytes": size, "gzip_bytes": gz}
-        )
-        log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
-
     log.info(
         "compression: distilling into a %r student on %d public samples",
-        config.distill.student,
+        config.student,
         len(public_pool),
     )
     student = distill(
-        teacher, public_pool, config.distill, input_shape=input_shape, num_classes=num_classes
+        teacher, public_pool, config, input_shape=input_shape, num_classes=num_classes
     )
-    record(
-        "distilled",
-        evaluate(student, test.x, test.y)[1],
-        count_params(student),
-        4 * count_params(student),
-    )
-    log.info(
-        "compression: pruning %.0f %% of channels, then KD fine-tuning", 100 * config.prune.ratio
-    )
-    pruned = prune(student, teacher, public_pool, config.prune, input_shape=input_shape)
+    params = count_params(student)
+    return student, stage_row("distilled", evaluate(student, test.x, test.y)[1], params, 4 * params)
+
+
+def prune_stage(
+    student: nn.Module,
+    teacher: nn.Module,
+    public_pool: PublicPool,
+    test: Split,
+    config: PruneConfig,
+    *,
+    input_shape: tuple[int, ...],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A pruned, KD fine-tuned copy of `student` and its stage row."""
+    log.info("compression: pruning %.0f %% of channels, then KD fine-tuning", 100 * config.ratio)
+    pruned = prune(student, teacher, public_pool, config, input_shape=input_shape)
     params = count_params(pruned)
-    record("pruned", evaluate(pruned, test.x, test.y)[1], params, 4 * params)
-    fp32 = export_onnx(pruned, input_shape, config.export)
-    record(
-        "onnx-fp32",
-        session_accuracy(make_session(fp32), test.x, test.y),
-        params,
-        len(fp32),
-        gzip_size(fp32),
-    )
+    return pruned, stage_row("pruned", evaluate(pruned, test.x, test.y)[1], params, 4 * params)
+
+
+def package_stage(
+    pruned: nn.Module,
+    public_pool: PublicPool,
+    val: Split,
+    test: Split,
+    config: CompressionConfig,
+    *,
+    preprocessing: Preprocessing,
+    stages: list[dict[str, Any]],
+) -> CompressionOutcome:
+    """Export `pruned` to ONNX, quantize it under the guard and fold the device ops in."""
+    stages = list(stages)
+    params = count_params(pruned)
+    fp32 = export_onnx(pruned, preprocessing.input_shape, config.export)
+    fp32_acc = session_accuracy(make_session(fp32), test.x, test.y)
+    stages.append(stage_row("onnx-fp32", fp32_acc, params, len(fp32), gzip_size(fp32)))
     log.info(
         "compression: int8 %s quantization (%s, per-channel=%s, calibration %s)",
         config.quantize.mode,
@@ -140,7 +183,8 @@ def run_compression(
     quant = quantize(fp32, public_pool, val, config.quantize)
     if quant.quantized:
         int8_acc = session_accuracy(make_session(quant.model_bytes), test.x, test.y)
-        record("int8", int8_acc, params, len(quant.model_bytes), gzip_size(quant.model_bytes))
+        size = len(quant.model_bytes)
+        stages.append(stage_row("int8", int8_acc, params, size, gzip_size(quant.model_bytes)))
     log.info("compression: %s", quant.reason)
     device_model = fold_device_ops(quant.model_bytes, preprocessing, check_x=val.x)
     return CompressionOutcome(device_model, quant, params, stages)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,19 @@ from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_b
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import STUDENTS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
-from fedge.core.ort import make_session, session_accuracy
+from fedge.core.ort import session_accuracy
 from fedge.core.partition import build_federation
-from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.report import render_compression_report
 from fedge.server.run import RESULTS_FILE, TEACHER_FILE
 from fedge.server.shipping import ship
+from fedge.server.sweep import (
+    DEFAULT_SWEEP_DROP,
+    Choice,
+    Grid,
+    choose,
+    compress_candidates,
+)
+from fedge.server.sweep_output import sweep_table, write_sweep
 
 log = logging.getLogger("fedge")
 # The settings `fedge compress` may change: everything else would change the teacher or the data.
@@ -73,86 +79,57 @@ def default_out(run_dir: Path) -> Path:
     return Path(run_dir) / "compress" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-@dataclass(frozen=True)
-class Choice:
-    """Automatic student choice (at most one of the two limits).
-
-    The smallest student within `max_accuracy_drop` validation points of the teacher, or the
-    most accurate one within `max_bytes`.
-    """
-
-    max_accuracy_drop: float | None = None  # points
-    max_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_accuracy_drop is not None and self.max_bytes is not None:
-            raise ConfigError("give --max-accuracy-drop or --max-bytes, not both")
-        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
-            raise ConfigError(f"max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
-        if self.max_bytes is not None and self.max_bytes < 1:
-            raise ConfigError(f"max-bytes must be >= 1, got {self.max_bytes}")
-
-    @property
-    def active(self) -> bool:
-        """Whether a choice was asked for."""
-        return self.max_accuracy_drop is not None or self.max_bytes is not None
-
-
 def compress_run(
     run_dir: Path,
     cfg: RunConfig,
     out: Path,
     teacher_params: int,
-    choice: Choice = Choice(),
+    choice: Choice | None = None,
+    grid: Grid | None = None,
 ) -> dict[str, Any]:
     """Compress the run's teacher with `cfg`'s settings into `out` (which must exist, empty).
 
     With an active `choice`, students from STUDENTS (smallest first) are compressed with the
-    other settings and the choice is made on the validation split (the device model on raw
-    input); ConfigError if no student satisfies it.
+    other settings until one satisfies it. With a `grid`, every grid point is compressed, the
+    choice (default: within DEFAULT_SWEEP_DROP points) is made among them, and the table and
+    Pareto plots are written too. Choices are made on the validation split (the device model on
+    raw input); ConfigError if no candidate satisfies the limit.
     """
     start = time.monotonic()
     run_dir = Path(run_dir)
+    choice = choice or Choice()
     fed = build_federation(cfg)
-    prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
     teacher_onnx = (run_dir / TEACHER_FILE).read_bytes()
     teacher = OnnxTeacher(teacher_onnx)
     val = fed.server.val
     teacher_val = session_accuracy(teacher.session, val.x, val.y)
-    raw_val = prep.invert(val.x)
-    candidates = []
-    for student in STUDENTS if choice.active else (cfg.student,):
-        trial = cfg.replace(student=student)
-        compression = CompressionConfig.from_run(trial)
-        outcome = run_compression(
-            teacher,
-            fed.server.public_pool,
-            val,
-            fed.server.test,
-            compression,
-            preprocessing=prep,
-            num_classes=classes,
-        )
-        val_acc = session_accuracy(make_session(outcome.student_bytes), raw_val, val.y)
-        row: dict[str, Any] = {
-            "student": student,
-            "val_accuracy": val_acc,
-            "drop_pt": (teacher_val - val_acc) * 100,
-            "bytes": len(outcome.student_bytes),
-        }
-        candidates.append((row, trial, compression, outcome))
-        log.info("candidate %-11s validation %.4f  bytes %d", student, val_acc, row["bytes"])
-        if choice.max_accuracy_drop is not None and row["drop_pt"] <= choice.max_accuracy_drop:
-            break
-    row, cfg, compression, outcome = _choose(candidates, choice)
+    if grid is not None:
+        choice = choice if choice.active else Choice(max_accuracy_drop=DEFAULT_SWEEP_DROP)
+        configs, stop = grid.configs(cfg), None
+    elif choice.active:
+        configs = [cfg.replace(student=student) for student in STUDENTS]
+        stop = choice if choice.max_accuracy_drop is not None else None
+    else:
+        configs, stop = [cfg], None
+    candidates = compress_candidates(
+        teacher,
+        configs,
+        public_pool=fed.server.public_pool,
+        val=val,
+        test=fed.server.test,
+        preprocessing=fed.dataset.preprocessing,
+        num_classes=fed.dataset.num_classes,
+        stop=stop,
+    )
+    chosen = choose(candidates, choice)
     key = load_private_key(run_dir / "keys" / PRIVATE_KEY_FILE)
     shipment = ship(
         teacher_onnx,
-        outcome,
-        compression,
+        chosen.outcome,
+        chosen.compression,
         fed.server.test,
-        preprocessing=prep,
-        num_classes=classes,
+        preprocessing=fed.dataset.preprocessing,
+        num_classes=fed.dataset.num_classes,
         key=key,
         model_id=run_dir.name,
     )
@@ -160,41 +137,23 @@ def compress_run(
     results = {
         "run_id": run_dir.name,
         "source_run": str(run_dir),
-        "config": cfg.to_run_config(),
-        "compression_config": compression.to_json(),
+        "config": chosen.cfg.to_run_config(),
+        "compression_config": chosen.compression.to_json(),
         "teacher": {**shipment.teacher, "params": teacher_params},
-        "stages": outcome.stages,
+        "stages": chosen.outcome.stages,
         "student": shipment.student,
         "timing_s": {"compression": time.monotonic() - start},
         "choice": {
             "max_accuracy_drop_pt": choice.max_accuracy_drop,
             "max_bytes": choice.max_bytes,
             "teacher_val_accuracy": teacher_val,
-            "candidates": [c[0] for c in candidates],
-            "chosen": row["student"],
+            "sweep": grid is not None,
+            "candidates": [c.row for c in candidates],
+            "chosen": chosen.row,
         },
     }
+    if grid is not None:
+        write_sweep(out, sweep_table(candidates, chosen, choice, teacher_val))
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_bytes(out / "report.md", render_compression_report(results).encode())
     return results
-
-
-def _choose(candidates: list[Any], choice: Choice) -> Any:
-    """The candidate the choice asks for (the only one without a choice)."""
-    if not choice.active:
-        return candidates[0]
-    rows = ", ".join(
-        f"{c[0]['student']} {c[0]['drop_pt']:.2f} pt / {c[0]['bytes']} B" for c in candidates
-    )
-    if choice.max_accuracy_drop is not None:
-        within = [c for c in candidates if c[0]["drop_pt"] <= choice.max_accuracy_drop]
-        if not within:
-            raise ConfigError(
-                f"no student is within max-accuracy-drop={choice.max_accuracy_drop} points of "
-                f"the teacher on validation (tried: {rows})"
-            )
-        return within[0]
-    fits = [c for c in candidates if c[0]["bytes"] <= (choice.max_bytes or 0)]
-    if not fits:
-        raise ConfigError(f"no student fits max-bytes={choice.max_bytes} (tried: {rows})")
-    return max(fits, key=lambda c: (c[0]["val_accuracy"], -c[0]["bytes"]))

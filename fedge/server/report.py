@@ -109,9 +109,49 @@ def render_compression_report(results: dict[str, Any]) -> str:
             "The student is trained on the server's public pool only.",
             "",
             *_compression_lines(results),
+            *_choice_lines(results["choice"]),
             "",
         ]
     )
+
+
+def _choice_lines(choice: dict[str, Any]) -> list[str]:
+    """The candidates `fedge compress` compared on validation, and which one it shipped."""
+    if len(choice["candidates"]) < 2 and not choice["sweep"]:
+        return []
+    limit = (
+        f"at most {choice['max_accuracy_drop_pt']} validation points below the teacher "
+        f"({100 * choice['teacher_val_accuracy']:.2f} %), then fewest bytes"
+        if choice["max_accuracy_drop_pt"] is not None
+        else f"at most {choice['max_bytes']:,} bytes, then most accurate on validation"
+    )
+    lines = [
+        "",
+        "## Candidates (validation split; the shipped one in bold)",
+        "",
+        f"Rule: {limit}."
+        + (" Table: `sweep.csv`, `sweep.json`; plots: `pareto.png`." if choice["sweep"] else ""),
+        "",
+        "| student | prune | quant | validation | drop (pt) | bytes | batch-1 | batch-64 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in choice["candidates"]:
+        cells = [
+            row["student"],
+            f"{row['prune_ratio']:.2f}",
+            row["quant"]
+            if row["quantized"] or row["quant"] == "fp32"
+            else f"{row['quant']} (refused)",
+            f"{100 * row['val_accuracy']:.2f} %",
+            f"{row['drop_pt']:.2f}",
+            f"{row['bytes']:,}",
+            f"{row['b1_us']:.1f} µs",
+            f"{row['b64_us']:.1f} µs",
+        ]
+        if row == choice["chosen"]:
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _compression_lines(results: dict[str, Any]) -> list[str]:

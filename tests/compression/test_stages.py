@@ -220,6 +220,8 @@ def test_quantization_options_change_what_they_claim(teacher, digits_fed):
     result = quantize(fp32, pool, digits_fed.server.val, QuantizeConfig(mode="dynamic"))
     assert result.int8_val_accuracy is not None
     assert result.int8_val_accuracy >= result.fp32_val_accuracy - 0.02
+    none = quantize(fp32, pool, digits_fed.server.val, QuantizeConfig(mode="none"))
+    assert none.model_bytes == fp32 and not none.quantized and "not requested" in none.reason
 
 
 @pytest.mark.parametrize(("fast", "plain"), [("small-fast", "small"), ("medium-fast", "medium")])

@@ -1,5 +1,6 @@
 """End to end: `fedge simulate` on Flower's real simulation engine, through redistribution."""
 
+import csv
 import json
 import os
 import subprocess
@@ -186,6 +187,15 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
             "unknown quant-mode 'fp16'; allowed: static, dynamic",
         ),
         ([str(tiny_run), "--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
+        (
+            [str(tiny_run), "--sweep", "--sweep-quant", "fp32,int4"],
+            "unknown sweep quant 'int4'; allowed: fp32, qdq, qoperator, dynamic",
+        ),
+        (
+            [str(tiny_run), "--sweep", "--sweep-prune", "0,1.5"],
+            "sweep prune ratio must be in [0, 1), got 1.5",
+        ),
+        ([str(tiny_run), "--sweep-students", "tiny"], "need --sweep"),
     ]
     scenario = tmp_path / "s.toml"
     scenario.write_text("rounds = 7\n")
@@ -203,6 +213,42 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
 
 
 @pytest.mark.e2e
+def test_sweep_writes_the_grid_and_ships_the_point_its_limit_picks(tmp_path, tiny_run):
+    grid = ["--sweep-students", "tiny,small-fast", "--sweep-prune", "0,0.3"]
+    grid += ["--sweep-quant", "fp32,qoperator"]
+    quick = ["--kd-epochs", "3", "--finetune-epochs", "0"]
+    out = tmp_path / "s"
+    proc = fedge(
+        "compress", str(tiny_run), "--sweep", *grid, *quick, "--max-bytes", "12000",
+        "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (out / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["student"], r["prune_ratio"], r["quant"]) for r in rows} == {
+        (s, p, q)
+        for s in ("tiny", "small-fast")
+        for p in ("0.0", "0.3")
+        for q in ("fp32", "qoperator")
+    }
+    fits = [r for r in rows if int(r["bytes"]) <= 12000]
+    best = max(float(r["val_accuracy"]) for r in fits)
+    (chosen,) = [r for r in rows if r["chosen"] == "True"]
+    assert int(chosen["bytes"]) <= 12000 and float(chosen["val_accuracy"]) == best
+    assert chosen["pareto_bytes"] == "True"  # the most accurate point that fits is on the front
+    results = json.loads((out / "results.json").read_text())
+    assert results["student"]["onnx_bytes"] == int(chosen["bytes"])
+    assert results["compression_config"]["distill"]["student"] == chosen["student"]
+    assert results["compression_config"]["prune"]["ratio"] == float(chosen["prune_ratio"])
+    assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((out / "sweep.json").read_text())["max_bytes"] == 12000
+    key_path = tiny_run / "keys" / "signing.pub"
+    ModelStore(tmp_path / "store").install(
+        read_bundle_dir(out / "bundle"), load_public_key(key_path)
+    )
+
+
+@pytest.mark.e2e
 def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     def compress(out: str, *limit: str) -> subprocess.CompletedProcess:
         quick = ["--kd-epochs", "3", "--finetune-epochs", "0", "--prune-ratio", "0.0"]
@@ -217,14 +263,14 @@ def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     assert set(candidates) == {"tiny", "small-fast", "small", "medium-fast", "medium"}
     fits = [c for c in candidates.values() if c["bytes"] <= 30000]
     best = max(fits, key=lambda c: c["val_accuracy"])
-    chosen = results["choice"]["chosen"]
+    chosen = results["choice"]["chosen"]["student"]
     assert chosen == best["student"] == results["compression_config"]["distill"]["student"]
     assert results["student"]["onnx_bytes"] <= 30000
     smallest = min(c["bytes"] for c in candidates.values())
     tight = compress("b", "--max-bytes", str(smallest - 1))
-    assert tight.returncode == 2 and "no student fits max-bytes" in " ".join(tight.stderr.split())
+    assert tight.returncode == 2 and "no candidate fits max-bytes" in " ".join(tight.stderr.split())
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
     lenient = compress("c", "--max-accuracy-drop", "100")
     assert lenient.returncode == 0, lenient.stderr[-3000:]
     choice = json.loads((tmp_path / "c" / "results.json").read_text())["choice"]
-    assert choice["chosen"] == "tiny" and len(choice["candidates"]) == 1  # smallest first, stops
+    assert choice["chosen"]["student"] == "tiny" and len(choice["candidates"]) == 1  # stops

@@ -1,0 +1,261 @@
+"""Compression candidates: a grid of students x pruning ratios x quantization, and the choice."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fedge.core.config import STUDENTS, ConfigError, RunConfig
+from fedge.core.data import Preprocessing
+from fedge.core.io import gzip_size
+from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
+from fedge.core.partition import PublicPool, Split
+from fedge.core.training import evaluate
+from fedge.server.compression_phase import (
+    CompressionConfig,
+    CompressionOutcome,
+    distill_stage,
+    package_stage,
+    prune_stage,
+)
+
+log = logging.getLogger("fedge")
+# Quantization choices of a sweep and the settings each one stands for.
+QUANT_CHOICES: dict[str, dict[str, Any]] = {
+    "fp32": {"quant-mode": "none"},
+    "qdq": {"quant-mode": "static", "quant-format": "qdq"},
+    "qoperator": {"quant-mode": "static", "quant-format": "qoperator"},
+    "dynamic": {"quant-mode": "dynamic"},
+}
+DEFAULT_SWEEP_DROP = 1.0  # points: the limit a sweep chooses under when none is given
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sweep grid; every combination is compressed (distillation and pruning are shared)."""
+
+    students: tuple[str, ...] = STUDENTS
+    prune_ratios: tuple[float, ...] = (0.0, 0.3, 0.5)
+    quant: tuple[str, ...] = tuple(QUANT_CHOICES)
+
+    def __post_init__(self) -> None:
+        for name, values, allowed in (
+            ("sweep student", self.students, STUDENTS),
+            ("sweep quant", self.quant, tuple(QUANT_CHOICES)),
+        ):
+            for value in values:
+                if value not in allowed:
+                    raise ConfigError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+        for ratio in self.prune_ratios:
+            if not 0 <= ratio < 1:
+                raise ConfigError(f"sweep prune ratio must be in [0, 1), got {ratio}")
+        if not (self.students and self.prune_ratios and self.quant):
+            raise ConfigError("a sweep needs at least one student, prune ratio and quant choice")
+
+    def configs(self, cfg: RunConfig) -> list[RunConfig]:
+        """`cfg` with each grid point's settings, students outermost (shared stages stay hot)."""
+        return [
+            RunConfig.from_run_config(
+                {
+                    **cfg.to_run_config(),
+                    "student": student,
+                    "prune-ratio": ratio,
+                    **QUANT_CHOICES[quant],
+                }
+            )
+            for student in self.students
+            for ratio in self.prune_ratios
+            for quant in self.quant
+        ]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How to choose among candidates (at most one limit).
+
+    The smallest candidate within `max_accuracy_drop` validation points of the teacher, or the
+    most accurate one within `max_bytes`.
+    """
+
+    max_accuracy_drop: float | None = None  # points
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop is not None and self.max_bytes is not None:
+            raise ConfigError("give --max-accuracy-drop or --max-bytes, not both")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise ConfigError(f"max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ConfigError(f"max-bytes must be >= 1, got {self.max_bytes}")
+
+    @property
+    def active(self) -> bool:
+        """Whether a choice was asked for."""
+        return self.max_accuracy_drop is not None or self.max_bytes is not None
+
+    def admits(self, row: dict[str, Any]) -> bool:
+        """Whether a candidate row satisfies the limit."""
+        if self.max_accuracy_drop is not None:
+            return bool(row["drop_pt"] <= self.max_accuracy_drop)
+        return self.max_bytes is None or row["bytes"] <= self.max_bytes
+
+
+@dataclass
+class Candidate:
+    """One compressed point: its table row, settings and outcome."""
+
+    row: dict[str, Any]
+    cfg: RunConfig
+    compression: CompressionConfig
+    outcome: CompressionOutcome = field(repr=False)
+
+
+def quant_name(cfg: RunConfig) -> str:
+    """The sweep's name for a config's quantization."""
+    if cfg.quant_mode == "static":
+        return cfg.quant_format
+    return "fp32" if cfg.quant_mode == "none" else cfg.quant_mode
+
+
+def compress_candidates(
+    teacher: nn.Module,
+    configs: list[RunConfig],
+    *,
+    public_pool: PublicPool,
+    val: Split,
+    test: Split,
+    preprocessing: Preprocessing,
+    num_classes: int,
+    stop: Choice | None = None,
+) -> list[Candidate]:
+    """Compress each config, sharing distillation and pruning between configs that agree on them.
+
+    Each row has validation and test accuracy of the device model on raw input, its bytes, gzip
+    bytes, and its batch-1 / batch-64 onnxruntime latency measured interleaved with the teacher.
+    With `stop`, candidates are compressed in order until one satisfies it.
+    """
+    teacher_session = getattr(teacher, "session", None)  # an OnnxTeacher: time it beside
+    teacher_val = evaluate(teacher, val.x, val.y)[1]
+    raw_val, raw_test = preprocessing.invert(val.x), preprocessing.invert(test.x)
+    distilled: dict[Any, tuple[nn.Module, dict[str, Any]]] = {}
+    pruned: dict[Any, tuple[nn.Module, dict[str, Any]]] = {}
+    out: list[Candidate] = []
+    for cfg in configs:
+        compression = CompressionConfig.from_run(cfg)
+        if compression.distill not in distilled:
+            distilled[compression.distill] = distill_stage(
+                teacher,
+                public_pool,
+                test,
+                compression.distill,
+                input_shape=preprocessing.input_shape,
+                num_classes=num_classes,
+            )
+        student, distill_row = distilled[compression.distill]
+        key = (compression.distill, compression.prune)
+        if key not in pruned:
+            pruned[key] = prune_stage(
+                student,
+                teacher,
+                public_pool,
+                test,
+                compression.prune,
+                input_shape=preprocessing.input_shape,
+            )
+        model, prune_row = pruned[key]
+        outcome = package_stage(
+            model,
+            public_pool,
+            val,
+            test,
+            compression,
+            preprocessing=preprocessing,
+            stages=[distill_row, prune_row],
+        )
+        session = make_session(outcome.student_bytes)
+        val_acc = session_accuracy(session, raw_val, val.y)
+        row: dict[str, Any] = {
+            "student": cfg.student,
+            "prune_ratio": cfg.prune_ratio,
+            "quant": quant_name(cfg),
+            "quantized": outcome.quantization.quantized,
+            "params": outcome.student_params,
+            "bytes": len(outcome.student_bytes),
+            "gzip_bytes": gzip_size(outcome.student_bytes),
+            "val_accuracy": val_acc,
+            "drop_pt": (teacher_val - val_acc) * 100,
+            "test_accuracy": session_accuracy(session, raw_test, test.y),
+            **_latency(teacher_session, val.x, session, raw_val),
+        }
+        log.info(
+            "candidate %-11s prune %.2f %-9s validation %.4f  bytes %7d  b1 %.1f us",
+            row["student"],
+            row["prune_ratio"],
+            row["quant"],
+            val_acc,
+            row["bytes"],
+            row["b1_us"],
+        )
+        out.append(Candidate(row, cfg, compression, outcome))
+        if stop is not None and stop.admits(row):
+            break
+    return out
+
+
+def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
+    """The candidate the choice asks for (the first one without a limit).
+
+    Within max-accuracy-drop: fewest bytes, then most accurate, then fastest. Within max-bytes:
+    most accurate, then fewest bytes. ConfigError if none satisfies the limit.
+    """
+    if not choice.active:
+        return candidates[0]
+    fits = [c for c in candidates if choice.admits(c.row)]
+    if not fits:
+        tried = ", ".join(
+            f"{c.row['student']}/{c.row['prune_ratio']}/{c.row['quant']} "
+            f"{c.row['drop_pt']:.2f} pt {c.row['bytes']} B"
+            for c in candidates
+        )
+        limit = (
+            f"no candidate is within max-accuracy-drop={choice.max_accuracy_drop} points of the "
+            "teacher on validation"
+            if choice.max_accuracy_drop is not None
+            else f"no candidate fits max-bytes={choice.max_bytes}"
+        )
+        raise ConfigError(f"{limit} (tried: {tried})")
+    if choice.max_accuracy_drop is not None:
+        return min(fits, key=lambda c: (c.row["bytes"], -c.row["val_accuracy"], c.row["b1_us"]))
+    return max(fits, key=lambda c: (c.row["val_accuracy"], -c.row["bytes"]))
+
+
+def pareto(rows: list[dict[str, Any]], cost: str) -> list[bool]:
+    """For each row, whether no other row is at least as accurate (validation) and cheaper."""
+    flags = []
+    for row in rows:
+        dominated = any(
+            other["val_accuracy"] >= row["val_accuracy"]
+            and other[cost] <= row[cost]
+            and (other["val_accuracy"] > row["val_accuracy"] or other[cost] < row[cost])
+            for other in rows
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def _latency(teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray) -> dict[str, float | None]:
+    """Student batch-1 / batch-64 p50 in onnxruntime, interleaved with the teacher if known."""
+    x64, raw64 = np.resize(x, (64, *x.shape[1:])), np.resize(raw, (64, *raw.shape[1:]))
+    figures: dict[str, float | None] = {}
+    for name, batch, raw_batch, iters in (("b1", x[:1], raw[:1], 500), ("b64", x64, raw64, 100)):
+        calls = {"student": session_call(student, raw_batch)}
+        if teacher is not None:
+            calls["teacher"] = session_call(teacher, batch)
+        timing = interleaved_latency_us(calls, warmup=50, iters=iters)
+        figures[f"{name}_us"] = timing["student"]["p50"]
+        figures[f"teacher_{name}_us"] = timing["teacher"]["p50"] if teacher is not None else None
+    return figures

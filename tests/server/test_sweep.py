@@ -1,0 +1,52 @@
+"""The sweep grid, the Pareto flags and the choice rules, on hand-made rows."""
+
+import pytest
+
+from fedge.core.config import ConfigError, RunConfig
+from fedge.server.sweep import Candidate, Choice, Grid, choose, pareto
+
+
+def _rows() -> list[dict]:
+    # (val_accuracy, bytes, b1_us, drop_pt) for a teacher at 0.95 validation accuracy
+    figures = [(0.94, 9000, 30.0), (0.93, 5000, 20.0), (0.90, 3000, 25.0), (0.92, 6000, 40.0)]
+    return [
+        {"student": "tiny", "prune_ratio": 0.0, "quant": "fp32"}
+        | {"val_accuracy": a, "bytes": b, "b1_us": t, "drop_pt": (0.95 - a) * 100}
+        for a, b, t in figures
+    ]
+
+
+def _candidates() -> list[Candidate]:
+    return [Candidate(row, RunConfig(), None, None) for row in _rows()]  # type: ignore[arg-type]
+
+
+def test_pareto_flags_exactly_the_undominated_rows():
+    rows = _rows()
+    assert pareto(rows, "bytes") == [True, True, True, False]  # 0.92 @ 6000 loses to 0.93 @ 5000
+    assert pareto(rows, "b1_us") == [True, True, False, False]
+
+
+def test_choice_rules_pick_the_smallest_within_the_drop_or_the_best_within_the_budget():
+    candidates = _candidates()
+    assert choose(candidates, Choice(max_accuracy_drop=2.5)).row["bytes"] == 5000
+    assert choose(candidates, Choice(max_accuracy_drop=10)).row["bytes"] == 3000
+    assert choose(candidates, Choice(max_bytes=6000)).row["val_accuracy"] == 0.93
+    assert choose(candidates, Choice(max_bytes=10**6)).row["val_accuracy"] == 0.94
+    with pytest.raises(ConfigError, match="no candidate fits max-bytes=100"):
+        choose(candidates, Choice(max_bytes=100))
+    with pytest.raises(ConfigError, match="within max-accuracy-drop=0.5"):
+        choose(candidates, Choice(max_accuracy_drop=0.5))
+
+
+def test_grid_covers_every_combination_with_the_settings_each_stands_for():
+    grid = Grid(students=("tiny", "small"), prune_ratios=(0.0, 0.5), quant=("fp32", "qoperator"))
+    configs = grid.configs(RunConfig(kd_epochs=7))
+    assert len(configs) == 8 and all(c.kd_epochs == 7 for c in configs)
+    assert {(c.student, c.prune_ratio, c.quant_mode, c.quant_format) for c in configs} == {
+        (s, p, m, f)
+        for s in ("tiny", "small")
+        for p in (0.0, 0.5)
+        for m, f in (("none", "qdq"), ("static", "qoperator"))
+    }
+    with pytest.raises(ConfigError, match="unknown sweep student 'huge'"):
+        Grid(students=("huge",))
