@@ -69,6 +69,10 @@ def simulate(
     straggler_fraction: Annotated[
         float | None, typer.Option(help="Share of clients replying after the round timeout.")
     ] = None,
+    teacher_mode: Annotated[
+        str | None,
+        typer.Option(help="Distill from: global (the model) | ensemble (clients' mean logits)."),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the unfinished run in this directory from its checkpoint."),
@@ -94,6 +98,7 @@ def simulate(
         "byzantine-mode": byzantine_mode,
         "dropout-fraction": dropout_fraction,
         "straggler-fraction": straggler_fraction,
+        "teacher-mode": teacher_mode,
     }
     try:
         cfg = build_config(scenario, flags, resume=resume)
@@ -133,6 +138,10 @@ def compress(
     ] = None,
     int8_tolerance: Annotated[
         float | None, typer.Option(help="Validation accuracy int8 may lose.")
+    ] = None,
+    teacher_mode: Annotated[
+        str | None,
+        typer.Option(help="global | ensemble (needs the run's saved ensemble logits)."),
     ] = None,
     max_accuracy_drop: Annotated[
         float | None,
@@ -180,6 +189,7 @@ def compress(
         "quant-per-channel": quant_per_channel,
         "quant-calibration": quant_calibration,
         "int8-tolerance": int8_tolerance,
+        "teacher-mode": teacher_mode,
     }
     try:
         changes = load_scenario(scenario) if scenario is not None else {}

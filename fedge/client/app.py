@@ -5,8 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from fedge.client.runtime.predictor import Predictor
@@ -68,6 +77,9 @@ def train(msg: Message, context: Context) -> Message:
         {m.NUM_EXAMPLES: result.num_examples, m.TRAIN_LOSS: result.loss, m.PARTITION_ID: pid}
     )
     arrays = weights_to_record(weights)
+    if cfg.teacher_mode == "ensemble":  # kept on the node for the server's logits query
+        context.state[m.STATE_MODEL] = weights_to_record(weights)
+        context.state[m.STATE_ROUND] = ConfigRecord({"round": server_round, m.PARTITION_ID: pid})
     return Message(RecordDict({m.ARRAYS: arrays, m.METRICS: metrics}), reply_to=msg)
 
 
@@ -82,6 +94,31 @@ def evaluate(msg: Message, context: Context) -> Message:
         {m.NUM_EXAMPLES: len(data.test), m.LOSS: loss, m.ACCURACY: accuracy, m.PARTITION_ID: pid}
     )
     return Message(RecordDict({m.METRICS: metrics}), reply_to=msg)
+
+
+@app.query(m.LOGITS_ACTION)
+def logits(msg: Message, context: Context) -> Message:
+    """Ensemble distillation: this node's model of the asked round, run on the sent public inputs.
+
+    Only logits leave the node: no data, no weights. A node without that round's model (it did
+    not train in it, or restarted since) raises, and the server goes on without it.
+    """
+    torch.set_num_threads(1)
+    config = msg.content.config_records[m.CONFIG]
+    cfg = record_to_config(config)
+    wanted = as_int(config["server-round"])
+    stored = context.state.config_records.get(m.STATE_ROUND)
+    if stored is None or as_int(stored["round"]) != wanted:
+        have = "none" if stored is None else f"round {as_int(stored['round'])}"
+        raise LookupError(f"no local model from round {wanted} on this node (it has {have})")
+    prep, num_classes = record_to_spec(config)
+    model = build_teacher(prep.input_shape, num_classes, cfg.seed)
+    training.set_weights(model, record_to_weights(context.state.array_records[m.STATE_MODEL]))
+    x = msg.content.array_records[m.INPUTS]["x"].numpy()
+    out = training.predict_logits(model, x)
+    metrics = MetricRecord({m.PARTITION_ID: as_int(stored[m.PARTITION_ID]), m.NUM_EXAMPLES: len(x)})
+    arrays = ArrayRecord({"logits": Array(np.ascontiguousarray(out, dtype=np.float32))})
+    return Message(RecordDict({m.LOGITS_RECORD: arrays, m.METRICS: metrics}), reply_to=msg)
 
 
 @app.query(m.DEPLOY_ACTION)

@@ -53,15 +53,7 @@ def kd_train(
         order = torch.randperm(len(xs), generator=generator)
         total = 0.0
         for start in range(0, len(xs), batch_size):
-            batch = xs[order[start : start + batch_size]]
-            if beta is not None:
-                lam = beta.sample((len(batch),)).view(-1, *([1] * (batch.dim() - 1)))
-                partner = batch[torch.randperm(len(batch), generator=generator)]
-                batch = lam * batch + (1 - lam) * partner
-            if shift > 0:
-                batch = random_shift(batch, shift, generator)
-            if noise > 0:
-                batch = batch + noise * torch.randn(batch.shape, generator=generator)
+            batch = augment(xs[order[start : start + batch_size]], generator, beta, noise, shift)
             with torch.no_grad():
                 target = teacher(batch)
             loss = kd_loss(student(batch), target, temperature)
@@ -73,6 +65,25 @@ def kd_train(
         last = total / len(xs)
     student.eval()
     return last
+
+
+def augment(
+    batch: torch.Tensor,
+    generator: torch.Generator,
+    beta: torch.distributions.Beta | None,
+    noise: float,
+    shift: int,
+) -> torch.Tensor:
+    """A new view of each sample: mixup with a random partner, a random shift, Gaussian noise."""
+    if beta is not None:
+        lam = beta.sample((len(batch),)).view(-1, *([1] * (batch.dim() - 1)))
+        partner = batch[torch.randperm(len(batch), generator=generator)]
+        batch = lam * batch + (1 - lam) * partner
+    if shift > 0:
+        batch = random_shift(batch, shift, generator)
+    if noise > 0:
+        batch = batch + noise * torch.randn(batch.shape, generator=generator)
+    return batch
 
 
 def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -15,6 +15,7 @@ STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
+TEACHER_MODES = ("global", "ensemble")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 # Settings a resumed run may change: where it lives, how long a round may wait, the resume flag.
@@ -60,6 +61,8 @@ class RunConfig:
     quant_calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
     quant_calibration_samples: int = 256  # public-pool samples for calibration
     int8_tolerance: float = 0.01  # max validation accuracy int8 may lose vs fp32
+    teacher_mode: str = "global"  # global model | ensemble: the last round's clients' mean logits
+    ensemble_views: int = 16  # ensemble: transfer set = public pool + (views - 1) augmented copies
     private_key: str = ""  # Ed25519 private key PEM; "" generates one per run
     aggregation: str = "fedavg"  # fedavg | median | trimmed-mean | krum | multi-krum | bulyan
     trim_beta: float = 0.2  # trimmed-mean: share cut from each end per coordinate
@@ -90,6 +93,8 @@ class RunConfig:
         _one_of("quant-calibration", self.quant_calibration, QUANT_CALIBRATIONS)
         _at_least("quant-calibration-samples", self.quant_calibration_samples, 1)
         _one_of("aggregation", self.aggregation, AGGREGATIONS)
+        _one_of("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        _at_least("ensemble-views", self.ensemble_views, 1)
         _one_of("byzantine-mode", self.byzantine_mode, BYZANTINE_MODES)
         _at_least("clients", self.clients, 1)
         _at_least("rounds", self.rounds, 1)

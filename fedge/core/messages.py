@@ -7,6 +7,8 @@ TRAIN = "train"
 EVALUATE = "evaluate"
 DEPLOY_ACTION = "deploy"  # registered with @app.query("deploy")
 DEPLOY = f"query.{DEPLOY_ACTION}"
+LOGITS_ACTION = "logits"  # ensemble distillation: the client's logits on public inputs
+LOGITS = f"query.{LOGITS_ACTION}"
 
 # RecordDict keys.
 ARRAYS = "arrays"
@@ -14,6 +16,12 @@ CONFIG = "config"
 METRICS = "metrics"
 BUNDLE = "bundle"
 STATUS = "status"
+INPUTS = "inputs"  # query.logits: the public transfer inputs (ArrayRecord, one array "x")
+LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, classes)
+
+# context.state keys: the client's own model from its last training round (ensemble mode).
+STATE_MODEL = "fedge.local-model"
+STATE_ROUND = "fedge.local-round"
 
 # MetricRecord keys.
 NUM_EXAMPLES = "num-examples"

@@ -61,6 +61,25 @@ class CompressionConfig:
             ),
         )
 
+    def on_fixed_views(self, views: int) -> CompressionConfig:
+        """The same phase for a teacher that only knows a fixed transfer set of `views` x the pool.
+
+        No augmentation on the fly (the teacher could not label it), and the epochs divided by
+        `views`, so distillation takes as many steps as it would on the pool.
+        """
+
+        def fewer(epochs: int) -> int:
+            return max(1, round(epochs / views)) if epochs else 0
+
+        off: dict[str, Any] = {"mixup": 0.0, "noise": 0.0, "shift": 0}
+        return dataclasses.replace(
+            self,
+            distill=dataclasses.replace(self.distill, epochs=fewer(self.distill.epochs), **off),
+            prune=dataclasses.replace(
+                self.prune, finetune_epochs=fewer(self.prune.finetune_epochs), **off
+            ),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """Plain dict for results.json and the manifest."""
         return dataclasses.asdict(self)

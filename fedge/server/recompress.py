@@ -15,6 +15,8 @@ from fedge.core.config import STUDENTS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import session_accuracy
 from fedge.core.partition import build_federation
+from fedge.server.compression_phase import CompressionConfig
+from fedge.server.ensemble import global_source, stored_source
 from fedge.server.report import render_compression_report
 from fedge.server.run import RESULTS_FILE, TEACHER_FILE
 from fedge.server.shipping import ship
@@ -42,6 +44,7 @@ COMPRESSION_SETTINGS = (
     "quant-calibration",
     "quant-calibration-samples",
     "int8-tolerance",
+    "teacher-mode",  # ensemble only if the run saved its ensemble's logits
 )
 
 
@@ -111,10 +114,18 @@ def compress_run(
         stop = choice if choice.max_accuracy_drop is not None else None
     else:
         configs, stop = [cfg], None
+    source = global_source(teacher, fed.server.public_pool, CompressionConfig.from_run(cfg))
+    if cfg.teacher_mode == "ensemble":
+        source = stored_source(
+            run_dir, teacher, fed.server.public_pool, source.compression, cfg.ensemble_views
+        )
     candidates = compress_candidates(
-        teacher,
+        source.teacher,
         configs,
-        public_pool=fed.server.public_pool,
+        public_pool=source.pool,
+        teacher_val=teacher_val,
+        teacher_session=teacher.session,
+        fixed_views=cfg.ensemble_views if cfg.teacher_mode == "ensemble" else None,
         val=val,
         test=fed.server.test,
         preprocessing=fed.dataset.preprocessing,
@@ -139,6 +150,7 @@ def compress_run(
         "source_run": str(run_dir),
         "config": chosen.cfg.to_run_config(),
         "compression_config": chosen.compression.to_json(),
+        "ensemble": source.summary,
         "teacher": {**shipment.teacher, "params": teacher_params},
         "stages": chosen.outcome.stages,
         "student": shipment.student,

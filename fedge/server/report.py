@@ -115,6 +115,30 @@ def render_compression_report(results: dict[str, Any]) -> str:
     )
 
 
+def _distilled_from(ensemble: dict[str, Any]) -> str:
+    """One sentence: which teacher the student learned from."""
+    if ensemble["mode"] == "ensemble":
+        who = (
+            f"partitions {ensemble['clients']} of the last round"
+            if "clients" in ensemble
+            else f"the run's saved ensemble (`{ensemble['from']}`)"
+        )
+        agreement = (
+            f"; the ensemble agrees with the global model on "
+            f"{100 * ensemble['agreement_with_global']:.1f} % of them"
+            if "agreement_with_global" in ensemble
+            else ""
+        )
+        return (
+            f"Distilled from an ensemble (FedDF-style): the mean logits of {who} on "
+            f"{ensemble['transfer_inputs']:,} public transfer inputs{agreement}. Clients sent "
+            "logits only. The teacher row below is the global model."
+        )
+    if "requested" in ensemble:
+        return f"Distilled from the global model: ensemble requested, but {ensemble['reason']}."
+    return "Distilled from the global model."
+
+
 def _choice_lines(choice: dict[str, Any]) -> list[str]:
     """The candidates `fedge compress` compared on validation, and which one it shipped."""
     if len(choice["candidates"]) < 2 and not choice["sweep"]:
@@ -159,6 +183,8 @@ def _compression_lines(results: dict[str, Any]) -> list[str]:
     teacher, student = results["teacher"], results["student"]
     lines = [
         "## Teacher and compression stages (central test split)",
+        "",
+        _distilled_from(results["ensemble"]),
         "",
         "| model | accuracy | params | bytes | vs teacher ONNX |",
         "|---|---:|---:|---:|---:|",

@@ -37,6 +37,7 @@ from fedge.core.training import get_weights, weights_sha256
 from fedge.server.checkpoint import CheckpointDir
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.deploy import deploy_bundle
+from fedge.server.ensemble import ensemble_source, global_source
 from fedge.server.report import render_report, write_plot
 from fedge.server.shipping import ship
 from fedge.server.training_loop import train_teacher
@@ -154,11 +155,23 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
     teacher_onnx = export_onnx(teacher, shape, ExportConfig())
     atomic_write_bytes(run_dir / TEACHER_FILE, teacher_onnx)
-    compression = CompressionConfig.from_run(cfg)
+    source = global_source(teacher, server.public_pool, CompressionConfig.from_run(cfg))
+    if cfg.teacher_mode == "ensemble":
+        source = ensemble_source(
+            grid,
+            cfg,
+            teacher,
+            server.public_pool,
+            source.compression,
+            nodes=training.last_round_nodes,
+            spec=spec,
+            run_dir=run_dir,
+        )
+    compression = source.compression
     prep = fed.dataset.preprocessing
     outcome = run_compression(
-        teacher,
-        server.public_pool,
+        source.teacher,
+        source.pool,
         server.val,
         server.test,
         compression,
@@ -195,6 +208,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "run_id": manifest.model_id,
         "config": cfg.to_run_config(),
         "compression_config": compression.to_json(),
+        "ensemble": source.summary,
         "rounds": training.rounds,
         "rejected": training.rejected,
         "faults": _faults(cfg),

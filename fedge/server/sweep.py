@@ -14,7 +14,6 @@ from fedge.core.data import Preprocessing
 from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import PublicPool, Split
-from fedge.core.training import evaluate
 from fedge.server.compression_phase import (
     CompressionConfig,
     CompressionOutcome,
@@ -130,22 +129,28 @@ def compress_candidates(
     test: Split,
     preprocessing: Preprocessing,
     num_classes: int,
+    teacher_val: float,
+    teacher_session: Any = None,
+    fixed_views: int | None = None,
     stop: Choice | None = None,
 ) -> list[Candidate]:
     """Compress each config, sharing distillation and pruning between configs that agree on them.
 
     Each row has validation and test accuracy of the device model on raw input, its bytes, gzip
     bytes, and its batch-1 / batch-64 onnxruntime latency measured interleaved with the teacher.
-    With `stop`, candidates are compressed in order until one satisfies it.
+    `teacher_val` is the reference accuracy for `drop_pt`; `teacher_session` (optional) is timed
+    beside each candidate. `fixed_views`: `teacher` knows only a transfer set (an ensemble), see
+    CompressionConfig.on_fixed_views. With `stop`, candidates are compressed in order until one
+    satisfies it.
     """
-    teacher_session = getattr(teacher, "session", None)  # an OnnxTeacher: time it beside
-    teacher_val = evaluate(teacher, val.x, val.y)[1]
     raw_val, raw_test = preprocessing.invert(val.x), preprocessing.invert(test.x)
     distilled: dict[Any, tuple[nn.Module, dict[str, Any]]] = {}
     pruned: dict[Any, tuple[nn.Module, dict[str, Any]]] = {}
     out: list[Candidate] = []
     for cfg in configs:
         compression = CompressionConfig.from_run(cfg)
+        if fixed_views is not None:
+            compression = compression.on_fixed_views(fixed_views)
         if compression.distill not in distilled:
             distilled[compression.distill] = distill_stage(
                 teacher,

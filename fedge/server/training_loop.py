@@ -47,6 +47,8 @@ class TrainingLog:
     node_partition: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     client_teacher_accuracy: dict[int, float] = field(default_factory=dict)  # partition id -> acc
     resumed_from: list[int] = field(default_factory=list)  # rounds a resume started after
+    # Nodes whose update the last round aggregated (not checkpointed: node ids die with a restart).
+    last_round_nodes: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form (checkpoint metadata)."""
@@ -184,6 +186,7 @@ def _train_round(
             row["reason"],
         )
     out.rejected += rejected
+    out.last_round_nodes = [c.node_id for c in accepted]
     skipped = None
     metrics = None
     if len(accepted) < cfg.min_clients:
