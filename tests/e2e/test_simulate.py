@@ -196,6 +196,8 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
             "sweep prune ratio must be in [0, 1), got 1.5",
         ),
         ([str(tiny_run), "--sweep-students", "tiny"], "need --sweep"),
+        ([str(tiny_run), "--teacher-mode", "ensemble"], "teacher-mode ensemble needs"),
+        ([str(tiny_run), "--teacher-mode", "crowd"], "unknown teacher-mode 'crowd'"),
     ]
     scenario = tmp_path / "s.toml"
     scenario.write_text("rounds = 7\n")
