@@ -11,6 +11,10 @@ teacher in onnxruntime and the shipped student in onnxruntime, interleaved (BENC
 1 thread each, >= 200 warm-up calls, 1000 calls at batch 1 and 200 at batch 64). The ablation
 trains the same student architecture directly on the labeled client data, without
 distillation. OUT holds per dataset the means over seeds and the per-seed rows.
+
+With --sweep, the recipe is not fixed: per seed, every point of the grid is compressed and the
+smallest one within --choose-drop validation points of the teacher is the one measured (the
+choice `fedge compress --sweep` makes; the test split is not looked at until then).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fedge.core.ort import interleaved_latency_us, make_session, session_accurac
 from fedge.core.partition import build_federation
 from fedge.core.training import evaluate, train
 from fedge.server.compression_phase import CompressionConfig, run_compression
+from fedge.server.sweep import DEFAULT_SWEEP_DROP, Choice, Grid, choose, compress_candidates
 
 TEACHER_EPOCHS = {"digits": 40, "mnist1d": 60}
 MEANS = (
@@ -59,7 +64,13 @@ def torch_call(model: torch.nn.Module, x: np.ndarray) -> Any:
     return call
 
 
-def one_seed(dataset: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+def one_seed(
+    dataset: str,
+    seed: int,
+    overrides: dict[str, Any],
+    grid: Grid | None = None,
+    choose_drop: float = DEFAULT_SWEEP_DROP,
+) -> dict[str, Any]:
     cfg = RunConfig.from_run_config(
         {"dataset": dataset, "seed": seed, "partition": "iid", **overrides}
     )
@@ -71,17 +82,33 @@ def one_seed(dataset: str, seed: int, overrides: dict[str, Any]) -> dict[str, An
     t0 = time.monotonic()
     train(teacher, fed.client_x, fed.client_y, epochs=epochs, lr=0.05, batch_size=32, seed=seed)
     teacher.eval()
-    compression = CompressionConfig.from_run(cfg)
     t1 = time.monotonic()
-    outcome = run_compression(
-        teacher,
-        fed.server.public_pool,
-        fed.server.val,
-        test,
-        compression,
-        preprocessing=prep,
-        num_classes=classes,
-    )
+    grid_rows: list[dict[str, Any]] = []
+    if grid is None:
+        compression = CompressionConfig.from_run(cfg)
+        outcome = run_compression(
+            teacher,
+            fed.server.public_pool,
+            fed.server.val,
+            test,
+            compression,
+            preprocessing=prep,
+            num_classes=classes,
+        )
+    else:  # the configuration is chosen on the validation split, never on test
+        candidates = compress_candidates(
+            teacher,
+            grid.configs(cfg),
+            public_pool=fed.server.public_pool,
+            val=fed.server.val,
+            test=test,
+            preprocessing=prep,
+            num_classes=classes,
+            teacher_val=evaluate(teacher, fed.server.val.x, fed.server.val.y)[1],
+        )
+        chosen = choose(candidates, Choice(max_accuracy_drop=choose_drop))
+        compression, outcome = chosen.compression, chosen.outcome
+        grid_rows = [c.row for c in candidates]
     t2 = time.monotonic()
     direct = build_student(shape, classes, compression.distill.student, seed)
     train(direct, fed.client_x, fed.client_y, epochs=epochs, lr=0.05, batch_size=32, seed=seed)
@@ -135,6 +162,8 @@ def one_seed(dataset: str, seed: int, overrides: dict[str, Any]) -> dict[str, An
         "speedup_b1_vs_ort": b1["ort"]["p50"] / b1["student"]["p50"],
         "speedup_b64_vs_ort": b64["ort"]["p50"] / b64["student"]["p50"],
         "seconds": {"teacher": t1 - t0, "compression": t2 - t1},
+        "chosen": compression.to_json(),
+        "candidates": grid_rows,
     }
 
 
@@ -150,13 +179,42 @@ def main() -> None:
         metavar="KEY=JSON",
         help="a compression setting, e.g. --set student='\"small\"' --set prune-ratio=0.5",
     )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="choose the recipe per seed on validation from a grid (as fedge compress --sweep)",
+    )
+    parser.add_argument("--sweep-students", default=",".join(Grid().students))
+    parser.add_argument("--sweep-prune", default="0,0.3")
+    parser.add_argument("--sweep-quant", default="fp32,qdq,qoperator")
+    parser.add_argument(
+        "--choose-drop",
+        type=float,
+        default=DEFAULT_SWEEP_DROP,
+        help="sweep: the smallest point within this many validation points of the teacher",
+    )
     args = parser.parse_args()
+    grid = None
+    if args.sweep:
+        grid = Grid(
+            students=tuple(args.sweep_students.split(",")),
+            prune_ratios=tuple(float(r) for r in args.sweep_prune.split(",")),
+            quant=tuple(args.sweep_quant.split(",")),
+        )
     torch.set_num_threads(1)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     out: dict[str, Any] = {
         "config": {
             "recipe": CompressionConfig.from_run(RunConfig.from_run_config(overrides)).to_json(),
             "overrides": overrides,
+            "sweep": None
+            if grid is None
+            else {
+                "students": grid.students,
+                "prune_ratios": grid.prune_ratios,
+                "quant": grid.quant,
+                "choose_drop_pt": args.choose_drop,
+            },
             "teacher_epochs": TEACHER_EPOCHS,
             "threads": 1,
             "machine": platform.platform(),
@@ -170,7 +228,7 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         rows = []
         for seed in range(args.seeds):
-            row = one_seed(dataset, seed, overrides)
+            row = one_seed(dataset, seed, overrides, grid, args.choose_drop)
             rows.append(row)
             print(
                 f"{dataset:8} {seed:4d} {row['teacher_accuracy'] * 100:7.2f}% "
