@@ -73,6 +73,22 @@ def simulate(
         str | None,
         typer.Option(help="Distill from: global (the model) | ensemble (clients' mean logits)."),
     ] = None,
+    dp: Annotated[
+        str | None, typer.Option(help="none | central (client-level) | local (DP-SGD).")
+    ] = None,
+    dp_epsilon: Annotated[
+        float | None, typer.Option(help="Target epsilon for the whole run (derives the noise).")
+    ] = None,
+    dp_delta: Annotated[float | None, typer.Option(help="Delta (default 1e-5).")] = None,
+    dp_noise: Annotated[
+        float | None, typer.Option(help="Noise multiplier (when no --dp-epsilon).")
+    ] = None,
+    dp_clip: Annotated[
+        float | None, typer.Option(help="Clipping norm: update (central), gradient (local).")
+    ] = None,
+    dp_clipping: Annotated[
+        str | None, typer.Option(help="Central DP: clip on the server | client.")
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the unfinished run in this directory from its checkpoint."),
@@ -99,6 +115,12 @@ def simulate(
         "dropout-fraction": dropout_fraction,
         "straggler-fraction": straggler_fraction,
         "teacher-mode": teacher_mode,
+        "dp": dp,
+        "dp-epsilon": dp_epsilon,
+        "dp-delta": dp_delta,
+        "dp-noise": dp_noise,
+        "dp-clip": dp_clip,
+        "dp-clipping": dp_clipping,
     }
     try:
         cfg = build_config(scenario, flags, resume=resume)

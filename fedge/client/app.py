@@ -17,6 +17,9 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
@@ -35,11 +38,24 @@ from fedge.core.records import (
     record_to_weights,
     weights_to_record,
 )
+from fedge.privacy import local as local_dp
 
 app = ClientApp()
 
 
-@app.train()
+def _clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Central DP with client-side clipping: Flower's fixedclipping_mod, when the server asks.
+
+    The server's DP wrapper puts the clipping norm in the train config; without it (no DP, or
+    server-side clipping) the update goes out as trained.
+    """
+    config = msg.content.config_records.get(m.CONFIG)
+    if config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[_clip_when_asked])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's private partition."""
     torch.set_num_threads(1)
@@ -58,23 +74,49 @@ def train(msg: Message, context: Context) -> Message:
             labels, as_int(msg.content.config_records[m.CONFIG][m.NUM_CLASSES])
         )
     start = training.get_weights(model)
-    result = training.train(
-        model,
-        data.train.x,
-        labels,
-        epochs=cfg.local_epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
-    )
+    dp_metrics: dict[str, float] = {}
+    if cfg.dp == "local":
+        schedule = local_dp.plan(len(labels), cfg)
+        loss = local_dp.dp_sgd_train(
+            model,
+            data.train.x,
+            labels,
+            schedule=schedule,
+            epochs=cfg.local_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            clip=cfg.dp_clip,
+            seed=seed,
+        )
+        result = training.TrainResult(loss=loss, num_examples=len(labels))
+        dp_metrics = {
+            m.DP_EPSILON: schedule.epsilon_after(server_round, cfg),
+            m.DP_NOISE: schedule.noise,
+        }
+    else:
+        result = training.train(
+            model,
+            data.train.x,
+            labels,
+            epochs=cfg.local_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+        )
     weights = training.get_weights(model)
     if attacking:
         weights = faults.poison_update(cfg, start, weights, seed)
     if pid in roles.stragglers:
         time.sleep(faults.straggler_delay(cfg))
     metrics = MetricRecord(
-        {m.NUM_EXAMPLES: result.num_examples, m.TRAIN_LOSS: result.loss, m.PARTITION_ID: pid}
+        {
+            m.NUM_EXAMPLES: result.num_examples,
+            m.TRAIN_LOSS: result.loss,
+            m.PARTITION_ID: pid,
+            m.UNIT_WEIGHT: 1,
+            **dp_metrics,
+        }
     )
     arrays = weights_to_record(weights)
     if cfg.teacher_mode == "ensemble":  # kept on the node for the server's logits query

@@ -16,6 +16,9 @@ QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 TEACHER_MODES = ("global", "ensemble")
+DP_MODES = ("none", "central", "local")
+DP_CLIPPING = ("server", "client")
+DP_ACCOUNTANTS = ("rdp", "prv")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 # Settings a resumed run may change: where it lives, how long a round may wait, the resume flag.
@@ -76,6 +79,13 @@ class RunConfig:
     straggler_fraction: float = 0.0  # simulation: share of clients that reply late each round
     straggler_delay: float = 0.0  # seconds a straggler sleeps; 0 = round-timeout + 1
     resume: bool = False  # continue the unfinished run in `out` from its last checkpoint
+    dp: str = "none"  # none | central (client-level DP-FedAvg) | local (sample-level DP-SGD)
+    dp_noise: float = 1.0  # noise multiplier (ignored when dp-epsilon > 0)
+    dp_clip: float = 1.0  # central: update L2 norm bound; local: per-sample gradient norm bound
+    dp_clipping: str = "server"  # central: where updates are clipped: server | client
+    dp_epsilon: float = 0.0  # > 0: derive the noise that spends exactly this epsilon over the run
+    dp_delta: float = 1e-5  # delta of the reported (epsilon, delta)
+    dp_accountant: str = "rdp"  # rdp | prv (Opacus)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,6 +116,7 @@ class RunConfig:
         _at_least("min-clients", self.min_clients, 1)
         _at_least("num-malicious", self.num_malicious, 0)
         self._validate_robustness()
+        self._validate_privacy()
         for name in ("alpha", "lr", "kd-temperature", "round-timeout", "server-lr"):
             value = getattr(self, name.replace("-", "_"))
             if not value > 0:
@@ -127,6 +138,35 @@ class RunConfig:
             raise ConfigError(
                 f"test-fraction + val-fraction + public-fraction = {server_share:.2f} leaves "
                 "clients less than 10 % of the data; allowed: a sum below 0.9"
+            )
+
+    def _validate_privacy(self) -> None:
+        _one_of("dp", self.dp, DP_MODES)
+        _one_of("dp-clipping", self.dp_clipping, DP_CLIPPING)
+        _one_of("dp-accountant", self.dp_accountant, DP_ACCOUNTANTS)
+        if self.dp_noise < 0 or self.dp_epsilon < 0:
+            raise ConfigError(
+                f"dp-noise and dp-epsilon must be >= 0, got {self.dp_noise}, {self.dp_epsilon}"
+            )
+        if not self.dp_clip > 0:
+            raise ConfigError(f"dp-clip must be > 0, got {self.dp_clip}")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"dp-delta must be in (0, 1), got {self.dp_delta}")
+        if self.dp == "local" and self.strategy == "fedprox":
+            raise ConfigError(
+                "dp local cannot use strategy 'fedprox' (its proximal term has no per-sample "
+                "gradient for DP-SGD to clip); allowed: fedavg, fedadam"
+            )
+        if self.dp == "central" and self.teacher_mode == "ensemble":
+            raise ConfigError(
+                "dp central protects only the noised global model; teacher-mode 'ensemble' "
+                "would distil the clients' un-noised models; allowed with dp central: global"
+            )
+        if self.dp == "central" and (self.strategy == "fedadam" or self.aggregation != "fedavg"):
+            raise ConfigError(
+                f"dp central needs the plain mean (strategy fedavg or fedprox, aggregation "
+                f"fedavg): its noise is calibrated to it; got strategy {self.strategy!r}, "
+                f"aggregation {self.aggregation!r}"
             )
 
     def _validate_robustness(self) -> None:

@@ -31,6 +31,9 @@ ACCURACY = "accuracy"
 LOSS = "loss"
 INSTALLED = "installed"
 LATENCY_US_P50 = "latency-us-p50"
+UNIT_WEIGHT = "unit-weight"  # 1 from every client: the weight of central DP's uniform mean
+DP_EPSILON = "dp-epsilon"  # local DP: the client's epsilon after this round (upper bound)
+DP_NOISE = "dp-noise"  # local DP: the client's noise multiplier
 
 # ConfigRecord keys of a deploy message.
 MODEL_ONNX = "model.onnx"

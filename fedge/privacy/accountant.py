@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedge.core.config import ConfigError
 
 ACCOUNTANTS = ("rdp", "prv")
+MAX_NOISE = 1000.0  # a noise multiplier beyond this leaves nothing of the model
 
 
 def _accountant(name: str) -> object:
@@ -33,10 +34,24 @@ def epsilon(
     Noise 0 gives infinite epsilon.
     """
     _check(sample_rate, steps, delta)
-    if noise_multiplier <= 0:
+    return epsilon_of_history([(noise_multiplier, sample_rate, steps)], delta, accountant)
+
+
+def epsilon_of_history(
+    history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp"
+) -> float:
+    """Epsilon at `delta` of composed phases, each (noise multiplier, sample rate, steps).
+
+    Phases may differ (e.g. a round whose effective noise dropped because clients were lost).
+    No phase: 0. A phase with noise 0: infinite epsilon.
+    """
+    history = [h for h in history if h[2] > 0]
+    if not history:
+        return 0.0
+    if any(noise <= 0 for noise, _, _ in history):
         return float("inf")
     acc = _accountant(accountant)
-    acc.history = [(noise_multiplier, sample_rate, steps)]  # type: ignore[attr-defined]
+    acc.history = list(history)  # type: ignore[attr-defined]
     return float(acc.get_epsilon(delta=delta))  # type: ignore[attr-defined]
 
 
@@ -71,4 +86,10 @@ def noise_for_epsilon(
             f"dp-epsilon={target_epsilon} at delta={delta} cannot be met with {steps} steps at "
             f"sample rate {sample_rate}: {err}"
         ) from None
+    if sigma > MAX_NOISE:
+        raise ConfigError(
+            f"dp-epsilon={target_epsilon} at delta={delta} over {steps} steps at sample rate "
+            f"{sample_rate} needs noise multiplier {sigma:.0f} (> {MAX_NOISE:.0f}, nothing of the "
+            "model would survive); raise dp-epsilon or train fewer rounds/epochs"
+        )
     return float(sigma)

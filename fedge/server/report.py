@@ -56,6 +56,7 @@ def render_report(results: dict[str, Any]) -> str:
         + f", {cfg['strategy']}, {cfg['rounds']} rounds, seed {cfg['seed']}.",
         "",
         *_compression_lines(results),
+        *_privacy_lines(results["privacy"]),
         "",
         "## Federated training (central test split)",
         "",
@@ -113,6 +114,31 @@ def render_compression_report(results: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def _privacy_lines(privacy: dict[str, Any]) -> list[str]:
+    """The formal guarantee, when the run trained with DP."""
+    if privacy["mode"] == "none":
+        return ["", "## Privacy", "", "No differential privacy (`dp none`): no formal guarantee."]
+    what = (
+        f"client-level DP-FedAvg, updates clipped to {privacy['clipping_norm']} on the "
+        f"{privacy['clipping']}, noise multiplier {privacy['noise_multiplier']:.3f}"
+        if privacy["mode"] == "central"
+        else f"sample-level DP-SGD on every client (per-sample gradients clipped to "
+        f"{privacy['clipping_norm']}, smallest noise multiplier {privacy['noise_multiplier']:.3f})"
+    )
+    return [
+        "",
+        "## Privacy",
+        "",
+        f"Training: {what}. Spent: **epsilon = {privacy['epsilon']:.3f} at delta = "
+        f"{privacy['delta']:g}** per {privacy['unit']} ({privacy['accountant']} accountant"
+        + (f"; target {privacy['target_epsilon']}" if privacy["target_epsilon"] else "")
+        + "). A round that averaged fewer clients is counted at the smaller noise it really gave.",
+        "",
+        "Compression trains only on the server's public pool (enforced in code), so the deployed "
+        "student is post-processing of the DP teacher and inherits the same (epsilon, delta).",
+    ]
 
 
 def _distilled_from(ensemble: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.serverapp import Grid
 
@@ -34,6 +35,8 @@ from fedge.core.models import build_teacher, count_params
 from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
+from fedge.privacy import ledger
+from fedge.privacy.central import central_noise
 from fedge.server.checkpoint import CheckpointDir
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.deploy import deploy_bundle
@@ -132,6 +135,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Everything the ServerApp does, writing into `run_dir` (which must exist)."""
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)  # Flower's DP wrappers draw their noise from numpy's global RNG
     fed = build_federation(cfg)
     server, classes = fed.server, fed.dataset.num_classes
     shape = fed.dataset.preprocessing.input_shape
@@ -212,6 +216,9 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "rounds": training.rounds,
         "rejected": training.rejected,
         "faults": _faults(cfg),
+        "privacy": ledger.summary(
+            cfg, training.rounds, central_noise(cfg) if cfg.dp == "central" else cfg.dp_noise
+        ),
         "resumed_from": training.resumed_from,
         "final_model_sha256": final_sha256,
         "teacher": {**shipment.teacher, "params": count_params(teacher)},

@@ -16,18 +16,21 @@ from flwr.serverapp.strategy import (
     MultiKrum,
 )
 
+from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.privacy import central as central_dp
 
 # Strategy attributes that carry state from round to round (FedAdam's moments).
 STATEFUL_ATTRIBUTES = ("m_t", "v_t")
 
 
-def make_strategy(cfg: RunConfig) -> FedAvg:
+def make_strategy(cfg: RunConfig) -> Any:
     """The Flower strategy for `strategy` x `aggregation`.
 
     fedprox differs from fedavg only on the client (the proximal term), so it combines with
     every robust aggregation; fedadam keeps server-side moments and only aggregates by mean.
-    Every round samples all connected clients. The run waits for `clients` nodes once, before
+    With central DP the mean is unweighted and wrapped in Flower's DP wrapper (clipping and
+    noise). Every round samples all connected clients. The run waits for `clients` nodes once, before
     round 1, and for `min-clients` before each round, each with a timeout
     (training_loop.wait_for_nodes); the minimums here are 1 because Flower's own wait has none.
     """
@@ -51,9 +54,16 @@ def make_strategy(cfg: RunConfig) -> FedAvg:
         return MultiKrum(num_malicious_nodes=cfg.num_malicious, num_nodes_to_select=keep, **common)
     if cfg.aggregation == "bulyan":
         return Bulyan(num_malicious_nodes=cfg.num_malicious, **common)
-    if cfg.strategy == "fedprox":
-        return FedProx(proximal_mu=cfg.proximal_mu, **common)
-    return FedAvg(**common)
+    if cfg.dp == "central":  # an unweighted mean: the noise is calibrated to clip / clients
+        common["weighted_by_key"] = m.UNIT_WEIGHT
+    base = (
+        FedProx(proximal_mu=cfg.proximal_mu, **common)
+        if cfg.strategy == "fedprox"
+        else FedAvg(**common)
+    )
+    if cfg.dp == "central":
+        return central_dp.wrap(base, cfg, central_dp.central_noise(cfg))
+    return base
 
 
 def strategy_state(strategy: FedAvg) -> dict[str, dict[str, np.ndarray]]:

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedge.core import messages as m
@@ -25,6 +24,7 @@ from fedge.core.records import (
     weights_to_record,
 )
 from fedge.core.training import evaluate, get_weights, set_weights
+from fedge.privacy import ledger
 from fedge.server.checkpoint import Checkpoint, CheckpointDir, capture_rng, restore_rng
 from fedge.server.replies import replies_by_node
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
@@ -151,7 +151,7 @@ def train_teacher(
 def _train_round(
     grid: Grid,
     cfg: RunConfig,
-    strategy: FedAvg,
+    strategy: Any,
     server_round: int,
     arrays: ArrayRecord,
     spec: dict[str, Any],
@@ -174,9 +174,9 @@ def _train_round(
     by_node = replies_by_node(messages, replies)
     failures = _failures(by_node, out.node_partition)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
-    accepted, rejected = validate_updates(
-        ok, record_to_weights(arrays), norm_outlier_factor=cfg.norm_outlier_factor
-    )
+    # Under central DP clipping bounds every update: no data-dependent norm rule before it.
+    factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
+    accepted, rejected = validate_updates(ok, record_to_weights(arrays), norm_outlier_factor=factor)
     for row in rejected:
         row["round"] = server_round
         log.warning(
@@ -220,7 +220,28 @@ def _train_round(
         },
         "seconds": time.monotonic() - start,
     }
+    row.update(
+        ledger.round_entry(
+            cfg,
+            out.rounds,
+            released=skipped is None,
+            aggregated=len(accepted),
+            noise=getattr(strategy, "noise_multiplier", None),
+            client_epsilons=_reported(ok, m.DP_EPSILON),
+            client_noises=_reported(ok, m.DP_NOISE),
+        )
+    )
     return arrays, row
+
+
+def _reported(replies: dict[int, Message], key: str) -> list[float]:
+    """A metric every reply that has it reports (e.g. local DP's epsilon)."""
+    values = []
+    for reply in replies.values():
+        metrics = reply.content.metric_records.get(m.METRICS)
+        if metrics is not None and key in metrics:
+            values.append(as_float(metrics[key]))
+    return values
 
 
 def _federated_evaluate(

@@ -72,7 +72,9 @@ def build_config(
 def preflight(cfg: RunConfig) -> None:
     """Every check that can fail before training starts (data, partitions, key, output dir)."""
     from fedge.compression.bundle import load_private_key
-    from fedge.core.partition import build_federation
+    from fedge.core.partition import build_federation, client_data
+    from fedge.privacy.central import central_noise
+    from fedge.privacy.local import plan
     from fedge.server.run import RUN_CONFIG_FILE, partial_dir
 
     out = Path(cfg.out)
@@ -91,7 +93,12 @@ def preflight(cfg: RunConfig) -> None:
             load_private_key(Path(cfg.private_key))
         except ValueError as err:
             raise ConfigError(str(err)) from err
-    build_federation(cfg)
+    fed = build_federation(cfg)
+    if cfg.dp == "central":
+        central_noise(cfg)  # a dp-epsilon no noise can meet fails here, before training
+    if cfg.dp == "local" and cfg.dp_epsilon > 0:
+        for pid in range(cfg.clients):
+            plan(len(client_data(fed, pid, cfg).train), cfg)
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
