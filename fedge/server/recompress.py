@@ -151,6 +151,8 @@ def compress_run(
         "config": chosen.cfg.to_run_config(),
         "compression_config": chosen.compression.to_json(),
         "ensemble": source.summary,
+        # The student is post-processing of the same teacher: the run's guarantee carries over.
+        "privacy": json.loads((run_dir / RESULTS_FILE).read_text()).get("privacy"),
         "teacher": {**shipment.teacher, "params": teacher_params},
         "stages": chosen.outcome.stages,
         "student": shipment.student,

@@ -110,6 +110,7 @@ def render_compression_report(results: dict[str, Any]) -> str:
             "The student is trained on the server's public pool only.",
             "",
             *_compression_lines(results),
+            *(_privacy_lines(results["privacy"]) if results["privacy"] else []),
             *_choice_lines(results["choice"]),
             "",
         ]
