@@ -77,6 +77,11 @@ def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
         (["--clients", "5000", "--partition", "iid"], "clients=5000 is too many"),
         (["--scenario", "nope.toml"], "scenario file not found"),
         (["--dataset", "npz:missing.npz"], "npz file not found"),
+        (["--dp", "central", "--dp-epsilon", "1e-7"], "dp-epsilon=1e-07 at delta=1e-05 cannot"),
+        (["--dp", "local", "--dp-epsilon", "1e-7"], "dp-epsilon=1e-07 at delta=1e-05 cannot"),
+        (["--dp", "central", "--aggregation", "krum"], "dp central needs the plain mean"),
+        (["--dp", "everything"], "unknown dp 'everything'; allowed: none, central, local"),
+        (["--teacher-mode", "crowd"], "unknown teacher-mode 'crowd'"),
     ],
 )
 def test_bad_input_exits_2_before_training_and_writes_nothing(tmp_path, args, message):
