@@ -52,15 +52,15 @@ class RunConfig:
     public_fraction: float = 0.25  # server public pool (labels dropped), for distillation
     out: str = ""  # run directory; "" means ./runs/<time>-<dataset>
     round_timeout: float = 300.0  # seconds to wait for replies in one round
-    student: str = "medium"  # tiny | small-fast | small | medium-fast | medium
+    student: str = "small-fast"  # tiny | small-fast | small | medium-fast | medium
     kd_temperature: float = 4.0  # Hinton KD softmax temperature
-    kd_epochs: int = 150  # distillation epochs over the public pool
-    prune_ratio: float = 0.3  # share of channels/units structurally removed (0 = no pruning)
+    kd_epochs: int = 400  # distillation epochs over the public pool
+    prune_ratio: float = 0.0  # share of channels/units structurally removed (0 = no pruning)
     finetune_epochs: int = 60  # KD fine-tuning epochs after pruning
     sparsity: float = 0.0  # unstructured magnitude pruning share (shrinks gzip size only)
     quant_format: str = "qdq"  # qdq | qoperator (onnxruntime static quantization)
     quant_per_channel: bool = True  # per-channel weight scales
-    quant_mode: str = "static"  # static | dynamic (MatMul weights only) | none (fp32)
+    quant_mode: str = "dynamic"  # dynamic (MatMul weights only) | static | none (fp32)
     quant_calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
     quant_calibration_samples: int = 256  # public-pool samples for calibration
     int8_tolerance: float = 0.01  # max validation accuracy int8 may lose vs fp32

@@ -163,14 +163,14 @@ def test_compress_reuses_the_teacher_and_writes_a_bundle_devices_accept(tmp_path
     from fedge.client.runtime.predictor import Predictor
 
     out = tmp_path / "c"
-    args = ["--student", "small", "--kd-epochs", "30", "--finetune-epochs", "2"]
+    args = ["--student", "tiny", "--kd-epochs", "30", "--finetune-epochs", "2"]
     proc = fedge("compress", str(tiny_run), *args, "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     source = json.loads((tiny_run / "results.json").read_text())
     assert results["teacher"]["accuracy"] == source["teacher"]["accuracy"]  # same teacher
-    assert results["compression_config"]["distill"]["student"] == "small"
-    assert results["student"]["onnx_bytes"] < source["student"]["onnx_bytes"]  # small < medium
+    assert results["compression_config"]["distill"]["student"] == "tiny"
+    assert results["student"]["onnx_bytes"] < source["student"]["onnx_bytes"]  # tiny < small-fast
     key_path = tiny_run / "keys" / "signing.pub"
     store = ModelStore(tmp_path / "store")
     store.install(read_bundle_dir(out / "bundle"), load_public_key(key_path))
