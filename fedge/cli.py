@@ -264,6 +264,44 @@ def _grid(students: str | None, prune: str | None, quant: str | None) -> Grid:
 
 
 @app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `fedge simulate` run directory.")],
+    shadows: Annotated[int, typer.Option(help="Shadow pipelines (>= 4; 16 recommended).")] = 16,
+    workers: Annotated[int, typer.Option(help="Processes training shadows in parallel.")] = 2,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default RUN_DIR/audit/<time>).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
+) -> None:
+    """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student."""
+    from datetime import datetime
+
+    from fedge.server.audit import load_run, run_audit
+    from fedge.server.run import staged_run_dir
+
+    try:
+        load_run(run_dir, shadows)
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+    except ConfigError as err:
+        raise fail(str(err)) from None
+    default = run_dir / "audit" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = (out or default).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        raise fail(f"out {target} already exists and is not empty; choose a new --out")
+    _setup_logging(verbose)
+    with staged_run_dir(target) as work:
+        result = run_audit(run_dir, shadows, work, workers)
+    for name, row in result["models"].items():
+        console.print(
+            f"{name:10} accuracy {100 * row['accuracy']:6.2f} %  AUC {row['auc']:.3f}  "
+            f"TPR@1%FPR {100 * row['tpr_at_1pct_fpr']:5.2f} %",
+            highlight=False,
+        )
+    console.print(f"{result['seconds']:.0f} s -> {target}", highlight=False)
+
+
+@app.command()
 def infer(
     input_path: Annotated[
         str,

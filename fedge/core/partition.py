@@ -125,13 +125,20 @@ def client_data(fed: Federation, partition_id: int, cfg: RunConfig) -> ClientDat
     """A client's partition, with a seeded local test holdout."""
     if not 0 <= partition_id < len(fed.partitions):
         raise ConfigError(f"partition-id {partition_id} out of range 0..{len(fed.partitions) - 1}")
-    idx = np.random.default_rng([cfg.seed, partition_id]).permutation(fed.partitions[partition_id])
-    n_test = min(len(idx) - 1, max(1, round(cfg.client_test_fraction * len(idx))))
-    test, train = idx[:n_test], idx[n_test:]
+    train, test = client_indices(fed, partition_id, cfg)
     return ClientData(
         train=Split(fed.client_x[train], fed.client_y[train]),
         test=Split(fed.client_x[test], fed.client_y[test]),
     )
+
+
+def client_indices(
+    fed: Federation, partition_id: int, cfg: RunConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into client_x of a client's training split and of its local test holdout."""
+    idx = np.random.default_rng([cfg.seed, partition_id]).permutation(fed.partitions[partition_id])
+    n_test = min(len(idx) - 1, max(1, round(cfg.client_test_fraction * len(idx))))
+    return idx[n_test:], idx[:n_test]
 
 
 def partition_labels(y: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,325 @@
+"""`fedge audit`: online LiRA against the teacher, each compression stage and the deployed student.
+
+Shadow pipelines replay the run's own pipeline (federated training with the run's settings on a
+random half of the candidate records, then distill -> prune -> quantize -> device model) in
+worker processes; the target's stages are replayed from its teacher, its student is the shipped
+bundle. Candidates: every client record (the target's members are the client training splits)
+plus the central test split (never trained on).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedge.core.config import ConfigError, RunConfig
+from fedge.core.models import build_teacher
+from fedge.core.ort import make_session, session_logits
+from fedge.core.partition import Federation, build_federation, client_indices
+from fedge.core.training import get_weights, predict_logits, set_weights, train
+from fedge.privacy import lira
+from fedge.privacy import local as local_dp
+from fedge.server.compression_phase import (
+    CompressionConfig,
+    distill_stage,
+    package_stage,
+    prune_stage,
+)
+
+log = logging.getLogger("fedge")
+MODELS = ("teacher", "distilled", "pruned", "student")
+MIN_SHADOWS = 4
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The records the attack scores: preprocessed inputs, labels, target membership."""
+
+    x: np.ndarray
+    y: np.ndarray
+    members: np.ndarray  # in the target's training data
+    owner: np.ndarray  # client partition of each record; -1: the central test split
+
+
+def candidates(fed: Federation, cfg: RunConfig) -> Candidates:
+    """All client records (members: the training splits) and the central test split."""
+    members = np.zeros(len(fed.client_y), dtype=bool)
+    owner = np.full(len(fed.client_y), -1)
+    for pid in range(cfg.clients):
+        train_idx, test_idx = client_indices(fed, pid, cfg)
+        members[train_idx] = True
+        owner[np.concatenate([train_idx, test_idx])] = pid
+    test = fed.server.test
+    return Candidates(
+        x=np.concatenate([fed.client_x, test.x]),
+        y=np.concatenate([fed.client_y, test.y]),
+        members=np.concatenate([members, np.zeros(len(test.y), dtype=bool)]),
+        owner=np.concatenate([owner, np.full(len(test.y), -1)]),
+    )
+
+
+def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarray]], seed: int):
+    """The run's federated training without Flower: FedAvg rounds over `client_sets`.
+
+    Central DP clips each update and adds the wrapper's noise; local DP trains with DP-SGD.
+    """
+    fed = build_federation(cfg)
+    shape, classes = fed.dataset.preprocessing.input_shape, fed.dataset.num_classes
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_teacher(shape, classes, seed)
+    global_w: dict[str, np.ndarray] = dict(get_weights(model))
+    for server_round in range(1, cfg.rounds + 1):
+        updates, weights = [], []
+        for pid, (x, y) in enumerate(client_sets):
+            if len(y) == 0:
+                continue
+            local = copy.deepcopy(model)
+            set_weights(local, global_w)
+            client_seed = seed * 100_003 + server_round * 1_009 + pid
+            if cfg.dp == "local":
+                local_dp.dp_sgd_train(
+                    local, x, y, schedule=local_dp.plan(len(y), cfg), epochs=cfg.local_epochs,
+                    lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=client_seed,
+                )  # fmt: skip
+            else:
+                train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                      seed=client_seed)  # fmt: skip
+            new = get_weights(local)
+            updates.append({k: new[k] - global_w[k] for k in global_w})
+            weights.append(1.0 if cfg.dp == "central" else float(len(y)))
+        if cfg.dp == "central":
+            updates = [_clip(u, cfg.dp_clip) for u in updates]
+        total = sum(weights)
+        mean = {k: sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total
+                for k in global_w}  # fmt: skip
+        if cfg.dp == "central":
+            from fedge.privacy.central import central_noise
+
+            std = central_noise(cfg) * cfg.dp_clip / cfg.clients
+            mean = {k: v + rng.normal(0, std, v.shape).astype(v.dtype) for k, v in mean.items()}
+        global_w = {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
+    set_weights(model, global_w)
+    return model.eval()
+
+
+def _clip(update: dict[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
+    total = float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in update.values())))
+    scale = min(1.0, norm / max(total, 1e-12))
+    return {k: v * scale for k, v in update.items()}
+
+
+def model_confidences(
+    teacher: torch.nn.Module, cfg: RunConfig, pool: Candidates, student_bytes: bytes | None
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Phi of every candidate under the teacher, each compression stage and the device model.
+
+    The stages are compressed here from `teacher` with the run's settings; `student_bytes`
+    replaces the compressed device model (the target's shipped bundle). Also test accuracies.
+    """
+    fed = build_federation(cfg)
+    prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
+    compression = CompressionConfig.from_run(cfg)
+    public, val, test = fed.server.public_pool, fed.server.val, fed.server.test
+    student, distill_row = distill_stage(
+        teacher,
+        public,
+        test,
+        compression.distill,
+        input_shape=prep.input_shape,
+        num_classes=classes,
+    )
+    pruned, prune_row = prune_stage(
+        student, teacher, public, test, compression.prune, input_shape=prep.input_shape
+    )
+    if student_bytes is None:
+        student_bytes = package_stage(
+            pruned, public, val, test, compression, preprocessing=prep, stages=[]
+        ).student_bytes
+    device = make_session(student_bytes)
+    logits = {
+        "teacher": predict_logits(teacher, pool.x),
+        "distilled": predict_logits(student, pool.x),
+        "pruned": predict_logits(pruned, pool.x),
+        "student": session_logits(device, prep.invert(pool.x)),
+    }
+    phi = {name: lira.logit_confidence(v, pool.y) for name, v in logits.items()}
+    raw_test = prep.invert(test.x)
+    accuracy = {
+        "teacher": float((predict_logits(teacher, test.x).argmax(1) == test.y).mean()),
+        "distilled": distill_row["accuracy"],
+        "pruned": prune_row["accuracy"],
+        "student": float((session_logits(device, raw_test).argmax(1) == test.y).mean()),
+    }
+    return phi, accuracy
+
+
+def shadow_masks(records: int, shadows: int, seed: int) -> np.ndarray:
+    """(shadows, records): each record is in exactly half of the shadows (Carlini et al.)."""
+    rng = np.random.default_rng([seed, 7_919])
+    order = np.argsort(rng.random((shadows, records)), axis=0)
+    return order < shadows // 2
+
+
+def shadow(
+    config: dict[str, Any], index: int, shadows: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One shadow pipeline (run in a worker): its in-mask and phi of every model on every record."""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_run_config(config)
+    fed = build_federation(cfg)
+    pool = candidates(fed, cfg)
+    inside = shadow_masks(len(pool.y), shadows, cfg.seed)[index]
+    # Keep the federation's shape: a record stays with its client; test records go round-robin.
+    owner = np.where(pool.owner >= 0, pool.owner, np.arange(len(pool.y)) % cfg.clients)
+    sets = [
+        (pool.x[inside & (owner == p)], pool.y[inside & (owner == p)]) for p in range(cfg.clients)
+    ]
+    # The run's own seeds (initialisation, batch order, distillation): the auditor knows the whole
+    # recipe, so shadows differ from the target only in their data, the strongest setting.
+    teacher = replay_training(cfg, sets, cfg.seed)
+    phi, _ = model_confidences(teacher, cfg, pool, None)
+    return inside, phi
+
+
+def run_audit(run_dir: Path, shadows: int, out: Path, workers: int = 2) -> dict[str, Any]:
+    """Score the run's models with online LiRA and the loss baseline; write audit.json and plots."""
+    from fedge.compression.onnx_teacher import OnnxTeacher
+    from fedge.core.bundle_format import MODEL_FILE
+    from fedge.server.run import RESULTS_FILE, TEACHER_FILE
+
+    start = time.monotonic()
+    cfg, teacher_bytes, student_bytes = load_run(Path(run_dir), shadows)
+    fed = build_federation(cfg)
+    pool = candidates(fed, cfg)
+    config = cfg.to_run_config()
+    log.info("audit: %d shadow pipelines on %d candidate records", shadows, len(pool.y))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+        results = list(ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows))
+    target_phi, accuracy = model_confidences(OnnxTeacher(teacher_bytes), cfg, pool, student_bytes)
+    shadow_in = np.stack([r[0] for r in results])
+    models: dict[str, Any] = {}
+    curves = {}
+    for name in MODELS:
+        shadow_phi = np.stack([r[1][name] for r in results])
+        scores = lira.lira_scores(target_phi[name], shadow_phi, shadow_in)
+        attack, baseline = lira.roc(scores, pool.members), lira.roc(target_phi[name], pool.members)
+        models[name] = {
+            "auc": attack.auc,
+            "tpr_at_1pct_fpr": attack.tpr_at_1pct_fpr,
+            "tpr_at_0_1pct_fpr": attack.tpr_at_0_1pct_fpr,
+            "ci95": lira.bootstrap(scores, pool.members),
+            "accuracy": accuracy[name],
+            "loss_threshold": {
+                "auc": baseline.auc,
+                "tpr_at_1pct_fpr": baseline.tpr_at_1pct_fpr,
+                "tpr_at_0_1pct_fpr": baseline.tpr_at_0_1pct_fpr,
+            },
+        }
+        curves[name] = lira.roc_curve_points(scores, pool.members)
+    audit = {
+        "run": str(run_dir),
+        "models": models,
+        "shadows": shadows,
+        "attack": "online LiRA (Carlini et al. 2022), per-record means, global variances; "
+        "shadows replay the run's recipe and seeds on half of the candidate records each",
+        "candidates": {
+            "members": int(pool.members.sum()),
+            "non_members": int((~pool.members).sum()),
+        },
+        "privacy": json.loads((Path(run_dir) / RESULTS_FILE).read_text()).get("privacy"),
+        "seconds": time.monotonic() - start,
+        "files": {"teacher": TEACHER_FILE, "student": f"bundle/{MODEL_FILE}"},
+    }
+    from fedge.core.io import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(out / "audit.json", audit)
+    atomic_write_bytes(out / "roc.png", _plot(curves, models))
+    atomic_write_bytes(out / "audit.md", render_audit(audit).encode())
+    return audit
+
+
+def load_run(run_dir: Path, shadows: int) -> tuple[RunConfig, bytes, bytes]:
+    """The run's config, teacher and shipped student; ConfigError naming what is missing."""
+    from fedge.core.bundle_format import MODEL_FILE
+    from fedge.server.run import RESULTS_FILE, TEACHER_FILE
+
+    if shadows < MIN_SHADOWS:
+        raise ConfigError(f"--shadows must be >= {MIN_SHADOWS} (LiRA needs in and out models for "
+                          f"every record), got {shadows}")  # fmt: skip
+    for name in (RESULTS_FILE, TEACHER_FILE, f"bundle/{MODEL_FILE}"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(
+                f"{run_dir} cannot be audited: {name} is missing (a finished fedge run has a "
+                "teacher and a bundle)"
+            )
+    try:
+        config = json.loads((run_dir / RESULTS_FILE).read_text())["config"]
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
+    cfg = RunConfig.from_run_config(config)
+    return (
+        cfg,
+        (run_dir / TEACHER_FILE).read_bytes(),
+        (run_dir / "bundle" / MODEL_FILE).read_bytes(),
+    )
+
+
+def render_audit(audit: dict[str, Any]) -> str:
+    """audit.md: one row per model."""
+    lines = [
+        "## Membership-inference audit",
+        "",
+        f"{audit['attack']}, {audit['shadows']} shadow pipelines; {audit['candidates']['members']} "
+        f"member and {audit['candidates']['non_members']} non-member records. Chance: TPR = FPR.",
+        "",
+        "| model | test accuracy | AUC | TPR @ 1 % FPR (95 % CI) | TPR @ 0.1 % FPR | loss-threshold AUC |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in audit["models"].items():
+        low, high = m["ci95"]["tpr_at_1pct_fpr"]
+        lines.append(
+            f"| {name} | {100 * m['accuracy']:.2f} % | {m['auc']:.3f} | "
+            f"{100 * m['tpr_at_1pct_fpr']:.2f} % ({100 * low:.2f} to {100 * high:.2f}) | "
+            f"{100 * m['tpr_at_0_1pct_fpr']:.2f} % | {m['loss_threshold']['auc']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], models: dict[str, Any]) -> bytes:
+    """Log-log ROC of every model, with the chance line."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4),
+                label=f"{name} (AUC {models[name]['auc']:.3f})")  # fmt: skip
+    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(1e-3, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title("LiRA membership inference")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
