@@ -281,3 +281,42 @@ def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     assert lenient.returncode == 0, lenient.stderr[-3000:]
     choice = json.loads((tmp_path / "c" / "results.json").read_text())["choice"]
     assert choice["chosen"]["student"] == "tiny" and len(choice["candidates"]) == 1  # stops
+
+
+def test_shadow_replay_reproduces_the_federated_teacher(tiny_run):
+    """Differential: the audit's Flower-free FedAvg replay vs the real simulation's teacher."""
+    from fedge.compression.onnx_teacher import OnnxTeacher
+    from fedge.core.config import RunConfig
+    from fedge.core.partition import build_federation, client_data
+    from fedge.core.training import predict_logits
+    from fedge.server.audit import replay_training
+
+    cfg = RunConfig.from_run_config(json.loads((tiny_run / "results.json").read_text())["config"])
+    fed = build_federation(cfg)
+    sets = [(client_data(fed, p, cfg).train.x, client_data(fed, p, cfg).train.y) for p in range(3)]
+    replayed = predict_logits(replay_training(cfg, sets, cfg.seed), fed.server.test.x)
+    real = predict_logits(OnnxTeacher((tiny_run / "teacher.onnx").read_bytes()), fed.server.test.x)
+    assert abs(replayed - real).max() < 1e-3
+
+
+@pytest.mark.e2e
+def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
+    out = tmp_path / "a"
+    proc = fedge("audit", str(tiny_run), "--shadows", "4", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audit = json.loads((out / "audit.json").read_text())
+    assert list(audit["models"]) == ["teacher", "distilled", "pruned", "student"]
+    for row in audit["models"].values():
+        assert 0 <= row["tpr_at_1pct_fpr"] <= 1 and 0 <= row["auc"] <= 1
+        assert row["ci95"]["auc"][0] <= row["auc"] <= row["ci95"]["auc"][1]
+    source = json.loads((tiny_run / "results.json").read_text())
+    assert audit["models"]["student"]["accuracy"] == pytest.approx(source["student"]["accuracy"])
+    assert audit["shadows"] == 4 and (out / "roc.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "empty").mkdir()
+    for args, message in (
+        ([str(tiny_run), "--shadows", "3"], "--shadows must be >= 4"),
+        ([str(tmp_path / "empty")], "cannot be audited: results.json is missing"),
+    ):
+        proc = fedge("audit", *args, "--out", str(tmp_path / "bad"), cwd=tmp_path)
+        assert proc.returncode == 2 and message in " ".join(proc.stderr.split()), proc.stderr
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
