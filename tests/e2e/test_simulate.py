@@ -305,7 +305,7 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
     proc = fedge("audit", str(tiny_run), "--shadows", "4", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     audit = json.loads((out / "audit.json").read_text())
-    assert list(audit["models"]) == ["teacher", "distilled", "pruned", "student"]
+    assert set(audit["models"]) == {"teacher", "distilled", "pruned", "student"}
     for row in audit["models"].values():
         assert 0 <= row["tpr_at_1pct_fpr"] <= 1 and 0 <= row["auc"] <= 1
         assert row["ci95"]["auc"][0] <= row["auc"] <= row["ci95"]["auc"][1]
