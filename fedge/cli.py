@@ -143,14 +143,18 @@ def compress(
     scenario: Annotated[
         Path | None, typer.Option(help="TOML file of compression settings.")
     ] = None,
-    student: Annotated[str | None, typer.Option(help="tiny | small | medium")] = None,
+    student: Annotated[
+        str | None, typer.Option(help="tiny | small-fast | small | medium-fast | medium")
+    ] = None,
     kd_epochs: Annotated[int | None, typer.Option(help="Distillation epochs.")] = None,
     prune_ratio: Annotated[float | None, typer.Option(help="Share of channels removed.")] = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="KD epochs after pruning.")] = None,
     sparsity: Annotated[
         float | None, typer.Option(help="Share of weights zeroed by magnitude (gzip size only).")
     ] = None,
-    quant_mode: Annotated[str | None, typer.Option(help="static | dynamic (MatMul only)")] = None,
+    quant_mode: Annotated[
+        str | None, typer.Option(help="dynamic (MatMul only) | static | none (fp32)")
+    ] = None,
     quant_format: Annotated[str | None, typer.Option(help="qdq | qoperator")] = None,
     quant_per_channel: Annotated[
         bool | None, typer.Option(help="Per-channel (or per-tensor) int8 weight scales.")
@@ -195,8 +199,8 @@ def compress(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
-    from fedge.server.recompress import compress_config, compress_run, default_out
-    from fedge.server.run import staged_run_dir
+    from fedge.server.recompress import compress_config, compress_run
+    from fedge.server.run import staged_run_dir, timestamped_out
     from fedge.server.sweep import Choice
     from fedge.simulations.runner import load_scenario
 
@@ -223,7 +227,7 @@ def compress(
             raise ConfigError("--sweep-students/--sweep-prune/--sweep-quant need --sweep")
     except ConfigError as err:
         raise fail(str(err)) from None
-    target = (out or default_out(run_dir)).expanduser().resolve()
+    target = (out or timestamped_out(run_dir, "compress")).expanduser().resolve()
     if target.exists() and any(target.iterdir()):
         raise fail(f"out {target} already exists and is not empty; choose a new --out")
     _setup_logging(verbose)
@@ -274,24 +278,22 @@ def audit(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student."""
-    from datetime import datetime
-
-    from fedge.server.audit import load_run, run_audit
-    from fedge.server.run import staged_run_dir
+    from fedge.server.audit import check_shadows, load_target, run_audit
+    from fedge.server.run import staged_run_dir, timestamped_out
 
     try:
-        load_run(run_dir, shadows)
+        run = load_target(run_dir)
+        check_shadows(shadows)
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
     except ConfigError as err:
         raise fail(str(err)) from None
-    default = run_dir / "audit" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = (out or default).expanduser().resolve()
+    target = (out or timestamped_out(run_dir, "audit")).expanduser().resolve()
     if target.exists() and any(target.iterdir()):
         raise fail(f"out {target} already exists and is not empty; choose a new --out")
     _setup_logging(verbose)
     with staged_run_dir(target) as work:
-        result = run_audit(run_dir, shadows, work, workers)
+        result = run_audit(run, shadows, work, workers)
     for name, row in result["models"].items():
         console.print(
             f"{name:10} accuracy {100 * row['accuracy']:6.2f} %  AUC {row['auc']:.3f}  "

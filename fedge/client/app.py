@@ -66,7 +66,7 @@ def train(msg: Message, context: Context) -> Message:
     roles = faults.round_roles(cfg, server_round)
     if pid in roles.dropped:
         raise faults.SimulatedDropoutError(f"partition {pid} dropped out of round {server_round}")
-    seed = cfg.seed * 100_003 + server_round * 1_009 + pid
+    seed = training.client_seed(cfg.seed, server_round, pid)
     attacking = pid in roles.byzantine
     labels = data.train.y
     if attacking and cfg.byzantine_mode == "label-flip":

@@ -15,7 +15,9 @@ from fedge.core.partition import PublicPool
 class DistillConfig:
     """How to distill."""
 
-    student: str = "small"  # student family member: tiny | small | medium
+    student: str = (
+        "small"  # a STUDENT_WIDTHS member: tiny | small-fast | small | medium-fast | medium
+    )
     temperature: float = 4.0  # softmax temperature of Hinton KD
     epochs: int = 150  # passes over the public pool
     lr: float = 0.005  # Adam learning rate (cosine decay)

@@ -1,4 +1,4 @@
-"""Quantize stage: int8 with onnxruntime static quantization, guarded by validation accuracy and size."""
+"""Quantize stage: onnxruntime int8 (static or dynamic), guarded by validation accuracy and size."""
 
 from __future__ import annotations
 

@@ -20,6 +20,11 @@ class TrainResult:
     num_examples: int
 
 
+def client_seed(run_seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of one client's local training in one round (the ClientApp and audit replays)."""
+    return run_seed * 100_003 + server_round * 1_009 + partition_id
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedge.core.config import RunConfig
-from fedge.privacy.central import central_epsilon, effective_noise
+from fedge.privacy.central import central_epsilon, central_noise, effective_noise
 
 
 def round_entry(
@@ -14,7 +14,6 @@ def round_entry(
     *,
     released: bool,
     aggregated: int,
-    noise: float | None,
     client_epsilons: list[float],
     client_noises: list[float],
 ) -> dict[str, Any]:
@@ -26,7 +25,8 @@ def round_entry(
     round so far, an upper bound).
     """
     if cfg.dp == "central":
-        effective = effective_noise(noise or 0.0, aggregated, cfg.clients) if released else None
+        noise = central_noise(cfg)
+        effective = effective_noise(noise, aggregated, cfg.clients) if released else None
         history = [r["dp_noise_effective"] for r in rows if r.get("dp_noise_effective")]
         history += [effective] if effective is not None else []
         return {"dp_noise_effective": effective, "dp_epsilon": central_epsilon(history, cfg)}
@@ -39,13 +39,16 @@ def round_entry(
     return {}
 
 
-def summary(cfg: RunConfig, rows: list[dict[str, Any]], noise: float | None) -> dict[str, Any]:
+def summary(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """results.json "privacy": {mode, epsilon, delta, noise_multiplier, clipping_norm, ...}."""
     if cfg.dp == "none":
         return {"mode": "none", "epsilon": None, "delta": None}
     per_round = [r.get("dp_epsilon") for r in rows]
-    if cfg.dp == "local":  # each client derives its own noise: report the smallest
-        noise = min((r["dp_noise_min"] for r in rows if r.get("dp_noise_min")), default=None)
+    noise = (
+        central_noise(cfg)
+        if cfg.dp == "central"  # local: each client derives its own noise; the smallest
+        else min((r["dp_noise_min"] for r in rows if r.get("dp_noise_min")), default=None)
+    )
     return {
         "mode": cfg.dp,
         "epsilon": max((e for e in per_round if e is not None), default=0.0),

@@ -22,11 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedge.compression.onnx_teacher import OnnxTeacher
+from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
+from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.models import build_teacher
 from fedge.core.ort import make_session, session_logits
 from fedge.core.partition import Federation, build_federation, client_indices
-from fedge.core.training import get_weights, predict_logits, set_weights, train
+from fedge.core.training import client_seed, get_weights, predict_logits, set_weights, train
 from fedge.privacy import lira
 from fedge.privacy import local as local_dp
 from fedge.server.compression_phase import (
@@ -35,6 +38,7 @@ from fedge.server.compression_phase import (
     package_stage,
     prune_stage,
 )
+from fedge.server.run import RESULTS_FILE, TEACHER_FILE
 
 log = logging.getLogger("fedge")
 MODELS = ("teacher", "distilled", "pruned", "student")
@@ -86,15 +90,15 @@ def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarr
                 continue
             local = copy.deepcopy(model)
             set_weights(local, global_w)
-            client_seed = seed * 100_003 + server_round * 1_009 + pid
+            local_seed = client_seed(seed, server_round, pid)
             if cfg.dp == "local":
                 local_dp.dp_sgd_train(
                     local, x, y, schedule=local_dp.plan(len(y), cfg), epochs=cfg.local_epochs,
-                    lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=client_seed,
+                    lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
                 )  # fmt: skip
             else:
                 train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                      seed=client_seed)  # fmt: skip
+                      seed=local_seed)  # fmt: skip
             new = get_weights(local)
             updates.append({k: new[k] - global_w[k] for k in global_w})
             weights.append(1.0 if cfg.dp == "central" else float(len(y)))
@@ -192,21 +196,60 @@ def shadow(
     return inside, phi
 
 
-def run_audit(run_dir: Path, shadows: int, out: Path, workers: int = 2) -> dict[str, Any]:
-    """Score the run's models with online LiRA and the loss baseline; write audit.json and plots."""
-    from fedge.compression.onnx_teacher import OnnxTeacher
-    from fedge.core.bundle_format import MODEL_FILE
-    from fedge.server.run import RESULTS_FILE, TEACHER_FILE
+@dataclass(frozen=True)
+class AuditTarget:
+    """A finished run as the audit needs it: its config, teacher, shipped student, guarantee."""
 
+    run_dir: Path
+    cfg: RunConfig
+    teacher_onnx: bytes
+    student_onnx: bytes
+    privacy: dict[str, Any] | None
+
+
+def load_target(run_dir: Path) -> AuditTarget:
+    """Read a finished run; ConfigError naming what is missing."""
+    run_dir = Path(run_dir)
+    for name in (RESULTS_FILE, TEACHER_FILE, f"bundle/{MODEL_FILE}"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(
+                f"{run_dir} cannot be audited: {name} is missing (a finished fedge run has a "
+                "teacher and a bundle)"
+            )
+    try:
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        cfg = RunConfig.from_run_config(results["config"])
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
+    return AuditTarget(
+        run_dir=run_dir,
+        cfg=cfg,
+        teacher_onnx=(run_dir / TEACHER_FILE).read_bytes(),
+        student_onnx=(run_dir / "bundle" / MODEL_FILE).read_bytes(),
+        privacy=results.get("privacy"),
+    )
+
+
+def check_shadows(shadows: int) -> None:
+    """ConfigError unless there are enough shadows for every record to be in and out."""
+    if shadows < MIN_SHADOWS:
+        raise ConfigError(f"--shadows must be >= {MIN_SHADOWS} (LiRA needs in and out models for "
+                          f"every record), got {shadows}")  # fmt: skip
+
+
+def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) -> dict[str, Any]:
+    """Score the run's models with online LiRA and the loss baseline; write audit.json and plots."""
+    check_shadows(shadows)
     start = time.monotonic()
-    cfg, teacher_bytes, student_bytes = load_run(Path(run_dir), shadows)
-    fed = build_federation(cfg)
-    pool = candidates(fed, cfg)
+    cfg = target.cfg
+    pool = candidates(build_federation(cfg), cfg)
     config = cfg.to_run_config()
     log.info("audit: %d shadow pipelines on %d candidate records", shadows, len(pool.y))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
         results = list(ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows))
-    target_phi, accuracy = model_confidences(OnnxTeacher(teacher_bytes), cfg, pool, student_bytes)
+    target_phi, accuracy = model_confidences(
+        OnnxTeacher(target.teacher_onnx), cfg, pool, target.student_onnx
+    )
     shadow_in = np.stack([r[0] for r in results])
     models: dict[str, Any] = {}
     curves = {}
@@ -228,7 +271,7 @@ def run_audit(run_dir: Path, shadows: int, out: Path, workers: int = 2) -> dict[
         }
         curves[name] = lira.roc_curve_points(scores, pool.members)
     audit = {
-        "run": str(run_dir),
+        "run": str(target.run_dir),
         "models": models,
         "shadows": shadows,
         "attack": "online LiRA (Carlini et al. 2022), per-record means, global variances; "
@@ -237,42 +280,13 @@ def run_audit(run_dir: Path, shadows: int, out: Path, workers: int = 2) -> dict[
             "members": int(pool.members.sum()),
             "non_members": int((~pool.members).sum()),
         },
-        "privacy": json.loads((Path(run_dir) / RESULTS_FILE).read_text()).get("privacy"),
+        "privacy": target.privacy,
         "seconds": time.monotonic() - start,
-        "files": {"teacher": TEACHER_FILE, "student": f"bundle/{MODEL_FILE}"},
     }
-    from fedge.core.io import atomic_write_bytes, atomic_write_json
-
     atomic_write_json(out / "audit.json", audit)
     atomic_write_bytes(out / "roc.png", _plot(curves, models))
     atomic_write_bytes(out / "audit.md", render_audit(audit).encode())
     return audit
-
-
-def load_run(run_dir: Path, shadows: int) -> tuple[RunConfig, bytes, bytes]:
-    """The run's config, teacher and shipped student; ConfigError naming what is missing."""
-    from fedge.core.bundle_format import MODEL_FILE
-    from fedge.server.run import RESULTS_FILE, TEACHER_FILE
-
-    if shadows < MIN_SHADOWS:
-        raise ConfigError(f"--shadows must be >= {MIN_SHADOWS} (LiRA needs in and out models for "
-                          f"every record), got {shadows}")  # fmt: skip
-    for name in (RESULTS_FILE, TEACHER_FILE, f"bundle/{MODEL_FILE}"):
-        if not (run_dir / name).is_file():
-            raise ConfigError(
-                f"{run_dir} cannot be audited: {name} is missing (a finished fedge run has a "
-                "teacher and a bundle)"
-            )
-    try:
-        config = json.loads((run_dir / RESULTS_FILE).read_text())["config"]
-    except (ValueError, KeyError) as err:
-        raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
-    cfg = RunConfig.from_run_config(config)
-    return (
-        cfg,
-        (run_dir / TEACHER_FILE).read_bytes(),
-        (run_dir / "bundle" / MODEL_FILE).read_bytes(),
-    )
 
 
 def render_audit(audit: dict[str, Any]) -> str:

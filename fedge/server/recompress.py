@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +74,6 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             f"allowed: {', '.join(COMPRESSION_SETTINGS)}"
         )
     return cfg, int(teacher_params)
-
-
-def default_out(run_dir: Path) -> Path:
-    """Where a compression of `run_dir` goes by default: inside the run, one folder per call."""
-    return Path(run_dir) / "compress" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def compress_run(

@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,6 @@ from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
 from fedge.privacy import ledger
-from fedge.privacy.central import central_noise
 from fedge.server.checkpoint import CheckpointDir
 from fedge.server.compression_phase import CompressionConfig, run_compression
 from fedge.server.deploy import deploy_bundle
@@ -95,6 +95,11 @@ def staged_run_dir(final: Path, *, resume: bool = False) -> Iterator[Path]:
 def partial_dir(final: Path) -> Path:
     """Where an unfinished run lives."""
     return final.with_name(final.name + ".partial")
+
+
+def timestamped_out(run_dir: Path, kind: str) -> Path:
+    """Where `fedge compress`/`fedge audit` write by default: RUN/<kind>/<time>, one per call."""
+    return Path(run_dir) / kind / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def final_dir(path: Path) -> Path:
@@ -216,9 +221,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         "rounds": training.rounds,
         "rejected": training.rejected,
         "faults": _faults(cfg),
-        "privacy": ledger.summary(
-            cfg, training.rounds, central_noise(cfg) if cfg.dp == "central" else cfg.dp_noise
-        ),
+        "privacy": ledger.summary(cfg, training.rounds),
         "resumed_from": training.resumed_from,
         "final_model_sha256": final_sha256,
         "teacher": {**shipment.teacher, "params": count_params(teacher)},

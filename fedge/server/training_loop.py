@@ -226,7 +226,6 @@ def _train_round(
             out.rounds,
             released=skipped is None,
             aggregated=len(accepted),
-            noise=getattr(strategy, "noise_multiplier", None),
             client_epsilons=_reported(ok, m.DP_EPSILON),
             client_noises=_reported(ok, m.DP_NOISE),
         )
