@@ -69,6 +69,9 @@ def simulate(
     straggler_fraction: Annotated[
         float | None, typer.Option(help="Share of clients replying after the round timeout.")
     ] = None,
+    teacher: Annotated[
+        str | None, typer.Option(help="Federated model: cnn | linear (for DP training).")
+    ] = None,
     teacher_mode: Annotated[
         str | None,
         typer.Option(help="Distill from: global (the model) | ensemble (clients' mean logits)."),
@@ -114,6 +117,7 @@ def simulate(
         "byzantine-mode": byzantine_mode,
         "dropout-fraction": dropout_fraction,
         "straggler-fraction": straggler_fraction,
+        "teacher": teacher,
         "teacher-mode": teacher_mode,
         "dp": dp,
         "dp-epsilon": dp_epsilon,
@@ -147,6 +151,13 @@ def compress(
         str | None, typer.Option(help="tiny | small-fast | small | medium-fast | medium")
     ] = None,
     kd_epochs: Annotated[int | None, typer.Option(help="Distillation epochs.")] = None,
+    kd_labels: Annotated[
+        str | None, typer.Option(help="soft (tempered probabilities) | hard (top class).")
+    ] = None,
+    kd_queries: Annotated[
+        str | None,
+        typer.Option(help="Teacher labels: augmented (every view) | pool (the samples only)."),
+    ] = None,
     prune_ratio: Annotated[float | None, typer.Option(help="Share of channels removed.")] = None,
     finetune_epochs: Annotated[int | None, typer.Option(help="KD epochs after pruning.")] = None,
     sparsity: Annotated[
@@ -207,6 +218,8 @@ def compress(
     flags = {
         "student": student,
         "kd-epochs": kd_epochs,
+        "kd-labels": kd_labels,
+        "kd-queries": kd_queries,
         "prune-ratio": prune_ratio,
         "finetune-epochs": finetune_epochs,
         "sparsity": sparsity,

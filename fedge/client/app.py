@@ -154,7 +154,7 @@ def logits(msg: Message, context: Context) -> Message:
         have = "none" if stored is None else f"round {as_int(stored['round'])}"
         raise LookupError(f"no local model from round {wanted} on this node (it has {have})")
     prep, num_classes = record_to_spec(config)
-    model = build_teacher(prep.input_shape, num_classes, cfg.seed)
+    model = build_teacher(prep.input_shape, num_classes, cfg.seed, cfg.teacher)
     training.set_weights(model, record_to_weights(context.state.array_records[m.STATE_MODEL]))
     x = msg.content.array_records[m.INPUTS]["x"].numpy()
     out = training.predict_logits(model, x)
@@ -227,7 +227,7 @@ def _local_data(cfg: RunConfig, context: Context, config: ConfigRecord) -> tuple
 
 def _model(cfg: RunConfig, msg: Message) -> torch.nn.Module:
     prep, num_classes = record_to_spec(msg.content.config_records[m.CONFIG])
-    model = build_teacher(prep.input_shape, num_classes, cfg.seed)
+    model = build_teacher(prep.input_shape, num_classes, cfg.seed, cfg.teacher)
     training.set_weights(model, record_to_weights(msg.content.array_records[m.ARRAYS]))
     return model
 

@@ -25,6 +25,8 @@ class DistillConfig:
     mixup: float = 0.4  # Beta(a, a) mixup of pool samples; 0 turns it off
     noise: float = 0.05  # std of Gaussian input noise on the pool views
     shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
+    labels: str = "soft"  # soft | hard (see kd_train)
+    queries: str = "augmented"  # augmented | pool (see kd_train)
     seed: int = 0  # student initialisation and batch order
 
     def __post_init__(self) -> None:
@@ -59,6 +61,8 @@ def distill(
         mixup=config.mixup,
         noise=config.noise,
         shift=config.shift,
+        labels=config.labels,
+        queries=config.queries,
     )
     return student
 

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from fedge.core.config import KD_LABELS, KD_QUERIES
+
 
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
@@ -34,16 +36,32 @@ def kd_train(
     mixup: float,
     noise: float,
     shift: int = 0,
+    labels: str = "soft",
+    queries: str = "augmented",
 ) -> float:
     """Train `student` to match `teacher` on `inputs` (plus mixup/noise views the teacher labels).
 
-    The teacher labels every augmented input on the fly, so the student sees many more
-    points of the teacher's function than the pool has samples. Returns the last epoch's loss.
+    queries "augmented": the teacher labels every augmented input on the fly, so the student
+    sees many more points of the teacher's function than the pool has samples. queries "pool":
+    the teacher labels only the pool's own samples, once; the student sees label-preserving
+    views (shift, noise; no mixup, whose blended label the teacher never gave), so the teacher
+    is never asked about the space around and between the samples, where what it memorised
+    shows most. labels "soft": the tempered probabilities (Hinton); "hard": the teacher's top
+    class only. Returns the last epoch's loss.
     """
+    if labels not in KD_LABELS or queries not in KD_QUERIES:
+        raise ValueError(
+            f"kd labels {labels!r} / queries {queries!r}; allowed: {KD_LABELS} / {KD_QUERIES}"
+        )
     generator = torch.Generator().manual_seed(seed)
     beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
     xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     teacher.eval()
+    t_target = temperature if labels == "soft" else 1.0
+    fixed = None
+    if queries == "pool":  # the teacher answers once, for the pool's samples only
+        with torch.no_grad():
+            fixed = teacher_targets(teacher(xs), temperature, labels)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     steps = epochs * max(1, -(-len(xs) // batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
@@ -53,10 +71,20 @@ def kd_train(
         order = torch.randperm(len(xs), generator=generator)
         total = 0.0
         for start in range(0, len(xs), batch_size):
-            batch = augment(xs[order[start : start + batch_size]], generator, beta, noise, shift)
-            with torch.no_grad():
-                target = teacher(batch)
-            loss = kd_loss(student(batch), target, temperature)
+            index = order[start : start + batch_size]
+            if fixed is not None:
+                batch = augment(xs[index], generator, None, noise, shift)
+                loss = soft_cross_entropy(student(batch), fixed[index], t_target)
+            elif labels == "soft":
+                batch = augment(xs[index], generator, beta, noise, shift)
+                with torch.no_grad():
+                    target = teacher(batch)
+                loss = kd_loss(student(batch), target, temperature)
+            else:
+                batch = augment(xs[index], generator, beta, noise, shift)
+                with torch.no_grad():
+                    probs = teacher_targets(teacher(batch), temperature, labels)
+                loss = soft_cross_entropy(student(batch), probs, t_target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -65,6 +93,21 @@ def kd_train(
         last = total / len(xs)
     student.eval()
     return last
+
+
+def teacher_targets(logits: torch.Tensor, temperature: float, labels: str) -> torch.Tensor:
+    """What the student learns: tempered probabilities (soft) or the top class one-hot (hard)."""
+    if labels == "hard":
+        return F.one_hot(logits.argmax(1), logits.shape[1]).to(logits.dtype)
+    return F.softmax(logits / temperature, dim=1)
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, probs: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Cross-entropy of the student at `temperature` against target probabilities, x T^2."""
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    return -(probs * log_p).sum(1).mean() * (temperature * temperature)
 
 
 def augment(

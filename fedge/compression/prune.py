@@ -27,6 +27,8 @@ class PruneConfig:
     mixup: float = 0.4  # as in DistillConfig
     noise: float = 0.05  # as in DistillConfig
     shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
+    labels: str = "soft"  # soft | hard (see kd_train)
+    queries: str = "augmented"  # augmented | pool (see kd_train)
     seed: int = 0  # batch order
     sparsity: float = 0.0  # unstructured: share of conv/linear weights zeroed by magnitude
 
@@ -118,4 +120,6 @@ def _finetune(
             mixup=config.mixup,
             noise=config.noise,
             shift=config.shift,
+            labels=config.labels,
+            queries=config.queries,
         )

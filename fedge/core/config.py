@@ -11,11 +11,14 @@ DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
+TEACHERS = ("cnn", "linear")  # the federated model (fedge.core.models)
 STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 TEACHER_MODES = ("global", "ensemble")
+KD_LABELS = ("hard", "soft")
+KD_QUERIES = ("pool", "augmented")
 DP_MODES = ("none", "central", "local")
 DP_CLIPPING = ("server", "client")
 DP_ACCOUNTANTS = ("rdp", "prv")
@@ -36,6 +39,7 @@ class RunConfig:
     dataset: str = "digits"  # digits | mnist1d | npz:PATH
     clients: int = 10  # number of federated clients (partitions)
     rounds: int = 10  # federated rounds of teacher training
+    teacher: str = "cnn"  # cnn (wide CNN/MLP) | linear (logistic regression, for DP)
     partition: str = "dirichlet"  # iid | dirichlet | pathological
     alpha: float = 0.5  # Dirichlet concentration: smaller = more skew
     classes_per_client: int = 2  # pathological: classes held by each client
@@ -55,6 +59,10 @@ class RunConfig:
     student: str = "small-fast"  # tiny | small-fast | small | medium-fast | medium
     kd_temperature: float = 4.0  # Hinton KD softmax temperature
     kd_epochs: int = 400  # distillation epochs over the public pool
+    # What the student learns from: the teacher's top class (hard) on the pool's own samples
+    # (pool) leaks far less membership than soft labels on augmented views (see README, Privacy).
+    kd_labels: str = "hard"  # hard (teacher's top class) | soft (tempered probabilities)
+    kd_queries: str = "pool"  # teacher labels: pool (the samples only) | augmented (every view)
     prune_ratio: float = 0.0  # share of channels/units structurally removed (0 = no pruning)
     finetune_epochs: int = 60  # KD fine-tuning epochs after pruning
     sparsity: float = 0.0  # unstructured magnitude pruning share (shrinks gzip size only)
@@ -97,6 +105,7 @@ class RunConfig:
             raise ConfigError(f"unknown dataset {self.dataset!r}; allowed: {allowed}, npz:PATH")
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("teacher", self.teacher, TEACHERS)
         _one_of("student", self.student, STUDENTS)
         _one_of("quant-format", self.quant_format, QUANT_FORMATS)
         _one_of("quant-mode", self.quant_mode, QUANT_MODES)
@@ -104,6 +113,8 @@ class RunConfig:
         _at_least("quant-calibration-samples", self.quant_calibration_samples, 1)
         _one_of("aggregation", self.aggregation, AGGREGATIONS)
         _one_of("teacher-mode", self.teacher_mode, TEACHER_MODES)
+        _one_of("kd-labels", self.kd_labels, KD_LABELS)
+        _one_of("kd-queries", self.kd_queries, KD_QUERIES)
         _at_least("ensemble-views", self.ensemble_views, 1)
         _one_of("byzantine-mode", self.byzantine_mode, BYZANTINE_MODES)
         _at_least("clients", self.clients, 1)

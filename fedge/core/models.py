@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from fedge.core.config import TEACHERS
+
 # Student widths: (conv1 channels, conv2 channels, hidden units). The teacher is far wider.
 STUDENT_WIDTHS: dict[str, tuple[int, int, int]] = {
     "tiny": (4, 8, 16),
@@ -88,9 +90,30 @@ def build_model(
     raise ValueError(f"unsupported input shape {input_shape}; allowed: (D,), (C, L), (C, H, W)")
 
 
-def build_teacher(input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """The federated model, seeded so every run with one seed starts from one point."""
+class Linear(nn.Module):
+    """Multinomial logistic regression on the flattened input: the teacher for DP training.
+
+    DP noise grows with the number of parameters it must cover; this one has (D + 1) x classes.
+    """
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.fc(torch.flatten(x, 1))
+
+
+def build_teacher(
+    input_shape: tuple[int, ...], num_classes: int, seed: int, kind: str = "cnn"
+) -> nn.Module:
+    """The federated model (`cnn`: the wide model above; `linear`), seeded: one seed, one start."""
+    if kind not in TEACHERS:
+        raise ValueError(f"unknown teacher {kind!r}; allowed: {', '.join(TEACHERS)}")
     torch.manual_seed(seed)
+    if kind == "linear":
+        return Linear(math.prod(input_shape), num_classes)
     return build_model(input_shape, num_classes, TEACHER_WIDTH)
 
 

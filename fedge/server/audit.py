@@ -81,7 +81,7 @@ def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarr
     shape, classes = fed.dataset.preprocessing.input_shape, fed.dataset.num_classes
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_teacher(shape, classes, seed)
+    model = build_teacher(shape, classes, seed, cfg.teacher)
     global_w: dict[str, np.ndarray] = dict(get_weights(model))
     for server_round in range(1, cfg.rounds + 1):
         updates, weights = [], []

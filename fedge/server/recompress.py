@@ -34,6 +34,8 @@ COMPRESSION_SETTINGS = (
     "student",
     "kd-temperature",
     "kd-epochs",
+    "kd-labels",
+    "kd-queries",
     "prune-ratio",
     "finetune-epochs",
     "sparsity",

@@ -149,7 +149,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     else:
         atomic_write_json(run_dir / RUN_CONFIG_FILE, cfg.to_run_config())
     key = _signing_key(cfg, run_dir)
-    teacher = build_teacher(shape, classes, cfg.seed)
+    teacher = build_teacher(shape, classes, cfg.seed, cfg.teacher)
     log.info(
         "training a %d-parameter teacher: %d clients x %d rounds",
         count_params(teacher),

@@ -31,6 +31,9 @@ def test_round_trip_through_kebab_dict():
         ({"roundz": 3}, "unknown setting 'roundz'"),
         ({"rounds": "3"}, "rounds must be an integer, got '3'"),
         ({"quant-per-channel": "true"}, "quant-per-channel must be true or false"),
+        ({"teacher": "resnet"}, "unknown teacher 'resnet'; allowed: cnn, linear"),
+        ({"kd-labels": "fuzzy"}, "unknown kd-labels 'fuzzy'; allowed: hard, soft"),
+        ({"kd-queries": "all"}, "unknown kd-queries 'all'; allowed: pool, augmented"),
     ],
 )
 def test_bad_values_name_the_value_and_the_allowed_ones(settings, message):

@@ -1,0 +1,68 @@
+"""What the student is taught: which inputs the teacher answers, and with what labels."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedge.compression.kd import kd_train, soft_cross_entropy
+from fedge.core.models import build_student
+
+
+class Recording(nn.Module):
+    """A teacher that remembers every input it was asked about."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher, self.seen = teacher, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.teacher(x)
+
+
+def _train(teacher, pool, **kw):
+    student = build_student((1, 8, 8), 10, "tiny", seed=0)
+    settings = {"epochs": 2, "temperature": 4.0, "lr": 0.01, "batch_size": 16, "seed": 0}
+    kd_train(student, teacher, pool, mixup=0.4, noise=0.05, shift=1, **settings, **kw)
+    return student
+
+
+@pytest.mark.parametrize("labels", ["soft", "hard"])
+def test_pool_queries_ask_the_teacher_about_the_pool_samples_only(teacher, digits_fed, labels):
+    pool = digits_fed.server.public_pool.x[:40]
+    asked = Recording(teacher)
+    _train(asked, pool, labels=labels, queries="pool")
+    seen = torch.cat(asked.seen).numpy()
+    assert len(asked.seen) == 1 and np.array_equal(seen, pool)  # once, exactly the samples
+    on_the_fly = Recording(teacher)
+    _train(on_the_fly, pool, labels=labels, queries="augmented")
+    views = torch.cat(on_the_fly.seen).numpy().reshape(-1, 64)
+    in_pool = {row.tobytes() for row in pool.reshape(-1, 64)}
+    assert sum(row.tobytes() not in in_pool for row in views) == len(views)  # every view is new
+
+
+def test_hard_labels_teach_only_the_top_class(teacher, digits_fed):
+    """Differential: a teacher and a 10x softer copy agree on every top class; hard labels
+    cannot tell them apart, soft labels can."""
+    pool = digits_fed.server.public_pool.x[:64]
+
+    class Softer(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return teacher(x) / 10
+
+    def weights(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    for queries in ("pool", "augmented"):
+        hard = [_train(t, pool, labels="hard", queries=queries) for t in (teacher, Softer())]
+        soft = [_train(t, pool, labels="soft", queries=queries) for t in (teacher, Softer())]
+        assert torch.equal(weights(hard[0]), weights(hard[1]))
+        assert not torch.allclose(weights(soft[0]), weights(soft[1]))
+
+
+def test_soft_cross_entropy_on_one_hot_targets_is_cross_entropy():
+    logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    one_hot = nn.functional.one_hot(labels, 10).float()
+    expected = nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(soft_cross_entropy(logits, one_hot, 1.0), expected)
