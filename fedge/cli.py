@@ -92,6 +92,9 @@ def simulate(
     dp_clipping: Annotated[
         str | None, typer.Option(help="Central DP: clip on the server | client.")
     ] = None,
+    dp_clip_mode: Annotated[
+        str | None, typer.Option(help="Central DP: fixed | adaptive clipping norm.")
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the unfinished run in this directory from its checkpoint."),
@@ -125,6 +128,7 @@ def simulate(
         "dp-noise": dp_noise,
         "dp-clip": dp_clip,
         "dp-clipping": dp_clipping,
+        "dp-clip-mode": dp_clip_mode,
     }
     try:
         cfg = build_config(scenario, flags, resume=resume)

@@ -17,7 +17,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
@@ -44,15 +44,17 @@ app = ClientApp()
 
 
 def _clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Central DP with client-side clipping: Flower's fixedclipping_mod, when the server asks.
+    """Central DP with client-side clipping: Flower's fixed/adaptive clipping mod, when asked.
 
     The server's DP wrapper puts the clipping norm in the train config; without it (no DP, or
     server-side clipping) the update goes out as trained.
     """
     config = msg.content.config_records.get(m.CONFIG)
-    if config is not None and KEY_CLIPPING_NORM in config:
-        return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
+    if config is None or KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    if config.get("dp-clip-mode") == "adaptive":  # also reports whether it had to clip
+        return adaptiveclipping_mod(msg, context, call_next)
+    return fixedclipping_mod(msg, context, call_next)
 
 
 @app.train(mods=[_clip_when_asked])

@@ -21,6 +21,7 @@ KD_LABELS = ("hard", "soft")
 KD_QUERIES = ("pool", "augmented")
 DP_MODES = ("none", "central", "local")
 DP_CLIPPING = ("server", "client")
+DP_CLIP_MODES = ("fixed", "adaptive")
 DP_ACCOUNTANTS = ("rdp", "prv")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
@@ -91,6 +92,12 @@ class RunConfig:
     dp_noise: float = 1.0  # noise multiplier (ignored when dp-epsilon > 0)
     dp_clip: float = 1.0  # central: update L2 norm bound; local: per-sample gradient norm bound
     dp_clipping: str = "server"  # central: where updates are clipped: server | client
+    dp_clip_mode: str = "fixed"  # central: fixed (dp-clip) | adaptive (Andrew et al. 2021)
+    dp_clip_quantile: float = 0.5  # adaptive: share of updates the norm should leave unclipped
+    dp_clip_lr: float = 0.2  # adaptive: geometric learning rate of the clipping norm
+    dp_count_noise: float = (
+        0.0  # adaptive: std of the clipped-count noise; 0 = max(clients/20, noise)
+    )
     dp_epsilon: float = 0.0  # > 0: derive the noise that spends exactly this epsilon over the run
     dp_delta: float = 1e-5  # delta of the reported (epsilon, delta)
     dp_accountant: str = "rdp"  # rdp | prv (Opacus)
@@ -155,6 +162,19 @@ class RunConfig:
         _one_of("dp", self.dp, DP_MODES)
         _one_of("dp-clipping", self.dp_clipping, DP_CLIPPING)
         _one_of("dp-accountant", self.dp_accountant, DP_ACCOUNTANTS)
+        _one_of("dp-clip-mode", self.dp_clip_mode, DP_CLIP_MODES)
+        if not 0 <= self.dp_clip_quantile <= 1:
+            raise ConfigError(f"dp-clip-quantile must be in [0, 1], got {self.dp_clip_quantile}")
+        if not self.dp_clip_lr > 0 or self.dp_count_noise < 0:
+            raise ConfigError(
+                f"dp-clip-lr must be > 0 and dp-count-noise >= 0, got {self.dp_clip_lr}, "
+                f"{self.dp_count_noise}"
+            )
+        if self.dp_clip_mode == "adaptive" and self.dp != "central":
+            raise ConfigError(
+                f"dp-clip-mode adaptive adapts the clipping norm of client updates: it needs "
+                f"dp central, got dp {self.dp!r} (local DP-SGD clips per sample at dp-clip)"
+            )
         if self.dp_noise < 0 or self.dp_epsilon < 0:
             raise ConfigError(
                 f"dp-noise and dp-epsilon must be >= 0, got {self.dp_noise}, {self.dp_epsilon}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedge.core.config import RunConfig
-from fedge.privacy.central import central_epsilon, central_noise, effective_noise
+from fedge.privacy.central import central_epsilon, central_noise, count_noise, effective_noise
 
 
 def round_entry(
@@ -26,7 +26,8 @@ def round_entry(
     """
     if cfg.dp == "central":
         noise = central_noise(cfg)
-        effective = effective_noise(noise, aggregated, cfg.clients) if released else None
+        count_std = count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
+        effective = effective_noise(noise, aggregated, cfg.clients, count_std) if released else None
         history = [r["dp_noise_effective"] for r in rows if r.get("dp_noise_effective")]
         history += [effective] if effective is not None else []
         return {"dp_noise_effective": effective, "dp_epsilon": central_epsilon(history, cfg)}
@@ -55,7 +56,10 @@ def summary(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "delta": cfg.dp_delta,
         "noise_multiplier": noise,
         "clipping_norm": cfg.dp_clip,
-        "clipping": cfg.dp_clipping if cfg.dp == "central" else "per-sample",
+        "clipping": f"{cfg.dp_clipping}, {cfg.dp_clip_mode}"
+        if cfg.dp == "central"
+        else "per-sample",
+        "clipping_norm_per_round": [r.get("dp_clipping_norm") for r in rows],
         "target_epsilon": cfg.dp_epsilon or None,
         "accountant": f"opacus-{cfg.dp_accountant}",
         "unit": "client (all of a client's data)" if cfg.dp == "central" else "one training sample",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from fedge.core.models import build_teacher
 from fedge.core.ort import make_session, session_logits
 from fedge.core.partition import Federation, build_federation, client_indices
 from fedge.core.training import client_seed, get_weights, predict_logits, set_weights, train
-from fedge.privacy import lira
+from fedge.privacy import central, lira
 from fedge.privacy import local as local_dp
 from fedge.server.compression_phase import (
     CompressionConfig,
@@ -83,6 +84,7 @@ def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(seed)
     model = build_teacher(shape, classes, seed, cfg.teacher)
     global_w: dict[str, np.ndarray] = dict(get_weights(model))
+    clip = cfg.dp_clip
     for server_round in range(1, cfg.rounds + 1):
         updates, weights = [], []
         for pid, (x, y) in enumerate(client_sets):
@@ -103,23 +105,33 @@ def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarr
             updates.append({k: new[k] - global_w[k] for k in global_w})
             weights.append(1.0 if cfg.dp == "central" else float(len(y)))
         if cfg.dp == "central":
-            updates = [_clip(u, cfg.dp_clip) for u in updates]
+            clipped = sum(_norm(u) > clip for u in updates)
+            updates = [_clip(u, clip) for u in updates]
         total = sum(weights)
         mean = {k: sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total
                 for k in global_w}  # fmt: skip
         if cfg.dp == "central":
-            from fedge.privacy.central import central_noise
-
-            std = central_noise(cfg) * cfg.dp_clip / cfg.clients
+            noise = central.central_noise(cfg)
+            next_clip = clip
+            if cfg.dp_clip_mode == "adaptive":  # as central's wrappers: count, noise, then move
+                count_std = central.count_noise(cfg, noise)
+                unclipped = 1 - float(rng.normal(clipped, count_std)) / len(updates)
+                next_clip = clip * math.exp(-cfg.dp_clip_lr * (unclipped - cfg.dp_clip_quantile))
+                noise = central.model_noise(noise, count_std)
+            std = noise * clip / cfg.clients
             mean = {k: v + rng.normal(0, std, v.shape).astype(v.dtype) for k, v in mean.items()}
+            clip = next_clip
         global_w = {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
     set_weights(model, global_w)
     return model.eval()
 
 
+def _norm(update: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in update.values())))
+
+
 def _clip(update: dict[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
-    total = float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in update.values())))
-    scale = min(1.0, norm / max(total, 1e-12))
+    scale = min(1.0, norm / max(_norm(update), 1e-12))
     return {k: v * scale for k, v in update.items()}
 
 

@@ -106,6 +106,9 @@ def train_teacher(
         restore_strategy_state(strategy, saved.strategy)
         restore_rng(saved.rng)
         out = TrainingLog.from_json(saved.log)
+        norms = [r["dp_clipping_norm"] for r in out.rounds if "dp_clipping_norm" in r]
+        if norms:  # adaptive clipping's norm moved round by round
+            strategy.clipping_norm = norms[-1]
         out.resumed_from.append(saved.round)
         first = saved.round + 1
         log.info("resuming after round %d of %d", saved.round, cfg.rounds)
@@ -220,11 +223,16 @@ def _train_round(
         },
         "seconds": time.monotonic() - start,
     }
+    if cfg.dp == "central":  # the norm the next round clips to (adaptive: just updated)
+        row["dp_clipping_norm"] = float(strategy.clipping_norm)
+    # Adaptive clipping releases its noisy clipped count whenever the wrapper aggregated, even
+    # if the model it returned is then discarded: such a round is spent in full (upper bound).
+    aggregated = len(accepted) >= cfg.min_clients
     row.update(
         ledger.round_entry(
             cfg,
             out.rounds,
-            released=skipped is None,
+            released=skipped is None or (aggregated and cfg.dp_clip_mode == "adaptive"),
             aggregated=len(accepted),
             client_epsilons=_reported(ok, m.DP_EPSILON),
             client_noises=_reported(ok, m.DP_NOISE),

@@ -10,6 +10,7 @@ from fedge.core.config import ConfigError, RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation, client_data
 from fedge.core.records import model_spec, record_to_weights
+from fedge.privacy import central
 from fedge.privacy.accountant import epsilon
 from fedge.privacy.central import central_epsilon, central_noise
 from fedge.privacy.local import plan
@@ -153,3 +154,73 @@ def test_dp_settings_that_cannot_work_are_refused():
         RunConfig(dp="central", teacher_mode="ensemble")
     with pytest.raises(ConfigError, match="unknown dp 'strong'"):
         RunConfig(dp="strong")
+
+
+def _adaptive_round(cfg: RunConfig, updates: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """One round through fedge's adaptive wrapper: (aggregate, norm before, norm after)."""
+    strategy = make_strategy(cfg)
+    grid = LocalGrid(client_app, num_nodes=cfg.clients)
+    list(strategy.configure_train(1, ArrayRecord({"w": Array(START)}), ConfigRecord({}), grid))
+    before = strategy.clipping_norm
+    np.random.seed(0)
+    arrays, _ = strategy.aggregate_train(1, [_reply(u, p) for p, u in enumerate(updates)])
+    return record_to_weights(arrays)["w"], before, strategy.clipping_norm
+
+
+ADAPTIVE = RunConfig(
+    clients=4, dp="central", dp_clip_mode="adaptive", dp_noise=0.0, dp_count_noise=1e-9
+)
+
+
+def test_adaptive_norm_follows_the_unclipped_quantile():
+    """Andrew et al.: all updates clipped -> the norm grows; none clipped -> it shrinks."""
+    big = [np.full(50, 3.0, dtype=np.float32) for _ in range(4)]  # norm 21.2
+    mean, before, after = _adaptive_round(ADAPTIVE.replace(dp_clip=1.0), big)
+    assert np.linalg.norm(mean) == pytest.approx(1.0, rel=1e-4)  # clipped at the old norm
+    assert after == pytest.approx(before * np.exp(0.2 * 0.5))
+    _, before, after = _adaptive_round(ADAPTIVE.replace(dp_clip=100.0), big)
+    assert after == pytest.approx(before * np.exp(-0.2 * 0.5))
+
+
+def test_adaptive_noise_is_calibrated_to_the_norm_the_round_clipped_at():
+    """The norm shrinks in this round; the noise must still match the norm updates were
+    clipped to (Flower's wrapper alone would use the new, smaller norm)."""
+    cfg = ADAPTIVE.replace(dp_clip=100.0, dp_noise=0.01, dp_count_noise=0.01, dp_clip_lr=2.0)
+    small = [np.full(50, 0.01, dtype=np.float32) for _ in range(4)]
+    noises, after = [], []
+    for seed in range(20):
+        strategy = make_strategy(cfg)
+        grid = LocalGrid(client_app, num_nodes=4)
+        list(strategy.configure_train(1, ArrayRecord({"w": Array(START)}), ConfigRecord({}), grid))
+        np.random.seed(seed)
+        arrays, _ = strategy.aggregate_train(1, [_reply(u, p) for p, u in enumerate(small)])
+        noises.append(record_to_weights(arrays)["w"] - 0.01)
+        after.append(strategy.clipping_norm)
+    assert np.mean(after) == pytest.approx(100.0 * np.exp(-2.0 * 0.5), rel=0.01)  # fell a lot
+    on_model = central.model_noise(0.01, 0.01)
+    assert np.std(np.concatenate(noises)) == pytest.approx(on_model * 100.0 / 4, rel=0.1)
+
+
+def test_adaptive_accounting_counts_model_and_count_noise():
+    cfg = RunConfig(clients=10, dp="central", dp_clip_mode="adaptive", dp_noise=2.0)
+    count_std = central.count_noise(cfg, 2.0)
+    assert count_std == 2.0  # clients / 20 = 0.5 would leave no finite model noise
+    assert central.effective_noise(2.0, 10, 10, count_std) == pytest.approx(2.0)  # all replied
+    lost = central.effective_noise(2.0, 5, 10, count_std)
+    assert central.effective_noise(2.0, 5, 10) < lost < 2.0  # the count part did not shrink
+    with pytest.raises(ConfigError, match="dp-count-noise=0.5 is too small"):
+        central_noise(cfg.replace(dp_count_noise=0.5))
+    with pytest.raises(ConfigError, match="needs dp central"):
+        RunConfig(dp="local", dp_clip_mode="adaptive")
+
+
+def test_adaptive_client_side_clipping_runs_through_the_real_clientapp():
+    cfg = TINY.replace(
+        rounds=2, dp="central", dp_noise=0.0, dp_clip=0.01, dp_clipping="client",
+        dp_clip_mode="adaptive",
+    )  # fmt: skip
+    log, grid = _train(cfg)
+    norms = [row["dp_clipping_norm"] for row in log.rounds]
+    assert norms[0] > 0.01 and norms[1] > norms[0]  # every update was clipped: the norm grows
+    sent = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
+    assert sent[-1].content.config_records[m.CONFIG]["clipping_norm"] == pytest.approx(norms[0])
