@@ -27,6 +27,11 @@ app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 
+def _relative_size(ratio: float) -> str:
+    """'57.4x smaller', or for a student bigger than its (e.g. linear) teacher '6.5x larger'."""
+    return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
     console.print(f"[bold red]error:[/] {message}", highlight=False)
@@ -256,7 +261,7 @@ def compress(
     student_row = results["student"]
     console.print(
         f"student {100 * student_row['accuracy']:.2f} % ({student_row['onnx_bytes']:,} bytes, "
-        f"{student_row['size_ratio']:.1f}x smaller than the teacher at "
+        f"{_relative_size(student_row['size_ratio'])} than the teacher at "
         f"{100 * results['teacher']['accuracy']:.2f} %) -> {target}",
         highlight=False,
     )
@@ -295,7 +300,7 @@ def audit(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student."""
-    from fedge.server.audit import check_shadows, load_target, run_audit
+    from fedge.server.audit import add_to_report, check_shadows, load_target, run_audit
     from fedge.server.run import staged_run_dir, timestamped_out
 
     try:
@@ -311,6 +316,7 @@ def audit(
     _setup_logging(verbose)
     with staged_run_dir(target) as work:
         result = run_audit(run, shadows, work, workers)
+    add_to_report(run.run_dir, target)
     for name, row in result["models"].items():
         console.print(
             f"{name:10} accuracy {100 * row['accuracy']:6.2f} %  AUC {row['auc']:.3f}  "
@@ -437,7 +443,8 @@ def _summary(run_dir: Path) -> None:
     Console().print(table)
     installed = sum(c["installed"] for c in results["clients"])
     console.print(
-        f"{student['size_ratio']:.1f}x smaller, {installed}/{len(results['clients'])} clients installed it, "
+        f"{_relative_size(student['size_ratio'])}, {installed}/{len(results['clients'])} "
+        "clients installed it, "
         f"{results['timing_s']['total']:.0f} s. Report: {run_dir / 'report.md'}",
         highlight=False,
     )

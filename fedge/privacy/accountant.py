@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fedge.core.config import ConfigError
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -55,6 +57,7 @@ def epsilon_of_history(
     return float(acc.get_epsilon(delta=delta))  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=256)  # a pure search (seconds with PRV); clients ask every round
 def noise_for_epsilon(
     target_epsilon: float,
     sample_rate: float,

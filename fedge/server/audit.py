@@ -301,10 +301,13 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
     return audit
 
 
+AUDIT_HEADING = "## Membership-inference audit"
+
+
 def render_audit(audit: dict[str, Any]) -> str:
-    """audit.md: one row per model."""
+    """audit.md: one row per model, then how the student compares with the teacher."""
     lines = [
-        "## Membership-inference audit",
+        AUDIT_HEADING,
         "",
         f"{audit['attack']}, {audit['shadows']} shadow pipelines; {audit['candidates']['members']} "
         f"member and {audit['candidates']['non_members']} non-member records. Chance: TPR = FPR.",
@@ -319,7 +322,40 @@ def render_audit(audit: dict[str, Any]) -> str:
             f"{100 * m['tpr_at_1pct_fpr']:.2f} % ({100 * low:.2f} to {100 * high:.2f}) | "
             f"{100 * m['tpr_at_0_1pct_fpr']:.2f} % | {m['loss_threshold']['auc']:.3f} |"
         )
+    teacher, student = audit["models"]["teacher"], audit["models"]["student"]
+    if teacher["tpr_at_1pct_fpr"] > 0:
+        lines += [
+            "",
+            f"The deployed student's TPR at 1 % FPR is "
+            f"{student['tpr_at_1pct_fpr'] / teacher['tpr_at_1pct_fpr']:.2f}x the teacher's, at "
+            f"{100 * (teacher['accuracy'] - student['accuracy']):+.2f} points of accuracy cost.",
+        ]
+    privacy = audit.get("privacy") or {}
+    if privacy.get("epsilon") is not None:
+        lines += [
+            "",
+            f"Trained with DP ({privacy['mode']}): epsilon {privacy['epsilon']:.2f} at delta "
+            f"{privacy['delta']:g}.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def add_to_report(run_dir: Path, audit_dir: Path) -> None:
+    """Put the audit's section into the run's report.md, replacing an earlier audit's."""
+    report = run_dir / "report.md"
+    text = report.read_text() if report.exists() else ""
+    before, _, after = text.partition(AUDIT_HEADING)
+    rest = after.partition("\n## ")[2] if after else ""  # sections after the old audit's
+    section = (audit_dir / "audit.md").read_text().rstrip() + "\n\n"
+    try:
+        where = audit_dir.relative_to(run_dir.resolve())
+    except ValueError:
+        where = audit_dir
+    section += f"Files: `{where}/` (audit.json, audit.md, roc.png).\n"
+    parts = [before.rstrip() + "\n\n" if before.strip() else "", section]
+    if rest:
+        parts.append("\n## " + rest)
+    atomic_write_bytes(report, "".join(parts).encode())
 
 
 def _plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], models: dict[str, Any]) -> bytes:

@@ -312,6 +312,8 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
     source = json.loads((tiny_run / "results.json").read_text())
     assert audit["models"]["student"]["accuracy"] == pytest.approx(source["student"]["accuracy"])
     assert audit["shadows"] == 4 and (out / "roc.png").read_bytes().startswith(b"\x89PNG")
+    report = (tiny_run / "report.md").read_text()
+    assert report.count("## Membership-inference audit") == 1 and "x the teacher's" in report
     (tmp_path / "empty").mkdir()
     for args, message in (
         ([str(tiny_run), "--shadows", "3"], "--shadows must be >= 4"),
