@@ -327,8 +327,9 @@ def render_audit(audit: dict[str, Any]) -> str:
         lines += [
             "",
             f"The deployed student's TPR at 1 % FPR is "
-            f"{student['tpr_at_1pct_fpr'] / teacher['tpr_at_1pct_fpr']:.2f}x the teacher's, at "
-            f"{100 * (teacher['accuracy'] - student['accuracy']):+.2f} points of accuracy cost.",
+            f"{student['tpr_at_1pct_fpr'] / teacher['tpr_at_1pct_fpr']:.2f}x the teacher's; its "
+            f"accuracy is {100 * (student['accuracy'] - teacher['accuracy']):+.2f} points from "
+            "the teacher's.",
         ]
     privacy = audit.get("privacy") or {}
     if privacy.get("epsilon") is not None:
