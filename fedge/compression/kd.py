@@ -75,16 +75,17 @@ def kd_train(
             if fixed is not None:
                 batch = augment(xs[index], generator, None, noise, shift)
                 loss = soft_cross_entropy(student(batch), fixed[index], t_target)
-            elif labels == "soft":
+            else:  # the teacher labels each new view
                 batch = augment(xs[index], generator, beta, noise, shift)
                 with torch.no_grad():
-                    target = teacher(batch)
-                loss = kd_loss(student(batch), target, temperature)
-            else:
-                batch = augment(xs[index], generator, beta, noise, shift)
-                with torch.no_grad():
-                    probs = teacher_targets(teacher(batch), temperature, labels)
-                loss = soft_cross_entropy(student(batch), probs, t_target)
+                    answer = teacher(batch)
+                loss = (
+                    kd_loss(student(batch), answer, temperature)
+                    if labels == "soft"
+                    else soft_cross_entropy(
+                        student(batch), teacher_targets(answer, 1.0, labels), 1.0
+                    )
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -10,8 +10,8 @@ from typing import Any
 DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-# Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
 TEACHERS = ("cnn", "linear")  # the federated model (fedge.core.models)
+# Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
 STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic", "none")
@@ -95,9 +95,7 @@ class RunConfig:
     dp_clip_mode: str = "fixed"  # central: fixed (dp-clip) | adaptive (Andrew et al. 2021)
     dp_clip_quantile: float = 0.5  # adaptive: share of updates the norm should leave unclipped
     dp_clip_lr: float = 0.2  # adaptive: geometric learning rate of the clipping norm
-    dp_count_noise: float = (
-        0.0  # adaptive: std of the clipped-count noise; 0 = max(clients/20, noise)
-    )
+    dp_count_noise: float = 0.0  # adaptive: clipped-count noise std; 0 = max(clients/20, noise)
     dp_epsilon: float = 0.0  # > 0: derive the noise that spends exactly this epsilon over the run
     dp_delta: float = 1e-5  # delta of the reported (epsilon, delta)
     dp_accountant: str = "rdp"  # rdp | prv (Opacus)

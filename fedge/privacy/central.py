@@ -57,6 +57,12 @@ def model_noise(noise: float, count_std: float) -> float:
     return float((noise**-2 - (2 * count_std) ** -2) ** -0.5)
 
 
+def next_clipping_norm(norm: float, clipped_fraction: float, cfg: RunConfig) -> float:
+    """Andrew et al.'s geometric step: exp(-dp-clip-lr x (unclipped share - dp-clip-quantile))."""
+    unclipped = 1.0 - clipped_fraction
+    return norm * math.exp(-cfg.dp_clip_lr * (unclipped - cfg.dp_clip_quantile))
+
+
 class _AndrewClipping:
     """Two corrections to Flower 1.41's adaptive clipping wrappers (mixed in before them).
 
@@ -70,14 +76,11 @@ class _AndrewClipping:
     """
 
     clipping_norm: float
-    clip_norm_lr: float
-    target_clipped_quantile: float
+    cfg: RunConfig
     _next_norm: float | None = None
 
     def _geometric_update(self, clipped_fraction: float) -> None:
-        unclipped = 1.0 - clipped_fraction
-        step = -self.clip_norm_lr * (unclipped - self.target_clipped_quantile)
-        self._next_norm = self.clipping_norm * math.exp(step)
+        self._next_norm = next_clipping_norm(self.clipping_norm, clipped_fraction, self.cfg)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
         """Flower's aggregation (clip, count, noise at this round's norm), then the new norm."""
@@ -108,7 +111,7 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
             if cfg.dp_clipping == "server"
             else ClientSideAdaptiveClipping
         )
-        return adaptive(
+        wrapper = adaptive(
             strategy,
             noise,
             num_sampled_clients=cfg.clients,
@@ -117,6 +120,8 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
             clip_norm_lr=cfg.dp_clip_lr,
             clipped_count_stddev=count_noise(cfg, noise),
         )
+        wrapper.cfg = cfg  # the update rule reads dp-clip-lr and dp-clip-quantile from it
+        return wrapper
     fixed = (
         DifferentialPrivacyServerSideFixedClipping
         if cfg.dp_clipping == "server"

@@ -59,9 +59,14 @@ def summary(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "clipping": f"{cfg.dp_clipping}, {cfg.dp_clip_mode}"
         if cfg.dp == "central"
         else "per-sample",
-        "clipping_norm_per_round": [r.get("dp_clipping_norm") for r in rows],
         "target_epsilon": cfg.dp_epsilon or None,
         "accountant": f"opacus-{cfg.dp_accountant}",
         "unit": "client (all of a client's data)" if cfg.dp == "central" else "one training sample",
         "per_round_epsilon": per_round,
+        # central: the norm each round left for the next (moves with adaptive clipping)
+        **(
+            {"clipping_norm_per_round": [r.get("dp_clipping_norm") for r in rows]}
+            if cfg.dp == "central"
+            else {}
+        ),
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -85,6 +84,8 @@ def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarr
     model = build_teacher(shape, classes, seed, cfg.teacher)
     global_w: dict[str, np.ndarray] = dict(get_weights(model))
     clip = cfg.dp_clip
+    noise = central.central_noise(cfg) if cfg.dp == "central" else 0.0
+    count_std = central.count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
     for server_round in range(1, cfg.rounds + 1):
         updates, weights = [], []
         for pid, (x, y) in enumerate(client_sets):
@@ -111,14 +112,12 @@ def replay_training(cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarr
         mean = {k: sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total
                 for k in global_w}  # fmt: skip
         if cfg.dp == "central":
-            noise = central.central_noise(cfg)
-            next_clip = clip
-            if cfg.dp_clip_mode == "adaptive":  # as central's wrappers: count, noise, then move
-                count_std = central.count_noise(cfg, noise)
-                unclipped = 1 - float(rng.normal(clipped, count_std)) / len(updates)
-                next_clip = clip * math.exp(-cfg.dp_clip_lr * (unclipped - cfg.dp_clip_quantile))
-                noise = central.model_noise(noise, count_std)
-            std = noise * clip / cfg.clients
+            next_clip, on_model = clip, noise
+            if count_std is not None:  # as central's wrappers: count, noise, then move the norm
+                fraction = float(rng.normal(clipped, count_std)) / len(updates)
+                next_clip = central.next_clipping_norm(clip, fraction, cfg)
+                on_model = central.model_noise(noise, count_std)
+            std = on_model * clip / cfg.clients
             mean = {k: v + rng.normal(0, std, v.shape).astype(v.dtype) for k, v in mean.items()}
             clip = next_clip
         global_w = {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
