@@ -1,41 +1,25 @@
-"""The `fedge` command (also `python -m fedge`)."""
+"""Server-side commands: `fedge simulate`, `fedge compress`, `fedge audit`."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
+from fedge.cli.common import app, console, fail, setup_logging
 from fedge.core.config import ConfigError
 
 if TYPE_CHECKING:
     from fedge.server.sweep import Grid
 
-app = typer.Typer(
-    help="Federated edge-cloud learning: train, compress, sign, deploy.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
-console = Console(stderr=True)
-
 
 def _relative_size(ratio: float) -> str:
     """'57.4x smaller', or for a student bigger than its (e.g. linear) teacher '6.5x larger'."""
     return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -140,7 +124,7 @@ def simulate(
         preflight(cfg)
     except ConfigError as err:
         raise fail(str(err)) from None
-    _setup_logging(verbose)
+    setup_logging(verbose)
     console.print(
         f"fedge simulate: {cfg.dataset}, {cfg.clients} clients, {cfg.partition}, "
         f"{cfg.rounds} rounds -> {cfg.out}",
@@ -252,7 +236,7 @@ def compress(
     target = (out or timestamped_out(run_dir, "compress")).expanduser().resolve()
     if target.exists() and any(target.iterdir()):
         raise fail(f"out {target} already exists and is not empty; choose a new --out")
-    _setup_logging(verbose)
+    setup_logging(verbose)
     try:
         with staged_run_dir(target) as work:
             results = compress_run(run_dir, cfg, work, teacher_params, choice, grid)
@@ -313,7 +297,7 @@ def audit(
     target = (out or timestamped_out(run_dir, "audit")).expanduser().resolve()
     if target.exists() and any(target.iterdir()):
         raise fail(f"out {target} already exists and is not empty; choose a new --out")
-    _setup_logging(verbose)
+    setup_logging(verbose)
     with staged_run_dir(target) as work:
         result = run_audit(run, shadows, work, workers)
     add_to_report(run.run_dir, target)
@@ -324,102 +308,6 @@ def audit(
             highlight=False,
         )
     console.print(f"{result['seconds']:.0f} s -> {target}", highlight=False)
-
-
-@app.command()
-def infer(
-    input_path: Annotated[
-        str,
-        typer.Argument(metavar="INPUT", help="Samples: .npy, .csv, .json, or - for JSON on stdin."),
-    ],
-    model_dir: Annotated[Path, typer.Option(help="The device's model store.")],
-    trusted_key: Annotated[
-        Path, typer.Option(help="Public key (PEM) bundles must be signed with.")
-    ],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print labels, probabilities and model as JSON.")
-    ] = False,
-) -> None:
-    """Predict with the model store's current verified bundle (needs no torch, no network)."""
-    from fedge.client.runtime.inputs import read_inputs
-    from fedge.client.runtime.predictor import InputError, Predictor
-    from fedge.client.runtime.verify import BundleError
-
-    try:
-        predictor = Predictor(model_dir, trusted_key, warmup=0)
-        prediction = predictor.predict(read_inputs(input_path))
-    except (BundleError, InputError) as err:
-        raise fail(str(err)) from None
-    if as_json:
-        print(json.dumps(prediction.to_json()))
-    else:
-        print("\n".join(str(label) for label in prediction.labels.tolist()))
-
-
-@app.command()
-def serve(
-    model_dir: Annotated[Path, typer.Option(help="The device's model store.")],
-    trusted_key: Annotated[
-        Path, typer.Option(help="Public key (PEM) bundles must be signed with.")
-    ],
-    host: Annotated[
-        str, typer.Option(help="Address to bind; loopback unless you mean otherwise.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
-) -> None:
-    """Serve predictions over local HTTP: POST /predict, GET /health; hot-reloads new bundles."""
-    from fedge.client.runtime.predictor import Predictor
-    from fedge.client.runtime.service import make_server
-    from fedge.client.runtime.verify import BundleError
-
-    try:
-        predictor = Predictor(model_dir, trusted_key)
-        server = make_server(predictor, host, port)
-    except BundleError as err:
-        raise fail(str(err)) from None
-    except OSError as err:
-        raise fail(f"cannot listen on {host}:{port}: {err}") from None
-    bound_port = server.server_address[1]
-    # One line on stdout that scripts and tests can wait for.
-    print(
-        f"serving {predictor.model_id} version {predictor.version} on http://{host}:{bound_port}",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-@keys_app.command("generate")
-def keys_generate(
-    out: Annotated[
-        Path, typer.Option(help="Directory for signing.key (0600) and signing.pub.")
-    ] = Path("keys"),
-) -> None:
-    """Make an Ed25519 key pair for signing bundles; devices trust signing.pub."""
-    from fedge.compression.bundle import generate_keypair
-
-    try:
-        private_path, public_path = generate_keypair(out)
-    except FileExistsError as err:
-        raise fail(str(err)) from None
-    console.print(f"private key: {private_path}\npublic key:  {public_path}", highlight=False)
-
-
-def _setup_logging(verbose: bool) -> None:
-    handler = RichHandler(console=console, show_path=False, markup=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
-    import flwr  # noqa: F401  (importing flwr installs its own console handler; replace it)
-
-    flwr_logger = logging.getLogger("flwr")
-    for flwr_handler in list(flwr_logger.handlers):
-        flwr_logger.removeHandler(flwr_handler)
-    flwr_logger.propagate = True
-    for name in ("flwr", "ray", "datasets", "alembic"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _summary(run_dir: Path) -> None:
@@ -448,8 +336,3 @@ def _summary(run_dir: Path) -> None:
         f"{results['timing_s']['total']:.0f} s. Report: {run_dir / 'report.md'}",
         highlight=False,
     )
-
-
-def main() -> None:
-    """Console-script entry point."""
-    app()

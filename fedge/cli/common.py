@@ -1,0 +1,38 @@
+"""What every `fedge` subcommand shares: the Typer app, the stderr console, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+app = typer.Typer(
+    help="Federated edge-cloud learning: train, compress, sign, deploy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error and return the Exit to raise."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Rich logging for fedge; Flower's, Ray's and datasets' chatter only with --verbose."""
+    handler = RichHandler(console=console, show_path=False, markup=False)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
+    import flwr  # noqa: F401  (importing flwr installs its own console handler; replace it)
+
+    flwr_logger = logging.getLogger("flwr")
+    for flwr_handler in list(flwr_logger.handlers):
+        flwr_logger.removeHandler(flwr_handler)
+    flwr_logger.propagate = True
+    for name in ("flwr", "ray", "datasets", "alembic"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
