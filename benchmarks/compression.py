@@ -35,8 +35,14 @@ from fedge.core.models import build_student, build_teacher, count_params
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import build_federation
 from fedge.core.training import evaluate, train
-from fedge.server.compression_phase import CompressionConfig, run_compression
-from fedge.server.sweep import DEFAULT_SWEEP_DROP, Choice, Grid, choose, compress_candidates
+from fedge.pipeline.candidates import (
+    DEFAULT_SWEEP_DROP,
+    Choice,
+    SweepGrid,
+    choose,
+    compress_candidates,
+)
+from fedge.pipeline.stages import CompressionConfig, Inputs, compress
 
 TEACHER_EPOCHS = {"digits": 40, "mnist1d": 60}
 MEANS = (
@@ -68,7 +74,7 @@ def one_seed(
     dataset: str,
     seed: int,
     overrides: dict[str, Any],
-    grid: Grid | None = None,
+    grid: SweepGrid | None = None,
     choose_drop: float = DEFAULT_SWEEP_DROP,
 ) -> dict[str, Any]:
     cfg = RunConfig.from_run_config(
@@ -86,15 +92,8 @@ def one_seed(
     grid_rows: list[dict[str, Any]] = []
     if grid is None:
         compression = CompressionConfig.from_run(cfg)
-        outcome = run_compression(
-            teacher,
-            fed.server.public_pool,
-            fed.server.val,
-            test,
-            compression,
-            preprocessing=prep,
-            num_classes=classes,
-        )
+        inputs = Inputs(teacher, fed.server.public_pool, fed.server.val, test, prep, classes)
+        outcome = compress(compression, inputs)
     else:  # the configuration is chosen on the validation split, never on test
         candidates = compress_candidates(
             teacher,
@@ -110,7 +109,7 @@ def one_seed(
         compression, outcome = chosen.compression, chosen.outcome
         grid_rows = [c.row for c in candidates]
     t2 = time.monotonic()
-    direct = build_student(shape, classes, compression.distill.student, seed)
+    direct = build_student(shape, classes, compression["distill"].student, seed)
     train(direct, fed.client_x, fed.client_y, epochs=epochs, lr=0.05, batch_size=32, seed=seed)
     teacher_onnx = export_onnx(teacher, shape, ExportConfig())
     teacher_session, student_session = (
@@ -184,7 +183,7 @@ def main() -> None:
         action="store_true",
         help="choose the recipe per seed on validation from a grid (as fedge compress --sweep)",
     )
-    parser.add_argument("--sweep-students", default=",".join(Grid().students))
+    parser.add_argument("--sweep-students", default=",".join(SweepGrid().students))
     parser.add_argument("--sweep-prune", default="0,0.3")
     parser.add_argument("--sweep-quant", default="fp32,qdq,qoperator")
     parser.add_argument(
@@ -196,7 +195,7 @@ def main() -> None:
     args = parser.parse_args()
     grid = None
     if args.sweep:
-        grid = Grid(
+        grid = SweepGrid(
             students=tuple(args.sweep_students.split(",")),
             prune_ratios=tuple(float(r) for r in args.sweep_prune.split(",")),
             quant=tuple(args.sweep_quant.split(",")),

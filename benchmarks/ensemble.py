@@ -30,9 +30,9 @@ from fedge.core.config import RunConfig
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, build_federation
 from fedge.core.training import predict_logits
-from fedge.server.compression_phase import CompressionConfig, run_compression
-from fedge.server.ensemble import ENSEMBLE_FILE
-from fedge.server.run import RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.rundir import RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.stages import CompressionConfig, Inputs, compress
+from fedge.pipeline.teacher_source import ENSEMBLE_FILE
 from fedge.simulations.crash import run_simulate
 
 
@@ -129,15 +129,10 @@ def fixed_views_control(run: Path, config: dict[str, Any]) -> float:
         x = data["x"]
     table = LogitTable(x, predict_logits(teacher, x))
     compression = CompressionConfig.from_run(cfg).on_fixed_views(cfg.ensemble_views)
-    outcome = run_compression(
-        table,
-        PublicPool(x),
-        fed.server.val,
-        fed.server.test,
-        compression,
-        preprocessing=prep,
-        num_classes=fed.dataset.num_classes,
+    inputs = Inputs(
+        table, PublicPool(x), fed.server.val, fed.server.test, prep, fed.dataset.num_classes
     )
+    outcome = compress(compression, inputs)
     session = make_session(outcome.student_bytes)
     return session_accuracy(session, prep.invert(fed.server.test.x), fed.server.test.y)
 

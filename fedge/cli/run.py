@@ -14,7 +14,7 @@ from fedge.cli.common import app, console, fail, setup_logging
 from fedge.core.config import ConfigError
 
 if TYPE_CHECKING:
-    from fedge.server.sweep import Grid
+    from fedge.pipeline.candidates import SweepGrid
 
 
 def _relative_size(ratio: float) -> str:
@@ -203,9 +203,9 @@ def compress(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
-    from fedge.server.recompress import compress_config, compress_run
-    from fedge.server.run import staged_run_dir, timestamped_out
-    from fedge.server.sweep import Choice
+    from fedge.pipeline.candidates import Choice
+    from fedge.pipeline.recompress import compress_config, compress_run
+    from fedge.pipeline.rundir import staged_run_dir, timestamped_out
     from fedge.simulations.runner import load_scenario
 
     flags = {
@@ -251,9 +251,9 @@ def compress(
     )
 
 
-def _grid(students: str | None, prune: str | None, quant: str | None) -> Grid:
+def _grid(students: str | None, prune: str | None, quant: str | None) -> SweepGrid:
     """The sweep grid from comma-separated flag values (defaults where a flag is not given)."""
-    from fedge.server.sweep import Grid
+    from fedge.pipeline.candidates import SweepGrid
 
     def items(text: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -270,7 +270,7 @@ def _grid(students: str | None, prune: str | None, quant: str | None) -> Grid:
             raise ConfigError(
                 f"--sweep-prune takes comma-separated numbers in [0, 1), got {prune!r}"
             ) from None
-    return Grid(**changes)
+    return SweepGrid(**changes)
 
 
 @app.command()
@@ -284,8 +284,9 @@ def audit(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student."""
-    from fedge.server.audit import add_to_report, check_shadows, load_target, run_audit
-    from fedge.server.run import staged_run_dir, timestamped_out
+    from fedge.pipeline.audit import check_shadows, load_target, run_audit
+    from fedge.pipeline.audit_report import add_to_report
+    from fedge.pipeline.rundir import staged_run_dir, timestamped_out
 
     try:
         run = load_target(run_dir)

@@ -83,7 +83,16 @@ def strip_metadata(proto: onnx.ModelProto) -> None:
 LABEL_NAME = "label"
 
 
-def fold_device_ops(model_bytes: bytes, prep: Preprocessing, check_x: np.ndarray) -> bytes:
+@dataclass(frozen=True)
+class DeviceConfig:
+    """How the device model is made from the compressed one (preprocessing and label folded in)."""
+
+    atol: float = 1e-4  # probabilities of the device model vs the compressed model on validation
+
+
+def fold_device_ops(
+    model_bytes: bytes, prep: Preprocessing, check_x: np.ndarray, atol: float = 1e-4
+) -> bytes:
     """The model as shipped to devices: raw input in, probabilities and label out.
 
     Prepends the affine preprocessing ((x - shift) * scale, as Mul/Add nodes) and appends an
@@ -129,11 +138,13 @@ def fold_device_ops(model_bytes: bytes, prep: Preprocessing, check_x: np.ndarray
     )
     onnx.checker.check_model(proto, full_check=True)
     folded = proto.SerializeToString()
-    _check_agreement(model_bytes, folded, check_x, prep.invert(check_x))
+    _check_agreement(model_bytes, folded, check_x, prep.invert(check_x), atol)
     return folded
 
 
-def _check_agreement(model: bytes, folded: bytes, x: np.ndarray, raw: np.ndarray) -> None:
+def _check_agreement(
+    model: bytes, folded: bytes, x: np.ndarray, raw: np.ndarray, atol: float
+) -> None:
     expected = make_session(model).run([PROBABILITIES_NAME], {INPUT_NAME: x})[0]
     probabilities, labels = make_session(folded).run(
         [PROBABILITIES_NAME, LABEL_NAME], {INPUT_NAME: raw}
@@ -141,7 +152,7 @@ def _check_agreement(model: bytes, folded: bytes, x: np.ndarray, raw: np.ndarray
     # Labels must agree wherever the top class is clear; a (near-)tie may break either way.
     top2 = np.sort(np.nan_to_num(expected, nan=0.0), axis=1)[:, -2:]
     clear = (top2[:, 1] - top2[:, 0] > 1e-4) & np.isfinite(expected).all(axis=1)
-    if not np.allclose(expected, probabilities, atol=1e-4, equal_nan=True) or not np.array_equal(
+    if not np.allclose(expected, probabilities, atol=atol, equal_nan=True) or not np.array_equal(
         labels[clear], expected.argmax(1)[clear]
     ):
         raise RuntimeError(

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fedge.core.config import KD_LABELS, KD_QUERIES
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """How a student learns from the teacher: shared by distillation and pruning's fine-tuning."""
+
+    temperature: float  # Hinton KD softmax temperature (kd-temperature)
+    labels: str  # soft (tempered probabilities) | hard (top class) (kd-labels)
+    queries: str  # augmented (teacher labels every view) | pool (the samples only) (kd-queries)
+    seed: int  # batch order and augmentation (the run's seed)
+    batch_size: int = 64  # public-pool batch size
+    mixup: float = 0.4  # Beta(a, a) mixup of pool samples (augmented queries only); 0: off
+    noise: float = 0.05  # std of Gaussian input noise on the pool views
+    shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
+
+    def __post_init__(self) -> None:
+        if self.labels not in KD_LABELS or self.queries not in KD_QUERIES:
+            raise ValueError(
+                f"kd labels {self.labels!r} / queries {self.queries!r}; "
+                f"allowed: {KD_LABELS} / {KD_QUERIES}"
+            )
+        if self.temperature <= 0 or self.batch_size < 1:
+            raise ValueError(f"invalid KD config: {self}")
+
+    def without_augmentation(self) -> KDConfig:
+        """The same settings for a teacher that only knows fixed inputs (no views on the fly)."""
+        return dataclasses.replace(self, mixup=0.0, noise=0.0, shift=0)
 
 
 def kd_loss(
@@ -27,17 +57,10 @@ def kd_train(
     student: nn.Module,
     teacher: nn.Module,
     inputs: np.ndarray,
+    kd: KDConfig,
     *,
     epochs: int,
-    temperature: float,
     lr: float,
-    batch_size: int,
-    seed: int,
-    mixup: float,
-    noise: float,
-    shift: int = 0,
-    labels: str = "soft",
-    queries: str = "augmented",
 ) -> float:
     """Train `student` to match `teacher` on `inputs` (plus mixup/noise views the teacher labels).
 
@@ -49,12 +72,9 @@ def kd_train(
     shows most. labels "soft": the tempered probabilities (Hinton); "hard": the teacher's top
     class only. Returns the last epoch's loss.
     """
-    if labels not in KD_LABELS or queries not in KD_QUERIES:
-        raise ValueError(
-            f"kd labels {labels!r} / queries {queries!r}; allowed: {KD_LABELS} / {KD_QUERIES}"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
+    labels, queries, temperature, batch_size = kd.labels, kd.queries, kd.temperature, kd.batch_size
+    generator = torch.Generator().manual_seed(kd.seed)
+    beta = torch.distributions.Beta(kd.mixup, kd.mixup) if kd.mixup > 0 else None
     xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     teacher.eval()
     t_target = temperature if labels == "soft" else 1.0
@@ -73,10 +93,10 @@ def kd_train(
         for start in range(0, len(xs), batch_size):
             index = order[start : start + batch_size]
             if fixed is not None:
-                batch = augment(xs[index], generator, None, noise, shift)
+                batch = augment(xs[index], generator, None, kd.noise, kd.shift)
                 loss = soft_cross_entropy(student(batch), fixed[index], t_target)
             else:  # the teacher labels each new view
-                batch = augment(xs[index], generator, beta, noise, shift)
+                batch = augment(xs[index], generator, beta, kd.noise, kd.shift)
                 with torch.no_grad():
                     answer = teacher(batch)
                 loss = (

@@ -11,32 +11,30 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from fedge.compression.distill import require_public_pool
-from fedge.compression.kd import kd_train
+from fedge.compression.kd import KDConfig, kd_train
 from fedge.core.partition import PublicPool
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """How to prune."""
+    """How to prune (built from the run's settings; see fedge.pipeline.stages)."""
 
-    ratio: float = 0.3  # share of channels/hidden units removed from every prunable layer
-    finetune_epochs: int = 60  # KD epochs after pruning, on the public pool
-    temperature: float = 4.0  # KD temperature for fine-tuning
+    ratio: float  # share of channels/hidden units removed from every prunable layer (prune-ratio)
+    sparsity: float  # unstructured: share of conv/linear weights zeroed by magnitude (sparsity)
+    finetune_epochs: int  # KD epochs after pruning, on the public pool (finetune-epochs)
+    kd: KDConfig  # the same KD settings as distillation
     lr: float = 0.003  # Adam learning rate for fine-tuning
-    batch_size: int = 64  # public-pool batch size
-    mixup: float = 0.4  # as in DistillConfig
-    noise: float = 0.05  # as in DistillConfig
-    shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
-    labels: str = "soft"  # soft | hard (see kd_train)
-    queries: str = "augmented"  # augmented | pool (see kd_train)
-    seed: int = 0  # batch order
-    sparsity: float = 0.0  # unstructured: share of conv/linear weights zeroed by magnitude
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
             raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+
+    @property
+    def active(self) -> bool:
+        """Whether this stage changes the model at all."""
+        return self.ratio > 0 or self.sparsity > 0
 
 
 def prune(
@@ -109,17 +107,5 @@ def _finetune(
 ) -> None:
     if config.finetune_epochs:
         kd_train(
-            model,
-            teacher,
-            public_pool.x,
-            epochs=config.finetune_epochs,
-            temperature=config.temperature,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            mixup=config.mixup,
-            noise=config.noise,
-            shift=config.shift,
-            labels=config.labels,
-            queries=config.queries,
+            model, teacher, public_pool.x, config.kd, epochs=config.finetune_epochs, lr=config.lr
         )

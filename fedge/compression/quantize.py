@@ -33,14 +33,14 @@ CALIBRATIONS = {
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    """How to quantize, and when to refuse int8."""
+    """How to quantize, and when to refuse int8 (built from the run's settings)."""
 
-    format: str = "qdq"  # qdq | qoperator (static mode)
-    per_channel: bool = True  # per-output-channel weight scales (else one scale per tensor)
-    calibration_samples: int = 256  # public-pool samples used for calibration
-    tolerance: float = 0.01  # max validation accuracy int8 may lose against fp32
-    mode: str = "static"  # static (weights, activations) | dynamic (MatMul weights) | none
-    calibration: str = "minmax"  # minmax | entropy | percentile (static mode)
+    mode: str  # static (weights, activations) | dynamic (MatMul weights) | none (quant-mode)
+    format: str  # qdq | qoperator, static mode (quant-format)
+    per_channel: bool  # per-output-channel weight scales, else one per tensor (quant-per-channel)
+    calibration: str  # minmax | entropy | percentile, static mode (quant-calibration)
+    calibration_samples: int  # public-pool samples used for calibration
+    tolerance: float  # max validation accuracy int8 may lose against fp32 (int8-tolerance)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

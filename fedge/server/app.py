@@ -11,7 +11,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedge.core.config import RunConfig
-from fedge.server.run import run_server, staged_run_dir
+from fedge.pipeline.rundir import staged_run_dir
+from fedge.server.run import run_server
 
 app = ServerApp()
 log = logging.getLogger("fedge")

@@ -18,7 +18,8 @@ from flwr.serverapp.strategy import (
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.privacy import central as central_dp
+from fedge.privacy.central import central_noise
+from fedge.server import dp as central_dp
 
 # Strategy attributes that carry state from round to round (FedAdam's moments).
 STATEFUL_ATTRIBUTES = ("m_t", "v_t")
@@ -62,7 +63,7 @@ def make_strategy(cfg: RunConfig) -> Any:
         else FedAvg(**common)
     )
     if cfg.dp == "central":
-        return central_dp.wrap(base, cfg, central_dp.central_noise(cfg))
+        return central_dp.wrap(base, cfg, central_noise(cfg))
     return base
 
 

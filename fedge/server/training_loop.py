@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,8 +23,14 @@ from fedge.core.records import (
     weights_to_record,
 )
 from fedge.core.training import evaluate, get_weights, set_weights
+from fedge.pipeline.checkpoint import (
+    Checkpoint,
+    CheckpointDir,
+    TrainingLog,
+    capture_rng,
+    restore_rng,
+)
 from fedge.privacy import ledger
-from fedge.server.checkpoint import Checkpoint, CheckpointDir, capture_rng, restore_rng
 from fedge.server.replies import replies_by_node
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
 from fedge.server.validation import validate_updates
@@ -35,39 +40,6 @@ log = logging.getLogger("fedge")
 
 class FederationError(RuntimeError):
     """The federation cannot go on (too few nodes, a round with no usable reply)."""
-
-
-@dataclass
-class TrainingLog:
-    """What training produced besides the model (checkpointed with it after every round)."""
-
-    rounds: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    train_bytes: int = 0
-    node_partition: dict[int, int] = field(default_factory=dict)  # node id -> partition id
-    client_teacher_accuracy: dict[int, float] = field(default_factory=dict)  # partition id -> acc
-    resumed_from: list[int] = field(default_factory=list)  # rounds a resume started after
-    # Nodes whose update the last round aggregated (not checkpointed: node ids die with a restart).
-    last_round_nodes: list[int] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-friendly form (checkpoint metadata)."""
-        return {
-            "rounds": self.rounds,
-            "rejected": self.rejected,
-            "train_bytes": self.train_bytes,
-            "resumed_from": self.resumed_from,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainingLog:
-        """Inverse of to_json (node ids are not kept: a restarted federation has new ones)."""
-        return cls(
-            rounds=list(data["rounds"]),
-            rejected=list(data["rejected"]),
-            train_bytes=int(data["train_bytes"]),
-            resumed_from=list(data.get("resumed_from", [])),
-        )
 
 
 def wait_for_nodes(grid: Grid, wanted: int, timeout: float, what: str = "clients") -> list[int]:

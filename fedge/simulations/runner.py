@@ -47,7 +47,7 @@ def build_config(
     """
     settings: dict[str, Any] = {}
     if resume is not None:
-        from fedge.server.run import check_resumable, final_dir, stored_config
+        from fedge.pipeline.rundir import check_resumable, final_dir, stored_config
 
         final = final_dir(Path(resume).expanduser().resolve())
         if overrides.get("out") is not None and Path(overrides["out"]).resolve() != final:
@@ -73,9 +73,9 @@ def preflight(cfg: RunConfig) -> None:
     """Every check that can fail before training starts (data, partitions, key, output dir)."""
     from fedge.compression.bundle import load_private_key
     from fedge.core.partition import build_federation, client_data
+    from fedge.pipeline.rundir import RUN_CONFIG_FILE, partial_dir
     from fedge.privacy.central import central_noise
     from fedge.privacy.local import plan
-    from fedge.server.run import RUN_CONFIG_FILE, partial_dir
 
     out = Path(cfg.out)
     if not cfg.resume:
@@ -110,8 +110,8 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
     from flwr.supercore.telemetry import EventType
 
     from fedge.client.app import app as client_app
+    from fedge.pipeline.rundir import RESULTS_FILE
     from fedge.server.app import app as server_app
-    from fedge.server.run import RESULTS_FILE
 
     # The public run_simulation() hands the ServerApp an empty run_config; the engine's own
     # entry point (what `flwr run` uses) takes a Context, so we call that with our settings.

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedge.compression.kd import kd_train, soft_cross_entropy
+from fedge.compression.kd import KDConfig, kd_train, soft_cross_entropy
 from fedge.core.models import build_student
 
 
@@ -21,10 +21,10 @@ class Recording(nn.Module):
         return self.teacher(x)
 
 
-def _train(teacher, pool, **kw):
+def _train(teacher, pool, labels, queries):
     student = build_student((1, 8, 8), 10, "tiny", seed=0)
-    settings = {"epochs": 2, "temperature": 4.0, "lr": 0.01, "batch_size": 16, "seed": 0}
-    kd_train(student, teacher, pool, mixup=0.4, noise=0.05, shift=1, **settings, **kw)
+    kd = KDConfig(temperature=4.0, labels=labels, queries=queries, seed=0, batch_size=16)
+    kd_train(student, teacher, pool, kd, epochs=2, lr=0.01)
     return student
 
 

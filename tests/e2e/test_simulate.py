@@ -289,7 +289,7 @@ def test_shadow_replay_reproduces_the_federated_teacher(tiny_run):
     from fedge.core.config import RunConfig
     from fedge.core.partition import build_federation, client_data
     from fedge.core.training import predict_logits
-    from fedge.server.audit import replay_training
+    from fedge.pipeline.replay import replay_training
 
     cfg = RunConfig.from_run_config(json.loads((tiny_run / "results.json").read_text())["config"])
     fed = build_federation(cfg)

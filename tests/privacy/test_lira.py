@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from fedge.pipeline.audit import shadow_masks
 from fedge.privacy import lira
-from fedge.server.audit import shadow_masks
 
 
 def test_logit_confidence_is_the_log_odds_of_the_true_class():

@@ -12,8 +12,9 @@ from fedge.core.models import build_teacher
 from fedge.core.partition import PublicPool, build_federation
 from fedge.core.records import model_spec, record_to_weights
 from fedge.core.training import predict_logits, set_weights
-from fedge.server.compression_phase import CompressionConfig
-from fedge.server.ensemble import ENSEMBLE_FILE, ensemble_source
+from fedge.pipeline.stages import CompressionConfig
+from fedge.pipeline.teacher_source import ENSEMBLE_FILE
+from fedge.server.ensemble import ensemble_source
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid
 
@@ -59,8 +60,9 @@ def test_ensemble_sends_public_inputs_gets_logits_and_distils_their_mean(tmp_pat
     np.testing.assert_allclose(table, np.mean(expected, axis=0), rtol=1e-5, atol=1e-5)
     assert not np.allclose(expected[0], expected[1])  # the clients' models differ
     assert (tmp_path / ENSEMBLE_FILE).is_file()
-    assert source.compression.distill.mixup == 0 and source.compression.distill.shift == 0
-    assert source.compression.distill.epochs == round(compression.distill.epochs / 3)
+    distill = source.compression["distill"]
+    assert distill.kd.mixup == 0 and distill.kd.shift == 0
+    assert distill.epochs == round(compression["distill"].epochs / 3)
 
 
 def test_nodes_without_a_model_of_the_round_leave_the_global_teacher(tmp_path):

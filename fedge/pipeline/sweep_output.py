@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.io import atomic_write_bytes, atomic_write_json
-from fedge.server.sweep import Candidate, Choice, pareto
+from fedge.pipeline.candidates import Candidate, Choice, pareto
 
 SWEEP_CSV, SWEEP_JSON, PARETO_PLOT = "sweep.csv", "sweep.json", "pareto.png"
 COLUMNS = (

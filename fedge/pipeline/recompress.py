@@ -14,19 +14,19 @@ from fedge.core.config import STUDENTS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import session_accuracy
 from fedge.core.partition import build_federation
-from fedge.server.compression_phase import CompressionConfig
-from fedge.server.ensemble import global_source, stored_source
-from fedge.server.report import render_compression_report
-from fedge.server.run import RESULTS_FILE, TEACHER_FILE
-from fedge.server.shipping import ship
-from fedge.server.sweep import (
+from fedge.pipeline.candidates import (
     DEFAULT_SWEEP_DROP,
     Choice,
-    Grid,
+    SweepGrid,
     choose,
     compress_candidates,
 )
-from fedge.server.sweep_output import sweep_table, write_sweep
+from fedge.pipeline.report import render_compression_report
+from fedge.pipeline.rundir import RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.shipping import ship
+from fedge.pipeline.stages import CompressionConfig
+from fedge.pipeline.sweep_output import sweep_table, write_sweep
+from fedge.pipeline.teacher_source import global_source, stored_source
 
 log = logging.getLogger("fedge")
 # The settings `fedge compress` may change: everything else would change the teacher or the data.
@@ -84,7 +84,7 @@ def compress_run(
     out: Path,
     teacher_params: int,
     choice: Choice | None = None,
-    grid: Grid | None = None,
+    grid: SweepGrid | None = None,
 ) -> dict[str, Any]:
     """Compress the run's teacher with `cfg`'s settings into `out` (which must exist, empty).
 

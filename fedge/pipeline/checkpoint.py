@@ -16,7 +16,7 @@ import json
 import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,39 @@ log = logging.getLogger("fedge")
 FORMAT = 1
 KEEP = 2
 _NAME = re.compile(r"^round-(\d{4,})\.json$")
+
+
+@dataclass
+class TrainingLog:
+    """What training produced besides the model (checkpointed with it after every round)."""
+
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    train_bytes: int = 0
+    node_partition: dict[int, int] = field(default_factory=dict)  # node id -> partition id
+    client_teacher_accuracy: dict[int, float] = field(default_factory=dict)  # partition id -> acc
+    resumed_from: list[int] = field(default_factory=list)  # rounds a resume started after
+    # Nodes whose update the last round aggregated (not checkpointed: node ids die with a restart).
+    last_round_nodes: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form (checkpoint metadata)."""
+        return {
+            "rounds": self.rounds,
+            "rejected": self.rejected,
+            "train_bytes": self.train_bytes,
+            "resumed_from": self.resumed_from,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingLog:
+        """Inverse of to_json (node ids are not kept: a restarted federation has new ones)."""
+        return cls(
+            rounds=list(data["rounds"]),
+            rejected=list(data["rejected"]),
+            train_bytes=int(data["train_bytes"]),
+            resumed_from=list(data.get("resumed_from", [])),
+        )
 
 
 @dataclass

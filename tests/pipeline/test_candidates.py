@@ -3,7 +3,7 @@
 import pytest
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.server.sweep import Candidate, Choice, Grid, choose, pareto
+from fedge.pipeline.candidates import Candidate, Choice, SweepGrid, choose, pareto
 
 
 def _rows() -> list[dict]:
@@ -39,7 +39,9 @@ def test_choice_rules_pick_the_smallest_within_the_drop_or_the_best_within_the_b
 
 
 def test_grid_covers_every_combination_with_the_settings_each_stands_for():
-    grid = Grid(students=("tiny", "small"), prune_ratios=(0.0, 0.5), quant=("fp32", "qoperator"))
+    grid = SweepGrid(
+        students=("tiny", "small"), prune_ratios=(0.0, 0.5), quant=("fp32", "qoperator")
+    )
     configs = grid.configs(RunConfig(kd_epochs=7))
     assert len(configs) == 8 and all(c.kd_epochs == 7 for c in configs)
     assert {(c.student, c.prune_ratio, c.quant_mode, c.quant_format) for c in configs} == {
@@ -49,4 +51,4 @@ def test_grid_covers_every_combination_with_the_settings_each_stands_for():
         for m, f in (("none", "qdq"), ("static", "qoperator"))
     }
     with pytest.raises(ConfigError, match="unknown sweep student 'huge'"):
-        Grid(students=("huge",))
+        SweepGrid(students=("huge",))

@@ -1,4 +1,4 @@
-"""Compression candidates: a grid of students x pruning ratios x quantization, and the choice."""
+"""Compression candidates (a sweep grid of students x pruning ratios x quantization) and the choice."""
 
 from __future__ import annotations
 
@@ -14,13 +14,7 @@ from fedge.core.data import Preprocessing
 from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import PublicPool, Split
-from fedge.server.compression_phase import (
-    CompressionConfig,
-    CompressionOutcome,
-    distill_stage,
-    package_stage,
-    prune_stage,
-)
+from fedge.pipeline.stages import CompressionConfig, CompressionOutcome, Inputs, Work, compress
 
 log = logging.getLogger("fedge")
 # Quantization choices of a sweep and the settings each one stands for.
@@ -34,7 +28,7 @@ DEFAULT_SWEEP_DROP = 1.0  # points: the limit a sweep chooses under when none is
 
 
 @dataclass(frozen=True)
-class Grid:
+class SweepGrid:
     """The sweep grid; every combination is compressed (distillation and pruning are shared)."""
 
     students: tuple[str, ...] = STUDENTS
@@ -144,43 +138,14 @@ def compress_candidates(
     satisfies it.
     """
     raw_val, raw_test = preprocessing.invert(val.x), preprocessing.invert(test.x)
-    distilled: dict[Any, tuple[nn.Module, dict[str, Any]]] = {}
-    pruned: dict[Any, tuple[nn.Module, dict[str, Any]]] = {}
+    inputs = Inputs(teacher, public_pool, val, test, preprocessing, num_classes)
+    cache: dict[tuple[Any, ...], Work] = {}
     out: list[Candidate] = []
     for cfg in configs:
         compression = CompressionConfig.from_run(cfg)
         if fixed_views is not None:
             compression = compression.on_fixed_views(fixed_views)
-        if compression.distill not in distilled:
-            distilled[compression.distill] = distill_stage(
-                teacher,
-                public_pool,
-                test,
-                compression.distill,
-                input_shape=preprocessing.input_shape,
-                num_classes=num_classes,
-            )
-        student, distill_row = distilled[compression.distill]
-        key = (compression.distill, compression.prune)
-        if key not in pruned:
-            pruned[key] = prune_stage(
-                student,
-                teacher,
-                public_pool,
-                test,
-                compression.prune,
-                input_shape=preprocessing.input_shape,
-            )
-        model, prune_row = pruned[key]
-        outcome = package_stage(
-            model,
-            public_pool,
-            val,
-            test,
-            compression,
-            preprocessing=preprocessing,
-            stages=[distill_row, prune_row],
-        )
+        outcome = compress(compression, inputs, cache)
         session = make_session(outcome.student_bytes)
         val_acc = session_accuracy(session, raw_val, val.y)
         row: dict[str, Any] = {

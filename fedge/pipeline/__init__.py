@@ -1,0 +1,1 @@
+"""Plain orchestration without Flower: the stage chain, sweeps, shipping, run directories, reports."""

@@ -1,0 +1,199 @@
+"""`fedge audit`: online LiRA against the teacher, each compression stage and the deployed student.
+
+Shadow pipelines replay the run's own pipeline (federated training with the run's settings on a
+random half of the candidate records, then the run's stage chain) in worker processes; the
+target's stages are replayed from its teacher, its student is the shipped bundle. The
+orchestration lives here, in the pipeline, because it walks the same stage chain as the run;
+the pure scoring (LiRA, ROC, bootstrap) stays in fedge.privacy.lira, which imports nothing of
+the pipeline, so the imports stay one-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedge.compression.onnx_teacher import OnnxTeacher
+from fedge.core.bundle_format import MODEL_FILE
+from fedge.core.config import ConfigError, RunConfig
+from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.core.ort import make_session, session_logits
+from fedge.core.partition import build_federation
+from fedge.core.training import predict_logits
+from fedge.pipeline.audit_report import render_audit, roc_plot
+from fedge.pipeline.replay import Candidates, candidates, replay_training
+from fedge.pipeline.rundir import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.stages import CompressionConfig, Inputs, compress
+from fedge.privacy import lira
+
+log = logging.getLogger("fedge")
+MODELS = ("teacher", "distilled", "pruned", "student")
+MIN_SHADOWS = 4
+
+
+def model_confidences(
+    teacher: torch.nn.Module, cfg: RunConfig, pool: Candidates, shipped: bytes | None
+) -> tuple[dict[str, np.ndarray], dict[str, float], bytes]:
+    """Phi of every candidate under the teacher, each compression stage and the device model.
+
+    The stages are compressed here from `teacher` by walking the run's stage chain; `shipped`
+    (the target's bundle) replaces the compressed device model when given. Also returns test
+    accuracies and the replayed device model's bytes.
+    """
+    fed = build_federation(cfg)
+    prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
+    server = fed.server
+    inputs = Inputs(teacher, server.public_pool, server.val, server.test, prep, classes)
+    outcome = compress(CompressionConfig.from_run(cfg), inputs)
+    device = make_session(shipped if shipped is not None else outcome.student_bytes)
+    logits = {
+        "teacher": predict_logits(teacher, pool.x),
+        "distilled": predict_logits(outcome.models["distilled"], pool.x),
+        "pruned": predict_logits(outcome.models["pruned"], pool.x),
+        "student": session_logits(device, prep.invert(pool.x)),
+    }
+    phi = {name: lira.logit_confidence(v, pool.y) for name, v in logits.items()}
+    test = server.test
+    rows = {row["name"]: row["accuracy"] for row in outcome.stages}
+    accuracy = {
+        "teacher": float((predict_logits(teacher, test.x).argmax(1) == test.y).mean()),
+        "distilled": rows["distilled"],
+        "pruned": rows["pruned"],
+        "student": float((session_logits(device, prep.invert(test.x)).argmax(1) == test.y).mean()),
+    }
+    return phi, accuracy, outcome.student_bytes
+
+
+def shadow_masks(records: int, shadows: int, seed: int) -> np.ndarray:
+    """(shadows, records): each record is in exactly half of the shadows (Carlini et al.)."""
+    rng = np.random.default_rng([seed, 7_919])
+    order = np.argsort(rng.random((shadows, records)), axis=0)
+    return order < shadows // 2
+
+
+def shadow(
+    config: dict[str, Any], index: int, shadows: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One shadow pipeline (run in a worker): its in-mask and phi of every model on every record."""
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_run_config(config)
+    fed = build_federation(cfg)
+    pool = candidates(fed, cfg)
+    inside = shadow_masks(len(pool.y), shadows, cfg.seed)[index]
+    # Keep the federation's shape: a record stays with its client; test records go round-robin.
+    owner = np.where(pool.owner >= 0, pool.owner, np.arange(len(pool.y)) % cfg.clients)
+    sets = [
+        (pool.x[inside & (owner == p)], pool.y[inside & (owner == p)]) for p in range(cfg.clients)
+    ]
+    # The run's own seeds (initialisation, batch order, distillation): the auditor knows the whole
+    # recipe, so shadows differ from the target only in their data, the strongest setting.
+    teacher = replay_training(cfg, sets, cfg.seed)
+    phi, _, _ = model_confidences(teacher, cfg, pool, None)
+    return inside, phi
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """A finished run as the audit needs it: its config, teacher, shipped student, guarantee."""
+
+    run_dir: Path
+    cfg: RunConfig
+    teacher_onnx: bytes
+    student_onnx: bytes
+    privacy: dict[str, Any] | None
+
+
+def load_target(run_dir: Path) -> AuditTarget:
+    """Read a finished run; ConfigError naming what is missing."""
+    run_dir = Path(run_dir)
+    for name in (RESULTS_FILE, TEACHER_FILE, f"{BUNDLE_DIR}/{MODEL_FILE}"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(
+                f"{run_dir} cannot be audited: {name} is missing (a finished fedge run has a "
+                "teacher and a bundle)"
+            )
+    try:
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        cfg = RunConfig.from_run_config(results["config"])
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
+    return AuditTarget(
+        run_dir=run_dir,
+        cfg=cfg,
+        teacher_onnx=(run_dir / TEACHER_FILE).read_bytes(),
+        student_onnx=(run_dir / BUNDLE_DIR / MODEL_FILE).read_bytes(),
+        privacy=results.get("privacy"),
+    )
+
+
+def check_shadows(shadows: int) -> None:
+    """ConfigError unless there are enough shadows for every record to be in and out."""
+    if shadows < MIN_SHADOWS:
+        raise ConfigError(f"--shadows must be >= {MIN_SHADOWS} (LiRA needs in and out models for "
+                          f"every record), got {shadows}")  # fmt: skip
+
+
+def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) -> dict[str, Any]:
+    """Score the run's models with online LiRA and the loss baseline; write audit.json and plots."""
+    check_shadows(shadows)
+    start = time.monotonic()
+    cfg = target.cfg
+    pool = candidates(build_federation(cfg), cfg)
+    config = cfg.to_run_config()
+    log.info("audit: %d shadow pipelines on %d candidate records", shadows, len(pool.y))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+        results = list(ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows))
+    target_phi, accuracy, replayed = model_confidences(
+        OnnxTeacher(target.teacher_onnx), cfg, pool, target.student_onnx
+    )
+    shadow_in = np.stack([r[0] for r in results])
+    models: dict[str, Any] = {}
+    curves = {}
+    for name in MODELS:
+        shadow_phi = np.stack([r[1][name] for r in results])
+        scores = lira.lira_scores(target_phi[name], shadow_phi, shadow_in)
+        attack, baseline = lira.roc(scores, pool.members), lira.roc(target_phi[name], pool.members)
+        models[name] = {
+            "auc": attack.auc,
+            "tpr_at_1pct_fpr": attack.tpr_at_1pct_fpr,
+            "tpr_at_0_1pct_fpr": attack.tpr_at_0_1pct_fpr,
+            "ci95": lira.bootstrap(scores, pool.members),
+            "accuracy": accuracy[name],
+            "loss_threshold": {
+                "auc": baseline.auc,
+                "tpr_at_1pct_fpr": baseline.tpr_at_1pct_fpr,
+                "tpr_at_0_1pct_fpr": baseline.tpr_at_0_1pct_fpr,
+            },
+        }
+        curves[name] = lira.roc_curve_points(scores, pool.members)
+    audit = {
+        "run": str(target.run_dir),
+        "models": models,
+        "shadows": shadows,
+        "attack": "online LiRA (Carlini et al. 2022), per-record means, global variances; "
+        "shadows replay the run's recipe and seeds on half of the candidate records each",
+        "candidates": {
+            "members": int(pool.members.sum()),
+            "non_members": int((~pool.members).sum()),
+        },
+        "privacy": target.privacy,
+        # The replayed chain on the target's teacher: byte-identical to what was shipped when
+        # the compression is reproducible (the stage rows above come from this replay).
+        "replayed_student_sha256": hashlib.sha256(replayed).hexdigest(),
+        "shipped_student_sha256": hashlib.sha256(target.student_onnx).hexdigest(),
+        "seconds": time.monotonic() - start,
+    }
+    atomic_write_json(out / "audit.json", audit)
+    atomic_write_bytes(out / "roc.png", roc_plot(curves, models))
+    atomic_write_bytes(out / "audit.md", render_audit(audit).encode())
+    return audit

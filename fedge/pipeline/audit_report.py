@@ -1,0 +1,96 @@
+"""The audit's outputs for people: audit.md, the run report's audit section, the ROC plot."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedge.core.io import atomic_write_bytes
+from fedge.pipeline.rundir import REPORT_FILE
+
+AUDIT_HEADING = "## Membership-inference audit"
+
+
+def render_audit(audit: dict[str, Any]) -> str:
+    """audit.md: one row per model, then how the student compares with the teacher."""
+    lines = [
+        AUDIT_HEADING,
+        "",
+        f"{audit['attack']}, {audit['shadows']} shadow pipelines; {audit['candidates']['members']} "
+        f"member and {audit['candidates']['non_members']} non-member records. Chance: TPR = FPR.",
+        "",
+        "| model | test accuracy | AUC | TPR @ 1 % FPR (95 % CI) | TPR @ 0.1 % FPR | loss-threshold AUC |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in audit["models"].items():
+        low, high = m["ci95"]["tpr_at_1pct_fpr"]
+        lines.append(
+            f"| {name} | {100 * m['accuracy']:.2f} % | {m['auc']:.3f} | "
+            f"{100 * m['tpr_at_1pct_fpr']:.2f} % ({100 * low:.2f} to {100 * high:.2f}) | "
+            f"{100 * m['tpr_at_0_1pct_fpr']:.2f} % | {m['loss_threshold']['auc']:.3f} |"
+        )
+    teacher, student = audit["models"]["teacher"], audit["models"]["student"]
+    if teacher["tpr_at_1pct_fpr"] > 0:
+        lines += [
+            "",
+            f"The deployed student's TPR at 1 % FPR is "
+            f"{student['tpr_at_1pct_fpr'] / teacher['tpr_at_1pct_fpr']:.2f}x the teacher's; its "
+            f"accuracy is {100 * (student['accuracy'] - teacher['accuracy']):+.2f} points from "
+            "the teacher's.",
+        ]
+    privacy = audit.get("privacy") or {}
+    if privacy.get("epsilon") is not None:
+        lines += [
+            "",
+            f"Trained with DP ({privacy['mode']}): epsilon {privacy['epsilon']:.2f} at delta "
+            f"{privacy['delta']:g}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def add_to_report(run_dir: Path, audit_dir: Path) -> None:
+    """Put the audit's section into the run's report.md, replacing an earlier audit's."""
+    report = run_dir / REPORT_FILE
+    text = report.read_text() if report.exists() else ""
+    before, _, after = text.partition(AUDIT_HEADING)
+    rest = after.partition("\n## ")[2] if after else ""  # sections after the old audit's
+    section = (audit_dir / "audit.md").read_text().rstrip() + "\n\n"
+    try:
+        where = audit_dir.relative_to(run_dir.resolve())
+    except ValueError:
+        where = audit_dir
+    section += f"Files: `{where}/` (audit.json, audit.md, roc.png).\n"
+    parts = [before.rstrip() + "\n\n" if before.strip() else "", section]
+    if rest:
+        parts.append("\n## " + rest)
+    atomic_write_bytes(report, "".join(parts).encode())
+
+
+def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], models: dict[str, Any]) -> bytes:
+    """Log-log ROC of every model, with the chance line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4),
+                label=f"{name} (AUC {models[name]['auc']:.3f})")  # fmt: skip
+    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-3, 1)
+    ax.set_ylim(1e-3, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title("LiRA membership inference")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

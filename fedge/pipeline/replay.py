@@ -1,0 +1,111 @@
+"""The run's federated training replayed without Flower (FedAvg rounds, with its DP), for the audit.
+
+Candidates are every client record (members: the training splits) and the central test split.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedge.core.config import RunConfig
+from fedge.core.models import build_teacher
+from fedge.core.partition import Federation, build_federation, client_indices
+from fedge.core.training import client_seed, get_weights, set_weights, train
+from fedge.privacy import central
+from fedge.privacy import local as local_dp
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The records the attack scores: preprocessed inputs, labels, target membership."""
+
+    x: np.ndarray
+    y: np.ndarray
+    members: np.ndarray  # in the target's training data
+    owner: np.ndarray  # client partition of each record; -1: the central test split
+
+
+def candidates(fed: Federation, cfg: RunConfig) -> Candidates:
+    """All client records (members: the training splits) and the central test split."""
+    members = np.zeros(len(fed.client_y), dtype=bool)
+    owner = np.full(len(fed.client_y), -1)
+    for pid in range(cfg.clients):
+        train_idx, test_idx = client_indices(fed, pid, cfg)
+        members[train_idx] = True
+        owner[np.concatenate([train_idx, test_idx])] = pid
+    test = fed.server.test
+    return Candidates(
+        x=np.concatenate([fed.client_x, test.x]),
+        y=np.concatenate([fed.client_y, test.y]),
+        members=np.concatenate([members, np.zeros(len(test.y), dtype=bool)]),
+        owner=np.concatenate([owner, np.full(len(test.y), -1)]),
+    )
+
+
+def replay_training(
+    cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarray]], seed: int
+) -> nn.Module:
+    """The run's federated training without Flower: FedAvg rounds over `client_sets`.
+
+    Central DP clips each update and adds the wrapper's noise; local DP trains with DP-SGD.
+    """
+    fed = build_federation(cfg)
+    shape, classes = fed.dataset.preprocessing.input_shape, fed.dataset.num_classes
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_teacher(shape, classes, seed, cfg.teacher)
+    global_w: dict[str, np.ndarray] = dict(get_weights(model))
+    clip = cfg.dp_clip
+    noise = central.central_noise(cfg) if cfg.dp == "central" else 0.0
+    count_std = central.count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
+    for server_round in range(1, cfg.rounds + 1):
+        updates, weights = [], []
+        for pid, (x, y) in enumerate(client_sets):
+            if len(y) == 0:
+                continue
+            local = copy.deepcopy(model)
+            set_weights(local, global_w)
+            local_seed = client_seed(seed, server_round, pid)
+            if cfg.dp == "local":
+                local_dp.dp_sgd_train(
+                    local, x, y, schedule=local_dp.plan(len(y), cfg), epochs=cfg.local_epochs,
+                    lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
+                )  # fmt: skip
+            else:
+                train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                      seed=local_seed)  # fmt: skip
+            new = get_weights(local)
+            updates.append({k: new[k] - global_w[k] for k in global_w})
+            weights.append(1.0 if cfg.dp == "central" else float(len(y)))
+        if cfg.dp == "central":
+            clipped = sum(_norm(u) > clip for u in updates)
+            updates = [_clip(u, clip) for u in updates]
+        total = sum(weights)
+        mean = {k: sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total
+                for k in global_w}  # fmt: skip
+        if cfg.dp == "central":
+            next_clip, on_model = clip, noise
+            if count_std is not None:  # as central's wrappers: count, noise, then move the norm
+                fraction = float(rng.normal(clipped, count_std)) / len(updates)
+                next_clip = central.next_clipping_norm(clip, fraction, cfg)
+                on_model = central.model_noise(noise, count_std)
+            std = on_model * clip / cfg.clients
+            mean = {k: v + rng.normal(0, std, v.shape).astype(v.dtype) for k, v in mean.items()}
+            clip = next_clip
+        global_w = {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
+    set_weights(model, global_w)
+    return model.eval()
+
+
+def _norm(update: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum()) for v in update.values())))
+
+
+def _clip(update: dict[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
+    scale = min(1.0, norm / max(_norm(update), 1e-12))
+    return {k: v * scale for k, v in update.items()}

@@ -1,0 +1,70 @@
+"""A run's results.json, report.md and plot, from what training, compression and deployment gave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedge.core.config import RunConfig
+from fedge.core.faults import byzantine_partitions, straggler_delay
+from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.pipeline.checkpoint import TrainingLog
+from fedge.pipeline.phase import Compressed
+from fedge.pipeline.report import render_report, write_plot
+from fedge.pipeline.rundir import REPORT_FILE, RESULTS_FILE
+from fedge.privacy import ledger
+
+
+def run_results(
+    cfg: RunConfig,
+    *,
+    model_id: str,
+    training: TrainingLog,
+    final_sha256: str,
+    teacher_params: int,
+    compressed: Compressed,
+    clients: list[dict[str, Any]],
+    deploy_bytes: int,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The results.json of one `fedge simulate` / ServerApp run."""
+    return {
+        "run_id": model_id,
+        "config": cfg.to_run_config(),
+        "compression_config": compressed.source.compression.to_json(),
+        "ensemble": compressed.source.summary,
+        "rounds": training.rounds,
+        "rejected": training.rejected,
+        "faults": faults_summary(cfg),
+        "privacy": ledger.summary(cfg, training.rounds),
+        "resumed_from": training.resumed_from,
+        "final_model_sha256": final_sha256,
+        "teacher": {**compressed.shipment.teacher, "params": teacher_params},
+        "stages": compressed.outcome.stages,
+        "student": compressed.shipment.student,
+        "clients": clients,
+        "communication": {"train_bytes": training.train_bytes, "deploy_bytes": deploy_bytes},
+        "timing_s": timing,
+    }
+
+
+def write_run_outputs(results: dict[str, Any], run_dir: Path) -> None:
+    """results.json, report.md and accuracy.png, each written atomically."""
+    atomic_write_json(run_dir / RESULTS_FILE, results)
+    atomic_write_bytes(run_dir / REPORT_FILE, render_report(results).encode())
+    write_plot(results, run_dir)
+
+
+def faults_summary(cfg: RunConfig) -> dict[str, Any]:
+    """The injected faults and the defences, as configured (per-round roles are in rounds[])."""
+    return {
+        "aggregation": cfg.aggregation,
+        "norm_outlier_factor": cfg.norm_outlier_factor,
+        "min_clients": cfg.min_clients,
+        "byzantine_mode": cfg.byzantine_mode if cfg.byzantine_fraction else None,
+        "byzantine_partitions": sorted(byzantine_partitions(cfg)),
+        "byzantine_scale": cfg.byzantine_scale,
+        "dropout_fraction": cfg.dropout_fraction,
+        "straggler_fraction": cfg.straggler_fraction,
+        "straggler_delay_s": straggler_delay(cfg) if cfg.straggler_fraction else None,
+    }

@@ -1,0 +1,109 @@
+"""Run directories: built as DIR.partial and renamed on success; resume bookkeeping; file names."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from fedge.core.config import ConfigError, RunConfig
+from fedge.pipeline.checkpoint import CheckpointDir
+
+log = logging.getLogger("fedge")
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+TEACHER_FILE = "teacher.onnx"
+BUNDLE_DIR = "bundle"
+KEYS_DIR = "keys"
+NODES_DIR = "nodes"  # simulation: the simulated nodes' model stores live under it
+RUN_CONFIG_FILE = "run-config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@contextmanager
+def staged_run_dir(final: Path, *, resume: bool = False) -> Iterator[Path]:
+    """Work in `<final>.partial`, rename to `final` on success.
+
+    On failure the partial directory is removed, unless it holds completed rounds (or is being
+    resumed): then it stays for `fedge simulate --resume`. A fresh run refuses to start over an
+    unfinished one.
+    """
+    work = partial_dir(final)
+    if resume:
+        stored_config(final)  # raises ConfigError if there is nothing to resume
+    else:
+        if final.exists() and any(final.iterdir()):
+            raise FileExistsError(f"run directory {final} already exists and is not empty")
+        if (work / RUN_CONFIG_FILE).exists():
+            raise FileExistsError(
+                f"{work} holds an unfinished run; continue it with "
+                f"`fedge simulate --resume {final}` or delete it"
+            )
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    try:
+        yield work
+    except BaseException:
+        if resume or CheckpointDir(work / CHECKPOINT_DIR).exists():
+            log.error(
+                "the run stopped; completed rounds are kept in %s: `fedge simulate --resume %s`",
+                work,
+                final,
+            )
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()
+    os.replace(work, final)
+    # Checkpoints go only after the rename: a crash before it loses nothing.
+    shutil.rmtree(final / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def partial_dir(final: Path) -> Path:
+    """Where an unfinished run lives."""
+    return final.with_name(final.name + ".partial")
+
+
+def timestamped_out(run_dir: Path, kind: str) -> Path:
+    """Where `fedge compress`/`fedge audit` write by default: RUN/<kind>/<time>, one per call."""
+    return Path(run_dir) / kind / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def final_dir(path: Path) -> Path:
+    """A run's final directory, whether given as DIR or as its DIR.partial."""
+    return path.with_name(path.name.removesuffix(".partial"))
+
+
+def stored_config(final: Path) -> RunConfig:
+    """The config an unfinished run was started with; ConfigError if it cannot be resumed."""
+    work = partial_dir(final)
+    if (final / RESULTS_FILE).is_file() and not work.exists():
+        raise ConfigError(f"run {final} already finished; there is nothing to resume")
+    path = work / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"{final} is not an unfinished fedge run: {path} does not exist "
+            "(resume takes the run's --out directory)"
+        )
+    try:
+        return RunConfig.from_run_config(json.loads(path.read_text()))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not a valid fedge run config: {err}") from err
+
+
+def check_resumable(final: Path, cfg: RunConfig) -> None:
+    """ConfigError naming every setting that differs from the run being resumed."""
+    stored = stored_config(final)
+    differ = stored.incompatible_with(cfg)
+    if differ:
+        pairs = ", ".join(
+            f"{k} (run: {stored.to_run_config()[k]!r}, now: {cfg.to_run_config()[k]!r})"
+            for k in differ
+        )
+        raise ConfigError(f"cannot resume {final} with different settings: {pairs}")

@@ -1,0 +1,84 @@
+"""Flower's central-DP wrappers around a strategy, with fedge's corrections to adaptive clipping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import Message
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
+
+from fedge.core.config import RunConfig
+from fedge.privacy.central import count_noise, next_clipping_norm
+
+
+class _AndrewClipping:
+    """Two corrections to Flower 1.41's adaptive clipping wrappers (mixed in before them).
+
+    1. Direction: Flower moves the norm by exp(-lr x (clipped share - quantile)), so a round in
+       which most updates were clipped shrinks the norm further and it collapses towards 0.
+       Andrew et al. move it by exp(-lr x (unclipped share - quantile)): here `quantile` is the
+       share of updates the norm should leave unclipped (dp-clip-quantile).
+    2. Order: Flower updates the norm before it noises the aggregate, so a round whose updates
+       were clipped at C gets noise calibrated to the new norm; when the norm shrank, that noise
+       is too small for the round's sensitivity. Here the new norm takes effect after the round.
+    """
+
+    clipping_norm: float
+    cfg: RunConfig
+    _next_norm: float | None = None
+
+    def _geometric_update(self, clipped_fraction: float) -> None:
+        self._next_norm = next_clipping_norm(self.clipping_norm, clipped_fraction, self.cfg)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+        """Flower's aggregation (clip, count, noise at this round's norm), then the new norm."""
+        self._next_norm = None
+        result = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        if self._next_norm is not None:
+            self.clipping_norm = self._next_norm
+        return result
+
+
+class ServerSideAdaptiveClipping(_AndrewClipping, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping with the corrections of _AndrewClipping."""
+
+
+class ClientSideAdaptiveClipping(_AndrewClipping, DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping with the corrections of _AndrewClipping."""
+
+
+def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
+    """The strategy inside Flower's DP wrapper: clip each update to dp-clip, add Gaussian noise.
+
+    Noise std on the mean is noise x dp-clip / clients. Clipping happens on the server or, with
+    dp-clipping client, in each client's `fixedclipping_mod` before the update leaves the node.
+    """
+    if cfg.dp_clip_mode == "adaptive":
+        adaptive = (
+            ServerSideAdaptiveClipping
+            if cfg.dp_clipping == "server"
+            else ClientSideAdaptiveClipping
+        )
+        wrapper = adaptive(
+            strategy,
+            noise,
+            num_sampled_clients=cfg.clients,
+            initial_clipping_norm=cfg.dp_clip,
+            target_clipped_quantile=cfg.dp_clip_quantile,
+            clip_norm_lr=cfg.dp_clip_lr,
+            clipped_count_stddev=count_noise(cfg, noise),
+        )
+        wrapper.cfg = cfg  # the update rule reads dp-clip-lr and dp-clip-quantile from it
+        return wrapper
+    fixed = (
+        DifferentialPrivacyServerSideFixedClipping
+        if cfg.dp_clipping == "server"
+        else DifferentialPrivacyClientSideFixedClipping
+    )
+    return fixed(strategy, noise, cfg.dp_clip, num_sampled_clients=cfg.clients)
