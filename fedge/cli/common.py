@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +17,26 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from fedge import __version__
+
+        print(f"fedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Federated edge-cloud learning: train, compress, sign, deploy."""
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -22,67 +22,30 @@ def _relative_size(ratio: float) -> str:
     return f"{ratio:.1f}x smaller" if ratio >= 1 else f"{1 / ratio:.1f}x larger"
 
 
-@app.command()
+SETTINGS_HELP = (
+    "Every setting is also a flag: --KEY VALUE (true/false settings: --KEY / --no-KEY), or "
+    '--run-config "KEY=VALUE KEY=VALUE" as with `flwr run`. `fedge settings` lists them all. '
+    "Order: defaults, then --scenario, then --run-config, then flags."
+)
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=EXTRA_ARGS, epilog=SETTINGS_HELP)
 def simulate(
+    ctx: typer.Context,
     scenario: Annotated[
         Path | None, typer.Option(help="TOML file of settings (see simulations/).")
+    ] = None,
+    run_config: Annotated[
+        str | None, typer.Option(help='Settings as "key=value key=value" (flwr run syntax).')
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="digits | mnist1d | npz:PATH")] = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
-    partition: Annotated[str | None, typer.Option(help="iid | dirichlet | pathological")] = None,
-    alpha: Annotated[
-        float | None, typer.Option(help="Dirichlet alpha (> 0; smaller is more skewed).")
-    ] = None,
-    strategy: Annotated[str | None, typer.Option(help="fedavg | fedprox | fedadam")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for splits, init and sampling.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Run directory (must not exist or be empty).")
-    ] = None,
-    private_key: Annotated[
-        Path | None, typer.Option(help="Ed25519 key to sign with (default: new pair).")
-    ] = None,
-    aggregation: Annotated[
-        str | None,
-        typer.Option(help="fedavg | median | trimmed-mean | krum | multi-krum | bulyan"),
-    ] = None,
-    byzantine_fraction: Annotated[
-        float | None, typer.Option(help="Share of clients that attack (simulation).")
-    ] = None,
-    byzantine_mode: Annotated[
-        str | None, typer.Option(help="sign-flip | gaussian | label-flip")
-    ] = None,
-    dropout_fraction: Annotated[
-        float | None, typer.Option(help="Share of clients dropping out of each round.")
-    ] = None,
-    straggler_fraction: Annotated[
-        float | None, typer.Option(help="Share of clients replying after the round timeout.")
-    ] = None,
-    teacher: Annotated[
-        str | None, typer.Option(help="Federated model: cnn | linear (for DP training).")
-    ] = None,
-    teacher_mode: Annotated[
-        str | None,
-        typer.Option(help="Distill from: global (the model) | ensemble (clients' mean logits)."),
-    ] = None,
-    dp: Annotated[
-        str | None, typer.Option(help="none | central (client-level) | local (DP-SGD).")
-    ] = None,
-    dp_epsilon: Annotated[
-        float | None, typer.Option(help="Target epsilon for the whole run (derives the noise).")
-    ] = None,
-    dp_delta: Annotated[float | None, typer.Option(help="Delta (default 1e-5).")] = None,
-    dp_noise: Annotated[
-        float | None, typer.Option(help="Noise multiplier (when no --dp-epsilon).")
-    ] = None,
-    dp_clip: Annotated[
-        float | None, typer.Option(help="Clipping norm: update (central), gradient (local).")
-    ] = None,
-    dp_clipping: Annotated[
-        str | None, typer.Option(help="Central DP: clip on the server | client.")
-    ] = None,
-    dp_clip_mode: Annotated[
-        str | None, typer.Option(help="Central DP: fixed | adaptive clipping norm.")
+        Path | None,
+        typer.Option(help="Run directory (must not exist or be empty; default ~/fedge-runs/...)."),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -91,36 +54,15 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a teacher federatedly, compress it, sign it and redistribute it to every client."""
-    from fedge.simulations.runner import build_config, preflight
+    from fedge.simulations.runner import build_config, preflight, requested_settings
     from fedge.simulations.runner import simulate as run
 
-    flags = {
-        "dataset": dataset,
-        "clients": clients,
-        "rounds": rounds,
-        "partition": partition,
-        "alpha": alpha,
-        "strategy": strategy,
-        "seed": seed,
-        "out": None if out is None else str(out),
-        "private-key": None if private_key is None else str(private_key.resolve()),
-        "aggregation": aggregation,
-        "byzantine-fraction": byzantine_fraction,
-        "byzantine-mode": byzantine_mode,
-        "dropout-fraction": dropout_fraction,
-        "straggler-fraction": straggler_fraction,
-        "teacher": teacher,
-        "teacher-mode": teacher_mode,
-        "dp": dp,
-        "dp-epsilon": dp_epsilon,
-        "dp-delta": dp_delta,
-        "dp-noise": dp_noise,
-        "dp-clip": dp_clip,
-        "dp-clipping": dp_clipping,
-        "dp-clip-mode": dp_clip_mode,
-    }
+    headline = {"dataset": dataset, "clients": clients, "rounds": rounds, "seed": seed}
+    if out is not None:
+        headline["out"] = str(out)
     try:
-        cfg = build_config(scenario, flags, resume=resume)
+        settings = requested_settings(scenario, run_config, ctx.args, headline)
+        cfg = build_config(settings, resume=resume)
         preflight(cfg)
     except ConfigError as err:
         raise fail(str(err)) from None
@@ -134,44 +76,21 @@ def simulate(
     _summary(run_dir)
 
 
-@app.command()
+@app.command(
+    context_settings=EXTRA_ARGS,
+    epilog=SETTINGS_HELP.replace("Every setting", "Every compression setting"),
+)
 def compress(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A finished `fedge simulate` run directory.")],
     scenario: Annotated[
         Path | None, typer.Option(help="TOML file of compression settings.")
     ] = None,
+    run_config: Annotated[
+        str | None, typer.Option(help='Compression settings as "key=value key=value".')
+    ] = None,
     student: Annotated[
         str | None, typer.Option(help="tiny | small-fast | small | medium-fast | medium")
-    ] = None,
-    kd_epochs: Annotated[int | None, typer.Option(help="Distillation epochs.")] = None,
-    kd_labels: Annotated[
-        str | None, typer.Option(help="soft (tempered probabilities) | hard (top class).")
-    ] = None,
-    kd_queries: Annotated[
-        str | None,
-        typer.Option(help="Teacher labels: augmented (every view) | pool (the samples only)."),
-    ] = None,
-    prune_ratio: Annotated[float | None, typer.Option(help="Share of channels removed.")] = None,
-    finetune_epochs: Annotated[int | None, typer.Option(help="KD epochs after pruning.")] = None,
-    sparsity: Annotated[
-        float | None, typer.Option(help="Share of weights zeroed by magnitude (gzip size only).")
-    ] = None,
-    quant_mode: Annotated[
-        str | None, typer.Option(help="dynamic (MatMul only) | static | none (fp32)")
-    ] = None,
-    quant_format: Annotated[str | None, typer.Option(help="qdq | qoperator")] = None,
-    quant_per_channel: Annotated[
-        bool | None, typer.Option(help="Per-channel (or per-tensor) int8 weight scales.")
-    ] = None,
-    quant_calibration: Annotated[
-        str | None, typer.Option(help="minmax | entropy | percentile")
-    ] = None,
-    int8_tolerance: Annotated[
-        float | None, typer.Option(help="Validation accuracy int8 may lose.")
-    ] = None,
-    teacher_mode: Annotated[
-        str | None,
-        typer.Option(help="global | ensemble (needs the run's saved ensemble logits)."),
     ] = None,
     max_accuracy_drop: Annotated[
         float | None,
@@ -206,26 +125,10 @@ def compress(
     from fedge.pipeline.candidates import Choice
     from fedge.pipeline.recompress import compress_config, compress_run
     from fedge.pipeline.rundir import staged_run_dir, timestamped_out
-    from fedge.simulations.runner import load_scenario
+    from fedge.simulations.runner import requested_settings
 
-    flags = {
-        "student": student,
-        "kd-epochs": kd_epochs,
-        "kd-labels": kd_labels,
-        "kd-queries": kd_queries,
-        "prune-ratio": prune_ratio,
-        "finetune-epochs": finetune_epochs,
-        "sparsity": sparsity,
-        "quant-mode": quant_mode,
-        "quant-format": quant_format,
-        "quant-per-channel": quant_per_channel,
-        "quant-calibration": quant_calibration,
-        "int8-tolerance": int8_tolerance,
-        "teacher-mode": teacher_mode,
-    }
     try:
-        changes = load_scenario(scenario) if scenario is not None else {}
-        changes.update({k: v for k, v in flags.items() if v is not None})
+        changes = requested_settings(scenario, run_config, ctx.args, {"student": student})
         cfg, teacher_params = compress_config(run_dir, changes)
         choice = Choice(max_accuracy_drop=max_accuracy_drop, max_bytes=max_bytes)
         grid = _grid(sweep_students, sweep_prune, sweep_quant) if sweep else None
@@ -249,6 +152,28 @@ def compress(
         f"{100 * results['teacher']['accuracy']:.2f} %) -> {target}",
         highlight=False,
     )
+
+
+@app.command("settings")
+def list_settings(
+    compress_only: Annotated[
+        bool, typer.Option("--compress", help="Only what `fedge compress` may change.")
+    ] = False,
+) -> None:
+    """List every run setting: key, default, allowed values, what it does."""
+    from fedge.core.config import SETTINGS
+
+    table = Table(title="fedge settings (pyproject keys, --KEY flags, --run-config keys)")
+    for column in ("setting", "default", "allowed", "compress", "what"):
+        table.add_column(column)
+    for key, spec in SETTINGS.items():
+        if compress_only and not spec.compress:
+            continue
+        default = json.dumps(spec.default)
+        table.add_row(key, default, spec.allowed(), "yes" if spec.compress else "", spec.help)
+    out = Console()
+    out.width = max(out.width, 160)  # keys stay whole in pipes and narrow terminals
+    out.print(table)
 
 
 def _grid(students: str | None, prune: str | None, quant: str | None) -> SweepGrid:

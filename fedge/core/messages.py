@@ -55,6 +55,3 @@ NODE_NUM_PARTITIONS = "num-partitions"
 NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
 NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition
-
-# RunConfig keys that stay on the server (never sent to clients).
-SERVER_ONLY_SETTINGS = ("out", "private-key", "resume")

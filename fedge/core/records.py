@@ -9,9 +9,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedge.core import messages as m
-from fedge.core.config import RunConfig
+from fedge.core.config import SERVER_ONLY_SETTINGS, RunConfig
 from fedge.core.data import Preprocessing
-from fedge.core.messages import SERVER_ONLY_SETTINGS
 
 
 def weights_to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:

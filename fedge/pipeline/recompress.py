@@ -10,7 +10,7 @@ from typing import Any
 
 from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_bundle
 from fedge.compression.onnx_teacher import OnnxTeacher
-from fedge.core.config import STUDENTS, ConfigError, RunConfig
+from fedge.core.config import COMPRESSION_SETTINGS, STUDENTS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import session_accuracy
 from fedge.core.partition import build_federation
@@ -29,24 +29,6 @@ from fedge.pipeline.sweep_output import sweep_table, write_sweep
 from fedge.pipeline.teacher_source import global_source, stored_source
 
 log = logging.getLogger("fedge")
-# The settings `fedge compress` may change: everything else would change the teacher or the data.
-COMPRESSION_SETTINGS = (
-    "student",
-    "kd-temperature",
-    "kd-epochs",
-    "kd-labels",
-    "kd-queries",
-    "prune-ratio",
-    "finetune-epochs",
-    "sparsity",
-    "quant-format",
-    "quant-per-channel",
-    "quant-mode",
-    "quant-calibration",
-    "quant-calibration-samples",
-    "int8-tolerance",
-    "teacher-mode",  # ensemble only if the run saved its ensemble's logits
-)
 
 
 def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, int]:

@@ -65,6 +65,18 @@ def staged_run_dir(final: Path, *, resume: bool = False) -> Iterator[Path]:
     shutil.rmtree(final / CHECKPOINT_DIR, ignore_errors=True)
 
 
+def default_run_dir(cfg: RunConfig) -> Path:
+    """`out` as an absolute path; empty means ~/fedge-runs/<time>-<dataset>.
+
+    One default for `fedge simulate` and `flwr run` alike: under `flwr run` the ServerApp's
+    working directory is the SuperLink's, so a relative default would land somewhere surprising.
+    """
+    if cfg.out:
+        return Path(cfg.out).expanduser().resolve()
+    name = "npz" if cfg.dataset.startswith("npz:") else cfg.dataset
+    return Path.home() / "fedge-runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
+
+
 def partial_dir(final: Path) -> Path:
     """Where an unfinished run lives."""
     return final.with_name(final.name + ".partial")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from pathlib import Path
 
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedge.core.config import RunConfig
-from fedge.pipeline.rundir import staged_run_dir
+from fedge.pipeline.rundir import default_run_dir, staged_run_dir
 from fedge.server.run import run_server
 
 app = ServerApp()
@@ -27,16 +25,3 @@ def main(grid: Grid, context: Context) -> None:
     with staged_run_dir(final, resume=cfg.resume) as work:
         run_server(grid, cfg, work)
     log.info("run directory: %s", final)
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    """`out` as an absolute path; empty means ~/fedge-runs/<time>-<dataset>.
-
-    Under `flwr run` the ServerApp's working directory is the SuperLink's, so relative paths
-    would land somewhere surprising.
-    """
-    if cfg.out:
-        return Path(cfg.out).expanduser().resolve()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = cfg.dataset.split(":")[0] if not cfg.dataset.startswith("npz:") else "npz"
-    return Path.home() / "fedge-runs" / f"{stamp}-{name}"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedge.core.config import ConfigError, RunConfig
+from fedge.core.config import SETTINGS, ConfigError, RunConfig
+from fedge.core.settings import parse_flags, parse_pairs
+from fedge.pipeline.rundir import check_resumable, default_run_dir, final_dir, stored_config
 
 # Flower and Ray: no telemetry, no update checks, no runtime dependency installs.
 FLOWER_ENV = {
@@ -37,36 +38,51 @@ def load_scenario(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(
-    scenario: Path | None, overrides: dict[str, Any], *, resume: Path | None = None
-) -> RunConfig:
-    """Defaults -> scenario file -> flags, then validation. `out` becomes an absolute path.
+def requested_settings(
+    scenario: Path | None,
+    run_config: str | None,
+    flags: list[str],
+    headline: dict[str, Any],
+) -> dict[str, Any]:
+    """The settings a command line asks for: scenario file, then --run-config, then flags.
 
-    With `resume` (a run directory), the unfinished run's own config replaces the defaults,
-    and any scenario or flag may only change what a resumed run may change.
+    `flags` are the generic `--KEY VALUE` arguments; `headline` the command's own typed flags
+    (None: not given). Unknown keys and bad values are ConfigErrors naming them.
     """
     settings: dict[str, Any] = {}
-    if resume is not None:
-        from fedge.pipeline.rundir import check_resumable, final_dir, stored_config
-
-        final = final_dir(Path(resume).expanduser().resolve())
-        if overrides.get("out") is not None and Path(overrides["out"]).resolve() != final:
-            raise ConfigError("--resume takes the run directory; do not also give --out")
-        settings.update(stored_config(final).to_run_config())
     if scenario is not None:
         settings.update(load_scenario(scenario))
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = RunConfig.from_run_config(settings)
+    if run_config:
+        if run_config.strip().endswith(".toml") and "=" not in run_config:
+            settings.update(load_scenario(Path(run_config.strip())))
+        else:
+            settings.update(parse_pairs(run_config, SETTINGS))
+    settings.update(parse_flags(flags, SETTINGS))
+    settings.update({k: v for k, v in headline.items() if v is not None})
+    for key in ("private-key", "out"):  # paths are the caller's, whatever the working directory
+        if settings.get(key):
+            settings[key] = str(Path(settings[key]).expanduser().resolve())
+    return settings
+
+
+def build_config(settings: dict[str, Any], *, resume: Path | None = None) -> RunConfig:
+    """Defaults -> `settings`, then validation. `out` becomes an absolute path.
+
+    With `resume` (a run directory), the unfinished run's own config replaces the defaults,
+    and the settings may only change what a resumed run may change.
+    """
+    base: dict[str, Any] = {}
+    if resume is not None:
+        final = final_dir(Path(resume).expanduser().resolve())
+        if settings.get("out") and Path(settings["out"]).resolve() != final:
+            raise ConfigError("--resume takes the run directory; do not also give --out")
+        base.update(stored_config(final).to_run_config())
+    cfg = RunConfig.from_run_config({**base, **settings})
     if resume is not None:
         cfg = cfg.replace(out=str(final), resume=True)
         check_resumable(final, cfg)
         return cfg
-    out = (
-        Path(cfg.out)
-        if cfg.out
-        else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{_short(cfg.dataset)}"
-    )
-    return cfg.replace(out=str(out.expanduser().resolve()))
+    return cfg.replace(out=str(default_run_dir(cfg)))
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -140,7 +156,3 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
             f"the simulation ended without writing {out / RESULTS_FILE}; see the log above"
         )
     return out
-
-
-def _short(dataset: str) -> str:
-    return "npz" if dataset.startswith("npz:") else dataset

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home")}
+    # HOME inside the test's directory: the default run directory (~/fedge-runs) lands there.
+    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home"), "HOME": str(cwd / "home")}
     return subprocess.run(
         [sys.executable, "-m", "fedge", *args],
         cwd=cwd,
@@ -40,7 +41,6 @@ def tiny_run(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
-@pytest.mark.e2e
 def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
     out = tiny_run
     results = json.loads((out / "results.json").read_text())
@@ -85,11 +85,11 @@ def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
     ],
 )
 def test_bad_input_exits_2_before_training_and_writes_nothing(tmp_path, args, message):
-    proc = fedge("simulate", *args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    proc = fedge("simulate", *args, cwd=tmp_path)  # no --out: the default directory is checked
     assert proc.returncode == 2
     assert message in " ".join(proc.stderr.split())
-    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "home" / "fedge-runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_unknown_scenario_key_is_refused(tmp_path):
@@ -106,14 +106,14 @@ def test_keys_generate_refuses_to_overwrite(tmp_path):
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
 
 
-@pytest.mark.e2e
-def test_sigkill_then_resume_loses_no_round_and_ends_with_the_same_model(tmp_path, tiny_run):
+def test_sigkill_then_resume_loses_no_round_and_ends_with_the_same_model(
+    tmp_path, tiny_run, monkeypatch
+):
     from fedge.simulations.crash import kill_when, start_simulate
 
     out = tmp_path / "run"
     checkpoint = tmp_path / "run.partial" / "checkpoints" / "round-0001.json"
-    env_home = tmp_path / "flwr-home"
-    os.environ["FLWR_HOME"] = str(env_home)
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
     proc = start_simulate(["--scenario", TINY, "--out", str(out)], tmp_path / "killed.log")
     assert kill_when(proc, checkpoint.is_file, timeout=300), (tmp_path / "killed.log").read_text()
     assert not out.exists()
@@ -158,7 +158,6 @@ def test_a_corrupt_data_file_is_a_clear_error(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
-@pytest.mark.e2e
 def test_compress_reuses_the_teacher_and_writes_a_bundle_devices_accept(tmp_path, tiny_run):
     from fedge.client.runtime.predictor import Predictor
 
@@ -219,7 +218,6 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
     assert not (tiny_run / "compress").exists()
 
 
-@pytest.mark.e2e
 def test_sweep_writes_the_grid_and_ships_the_point_its_limit_picks(tmp_path, tiny_run):
     grid = ["--sweep-students", "tiny,small-fast", "--sweep-prune", "0,0.3"]
     grid += ["--sweep-quant", "fp32,qoperator"]
@@ -255,7 +253,6 @@ def test_sweep_writes_the_grid_and_ships_the_point_its_limit_picks(tmp_path, tin
     )
 
 
-@pytest.mark.e2e
 def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     def compress(out: str, *limit: str) -> subprocess.CompletedProcess:
         quick = ["--kd-epochs", "3", "--finetune-epochs", "0", "--prune-ratio", "0.0"]
@@ -299,7 +296,6 @@ def test_shadow_replay_reproduces_the_federated_teacher(tiny_run):
     assert abs(replayed - real).max() < 1e-3
 
 
-@pytest.mark.e2e
 def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
     out = tmp_path / "a"
     proc = fedge("audit", str(tiny_run), "--shadows", "4", "--out", str(out), cwd=tmp_path)
