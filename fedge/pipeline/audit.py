@@ -30,7 +30,8 @@ from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_logits
 from fedge.core.partition import build_federation
 from fedge.core.training import predict_logits
-from fedge.pipeline.audit_report import render_audit, roc_plot
+from fedge.pipeline.audit_report import render_audit
+from fedge.pipeline.plots import roc_plot
 from fedge.pipeline.replay import Candidates, candidates, replay_training
 from fedge.pipeline.rundir import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE
 from fedge.pipeline.stages import CompressionConfig, Inputs, compress

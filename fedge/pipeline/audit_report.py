@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from fedge.core.io import atomic_write_bytes
 from fedge.pipeline.rundir import REPORT_FILE
@@ -41,6 +38,20 @@ def render_audit(audit: dict[str, Any]) -> str:
             f"accuracy is {100 * (student['accuracy'] - teacher['accuracy']):+.2f} points from "
             "the teacher's.",
         ]
+    if "replayed_student_sha256" in audit:
+        same = audit["replayed_student_sha256"] == audit["shipped_student_sha256"]
+        lines += [
+            "",
+            "The distilled and pruned rows come from replaying the run's compression on its "
+            "teacher; the student row is the shipped bundle. "
+            + (
+                "The replay rebuilt the shipped student byte for byte, so the stages are the "
+                "run's own."
+                if same
+                else "The replay's student differs from the shipped one (the compression was "
+                "not reproducible here), so the stage rows may differ from the run's report."
+            ),
+        ]
     privacy = audit.get("privacy") or {}
     if privacy.get("epsilon") is not None:
         lines += [
@@ -67,30 +78,3 @@ def add_to_report(run_dir: Path, audit_dir: Path) -> None:
     if rest:
         parts.append("\n## " + rest)
     atomic_write_bytes(report, "".join(parts).encode())
-
-
-def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], models: dict[str, Any]) -> bytes:
-    """Log-log ROC of every model, with the chance line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for name, (fpr, tpr) in curves.items():
-        ax.plot(np.maximum(fpr, 1e-4), np.maximum(tpr, 1e-4),
-                label=f"{name} (AUC {models[name]['auc']:.3f})")  # fmt: skip
-    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=1, label="chance")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(1e-3, 1)
-    ax.set_ylim(1e-3, 1)
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title("LiRA membership inference")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()

@@ -22,7 +22,7 @@ from fedge.pipeline.candidates import (
     compress_candidates,
 )
 from fedge.pipeline.report import render_compression_report
-from fedge.pipeline.rundir import RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, REPORT_FILE, RESULTS_FILE, TEACHER_FILE
 from fedge.pipeline.shipping import ship
 from fedge.pipeline.stages import CompressionConfig
 from fedge.pipeline.sweep_output import sweep_table, write_sweep
@@ -60,6 +60,24 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
     return cfg, int(teacher_params)
 
 
+def candidate_configs(
+    cfg: RunConfig, choice: Choice, grid: SweepGrid | None
+) -> tuple[list[RunConfig], Choice | None, Choice]:
+    """What to compress, when to stop early, and the rule to choose by.
+
+    A sweep compresses every grid point (default rule: within DEFAULT_SWEEP_DROP points); a
+    limit alone tries the students smallest first (stopping at the first within an accuracy
+    limit); otherwise the one config.
+    """
+    if grid is not None:
+        rule = choice if choice.active else Choice(max_accuracy_drop=DEFAULT_SWEEP_DROP)
+        return grid.configs(cfg), None, rule
+    if choice.active:
+        stop = choice if choice.max_accuracy_drop is not None else None
+        return [cfg.replace(student=student) for student in STUDENTS], stop, choice
+    return [cfg], None, choice
+
+
 def compress_run(
     run_dir: Path,
     cfg: RunConfig,
@@ -84,14 +102,7 @@ def compress_run(
     teacher = OnnxTeacher(teacher_onnx)
     val = fed.server.val
     teacher_val = session_accuracy(teacher.session, val.x, val.y)
-    if grid is not None:
-        choice = choice if choice.active else Choice(max_accuracy_drop=DEFAULT_SWEEP_DROP)
-        configs, stop = grid.configs(cfg), None
-    elif choice.active:
-        configs = [cfg.replace(student=student) for student in STUDENTS]
-        stop = choice if choice.max_accuracy_drop is not None else None
-    else:
-        configs, stop = [cfg], None
+    configs, stop, choice = candidate_configs(cfg, choice, grid)
     source = global_source(teacher, fed.server.public_pool, CompressionConfig.from_run(cfg))
     if cfg.teacher_mode == "ensemble":
         source = stored_source(
@@ -111,7 +122,7 @@ def compress_run(
         stop=stop,
     )
     chosen = choose(candidates, choice)
-    key = load_private_key(run_dir / "keys" / PRIVATE_KEY_FILE)
+    key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
     shipment = ship(
         teacher_onnx,
         chosen.outcome,
@@ -122,30 +133,42 @@ def compress_run(
         key=key,
         model_id=run_dir.name,
     )
-    write_bundle(shipment.files, out / "bundle")
-    results = {
-        "run_id": run_dir.name,
-        "source_run": str(run_dir),
-        "config": chosen.cfg.to_run_config(),
-        "compression_config": chosen.compression.to_json(),
-        "ensemble": source.summary,
-        # The student is post-processing of the same teacher: the run's guarantee carries over.
-        "privacy": json.loads((run_dir / RESULTS_FILE).read_text()).get("privacy"),
-        "teacher": {**shipment.teacher, "params": teacher_params},
-        "stages": chosen.outcome.stages,
-        "student": shipment.student,
-        "timing_s": {"compression": time.monotonic() - start},
-        "choice": {
-            "max_accuracy_drop_pt": choice.max_accuracy_drop,
-            "max_bytes": choice.max_bytes,
-            "teacher_val_accuracy": teacher_val,
-            "sweep": grid is not None,
-            "candidates": [c.row for c in candidates],
-            "chosen": chosen.row,
-        },
+    write_bundle(shipment.files, out / BUNDLE_DIR)
+    privacy = json.loads((run_dir / RESULTS_FILE).read_text()).get("privacy")
+    results = _results(run_dir, chosen, source.summary, shipment, teacher_params, privacy)
+    results["timing_s"] = {"compression": time.monotonic() - start}
+    results["choice"] = {
+        "max_accuracy_drop_pt": choice.max_accuracy_drop,
+        "max_bytes": choice.max_bytes,
+        "teacher_val_accuracy": teacher_val,
+        "sweep": grid is not None,
+        "candidates": [c.row for c in candidates],
+        "chosen": chosen.row,
     }
     if grid is not None:
         write_sweep(out, sweep_table(candidates, chosen, choice, teacher_val))
     atomic_write_json(out / RESULTS_FILE, results)
-    atomic_write_bytes(out / "report.md", render_compression_report(results).encode())
+    atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())
     return results
+
+
+def _results(
+    run_dir: Path,
+    chosen: Any,
+    ensemble: dict[str, Any],
+    shipment: Any,
+    teacher_params: int,
+    privacy: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """results.json of `fedge compress` (the choice and timing are added by the caller)."""
+    return {
+        "run_id": run_dir.name,
+        "source_run": str(run_dir),
+        "config": chosen.cfg.to_run_config(),
+        "compression_config": chosen.compression.to_json(),
+        "ensemble": ensemble,
+        "privacy": privacy,  # post-processing of the same teacher: its guarantee carries over
+        "teacher": {**shipment.teacher, "params": teacher_params},
+        "stages": chosen.outcome.stages,
+        "student": shipment.student,
+    }

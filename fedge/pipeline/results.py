@@ -10,8 +10,9 @@ from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.pipeline.checkpoint import TrainingLog
 from fedge.pipeline.phase import Compressed
-from fedge.pipeline.report import render_report, write_plot
-from fedge.pipeline.rundir import REPORT_FILE, RESULTS_FILE
+from fedge.pipeline.plots import accuracy_plot
+from fedge.pipeline.report import render_report
+from fedge.pipeline.rundir import PLOT_FILE, REPORT_FILE, RESULTS_FILE
 from fedge.privacy import ledger
 
 
@@ -52,7 +53,7 @@ def write_run_outputs(results: dict[str, Any], run_dir: Path) -> None:
     """results.json, report.md and accuracy.png, each written atomically."""
     atomic_write_json(run_dir / RESULTS_FILE, results)
     atomic_write_bytes(run_dir / REPORT_FILE, render_report(results).encode())
-    write_plot(results, run_dir)
+    atomic_write_bytes(run_dir / PLOT_FILE, accuracy_plot(results))
 
 
 def faults_summary(cfg: RunConfig) -> dict[str, Any]:

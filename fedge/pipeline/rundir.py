@@ -17,6 +17,7 @@ from fedge.pipeline.checkpoint import CheckpointDir
 log = logging.getLogger("fedge")
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
+PLOT_FILE = "accuracy.png"
 TEACHER_FILE = "teacher.onnx"
 BUNDLE_DIR = "bundle"
 KEYS_DIR = "keys"

@@ -20,8 +20,23 @@ log = logging.getLogger("fedge")
 def main(grid: Grid, context: Context) -> None:
     """Train, compress, sign, redistribute and report (outputs under the `out` setting)."""
     torch.set_num_threads(1)
+    _show_progress()
     cfg = RunConfig.from_run_config(dict(context.run_config))
     final = default_run_dir(cfg)
     with staged_run_dir(final, resume=cfg.resume) as work:
         run_server(grid, cfg, work)
     log.info("run directory: %s", final)
+
+
+def _show_progress() -> None:
+    """Send fedge's progress (rounds, stages, run directory) where Flower's log goes.
+
+    Under `flwr run` that is the console and `flwr log`; `fedge simulate` has its own handler.
+    """
+    if logging.getLogger().handlers or log.handlers:
+        return
+    flwr_logger = logging.getLogger("flwr")
+    for handler in flwr_logger.handlers:
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

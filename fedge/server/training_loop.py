@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 
 from fedge.core import messages as m
@@ -42,15 +43,36 @@ class FederationError(RuntimeError):
     """The federation cannot go on (too few nodes, a round with no usable reply)."""
 
 
+# In a simulation every SuperNode registers within a second of the start; a count that has not
+# grown for this long will not grow (e.g. `flwr run .` on Flower's default 2-node federation).
+SIMULATION_SETTLE_S = 5.0
+
+
 def wait_for_nodes(grid: Grid, wanted: int, timeout: float, what: str = "clients") -> list[int]:
-    """Wait until `wanted` nodes are connected; a clear error instead of waiting forever."""
-    deadline = time.monotonic() + timeout
+    """Wait until `wanted` nodes are connected; a clear error instead of waiting forever.
+
+    Real SuperNodes may join over `timeout` seconds; a simulated federation is complete at the
+    start, so a shortfall there fails within seconds, with the fix.
+    """
+    simulated = isinstance(grid, InMemoryGrid)
+    start = last_change = time.monotonic()
+    seen = -1
     while len(nodes := list(grid.get_node_ids())) < wanted:
-        if time.monotonic() > deadline:
-            raise FederationError(
-                f"only {len(nodes)} of {what}={wanted} nodes connected after {timeout:.0f} s; "
-                'start more SuperNodes (flwr run: --federation-config "num-supernodes=N") '
+        now = time.monotonic()
+        if len(nodes) != seen:
+            seen, last_change = len(nodes), now
+        settled = simulated and now - last_change > SIMULATION_SETTLE_S
+        if settled or now - start > timeout:
+            fix = (
+                f"this simulation has {len(nodes)} SuperNodes: run it with --federation-config "
+                f'"num-supernodes={wanted}" or set {what}={len(nodes)}'
+                if settled
+                else 'start more SuperNodes (flwr run: --federation-config "num-supernodes=N") '
                 f"or lower {what}"
+            )
+            raise FederationError(
+                f"only {len(nodes)} of {what}={wanted} nodes connected after "
+                f"{now - start:.0f} s; {fix}"
             )
         time.sleep(0.2)
     return nodes
@@ -162,20 +184,7 @@ def _train_round(
         )
     out.rejected += rejected
     out.last_round_nodes = [c.node_id for c in accepted]
-    skipped = None
-    metrics = None
-    if len(accepted) < cfg.min_clients:
-        skipped = f"{len(accepted)} valid updates, min-clients={cfg.min_clients}"
-    else:
-        new_arrays, metrics = strategy.aggregate_train(server_round, [c.reply for c in accepted])
-        if new_arrays is None:
-            skipped = (
-                f"aggregation {cfg.aggregation!r} returned no model from {len(accepted)} updates"
-            )
-        elif not all(np.isfinite(a).all() for a in record_to_weights(new_arrays).values()):
-            skipped = "the aggregated model has NaN or Inf values; kept the previous one"
-        else:
-            arrays = new_arrays
+    arrays, skipped, metrics = _aggregate(cfg, strategy, server_round, accepted, arrays)
     roles = round_roles(cfg, server_round)
     row = {
         "round": server_round,
@@ -211,6 +220,21 @@ def _train_round(
         )
     )
     return arrays, row
+
+
+def _aggregate(
+    cfg: RunConfig, strategy: Any, server_round: int, accepted: list[Any], arrays: ArrayRecord
+) -> tuple[ArrayRecord, str | None, Any]:
+    """The strategy's aggregate of the accepted updates, or the old model and why it was kept."""
+    if len(accepted) < cfg.min_clients:
+        return arrays, f"{len(accepted)} valid updates, min-clients={cfg.min_clients}", None
+    new_arrays, metrics = strategy.aggregate_train(server_round, [c.reply for c in accepted])
+    if new_arrays is None:
+        reason = f"aggregation {cfg.aggregation!r} returned no model from {len(accepted)} updates"
+        return arrays, reason, metrics
+    if not all(np.isfinite(a).all() for a in record_to_weights(new_arrays).values()):
+        return arrays, "the aggregated model has NaN or Inf values; kept the previous one", metrics
+    return new_arrays, None, metrics
 
 
 def _reported(replies: dict[int, Message], key: str) -> list[float]:
