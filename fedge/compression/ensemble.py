@@ -23,10 +23,8 @@ def transfer_set(
     if views < 1:
         raise ValueError(f"ensemble-views must be >= 1, got {views}")
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # Beta sampling draws from the global generator
-    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
     xs = torch.from_numpy(np.ascontiguousarray(public_pool.x, dtype=np.float32))
-    parts = [xs] + [augment(xs, generator, beta, noise, shift) for _ in range(views - 1)]
+    parts = [xs] + [augment(xs, generator, mixup, noise, shift) for _ in range(views - 1)]
     return PublicPool(torch.cat(parts).numpy())
 
 

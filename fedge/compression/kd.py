@@ -74,7 +74,6 @@ def kd_train(
     """
     labels, queries, temperature, batch_size = kd.labels, kd.queries, kd.temperature, kd.batch_size
     generator = torch.Generator().manual_seed(kd.seed)
-    beta = torch.distributions.Beta(kd.mixup, kd.mixup) if kd.mixup > 0 else None
     xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     teacher.eval()
     t_target = temperature if labels == "soft" else 1.0
@@ -93,10 +92,10 @@ def kd_train(
         for start in range(0, len(xs), batch_size):
             index = order[start : start + batch_size]
             if fixed is not None:
-                batch = augment(xs[index], generator, None, kd.noise, kd.shift)
+                batch = augment(xs[index], generator, 0.0, kd.noise, kd.shift)
                 loss = soft_cross_entropy(student(batch), fixed[index], t_target)
             else:  # the teacher labels each new view
-                batch = augment(xs[index], generator, beta, kd.noise, kd.shift)
+                batch = augment(xs[index], generator, kd.mixup, kd.noise, kd.shift)
                 with torch.no_grad():
                     answer = teacher(batch)
                 loss = (
@@ -134,13 +133,19 @@ def soft_cross_entropy(
 def augment(
     batch: torch.Tensor,
     generator: torch.Generator,
-    beta: torch.distributions.Beta | None,
+    mixup: float,
     noise: float,
     shift: int,
 ) -> torch.Tensor:
-    """A new view of each sample: mixup with a random partner, a random shift, Gaussian noise."""
-    if beta is not None:
-        lam = beta.sample((len(batch),)).view(-1, *([1] * (batch.dim() - 1)))
+    """A new view of each sample: mixup with a random partner, a random shift, Gaussian noise.
+
+    Every draw comes from `generator` (mixup's Beta(a, a) weights through a numpy generator
+    seeded from it), so the views depend on the seed alone, not on the global RNG.
+    """
+    if mixup > 0:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        weights = np.random.default_rng(seed).beta(mixup, mixup, size=len(batch))
+        lam = torch.from_numpy(weights.astype(np.float32)).view(-1, *([1] * (batch.dim() - 1)))
         partner = batch[torch.randperm(len(batch), generator=generator)]
         batch = lam * batch + (1 - lam) * partner
     if shift > 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,21 @@ class TrainResult:
 
     loss: float
     num_examples: int
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with `count` torch threads, then restore the caller's setting.
+
+    Float results of CPU kernels depend on how work is split between threads; compression pins
+    one thread so that its bytes do not depend on the machine or the process it runs in.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def client_seed(run_seed: int, server_round: int, partition_id: int) -> int:

@@ -1,6 +1,6 @@
 """The compression chain as data: an ordered sequence of stages, each one config and one verb.
 
-teacher -> distill -> prune -> export -> quantize -> device model, on the public pool only.
+teacher -> distill -> prune -> export -> quantize -> device model -> minify, public pool only.
 The run, the sweep, `fedge compress` and the audit's shadow pipelines all walk STAGES with
 `compress`; a sweep passes a cache so that points agreeing on a prefix of stage configs share
 its work. Adding a stage = one config dataclass, one function here, one entry in STAGES.
@@ -19,6 +19,7 @@ from torch import nn
 from fedge.compression.distill import DistillConfig, distill, require_public_pool
 from fedge.compression.export import DeviceConfig, ExportConfig, export_onnx, fold_device_ops
 from fedge.compression.kd import KDConfig
+from fedge.compression.minify import MinifyConfig, minify
 from fedge.compression.prune import PruneConfig, prune
 from fedge.compression.quantize import QuantizeConfig, QuantizeResult, quantize
 from fedge.core.config import RunConfig
@@ -27,7 +28,7 @@ from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
-from fedge.core.training import evaluate
+from fedge.core.training import evaluate, torch_threads
 
 log = logging.getLogger("fedge")
 
@@ -167,6 +168,13 @@ def run_device(work: Work, config: DeviceConfig, inputs: Inputs) -> Work:
     return dataclasses.replace(work, onnx=device)
 
 
+def run_minify(work: Work, config: MinifyConfig, inputs: Inputs) -> Work:
+    """The device model with short names: fewer bytes, bit-identical outputs."""
+    assert work.onnx is not None
+    raw_val = inputs.preprocessing.invert(inputs.val.x)
+    return dataclasses.replace(work, onnx=minify(work.onnx, config, raw_val))
+
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         "distill",
@@ -197,6 +205,7 @@ STAGES: tuple[Stage, ...] = (
         run_quantize,
     ),
     Stage("device", lambda cfg: DeviceConfig(), run_device),
+    Stage("minify", lambda cfg: MinifyConfig(), run_minify),
 )
 
 
@@ -272,14 +281,15 @@ def compress(
     """
     require_public_pool(inputs.public_pool)
     work = Work()
-    for depth, (stage, stage_config) in enumerate(zip(STAGES, config.configs, strict=True)):
-        key = config.configs[: depth + 1]
-        if cache is not None and key in cache:
-            work = cache[key]
-            continue
-        work = stage.apply(work, stage_config, inputs)
-        if cache is not None:
-            cache[key] = work
+    with torch_threads(1):  # the same bytes whatever the caller's thread count
+        for depth, (stage, stage_config) in enumerate(zip(STAGES, config.configs, strict=True)):
+            key = config.configs[: depth + 1]
+            if cache is not None and key in cache:
+                work = cache[key]
+                continue
+            work = stage.apply(work, stage_config, inputs)
+            if cache is not None:
+                cache[key] = work
     assert work.onnx is not None and work.quantization is not None and work.model is not None
     return CompressionOutcome(
         student_bytes=work.onnx,

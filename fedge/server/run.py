@@ -12,6 +12,7 @@ import torch
 from flwr.serverapp import Grid
 
 from fedge.compression.bundle import PUBLIC_KEY_FILE
+from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
 from fedge.core.models import build_teacher, count_params
@@ -64,12 +65,15 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     t1 = time.monotonic()
 
     teacher_onnx = write_teacher(teacher, fed, run_dir)
-    source = global_source(teacher, fed.server.public_pool, CompressionConfig.from_run(cfg))
+    # Distil from the teacher as saved (onnxruntime), as `fedge compress` and the audit do: the
+    # same logits to the last bit, so all three build the same student bytes.
+    kd_teacher = OnnxTeacher(teacher_onnx)
+    source = global_source(kd_teacher, fed.server.public_pool, CompressionConfig.from_run(cfg))
     if cfg.teacher_mode == "ensemble":
         source = ensemble_source(
             grid,
             cfg,
-            teacher,
+            kd_teacher,
             fed.server.public_pool,
             source.compression,
             nodes=training.last_round_nodes,

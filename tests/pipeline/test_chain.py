@@ -1,0 +1,91 @@
+"""The stage chain as a whole: reproducible bytes, a shared prefix cache, a smaller minified file."""
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fedge.compression.export import ExportConfig, export_onnx
+from fedge.compression.minify import MinifyConfig, minify
+from fedge.compression.onnx_teacher import OnnxTeacher
+from fedge.core.config import RunConfig
+from fedge.core.ort import make_session
+from fedge.pipeline import stages
+from fedge.pipeline.stages import STAGES, CompressionConfig, Inputs, Stage, compress
+
+QUICK = RunConfig(kd_epochs=6, finetune_epochs=2, quant_mode="static")
+
+
+def _inputs(teacher, fed):
+    prep = fed.dataset.preprocessing
+    onnx_teacher = OnnxTeacher(export_onnx(teacher, prep.input_shape, ExportConfig()))
+    server = fed.server
+    return Inputs(onnx_teacher, server.public_pool, server.val, server.test, prep, 10)
+
+
+def test_the_same_settings_give_the_same_bytes_whatever_the_thread_count(teacher, digits_fed):
+    inputs = _inputs(teacher, digits_fed)
+    config = CompressionConfig.from_run(QUICK.replace(prune_ratio=0.3))
+    first = compress(config, inputs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        second = compress(config, _inputs(teacher, digits_fed))
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert (
+        hashlib.sha256(first.student_bytes).digest()
+        == hashlib.sha256(second.student_bytes).digest()
+    )
+    assert first.stages == second.stages
+
+
+def test_a_cache_shares_every_common_prefix(teacher, digits_fed, monkeypatch):
+    inputs = _inputs(teacher, digits_fed)
+    calls: list[str] = []
+
+    def counted(stage: Stage) -> Stage:
+        def apply(work, config, inputs):
+            calls.append(stage.name)
+            return stage.apply(work, config, inputs)
+
+        return Stage(stage.name, stage.configure, apply)
+
+    monkeypatch.setattr(stages, "STAGES", tuple(counted(s) for s in STAGES))
+    cache: dict = {}
+    compress(CompressionConfig.from_run(QUICK), inputs, cache)
+    compress(CompressionConfig.from_run(QUICK.replace(quant_mode="dynamic")), inputs, cache)
+    names = [s.name for s in STAGES]
+    assert calls == names + names[names.index("quantize") :]  # distil, prune, export: once
+
+
+def test_minify_keeps_outputs_bit_identical_and_the_device_names(teacher, digits_fed):
+    outcome = compress(CompressionConfig.from_run(QUICK), _inputs(teacher, digits_fed))
+    small = onnx.load_from_string(outcome.student_bytes)
+    assert [i.name for i in small.graph.input] == ["input"]
+    assert [o.name for o in small.graph.output] == ["logits", "probabilities", "label"]
+    assert not small.graph.value_info
+    assert max(len(t.name) for t in small.graph.initializer) <= 2
+    unminified = minify(outcome.student_bytes, MinifyConfig(enabled=False), np.zeros((1,)))
+    assert unminified == outcome.student_bytes  # disabled: unchanged
+
+
+def test_minify_shrinks_a_model_with_identical_outputs_and_catches_a_change(teacher, digits_fed):
+    from fedge.compression.minify import _check_same_outputs
+
+    prep = digits_fed.dataset.preprocessing
+    model = export_onnx(teacher, prep.input_shape, ExportConfig())
+    x = digits_fed.server.val.x[:20]
+    small = minify(model, MinifyConfig(), x)
+    before = make_session(model).run(None, {"input": x})
+    after = make_session(small).run(None, {"input": x})
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert len(small) < len(model)
+    other = export_onnx(
+        torch.nn.Sequential(teacher, torch.nn.Tanh()), prep.input_shape, ExportConfig()
+    )
+    with pytest.raises(RuntimeError, match="differ"):
+        _check_same_outputs(model, other, x)
