@@ -40,6 +40,11 @@ def _short_names() -> Iterator[str]:
         yield name
 
 
+def minified_size(model_bytes: bytes) -> int:
+    """Bytes of the model after minification (what the guard compares: names are not weights)."""
+    return len(_renamed(onnx.load_from_string(model_bytes)).SerializeToString())
+
+
 def minify(model_bytes: bytes, config: MinifyConfig, check_x: np.ndarray) -> bytes:
     """Rename every internal tensor and node, drop value_info; outputs must stay bit-identical.
 
@@ -47,7 +52,15 @@ def minify(model_bytes: bytes, config: MinifyConfig, check_x: np.ndarray) -> byt
     """
     if not config.enabled:
         return model_bytes
-    proto = onnx.load_from_string(model_bytes)
+    proto = _renamed(onnx.load_from_string(model_bytes))
+    onnx.checker.check_model(proto, full_check=True)
+    small = proto.SerializeToString()
+    _check_same_outputs(model_bytes, small, check_x)
+    return small
+
+
+def _renamed(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto` (changed in place) with short names and no value_info."""
     graph = proto.graph
     keep = {value.name for value in [*graph.input, *graph.output]}
     fresh = (name for name in _short_names() if name not in keep)
@@ -69,10 +82,7 @@ def minify(model_bytes: bytes, config: MinifyConfig, check_x: np.ndarray) -> byt
         node.doc_string = ""
     del graph.value_info[:]
     graph.name = "fedge"
-    onnx.checker.check_model(proto, full_check=True)
-    small = proto.SerializeToString()
-    _check_same_outputs(model_bytes, small, check_x)
-    return small
+    return proto
 
 
 def _check_same_outputs(before: bytes, after: bytes, x: np.ndarray) -> None:

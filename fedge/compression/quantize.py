@@ -19,6 +19,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fedge.compression.distill import require_public_pool
+from fedge.compression.minify import minified_size
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
 
@@ -157,7 +158,9 @@ def quantize(
         reason = f"int8 refused: onnxruntime could not quantize ({type(err).__name__}: {err})"
         return QuantizeResult(model_bytes, False, reason, fp32_acc, None, None)
     int8_acc = session_accuracy(make_session(int8), val.x, val.y)
-    accepted, reason = guard(len(model_bytes), len(int8), fp32_acc, int8_acc, config.tolerance)
+    accepted, reason = guard(
+        minified_size(model_bytes), minified_size(int8), fp32_acc, int8_acc, config.tolerance
+    )
     return QuantizeResult(
         int8 if accepted else model_bytes, accepted, reason, fp32_acc, int8_acc, len(int8)
     )

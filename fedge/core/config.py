@@ -18,6 +18,7 @@ STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
+QAT_MODES = ("off", "fallback", "always")
 TEACHER_MODES = ("global", "ensemble")
 KD_LABELS = ("hard", "soft")
 KD_QUERIES = ("pool", "augmented")
@@ -124,6 +125,16 @@ class RunConfig:
     quant_calibration_samples: int = setting(
         256, "public-pool samples for calibration", interval=">= 1", compress=True
     )
+    qat: str = setting(
+        "fallback",
+        "quantization-aware training: off | fallback (when post-training int8 loses more than "
+        "int8-tolerance) | always; static int8 only",
+        choices=QAT_MODES,
+        compress=True,
+    )
+    qat_epochs: int = setting(
+        60, "KD epochs of quantization-aware training", interval=">= 1", compress=True
+    )
     int8_tolerance: float = setting(
         0.01, "validation accuracy int8 may lose against fp32", interval="[0, 1]", compress=True
     )
@@ -218,6 +229,11 @@ class RunConfig:
             spec.check(getattr(self, spec.name))
         self._validate_robustness()
         self._validate_privacy()
+        if self.qat == "always" and self.quant_mode != "static":
+            raise ConfigError(
+                f"qat always trains for static int8, but quant-mode is {self.quant_mode!r}; "
+                "allowed with qat always: quant-mode static"
+            )
         server_share = self.test_fraction + self.val_fraction + self.public_fraction
         if server_share >= 0.9:
             raise ConfigError(

@@ -21,6 +21,7 @@ from fedge.compression.export import DeviceConfig, ExportConfig, export_onnx, fo
 from fedge.compression.kd import KDConfig
 from fedge.compression.minify import MinifyConfig, minify
 from fedge.compression.prune import PruneConfig, prune
+from fedge.compression.qat import QATConfig, quantize_with_qat
 from fedge.compression.quantize import QuantizeConfig, QuantizeResult, quantize
 from fedge.core.config import RunConfig
 from fedge.core.data import Preprocessing
@@ -161,6 +162,37 @@ def run_quantize(work: Work, config: QuantizeConfig, inputs: Inputs) -> Work:
     return dataclasses.replace(work, onnx=quant.model_bytes, quantization=quant, rows=rows)
 
 
+def run_qat(work: Work, config: QATConfig, inputs: Inputs) -> Work:
+    """Static int8 by quantization-aware training (always, or when post-training int8 lost).
+
+    The same guard as for post-training int8 decides whether it ships.
+    """
+    quant = work.quantization
+    assert quant is not None and work.model is not None
+    lost = not quant.quantized and quant.int8_val_accuracy is not None
+    if config.mode == "off" or not (config.mode == "always" or lost) or not config.static:
+        return work
+    log.info("quantization-aware training: %d KD epochs under simulated int8", config.epochs)
+    result = quantize_with_qat(
+        work.model,
+        inputs.teacher,
+        inputs.public_pool,
+        inputs.val,
+        quant,
+        config,
+        input_shape=inputs.preprocessing.input_shape,
+        tolerance=config.tolerance,
+    )
+    rows = work.rows
+    if result.quantized:
+        model = result.model_bytes
+        accuracy = session_accuracy(make_session(model), inputs.test.x, inputs.test.y)
+        size, gz = len(model), gzip_size(model)
+        rows = (*rows, stage_row("int8-qat", accuracy, count_params(work.model), size, gz))
+    log.info("quantization: %s", result.reason)
+    return dataclasses.replace(work, onnx=result.model_bytes, quantization=result, rows=rows)
+
+
 def run_device(work: Work, config: DeviceConfig, inputs: Inputs) -> Work:
     """The model as devices get it: raw input in, probabilities and label out."""
     assert work.onnx is not None
@@ -203,6 +235,17 @@ STAGES: tuple[Stage, ...] = (
             tolerance=cfg.int8_tolerance,
         ),
         run_quantize,
+    ),
+    Stage(
+        "qat",
+        lambda cfg: QATConfig(
+            mode=cfg.qat,
+            epochs=cfg.qat_epochs,
+            kd=kd_config(cfg),
+            static=cfg.quant_mode == "static",
+            tolerance=cfg.int8_tolerance,
+        ),
+        run_qat,
     ),
     Stage("device", lambda cfg: DeviceConfig(), run_device),
     Stage("minify", lambda cfg: MinifyConfig(), run_minify),
