@@ -21,6 +21,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fedge.client import student
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key
@@ -133,11 +134,22 @@ def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     cfg = record_to_config(msg.content.config_records[m.CONFIG])
     pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
-    loss, accuracy = training.evaluate(_model(cfg, msg), data.test.x, data.test.y)
+    model = _model(cfg, msg)
+    loss, accuracy = training.evaluate(model, data.test.x, data.test.y)
+    student.keep_teacher_logits(cfg, model, msg, data, context)
     metrics = MetricRecord(
         {m.NUM_EXAMPLES: len(data.test), m.LOSS: loss, m.ACCURACY: accuracy, m.PARTITION_ID: pid}
     )
     return Message(RecordDict({m.METRICS: metrics}), reply_to=msg)
+
+
+@app.train(m.STUDENT_ACTION)
+def train_student(msg: Message, context: Context) -> Message:
+    """Federated distillation: train the received student on this client's private partition."""
+    torch.set_num_threads(1)
+    cfg = record_to_config(msg.content.config_records[m.CONFIG])
+    pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
+    return student.train_student(cfg, pid, data, msg, context)
 
 
 @app.query(m.LOGITS_ACTION)

@@ -22,6 +22,7 @@ QAT_MODES = ("off", "fallback", "always")
 TEACHER_MODES = ("global", "ensemble")
 KD_LABELS = ("hard", "soft")
 KD_QUERIES = ("pool", "augmented")
+KD_SOURCES = ("public", "federated", "both")
 DP_MODES = ("none", "central", "local")
 DP_CLIPPING = ("server", "client")
 DP_CLIP_MODES = ("fixed", "adaptive")
@@ -89,6 +90,28 @@ class RunConfig:
         "pool",
         "teacher labels: pool (the samples only) | augmented (every view)",
         choices=KD_QUERIES,
+        compress=True,
+    )
+    kd_source: str = setting(
+        "public",
+        "where the student learns: public (KD on the server's public pool) | federated (rounds "
+        "of KD + labels on the clients' own data) | both (public KD, then federated rounds)",
+        choices=KD_SOURCES,
+        compress=True,
+    )
+    student_rounds: int = setting(
+        5, "federated distillation: rounds of student training", interval=">= 1", compress=True
+    )
+    student_epochs: int = setting(
+        2, "federated distillation: client epochs per round", interval=">= 1", compress=True
+    )
+    student_lr: float = setting(
+        0.01, "federated distillation: client SGD learning rate", interval="> 0", compress=True
+    )
+    kd_alpha: float = setting(
+        0.5,
+        "federated distillation: weight of the teacher term (1 - alpha: the labels)",
+        interval="[0, 1]",
         compress=True,
     )
     prune_ratio: float = setting(
@@ -229,6 +252,12 @@ class RunConfig:
             spec.check(getattr(self, spec.name))
         self._validate_robustness()
         self._validate_privacy()
+        if self.kd_source != "public" and self.dp != "none":
+            raise ConfigError(
+                f"kd-source {self.kd_source!r} trains the student on client data, and its rounds "
+                f"are not yet covered by dp {self.dp!r}'s accounting; allowed with dp: "
+                "kd-source public (the student is post-processing of the DP teacher)"
+            )
         if self.qat == "always" and self.quant_mode != "static":
             raise ConfigError(
                 f"qat always trains for static int8, but quant-mode is {self.quant_mode!r}; "

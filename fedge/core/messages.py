@@ -7,6 +7,8 @@ TRAIN = "train"
 EVALUATE = "evaluate"
 DEPLOY_ACTION = "deploy"  # registered with @app.query("deploy")
 DEPLOY = f"query.{DEPLOY_ACTION}"
+STUDENT_ACTION = "student"  # federated distillation: a round of student training on clients
+TRAIN_STUDENT = f"{TRAIN}.{STUDENT_ACTION}"
 LOGITS_ACTION = "logits"  # ensemble distillation: the client's logits on public inputs
 LOGITS = f"query.{LOGITS_ACTION}"
 
@@ -22,6 +24,11 @@ LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, 
 # context.state keys: the client's own model from its last training round (ensemble mode).
 STATE_MODEL = "fedge.local-model"
 STATE_ROUND = "fedge.local-round"
+# The final teacher's logits on the client's own training split (federated distillation), and
+# the sha256 of the teacher they came from (student rounds name the teacher they expect).
+STATE_TEACHER_LOGITS = "fedge.teacher-logits"
+STATE_TEACHER = "fedge.teacher"
+TEACHER_SHA256 = "teacher-sha256"
 
 # MetricRecord keys.
 NUM_EXAMPLES = "num-examples"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,9 +61,15 @@ class ConvNet(nn.Module):
 class MLP(nn.Module):
     """Two hidden layers for flat (tabular) features."""
 
-    def __init__(self, num_features: int, num_classes: int, width: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        width: tuple[int, int, int],
+        hidden: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
-        h1, h2 = width[2], max(width[2] // 2, 4)
+        h1, h2 = hidden or (width[2], max(width[2] // 2, 4))
         self.net = nn.Sequential(
             nn.Linear(num_features, h1),
             nn.ReLU(),
@@ -125,6 +132,34 @@ def build_student(
         raise ValueError(f"unknown student {size!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
     torch.manual_seed(seed)
     return build_model(input_shape, num_classes, STUDENT_WIDTHS[size], size in FAST_STUDENTS)
+
+
+def student_from_weights(
+    input_shape: tuple[int, ...], num_classes: int, size: str, weights: dict[str, np.ndarray]
+) -> nn.Module:
+    """The student family member `size`, with layer widths read from `weights` (pruned or not).
+
+    Structured pruning changes channel and unit counts; a client rebuilds the same module from
+    the shapes it receives, then loads the weights.
+    """
+    if size not in STUDENT_WIDTHS:
+        raise ValueError(f"unknown student {size!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
+    if len(input_shape) == 1:
+        hidden = (len(weights["net.0.bias"]), len(weights["net.2.bias"]))
+        model: nn.Module = MLP(input_shape[0], num_classes, STUDENT_WIDTHS[size], hidden)
+    else:
+        convs = [k for k in weights if k.startswith("features.") and k.endswith(".bias")]
+        c1, c2 = (len(weights[k]) for k in sorted(convs, key=lambda k: int(k.split(".")[1])))
+        width = (c1, c2, len(weights["classifier.0.bias"]))
+        model = ConvNet(input_shape, num_classes, width, size in FAST_STUDENTS)
+    set_model_weights(model, weights)
+    return model
+
+
+def set_model_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Load numpy weights by name (shapes must match)."""
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    model.load_state_dict(state, strict=True)
 
 
 def count_params(model: nn.Module) -> int:

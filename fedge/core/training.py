@@ -80,6 +80,58 @@ def train(
     return TrainResult(loss=total / max(seen, 1), num_examples=len(yt))
 
 
+def kd_local_train(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    teacher_logits: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    temperature: float,
+    alpha: float,
+    soft: bool,
+) -> TrainResult:
+    """Federated distillation on a client: alpha x KD to the teacher + (1 - alpha) x CE to labels.
+
+    KD is Hinton's KL at `temperature` to the teacher's logits on these samples (`soft`), or
+    cross-entropy to the teacher's top class. SGD with momentum, as local training.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    targets = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    total, seen = 0.0, 0
+    t = temperature
+    for _ in range(epochs):
+        order = torch.randperm(len(yt), generator=generator)
+        for start in range(0, len(yt), batch_size):
+            batch = order[start : start + batch_size]
+            logits = model(xt[batch])
+            if soft:
+                kd = F.kl_div(
+                    F.log_softmax(logits / t, 1),
+                    F.log_softmax(targets[batch] / t, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                ) * (t * t)
+            else:
+                kd = F.cross_entropy(logits, targets[batch].argmax(1))
+            loss = alpha * kd + (1 - alpha) * F.cross_entropy(logits, yt[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+    model.eval()
+    if not np.isfinite(total):
+        raise FloatingPointError(f"student training diverged (loss {total}); lower student-lr={lr}")
+    return TrainResult(loss=total / max(seen, 1), num_examples=len(yt))
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits for x in eval mode."""

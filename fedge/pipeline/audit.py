@@ -31,19 +31,24 @@ from fedge.core.ort import make_session, session_logits
 from fedge.core.partition import build_federation
 from fedge.core.training import predict_logits
 from fedge.pipeline.audit_report import render_audit
+from fedge.pipeline.federate import FederatedTrainer, saved
 from fedge.pipeline.plots import roc_plot
-from fedge.pipeline.replay import Candidates, candidates, replay_training
+from fedge.pipeline.replay import Candidates, candidates, replay_training, student_replay
 from fedge.pipeline.rundir import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE
 from fedge.pipeline.stages import CompressionConfig, Inputs, compress
 from fedge.privacy import lira
 
 log = logging.getLogger("fedge")
-MODELS = ("teacher", "distilled", "pruned", "student")
+MODELS = ("teacher", "distilled", "pruned", "federated", "student")  # federated: if it ran
 MIN_SHADOWS = 4
 
 
 def model_confidences(
-    teacher: torch.nn.Module, cfg: RunConfig, pool: Candidates, shipped: bytes | None
+    teacher: torch.nn.Module,
+    cfg: RunConfig,
+    pool: Candidates,
+    shipped: bytes | None,
+    federated: FederatedTrainer | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], bytes]:
     """Phi of every candidate under the teacher, each compression stage and the device model.
 
@@ -54,24 +59,20 @@ def model_confidences(
     fed = build_federation(cfg)
     prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
     server = fed.server
-    inputs = Inputs(teacher, server.public_pool, server.val, server.test, prep, classes)
+    inputs = Inputs(teacher, server.public_pool, server.val, server.test, prep, classes, federated)
     outcome = compress(CompressionConfig.from_run(cfg), inputs)
     device = make_session(shipped if shipped is not None else outcome.student_bytes)
-    logits = {
-        "teacher": predict_logits(teacher, pool.x),
-        "distilled": predict_logits(outcome.models["distilled"], pool.x),
-        "pruned": predict_logits(outcome.models["pruned"], pool.x),
-        "student": session_logits(device, prep.invert(pool.x)),
-    }
+    logits = {"teacher": predict_logits(teacher, pool.x)}
+    logits.update({name: predict_logits(model, pool.x) for name, model in outcome.models.items()})
+    logits["student"] = session_logits(device, prep.invert(pool.x))
     phi = {name: lira.logit_confidence(v, pool.y) for name, v in logits.items()}
     test = server.test
     rows = {row["name"]: row["accuracy"] for row in outcome.stages}
-    accuracy = {
-        "teacher": float((predict_logits(teacher, test.x).argmax(1) == test.y).mean()),
-        "distilled": rows["distilled"],
-        "pruned": rows["pruned"],
-        "student": float((session_logits(device, prep.invert(test.x)).argmax(1) == test.y).mean()),
-    }
+    accuracy = {"teacher": float((predict_logits(teacher, test.x).argmax(1) == test.y).mean())}
+    accuracy.update({name: rows[name] for name in outcome.models})
+    accuracy["student"] = float(
+        (session_logits(device, prep.invert(test.x)).argmax(1) == test.y).mean()
+    )
     return phi, accuracy, outcome.student_bytes
 
 
@@ -99,7 +100,7 @@ def shadow(
     # The run's own seeds (initialisation, batch order, distillation): the auditor knows the whole
     # recipe, so shadows differ from the target only in their data, the strongest setting.
     teacher = replay_training(cfg, sets, cfg.seed)
-    phi, _, _ = model_confidences(teacher, cfg, pool, None)
+    phi, _, _ = model_confidences(teacher, cfg, pool, None, student_replay(cfg, sets, teacher))
     return inside, phi
 
 
@@ -155,12 +156,12 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
         results = list(ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows))
     target_phi, accuracy, replayed = model_confidences(
-        OnnxTeacher(target.teacher_onnx), cfg, pool, target.student_onnx
+        OnnxTeacher(target.teacher_onnx), cfg, pool, target.student_onnx, saved(target.run_dir)
     )
     shadow_in = np.stack([r[0] for r in results])
     models: dict[str, Any] = {}
     curves = {}
-    for name in MODELS:
+    for name in (name for name in MODELS if name in target_phi):
         shadow_phi = np.stack([r[1][name] for r in results])
         scores = lira.lira_scores(target_phi[name], shadow_phi, shadow_in)
         attack, baseline = lira.roc(scores, pool.members), lira.roc(target_phi[name], pool.members)

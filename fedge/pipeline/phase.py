@@ -20,6 +20,7 @@ from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_bytes
 from fedge.core.partition import Federation
+from fedge.pipeline.federate import FederatedTrainer
 from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, TEACHER_FILE
 from fedge.pipeline.shipping import Shipment, ship
 from fedge.pipeline.stages import CompressionOutcome, Inputs, compress
@@ -43,12 +44,27 @@ def write_teacher(teacher: nn.Module, fed: Federation, run_dir: Path) -> bytes:
 
 
 def compress_and_ship(
-    source: KdSource, fed: Federation, teacher_onnx: bytes, key: Any, run_dir: Path, model_id: str
+    source: KdSource,
+    fed: Federation,
+    teacher_onnx: bytes,
+    key: Any,
+    run_dir: Path,
+    model_id: str,
+    federated: FederatedTrainer | None = None,
 ) -> Compressed:
-    """Walk the stage chain from `source`, sign the device model, write `bundle/`."""
+    """Walk the stage chain from `source`, sign the device model, write `bundle/`.
+
+    `federated` runs the student's rounds on the clients when the settings ask for them.
+    """
     server, prep = fed.server, fed.dataset.preprocessing
     inputs = Inputs(
-        source.teacher, source.pool, server.val, server.test, prep, fed.dataset.num_classes
+        source.teacher,
+        source.pool,
+        server.val,
+        server.test,
+        prep,
+        fed.dataset.num_classes,
+        federated,
     )
     outcome = compress(source.compression, inputs)
     shipment = ship(

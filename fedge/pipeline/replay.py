@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,15 @@ from torch import nn
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import Federation, build_federation, client_indices
-from fedge.core.training import client_seed, get_weights, set_weights, train
+from fedge.core.training import (
+    client_seed,
+    get_weights,
+    kd_local_train,
+    predict_logits,
+    set_weights,
+    train,
+)
+from fedge.pipeline.federate import FederateConfig, FederatedTrainer
 from fedge.privacy import central
 from fedge.privacy import local as local_dp
 
@@ -109,3 +118,45 @@ def _norm(update: dict[str, np.ndarray]) -> float:
 def _clip(update: dict[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
     scale = min(1.0, norm / max(_norm(update), 1e-12))
     return {k: v * scale for k, v in update.items()}
+
+
+def student_replay(
+    cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarray]], teacher: nn.Module
+) -> FederatedTrainer:
+    """The run's student rounds without Flower: each client's KD + label training, then FedAvg.
+
+    Clients label their own samples with `teacher`, seed as the ClientApp does (rounds are
+    numbered after the teacher's), and the mean is weighted by sample count.
+    """
+
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+        empty = np.zeros((0, 1), dtype=np.float32)
+        logits = [predict_logits(teacher, x) if len(x) else empty for x, _ in client_sets]
+        global_w = dict(get_weights(model))
+        for index in range(1, config.rounds + 1):
+            server_round = cfg.rounds + index
+            updates, weights = [], []
+            for pid, (x, y) in enumerate(client_sets):
+                if len(y) == 0:
+                    continue
+                local = copy.deepcopy(model)
+                set_weights(local, global_w)
+                kd_local_train(
+                    local, x, y, logits[pid], epochs=config.epochs, lr=config.lr,
+                    batch_size=config.batch_size, seed=client_seed(cfg.seed, server_round, pid),
+                    temperature=config.temperature, alpha=config.alpha, soft=config.soft,
+                )  # fmt: skip
+                updates.append(get_weights(local))
+                weights.append(float(len(y)))
+            total = sum(weights)
+            global_w = {
+                k: np.asarray(
+                    sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total,
+                    dtype=global_w[k].dtype,
+                )
+                for k in global_w
+            }
+        set_weights(model, global_w)
+        return model.eval(), {"replayed": True, "rounds": config.rounds}
+
+    return train

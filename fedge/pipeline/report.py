@@ -29,6 +29,7 @@ def render_report(results: dict[str, Any]) -> str:
             f"| {r['round']} | {100 * r['accuracy']:.2f} % | {r['loss']:.4f} | {r['clients_ok']} | "
             f"{len(r['clients_failed'])} | {len(r['clients_rejected'])} | {note} |"
         )
+    lines += _student_round_lines(results.get("student_rounds"))
     lines += _robustness_lines(results)
     lines += [
         "",
@@ -53,12 +54,21 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Costs",
         "",
-        f"- Communication: training {comm['train_bytes'] / 1e6:.2f} MB, redistribution {comm['deploy_bytes'] / 1e3:.1f} kB.",
+        f"- Communication: training {comm['train_bytes'] / 1e6:.2f} MB"
+        + (
+            f", student rounds {comm['student_train_bytes'] / 1e6:.2f} MB"
+            if comm.get("student_train_bytes")
+            else ""
+        )
+        + f", redistribution {comm['deploy_bytes'] / 1e3:.1f} kB.",
         f"- Time: total {timing['total']:.1f} s (training {timing['training']:.1f} s, "
         f"compression {timing['compression']:.1f} s, deploy {timing['deploy']:.1f} s).",
         f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student['sha256'][:16]}...`.",
         "",
-        "The student is trained on the server's public pool only (never on client data).",
+        "The student is trained on the server's public pool only (never on client data)."
+        if not results.get("student_rounds")
+        else "The student also trained on the clients' data, on the clients (federated "
+        "distillation); no client data reached the server.",
         "",
     ]
     return "\n".join(lines)
@@ -226,6 +236,30 @@ def _compression_lines(results: dict[str, Any]) -> list[str]:
         f"Size ratio {student['size_ratio']:.1f}x, accuracy change "
         f"{100 * (student['accuracy'] - teacher['accuracy']):+.2f} points.",
     ]
+    return lines
+
+
+def _student_round_lines(student_rounds: dict[str, Any] | None) -> list[str]:
+    """Federated distillation: the student's rounds on the clients' own data."""
+    if not student_rounds:
+        return []
+    lines = [
+        "",
+        "## Federated distillation (student rounds, central test split)",
+        "",
+        "Each client trained the student on its own data, with KD to the final teacher's logits "
+        "and its labels; only the student's weights left the node"
+        + (f" (replayed from `{student_rounds['from']}`)." if "from" in student_rounds else "."),
+        "",
+        "| student round | accuracy | updates used | failed | rejected | note |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for index, r in enumerate(student_rounds["rounds"], start=1):
+        note = f"skipped: {r['skipped']}" if r["skipped"] else ""
+        lines.append(
+            f"| {index} | {100 * r['accuracy']:.2f} % | {r['clients_ok']} | "
+            f"{len(r['clients_failed'])} | {len(r['clients_rejected'])} | {note} |"
+        )
     return lines
 
 

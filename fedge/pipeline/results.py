@@ -42,9 +42,14 @@ def run_results(
         "final_model_sha256": final_sha256,
         "teacher": {**compressed.shipment.teacher, "params": teacher_params},
         "stages": compressed.outcome.stages,
+        "student_rounds": compressed.outcome.federated,  # federated distillation, if any
         "student": compressed.shipment.student,
         "clients": clients,
-        "communication": {"train_bytes": training.train_bytes, "deploy_bytes": deploy_bytes},
+        "communication": {
+            "train_bytes": training.train_bytes,
+            "student_train_bytes": (compressed.outcome.federated or {}).get("train_bytes", 0),
+            "deploy_bytes": deploy_bytes,
+        },
         "timing_s": timing,
     }
 

@@ -20,6 +20,7 @@ from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.checkpoint import CheckpointDir
+from fedge.pipeline.federate import recording
 from fedge.pipeline.phase import compress_and_ship, signing_key, write_teacher
 from fedge.pipeline.results import run_results, write_run_outputs
 from fedge.pipeline.rundir import (
@@ -34,6 +35,7 @@ from fedge.pipeline.stages import CompressionConfig
 from fedge.pipeline.teacher_source import global_source
 from fedge.server.deploy import deploy_bundle
 from fedge.server.ensemble import ensemble_source
+from fedge.server.student_rounds import flower_trainer
 from fedge.server.training_loop import train_teacher
 
 log = logging.getLogger("fedge")
@@ -81,7 +83,11 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             run_dir=run_dir,
         )
     model_id = final_dir(run_dir).name
-    compressed = compress_and_ship(source, fed, teacher_onnx, key, run_dir, model_id)
+    trainer = None
+    if cfg.kd_source != "public":  # the student's rounds on the clients, saved for replays
+        test = fed.server.test
+        trainer = recording(flower_trainer(grid, cfg, spec, final_sha256, test), run_dir)
+    compressed = compress_and_ship(source, fed, teacher_onnx, key, run_dir, model_id, trainer)
     t2 = time.monotonic()
 
     clients, deploy_bytes = deploy_bundle(

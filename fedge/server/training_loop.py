@@ -109,7 +109,7 @@ def train_teacher(
     wait_for_nodes(grid, cfg.clients, timeout=min(cfg.round_timeout, 120.0))
     arrays = weights_to_record(get_weights(teacher))
     for server_round in range(first, cfg.rounds + 1):
-        arrays, row = _train_round(grid, cfg, strategy, server_round, arrays, spec, out)
+        arrays, row = train_round(grid, cfg, strategy, server_round, arrays, spec, out)
         set_weights(teacher, record_to_weights(arrays))
         arrays = weights_to_record(get_weights(teacher))  # the model's dtypes (FedAdam: float64)
         loss, accuracy = evaluate(teacher, test.x, test.y)
@@ -145,7 +145,7 @@ def train_teacher(
     return out
 
 
-def _train_round(
+def train_round(
     grid: Grid,
     cfg: RunConfig,
     strategy: Any,
@@ -153,11 +153,13 @@ def _train_round(
     arrays: ArrayRecord,
     spec: dict[str, Any],
     out: TrainingLog,
+    message_type: str = m.TRAIN,
 ) -> tuple[ArrayRecord, dict[str, Any]]:
     """One round: send, receive, validate, aggregate robustly. Returns the new model and its row.
 
     Fewer than `min-clients` accepted updates (or an aggregation rule that cannot decide)
-    skips the round: the model stays as it was and the row says why.
+    skips the round: the model stays as it was and the row says why. `message_type`: the
+    teacher's rounds (train) or the student's (train.student), which share all of this.
     """
     start = time.monotonic()
     wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout, what="min-clients")
@@ -166,6 +168,7 @@ def _train_round(
     )
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
+        msg.metadata.message_type = message_type
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
     by_node = replies_by_node(messages, replies)

@@ -1,0 +1,98 @@
+"""Federated distillation as a stage: the student trains on the clients' own data, by rounds.
+
+The stage only describes the rounds (FederateConfig) and hands the student to a trainer: in a
+run, Flower rounds (fedge.server.student_rounds); in the audit's shadows, a Flower-free FedAvg
+replay; in `fedge compress` and the audit's replay of the target, the result the run saved
+(the clients are gone by then). Saved results are keyed by the starting student and the
+settings, so a replay continues from exactly what the run shipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from fedge.core.config import ConfigError
+from fedge.core.io import atomic_write_bytes
+from fedge.core.models import set_model_weights
+from fedge.core.training import get_weights, weights_sha256
+
+FEDERATED_DIR = "federated"  # in the run directory: one npz per federated student
+
+
+@dataclass(frozen=True)
+class FederateConfig:
+    """Rounds of student training on the clients (built from the run's settings)."""
+
+    rounds: int  # 0: the stage is off (kd-source public) (student-rounds)
+    epochs: int  # client epochs per round (student-epochs)
+    lr: float  # client SGD learning rate (student-lr)
+    alpha: float  # weight of the teacher term against the labels (kd-alpha)
+    temperature: float  # KD temperature (kd-temperature)
+    soft: bool  # the teacher's tempered probabilities, else its top class (kd-labels)
+    batch_size: int  # client batch size (batch-size)
+
+
+# (student to start from, config) -> (trained student, summary for results.json)
+FederatedTrainer = Callable[[nn.Module, FederateConfig], tuple[nn.Module, dict[str, Any]]]
+
+
+def result_key(model: nn.Module, config: FederateConfig) -> str:
+    """Which saved result belongs to this starting student and these settings."""
+    digest = hashlib.sha256(weights_sha256(get_weights(model)).encode())
+    digest.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def recording(trainer: FederatedTrainer, run_dir: Path) -> FederatedTrainer:
+    """`trainer`, saving each result in RUN/federated/ for `fedge compress` and the audit."""
+
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+        key = result_key(model, config)
+        trained, summary = trainer(model, config)
+        buffer = io.BytesIO()
+        np.savez(buffer, **get_weights(trained))  # type: ignore[arg-type]
+        atomic_write_bytes(run_dir / FEDERATED_DIR / f"{key}.npz", buffer.getvalue())
+        atomic_write_bytes(
+            run_dir / FEDERATED_DIR / f"{key}.json", json.dumps(summary, sort_keys=True).encode()
+        )
+        return trained, summary
+
+    return train
+
+
+def saved(run_dir: Path) -> FederatedTrainer:
+    """A trainer that returns what the run's own clients trained (ConfigError if it has none)."""
+
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+        key = result_key(model, config)
+        path = Path(run_dir) / FEDERATED_DIR / f"{key}.npz"
+        if not path.is_file():
+            raise ConfigError(
+                "federated distillation needs the run's clients, which are gone: "
+                f"{run_dir} saved no federated student for these student settings; allowed: "
+                "the run's own student, prune, kd and student-* settings, or kd-source public"
+            )
+        with np.load(path, allow_pickle=False) as data:
+            weights = {name: data[name] for name in data.files}
+        trained = _copy(model)
+        set_model_weights(trained, weights)
+        summary = json.loads(path.with_suffix(".json").read_text())
+        return trained.eval(), {**summary, "from": f"{FEDERATED_DIR}/{path.name}"}
+
+    return train
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)

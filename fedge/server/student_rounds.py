@@ -1,0 +1,68 @@
+"""Federated distillation's Flower half: rounds of student training on the clients (train.student).
+
+Each round is a teacher round's machinery (update validation, the run's aggregation rule,
+fault injection, failures recorded) on the student: the clients train it with KD to the final
+teacher's logits on their own data plus their labels (fedge.core.training.kd_local_train).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.serverapp import Grid
+from torch import nn
+
+from fedge.core import messages as m
+from fedge.core.config import RunConfig
+from fedge.core.partition import Split
+from fedge.core.records import record_to_weights, weights_to_record
+from fedge.core.training import evaluate, get_weights, set_weights
+from fedge.pipeline.checkpoint import TrainingLog
+from fedge.pipeline.federate import FederateConfig, FederatedTrainer
+from fedge.server.strategy import make_strategy
+from fedge.server.training_loop import train_round
+
+log = logging.getLogger("fedge")
+
+
+def flower_trainer(
+    grid: Grid, cfg: RunConfig, spec: dict[str, Any], teacher_sha256: str, test: Split
+) -> FederatedTrainer:
+    """Student rounds through `grid`; the summary has each round's row and the bytes sent.
+
+    Rounds are numbered after the teacher's (rounds + 1, ...), so injected faults and client
+    seeds differ from the teacher's rounds.
+    """
+
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+        strategy = make_strategy(cfg)
+        out = TrainingLog()
+        arrays = weights_to_record(get_weights(model))
+        wire = {**spec, m.TEACHER_SHA256: teacher_sha256}
+        for index in range(1, config.rounds + 1):
+            server_round = cfg.rounds + index
+            arrays, row = train_round(
+                grid, cfg, strategy, server_round, arrays, wire, out, m.TRAIN_STUDENT
+            )
+            set_weights(model, record_to_weights(arrays))
+            row["accuracy"] = evaluate(model, test.x, test.y)[1]
+            out.rounds.append(row)
+            log.info(
+                "student round %d/%d  central accuracy %.4f  clients %d ok, %d failed, %d rejected",
+                index,
+                config.rounds,
+                row["accuracy"],
+                row["clients_ok"],
+                len(row["clients_failed"]),
+                len(row["clients_rejected"]),
+            )
+        if all(row["skipped"] for row in out.rounds):
+            log.warning("no student round produced a model; the student is the one it started as")
+        return model.eval(), {
+            "rounds": out.rounds,
+            "rejected": out.rejected,
+            "train_bytes": out.train_bytes,
+        }
+
+    return train
