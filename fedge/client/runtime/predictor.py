@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from fedge.client.runtime.session import device_session
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, VerifiedBundle, load_public_key
-from fedge.core.ort import make_session
 
 log = logging.getLogger("fedge.runtime")
 
@@ -54,7 +54,7 @@ class _Loaded:
         self.sample_size = math.prod(self.sample_shape)
         self.labels = np.asarray(manifest["labels"], dtype=np.int64)
         self.identity_labels = bool(np.array_equal(self.labels, np.arange(len(self.labels))))
-        self.session = make_session(bundle.model_bytes)
+        self.session = device_session(bundle.model_bytes)
         self.input_name = self.session.get_inputs()[0].name
         # The device contract (fedge's bundles): preprocessing inside the graph, so Python only
         # checks and casts, and probability and label outputs, so it computes nothing.
@@ -176,4 +176,4 @@ class Predictor:
 
 def bare_session(model_dir: Path | str, trusted_key: Path | str) -> ort.InferenceSession:
     """The same verified model in a plain session (what benchmarks compare Predictor against)."""
-    return make_session(ModelStore(model_dir).load(load_public_key(trusted_key)).model_bytes)
+    return device_session(ModelStore(model_dir).load(load_public_key(trusted_key)).model_bytes)
