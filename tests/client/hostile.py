@@ -206,3 +206,59 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def _varint_field(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
+
+
+def _contract_model(nodes, initializers=()) -> ModelProto:
+    """A graph with the device contract's names: input (N, 1, 8, 8) -> probabilities, label."""
+    graph = helper.make_graph(
+        nodes,
+        "contract",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("label", TensorProto.INT64, None),
+        ],
+        initializer=list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def slow_model() -> bytes:
+    """Signs and verifies fine, then loops 10**12 times on its first run."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
+        ],
+    )
+    constants = [
+        numpy_helper.from_array(np.array(10**12, dtype=np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "cond"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "v0"),
+        numpy_helper.from_array(np.ones(1, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Loop", ["trips", "cond", "v0"], ["probabilities"], body=body),
+        helper.make_node("Cast", ["probabilities"], ["label"], to=TensorProto.INT64),
+    ]
+    return _contract_model(nodes, constants).SerializeToString()
+
+
+def memory_hog_model() -> bytes:
+    """Asks for a 64 GiB tensor on its first run."""
+    shape = numpy_helper.from_array(np.array([1 << 34], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["probabilities"]),
+        helper.make_node("Cast", ["probabilities"], ["label"], to=TensorProto.INT64),
+    ]
+    return _contract_model(nodes, [shape]).SerializeToString()
