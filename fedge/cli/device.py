@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,21 +26,50 @@ def infer(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print labels, probabilities and model as JSON.")
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=65536, help="Samples per onnxruntime run.")
+    ] = 1024,
 ) -> None:
-    """Predict with the model store's current verified bundle (needs no torch, no network)."""
-    from fedge.client.runtime.inputs import read_inputs
+    """Predict with the model store's current verified bundle (needs no torch, no network).
+
+    Large inputs are read and predicted in batches; nothing is printed unless every sample
+    is predicted.
+    """
+    import numpy as np
+
+    from fedge.client.runtime.inputs import read_input_parts, require_finite
     from fedge.client.runtime.predictor import InputError, Predictor
     from fedge.client.runtime.verify import BundleError
 
+    labels, probabilities = [], []
     try:
-        predictor = Predictor(model_dir, trusted_key, warmup=0)
-        prediction = predictor.predict(read_inputs(input_path))
+        predictor = Predictor(model_dir, trusted_key, warmup=0, check_interval=None)
+        size = math.prod(predictor.sample_shape)
+        for part in read_input_parts(input_path, size, rows=batch_size):
+            for chunk in predictor.batches(part, batch_size):
+                prediction = predictor.predict(require_finite(chunk, input_path))
+                labels.append(prediction.labels)
+                if as_json:
+                    probabilities.append(prediction.probabilities)
+        if not labels:
+            raise InputError(f"{input_path} holds no samples")
     except (BundleError, InputError) as err:
         raise fail(str(err)) from None
     if as_json:
-        print(json.dumps(prediction.to_json()))
+        _write_json(np.concatenate(labels), probabilities, predictor.model_id, predictor.version)
     else:
-        print("\n".join(str(label) for label in prediction.labels.tolist()))
+        for part in labels:
+            sys.stdout.write("".join(f"{label}\n" for label in part.tolist()))
+
+
+def _write_json(labels: Any, probabilities: list[Any], model_id: str, version: int) -> None:
+    """What json.dumps(Prediction.to_json()) prints, written a batch of rows at a time."""
+    out = sys.stdout
+    out.write(f'{{"labels": {json.dumps(labels.tolist())}, "probabilities": [')
+    for i, part in enumerate(probabilities):
+        if len(part):
+            out.write((", " if i else "") + json.dumps(part.round(6).tolist())[1:-1])
+    out.write(f'], "model_id": {json.dumps(model_id)}, "version": {version}}}\n')
 
 
 @app.command()

@@ -100,8 +100,10 @@ def test_bad_input_is_a_clear_error(device, batch, message):
 def test_nan_input_is_refused_by_the_parsers():
     from fedge.client.runtime.inputs import from_json
 
-    with pytest.raises(InputError, match="NaN or Inf"):
+    with pytest.raises(InputError, match="NaN is not a number"):
         from_json("[[NaN, 1.0]]", "stdin")
+    with pytest.raises(InputError, match="NaN or Inf"):
+        from_json("[[1e400, 1.0]]", "stdin")
 
 
 def test_picks_up_a_newer_bundle_without_restart(device):
