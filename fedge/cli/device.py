@@ -123,3 +123,6 @@ def keys_generate(
     except FileExistsError as err:
         raise fail(str(err)) from None
     console.print(f"private key: {private_path}\npublic key:  {public_path}", highlight=False)
+
+
+from fedge.cli import bundles  # noqa: E402, F401  (registers install, verify, status after these)
