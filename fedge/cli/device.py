@@ -81,32 +81,76 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; loopback unless you mean otherwise.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks one).")] = 8765,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding a bearer token every request but the probes must send."),
+    ] = None,
+    allow_no_token: Annotated[
+        bool,
+        typer.Option(help="Serve a non-loopback address without a token (anyone can use it)."),
+    ] = False,
+    max_body: Annotated[
+        int, typer.Option(min=1024, max=256 << 20, help="Bytes in one request body.")
+    ] = 4 << 20,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Connections served at once; more get 503.")
+    ] = 512,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds from a request's first byte to its answer.")
+    ] = 30.0,
 ) -> None:
-    """Serve predictions over local HTTP: POST /predict, GET /health; hot-reloads new bundles."""
+    """Serve predictions over HTTP: POST /predict, GET /health, and KServe's v2 protocol.
+
+    Newer verified bundles are picked up without a restart; a refused one never stops the
+    server (GET /health reports it in last_error).
+    """
+    from fedge.client.runtime.files import UnsafeFileError, read_bounded
+    from fedge.client.runtime.httpserver import ServerLimits, bind, is_loopback
+    from fedge.client.runtime.httpserver import serve as run_server
     from fedge.client.runtime.predictor import Predictor
-    from fedge.client.runtime.service import make_server
+    from fedge.client.runtime.service import InferenceApp, ServiceLimits
     from fedge.client.runtime.verify import BundleError
 
+    token = None
+    if token_file is not None:
+        try:
+            token = read_bounded(token_file, 4096).decode("ascii").strip()
+        except (UnsafeFileError, UnicodeDecodeError) as err:
+            raise fail(f"cannot read --token-file: {err}") from None
+        if len(token) < 16 or not token.isprintable() or " " in token:
+            raise fail("--token-file must hold one token of at least 16 printable ASCII characters")
+    elif not is_loopback(host):
+        if not allow_no_token:
+            raise fail(
+                f"--host {host} is reachable from the network and there is no --token-file: "
+                "anyone who can connect could use the model; pass --token-file, or "
+                "--allow-no-token if that is what you want"
+            )
+        console.print(
+            f"[bold yellow]warning:[/] serving {host} without a token: anyone who can reach "
+            "this port can query the model",
+            highlight=False,
+        )
+    limits = ServerLimits(max_connections=max_connections, request_timeout=request_timeout)
     try:
-        predictor = Predictor(model_dir, trusted_key)
-        server = make_server(predictor, host, port)
+        predictor = Predictor(model_dir, trusted_key, check_interval=None)
+        sock = bind(host, port, limits.backlog)
     except BundleError as err:
         raise fail(str(err)) from None
     except OSError as err:
         raise fail(f"cannot listen on {host}:{port}: {err}") from None
-    bound_port = server.server_address[1]
-    # One line on stdout that scripts and tests can wait for.
+    app_ = InferenceApp(
+        predictor, token=token, limits=ServiceLimits(max_body=max_body, body_budget=16 * max_body)
+    )
+    bound_port = sock.getsockname()[1]
+    # One line on stdout that scripts and tests can wait for (the socket already listens).
+    url_host = f"[{host}]" if ":" in host else host
     print(
-        f"serving {predictor.model_id} version {predictor.version} on http://{host}:{bound_port}",
+        f"serving {predictor.model_id} version {predictor.version} on http://{url_host}:{bound_port}",
         flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    run_server(app_, sock, limits)
 
 
 @keys_app.command("generate")

@@ -131,6 +131,12 @@ class Predictor:
         return self._loaded.input_name
 
     @property
+    def output_names(self) -> tuple[str, str]:
+        """The model's probabilities and label output names."""
+        probabilities, label = self._loaded.output_names
+        return probabilities, label
+
+    @property
     def num_classes(self) -> int:
         """How many classes the probabilities cover."""
         return len(self._loaded.labels)
