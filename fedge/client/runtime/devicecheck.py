@@ -10,6 +10,7 @@ checks the input and both outputs (names, dtypes, shapes, label range).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import OrderedDict
@@ -51,8 +52,13 @@ def check_device_model(
         return
     command = [sys.executable, "-m", "fedge.client.runtime.devicecheck", json.dumps(contract)]
     command.append(str(memory_mb))
+    # The child imports this very fedge, wherever it came from (a Flower app directory on
+    # sys.path, say, rather than an installed package).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
-        proc = subprocess.run(command, input=model_bytes, capture_output=True, timeout=timeout)
+        proc = subprocess.run(
+            command, input=model_bytes, capture_output=True, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         raise DeviceModelError(f"the model did not load and run within {timeout:g} s") from None
     except OSError as err:
