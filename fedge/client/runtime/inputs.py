@@ -60,13 +60,6 @@ def read_input_parts(source: str, sample_size: int, rows: int = ROWS) -> Iterato
         raise InputError(f"cannot read {path}: {err}") from None
 
 
-def read_inputs(source: str) -> np.ndarray:
-    """All samples of a JSON source at once (small inputs; files are better read in parts)."""
-    if source == "-":
-        return from_json(_read_capped(sys.stdin.buffer, "stdin"), "stdin")
-    return np.concatenate(list(read_input_parts(source, 1)))
-
-
 def require_finite(array: np.ndarray, where: str) -> np.ndarray:
     """Refuse NaN and Inf (numeric arrays only; dtype problems are the Predictor's to report)."""
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
