@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,21 +26,50 @@ def infer(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print labels, probabilities and model as JSON.")
     ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=65536, help="Samples per onnxruntime run.")
+    ] = 1024,
 ) -> None:
-    """Predict with the model store's current verified bundle (needs no torch, no network)."""
-    from fedge.client.runtime.inputs import read_inputs
+    """Predict with the model store's current verified bundle (needs no torch, no network).
+
+    Large inputs are read and predicted in batches; nothing is printed unless every sample
+    is predicted.
+    """
+    import numpy as np
+
+    from fedge.client.runtime.inputs import read_input_parts, require_finite
     from fedge.client.runtime.predictor import InputError, Predictor
     from fedge.client.runtime.verify import BundleError
 
+    labels, probabilities = [], []
     try:
-        predictor = Predictor(model_dir, trusted_key, warmup=0)
-        prediction = predictor.predict(read_inputs(input_path))
+        predictor = Predictor(model_dir, trusted_key, warmup=0, check_interval=None)
+        size = math.prod(predictor.sample_shape)
+        for part in read_input_parts(input_path, size, rows=batch_size):
+            for chunk in predictor.batches(part, batch_size):
+                prediction = predictor.predict(require_finite(chunk, input_path))
+                labels.append(prediction.labels)
+                if as_json:
+                    probabilities.append(prediction.probabilities)
+        if not labels:
+            raise InputError(f"{input_path} holds no samples")
     except (BundleError, InputError) as err:
         raise fail(str(err)) from None
     if as_json:
-        print(json.dumps(prediction.to_json()))
+        _write_json(np.concatenate(labels), probabilities, predictor.model_id, predictor.version)
     else:
-        print("\n".join(str(label) for label in prediction.labels.tolist()))
+        for part in labels:
+            sys.stdout.write("".join(f"{label}\n" for label in part.tolist()))
+
+
+def _write_json(labels: Any, probabilities: list[Any], model_id: str, version: int) -> None:
+    """What json.dumps(Prediction.to_json()) prints, written a batch of rows at a time."""
+    out = sys.stdout
+    out.write(f'{{"labels": {json.dumps(labels.tolist())}, "probabilities": [')
+    for i, part in enumerate(probabilities):
+        if len(part):
+            out.write((", " if i else "") + json.dumps(part.round(6).tolist())[1:-1])
+    out.write(f'], "model_id": {json.dumps(model_id)}, "version": {version}}}\n')
 
 
 @app.command()
@@ -50,32 +81,76 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; loopback unless you mean otherwise.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks one).")] = 8765,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding a bearer token every request but the probes must send."),
+    ] = None,
+    allow_no_token: Annotated[
+        bool,
+        typer.Option(help="Serve a non-loopback address without a token (anyone can use it)."),
+    ] = False,
+    max_body: Annotated[
+        int, typer.Option(min=1024, max=256 << 20, help="Bytes in one request body.")
+    ] = 4 << 20,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Connections served at once; more get 503.")
+    ] = 512,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds from a request's first byte to its answer.")
+    ] = 30.0,
 ) -> None:
-    """Serve predictions over local HTTP: POST /predict, GET /health; hot-reloads new bundles."""
+    """Serve predictions over HTTP: POST /predict, GET /health, and KServe's v2 protocol.
+
+    Newer verified bundles are picked up without a restart; a refused one never stops the
+    server (GET /health reports it in last_error).
+    """
+    from fedge.client.runtime.files import UnsafeFileError, read_bounded
+    from fedge.client.runtime.httpserver import ServerLimits, bind, is_loopback
+    from fedge.client.runtime.httpserver import serve as run_server
     from fedge.client.runtime.predictor import Predictor
-    from fedge.client.runtime.service import make_server
+    from fedge.client.runtime.service import InferenceApp, ServiceLimits
     from fedge.client.runtime.verify import BundleError
 
+    token = None
+    if token_file is not None:
+        try:
+            token = read_bounded(token_file, 4096).decode("ascii").strip()
+        except (UnsafeFileError, UnicodeDecodeError) as err:
+            raise fail(f"cannot read --token-file: {err}") from None
+        if len(token) < 16 or not token.isprintable() or " " in token:
+            raise fail("--token-file must hold one token of at least 16 printable ASCII characters")
+    elif not is_loopback(host):
+        if not allow_no_token:
+            raise fail(
+                f"--host {host} is reachable from the network and there is no --token-file: "
+                "anyone who can connect could use the model; pass --token-file, or "
+                "--allow-no-token if that is what you want"
+            )
+        console.print(
+            f"[bold yellow]warning:[/] serving {host} without a token: anyone who can reach "
+            "this port can query the model",
+            highlight=False,
+        )
+    limits = ServerLimits(max_connections=max_connections, request_timeout=request_timeout)
     try:
-        predictor = Predictor(model_dir, trusted_key)
-        server = make_server(predictor, host, port)
+        predictor = Predictor(model_dir, trusted_key, check_interval=None)
+        sock = bind(host, port, limits.backlog)
     except BundleError as err:
         raise fail(str(err)) from None
     except OSError as err:
         raise fail(f"cannot listen on {host}:{port}: {err}") from None
-    bound_port = server.server_address[1]
-    # One line on stdout that scripts and tests can wait for.
+    app_ = InferenceApp(
+        predictor, token=token, limits=ServiceLimits(max_body=max_body, body_budget=16 * max_body)
+    )
+    bound_port = sock.getsockname()[1]
+    # One line on stdout that scripts and tests can wait for (the socket already listens).
+    url_host = f"[{host}]" if ":" in host else host
     print(
-        f"serving {predictor.model_id} version {predictor.version} on http://{host}:{bound_port}",
+        f"serving {predictor.model_id} version {predictor.version} on http://{url_host}:{bound_port}",
         flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    run_server(app_, sock, limits)
 
 
 @keys_app.command("generate")
@@ -92,3 +167,6 @@ def keys_generate(
     except FileExistsError as err:
         raise fail(str(err)) from None
     console.print(f"private key: {private_path}\npublic key:  {public_path}", highlight=False)
+
+
+from fedge.cli import bundles  # noqa: E402, F401  (registers install, verify, status after these)

@@ -22,6 +22,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedge.client import student
+from fedge.client.node import DeployTarget, deploy_target, is_simulated
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key
@@ -181,17 +182,18 @@ def logits(msg: Message, context: Context) -> Message:
 def deploy(msg: Message, context: Context) -> Message:
     """Verify and install a signed bundle, then evaluate it locally with the device Predictor.
 
-    Verification (signature, manifest, sha256, version) runs before anything parses the
-    ONNX; a refused bundle is not installed and the reply says which check failed.
+    The node's own node config names its store and its trusted key; a key sent with the
+    bundle counts only in simulation (fedge.client.node). Verification and the device-model
+    check run before the bundle becomes current, as `fedge install` runs them; a refused
+    bundle is not installed and the reply says which check failed. The version already
+    installed, delivered again (a resumed server run resends it), is a success.
     """
     config = msg.content.config_records[m.CONFIG]
     cfg = record_to_config(config)
     pid, data = _local_data(cfg, context, config)
-    store_dir, key_path = _deploy_paths(context, config, pid)
+    target = _deploy_paths(context, config, pid)
     files = {
-        name: as_bytes(config[name])
-        for name in (m.MODEL_ONNX, m.MANIFEST, m.SIGNATURE)
-        if name in config
+        name: as_bytes(config[key]) for name, key in m.BUNDLE_FILE_KEYS.items() if key in config
     }
     metrics: dict[str, int | float] = {
         m.PARTITION_ID: pid,
@@ -200,13 +202,22 @@ def deploy(msg: Message, context: Context) -> Message:
     }
     status: dict[str, str] = {m.REASON: "installed"}
     try:
-        key = load_public_key(key_path)
-        ModelStore(store_dir).install(files, key)
+        if target.refusal is not None or target.store is None or target.trusted_key is None:
+            raise BundleError("trust", target.refusal or "no store or key")
+        outcome = ModelStore(target.store).install(
+            files,
+            load_public_key(target.trusted_key),
+            allow_model_switch=target.allow_model_switch,
+        )
         # What the device will run: the Predictor, which verifies the store's bundle again.
-        predictor = Predictor(store_dir, key_path, warmup=0)
+        predictor = Predictor(target.store, target.trusted_key, warmup=0, check_interval=None)
     except BundleError as err:
         status[m.REASON] = str(err)
+        if target.store is not None and err.check in ("trust", "trusted-key"):
+            ModelStore(target.store).record_refusal(err, files)
     else:
+        if not outcome.changed:
+            status[m.REASON] = f"version {outcome.bundle.version} was already installed"
         prep, _ = record_to_spec(config)
         raw = prep.invert(data.test.x)  # the device's raw measurements
         accuracy = float((predictor.predict(raw).labels == data.test.y).mean())
@@ -246,12 +257,6 @@ def _model(cfg: RunConfig, msg: Message) -> torch.nn.Module:
     return model
 
 
-def _deploy_paths(context: Context, config: ConfigRecord, pid: int) -> tuple[Path, Path]:
-    """The node's own model store and trusted key win; in simulation the run supplies them."""
-    node = context.node_config
-    if m.NODE_MODEL_STORE in node:
-        store = Path(str(node[m.NODE_MODEL_STORE]))
-    else:
-        store = Path(str(config[m.MODEL_STORE_ROOT])) / f"partition-{pid}" / "model-store"
-    key = Path(str(node.get(m.NODE_TRUSTED_KEY, config.get(m.TRUSTED_KEY, ""))))
-    return store, key
+def _deploy_paths(context: Context, config: ConfigRecord, pid: int) -> DeployTarget:
+    """The node's own model store and trusted key; the message's only in a local simulation."""
+    return deploy_target(context.node_config, config, pid, simulated=is_simulated())

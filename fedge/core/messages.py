@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+
 # Message types (Flower: train | evaluate | query, or "<type>.<identifier>").
 TRAIN = "train"
 EVALUATE = "evaluate"
@@ -42,12 +44,20 @@ UNIT_WEIGHT = "unit-weight"  # 1 from every client: the weight of central DP's u
 DP_EPSILON = "dp-epsilon"  # local DP: the client's epsilon after this round (upper bound)
 DP_NOISE = "dp-noise"  # local DP: the client's noise multiplier
 
-# ConfigRecord keys of a deploy message.
-MODEL_ONNX = "model.onnx"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-MODEL_STORE_ROOT = "model-store-root"  # simulation: nodes' stores live under the run directory
-TRUSTED_KEY = "trusted-key"  # simulation: path of the run's public key
+# ConfigRecord keys of a deploy message. The bundle's files travel under keys of their own,
+# mapped to and from file names by BUNDLE_FILE_KEYS only: a message key is never a file name.
+BUNDLE_MODEL = "bundle-model"
+BUNDLE_MANIFEST = "bundle-manifest"
+BUNDLE_SIGNATURE = "bundle-signature"
+BUNDLE_FILE_KEYS = {
+    MODEL_FILE: BUNDLE_MODEL,
+    MANIFEST_FILE: BUNDLE_MANIFEST,
+    SIGNATURE_FILE: BUNDLE_SIGNATURE,
+}
+# Simulation only: a node uses these only when it knows it is simulated (fedge.client.node);
+# where the node keeps its store under the root is the node's business, not the server's.
+SIMULATION_STORE_ROOT = "simulation-store-root"
+SIMULATION_TRUSTED_KEY = "simulation-trusted-key"  # the run's public key
 REASON = "reason"
 
 # ConfigRecord keys describing the federation's model (so devices need not hold the dataset).
@@ -61,4 +71,5 @@ NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"
 NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
+NODE_ALLOW_MODEL_SWITCH = "allow-model-switch"  # true: accept bundles of another model_id
 NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition

@@ -10,7 +10,6 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedge.core import messages as m
-from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from fedge.core.config import RunConfig
 from fedge.core.records import as_float, as_int, config_to_record
 from fedge.server.replies import replies_by_node
@@ -23,21 +22,18 @@ def deploy_bundle(
     cfg: RunConfig,
     files: dict[str, bytes],
     *,
-    store_root: Path,
-    trusted_key: Path,
+    simulation_store_root: Path,
+    simulation_trusted_key: Path,
     node_partition: dict[int, int],
     spec: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], int]:
     """Send the bundle to every connected node; returns per-client rows and bytes sent."""
-    payload = {
-        m.MODEL_ONNX: files[MODEL_FILE],
-        m.MANIFEST: files[MANIFEST_FILE],
-        m.SIGNATURE: files[SIGNATURE_FILE],
-        m.MODEL_STORE_ROOT: str(store_root),
-        m.TRUSTED_KEY: str(trusted_key),
-        **spec,
-    }
-    bundle_bytes = sum(len(files[name]) for name in (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE))
+    payload: dict[str, Any] = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
+    # Simulated nodes only: real nodes use their own store and key, whatever is sent here.
+    payload[m.SIMULATION_STORE_ROOT] = str(simulation_store_root)
+    payload[m.SIMULATION_TRUSTED_KEY] = str(simulation_trusted_key)
+    payload.update(spec)
+    bundle_bytes = sum(len(files[name]) for name in m.BUNDLE_FILE_KEYS)
     content = RecordDict({m.CONFIG: config_to_record(cfg, **payload)})
     nodes = list(grid.get_node_ids())
     messages = [Message(content=content, message_type=m.DEPLOY, dst_node_id=node) for node in nodes]

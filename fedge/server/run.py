@@ -94,8 +94,8 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         grid,
         cfg,
         compressed.shipment.files,
-        store_root=run_dir / NODES_DIR,
-        trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
+        simulation_store_root=run_dir / NODES_DIR,
+        simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
         node_partition=training.node_partition,
         spec=spec,
     )

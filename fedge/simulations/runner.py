@@ -121,6 +121,11 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
     """Run the ServerApp and `cfg.clients` simulated ClientApps; returns the run directory."""
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
+    from fedge.client.node import SIMULATION_ENV
+
+    # The simulated nodes (Ray workers inherit this environment) may trust the run's own key;
+    # a real node never sees this variable and trusts only its configured key.
+    os.environ[SIMULATION_ENV] = "1"
     from flwr.app import Context, RecordDict
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType

@@ -14,15 +14,13 @@ from fedge.compression.bundle import (
     make_bundle,
     write_bundle,
 )
-from fedge.compression.export import ExportConfig, export_onnx
-from fedge.core.models import build_student
 from fedge.core.ort import make_session
-from tests.client.conftest import bundle_config
+from tests.client.conftest import bundle_config, device_model
 
 
 @pytest.fixture(scope="module")
 def model_bytes() -> bytes:
-    return export_onnx(build_student((1, 8, 8), 10, "tiny", seed=0), (1, 8, 8), ExportConfig())
+    return device_model("tiny")[1]
 
 
 @pytest.fixture()

@@ -1,10 +1,14 @@
 """The ClientApp handlers, called directly with hand-built messages."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedge.client.app import app
+from fedge.client.node import SIMULATION_ENV, simulated_store
+from fedge.client.runtime.store import ModelStore
 from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
@@ -77,53 +81,135 @@ def test_evaluate_reports_local_accuracy():
     assert metrics[m.NUM_EXAMPLES] == len(local) and accuracy > 0.5  # trained: well above chance
 
 
-def _deploy_message(files: dict[str, bytes], store_root, key_path) -> Message:
-    payload = {
-        m.MODEL_ONNX: files["model.onnx"],
-        m.MANIFEST: files["manifest.json"],
-        m.SIGNATURE: files["manifest.sig"],
-        m.MODEL_STORE_ROOT: str(store_root),
-        m.TRUSTED_KEY: str(key_path),
-        **SPEC,
-    }
-    return _message(RecordDict({m.CONFIG: config_to_record(CFG, **payload)}), m.DEPLOY)
+def _deploy_message(files: dict[str, bytes], store_root, key_path, **extra) -> Message:
+    payload = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
+    payload.update(
+        {m.SIMULATION_STORE_ROOT: str(store_root), m.SIMULATION_TRUSTED_KEY: str(key_path)}
+    )
+    return _message(
+        RecordDict({m.CONFIG: config_to_record(CFG, **payload, **SPEC, **extra)}), m.DEPLOY
+    )
 
 
-def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path):
+@pytest.fixture()
+def signed(tmp_path):
+    """(bundle files of the tiny device model, public key path, private key)."""
     private_path, public_path = generate_keypair(tmp_path / "keys")
-    model = device_model("tiny")[1]
-    files = make_bundle(model, bundle_config(), load_private_key(private_path))
+    private = load_private_key(private_path)
+    return make_bundle(device_model("tiny")[1], bundle_config(), private), public_path, private
+
+
+@pytest.fixture()
+def simulated(monkeypatch):
+    monkeypatch.setenv(SIMULATION_ENV, "1")
+
+
+def _verdict(reply) -> tuple[int, str]:
+    metrics = reply.content.metric_records[m.METRICS]
+    return metrics[m.INSTALLED], str(reply.content.config_records[m.STATUS][m.REASON])
+
+
+def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path, signed, simulated):
+    files, public_path, _ = signed
     reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 3, 4))
     metrics = reply.content.metric_records[m.METRICS]
     assert metrics[m.INSTALLED] == 1 and metrics[m.PARTITION_ID] == 3
     assert 0 <= metrics[m.ACCURACY] <= 1 and metrics[m.LATENCY_US_P50] > 0
-    installed = tmp_path / "nodes" / "partition-3" / "model-store" / "versions" / "1" / "model.onnx"
-    assert installed.read_bytes() == model
+    installed = simulated_store(tmp_path / "nodes", 3) / "versions" / "1" / "model.onnx"
+    assert installed.read_bytes() == files["model.onnx"]
+    assert (
+        installed
+        == tmp_path / "nodes" / "partition-3" / "model-store" / "versions" / "1" / "model.onnx"
+    )
 
 
-def test_deploy_refuses_a_tampered_bundle_and_says_why(tmp_path):
-    private_path, public_path = generate_keypair(tmp_path / "keys")
-    model = device_model("tiny")[1]
-    files = make_bundle(model, bundle_config(), load_private_key(private_path))
-    files["model.onnx"] = files["model.onnx"][:-1] + b"\x00"
+def test_deploy_refuses_a_tampered_bundle_and_says_why(tmp_path, signed, simulated):
+    files, public_path, _ = signed
+    files = {**files, "model.onnx": files["model.onnx"][:-1] + b"\x00"}
     reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 0, 4))
-    assert reply.content.metric_records[m.METRICS][m.INSTALLED] == 0
-    assert "check failed" in str(reply.content.config_records[m.STATUS][m.REASON])
-    assert not (tmp_path / "nodes" / "partition-0" / "model-store" / "CURRENT").exists()
+    installed, reason = _verdict(reply)
+    assert installed == 0 and "sha256 check failed" in reason
+    assert not (simulated_store(tmp_path / "nodes", 0) / "CURRENT").exists()
 
 
-def test_node_config_store_and_key_win_over_the_message(tmp_path):
-    private_path, public_path = generate_keypair(tmp_path / "keys")
+def test_a_re_delivered_bundle_is_an_idempotent_success(tmp_path, signed, simulated):
+    files, public_path, _ = signed
+    message = _deploy_message(files, tmp_path / "nodes", public_path)
+    assert _verdict(app(message, node_context(7, 1, 4))) == (1, "installed")
+    again = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 1, 4))
+    assert _verdict(again) == (1, "version 1 was already installed")
+
+
+def test_outside_simulation_a_key_sent_with_the_bundle_is_never_trusted(
+    tmp_path, signed, monkeypatch
+):
+    """What Flower gives a simulated ClientApp (partition-id, num-partitions) proves nothing."""
+    monkeypatch.delenv(SIMULATION_ENV, raising=False)
+    files, public_path, _ = signed
+    message = _deploy_message(files, tmp_path / "nodes", public_path, **{SIMULATION_ENV: "1"})
+    installed, reason = _verdict(app(message, node_context(7, 0, 4)))
+    assert installed == 0 and "trust check failed" in reason and "trusts no key" in reason
+    assert not (tmp_path / "nodes").exists()
+    # With its own store but no key, the node records why it refused.
+    context = node_context(7, 0, 4, **{"model-store": str(tmp_path / "own")})
+    installed, _ = _verdict(app(_deploy_message(files, tmp_path / "nodes", public_path), context))
+    assert installed == 0
+    refusal = ModelStore(tmp_path / "own").status()["last_refusal"]
+    assert refusal["check"] == "trust" and ModelStore(tmp_path / "own").current_version() is None
+
+
+def test_a_real_node_installs_with_its_own_store_and_key(tmp_path, signed, monkeypatch):
+    monkeypatch.delenv(SIMULATION_ENV, raising=False)
+    files, public_path, _ = signed
+    context = node_context(
+        7, 0, 4, **{"model-store": str(tmp_path / "own"), "trusted-key": str(public_path)}
+    )
+    message = _deploy_message(files, tmp_path / "nodes", tmp_path / "elsewhere.pub")
+    assert _verdict(app(message, context)) == (1, "installed")
+    assert ModelStore(tmp_path / "own").current_version() == 1 and not (tmp_path / "nodes").exists()
+
+
+def test_node_config_store_and_key_win_over_the_message(tmp_path, signed, simulated):
+    files, public_path, _ = signed
     _, other_public = generate_keypair(tmp_path / "other")
-    model = device_model("tiny")[1]
-    files = make_bundle(model, bundle_config(), load_private_key(private_path))
     # The message names a key that would accept; the node trusts only its own (other) key.
     context = node_context(
         7, 0, 4, **{"model-store": str(tmp_path / "own"), "trusted-key": str(other_public)}
     )
-    reply = app(_deploy_message(files, tmp_path / "nodes", public_path), context)
-    assert reply.content.metric_records[m.METRICS][m.INSTALLED] == 0
-    assert "signature" in str(reply.content.config_records[m.STATUS][m.REASON])
+    installed, reason = _verdict(
+        app(_deploy_message(files, tmp_path / "nodes", public_path), context)
+    )
+    assert installed == 0 and "signature" in reason
+
+
+def test_a_model_line_switch_needs_the_node_s_consent(tmp_path, signed, monkeypatch):
+    monkeypatch.delenv(SIMULATION_ENV, raising=False)
+    files, public_path, private = signed
+    own = {"model-store": str(tmp_path / "own"), "trusted-key": str(public_path)}
+    app(_deploy_message(files, tmp_path / "n", public_path), node_context(7, 0, 4, **own))
+    config = bundle_config(2)
+    other = make_bundle(device_model("tiny")[1], replace(config, model_id="next-run"), private)
+    installed, reason = _verdict(
+        app(_deploy_message(other, tmp_path / "n", public_path), node_context(7, 0, 4, **own))
+    )
+    assert installed == 0 and "model-line check failed" in reason
+    allowed = node_context(7, 0, 4, **own, **{"allow-model-switch": True})
+    assert _verdict(app(_deploy_message(other, tmp_path / "n", public_path), allowed))[0] == 1
+
+
+def test_message_keys_are_not_file_names(tmp_path, signed, simulated):
+    """A message that carries the files under their file names carries no bundle."""
+    files, public_path, _ = signed
+    payload = {
+        **files,
+        m.SIMULATION_STORE_ROOT: str(tmp_path),
+        m.SIMULATION_TRUSTED_KEY: str(public_path),
+    }
+    message = _message(RecordDict({m.CONFIG: config_to_record(CFG, **payload, **SPEC)}), m.DEPLOY)
+    installed, reason = _verdict(app(message, node_context(7, 0, 4)))
+    assert installed == 0 and "bundle lacks model.onnx, manifest.json, manifest.sig" in reason
+    assert set(m.BUNDLE_FILE_KEYS) == {"model.onnx", "manifest.json", "manifest.sig"}
+    assert not set(m.BUNDLE_FILE_KEYS.values()) & set(m.BUNDLE_FILE_KEYS)
 
 
 def test_config_record_carries_no_server_only_settings():

@@ -50,11 +50,20 @@ def test_predictions_equal_onnxruntime_on_preprocessed_input(device, student_onn
 
 
 def test_a_model_without_the_device_contract_is_refused(device, student_onnx):
-    """A signed bundle whose model still expects preprocessed input is not served."""
+    """A signed bundle whose model still expects preprocessed input is never made current."""
     predictor = Predictor(device.store, device.public_key, check_interval=0.0)
     bad = make_bundle(student_onnx, bundle_config(2), device.private_key)
-    ModelStore(device.store).install(bad, load_public_key(device.public_key))
+    with pytest.raises(BundleError, match="device-model check failed: model outputs"):
+        ModelStore(device.store).install(bad, load_public_key(device.public_key))
+    assert ModelStore(device.store).current_version() == 1
     assert predictor.predict(RAW[:1]).version == 1  # keeps serving the good one
+    # Written behind the store's back, it is refused when loaded too.
+    version = device.store / "versions" / "2"
+    version.mkdir()
+    for name, data in bad.items():
+        (version / name).write_bytes(data)
+    (device.store / "CURRENT").write_text("2")
+    assert predictor.predict(RAW[:1]).version == 1
     assert "device-model check failed" in predictor.last_error
     with pytest.raises(BundleError, match="device-model"):
         Predictor(device.store, device.public_key)
@@ -91,8 +100,10 @@ def test_bad_input_is_a_clear_error(device, batch, message):
 def test_nan_input_is_refused_by_the_parsers():
     from fedge.client.runtime.inputs import from_json
 
-    with pytest.raises(InputError, match="NaN or Inf"):
+    with pytest.raises(InputError, match="NaN is not a number"):
         from_json("[[NaN, 1.0]]", "stdin")
+    with pytest.raises(InputError, match="NaN or Inf"):
+        from_json("[[1e400, 1.0]]", "stdin")
 
 
 def test_picks_up_a_newer_bundle_without_restart(device):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fedge.client.node import simulated_store
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
 from fedge.core.ort import make_session
@@ -57,7 +58,7 @@ def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
     make_session(bundle.model_bytes)
     for pid in range(3):
         assert (
-            ModelStore(out / "nodes" / f"partition-{pid}" / "model-store").load(key).version
+            ModelStore(simulated_store(out / "nodes", pid)).load(key).version
             == bundle.version
         )
     assert "deployed student" in (out / "report.md").read_text()

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from fedge.client.app import app as client_app
+from fedge.client.node import simulated_store
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
 from fedge.core.config import RunConfig
@@ -57,7 +58,7 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
     bundle = verify_bundle(read_bundle_dir(run / "bundle"), key)
     for pid in range(4):
         assert (
-            ModelStore(run / "nodes" / f"partition-{pid}" / "model-store").load(key).model_bytes
+            ModelStore(simulated_store(run / "nodes", pid)).load(key).model_bytes
             == bundle.model_bytes
         )
     assert (run / "report.md").read_text().startswith("# fedge run")

@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from fedge.client.runtime.session import device_session
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, VerifiedBundle, load_public_key
-from fedge.core.ort import make_session
+from fedge.core import bundle_format as fmt
 
 log = logging.getLogger("fedge.runtime")
+BATCH_SIZE = 512  # samples per onnxruntime run: bounds the memory of large inputs
 
 
 class InputError(ValueError):
@@ -47,39 +50,44 @@ class _Loaded:
     """One verified bundle turned into a session, with what predict needs at hand."""
 
     def __init__(self, bundle: VerifiedBundle, warmup: int) -> None:
-        manifest = bundle.manifest
+        manifest = bundle.manifest  # schema-checked: every field below exists with its type
         self.model_id: str = manifest["model_id"]
         self.version: int = bundle.version
-        self.sample_shape = tuple(int(d) for d in manifest["preprocessing"]["input_shape"])
+        self.sample_shape = fmt.sample_shape(manifest)
         self.sample_size = math.prod(self.sample_shape)
         self.labels = np.asarray(manifest["labels"], dtype=np.int64)
         self.identity_labels = bool(np.array_equal(self.labels, np.arange(len(self.labels))))
-        self.session = make_session(bundle.model_bytes)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name: str = manifest["input"]["name"]
         # The device contract (fedge's bundles): preprocessing inside the graph, so Python only
         # checks and casts, and probability and label outputs, so it computes nothing.
-        outputs = {o.name for o in self.session.get_outputs()}
-        self.output_names = [
-            manifest["output"].get("probabilities"),
-            manifest["output"].get("label"),
-        ]
-        if not manifest["preprocessing"].get("in_model") or not set(self.output_names) <= outputs:
-            raise BundleError(
-                "device-model",
-                "the model must take raw input (preprocessing in_model) and output probabilities "
-                f"and label; manifest output {manifest['output']}, model outputs {sorted(outputs)}",
-            )
-        zeros = np.zeros((1, *self.sample_shape), dtype=np.float32)
-        for _ in range(warmup):
-            self.session.run(None, {self.input_name: zeros})
+        self.output_names = [manifest["output"]["probabilities"], manifest["output"]["label"]]
+        try:
+            self.session = device_session(bundle.model_bytes)
+            inputs = [i.name for i in self.session.get_inputs()]
+            outputs = {o.name for o in self.session.get_outputs()}
+            if inputs != [self.input_name] or not set(self.output_names) <= outputs:
+                raise BundleError(
+                    "device-model",
+                    f"the model must take one raw input {self.input_name!r} and output "
+                    f"{self.output_names}; it takes {inputs} and outputs {sorted(outputs)}",
+                )
+            zeros = np.zeros((1, *self.sample_shape), dtype=np.float32)
+            for _ in range(warmup):
+                self.session.run(self.output_names, {self.input_name: zeros})
+        except BundleError:
+            raise
+        except Exception as err:  # onnxruntime's own exception types
+            text = " ".join(str(err).split())[-300:]
+            raise BundleError("device-model", f"onnxruntime cannot run the model: {text}") from None
 
 
 class Predictor:
     """Run the model store's current bundle with onnxruntime.
 
     Every bundle is verified (signature, manifest, sha256) when loaded; a newer verified
-    version is picked up without a restart (checked at most every `check_interval` seconds);
-    a newer bundle that fails verification is refused and the current one keeps serving.
+    version is picked up without a restart (checked at most every `check_interval` seconds
+    by predict, or by whoever calls `reload_if_newer`); a newer bundle that fails is refused,
+    once, and the current one keeps serving (`last_error` says why).
     """
 
     def __init__(
@@ -88,16 +96,19 @@ class Predictor:
         trusted_key: Path | str,
         *,
         warmup: int = 50,
-        check_interval: float = 1.0,
+        check_interval: float | None = 1.0,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         self.store = ModelStore(model_dir)
         self.key = load_public_key(trusted_key)
         self.warmup = warmup
         self.check_interval = check_interval
+        self.batch_size = batch_size
         self.last_error: str | None = None  # why the latest newer bundle was refused
+        self._refused: int | None = None  # that bundle's version: not tried again
         self._lock = threading.Lock()
         self._loaded = _Loaded(self.store.load(self.key), warmup)
-        self._next_check = time.monotonic() + check_interval
+        self._next_check = self._after(check_interval)
 
     @property
     def model_id(self) -> str:
@@ -114,24 +125,53 @@ class Predictor:
         """The per-sample shape the model expects (raw input may also be flat)."""
         return self._loaded.sample_shape
 
+    @property
+    def input_name(self) -> str:
+        """The model's input name."""
+        return self._loaded.input_name
+
+    @property
+    def output_names(self) -> tuple[str, str]:
+        """The model's probabilities and label output names."""
+        probabilities, label = self._loaded.output_names
+        return probabilities, label
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the probabilities cover."""
+        return len(self._loaded.labels)
+
     def model_input(self, batch: Any) -> np.ndarray:
         """What predict feeds onnxruntime for raw samples: checked, reshaped, float32."""
-        return self._model_input(batch, self._loaded)
+        return self._shaped(batch, self._loaded).astype(np.float32, copy=False)
+
+    def batches(self, batch: Any, size: int | None = None) -> Iterator[np.ndarray]:
+        """The checked, reshaped samples as float32 chunks of at most `size` (memory: one chunk)."""
+        x = self._shaped(batch, self._loaded)
+        size = size or self.batch_size
+        for start in range(0, len(x), size):
+            yield np.ascontiguousarray(x[start : start + size], dtype=np.float32)
 
     def reload_if_newer(self) -> bool:
         """Switch to a newer verified bundle if the store has one; True if switched."""
         with self._lock:
-            self._next_check = time.monotonic() + self.check_interval
+            self._next_check = self._after(self.check_interval)
             try:
                 version = self.store.current_version()
             except BundleError as err:
                 self.last_error = str(err)
                 return False
-            if version is None or version <= self._loaded.version:
+            if version is not None and version < self._loaded.version:
+                self.last_error = (
+                    f"CURRENT says {version}, below the served {self._loaded.version}; "
+                    "not rolling back"
+                )
+            if version is None or version <= self._loaded.version or version == self._refused:
                 return False
             try:
                 self._loaded = _Loaded(self.store.load(self.key), self.warmup)
             except BundleError as err:
+                self._refused = version
                 self.last_error = f"version {version} refused: {err}"
                 log.warning("keeping version %d: %s", self._loaded.version, self.last_error)
                 return False
@@ -143,20 +183,34 @@ class Predictor:
         """Labels and probabilities for raw samples (the model applies the preprocessing).
 
         Accepts (N, *sample_shape), (N, prod(sample_shape)), or one sample without the batch
-        axis; any integer or float dtype. NaN/Inf are not checked on this hot path (they give
-        NaN probabilities); `fedge infer` and `fedge serve` refuse them when parsing input.
+        axis; any integer or float dtype. More than `batch_size` samples run in chunks. NaN/Inf
+        are not checked on this hot path (they give NaN probabilities); `fedge infer` and
+        `fedge serve` refuse them when parsing input.
         """
         if time.monotonic() >= self._next_check:
             self.reload_if_newer()
         loaded = self._loaded
-        x = self._model_input(batch, loaded)
-        probabilities, best = loaded.session.run(loaded.output_names, {loaded.input_name: x})
+        x = self._shaped(batch, loaded)
+        if len(x) <= self.batch_size:
+            feed = x if x.dtype == np.float32 else x.astype(np.float32)
+            probabilities, best = loaded.session.run(loaded.output_names, {loaded.input_name: feed})
+        else:
+            parts = [
+                loaded.session.run(loaded.output_names, {loaded.input_name: chunk})
+                for chunk in self.batches(x)
+            ]
+            probabilities = np.concatenate([p for p, _ in parts])
+            best = np.concatenate([b for _, b in parts])
         labels = best if loaded.identity_labels else loaded.labels[best]
         return Prediction(labels, probabilities, loaded.model_id, loaded.version)
 
     @staticmethod
-    def _model_input(batch: Any, loaded: _Loaded) -> np.ndarray:
-        """Checked, reshaped float32 input."""
+    def _after(interval: float | None) -> float:
+        return math.inf if interval is None else time.monotonic() + interval
+
+    @staticmethod
+    def _shaped(batch: Any, loaded: _Loaded) -> np.ndarray:
+        """Checked input of shape (N, *sample_shape), in its own dtype (a view when it can be)."""
         x = batch if type(batch) is np.ndarray else np.asarray(batch)
         if x.dtype.kind not in "iuf":
             raise InputError(f"input dtype {x.dtype} is not numeric; expected float or int values")
@@ -171,9 +225,9 @@ class Predictor:
                     f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
                     f" or (N, {loaded.sample_size})"
                 )
-        return x if x.dtype == np.float32 else x.astype(np.float32)
+        return x
 
 
 def bare_session(model_dir: Path | str, trusted_key: Path | str) -> ort.InferenceSession:
     """The same verified model in a plain session (what benchmarks compare Predictor against)."""
-    return make_session(ModelStore(model_dir).load(load_public_key(trusted_key)).model_bytes)
+    return device_session(ModelStore(model_dir).load(load_public_key(trusted_key)).model_bytes)

@@ -1,83 +1,191 @@
-"""A small local HTTP JSON service over a Predictor: POST /predict, GET /health."""
+"""The HTTP API of `fedge serve` as a small ASGI app: fedge's JSON and the Open Inference Protocol.
+
+Routes: GET /health and POST /predict (fedge's own JSON), and KServe's v2 REST protocol:
+GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}][/ready] and
+POST /v2/models/{name}[/versions/{v}]/infer. With a token, every route but the v2 liveness and
+readiness probes needs `Authorization: Bearer <token>`. Bodies are capped per request and in
+total; small ones are answered on the event loop, large ones in a worker thread, one at a time.
+The transport (framing, timeouts, connection limits) is uvicorn's, set up in `httpserver`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
-import socket
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from fedge.client.runtime.inputs import from_json
+from fedge.client.runtime.inputs import from_json, parse_json
 from fedge.client.runtime.predictor import InputError, Predictor
+from fedge.client.runtime.v2 import V2_ROUTE, infer_request, metadata, v2_response
 
 log = logging.getLogger("fedge.runtime")
-MAX_BODY = 16 * 1024 * 1024  # bytes; larger requests are refused
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+JSON = [(b"content-type", b"application/json")]
+CLOSE = [(b"connection", b"close")]  # after a refusal the unread body is not worth reading
+OPEN_ROUTES = ("/v2/health/live", "/v2/health/ready")  # probes: no model details, no token
 
 
-def make_server(
-    predictor: Predictor, host: str = "127.0.0.1", port: int = 8765
-) -> ThreadingHTTPServer:
-    """An HTTP/1.1 server (keep-alive) bound to host:port; call serve_forever() to run it."""
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Per-request and total body limits, and what counts as a large body."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    max_body: int = 4 << 20  # bytes in one request body
+    body_budget: int = 64 << 20  # bytes of request bodies held at once, all requests together
+    inline_body: int = 64 << 10  # bodies up to this are answered on the event loop
 
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm
-            # and the client's delayed ACK add ~40 ms to every keep-alive response.
-            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-        def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
-            if self.path != "/health":
-                self._reply(
-                    HTTPStatus.NOT_FOUND,
-                    {"error": f"no route {self.path}; try GET /health or POST /predict"},
-                )
-                return
-            predictor.reload_if_newer()
-            self._reply(
-                HTTPStatus.OK,
-                {
-                    "status": "ok",
-                    "model_id": predictor.model_id,
-                    "version": predictor.version,
-                    "input_shape": list(predictor.sample_shape),
-                    "last_error": predictor.last_error,
-                },
+class HttpError(Exception):
+    """An error response: status, message, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None):
+        super().__init__(message)
+        self.status, self.headers = status, headers or []
+
+
+class InferenceApp:
+    """The ASGI application over a Predictor."""
+
+    def __init__(
+        self, predictor: Predictor, *, token: str | None = None, limits: ServiceLimits | None = None
+    ) -> None:
+        self.predictor = predictor
+        self.limits = limits or ServiceLimits()
+        self._auth = None if token is None else f"Bearer {token}".encode()
+        self._held = 0  # body bytes held by requests in flight
+        self._large: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request (other ASGI scope types are ignored)."""
+        if scope["type"] != "http":
+            return
+        reserved = [0]
+        try:
+            status, payload, headers = 200, await self._route(scope, receive, reserved), []
+        except HttpError as err:
+            status, payload, headers = err.status, {"error": str(err)}, err.headers
+        except Exception:
+            log.exception("error answering %s %s", scope["method"], scope["path"])
+            status, payload, headers = 500, {"error": "internal error; see the server log"}, []
+        finally:
+            self._held -= reserved[0]
+        try:
+            body = json.dumps(payload, allow_nan=False).encode()
+        except ValueError:
+            status, body = 500, b'{"error": "the model produced non-finite outputs"}'
+        length = [(b"content-length", str(len(body)).encode())]
+        start = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": JSON + length + headers,
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+    async def _route(self, scope: Scope, receive: Receive, reserved: list[int]) -> Any:
+        method, path = scope["method"], scope["path"]
+        if path not in OPEN_ROUTES:
+            self._authorize(scope)
+        predictor = self.predictor
+        if path == "/health":
+            _allow(method, "GET")
+            return {
+                "status": "ok",
+                "model_id": predictor.model_id,
+                "version": predictor.version,
+                "input_shape": list(predictor.sample_shape),
+                "last_error": predictor.last_error,
+            }
+        if path == "/predict":
+            _allow(method, "POST")
+            body = await self._body(scope, receive, reserved)
+            return await self._run(
+                body, lambda data: predictor.predict(from_json(data, "request body")).to_json()
+            )
+        if path in ("/v2/health/live", "/v2/health/ready"):
+            _allow(method, "GET")
+            return {"live": True} if path.endswith("live") else {"ready": True}
+        if path == "/v2":
+            _allow(method, "GET")
+            return {"name": "fedge", "version": "1", "extensions": []}
+        match = V2_ROUTE.fullmatch(path)
+        if match is None:
+            raise HttpError(404, f"no route {path[:100]}; try GET /health, POST /predict or /v2")
+        name, version, action = match.group("name", "version", "action")
+        if name != predictor.model_id or version not in (None, str(predictor.version)):
+            raise HttpError(
+                404, f"this server serves model {predictor.model_id} version {predictor.version}"
+            )
+        if action is None:
+            _allow(method, "GET")
+            return metadata(predictor)
+        if action == "ready":
+            _allow(method, "GET")
+            return {"name": name, "ready": True}
+        _allow(method, "POST")
+        body = await self._body(scope, receive, reserved)
+        return await self._run(body, lambda data: self._v2_infer(data))
+
+    def _v2_infer(self, body: bytes) -> dict[str, Any]:
+        request = parse_json(body, "request body")
+        x, wanted = infer_request(request, self.predictor)
+        return v2_response(self.predictor.predict(x), self.predictor, request, wanted)
+
+    def _authorize(self, scope: Scope) -> None:
+        if self._auth is None:
+            return
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        if not hmac.compare_digest(given, self._auth):
+            raise HttpError(
+                401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
             )
 
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/predict":
-                self._reply(
-                    HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}; try POST /predict"}
-                )
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length <= 0 or length > MAX_BODY:
-                self._reply(
-                    HTTPStatus.BAD_REQUEST, {"error": f"body must be 1..{MAX_BODY} bytes of JSON"}
-                )
-                return
-            body = self.rfile.read(length).decode(errors="replace")
-            try:
-                result = predictor.predict(from_json(body, "request body")).to_json()
-            except InputError as err:
-                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(err)})
-                return
-            self._reply(HTTPStatus.OK, result)
+    async def _body(self, scope: Scope, receive: Receive, reserved: list[int]) -> bytes:
+        """The request body, refused (413, 503) before reading past the limits."""
+        limits = self.limits
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"0")
+        if not declared.isdigit():  # the HTTP parser refuses these already
+            raise HttpError(400, "Content-Length must be a number", CLOSE)
+        if int(declared) > limits.max_body:
+            raise HttpError(
+                413, f"body has {int(declared)} bytes; at most {limits.max_body}", CLOSE
+            )
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, "client disconnected")
+            chunk, more = message.get("body", b""), message.get("more_body", False)
+            if reserved[0] + len(chunk) > limits.max_body:
+                raise HttpError(413, f"body has more than {limits.max_body} bytes", CLOSE)
+            if self._held + len(chunk) > limits.body_budget:
+                raise HttpError(503, "too many large requests at once; retry later", CLOSE)
+            self._held += len(chunk)
+            reserved[0] += len(chunk)
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        if not body:
+            raise HttpError(400, "the request has no body; send JSON")
+        return body
 
-        def _reply(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    async def _run(self, body: bytes, work: Callable[[bytes], Any]) -> Any:
+        """`work(body)` with InputError as 400: inline when small, else in a thread, one at a time."""
+        try:
+            if len(body) <= self.limits.inline_body:
+                return work(body)
+            if self._large is None:
+                self._large = asyncio.Semaphore(1)
+            async with self._large:
+                return await asyncio.get_running_loop().run_in_executor(None, work, body)
+        except InputError as err:
+            raise HttpError(400, str(err)) from None
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("%s " + format, self.address_string(), *args)
 
-    return ThreadingHTTPServer((host, port), Handler)
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"use {allowed} here", [(b"allow", allowed.encode())])

@@ -1,4 +1,4 @@
-"""Verify a bundle before onnxruntime sees it: signature, manifest, sha256, external data, version."""
+"""Verify a bundle before onnxruntime sees it: signature, manifest, size, sha256, external data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedge.client.runtime.files import UnsafeFileError, read_bounded
 from fedge.core import bundle_format as fmt
-from fedge.core.onnx_scan import MalformedModelError, external_data_refs
+from fedge.core.onnx_scan import MalformedModelError, external_data_refs, has_graph
+
+MAX_KEY_BYTES = 16 << 10
 
 
 class BundleError(Exception):
@@ -38,6 +41,11 @@ class VerifiedBundle:
         """The manifest's monotonic version."""
         return int(self.manifest["version"])
 
+    @property
+    def model_id(self) -> str:
+        """The model line this bundle belongs to."""
+        return str(self.manifest["model_id"])
+
     def files(self) -> dict[str, bytes]:
         """The three files by name."""
         return {
@@ -48,27 +56,26 @@ class VerifiedBundle:
 
 
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
-    """Read the trusted Ed25519 public key (PEM)."""
+    """Read the trusted Ed25519 public key (PEM); BundleError("trusted-key") when it cannot."""
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as err:
+        key = serialization.load_pem_public_key(read_bounded(path, MAX_KEY_BYTES))
+    except (OSError, ValueError, TypeError) as err:
         raise BundleError("trusted-key", f"cannot read public key {path}: {err}") from err
     if not isinstance(key, Ed25519PublicKey):
         raise BundleError("trusted-key", f"{path} is not an Ed25519 public key")
     return key
 
 
-def verify_bundle(
-    files: dict[str, bytes], trusted_key: Ed25519PublicKey, *, newer_than: int | None = None
-) -> VerifiedBundle:
-    """Run every check in order and return the verified bundle, or raise BundleError.
-
-    Nothing here parses ONNX: a tampered model never reaches onnx or onnxruntime.
-    """
-    missing = [name for name in fmt.FILES if name not in files]
-    if missing:
-        raise BundleError("files", f"bundle lacks {', '.join(missing)}")
-    manifest_bytes, signature = files[fmt.MANIFEST_FILE], files[fmt.SIGNATURE_FILE]
+def verify_manifest(
+    manifest_bytes: bytes, signature: bytes, trusted_key: Ed25519PublicKey
+) -> dict[str, Any]:
+    """The parsed manifest, once its signature and its schema are checked (BundleError if not)."""
+    if len(manifest_bytes) > fmt.MAX_MANIFEST_BYTES or len(signature) > fmt.MAX_SIGNATURE_BYTES:
+        raise BundleError(
+            "size",
+            f"manifest.json may have {fmt.MAX_MANIFEST_BYTES} bytes and manifest.sig "
+            f"{fmt.MAX_SIGNATURE_BYTES}; got {len(manifest_bytes)} and {len(signature)}",
+        )
     try:
         trusted_key.verify(signature, manifest_bytes)
     except InvalidSignature:
@@ -76,12 +83,27 @@ def verify_bundle(
             "signature", "manifest.sig does not match manifest.json under the trusted key"
         ) from None
     try:
-        manifest = json.loads(manifest_bytes)
-    except ValueError as err:
-        raise BundleError("manifest", f"manifest.json is not JSON: {err}") from err
+        manifest = json.loads(manifest_bytes, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
+        detail = "nests too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise BundleError("manifest", f"manifest.json is not usable JSON: {detail}") from None
     errors = fmt.schema_errors(manifest)
     if errors:
         raise BundleError("manifest", "; ".join(errors))
+    return manifest
+
+
+def verify_bundle(files: dict[str, bytes], trusted_key: Ed25519PublicKey) -> VerifiedBundle:
+    """Run every file check in order and return the verified bundle, or raise BundleError.
+
+    Order: signature -> manifest schema -> size and sha256 of model.onnx -> a well-formed
+    ONNX protobuf without external data. Nothing here parses ONNX with onnx or onnxruntime.
+    """
+    missing = [name for name in fmt.FILES if name not in files]
+    if missing:
+        raise BundleError("files", f"bundle lacks {', '.join(missing)}")
+    manifest_bytes, signature = files[fmt.MANIFEST_FILE], files[fmt.SIGNATURE_FILE]
+    manifest = verify_manifest(manifest_bytes, signature, trusted_key)
     model_bytes = files[fmt.MODEL_FILE]
     if len(model_bytes) != manifest["model_bytes"]:
         raise BundleError(
@@ -96,23 +118,59 @@ def verify_bundle(
         )
     try:
         refs = external_data_refs(model_bytes)
+        graph = has_graph(model_bytes)
     except MalformedModelError as err:
         raise BundleError("onnx", f"model.onnx is not a well-formed ONNX protobuf: {err}") from err
     if refs:
-        raise BundleError(
-            "external-data", f"model.onnx references external data files for {refs[:3]}"
-        )
-    if newer_than is not None and manifest["version"] <= newer_than:
-        raise BundleError(
-            "version",
-            f"version {manifest['version']} is not newer than installed {newer_than} (no rollback)",
-        )
+        raise BundleError("external-data", f"model.onnx stores tensors in files: {refs[:3]}")
+    if not graph:
+        raise BundleError("onnx", "model.onnx has no graph")
     return VerifiedBundle(model_bytes, manifest_bytes, signature, manifest)
 
 
-def read_bundle_dir(directory: Path | str) -> dict[str, bytes]:
-    """Read the three bundle files from a directory (missing files simply absent)."""
+def read_bundle_dir(
+    directory: Path | str, trusted_key: Ed25519PublicKey | None = None
+) -> dict[str, bytes]:
+    """The three bundle files, read with bounds (missing files simply absent).
+
+    Every file must be a regular file (no symlinks) within its size limit. With the trusted
+    key, the manifest is verified first and model.onnx is read only if it has the size the
+    signed manifest declares; without it, model.onnx is bounded by MAX_MODEL_BYTES.
+    """
     directory = Path(directory)
-    return {
-        name: (directory / name).read_bytes() for name in fmt.FILES if (directory / name).is_file()
+    files: dict[str, bytes] = {}
+    limits = {
+        fmt.MANIFEST_FILE: fmt.MAX_MANIFEST_BYTES,
+        fmt.SIGNATURE_FILE: fmt.MAX_SIGNATURE_BYTES,
     }
+    for name, limit in limits.items():
+        data = _read_file(directory / name, limit, None)
+        if data is not None:
+            files[name] = data
+    exact = None
+    if trusted_key is not None and len(files) == 2:
+        manifest = verify_manifest(files[fmt.MANIFEST_FILE], files[fmt.SIGNATURE_FILE], trusted_key)
+        exact = manifest["model_bytes"]
+    model = _read_file(directory / fmt.MODEL_FILE, fmt.MAX_MODEL_BYTES, exact)
+    if model is not None:
+        files[fmt.MODEL_FILE] = model
+    return files
+
+
+def verify_bundle_dir(directory: Path | str, trusted_key: Ed25519PublicKey) -> VerifiedBundle:
+    """`verify_bundle` on a bundle directory, read with `read_bundle_dir`'s bounds."""
+    return verify_bundle(read_bundle_dir(directory, trusted_key), trusted_key)
+
+
+def _read_file(path: Path, limit: int, exact: int | None) -> bytes | None:
+    """A bundle file's bytes, None if it does not exist, BundleError if it cannot be read."""
+    try:
+        return read_bounded(path, limit, exact=exact)
+    except UnsafeFileError as err:
+        if err.reason == "missing" and not path.is_symlink():
+            return None
+        raise BundleError("size" if err.reason == "size" else "files", str(err)) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

@@ -1,0 +1,148 @@
+"""Bundles that arrive outside Flower (USB, OTA, a file server): `fedge install`, `verify`, `status`.
+
+They run the same checks as the Flower deploy handler, through the same functions: signature,
+manifest, size and sha256, no external data, then (install) version and model line, then the
+device-model check, and only then the bundle becomes current.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fedge.cli.common import app, fail
+
+BundleDir = Annotated[
+    Path, typer.Argument(metavar="BUNDLE_DIR", help="manifest.json, manifest.sig, model.onnx.")
+]
+ModelDir = Annotated[Path, typer.Option(help="The device's model store.")]
+TrustedKey = Annotated[Path, typer.Option(help="Public key (PEM) bundles must be signed with.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+@app.command()
+def install(
+    bundle_dir: BundleDir,
+    model_dir: ModelDir,
+    trusted_key: TrustedKey,
+    allow_model_switch: Annotated[
+        bool, typer.Option(help="Accept a bundle of another model_id than the installed one.")
+    ] = False,
+) -> None:
+    """Verify a bundle directory and make it the store's current model (as a Flower deploy does).
+
+    Installing the version that is already current is a success that changes nothing; any
+    refusal installs nothing, exits 2 and is recorded for `fedge status`.
+    """
+    from fedge.client.runtime.store import ModelStore
+    from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir
+
+    if not bundle_dir.is_dir():
+        raise fail(f"no bundle directory at {bundle_dir}")
+    store = ModelStore(model_dir)
+    try:
+        key = load_public_key(trusted_key)
+        try:
+            files = read_bundle_dir(bundle_dir, key)
+        except BundleError as err:
+            store.record_refusal(err)
+            raise
+        outcome = store.install(files, key, allow_model_switch=allow_model_switch)
+    except BundleError as err:
+        raise fail(str(err)) from None
+    except OSError as err:
+        raise fail(f"cannot write the model store {model_dir}: {err}") from None
+    bundle = outcome.bundle
+    what = "installed" if outcome.changed else "already installed:"
+    print(f"{what} {bundle.model_id} version {bundle.version} in {model_dir}")
+
+
+@app.command()
+def verify(bundle_dir: BundleDir, trusted_key: TrustedKey, as_json: AsJson = False) -> None:
+    """Check a bundle directory without installing it (no store, so no version check).
+
+    Runs every check `fedge install` runs on a bundle by itself: signature, manifest, size,
+    sha256, external data, and the device-model check.
+    """
+    from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
+    from fedge.client.runtime.verify import BundleError, load_public_key, verify_bundle_dir
+
+    if not bundle_dir.is_dir():
+        raise fail(f"no bundle directory at {bundle_dir}")
+    try:
+        bundle = verify_bundle_dir(bundle_dir, load_public_key(trusted_key))
+        check_device_model(bundle.model_bytes, bundle.manifest)
+    except DeviceModelError as err:
+        raise fail(str(BundleError("device-model", str(err)))) from None
+    except BundleError as err:
+        raise fail(str(err)) from None
+    manifest = bundle.manifest
+    summary = {
+        "model_id": bundle.model_id,
+        "version": bundle.version,
+        "model_sha256": manifest["model_sha256"],
+        "model_bytes": manifest["model_bytes"],
+        "input_shape": manifest["preprocessing"]["input_shape"],
+        "labels": len(manifest["labels"]),
+    }
+    if as_json:
+        print(json.dumps({"ok": True, **summary}))
+    else:
+        print(
+            f"ok: {bundle.model_id} version {bundle.version}, {summary['model_bytes']} bytes, "
+            f"sha256 {summary['model_sha256'][:16]}..., input {summary['input_shape']}, "
+            f"{summary['labels']} labels"
+        )
+
+
+@app.command()
+def status(
+    model_dir: ModelDir,
+    trusted_key: Annotated[
+        Path | None, typer.Option(help="Also verify the current bundle with this key.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a model store: current version, model line, history and the last refusal."""
+    from fedge.client.runtime.store import ModelStore
+    from fedge.client.runtime.verify import BundleError, load_public_key
+
+    if not model_dir.is_dir():
+        raise fail(f"no model store at {model_dir}")
+    store = ModelStore(model_dir)
+    try:
+        report: dict[str, Any] = store.status()
+    except BundleError as err:
+        raise fail(str(err)) from None
+    if trusted_key is not None:
+        try:
+            store.load(load_public_key(trusted_key))
+            report["verified"] = True
+        except BundleError as err:
+            report["verified"] = False
+            report["verify_error"] = str(err)
+    if as_json:
+        print(json.dumps(report))
+        return
+    _print_status(report)
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    current = report["current_version"]
+    print(f"model store:   {report['model_dir']}")
+    print(f"current:       {current if current is not None else 'none'}")
+    print(f"model line:    {report['model_id'] or 'none'}")
+    print(f"highest:       {report['highest_version'] or 'none'} (CURRENT may not go below)")
+    print(f"on disk:       {', '.join(map(str, report['installed_versions'])) or 'none'}")
+    if "verified" in report:
+        print(f"verified:      {'yes' if report['verified'] else report['verify_error']}")
+    for entry in report["history"][-5:]:
+        print(f"installed:     {entry['installed']} {entry['model_id']} version {entry['version']}")
+    refusal = report["last_refusal"]
+    if refusal:
+        print(f"last refusal:  {refusal['time']} {refusal['reason']}")
+    else:
+        print("last refusal:  none")

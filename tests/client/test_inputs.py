@@ -1,0 +1,141 @@
+"""`fedge infer` inputs: hostile files get one-line errors (exit 2), large ones run in bounded memory."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedge.cli import app
+from fedge.client.runtime.inputs import MAX_JSON_BYTES, read_input_parts
+from fedge.client.runtime.predictor import InputError, Predictor
+from fedge.core.data import load_dataset
+
+RAW = load_dataset("digits").x[:64]
+# `fedge ARGS...`, then its own peak RSS on stderr: VmHWM, which starts afresh at exec (unlike
+# ru_maxrss, which keeps the forking pytest process's peak).
+PEAK_RSS = """
+import atexit, re, sys
+def peak():
+    status = open("/proc/self/status").read()
+    print("peak-rss-kb=" + re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1), file=sys.stderr)
+atexit.register(peak)
+sys.argv = ["fedge", *sys.argv[1:]]
+from fedge.cli import main
+main()
+"""
+
+
+def _infer(device, source: str, *args: str, stdin: str | None = None):
+    runner = CliRunner()
+    return runner.invoke(
+        app,
+        [
+            "infer",
+            source,
+            "--model-dir",
+            str(device.store),
+            "--trusted-key",
+            str(device.public_key),
+            *args,
+        ],
+        input=stdin,
+    )
+
+
+def _npy_header(path, shape, dtype="<f4") -> None:
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, header)
+
+
+def _refused(result, message: str) -> None:
+    """Exit 2 with an error naming the problem (rich wraps it at 80 columns off a terminal)."""
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert text.startswith("error: ") and message in text, text
+    assert "Traceback" not in text and result.stdout_bytes == b""
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.npy", b"", "is not a valid .npy file"),
+        ("text.npy", b"hello", "is not a valid .npy file"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nests arrays or objects too deeply"),
+        ("huge.json", b"[[" + b"1" + b"0" * 400 + b"]]", "input holds NaN or Inf"),
+        ("big.json", b"[[1e400]]", "input holds NaN or Inf"),
+        ("nan.json", b"[[NaN]]", "NaN is not a number"),
+        ("ragged.json", b"[[1, 2], [3]]", "equal-length lists of numbers"),
+        ("strings.json", b'[["a"]]', "equal-length lists of numbers"),
+        ("bad.json", b"\xff\xfe{", "is not JSON"),
+        ("empty.csv", b"", "holds no samples"),
+        ("letters.csv", b"a,b\n", "cannot read"),
+        ("long.csv", b"1," * 10_000, "line 1 is longer than"),
+    ],
+)
+def test_a_hostile_input_file_is_a_one_line_error(device, tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    _refused(_infer(device, str(tmp_path / name)), message)
+
+
+def test_a_npy_header_claiming_1e11_values_is_refused_before_allocating(device, tmp_path):
+    _npy_header(tmp_path / "liar.npy", (100_000_000_000,))
+    _refused(
+        _infer(device, str(tmp_path / "liar.npy")), "the header declares shape (100000000000,)"
+    )
+    _npy_header(tmp_path / "rows.npy", (10**9, 64))
+    _refused(_infer(device, str(tmp_path / "rows.npy")), "the file has 0 bytes of data")
+
+
+def test_a_pickled_npy_is_refused(device, tmp_path):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)  # noqa
+    _refused(_infer(device, str(tmp_path / "objects.npy")), "holds object values")
+
+
+def test_a_single_sample_of_the_wrong_size_is_refused_unread(device, tmp_path):
+    np.save(tmp_path / "flat.npy", np.zeros(65, np.float32))
+    _refused(_infer(device, str(tmp_path / "flat.npy")), "does not fit")
+
+
+def test_oversized_json_on_stdin_is_refused(device):
+    result = _infer(device, "-", stdin=" " * (MAX_JSON_BYTES + 1))
+    _refused(result, "use a .npy or .csv file")
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_files_are_read_in_parts_and_predicted_the_same(device, tmp_path, order):
+    x = np.asfortranarray(RAW) if order == "F" else RAW
+    np.save(tmp_path / "x.npy", x)
+    np.savetxt(tmp_path / "x.csv", RAW, delimiter=",")
+    parts = list(read_input_parts(str(tmp_path / "x.npy"), 64, rows=10))
+    assert [len(p) for p in parts] == [10] * 6 + [4]
+    expected = Predictor(device.store, device.public_key).predict(RAW).labels.tolist()
+    for source in ("x.npy", "x.csv"):
+        result = _infer(device, str(tmp_path / source), "--batch-size", "7", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["labels"] == expected
+    assert _infer(device, str(tmp_path / "x.csv")).stdout.split() == [str(v) for v in expected]
+
+
+def test_read_input_parts_names_the_problem():
+    with pytest.raises(InputError, match="input file not found"):
+        list(read_input_parts("/nonexistent/x.npy", 64))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_100k_samples_stay_under_200_mb(device, tmp_path):
+    """The old reader held ~800 MB for this; the batched one stays near the runtime's baseline."""
+    np.save(tmp_path / "x.npy", np.resize(RAW, (100_000, 64)))
+    args = ["infer", str(tmp_path / "x.npy"), "--json", "--model-dir", str(device.store)]
+    args += ["--trusted-key", str(device.public_key)]
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["labels"]) == 100_000
+    peak_kb = int(proc.stderr.split("peak-rss-kb=")[1])
+    assert peak_kb < 200_000, f"peak RSS {peak_kb} KB"
