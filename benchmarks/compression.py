@@ -1,20 +1,22 @@
-"""Compression against its own teacher: size, accuracy, KD gain and speed, side by side.
+"""The federated pipeline's student against its teacher and against federating the student directly.
 
-    python benchmarks/compression.py --json OUT.json [--datasets digits,mnist1d] [--seeds 3]
+    python benchmarks/compression.py --json OUT.json [--datasets digits,mnist1d] [--seeds 5]
+        [--set KEY=VALUE ...] [--audit-seed 0] [--shadows 16] [--work DIR]
 
-Per dataset and seed: train the teacher centrally on all client data (this measures
-compression, not federation), compress it with fedge's default recipe (the compression phase
-of `fedge simulate`: KD on the unlabeled public pool, pruning, ONNX, guarded int8, device ops),
-and measure in one process on the central test split: accuracy and bytes of the teacher (fp32
-ONNX) and the shipped student; latency at batch 1 and 64 of the teacher in torch eager, the
-teacher in onnxruntime and the shipped student in onnxruntime, interleaved (BENCHMARKS.md:
-1 thread each, >= 200 warm-up calls, 1000 calls at batch 1 and 200 at batch 64). The ablation
-trains the same student architecture directly on the labeled client data, without
-distillation. OUT holds per dataset the means over seeds and the per-seed rows.
-
-With --sweep, the recipe is not fixed: per seed, every point of the grid is compressed and the
-smallest one within --choose-drop validation points of the teacher is the one measured (the
-choice `fedge compress --sweep` makes; the test split is not looked at until then).
+Per dataset and seed, the real pipeline: `fedge simulate` (Dirichlet alpha 0.5, 10 clients,
+the default recipe unless --set changes it), then from its results: teacher and shipped student
+accuracy on the central test split, bytes, the recipe shipped. Side by side:
+- direct: the same student architecture federated directly with FedAvg for the same rounds
+  (`fedge simulate --teacher <student>`), its accuracy and training bytes, so `kd_gain_pt` says
+  what the teacher-then-compress loop buys over simply federating a small model;
+- reproducible: seed 0 run twice gives the same student sha256, and `fedge compress` of that
+  run's teacher with the same settings gives it too;
+- speed: batch-1 and batch-64 p50 of the teacher in torch eager and in onnxruntime and of the
+  shipped student in onnxruntime, interleaved, one thread (BENCHMARKS.md);
+- leakage: `fedge audit` (online LiRA) of --audit-seed: the student's TPR at 1 % FPR as a
+  multiple of the teacher's.
+OUT holds per dataset the means over seeds (with the worst seed and a 95 % t-interval of the
+accuracy drop) and every per-seed row.
 """
 
 from __future__ import annotations
@@ -22,147 +24,178 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
-from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core.config import RunConfig
-from fedge.core.models import build_student, build_teacher, count_params
-from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
+from fedge.core.models import build_teacher
+from fedge.core.ort import interleaved_latency_us, make_session, session_call
 from fedge.core.partition import build_federation
-from fedge.core.training import evaluate, train
-from fedge.pipeline.candidates import (
-    DEFAULT_SWEEP_DROP,
-    Choice,
-    SweepGrid,
-    choose,
-    compress_candidates,
-)
-from fedge.pipeline.stages import CompressionConfig, Inputs, compress
 
-TEACHER_EPOCHS = {"digits": 40, "mnist1d": 60}
 MEANS = (
     "size_ratio",
     "accuracy_drop_pt",
     "kd_gain_pt",
+    "teacher_accuracy",
+    "student_accuracy",
+    "direct_student_accuracy",
+    "direct_train_bytes",
+    "train_bytes",
+    "student_train_bytes",
+    "student_bytes",
     "speedup_b1_vs_torch",
     "speedup_b64_vs_torch",
     "speedup_b1_vs_ort",
     "speedup_b64_vs_ort",
-    "teacher_accuracy",
-    "student_accuracy",
-    "direct_student_accuracy",
-    "student_bytes",
+    "wall_s",
 )
 
 
-def torch_call(model: torch.nn.Module, x: np.ndarray) -> Any:
-    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-    def call() -> Any:
-        with torch.inference_mode():
-            return model(batch)
-
-    return call
+def fedge(*args: str, log: Path) -> None:
+    """`python -m fedge ARGS`, output appended to `log`; raises with the log's tail on failure."""
+    with open(log, "ab") as handle:
+        done = subprocess.run([sys.executable, "-m", "fedge", *args], stdout=handle, stderr=handle)
+    if done.returncode != 0:
+        raise RuntimeError(f"fedge {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
 
 
-def one_seed(
-    dataset: str,
-    seed: int,
-    overrides: dict[str, Any],
-    grid: SweepGrid | None = None,
-    choose_drop: float = DEFAULT_SWEEP_DROP,
-) -> dict[str, Any]:
-    cfg = RunConfig.from_run_config(
-        {"dataset": dataset, "seed": seed, "partition": "iid", **overrides}
-    )
+def simulate(dataset: str, seed: int, settings: list[str], out: Path, log: Path) -> dict[str, Any]:
+    base = ["--dataset", dataset, "--seed", str(seed), "--partition", "dirichlet", "--alpha", "0.5"]
+    start = time.monotonic()
+    fedge("simulate", *base, "--clients", "10", *settings, "--out", str(out), log=log)
+    results = json.loads((out / "results.json").read_text())
+    results["wall_s"] = time.monotonic() - start
+    return results
+
+
+def latency(run: Path) -> dict[str, float]:
+    """Teacher in torch eager and onnxruntime vs the shipped student, interleaved, one thread."""
+    cfg = RunConfig.from_run_config(json.loads((run / "results.json").read_text())["config"])
     fed = build_federation(cfg)
-    prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
-    shape, test = prep.input_shape, fed.server.test
-    epochs = TEACHER_EPOCHS.get(dataset, 40)
-    teacher = build_teacher(shape, classes, seed)
-    t0 = time.monotonic()
-    train(teacher, fed.client_x, fed.client_y, epochs=epochs, lr=0.05, batch_size=32, seed=seed)
-    teacher.eval()
-    t1 = time.monotonic()
-    grid_rows: list[dict[str, Any]] = []
-    if grid is None:
-        compression = CompressionConfig.from_run(cfg)
-        inputs = Inputs(teacher, fed.server.public_pool, fed.server.val, test, prep, classes)
-        outcome = compress(compression, inputs)
-    else:  # the configuration is chosen on the validation split, never on test
-        candidates = compress_candidates(
-            teacher,
-            grid.configs(cfg),
-            public_pool=fed.server.public_pool,
-            val=fed.server.val,
-            test=test,
-            preprocessing=prep,
-            num_classes=classes,
-            teacher_val=evaluate(teacher, fed.server.val.x, fed.server.val.y)[1],
+    prep = fed.dataset.preprocessing
+    torch.set_num_threads(1)
+    # Latency does not depend on the weights' values: an untrained teacher of the same shape.
+    teacher = build_teacher(prep.input_shape, fed.dataset.num_classes, cfg.seed, cfg.teacher).eval()
+    teacher_ort = make_session((run / "teacher.onnx").read_bytes())
+    student = make_session((run / "bundle" / "model.onnx").read_bytes())
+    x = fed.server.test.x
+    figures = {}
+    for name, batch, iters in (("b1", x[:1], 1000), ("b64", np.resize(x, (64, *x.shape[1:])), 200)):
+        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+
+        def eager(t: torch.Tensor = tensor) -> Any:
+            with torch.inference_mode():
+                return teacher(t)
+
+        timing = interleaved_latency_us(
+            {
+                "torch": eager,
+                "ort": session_call(teacher_ort, batch),
+                "student": session_call(student, prep.invert(batch)),
+            },
+            iters=iters,
         )
-        chosen = choose(candidates, Choice(max_accuracy_drop=choose_drop))
-        compression, outcome = chosen.compression, chosen.outcome
-        grid_rows = [c.row for c in candidates]
-    t2 = time.monotonic()
-    direct = build_student(shape, classes, compression["distill"].student, seed)
-    train(direct, fed.client_x, fed.client_y, epochs=epochs, lr=0.05, batch_size=32, seed=seed)
-    teacher_onnx = export_onnx(teacher, shape, ExportConfig())
-    teacher_session, student_session = (
-        make_session(teacher_onnx),
-        make_session(outcome.student_bytes),
-    )
-    raw = prep.invert(test.x)
-    teacher_acc = session_accuracy(teacher_session, test.x, test.y)
-    student_acc = session_accuracy(student_session, raw, test.y)
-    direct_acc = evaluate(direct, test.x, test.y)[1]
-    x64 = np.resize(test.x, (64, *test.x.shape[1:]))
-    raw64 = np.resize(raw, (64, *raw.shape[1:]))
-    b1 = interleaved_latency_us(
-        {
-            "torch": torch_call(teacher, test.x[:1]),
-            "ort": session_call(teacher_session, test.x[:1]),
-            "student": session_call(student_session, raw[:1]),
-        },
-        iters=1000,
-    )
-    b64 = interleaved_latency_us(
-        {
-            "torch": torch_call(teacher, x64),
-            "ort": session_call(teacher_session, x64),
-            "student": session_call(student_session, raw64),
-        },
-        iters=200,
-    )
+        figures[f"speedup_{name}_vs_torch"] = timing["torch"]["p50"] / timing["student"]["p50"]
+        figures[f"speedup_{name}_vs_ort"] = timing["ort"]["p50"] / timing["student"]["p50"]
+        figures[f"{name}_us"] = {side: timing[side]["p50"] for side in timing}
+    return figures
+
+
+def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path) -> dict[str, Any]:
+    run = simulate(dataset, seed, settings, work / f"{dataset}-{seed}", log)
+    student_name = run["config"]["student"]
+    direct_settings = [*settings, "--teacher", student_name, "--kd-source", "public"]
+    direct_settings += ["--kd-epochs", "1", "--quant-mode", "none", "--qat", "off"]
+    direct = simulate(dataset, seed, direct_settings, work / f"{dataset}-{seed}-direct", log)
+    teacher, student = run["teacher"]["accuracy"], run["student"]["accuracy"]
     return {
         "dataset": dataset,
         "seed": seed,
-        "teacher_params": count_params(teacher),
-        "teacher_epochs": epochs,
-        "teacher_accuracy": teacher_acc,
-        "teacher_onnx_bytes": len(teacher_onnx),
-        "student_accuracy": student_acc,
-        "student_bytes": len(outcome.student_bytes),
-        "student_params": outcome.student_params,
-        "student_quantized": outcome.quantization.quantized,
-        "quantization_reason": outcome.quantization.reason,
-        "stages": outcome.stages,
-        "direct_student_accuracy": direct_acc,
-        "size_ratio": len(teacher_onnx) / len(outcome.student_bytes),
-        "accuracy_drop_pt": (teacher_acc - student_acc) * 100,
-        "kd_gain_pt": (student_acc - direct_acc) * 100,
-        "latency_us": {"b1": b1, "b64": b64},
-        "speedup_b1_vs_torch": b1["torch"]["p50"] / b1["student"]["p50"],
-        "speedup_b64_vs_torch": b64["torch"]["p50"] / b64["student"]["p50"],
-        "speedup_b1_vs_ort": b1["ort"]["p50"] / b1["student"]["p50"],
-        "speedup_b64_vs_ort": b64["ort"]["p50"] / b64["student"]["p50"],
-        "seconds": {"teacher": t1 - t0, "compression": t2 - t1},
-        "chosen": compression.to_json(),
-        "candidates": grid_rows,
+        "teacher_accuracy": teacher,
+        "student_accuracy": student,
+        "accuracy_drop_pt": 100 * (teacher - student),
+        "size_ratio": run["student"]["size_ratio"],
+        "student_bytes": run["student"]["onnx_bytes"],
+        "teacher_bytes": run["teacher"]["onnx_bytes"],
+        "student_sha256": run["student"]["sha256"],
+        "recipe": {
+            k: run["config"][k]
+            for k in ("student", "prune-ratio", "quant-mode", "kd-source", "qat")
+            if k in run["config"]
+        },
+        "compression_config": run["compression_config"],
+        "quantization_reason": run["student"]["quantization_reason"],
+        "stages": run["stages"],
+        "choice": run.get("choice"),
+        "train_bytes": run["communication"]["train_bytes"],
+        "student_train_bytes": run["communication"].get("student_train_bytes", 0),
+        "direct_student_accuracy": direct["teacher"]["accuracy"],
+        "direct_train_bytes": direct["communication"]["train_bytes"],
+        "kd_gain_pt": 100 * (student - direct["teacher"]["accuracy"]),
+        "wall_s": run["wall_s"],
+        **latency(work / f"{dataset}-{seed}"),
+    }
+
+
+def reproducibility(dataset: str, settings: list[str], work: Path, log: Path) -> dict[str, Any]:
+    """Seed 0 again (a second process), and `fedge compress` of the first run's teacher."""
+    first = json.loads((work / f"{dataset}-0" / "results.json").read_text())
+    again = simulate(dataset, 0, settings, work / f"{dataset}-0-again", log)
+    out = work / f"{dataset}-0-compress"
+    fedge("compress", str(work / f"{dataset}-0"), "--out", str(out), log=log)
+    compressed = json.loads((out / "results.json").read_text())
+    sha = first["student"]["sha256"]
+    return {
+        "reproducible": again["student"]["sha256"] == sha,
+        "compress_reproducible": compressed["student"]["sha256"] == sha,
+        "student_sha256": [sha, again["student"]["sha256"], compressed["student"]["sha256"]],
+    }
+
+
+def leakage(dataset: str, seed: int, shadows: int, work: Path, log: Path) -> dict[str, Any]:
+    out = work / f"{dataset}-{seed}-audit"
+    fedge(
+        "audit",
+        str(work / f"{dataset}-{seed}"),
+        "--shadows",
+        str(shadows),
+        "--out",
+        str(out),
+        log=log,
+    )
+    audit = json.loads((out / "audit.json").read_text())
+    models = audit["models"]
+    teacher, student = models["teacher"]["tpr_at_1pct_fpr"], models["student"]["tpr_at_1pct_fpr"]
+    return {
+        "student_tpr_ratio": student / teacher if teacher else None,
+        "audit_seed": seed,
+        "audit_shadows": shadows,
+        "tpr_at_1pct_fpr": {name: row["tpr_at_1pct_fpr"] for name, row in models.items()},
+        "audit_seconds": audit["seconds"],
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    drops = np.array([r["accuracy_drop_pt"] for r in rows])
+    half = (
+        stats.t.ppf(0.975, len(drops) - 1) * drops.std(ddof=1) / np.sqrt(len(drops))
+        if len(drops) > 1
+        else float("nan")
+    )
+    return {
+        **{k: float(np.mean([r[k] for r in rows])) for k in MEANS},
+        "accuracy_drop_pt_max": float(drops.max()),
+        "accuracy_drop_pt_ci95": [float(drops.mean() - half), float(drops.mean() + half)],
+        "size_ratio_min": float(min(r["size_ratio"] for r in rows)),
+        "recipes": {r["seed"]: r["recipe"] for r in rows},
     }
 
 
@@ -170,84 +203,57 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--datasets", default="digits,mnist1d")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=JSON",
-        help="a compression setting, e.g. --set student='\"small\"' --set prune-ratio=0.5",
-    )
-    parser.add_argument(
-        "--sweep",
-        action="store_true",
-        help="choose the recipe per seed on validation from a grid (as fedge compress --sweep)",
-    )
-    parser.add_argument("--sweep-students", default=",".join(SweepGrid().students))
-    parser.add_argument("--sweep-prune", default="0,0.3")
-    parser.add_argument("--sweep-quant", default="fp32,qdq,qoperator")
-    parser.add_argument(
-        "--choose-drop",
-        type=float,
-        default=DEFAULT_SWEEP_DROP,
-        help="sweep: the smallest point within this many validation points of the teacher",
-    )
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fedge setting for every run, e.g. --set kd-source=both")  # fmt: skip
+    parser.add_argument("--audit-seed", type=int, default=0, help="-1: no audit")
+    parser.add_argument("--shadows", type=int, default=16)
+    parser.add_argument("--work", type=Path, default=None, help="keep the runs here")
     args = parser.parse_args()
-    grid = None
-    if args.sweep:
-        grid = SweepGrid(
-            students=tuple(args.sweep_students.split(",")),
-            prune_ratios=tuple(float(r) for r in args.sweep_prune.split(",")),
-            quant=tuple(args.sweep_quant.split(",")),
-        )
-    torch.set_num_threads(1)
-    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    settings = [
+        part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])
+    ]
+    work = args.work or Path(tempfile.mkdtemp(prefix="fedge-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "fedge.log"
     out: dict[str, Any] = {
         "config": {
-            "recipe": CompressionConfig.from_run(RunConfig.from_run_config(overrides)).to_json(),
-            "overrides": overrides,
-            "sweep": None
-            if grid is None
-            else {
-                "students": grid.students,
-                "prune_ratios": grid.prune_ratios,
-                "quant": grid.quant,
-                "choose_drop_pt": args.choose_drop,
-            },
-            "teacher_epochs": TEACHER_EPOCHS,
+            "settings": args.set,
+            "seeds": args.seeds,
+            "federation": "10 clients, Dirichlet alpha 0.5, defaults otherwise",
             "threads": 1,
             "machine": platform.platform(),
+            "work": str(work),
         },
         "datasets": {},
     }
     print(
-        f"{'dataset':8} {'seed':>4} {'teacher':>8} {'student':>8} {'bytes':>7} {'ratio':>6} "
-        f"{'drop':>6} {'kd gain':>7} {'b1 x':>6} {'b64 x':>6}"
+        f"{'dataset':8} {'seed':>4} {'teacher':>8} {'student':>8} {'direct':>8} {'bytes':>7} {'ratio':>6} {'drop':>6}"
     )
     for dataset in args.datasets.split(","):
         rows = []
         for seed in range(args.seeds):
-            row = one_seed(dataset, seed, overrides, grid, args.choose_drop)
+            row = one_seed(dataset, seed, settings, work, log)
             rows.append(row)
             print(
-                f"{dataset:8} {seed:4d} {row['teacher_accuracy'] * 100:7.2f}% "
-                f"{row['student_accuracy'] * 100:7.2f}% {row['student_bytes']:7d} "
-                f"{row['size_ratio']:6.1f} {row['accuracy_drop_pt']:6.2f} {row['kd_gain_pt']:7.2f} "
-                f"{row['speedup_b1_vs_torch']:6.1f} {row['speedup_b64_vs_torch']:6.1f}"
+                f"{dataset:8} {seed:4d} {100 * row['teacher_accuracy']:7.2f}% "
+                f"{100 * row['student_accuracy']:7.2f}% {100 * row['direct_student_accuracy']:7.2f}% "
+                f"{row['student_bytes']:7d} {row['size_ratio']:6.1f} {row['accuracy_drop_pt']:6.2f}",
+                flush=True,
             )
-        out["datasets"][dataset] = {
-            **{k: float(np.mean([r[k] for r in rows])) for k in MEANS},
-            "seeds": rows,
-        }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
-    for dataset, summary in out["datasets"].items():
+        summary = {**summarize(rows), **reproducibility(dataset, settings, work, log)}
+        if args.audit_seed >= 0:
+            summary.update(leakage(dataset, args.audit_seed, args.shadows, work, log))
+        out["datasets"][dataset] = {**summary, "seeds": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")  # after every dataset
+    for dataset, s in out["datasets"].items():
         print(
-            f"{dataset}: size_ratio {summary['size_ratio']:.1f}, accuracy_drop_pt "
-            f"{summary['accuracy_drop_pt']:.2f}, kd_gain_pt {summary['kd_gain_pt']:.2f}, "
-            f"speedup b1/b64 vs torch {summary['speedup_b1_vs_torch']:.1f}/"
-            f"{summary['speedup_b64_vs_torch']:.1f}, vs ort {summary['speedup_b1_vs_ort']:.1f}/"
-            f"{summary['speedup_b64_vs_ort']:.1f}"
+            f"{dataset}: size_ratio {s['size_ratio']:.1f} (min {s['size_ratio_min']:.1f}), "
+            f"accuracy_drop_pt {s['accuracy_drop_pt']:.2f} (worst {s['accuracy_drop_pt_max']:.2f}, "
+            f"ci95 {s['accuracy_drop_pt_ci95'][0]:.2f}..{s['accuracy_drop_pt_ci95'][1]:.2f}), "
+            f"kd_gain_pt {s['kd_gain_pt']:.2f}, reproducible {s['reproducible']}/"
+            f"{s['compress_reproducible']}, student_tpr_ratio {s.get('student_tpr_ratio')}"
         )
 
 

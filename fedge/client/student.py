@@ -22,7 +22,7 @@ def keep_teacher_logits(
     cfg: RunConfig, model: nn.Module, msg: Message, data: ClientData, context: Context
 ) -> None:
     """Store the evaluated teacher's logits on this client's training split (kd-source != public)."""
-    if cfg.kd_source == "public":
+    if cfg.distill_from == "public":
         return
     logits = training.predict_logits(model, data.train.x)
     context.state[m.STATE_TEACHER_LOGITS] = ArrayRecord({"logits": Array(logits)})

@@ -12,9 +12,20 @@ from fedge.core.settings import ConfigError, coerce, kebab, lookup, setting, set
 DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
-TEACHERS = ("cnn", "linear")  # the federated model (fedge.core.models)
 # Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
-STUDENTS = ("tiny", "small-fast", "small", "medium-fast", "medium")
+STUDENTS = (
+    "deep-tiny",
+    "tiny",
+    "deep-small",
+    "small-fast",
+    "small",
+    "deep-medium",
+    "medium-fast",
+    "medium",
+)
+# The federated model (fedge.core.models): a student architecture federates that small model
+# directly (the baseline distillation has to beat).
+TEACHERS = ("cnn", "linear", *STUDENTS)
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -22,7 +33,7 @@ QAT_MODES = ("off", "fallback", "always")
 TEACHER_MODES = ("global", "ensemble")
 KD_LABELS = ("hard", "soft")
 KD_QUERIES = ("pool", "augmented")
-KD_SOURCES = ("public", "federated", "both")
+KD_SOURCES = ("auto", "public", "federated", "both")
 DP_MODES = ("none", "central", "local")
 DP_CLIPPING = ("server", "client")
 DP_CLIP_MODES = ("fixed", "adaptive")
@@ -39,7 +50,10 @@ class RunConfig:
     clients: int = setting(10, "number of federated clients (partitions)", interval=">= 1")
     rounds: int = setting(10, "federated rounds of teacher training", interval=">= 1")
     teacher: str = setting(
-        "cnn", "federated model: cnn (wide CNN/MLP) | linear (for DP)", choices=TEACHERS
+        "cnn",
+        "federated model: cnn (wide CNN/MLP) | linear (for DP) | a student architecture "
+        "(federate a small model directly, no distillation)",
+        choices=TEACHERS,
     )
     partition: str = setting("dirichlet", "how client data is split", choices=PARTITIONS)
     alpha: float = setting(0.5, "Dirichlet concentration: smaller = more skew", interval="> 0")
@@ -71,12 +85,29 @@ class RunConfig:
     round_timeout: float = setting(
         300.0, "seconds to wait for replies in one round", interval="> 0", resume=True
     )
-    student: str = setting("small-fast", "student architecture", choices=STUDENTS, compress=True)
+    student: str = setting(
+        "auto",
+        "student architecture, or auto: the smallest of auto-students within auto-max-drop "
+        "validation points of the most accurate of them",
+        choices=("auto", *STUDENTS),
+        compress=True,
+    )
+    auto_students: str = setting(
+        "deep-tiny,deep-small,deep-medium",
+        "student auto: the candidates, comma-separated",
+        compress=True,
+    )
+    auto_max_drop: float = setting(
+        1.0,
+        "student auto: validation points a smaller candidate may lose against the best one",
+        interval=">= 0",
+        compress=True,
+    )
     kd_temperature: float = setting(
         4.0, "Hinton KD softmax temperature", interval="> 0", compress=True
     )
     kd_epochs: int = setting(
-        400, "distillation epochs over the public pool", interval=">= 0", compress=True
+        100, "distillation epochs over the public pool", interval=">= 0", compress=True
     )
     # What the student learns from: the teacher's top class (hard) on the pool's own samples
     # (pool) leaks far less membership than soft labels on augmented views (see README, Privacy).
@@ -93,20 +124,21 @@ class RunConfig:
         compress=True,
     )
     kd_source: str = setting(
-        "public",
+        "auto",
         "where the student learns: public (KD on the server's public pool) | federated (rounds "
-        "of KD + labels on the clients' own data) | both (public KD, then federated rounds)",
+        "of KD + labels on the clients' own data) | both (public KD, then federated rounds) | "
+        "auto (both; public under DP, where the student is then free post-processing)",
         choices=KD_SOURCES,
         compress=True,
     )
     student_rounds: int = setting(
-        5, "federated distillation: rounds of student training", interval=">= 1", compress=True
+        10, "federated distillation: rounds of student training", interval=">= 1", compress=True
     )
     student_epochs: int = setting(
-        2, "federated distillation: client epochs per round", interval=">= 1", compress=True
+        5, "federated distillation: client epochs per round", interval=">= 1", compress=True
     )
     student_lr: float = setting(
-        0.01, "federated distillation: client SGD learning rate", interval="> 0", compress=True
+        0.02, "federated distillation: client SGD learning rate", interval="> 0", compress=True
     )
     kd_alpha: float = setting(
         0.5,
@@ -134,7 +166,7 @@ class RunConfig:
         True, "per-channel int8 weight scales (else per tensor)", compress=True
     )
     quant_mode: str = setting(
-        "dynamic",
+        "static",
         "dynamic (MatMul weights only) | static | none (fp32)",
         choices=QUANT_MODES,
         compress=True,
@@ -252,11 +284,16 @@ class RunConfig:
             spec.check(getattr(self, spec.name))
         self._validate_robustness()
         self._validate_privacy()
-        if self.kd_source != "public" and self.dp != "none":
+        for name in self.auto_candidates:
+            if name not in STUDENTS:
+                raise ConfigError(
+                    f"unknown student {name!r} in auto-students; allowed: {', '.join(STUDENTS)}"
+                )
+        if self.kd_source in ("federated", "both") and self.dp != "none":
             raise ConfigError(
                 f"kd-source {self.kd_source!r} trains the student on client data, and its rounds "
-                f"are not yet covered by dp {self.dp!r}'s accounting; allowed with dp: "
-                "kd-source public (the student is post-processing of the DP teacher)"
+                f"are not covered by dp {self.dp!r}'s accounting; allowed with dp: kd-source "
+                "public or auto (the student is then post-processing of the DP teacher)"
             )
         if self.qat == "always" and self.quant_mode != "static":
             raise ConfigError(
@@ -335,6 +372,21 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """Return a copy with snake_case fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def distill_from(self) -> str:
+        """kd-source with auto resolved: both, or public under DP."""
+        if self.kd_source != "auto":
+            return self.kd_source
+        return "both" if self.dp == "none" else "public"
+
+    @property
+    def auto_candidates(self) -> tuple[str, ...]:
+        """auto-students as names, in the order given."""
+        names = tuple(name.strip() for name in self.auto_students.split(",") if name.strip())
+        if not names:
+            raise ConfigError("auto-students must name at least one student")
+        return names
 
     @property
     def npz_path(self) -> Path | None:

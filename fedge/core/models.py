@@ -19,8 +19,15 @@ STUDENT_WIDTHS: dict[str, tuple[int, int, int]] = {
     # of the positions (half for signals), so these are several times cheaper per sample.
     "small-fast": (8, 16, 32),
     "medium-fast": (16, 32, 64),
+    # Three convolutions of equal width, pooling after the first two, then straight to the
+    # classes: most parameters sit in convolutions that see every position, not in a wide
+    # fully connected layer. Far more accurate per parameter on signals (mnist1d).
+    "deep-tiny": (8, 8, 8),
+    "deep-small": (16, 16, 16),
+    "deep-medium": (32, 32, 32),
 }
 FAST_STUDENTS = ("small-fast", "medium-fast")
+DEEP_STUDENTS = ("deep-tiny", "deep-small", "deep-medium")
 TEACHER_WIDTH = (32, 64, 256)
 
 
@@ -58,6 +65,31 @@ class ConvNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class DeepConvNet(nn.Module):
+    """Three convolutions, pooling after the first two, one linear layer; 2-D or 1-D."""
+
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, width: tuple[int, int, int]
+    ) -> None:
+        super().__init__()
+        dims = len(input_shape) - 1
+        conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv2d if dims == 2 else nn.Conv1d
+        pool: type[nn.MaxPool1d] | type[nn.MaxPool2d] = nn.MaxPool2d if dims == 2 else nn.MaxPool1d
+        kernel = 3 if dims == 2 else 5
+        channels = (input_shape[0], *width)
+        layers: list[nn.Module] = []
+        for index in range(3):
+            layers += [conv(channels[index], channels[index + 1], kernel, padding=kernel // 2)]
+            layers += [nn.ReLU()] + ([pool(2, ceil_mode=True)] if index < 2 else [])
+        self.features = nn.Sequential(*layers)
+        flat = width[2] * math.prod(math.ceil(math.ceil(s / 2) / 2) for s in input_shape[1:])
+        self.classifier = nn.Sequential(nn.Linear(flat, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 class MLP(nn.Module):
     """Two hidden layers for flat (tabular) features."""
 
@@ -88,11 +120,14 @@ def build_model(
     num_classes: int,
     width: tuple[int, int, int],
     pool_early: bool = False,
+    deep: bool = False,
 ) -> nn.Module:
     """A CNN for images (C, H, W) and signals (C, L), an MLP for flat features (D,)."""
     if len(input_shape) == 1:
         return MLP(input_shape[0], num_classes, width)
     if len(input_shape) in (2, 3):
+        if deep:
+            return DeepConvNet(input_shape, num_classes, width)
         return ConvNet(input_shape, num_classes, width, pool_early)
     raise ValueError(f"unsupported input shape {input_shape}; allowed: (D,), (C, L), (C, H, W)")
 
@@ -115,9 +150,14 @@ class Linear(nn.Module):
 def build_teacher(
     input_shape: tuple[int, ...], num_classes: int, seed: int, kind: str = "cnn"
 ) -> nn.Module:
-    """The federated model (`cnn`: the wide model above; `linear`), seeded: one seed, one start."""
+    """The federated model, seeded: one seed, one start.
+
+    `cnn`: the wide model above; `linear`; or a student architecture, federated directly.
+    """
     if kind not in TEACHERS:
         raise ValueError(f"unknown teacher {kind!r}; allowed: {', '.join(TEACHERS)}")
+    if kind in STUDENT_WIDTHS:
+        return build_student(input_shape, num_classes, kind, seed)
     torch.manual_seed(seed)
     if kind == "linear":
         return Linear(math.prod(input_shape), num_classes)
@@ -131,7 +171,13 @@ def build_student(
     if size not in STUDENT_WIDTHS:
         raise ValueError(f"unknown student {size!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
     torch.manual_seed(seed)
-    return build_model(input_shape, num_classes, STUDENT_WIDTHS[size], size in FAST_STUDENTS)
+    return build_model(
+        input_shape,
+        num_classes,
+        STUDENT_WIDTHS[size],
+        pool_early=size in FAST_STUDENTS,
+        deep=size in DEEP_STUDENTS,
+    )
 
 
 def student_from_weights(
@@ -149,9 +195,12 @@ def student_from_weights(
         model: nn.Module = MLP(input_shape[0], num_classes, STUDENT_WIDTHS[size], hidden)
     else:
         convs = [k for k in weights if k.startswith("features.") and k.endswith(".bias")]
-        c1, c2 = (len(weights[k]) for k in sorted(convs, key=lambda k: int(k.split(".")[1])))
-        width = (c1, c2, len(weights["classifier.0.bias"]))
-        model = ConvNet(input_shape, num_classes, width, size in FAST_STUDENTS)
+        widths = [len(weights[k]) for k in sorted(convs, key=lambda k: int(k.split(".")[1]))]
+        if size in DEEP_STUDENTS:
+            model = DeepConvNet(input_shape, num_classes, (widths[0], widths[1], widths[2]))
+        else:
+            width = (widths[0], widths[1], len(weights["classifier.0.bias"]))
+            model = ConvNet(input_shape, num_classes, width, size in FAST_STUDENTS)
     set_model_weights(model, weights)
     return model
 

@@ -80,6 +80,9 @@ def train(
     return TrainResult(loss=total / max(seen, 1), num_examples=len(yt))
 
 
+MAX_GRAD_NORM = 5.0  # student rounds: gradient norm bound of each local SGD step
+
+
 def kd_local_train(
     model: nn.Module,
     x: np.ndarray,
@@ -123,6 +126,8 @@ def kd_local_train(
             loss = alpha * kd + (1 - alpha) * F.cross_entropy(logits, yt[batch])
             optimizer.zero_grad()
             loss.backward()
+            # A small model's KD loss (x T^2) can spike; clipping keeps SGD from diverging.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
             optimizer.step()
             total += loss.item() * len(batch)
             seen += len(batch)

@@ -127,6 +127,8 @@ def load_target(run_dir: Path) -> AuditTarget:
     try:
         results = json.loads((run_dir / RESULTS_FILE).read_text())
         cfg = RunConfig.from_run_config(results["config"])
+        if cfg.student == "auto":  # replay the candidate the run shipped
+            cfg = cfg.replace(student=results["student"]["architecture"])
     except (ValueError, KeyError) as err:
         raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
     return AuditTarget(

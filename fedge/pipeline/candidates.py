@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from fedge.core.config import STUDENTS, ConfigError, RunConfig
-from fedge.core.data import Preprocessing
 from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
-from fedge.core.partition import PublicPool, Split
+from fedge.core.partition import Federation
+from fedge.pipeline.federate import FederatedTrainer
 from fedge.pipeline.stages import CompressionConfig, CompressionOutcome, Inputs, Work, compress
+from fedge.pipeline.teacher_source import KdSource
 
 log = logging.getLogger("fedge")
 # Quantization choices of a sweep and the settings each one stands for.
@@ -70,12 +70,15 @@ class SweepGrid:
 class Choice:
     """How to choose among candidates (at most one limit).
 
-    The smallest candidate within `max_accuracy_drop` validation points of the teacher, or the
-    most accurate one within `max_bytes`.
+    The smallest candidate within `max_accuracy_drop` validation points of the teacher (or,
+    `of_best`, of the most accurate candidate), or the most accurate one within `max_bytes`.
     """
 
     max_accuracy_drop: float | None = None  # points
     max_bytes: int | None = None
+    # Measure the drop from the most accurate candidate instead of the teacher: robust to a
+    # small validation split on which the teacher, by chance, does well or badly.
+    of_best: bool = False
 
     def __post_init__(self) -> None:
         if self.max_accuracy_drop is not None and self.max_bytes is not None:
@@ -114,18 +117,36 @@ def quant_name(cfg: RunConfig) -> str:
     return "fp32" if cfg.quant_mode == "none" else cfg.quant_mode
 
 
+def candidate_configs(
+    cfg: RunConfig, choice: Choice, grid: SweepGrid | None
+) -> tuple[list[RunConfig], Choice | None, Choice]:
+    """What to compress, when to stop early, and the rule to choose by.
+
+    A sweep compresses every grid point (default rule: within DEFAULT_SWEEP_DROP points); a
+    limit alone tries the students smallest first (stopping at the first within an accuracy
+    limit); student auto compresses all auto-students and takes the smallest within
+    auto-max-drop validation points of the most accurate one; otherwise the one config.
+    """
+    if grid is not None:
+        rule = choice if choice.active else Choice(max_accuracy_drop=DEFAULT_SWEEP_DROP)
+        return grid.configs(cfg), None, rule
+    if choice.active:
+        stop = choice if choice.max_accuracy_drop is not None else None
+        return [cfg.replace(student=student) for student in STUDENTS], stop, choice
+    if cfg.student == "auto":
+        rule = Choice(max_accuracy_drop=cfg.auto_max_drop, of_best=True)
+        return [cfg.replace(student=name) for name in cfg.auto_candidates], None, rule
+    return [cfg], None, choice
+
+
 def compress_candidates(
-    teacher: nn.Module,
+    source: KdSource,
     configs: list[RunConfig],
+    fed: Federation,
     *,
-    public_pool: PublicPool,
-    val: Split,
-    test: Split,
-    preprocessing: Preprocessing,
-    num_classes: int,
     teacher_val: float,
     teacher_session: Any = None,
-    fixed_views: int | None = None,
+    federated: FederatedTrainer | None = None,
     stop: Choice | None = None,
 ) -> list[Candidate]:
     """Compress each config, sharing distillation and pruning between configs that agree on them.
@@ -133,18 +154,21 @@ def compress_candidates(
     Each row has validation and test accuracy of the device model on raw input, its bytes, gzip
     bytes, and its batch-1 / batch-64 onnxruntime latency measured interleaved with the teacher.
     `teacher_val` is the reference accuracy for `drop_pt`; `teacher_session` (optional) is timed
-    beside each candidate. `fixed_views`: `teacher` knows only a transfer set (an ensemble), see
-    CompressionConfig.on_fixed_views. With `stop`, candidates are compressed in order until one
-    satisfies it.
+    beside each candidate. A `source` that knows only a fixed transfer set (an ensemble) gets
+    CompressionConfig.on_fixed_views. `federated` runs student rounds for kd-source federated or
+    both. With `stop`, candidates are compressed in order until one satisfies it.
     """
-    raw_val, raw_test = preprocessing.invert(val.x), preprocessing.invert(test.x)
-    inputs = Inputs(teacher, public_pool, val, test, preprocessing, num_classes)
+    val, test, prep = fed.server.val, fed.server.test, fed.dataset.preprocessing
+    raw_val, raw_test = prep.invert(val.x), prep.invert(test.x)
+    inputs = Inputs(
+        source.teacher, source.pool, val, test, prep, fed.dataset.num_classes, federated
+    )
     cache: dict[tuple[Any, ...], Work] = {}
     out: list[Candidate] = []
     for cfg in configs:
         compression = CompressionConfig.from_run(cfg)
-        if fixed_views is not None:
-            compression = compression.on_fixed_views(fixed_views)
+        if source.fixed_views is not None:
+            compression = compression.on_fixed_views(source.fixed_views)
         outcome = compress(compression, inputs, cache)
         session = make_session(outcome.student_bytes)
         val_acc = session_accuracy(session, raw_val, val.y)
@@ -184,7 +208,15 @@ def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
     """
     if not choice.active:
         return candidates[0]
-    fits = [c for c in candidates if choice.admits(c.row)]
+    if choice.of_best and choice.max_accuracy_drop is not None:
+        best = max(c.row["val_accuracy"] for c in candidates)
+        fits = [
+            c
+            for c in candidates
+            if 100 * (best - c.row["val_accuracy"]) <= choice.max_accuracy_drop
+        ]
+    else:
+        fits = [c for c in candidates if choice.admits(c.row)]
     if not fits:
         tried = ", ".join(
             f"{c.row['student']}/{c.row['prune_ratio']}/{c.row['quant']} "

@@ -33,6 +33,7 @@ FEDERATED_DIR = "federated"  # in the run directory: one npz per federated stude
 class FederateConfig:
     """Rounds of student training on the clients (built from the run's settings)."""
 
+    student: str  # the architecture clients rebuild from the weights they receive (student)
     rounds: int  # 0: the stage is off (kd-source public) (student-rounds)
     epochs: int  # client epochs per round (student-epochs)
     lr: float  # client SGD learning rate (student-lr)

@@ -1,7 +1,8 @@
-"""The server's compression phase: the teacher's ONNX file, the stage chain, the signed bundle."""
+"""The compression phase of a run and of `fedge compress`: candidates, the choice, the signed bundle."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,26 +15,55 @@ from fedge.compression.bundle import (
     generate_keypair,
     load_private_key,
     public_pem,
-    write_bundle,
 )
 from fedge.compression.export import ExportConfig, export_onnx
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_bytes
+from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import Federation
+from fedge.pipeline.candidates import (
+    Candidate,
+    Choice,
+    SweepGrid,
+    candidate_configs,
+    choose,
+    compress_candidates,
+)
 from fedge.pipeline.federate import FederatedTrainer
-from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, TEACHER_FILE
+from fedge.pipeline.rundir import KEYS_DIR, TEACHER_FILE
 from fedge.pipeline.shipping import Shipment, ship
-from fedge.pipeline.stages import CompressionOutcome, Inputs, compress
+from fedge.pipeline.stages import CompressionOutcome
 from fedge.pipeline.teacher_source import KdSource
+
+log = logging.getLogger("fedge")
 
 
 @dataclass
 class Compressed:
-    """What the phase made: the stage chain's outcome and the signed bundle with its figures."""
+    """What the phase made: every candidate, the chosen one, and the signed bundle's figures."""
 
     source: KdSource
-    outcome: CompressionOutcome
+    candidates: list[Candidate]
+    chosen: Candidate
+    choice: Choice
+    teacher_val: float
     shipment: Shipment
+
+    @property
+    def outcome(self) -> CompressionOutcome:
+        """The shipped candidate's stage chain outcome."""
+        return self.chosen.outcome
+
+    def choice_json(self, sweep: bool) -> dict[str, Any]:
+        """results.json "choice": the rule, every candidate's row, the chosen one."""
+        return {
+            "max_accuracy_drop_pt": self.choice.max_accuracy_drop,
+            "max_bytes": self.choice.max_bytes,
+            "teacher_val_accuracy": self.teacher_val,
+            "sweep": sweep,
+            "candidates": [c.row for c in self.candidates],
+            "chosen": self.chosen.row,
+        }
 
 
 def write_teacher(teacher: nn.Module, fed: Federation, run_dir: Path) -> bytes:
@@ -44,41 +74,50 @@ def write_teacher(teacher: nn.Module, fed: Federation, run_dir: Path) -> bytes:
 
 
 def compress_and_ship(
+    cfg: RunConfig,
     source: KdSource,
     fed: Federation,
     teacher_onnx: bytes,
     key: Any,
-    run_dir: Path,
     model_id: str,
+    *,
+    choice: Choice | None = None,
+    grid: SweepGrid | None = None,
     federated: FederatedTrainer | None = None,
 ) -> Compressed:
-    """Walk the stage chain from `source`, sign the device model, write `bundle/`.
+    """Compress the candidates `cfg` asks for, choose on validation, sign the chosen one.
 
-    `federated` runs the student's rounds on the clients when the settings ask for them.
+    One candidate for a fixed student; student auto, a limit or a sweep compress several (see
+    candidates.candidate_configs). `federated` runs the student's rounds on the clients when the
+    settings ask for them. The caller writes the bundle.
     """
-    server, prep = fed.server, fed.dataset.preprocessing
-    inputs = Inputs(
-        source.teacher,
-        source.pool,
-        server.val,
-        server.test,
-        prep,
-        fed.dataset.num_classes,
-        federated,
+    server = fed.server
+    teacher_session = make_session(teacher_onnx)
+    teacher_val = session_accuracy(teacher_session, server.val.x, server.val.y)
+    configs, stop, rule = candidate_configs(cfg, choice or Choice(), grid)
+    candidates = compress_candidates(
+        source,
+        configs,
+        fed,
+        teacher_val=teacher_val,
+        teacher_session=teacher_session,
+        federated=federated,
+        stop=stop,
     )
-    outcome = compress(source.compression, inputs)
+    chosen = choose(candidates, rule)
+    if len(candidates) > 1:
+        log.info("chose %s of %d candidates", chosen.row["student"], len(candidates))
     shipment = ship(
         teacher_onnx,
-        outcome,
-        source.compression,
+        chosen.outcome,
+        chosen.compression,
         server.test,
-        preprocessing=prep,
+        preprocessing=fed.dataset.preprocessing,
         num_classes=fed.dataset.num_classes,
         key=key,
         model_id=model_id,
     )
-    write_bundle(shipment.files, run_dir / BUNDLE_DIR)
-    return Compressed(source, outcome, shipment)
+    return Compressed(source, candidates, chosen, rule, teacher_val, shipment)
 
 
 def signing_key(cfg: RunConfig, run_dir: Path) -> Any:

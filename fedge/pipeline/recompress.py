@@ -10,21 +10,14 @@ from typing import Any
 
 from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_bundle
 from fedge.compression.onnx_teacher import OnnxTeacher
-from fedge.core.config import COMPRESSION_SETTINGS, STUDENTS, ConfigError, RunConfig
+from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
-from fedge.core.ort import session_accuracy
 from fedge.core.partition import build_federation
-from fedge.pipeline.candidates import (
-    DEFAULT_SWEEP_DROP,
-    Choice,
-    SweepGrid,
-    choose,
-    compress_candidates,
-)
+from fedge.pipeline.candidates import Choice, SweepGrid
+from fedge.pipeline.federate import saved
+from fedge.pipeline.phase import compress_and_ship
 from fedge.pipeline.report import render_compression_report
 from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, REPORT_FILE, RESULTS_FILE, TEACHER_FILE
-from fedge.pipeline.shipping import ship
-from fedge.pipeline.stages import CompressionConfig
 from fedge.pipeline.sweep_output import sweep_table, write_sweep
 from fedge.pipeline.teacher_source import global_source, stored_source
 
@@ -60,24 +53,6 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
     return cfg, int(teacher_params)
 
 
-def candidate_configs(
-    cfg: RunConfig, choice: Choice, grid: SweepGrid | None
-) -> tuple[list[RunConfig], Choice | None, Choice]:
-    """What to compress, when to stop early, and the rule to choose by.
-
-    A sweep compresses every grid point (default rule: within DEFAULT_SWEEP_DROP points); a
-    limit alone tries the students smallest first (stopping at the first within an accuracy
-    limit); otherwise the one config.
-    """
-    if grid is not None:
-        rule = choice if choice.active else Choice(max_accuracy_drop=DEFAULT_SWEEP_DROP)
-        return grid.configs(cfg), None, rule
-    if choice.active:
-        stop = choice if choice.max_accuracy_drop is not None else None
-        return [cfg.replace(student=student) for student in STUDENTS], stop, choice
-    return [cfg], None, choice
-
-
 def compress_run(
     run_dir: Path,
     cfg: RunConfig,
@@ -96,57 +71,35 @@ def compress_run(
     """
     start = time.monotonic()
     run_dir = Path(run_dir)
-    choice = choice or Choice()
     fed = build_federation(cfg)
     teacher_onnx = (run_dir / TEACHER_FILE).read_bytes()
-    teacher = OnnxTeacher(teacher_onnx)
-    val = fed.server.val
-    teacher_val = session_accuracy(teacher.session, val.x, val.y)
-    configs, stop, choice = candidate_configs(cfg, choice, grid)
-    source = global_source(teacher, fed.server.public_pool, CompressionConfig.from_run(cfg))
+    source = global_source(OnnxTeacher(teacher_onnx), fed.server.public_pool)
     if cfg.teacher_mode == "ensemble":
-        source = stored_source(
-            run_dir, teacher, fed.server.public_pool, source.compression, cfg.ensemble_views
-        )
-    candidates = compress_candidates(
-        source.teacher,
-        configs,
-        public_pool=source.pool,
-        teacher_val=teacher_val,
-        teacher_session=teacher.session,
-        fixed_views=cfg.ensemble_views if cfg.teacher_mode == "ensemble" else None,
-        val=val,
-        test=fed.server.test,
-        preprocessing=fed.dataset.preprocessing,
-        num_classes=fed.dataset.num_classes,
-        stop=stop,
-    )
-    chosen = choose(candidates, choice)
+        source = stored_source(run_dir, cfg.ensemble_views)
     key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
-    shipment = ship(
+    compressed = compress_and_ship(
+        cfg,
+        source,
+        fed,
         teacher_onnx,
-        chosen.outcome,
-        chosen.compression,
-        fed.server.test,
-        preprocessing=fed.dataset.preprocessing,
-        num_classes=fed.dataset.num_classes,
-        key=key,
-        model_id=run_dir.name,
+        key,
+        run_dir.name,
+        choice=choice,
+        grid=grid,
+        federated=saved(run_dir),  # student rounds: the run's own clients' result
     )
+    shipment, chosen = compressed.shipment, compressed.chosen
     write_bundle(shipment.files, out / BUNDLE_DIR)
     privacy = json.loads((run_dir / RESULTS_FILE).read_text()).get("privacy")
     results = _results(run_dir, chosen, source.summary, shipment, teacher_params, privacy)
+    results["student_rounds"] = chosen.outcome.federated
     results["timing_s"] = {"compression": time.monotonic() - start}
-    results["choice"] = {
-        "max_accuracy_drop_pt": choice.max_accuracy_drop,
-        "max_bytes": choice.max_bytes,
-        "teacher_val_accuracy": teacher_val,
-        "sweep": grid is not None,
-        "candidates": [c.row for c in candidates],
-        "chosen": chosen.row,
-    }
+    results["choice"] = compressed.choice_json(sweep=grid is not None)
     if grid is not None:
-        write_sweep(out, sweep_table(candidates, chosen, choice, teacher_val))
+        table = sweep_table(
+            compressed.candidates, chosen, compressed.choice, compressed.teacher_val
+        )
+        write_sweep(out, table)
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())
     return results
@@ -170,5 +123,5 @@ def _results(
         "privacy": privacy,  # post-processing of the same teacher: its guarantee carries over
         "teacher": {**shipment.teacher, "params": teacher_params},
         "stages": chosen.outcome.stages,
-        "student": shipment.student,
+        "student": {**shipment.student, "architecture": chosen.cfg.student},
     }

@@ -32,7 +32,7 @@ def run_results(
     return {
         "run_id": model_id,
         "config": cfg.to_run_config(),
-        "compression_config": compressed.source.compression.to_json(),
+        "compression_config": compressed.chosen.compression.to_json(),
         "ensemble": compressed.source.summary,
         "rounds": training.rounds,
         "rejected": training.rejected,
@@ -42,8 +42,9 @@ def run_results(
         "final_model_sha256": final_sha256,
         "teacher": {**compressed.shipment.teacher, "params": teacher_params},
         "stages": compressed.outcome.stages,
+        "choice": compressed.choice_json(sweep=False),
         "student_rounds": compressed.outcome.federated,  # federated distillation, if any
-        "student": compressed.shipment.student,
+        "student": {**compressed.shipment.student, "architecture": compressed.chosen.cfg.student},
         "clients": clients,
         "communication": {
             "train_bytes": training.train_bytes,

@@ -70,7 +70,7 @@ STAGES: tuple[Stage, ...] = (
         "distill",
         lambda cfg: DistillConfig(
             student=cfg.student,
-            epochs=0 if cfg.kd_source == "federated" else cfg.kd_epochs,
+            epochs=0 if cfg.distill_from == "federated" else cfg.kd_epochs,
             kd=kd_config(cfg),
         ),
         run_distill,
@@ -88,7 +88,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "federate",
         lambda cfg: FederateConfig(
-            rounds=cfg.student_rounds if cfg.kd_source != "public" else 0,
+            student=cfg.student,
+            rounds=cfg.student_rounds if cfg.distill_from != "public" else 0,
             epochs=cfg.student_epochs,
             lr=cfg.student_lr,
             alpha=cfg.kd_alpha,

@@ -16,7 +16,6 @@ from fedge.core.config import ConfigError
 from fedge.core.io import atomic_write_bytes
 from fedge.core.partition import PublicPool
 from fedge.core.training import predict_logits
-from fedge.pipeline.stages import CompressionConfig
 
 log = logging.getLogger("fedge")
 ENSEMBLE_FILE = "ensemble.npz"  # transfer inputs and averaged client logits, for fedge compress
@@ -28,19 +27,20 @@ class KdSource:
 
     teacher: nn.Module
     pool: PublicPool
-    compression: CompressionConfig
     summary: dict[str, Any]  # results.json "ensemble"
+    # A teacher that knows only a fixed transfer set of `fixed_views` x the pool (an ensemble's
+    # logits): see CompressionConfig.on_fixed_views. None: a model, asked on the fly.
+    fixed_views: int | None = None
 
 
-def global_source(teacher: nn.Module, pool: PublicPool, compression: CompressionConfig) -> KdSource:
+def global_source(teacher: nn.Module, pool: PublicPool) -> KdSource:
     """Distill from the aggregated global model, augmenting the pool on the fly."""
-    return KdSource(teacher, pool, compression, {"mode": "global"})
+    return KdSource(teacher, pool, {"mode": "global"})
 
 
 def from_client_logits(
     teacher: nn.Module,
     pool: PublicPool,
-    compression: CompressionConfig,
     *,
     transfer: PublicPool,
     per_client: list[tuple[int, np.ndarray]],
@@ -61,7 +61,6 @@ def from_client_logits(
         return KdSource(
             teacher,
             pool,
-            compression,
             {"mode": "global", "requested": "ensemble", "reason": reason, "failed": failures},
         )
     logits = average_logits([p[1] for p in per_client])
@@ -78,7 +77,6 @@ def from_client_logits(
     return KdSource(
         LogitTable(transfer.x, logits),
         transfer,
-        compression.on_fixed_views(views),
         {
             "mode": "ensemble",
             "clients": sorted(p[0] for p in per_client),
@@ -87,12 +85,11 @@ def from_client_logits(
             "query_bytes": query_bytes,
             "agreement_with_global": agreement,
         },
+        fixed_views=views,
     )
 
 
-def stored_source(
-    run_dir: Path, teacher: nn.Module, pool: PublicPool, compression: CompressionConfig, views: int
-) -> KdSource:
+def stored_source(run_dir: Path, views: int) -> KdSource:
     """The ensemble a finished run saved (fedge compress); ConfigError if it saved none."""
     path = Path(run_dir) / ENSEMBLE_FILE
     if not path.is_file():
@@ -105,6 +102,6 @@ def stored_source(
     return KdSource(
         LogitTable(x, logits),
         PublicPool(x),
-        compression.on_fixed_views(views),
         {"mode": "ensemble", "transfer_inputs": len(x), "from": ENSEMBLE_FILE},
+        fixed_views=views,
     )

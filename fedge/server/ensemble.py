@@ -15,7 +15,7 @@ from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.partition import PublicPool
 from fedge.core.records import as_int, config_to_record
-from fedge.pipeline.stages import CompressionConfig
+from fedge.pipeline.stages import kd_config
 from fedge.pipeline.teacher_source import KdSource, from_client_logits
 from fedge.server.replies import replies_by_node
 
@@ -25,7 +25,6 @@ def ensemble_source(
     cfg: RunConfig,
     teacher: nn.Module,
     pool: PublicPool,
-    compression: CompressionConfig,
     *,
     nodes: list[int],
     spec: dict[str, Any],
@@ -36,7 +35,7 @@ def ensemble_source(
     Clients receive public inputs and return logits only (see teacher_source.from_client_logits
     for what happens when nobody can answer).
     """
-    kd = compression["distill"].kd
+    kd = kd_config(cfg)
     transfer = transfer_set(
         pool, cfg.ensemble_views, seed=cfg.seed, mixup=kd.mixup, noise=kd.noise, shift=kd.shift
     )
@@ -44,7 +43,6 @@ def ensemble_source(
     return from_client_logits(
         teacher,
         pool,
-        compression,
         transfer=transfer,
         per_client=per_client,
         failures=failures,

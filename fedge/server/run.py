@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from flwr.serverapp import Grid
 
-from fedge.compression.bundle import PUBLIC_KEY_FILE
+from fedge.compression.bundle import PUBLIC_KEY_FILE, write_bundle
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
@@ -24,6 +24,7 @@ from fedge.pipeline.federate import recording
 from fedge.pipeline.phase import compress_and_ship, signing_key, write_teacher
 from fedge.pipeline.results import run_results, write_run_outputs
 from fedge.pipeline.rundir import (
+    BUNDLE_DIR,
     CHECKPOINT_DIR,
     KEYS_DIR,
     NODES_DIR,
@@ -31,7 +32,6 @@ from fedge.pipeline.rundir import (
     check_resumable,
     final_dir,
 )
-from fedge.pipeline.stages import CompressionConfig
 from fedge.pipeline.teacher_source import global_source
 from fedge.server.deploy import deploy_bundle
 from fedge.server.ensemble import ensemble_source
@@ -70,24 +70,19 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     # Distil from the teacher as saved (onnxruntime), as `fedge compress` and the audit do: the
     # same logits to the last bit, so all three build the same student bytes.
     kd_teacher = OnnxTeacher(teacher_onnx)
-    source = global_source(kd_teacher, fed.server.public_pool, CompressionConfig.from_run(cfg))
+    source = global_source(kd_teacher, fed.server.public_pool)
     if cfg.teacher_mode == "ensemble":
+        nodes = training.last_round_nodes
         source = ensemble_source(
-            grid,
-            cfg,
-            kd_teacher,
-            fed.server.public_pool,
-            source.compression,
-            nodes=training.last_round_nodes,
-            spec=spec,
-            run_dir=run_dir,
+            grid, cfg, kd_teacher, fed.server.public_pool, nodes=nodes, spec=spec, run_dir=run_dir
         )
-    model_id = final_dir(run_dir).name
     trainer = None
-    if cfg.kd_source != "public":  # the student's rounds on the clients, saved for replays
+    if cfg.distill_from != "public":  # the student's rounds on the clients, saved for replays
         test = fed.server.test
         trainer = recording(flower_trainer(grid, cfg, spec, final_sha256, test), run_dir)
-    compressed = compress_and_ship(source, fed, teacher_onnx, key, run_dir, model_id, trainer)
+    model_id = final_dir(run_dir).name
+    compressed = compress_and_ship(cfg, source, fed, teacher_onnx, key, model_id, federated=trainer)
+    write_bundle(compressed.shipment.files, run_dir / BUNDLE_DIR)
     t2 = time.monotonic()
 
     clients, deploy_bytes = deploy_bundle(

@@ -39,7 +39,18 @@ def flower_trainer(
         strategy = make_strategy(cfg)
         out = TrainingLog()
         arrays = weights_to_record(get_weights(model))
-        wire = {**spec, m.TEACHER_SHA256: teacher_sha256}
+        # The stage's settings go on the wire as the run settings the client handler reads.
+        wire = {
+            **spec,
+            m.TEACHER_SHA256: teacher_sha256,
+            "student": config.student,
+            "student-epochs": config.epochs,
+            "student-lr": config.lr,
+            "kd-alpha": config.alpha,
+            "kd-temperature": config.temperature,
+            "kd-labels": "soft" if config.soft else "hard",
+            "batch-size": config.batch_size,
+        }
         for index in range(1, config.rounds + 1):
             server_round = cfg.rounds + index
             arrays, row = train_round(

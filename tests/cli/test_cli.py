@@ -24,7 +24,10 @@ def cli(tmp_path, monkeypatch):
         (["--run-config", "roundz=3"], "unknown setting 'roundz'; allowed: rounds, round-timeout"),
         (["--run-config", "rounds"], "--run-config pair 'rounds' is not key=value"),
         (["--run-config", "rounds=three"], "rounds must be an integer (>= 1), got 'three'"),
-        (["--run-config", "student=huge"], "unknown student 'huge'; allowed: tiny"),
+        (
+            ["--run-config", "student=huge"],
+            "unknown student 'huge'; allowed: auto, deep-tiny, tiny",
+        ),
         (["--kd-epochz", "3"], "unknown setting --kd-epochz; allowed: kd-epochs"),
         (["--alpha", "0"], "alpha must be > 0, got 0.0"),
         (["--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),

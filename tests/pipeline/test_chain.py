@@ -15,7 +15,9 @@ from fedge.core.ort import make_session
 from fedge.pipeline import stages
 from fedge.pipeline.stages import STAGES, CompressionConfig, Inputs, Stage, compress
 
-QUICK = RunConfig(kd_epochs=6, finetune_epochs=2, quant_mode="static")
+QUICK = RunConfig(
+    student="small-fast", kd_source="public", kd_epochs=6, finetune_epochs=2, quant_mode="static"
+)
 
 
 def _inputs(teacher, fed):

@@ -37,10 +37,7 @@ def test_ensemble_sends_public_inputs_gets_logits_and_distils_their_mean(tmp_pat
     grid = LocalGrid(client_app, num_nodes=3)
     fed, spec, teacher, nodes = _setup(grid, train=True)
     pool = fed.server.public_pool
-    compression = CompressionConfig.from_run(CFG)
-    source = ensemble_source(
-        grid, CFG, teacher, pool, compression, nodes=nodes, spec=spec, run_dir=tmp_path
-    )
+    source = ensemble_source(grid, CFG, teacher, pool, nodes=nodes, spec=spec, run_dir=tmp_path)
     assert source.summary["mode"] == "ensemble" and source.summary["clients"] == [0, 1, 2]
     queries = [msg for msg in grid.sent if msg.metadata.message_type == m.LOGITS]
     assert len(queries) == 3
@@ -60,7 +57,9 @@ def test_ensemble_sends_public_inputs_gets_logits_and_distils_their_mean(tmp_pat
     np.testing.assert_allclose(table, np.mean(expected, axis=0), rtol=1e-5, atol=1e-5)
     assert not np.allclose(expected[0], expected[1])  # the clients' models differ
     assert (tmp_path / ENSEMBLE_FILE).is_file()
-    distill = source.compression["distill"]
+    assert source.fixed_views == 3  # distillation will not augment and divides its epochs
+    compression = CompressionConfig.from_run(CFG.replace(student="tiny"))
+    distill = compression.on_fixed_views(source.fixed_views)["distill"]
     assert distill.kd.mixup == 0 and distill.kd.shift == 0
     assert distill.epochs == round(compression["distill"].epochs / 3)
 
@@ -73,7 +72,6 @@ def test_nodes_without_a_model_of_the_round_leave_the_global_teacher(tmp_path):
         CFG,
         teacher,
         fed.server.public_pool,
-        CompressionConfig.from_run(CFG),
         nodes=nodes,
         spec=spec,
         run_dir=tmp_path,

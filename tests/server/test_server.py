@@ -8,6 +8,7 @@ from fedge.client.app import app as client_app
 from fedge.client.node import simulated_store
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
+from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation
@@ -17,9 +18,21 @@ from fedge.server.run import run_server
 from fedge.server.training_loop import FederationError, train_teacher, wait_for_nodes
 from tests.flower_local import LocalGrid
 
+# Every default stage (student auto, federated distillation, static int8), kept short.
 FAST = RunConfig(
-    clients=4, rounds=2, partition="iid", local_epochs=1, kd_epochs=3, finetune_epochs=1
+    clients=4,
+    rounds=2,
+    partition="iid",
+    local_epochs=1,
+    kd_epochs=3,
+    finetune_epochs=1,
+    auto_students="deep-tiny,deep-small",
+    student_rounds=2,
+    student_epochs=1,
+    qat_epochs=3,
 )
+# One student, public distillation only: for tests about something else.
+QUICKER = FAST.replace(student="deep-tiny", kd_source="public")
 
 
 def test_a_client_that_raises_is_reported_and_the_round_goes_on():
@@ -61,6 +74,19 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
             ModelStore(simulated_store(run / "nodes", pid)).load(key).model_bytes
             == bundle.model_bytes
         )
+    # Federated distillation: the student trained on every client, in rounds of its own.
+    rounds = on_disk["student_rounds"]["rounds"]
+    assert [r["clients_ok"] for r in rounds] == [4, 4] and on_disk["communication"][
+        "student_train_bytes"
+    ] > 0
+    student_msgs = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN_STUDENT]
+    assert len(student_msgs) == 4 * 2 * 2  # 4 nodes x 2 rounds x 2 candidates (deep-tiny, -small)
+    assert all(set(msg.content) == {m.ARRAYS, m.CONFIG} for msg in student_msgs)
+    assert len(list((run / "federated").glob("*.npz"))) == 2  # saved for compress and the audit
+    # student auto: both candidates compressed, the shipped one is the chosen one
+    choice = on_disk["choice"]
+    assert [c["student"] for c in choice["candidates"]] == ["deep-tiny", "deep-small"]
+    assert on_disk["student"]["architecture"] == choice["chosen"]["student"]
     assert (run / "report.md").read_text().startswith("# fedge run")
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -68,7 +94,7 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
 def test_a_failed_run_leaves_no_directory(tmp_path):
     grid = LocalGrid(client_app, num_nodes=2)  # fewer nodes than clients=4
     with pytest.raises(FederationError), staged_run_dir(tmp_path / "run") as work:
-        run_server(grid, FAST.replace(round_timeout=0.5), work)
+        run_server(grid, QUICKER.replace(round_timeout=0.5), work)
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
@@ -77,7 +103,7 @@ def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
         client_app, num_nodes=4, failing_partitions=[2], failing_types=["query.deploy"]
     )
     with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(grid, FAST, work)
+        results = run_server(grid, QUICKER, work)
     rows = {c["partition_id"]: c for c in results["clients"]}
     assert [rows[p]["installed"] for p in range(4)] == [True, True, False, True]
     assert "simulated crash in query.deploy" in rows[2]["reason"]

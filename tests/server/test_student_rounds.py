@@ -1,0 +1,81 @@
+"""Federated distillation: Flower's student rounds against their Flower-free replay, and refusals."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from fedge.client.app import app as client_app
+from fedge.core import messages as m
+from fedge.core.config import RunConfig
+from fedge.core.models import build_student, build_teacher
+from fedge.core.partition import build_federation, client_data
+from fedge.core.records import model_spec
+from fedge.core.training import get_weights, weights_sha256
+from fedge.pipeline.federate import FederateConfig, recording, result_key, saved
+from fedge.pipeline.replay import student_replay
+from fedge.server.student_rounds import flower_trainer
+from fedge.server.training_loop import train_teacher
+from tests.flower_local import LocalGrid
+
+CFG = RunConfig(clients=3, rounds=2, partition="iid", local_epochs=1, student="deep-tiny")
+ROUNDS = FederateConfig("deep-tiny", 2, 2, 0.02, 0.5, 4.0, False, 16)
+
+
+@pytest.fixture(scope="module")
+def federation():
+    grid = LocalGrid(client_app, num_nodes=3)
+    fed = build_federation(CFG)
+    teacher = build_teacher((1, 8, 8), 10, seed=0)
+    spec = model_spec(fed.dataset.preprocessing, 10)
+    train_teacher(grid, CFG, teacher, fed.server.test, spec)  # clients keep the teacher's logits
+    return grid, fed, teacher, spec
+
+
+def test_flower_student_rounds_equal_their_replay(federation, tmp_path):
+    grid, fed, teacher, spec = federation
+    sha = weights_sha256(get_weights(teacher))
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    trainer = recording(flower_trainer(grid, CFG, spec, sha, fed.server.test), tmp_path)
+    real, summary = trainer(copy.deepcopy(start), ROUNDS)
+    sets = [(client_data(fed, p, CFG).train.x, client_data(fed, p, CFG).train.y) for p in range(3)]
+    replayed, _ = student_replay(CFG, sets, teacher)(copy.deepcopy(start), ROUNDS)
+    for name, value in get_weights(real).items():
+        np.testing.assert_allclose(value, get_weights(replayed)[name], atol=1e-4)
+    assert [r["clients_ok"] for r in summary["rounds"]] == [3, 3]
+    assert [r["round"] for r in summary["rounds"]] == [3, 4]  # numbered after the teacher's
+    # what the run saved is what a replay without clients continues from
+    again, _ = saved(tmp_path)(copy.deepcopy(start), ROUNDS)
+    assert weights_sha256(get_weights(again)) == weights_sha256(get_weights(real))
+    assert (tmp_path / "federated" / f"{result_key(start, ROUNDS)}.npz").is_file()
+
+
+def test_a_node_without_the_teachers_logits_refuses_the_round(federation):
+    grid, fed, teacher, spec = federation
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    trainer = flower_trainer(grid, CFG, spec, "0" * 64, fed.server.test)  # another teacher
+    model, summary = trainer(copy.deepcopy(start), ROUNDS)
+    first = summary["rounds"][0]
+    assert first["clients_ok"] == 0 and len(first["clients_failed"]) == 3
+    assert "no logits of teacher 000000000000" in first["clients_failed"][0]["reason"]
+    assert weights_sha256(get_weights(model)) == weights_sha256(get_weights(start))  # unchanged
+    assert all(
+        msg.metadata.message_type in (m.TRAIN, m.EVALUATE, m.TRAIN_STUDENT) for msg in grid.sent
+    )
+
+
+def test_compress_without_the_runs_clients_is_refused(tmp_path):
+    from fedge.core.config import ConfigError
+
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    with pytest.raises(ConfigError, match="needs the run's clients"):
+        saved(tmp_path)(start, ROUNDS)
+
+
+def test_federated_distillation_and_dp_conflict_is_named():
+    from fedge.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kd-source 'both' trains the student on client data"):
+        RunConfig(kd_source="both", dp="central")
+    assert RunConfig(dp="central").distill_from == "public"  # auto: free post-processing
+    assert RunConfig().distill_from == "both"
