@@ -199,6 +199,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def remeasure(path: Path) -> None:
+    """Speed-ups of every run in an earlier result again, side by side, and the means."""
+    out = json.loads(path.read_text())
+    work = Path(out["config"]["work"])
+    for dataset, summary in out["datasets"].items():
+        for row in summary["seeds"]:
+            row.update(latency(work / f"{dataset}-{row['seed']}"))
+        for key in (k for k in MEANS if k.startswith("speedup")):
+            summary[key] = float(np.mean([r[key] for r in summary["seeds"]]))
+        print(
+            f"{dataset}: "
+            + ", ".join(f"{k} {summary[k]:.1f}" for k in MEANS if k.startswith("speedup"))
+        )
+    out["config"]["latency_remeasured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True)
@@ -209,7 +226,16 @@ def main() -> None:
     parser.add_argument("--audit-seed", type=int, default=0, help="-1: no audit")
     parser.add_argument("--shadows", type=int, default=16)
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="re-measure the speed-ups of the runs an earlier --json kept (its --work), on a "
+        "quiet machine; accuracy and bytes are left as they are",
+    )
     args = parser.parse_args()
+    if args.latency_only:
+        remeasure(args.json)
+        return
     settings = [
         part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])
     ]

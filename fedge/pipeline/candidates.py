@@ -10,6 +10,7 @@ import numpy as np
 
 from fedge.core.config import STUDENTS, ConfigError, RunConfig
 from fedge.core.io import gzip_size
+from fedge.core.models import build_student, count_params
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Federation
 from fedge.pipeline.federate import FederatedTrainer
@@ -137,6 +138,31 @@ def candidate_configs(
         rule = Choice(max_accuracy_drop=cfg.auto_max_drop, of_best=True)
         return [cfg.replace(student=name) for name in cfg.auto_candidates], None, rule
     return [cfg], None, choice
+
+
+def byte_floor(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Bytes below which no compression of `cfg`'s student can go: one byte per int8 weight.
+
+    Structured pruning at ratio r keeps about (1 - r)^2 of a layer's weights (fewer inputs and
+    outputs); the floor takes that, so it never exceeds what compression reaches.
+    """
+    model = build_student(input_shape, num_classes, cfg.student, cfg.seed)
+    return int(count_params(model) * (1 - cfg.prune_ratio) ** 2)
+
+
+def check_byte_budget(configs: list[RunConfig], choice: Choice, fed: Federation) -> None:
+    """ConfigError before any training if max-bytes is below every candidate's byte floor."""
+    if choice.max_bytes is None:
+        return
+    prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
+    floors = {(c.student, c.prune_ratio): byte_floor(c, prep.input_shape, classes) for c in configs}
+    (student, ratio), floor = min(floors.items(), key=lambda item: item[1])
+    if choice.max_bytes < floor:
+        raise ConfigError(
+            f"max-bytes={choice.max_bytes} is below what any candidate can reach: the smallest, "
+            f"{student} at prune ratio {ratio}, needs at least {floor} bytes (one per int8 "
+            "weight); allowed: a larger max-bytes or a higher prune-ratio"
+        )
 
 
 def compress_candidates(

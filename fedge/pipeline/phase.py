@@ -26,6 +26,7 @@ from fedge.pipeline.candidates import (
     Choice,
     SweepGrid,
     candidate_configs,
+    check_byte_budget,
     choose,
     compress_candidates,
 )
@@ -95,6 +96,7 @@ def compress_and_ship(
     teacher_session = make_session(teacher_onnx)
     teacher_val = session_accuracy(teacher_session, server.val.x, server.val.y)
     configs, stop, rule = candidate_configs(cfg, choice or Choice(), grid)
+    check_byte_budget(configs, rule, fed)
     candidates = compress_candidates(
         source,
         configs,

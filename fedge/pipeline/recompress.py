@@ -50,7 +50,43 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             f"fedge compress cannot change {', '.join(bad)} (that needs a new run); "
             f"allowed: {', '.join(COMPRESSION_SETTINGS)}"
         )
+    _check_federated_replay(run_dir, cfg, RunConfig.from_run_config(stored))
     return cfg, int(teacher_params)
+
+
+# Settings the student's federated rounds depend on (their start and their own settings).
+FEDERATED_INPUTS = (
+    "student",
+    "auto-students",
+    "kd-temperature",
+    "kd-epochs",
+    "kd-labels",
+    "kd-queries",
+    "kd-source",
+    "prune-ratio",
+    "sparsity",
+    "finetune-epochs",
+    "student-rounds",
+    "student-epochs",
+    "student-lr",
+    "kd-alpha",
+    "teacher-mode",
+)
+
+
+def _check_federated_replay(run_dir: Path, cfg: RunConfig, stored: RunConfig) -> None:
+    """ConfigError up front when the settings need student rounds the run's clients never ran."""
+    if cfg.distill_from == "public":
+        return
+    now, then = cfg.to_run_config(), stored.to_run_config()
+    changed = [k for k in FEDERATED_INPUTS if now[k] != then[k]]
+    if stored.distill_from == "public" or changed:
+        why = f"{', '.join(changed)} changed" if changed else "the run had no student rounds"
+        raise ConfigError(
+            f"kd-source {cfg.kd_source!r} needs student rounds on the run's clients, which are "
+            f"gone ({why}); allowed: the run's own {', '.join(changed) or 'kd-source'}, or "
+            "kd-source public"
+        )
 
 
 def compress_run(

@@ -12,6 +12,7 @@ import pytest
 from fedge.client.node import simulated_store
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
+from fedge.core.config import STUDENTS
 from fedge.core.ort import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,8 @@ def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
     assert all(0 <= r["accuracy"] <= 1 for r in results["rounds"])
     assert results["teacher"]["accuracy"] > 0.7  # chance is 0.1
     assert results["student"]["onnx_bytes"] * 10 < results["teacher"]["onnx_bytes"]
-    assert [s["name"] for s in results["stages"]][:3] == ["distilled", "pruned", "onnx-fp32"]
+    names = [s["name"] for s in results["stages"]]
+    assert names[:4] == ["distilled", "pruned", "federated", "onnx-fp32"]
     assert len(results["clients"]) == 3 and all(c["installed"] for c in results["clients"])
     assert {"train_bytes", "deploy_bytes"} <= results["communication"].keys()
     assert {"total", "training", "compression", "deploy"} <= results["timing_s"].keys()
@@ -159,8 +161,35 @@ def test_a_corrupt_data_file_is_a_clear_error(tmp_path):
 def test_compress_reuses_the_teacher_and_writes_a_bundle_devices_accept(tmp_path, tiny_run):
     from fedge.client.runtime.predictor import Predictor
 
+    # The run's own settings again: the same student, byte for byte (federated rounds replayed
+    # from what the run's clients trained).
+    again = tmp_path / "again"
+    proc = fedge("compress", str(tiny_run), "--out", str(again), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shipped = json.loads((tiny_run / "results.json").read_text())["student"]["sha256"]
+    assert json.loads((again / "results.json").read_text())["student"]["sha256"] == shipped
+    # Another student needs new federated rounds, whose clients are gone: refused ...
+    refused = fedge(
+        "compress", str(tiny_run), "--student", "tiny", "--out", str(tmp_path / "x"), cwd=tmp_path
+    )
+    assert refused.returncode == 2
+    assert (
+        "needs student rounds on the run's clients, which are gone (student changed)"
+        in " ".join(refused.stderr.split())
+    )
+    assert not (tmp_path / "x").exists()
+    # ... unless it learns from the public pool only.
     out = tmp_path / "c"
-    args = ["--student", "tiny", "--kd-epochs", "30", "--finetune-epochs", "2"]
+    args = [
+        "--student",
+        "tiny",
+        "--kd-source",
+        "public",
+        "--kd-epochs",
+        "30",
+        "--finetune-epochs",
+        "2",
+    ]
     proc = fedge("compress", str(tiny_run), *args, "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -198,7 +227,14 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
             "sweep prune ratio must be in [0, 1), got 1.5",
         ),
         ([str(tiny_run), "--sweep-students", "tiny"], "need --sweep"),
-        ([str(tiny_run), "--teacher-mode", "ensemble"], "teacher-mode ensemble needs"),
+        (
+            [str(tiny_run), "--teacher-mode", "ensemble", "--kd-source", "public"],
+            "teacher-mode ensemble needs",
+        ),
+        (
+            [str(tiny_run), "--teacher-mode", "ensemble"],
+            "needs student rounds on the run's clients",
+        ),
         ([str(tiny_run), "--teacher-mode", "crowd"], "unknown teacher-mode 'crowd'"),
     ]
     scenario = tmp_path / "s.toml"
@@ -219,7 +255,7 @@ def test_compress_refuses_bad_input_and_writes_nothing(tmp_path, tiny_run):
 def test_sweep_writes_the_grid_and_ships_the_point_its_limit_picks(tmp_path, tiny_run):
     grid = ["--sweep-students", "tiny,small-fast", "--sweep-prune", "0,0.3"]
     grid += ["--sweep-quant", "fp32,qoperator"]
-    quick = ["--kd-epochs", "3", "--finetune-epochs", "0"]
+    quick = ["--kd-source", "public", "--kd-epochs", "3", "--finetune-epochs", "0"]
     out = tmp_path / "s"
     proc = fedge(
         "compress", str(tiny_run), "--sweep", *grid, *quick, "--max-bytes", "12000",
@@ -253,7 +289,16 @@ def test_sweep_writes_the_grid_and_ships_the_point_its_limit_picks(tmp_path, tin
 
 def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     def compress(out: str, *limit: str) -> subprocess.CompletedProcess:
-        quick = ["--kd-epochs", "3", "--finetune-epochs", "0", "--prune-ratio", "0.0"]
+        quick = [
+            "--kd-source",
+            "public",
+            "--kd-epochs",
+            "3",
+            "--finetune-epochs",
+            "0",
+            "--prune-ratio",
+            "0.0",
+        ]
         return fedge(
             "compress", str(tiny_run), *quick, *limit, "--out", str(tmp_path / out), cwd=tmp_path
         )
@@ -262,7 +307,7 @@ def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     assert roomy.returncode == 0, roomy.stderr[-3000:]
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     candidates = {c["student"]: c for c in results["choice"]["candidates"]}
-    assert set(candidates) == {"tiny", "small-fast", "small", "medium-fast", "medium"}
+    assert set(candidates) == set(STUDENTS)
     fits = [c for c in candidates.values() if c["bytes"] <= 30000]
     best = max(fits, key=lambda c: c["val_accuracy"])
     chosen = results["choice"]["chosen"]["student"]
@@ -275,7 +320,12 @@ def test_compress_chooses_a_student_that_meets_its_limit(tmp_path, tiny_run):
     lenient = compress("c", "--max-accuracy-drop", "100")
     assert lenient.returncode == 0, lenient.stderr[-3000:]
     choice = json.loads((tmp_path / "c" / "results.json").read_text())["choice"]
-    assert choice["chosen"]["student"] == "tiny" and len(choice["candidates"]) == 1  # stops
+    assert choice["chosen"]["student"] == STUDENTS[0] and len(choice["candidates"]) == 1  # stops
+    # A budget no candidate can meet is refused before any distillation, nothing left behind.
+    hopeless = compress("d", "--max-bytes", "100")
+    assert hopeless.returncode == 2
+    assert "max-bytes=100 is below" in " ".join(hopeless.stderr.split())
+    assert not (tmp_path / "d").exists() and not (tmp_path / "d.partial").exists()
 
 
 def test_shadow_replay_reproduces_the_federated_teacher(tiny_run):
@@ -299,7 +349,9 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
     proc = fedge("audit", str(tiny_run), "--shadows", "4", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     audit = json.loads((out / "audit.json").read_text())
-    assert set(audit["models"]) == {"teacher", "distilled", "pruned", "student"}
+    assert set(audit["models"]) == {"teacher", "distilled", "pruned", "federated", "student"}
+    # The audit's replay of the run's compression rebuilt the shipped student byte for byte.
+    assert audit["replayed_student_sha256"] == audit["shipped_student_sha256"]
     for row in audit["models"].values():
         assert 0 <= row["tpr_at_1pct_fpr"] <= 1 and 0 <= row["auc"] <= 1
         assert row["ci95"]["auc"][0] <= row["auc"] <= row["ci95"]["auc"][1]
