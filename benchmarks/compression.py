@@ -111,7 +111,7 @@ def latency(run: Path) -> dict[str, float]:
 
 def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path) -> dict[str, Any]:
     run = simulate(dataset, seed, settings, work / f"{dataset}-{seed}", log)
-    student_name = run["config"]["student"]
+    student_name = run["student"]["architecture"]
     direct_settings = [*settings, "--teacher", student_name, "--kd-source", "public"]
     direct_settings += ["--kd-epochs", "1", "--quant-mode", "none", "--qat", "off"]
     direct = simulate(dataset, seed, direct_settings, work / f"{dataset}-{seed}-direct", log)
@@ -127,9 +127,9 @@ def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path
         "teacher_bytes": run["teacher"]["onnx_bytes"],
         "student_sha256": run["student"]["sha256"],
         "recipe": {
-            k: run["config"][k]
-            for k in ("student", "prune-ratio", "quant-mode", "kd-source", "qat")
-            if k in run["config"]
+            "student": student_name,
+            "quantized": run["student"]["quantized"],
+            **{k: run["config"][k] for k in ("prune-ratio", "quant-mode", "kd-source", "qat")},
         },
         "compression_config": run["compression_config"],
         "quantization_reason": run["student"]["quantization_reason"],

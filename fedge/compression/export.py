@@ -99,7 +99,7 @@ def fold_device_ops(
     ArgMax `label` output, so a device's Python does no numpy work per call. The result passes
     onnx.checker and must agree with `model_bytes` on `check_x` (model inputs) fed raw.
     """
-    shift, scale = prep.shift, prep.scale
+    shift, scale = prep.arrays()
     proto = onnx.load_from_string(model_bytes)
     graph = proto.graph
     raw = graph.input[0].name
@@ -110,8 +110,8 @@ def fold_device_ops(
                 node.input[i] = normalized
     graph.initializer.extend(
         [
-            numpy_helper.from_array(np.array(scale, dtype=np.float32), "fedge__scale"),
-            numpy_helper.from_array(np.array(-shift * scale, dtype=np.float32), "fedge__offset"),
+            numpy_helper.from_array(scale.astype(np.float32), "fedge__scale"),
+            numpy_helper.from_array((-shift * scale).astype(np.float32), "fedge__offset"),
         ]
     )
     pre = [

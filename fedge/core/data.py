@@ -14,26 +14,71 @@ from fedge.core.config import ConfigError
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+Statistic = float | tuple[float, ...]  # one value for every input value, or one per feature/channel
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """x_model = ((x_raw - shift) * scale).reshape(-1, *input_shape); stored in the manifest."""
+    """x_model = (x_raw - shift) * scale, per tensor, per feature (N, D) or per channel (N, C, ...).
 
-    shift: float
-    scale: float
+    Stored in the manifest and folded into the shipped graph. A per-feature or per-channel
+    statistic is a tuple with one value per feature or channel.
+    """
+
+    shift: Statistic
+    scale: Statistic
     input_shape: tuple[int, ...]  # per-sample shape the model takes, channels first
+
+    def _broadcast(self, value: Statistic) -> np.ndarray:
+        """A statistic shaped to broadcast against a batch: (), (D,) or (C, 1, ...)."""
+        array = np.asarray(value, dtype=np.float32)
+        if array.ndim == 0:
+            return array
+        return array.reshape(len(array), *([1] * (len(self.input_shape) - 1)))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Raw samples (any shape with the right element count) -> model input, float32."""
         x = np.asarray(x, dtype=np.float32).reshape(-1, *self.input_shape)
-        return ((x - self.shift) * self.scale).astype(np.float32)
+        return ((x - self._broadcast(self.shift)) * self._broadcast(self.scale)).astype(np.float32)
 
     def invert(self, x: np.ndarray) -> np.ndarray:
         """Model input -> raw samples (what a device measures), float32."""
-        return (np.asarray(x, dtype=np.float32) / self.scale + self.shift).astype(np.float32)
+        x = np.asarray(x, dtype=np.float32)
+        return (x / self._broadcast(self.scale) + self._broadcast(self.shift)).astype(np.float32)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(shift, scale) as float32 arrays that broadcast against one batch."""
+        return self._broadcast(self.shift), self._broadcast(self.scale)
 
     def to_json(self) -> dict[str, object]:
         """For the bundle manifest."""
-        return {"shift": self.shift, "scale": self.scale, "input_shape": list(self.input_shape)}
+        return {
+            "shift": list(self.shift) if isinstance(self.shift, tuple) else self.shift,
+            "scale": list(self.scale) if isinstance(self.scale, tuple) else self.scale,
+            "input_shape": list(self.input_shape),
+        }
+
+
+def standardization(x: np.ndarray, kind: str, input_shape: tuple[int, ...]) -> Preprocessing:
+    """Per-feature (tabular) or per-channel (signals, images) mean and 1/std of `x`.
+
+    The statistics come from the server's own unlabeled public pool, so no client data moves.
+    A constant feature keeps scale 1. ConfigError if they are not finite.
+    """
+    values = np.asarray(x, dtype=np.float64).reshape(-1, *input_shape)
+    axes = (0,) if kind == "tabular" else (0, *range(2, values.ndim))
+    mean, std = values.mean(axis=axes), values.std(axis=axes)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ConfigError(
+            "the data's mean or standard deviation is not finite (values too large for float "
+            "arithmetic); allowed: finite values whose squares stay below 1e300"
+        )
+    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 1.0)
+    return Preprocessing(
+        shift=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        input_shape=input_shape,
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +93,7 @@ class Dataset:
     y_test: np.ndarray | None
     preprocessing: Preprocessing
     num_classes: int
+    standardize: bool = False  # user data: statistics from the public pool (build_federation)
 
 
 def load_dataset(name: str) -> Dataset:
@@ -101,7 +147,8 @@ def _mnist1d() -> Dataset:
 
 @functools.cache
 def _npz(path: str, _mtime_ns: int) -> Dataset:
-    return dataset_from_arrays(Path(path).name, **read_npz(Path(path)))
+    arrays = read_npz(Path(path))
+    return dataset_from_arrays(Path(path).name, *(arrays[k] for k in NPZ_KEYS))
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -123,47 +170,78 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise ConfigError(f"cannot read npz {path}: {err}") from err
 
 
+MAX_CLASSES = 1000  # labels are class indices 0..MAX_CLASSES-1
+MAX_ABS_X = 1e15  # larger raw values make float statistics and float32 inputs unreliable
+
+
 def dataset_from_arrays(
-    name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    min_classes: int = 2,
 ) -> Dataset:
     """Validate user arrays and choose the model family from the sample shape.
 
     (N, D) is tabular (MLP), (N, C, L) a signal (1-D CNN), (N, C, H, W) an image (2-D CNN).
+    Every problem is a ConfigError naming the array and what is allowed; a federation's data
+    needs `min_classes` classes in each split (one device's own data may hold one). The inputs are
+    standardized per feature (tabular) or per channel, from the public pool (build_federation).
     """
-    for split, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
-        if len(xs) != len(ys):
-            raise ConfigError(f"{name}: x_{split} has {len(xs)} rows but y_{split} has {len(ys)}")
-        if len(xs) == 0:
-            raise ConfigError(f"{name}: x_{split} is empty")
-        if not np.issubdtype(xs.dtype, np.number):
-            raise ConfigError(f"{name}: x_{split} must be numeric, got dtype {xs.dtype}")
-        if not np.issubdtype(ys.dtype, np.integer):
-            raise ConfigError(f"{name}: y_{split} must hold integer labels, got {ys.dtype}")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ConfigError(
-            f"{name}: sample shapes differ: x_train {x_train.shape[1:]} vs x_test {x_test.shape[1:]}"
-        )
     kinds = {2: "tabular", 3: "signal", 4: "image"}
+    for split, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
+        _check_split(name, split, xs, ys, min_classes)
     if x_train.ndim not in kinds:
         raise ConfigError(
             f"{name}: x_train has shape {x_train.shape}; allowed: (N, D), (N, C, L), (N, C, H, W)"
         )
-    labels = np.concatenate([y_train, y_test])
-    if labels.min() < 0:
-        raise ConfigError(f"{name}: labels must be >= 0, found {labels.min()}")
-    x_train = x_train.astype(np.float32)
-    if not np.isfinite(x_train).all() or not np.isfinite(x_test).all():
-        raise ConfigError(f"{name}: x_train or x_test holds NaN or Inf")
-    std = float(x_train.std()) or 1.0
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(
+            f"{name}: sample shapes differ: x_train {x_train.shape[1:]} vs x_test {x_test.shape[1:]}"
+        )
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    shape = tuple(int(d) for d in x_train.shape[1:])
     return Dataset(
         name=name,
         kind=kinds[x_train.ndim],
-        x=x_train,
+        x=x_train.astype(np.float32),
         y=y_train.astype(np.int64),
         x_test=x_test.astype(np.float32),
         y_test=y_test.astype(np.int64),
-        preprocessing=Preprocessing(
-            shift=float(x_train.mean()), scale=1.0 / std, input_shape=tuple(x_train.shape[1:])
-        ),
-        num_classes=int(labels.max()) + 1,
+        # Replaced by per-feature/per-channel statistics of the public pool in build_federation.
+        preprocessing=Preprocessing(shift=0.0, scale=1.0, input_shape=shape),
+        num_classes=classes,
+        standardize=True,
     )
+
+
+def _check_split(name: str, split: str, xs: np.ndarray, ys: np.ndarray, min_classes: int) -> None:
+    """One split's arrays: shapes, dtypes, label range, at least two classes, finite x."""
+    if ys.ndim != 1:
+        raise ConfigError(f"{name}: y_{split} must be 1-D class labels (N,), got shape {ys.shape}")
+    if len(xs) != len(ys):
+        raise ConfigError(f"{name}: x_{split} has {len(xs)} rows but y_{split} has {len(ys)}")
+    if len(xs) == 0:
+        raise ConfigError(f"{name}: x_{split} is empty")
+    if np.iscomplexobj(xs) or not np.issubdtype(xs.dtype, np.number):
+        raise ConfigError(f"{name}: x_{split} must hold real numbers, got dtype {xs.dtype}")
+    if ys.dtype.kind not in "iu":
+        raise ConfigError(f"{name}: y_{split} must hold integer labels, got {ys.dtype}")
+    low, high = int(ys.min()), int(ys.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise ConfigError(
+            f"{name}: y_{split} labels must be class indices in [0, {MAX_CLASSES}), found "
+            f"{low if low < 0 else high}"
+        )
+    if len(np.unique(ys)) < min_classes:
+        raise ConfigError(
+            f"{name}: y_{split} holds only class {low}; allowed: at least {min_classes} classes"
+        )
+    values = np.asarray(xs, dtype=np.float64)
+    if not np.isfinite(values).all() or np.abs(values).max() > MAX_ABS_X:
+        raise ConfigError(
+            f"{name}: x_{split} holds NaN, Inf or values beyond +-{MAX_ABS_X:g}; allowed: "
+            "finite values of at most that size"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -10,7 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.core.data import Dataset, Preprocessing, dataset_from_arrays, load_dataset, read_npz
+from fedge.core.data import (
+    NPZ_KEYS,
+    Dataset,
+    Preprocessing,
+    dataset_from_arrays,
+    load_dataset,
+    read_npz,
+    standardization,
+)
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,6 @@ def _build(cfg: RunConfig) -> Federation:
     from sklearn.model_selection import train_test_split
 
     data = load_dataset(cfg.dataset)
-    prep = data.preprocessing.apply
     rng_seed = cfg.seed
     x, y = data.x, data.y
     n_total = len(y) + (0 if data.y_test is None else len(data.y_test))
@@ -107,6 +115,10 @@ def _build(cfg: RunConfig) -> Federation:
     x, x_pub, y, _ = train_test_split(
         x, y, test_size=n_pub, random_state=rng_seed + 2, stratify=_strata(y)
     )
+    if data.standardize:  # the server's own unlabeled pool sets the statistics: no data moves
+        shape = data.preprocessing.input_shape
+        data = dataclasses.replace(data, preprocessing=standardization(x_pub, data.kind, shape))
+    prep = data.preprocessing.apply
     if cfg.clients * 2 > len(y):
         raise ConfigError(
             f"clients={cfg.clients} is too many for {len(y)} client samples of {data.name}; "
@@ -210,7 +222,8 @@ def node_data(path: Path, prep: Preprocessing, num_classes: int) -> ClientData:
     applied, so the device's samples meet the federation's model. Samples or labels that do
     not fit that model are refused with the reason.
     """
-    own = dataset_from_arrays(str(path), **read_npz(Path(path)))
+    arrays = read_npz(Path(path))
+    own = dataset_from_arrays(str(path), *(arrays[k] for k in NPZ_KEYS), min_classes=1)
     assert own.x_test is not None and own.y_test is not None  # npz data always has a test split
     if math.prod(own.x.shape[1:]) != math.prod(prep.input_shape):
         raise ConfigError(

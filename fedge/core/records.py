@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedge.core import messages as m
 from fedge.core.config import SERVER_ONLY_SETTINGS, RunConfig
-from fedge.core.data import Preprocessing
+from fedge.core.data import Preprocessing, Statistic
 
 
 def weights_to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
@@ -37,8 +37,8 @@ def model_spec(prep: Preprocessing, num_classes: int) -> dict[str, Any]:
     return {
         m.INPUT_SHAPE: list(prep.input_shape),
         m.NUM_CLASSES: num_classes,
-        m.PREPROCESS_SHIFT: float(prep.shift),
-        m.PREPROCESS_SCALE: float(prep.scale),
+        m.PREPROCESS_SHIFT: _statistic_to_wire(prep.shift),
+        m.PREPROCESS_SCALE: _statistic_to_wire(prep.scale),
     }
 
 
@@ -48,11 +48,21 @@ def record_to_spec(record: ConfigRecord) -> tuple[Preprocessing, int]:
     if not isinstance(shape, list):
         raise TypeError(f"{m.INPUT_SHAPE} must be a list of ints, got {shape!r}")
     prep = Preprocessing(
-        shift=as_float(record[m.PREPROCESS_SHIFT]),
-        scale=as_float(record[m.PREPROCESS_SCALE]),
+        shift=_statistic_from_wire(record[m.PREPROCESS_SHIFT]),
+        scale=_statistic_from_wire(record[m.PREPROCESS_SCALE]),
         input_shape=tuple(as_int(d) for d in shape),
     )
     return prep, as_int(record[m.NUM_CLASSES])
+
+
+def _statistic_to_wire(value: Statistic) -> float | list[float]:
+    return [float(v) for v in value] if isinstance(value, tuple) else float(value)
+
+
+def _statistic_from_wire(value: object) -> Statistic:
+    if isinstance(value, list):
+        return tuple(as_float(v) for v in value)
+    return as_float(value)
 
 
 def record_to_config(record: ConfigRecord) -> RunConfig:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from fedge.client.app import app as client_app
@@ -107,3 +108,21 @@ def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
     rows = {c["partition_id"]: c for c in results["clients"]}
     assert [rows[p]["installed"] for p in range(4)] == [True, True, False, True]
     assert "simulated crash in query.deploy" in rows[2]["reason"]
+
+
+def test_a_tabular_run_carries_per_feature_statistics_to_every_node(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 600)
+    x = (rng.normal(size=(600, 5)) + 2 * y[:, None]) * np.array([1e-3, 1, 1e3, 1, 1e5])
+    path = tmp_path / "tab.npz"
+    np.savez(path, x_train=x[:500], y_train=y[:500], x_test=x[500:], y_test=y[500:])
+    cfg = QUICKER.replace(dataset=f"npz:{path}", clients=3, rounds=3, local_epochs=3, kd_epochs=100)
+    grid = LocalGrid(client_app, num_nodes=3)
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(grid, cfg, work)
+    manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
+    assert len(manifest["preprocessing"]["scale"]) == 5  # one per feature, in the graph
+    assert manifest["preprocessing"]["scale"][4] < 1e-3 < manifest["preprocessing"]["scale"][0]
+    assert results["teacher"]["accuracy"] > 0.8 and results["student"]["accuracy"] > 0.8
+    # every node ran the shipped model on its raw (unstandardized) samples and got it right
+    assert all(c["installed"] and c["accuracy"] > 0.7 for c in results["clients"])
