@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedge.core.config import SETTINGS, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("fedge")
-FORMAT = 1
+FORMAT = 2  # 2: the run config the rounds were made with is in every checkpoint
 KEEP = 2
 _NAME = re.compile(r"^round-(\d{4,})\.json$")
 
@@ -54,14 +55,28 @@ class TrainingLog:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainingLog:
-        """Inverse of to_json (node ids are not kept: a restarted federation has new ones)."""
-        return cls(
-            rounds=list(data["rounds"]),
-            rejected=list(data["rejected"]),
-            train_bytes=int(data["train_bytes"]),
-            resumed_from=list(data.get("resumed_from", [])),
-        )
+    def from_json(cls, data: Any) -> TrainingLog:
+        """Inverse of to_json (node ids are not kept: a restarted federation has new ones).
+
+        ValueError if anything is missing or of the wrong type (a damaged checkpoint).
+        """
+        if not isinstance(data, dict):
+            raise ValueError("the round log is not an object")
+        rounds, rejected = data.get("rounds"), data.get("rejected")
+        train_bytes, resumed = data.get("train_bytes"), data.get("resumed_from", [])
+        if not isinstance(rounds, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("round"), int) for r in rounds
+        ):
+            raise ValueError("the round log's rounds are malformed")
+        if [r["round"] for r in rounds] != list(range(1, len(rounds) + 1)):
+            raise ValueError("the round log's rounds are not 1, 2, ...")
+        if not isinstance(rejected, list) or not all(isinstance(r, dict) for r in rejected):
+            raise ValueError("the round log's rejections are malformed")
+        if not isinstance(train_bytes, int) or isinstance(train_bytes, bool) or train_bytes < 0:
+            raise ValueError("the round log's train_bytes is not a count")
+        if not isinstance(resumed, list) or not all(isinstance(r, int) for r in resumed):
+            raise ValueError("the round log's resumed_from is malformed")
+        return cls(rounds=rounds, rejected=rejected, train_bytes=train_bytes, resumed_from=resumed)
 
 
 @dataclass
@@ -73,6 +88,7 @@ class Checkpoint:
     strategy: dict[str, dict[str, np.ndarray]]
     log: dict[str, Any]
     rng: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)  # the settings a resume may not change
 
 
 def capture_rng() -> dict[str, Any]:
@@ -122,6 +138,8 @@ class CheckpointDir:
             "npz_sha256": hashlib.sha256(data).hexdigest(),
             "log": ckpt.log,
             "rng": {"numpy": ckpt.rng["numpy"], "python": ckpt.rng["python"]},
+            "config": ckpt.config,
+            "config_sha256": config_sha256(ckpt.config),
         }
         atomic_write_json(self.path / f"{stem}.json", meta)
         for old in self._rounds()[:-KEEP]:
@@ -152,8 +170,7 @@ class CheckpointDir:
     def _load(self, number: int) -> Checkpoint:
         stem = self.path / f"round-{number:04d}"
         meta = json.loads((stem.with_suffix(".json")).read_text())
-        if meta.get("format") != FORMAT or meta.get("round") != number:
-            raise ValueError(f"format {meta.get('format')!r} / round {meta.get('round')!r}")
+        check_meta(meta, number)
         data = stem.with_suffix(".npz").read_bytes()
         if hashlib.sha256(data).hexdigest() != meta["npz_sha256"]:
             raise ValueError("npz does not match its recorded sha256")
@@ -170,4 +187,50 @@ class CheckpointDir:
                     strategy.setdefault(name, {})[array] = npz[key]
                 elif kind == "rng":
                     rng[rest] = npz[key]
-        return Checkpoint(number, weights, strategy, meta["log"], rng)
+        if not weights:
+            raise ValueError("the npz holds no model")
+        _check_rng(rng)
+        return Checkpoint(number, weights, strategy, meta["log"], rng, meta["config"])
+
+
+def resume_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoints (all but the resumable)."""
+    return {k: v for k, v in cfg.to_run_config().items() if not SETTINGS[k].resume}
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """sha256 of a config dict in canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def check_meta(meta: Any, number: int) -> None:
+    """ValueError naming the first field of a checkpoint's JSON that is missing or malformed."""
+    if not isinstance(meta, dict):
+        raise ValueError("the checkpoint JSON is not an object")
+    if meta.get("format") != FORMAT or meta.get("round") != number:
+        raise ValueError(f"format {meta.get('format')!r} / round {meta.get('round')!r}")
+    sha = meta.get("npz_sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ValueError("npz_sha256 is not 64 hex digits")
+    config = meta.get("config")
+    if not isinstance(config, dict) or meta.get("config_sha256") != config_sha256(config):
+        raise ValueError("the config does not match its recorded sha256")
+    TrainingLog.from_json(meta.get("log"))  # raises on a malformed round log
+    rng = meta.get("rng")
+    if not isinstance(rng, dict) or not {"numpy", "python"} <= rng.keys():
+        raise ValueError("rng lacks numpy or python state")
+
+
+def _check_rng(rng: dict[str, Any]) -> None:
+    """Load every RNG state into a throwaway generator: ValueError/TypeError if malformed."""
+    try:
+        kind, pos, has_gauss, cached = rng["numpy"]
+        keys = np.asarray(rng["numpy_keys"], dtype=np.uint32)
+        np.random.RandomState().set_state((kind, keys, int(pos), int(has_gauss), float(cached)))
+        version, internal, gauss_next = rng["python"]
+        random.Random().setstate((version, tuple(internal), gauss_next))
+        torch.Generator().set_state(
+            torch.from_numpy(np.asarray(rng["torch"], dtype=np.uint8).copy())
+        )
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise ValueError(f"a random generator state is malformed: {err}") from err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,12 @@ from fedge.compression.bundle import (
     generate_keypair,
     load_private_key,
     public_pem,
+    write_bundle,
 )
 from fedge.compression.export import ExportConfig, export_onnx
+from fedge.core.bundle_format import FILES
 from fedge.core.config import RunConfig
-from fedge.core.io import atomic_write_bytes
+from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import Federation
 from fedge.pipeline.candidates import (
@@ -31,7 +35,7 @@ from fedge.pipeline.candidates import (
     compress_candidates,
 )
 from fedge.pipeline.federate import FederatedTrainer
-from fedge.pipeline.rundir import KEYS_DIR, TEACHER_FILE
+from fedge.pipeline.rundir import BUNDLE_DIR, COMPRESSED_FILE, KEYS_DIR, TEACHER_FILE
 from fedge.pipeline.shipping import Shipment, ship
 from fedge.pipeline.stages import CompressionOutcome
 from fedge.pipeline.teacher_source import KdSource
@@ -54,6 +58,18 @@ class Compressed:
     def outcome(self) -> CompressionOutcome:
         """The shipped candidate's stage chain outcome."""
         return self.chosen.outcome
+
+    def record(self) -> dict[str, Any]:
+        """What results.json says about compression (also saved, so a resume need not redo it)."""
+        return {
+            "compression_config": self.chosen.compression.to_json(),
+            "ensemble": self.source.summary,
+            "stages": self.outcome.stages,
+            "choice": self.choice_json(sweep=False),
+            "student_rounds": self.outcome.federated,  # federated distillation, if any
+            "teacher": self.shipment.teacher,
+            "student": {**self.shipment.student, "architecture": self.chosen.cfg.student},
+        }
 
     def choice_json(self, sweep: bool) -> dict[str, Any]:
         """results.json "choice": the rule, every candidate's row, the chosen one."""
@@ -120,6 +136,32 @@ def compress_and_ship(
         model_id=model_id,
     )
     return Compressed(source, candidates, chosen, rule, teacher_val, shipment)
+
+
+def save_shipped(compressed: Compressed, run_dir: Path) -> dict[str, Any]:
+    """Write bundle/ (atomically), then its record: a resumed run reuses both, same version."""
+    write_bundle(compressed.shipment.files, run_dir / BUNDLE_DIR)
+    record = compressed.record()
+    atomic_write_json(run_dir / COMPRESSED_FILE, record)
+    return record
+
+
+def load_shipped(run_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The record and bundle files an interrupted run already made, or None (redo).
+
+    A bundle without its record (a crash between the two writes) is removed: it was never
+    deployed, and compression makes the same student again.
+    """
+    bundle, record = run_dir / BUNDLE_DIR, run_dir / COMPRESSED_FILE
+    if bundle.is_dir() and record.is_file():
+        try:
+            files = {name: (bundle / name).read_bytes() for name in FILES}
+            return json.loads(record.read_text()), files
+        except (OSError, ValueError) as err:
+            log.warning("the saved bundle cannot be reused (%s); compressing again", err)
+    record.unlink(missing_ok=True)
+    shutil.rmtree(bundle, ignore_errors=True)
+    return None
 
 
 def signing_key(cfg: RunConfig, run_dir: Path) -> Any:

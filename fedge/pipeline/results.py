@@ -9,7 +9,6 @@ from fedge.core.config import RunConfig
 from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.pipeline.checkpoint import TrainingLog
-from fedge.pipeline.phase import Compressed
 from fedge.pipeline.plots import accuracy_plot
 from fedge.pipeline.report import render_report
 from fedge.pipeline.rundir import PLOT_FILE, REPORT_FILE, RESULTS_FILE
@@ -23,7 +22,7 @@ def run_results(
     training: TrainingLog,
     final_sha256: str,
     teacher_params: int,
-    compressed: Compressed,
+    compression: dict[str, Any],
     clients: list[dict[str, Any]],
     deploy_bytes: int,
     timing: dict[str, float],
@@ -32,23 +31,18 @@ def run_results(
     return {
         "run_id": model_id,
         "config": cfg.to_run_config(),
-        "compression_config": compressed.chosen.compression.to_json(),
-        "ensemble": compressed.source.summary,
+        **compression,  # compression_config, ensemble, stages, choice, student_rounds, student
         "rounds": training.rounds,
         "rejected": training.rejected,
         "faults": faults_summary(cfg),
         "privacy": ledger.summary(cfg, training.rounds),
         "resumed_from": training.resumed_from,
         "final_model_sha256": final_sha256,
-        "teacher": {**compressed.shipment.teacher, "params": teacher_params},
-        "stages": compressed.outcome.stages,
-        "choice": compressed.choice_json(sweep=False),
-        "student_rounds": compressed.outcome.federated,  # federated distillation, if any
-        "student": {**compressed.shipment.student, "architecture": compressed.chosen.cfg.student},
+        "teacher": {**compression["teacher"], "params": teacher_params},
         "clients": clients,
         "communication": {
             "train_bytes": training.train_bytes,
-            "student_train_bytes": (compressed.outcome.federated or {}).get("train_bytes", 0),
+            "student_train_bytes": (compression["student_rounds"] or {}).get("train_bytes", 0),
             "deploy_bytes": deploy_bytes,
         },
         "timing_s": timing,

@@ -12,13 +12,14 @@ from datetime import datetime
 from pathlib import Path
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.pipeline.checkpoint import CheckpointDir
+from fedge.pipeline.checkpoint import CheckpointDir, resume_fingerprint
 
 log = logging.getLogger("fedge")
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 PLOT_FILE = "accuracy.png"
 TEACHER_FILE = "teacher.onnx"
+COMPRESSED_FILE = "compressed.json"  # the shipped bundle's record, for a resumed run
 BUNDLE_DIR = "bundle"
 KEYS_DIR = "keys"
 NODES_DIR = "nodes"  # simulation: the simulated nodes' model stores live under it
@@ -120,3 +121,21 @@ def check_resumable(final: Path, cfg: RunConfig) -> None:
             for k in differ
         )
         raise ConfigError(f"cannot resume {final} with different settings: {pairs}")
+    saved = CheckpointDir(partial_dir(final) / CHECKPOINT_DIR).latest()
+    if saved is None:
+        return
+    now = resume_fingerprint(cfg)
+    edited = [
+        k for k in sorted(now.keys() | saved.config.keys()) if now.get(k) != saved.config.get(k)
+    ]
+    if edited:
+        pairs = ", ".join(
+            f"{k} (checkpoints: {saved.config.get(k)!r}, {RUN_CONFIG_FILE}: {now.get(k)!r})"
+            for k in edited
+        )
+        raise ConfigError(
+            f"{final}: the checkpoints were made with other settings than {RUN_CONFIG_FILE} "
+            f"holds now: {pairs}; allowed: the settings the rounds ran with"
+        )
+    if cfg.rounds < saved.round:
+        raise ConfigError(f"rounds={cfg.rounds} but {final} already completed round {saved.round}")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from flwr.serverapp import Grid
 
-from fedge.compression.bundle import PUBLIC_KEY_FILE, write_bundle
+from fedge.compression.bundle import PUBLIC_KEY_FILE
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
@@ -21,10 +21,15 @@ from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.checkpoint import CheckpointDir
 from fedge.pipeline.federate import recording
-from fedge.pipeline.phase import compress_and_ship, signing_key, write_teacher
+from fedge.pipeline.phase import (
+    compress_and_ship,
+    load_shipped,
+    save_shipped,
+    signing_key,
+    write_teacher,
+)
 from fedge.pipeline.results import run_results, write_run_outputs
 from fedge.pipeline.rundir import (
-    BUNDLE_DIR,
     CHECKPOINT_DIR,
     KEYS_DIR,
     NODES_DIR,
@@ -76,19 +81,29 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         source = ensemble_source(
             grid, cfg, kd_teacher, fed.server.public_pool, nodes=nodes, spec=spec, run_dir=run_dir
         )
-    trainer = None
-    if cfg.distill_from != "public":  # the student's rounds on the clients, saved for replays
-        test = fed.server.test
-        trainer = recording(flower_trainer(grid, cfg, spec, final_sha256, test), run_dir)
     model_id = final_dir(run_dir).name
-    compressed = compress_and_ship(cfg, source, fed, teacher_onnx, key, model_id, federated=trainer)
-    write_bundle(compressed.shipment.files, run_dir / BUNDLE_DIR)
+    shipped = load_shipped(run_dir) if cfg.resume else None
+    if shipped is None:
+        trainer = None
+        if cfg.distill_from != "public":  # the student's rounds on the clients, saved for replays
+            test = fed.server.test
+            trainer = recording(flower_trainer(grid, cfg, spec, final_sha256, test), run_dir)
+        compressed = compress_and_ship(
+            cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
+        )
+        shipped = save_shipped(compressed, run_dir), compressed.shipment.files
+    else:
+        log.info(
+            "resuming with the bundle this run already made (version %d)",
+            shipped[0]["student"]["version"],
+        )
+    compression, files = shipped
     t2 = time.monotonic()
 
     clients, deploy_bytes = deploy_bundle(
         grid,
         cfg,
-        compressed.shipment.files,
+        files,
         simulation_store_root=run_dir / NODES_DIR,
         simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
         node_partition=training.node_partition,
@@ -103,7 +118,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         training=training,
         final_sha256=final_sha256,
         teacher_params=count_params(teacher),
-        compressed=compressed,
+        compression=compression,
         clients=clients,
         deploy_bytes=deploy_bytes,
         timing={"total": t3 - t0, "training": t1 - t0, "compression": t2 - t1, "deploy": t3 - t2},

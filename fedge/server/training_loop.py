@@ -30,6 +30,7 @@ from fedge.pipeline.checkpoint import (
     TrainingLog,
     capture_rng,
     restore_rng,
+    resume_fingerprint,
 )
 from fedge.privacy import ledger
 from fedge.server.replies import replies_by_node
@@ -134,6 +135,7 @@ def train_teacher(
                     strategy=strategy_state(strategy),
                     log=out.to_json(),
                     rng=capture_rng(),
+                    config=resume_fingerprint(cfg),
                 )
             )
     if out.rounds and all(row["skipped"] for row in out.rounds):

@@ -1,5 +1,6 @@
 """Checkpoints: round trip, damage detection, fall-back, and resume equal to an unbroken run."""
 
+import json
 import random
 
 import numpy as np
@@ -22,8 +23,13 @@ def _ckpt(number: int) -> Checkpoint:
         round=number,
         weights={"w": np.full((2, 3), number, np.float32)},
         strategy={"m_t": {"w": np.ones(3) * number}},
-        log={"rounds": [{"round": number}], "rejected": [], "train_bytes": number},
+        log={
+            "rounds": [{"round": i} for i in range(1, number + 1)],
+            "rejected": [],
+            "train_bytes": number,
+        },
         rng=capture_rng(),
+        config={"seed": 0, "rounds": 5},
     )
 
 
@@ -51,6 +57,13 @@ def test_round_trip_restores_weights_state_and_every_rng(tmp_path):
         lambda d: (d / "round-0003.json").unlink(),  # killed between the two writes
         lambda d: (d / "round-0003.npz").unlink(),
         lambda d: _flip_a_byte(d / "round-0003.npz"),
+        lambda d: _edit_json(d, lambda m: m["rng"].update(numpy=["MT19937", "x", 0, 0.0])),
+        lambda d: _edit_json(d, lambda m: m["rng"].update(python=[3, [1, 2], None])),
+        lambda d: _edit_json(d, lambda m: m["log"].update(rounds=[{"round": "one"}])),
+        lambda d: _edit_json(d, lambda m: m["log"].update(train_bytes=-1)),
+        lambda d: _edit_json(d, lambda m: m["config"].update(seed=1)),  # sha256 no longer fits
+        lambda d: _edit_json(d, lambda m: m.pop("log")),
+        lambda d: (d / "round-0003.json").write_text("[]"),
     ],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
@@ -69,6 +82,13 @@ def test_no_valid_checkpoint_means_start_from_scratch(tmp_path):
     ckpts.save(_ckpt(1))
     _flip_a_byte(tmp_path / "round-0001.npz")
     assert ckpts.latest() is None
+
+
+def _edit_json(directory, change):
+    path = directory / "round-0003.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
 
 
 def _flip_a_byte(path):
