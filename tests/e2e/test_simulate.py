@@ -127,6 +127,40 @@ def test_sigkill_then_resume_loses_no_round_and_ends_with_the_same_model(
     assert not (tmp_path / "run.partial").exists() and not (out / "checkpoints").exists()
 
 
+def test_kills_after_compression_during_deployment_and_before_the_rename_all_resume(
+    tmp_path, tiny_run, monkeypatch
+):
+    """SIGKILL at each later point of one run, resume each time: the same teacher and student."""
+    from fedge.simulations.crash import kill_when, start_simulate
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
+    out, partial = tmp_path / "run", tmp_path / "run.partial"
+    points = [
+        ("bundle written", lambda: (partial / "compressed.json").is_file()),
+        ("deploying", lambda: (partial / "nodes").is_dir()),
+        ("results written, not renamed", lambda: (partial / "results.json").is_file()),
+    ]
+    args = ["--scenario", TINY, "--out", str(out)]
+    killed = []
+    for name, ready in points:
+        proc = start_simulate(args, tmp_path / "killed.log")
+        if kill_when(proc, ready, timeout=300):
+            killed.append(name)
+        elif out.is_dir():
+            break  # it finished before this point could be caught
+        args = ["--resume", str(out)]
+    assert killed[:1] == ["bundle written"], (tmp_path / "killed.log").read_text()[-3000:]
+    if not out.is_dir():
+        resumed = fedge("simulate", "--resume", str(out), cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    reference = json.loads((tiny_run / "results.json").read_text())
+    assert results["final_model_sha256"] == reference["final_model_sha256"]
+    assert results["student"]["sha256"] == reference["student"]["sha256"]
+    assert all(c["installed"] for c in results["clients"])
+    assert not partial.exists() and not (out / "checkpoints").exists()
+
+
 def test_resume_refuses_what_it_cannot_continue_and_touches_nothing(tmp_path, tiny_run):
     before = sorted(p.name for p in tiny_run.iterdir())
     finished = fedge("simulate", "--resume", str(tiny_run), cwd=tmp_path)
