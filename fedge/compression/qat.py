@@ -31,7 +31,7 @@ from fedge.compression.distill import require_public_pool
 from fedge.compression.export import INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME, strip_metadata
 from fedge.compression.kd import KDConfig, kd_train
 from fedge.compression.minify import minified_size
-from fedge.compression.quantize import QuantizeResult, guard
+from fedge.compression.quantize import QuantizeResult, accuracy_guard
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
 
@@ -45,33 +45,44 @@ class QATConfig:
 
     mode: str  # off | fallback (when post-training int8 loses too much) | always (qat)
     epochs: int  # KD fine-tuning epochs under simulated int8 (qat-epochs)
-    kd: KDConfig  # the same KD settings as distillation
+    kd: KDConfig  # KD from the fp32 student to its int8 self (soft labels, augmented views)
     static: bool  # static int8 was asked for (QAT makes static int8 only) (quant-mode)
     tolerance: float  # validation accuracy int8 may lose against fp32 (int8-tolerance)
     lr: float = 0.001  # Adam learning rate (cosine decay)
 
 
 class _ActivationQuant(nn.Module):
-    """Per-tensor asymmetric int8 fake quantization of a layer's input (range set once)."""
+    """Per-tensor asymmetric int8 fake quantization of a layer's input.
 
-    scale: torch.Tensor
+    The range starts from the calibration min/max; in training its step size is learned
+    (LSQ, Esser et al. 2020: torch's learnable fake-quantize op), so the grid can trade a little
+    clipping of rare large values for finer steps everywhere else. The zero point stays fixed.
+    """
+
     zero_point: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("scale", torch.ones(1))
+        self.scale = nn.Parameter(torch.ones(1))
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
 
     def calibrate(self, low: float, high: float) -> None:
         """Set the range from observed values (always including 0, as int8 zero must be exact)."""
         low, high = min(low, 0.0), max(high, 0.0)
         scale = max((high - low) / (QMAX - QMIN), 1e-8)
-        self.scale.fill_(scale)
+        with torch.no_grad():
+            self.scale.fill_(scale)
         self.zero_point.fill_(int(np.clip(round(QMIN - low / scale), QMIN, QMAX)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """X rounded to the int8 grid (straight-through gradient)."""
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, QMIN, QMAX)
+        """X rounded to the int8 grid (straight-through gradient; the step size learns too)."""
+        if self.training:
+            grad_factor = 1.0 / float(np.sqrt(x.numel() * QMAX))
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x, self.scale, self.zero_point.float(), QMIN, QMAX, grad_factor
+            )
+        scale = self.scale.detach().clamp(min=1e-8)
+        return torch.fake_quantize_per_tensor_affine(x, scale, self.zero_point, QMIN, QMAX)
 
 
 class QuantLayer(nn.Module):
@@ -216,7 +227,6 @@ def fold_weight_quantization(proto: onnx.ModelProto) -> None:
 
 def quantize_with_qat(
     student: nn.Module,
-    teacher: nn.Module,
     public_pool: PublicPool,
     val: Split,
     ptq: QuantizeResult,
@@ -227,18 +237,20 @@ def quantize_with_qat(
 ) -> QuantizeResult:
     """int8 by quantization-aware training, under the same guard as post-training int8.
 
-    `ptq` is the refused post-training result (its model is the fp32 one); the answer is the
-    QAT model if it stays within `tolerance` of fp32 on validation and is smaller, else `ptq`
-    with both reasons.
+    The teacher is the fp32 student itself (self-distillation on the public pool): the int8
+    model learns to do what the fp32 one does, including what it learned from the clients'
+    data in federated rounds, which the public pool alone would not teach it again. `ptq` is
+    the refused post-training result (its model is the fp32 one). A retrained model may differ
+    from fp32 and be as good, so it is judged by validation accuracy (accuracy_guard), not by
+    agreement; the answer is the QAT model if accepted, else `ptq` with both reasons.
     """
-    model = qat_train(student, teacher, public_pool, config)
+    model = qat_train(student, copy.deepcopy(student).eval(), public_pool, config)
     qdq = export_qdq(model, input_shape)
     accuracy = session_accuracy(make_session(qdq), val.x, val.y)
-    accepted, reason = guard(
+    accepted, reason = accuracy_guard(
         minified_size(ptq.model_bytes),
         minified_size(qdq),
-        ptq.fp32_val_accuracy,
-        accuracy,
+        (ptq.fp32_val_accuracy, accuracy),
         tolerance,
     )
     if not accepted:

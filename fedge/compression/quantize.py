@@ -20,7 +20,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fedge.compression.distill import require_public_pool
 from fedge.compression.minify import minified_size
-from fedge.core.ort import make_session, session_accuracy
+from fedge.core.ort import make_session, session_accuracy, session_logits
 from fedge.core.partition import PublicPool, Split
 
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
@@ -121,28 +121,81 @@ def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeC
         return int8.read_bytes()
 
 
+def disagreement(fp32: bytes, int8: bytes, inputs: np.ndarray) -> float:
+    """Share of `inputs` on which the two models' top classes differ.
+
+    An upper bound on the accuracy int8 can lose on those inputs, measured without labels, so
+    the unlabeled public pool counts too: several times the validation split's size, and far
+    steadier than the difference of two accuracies on a few hundred samples.
+    """
+    first = session_logits(make_session(fp32), inputs).argmax(1)
+    second = session_logits(make_session(int8), inputs).argmax(1)
+    return float((first != second).mean())
+
+
 def guard(
-    fp32_bytes: int, int8_bytes: int, fp32_acc: float, int8_acc: float, tolerance: float
+    fp32_bytes: int,
+    int8_bytes: int,
+    disagreed: float,
+    checked: int,
+    tolerance: float,
+    accuracy: tuple[float, float],
 ) -> tuple[bool, str]:
-    """Accept int8 only if it loses at most `tolerance` validation accuracy and is smaller."""
-    drop = fp32_acc - int8_acc
-    if drop > tolerance:
+    """Accept int8 only if it is smaller and disagrees with fp32 on at most `tolerance`.
+
+    `disagreed` is measured on `checked` validation and public inputs; `accuracy` holds fp32's
+    and int8's validation accuracy, for the reason's text.
+    """
+    where = f"{checked} validation and public inputs"
+    if disagreed > tolerance:
         return (
             False,
-            f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance {tolerance * 100:.2f})",
+            f"int8 refused: disagrees with fp32 on {disagreed * 100:.2f} % of {where} "
+            f"(tolerance {tolerance * 100:.2f} %)",
         )
     if int8_bytes >= fp32_bytes:
         return False, f"int8 refused: not smaller ({int8_bytes} >= {fp32_bytes} bytes)"
     return (
         True,
-        f"int8 accepted: {fp32_bytes} -> {int8_bytes} bytes, validation {fp32_acc:.4f} -> {int8_acc:.4f}",
+        f"int8 accepted: {fp32_bytes} -> {int8_bytes} bytes, disagrees with fp32 on "
+        f"{disagreed * 100:.2f} % of {where}; validation accuracy {accuracy[0]:.4f} -> "
+        f"{accuracy[1]:.4f}",
+    )
+
+
+def check_inputs(public_pool: PublicPool, val: Split) -> np.ndarray:
+    """What the int8 guard compares fp32 and int8 on: the validation split and the public pool."""
+    return np.concatenate([val.x, public_pool.x])
+
+
+def accuracy_guard(
+    fp32_bytes: int, int8_bytes: int, accuracy: tuple[float, float], tolerance: float
+) -> tuple[bool, str]:
+    """Judge a retrained int8 model (QAT) by validation accuracy, not agreement.
+
+    It may differ from fp32 and be as good: accepted if it is smaller and loses at most
+    `tolerance` validation accuracy.
+    """
+    drop = accuracy[0] - accuracy[1]
+    if drop > tolerance:
+        return (
+            False,
+            f"int8 refused: lost {drop * 100:.2f} points on validation (tolerance "
+            f"{tolerance * 100:.2f})",
+        )
+    if int8_bytes >= fp32_bytes:
+        return False, f"int8 refused: not smaller ({int8_bytes} >= {fp32_bytes} bytes)"
+    return (
+        True,
+        f"int8 accepted: {fp32_bytes} -> {int8_bytes} bytes, validation accuracy "
+        f"{accuracy[0]:.4f} -> {accuracy[1]:.4f}",
     )
 
 
 def quantize(
     model_bytes: bytes, public_pool: PublicPool, val: Split, config: QuantizeConfig
 ) -> QuantizeResult:
-    """int8 if it stays within `tolerance` of fp32 on the validation split and is smaller.
+    """int8 if it is smaller and agrees with fp32 closely enough (see guard), else fp32.
 
     A model onnxruntime cannot quantize (e.g. non-finite activation ranges from a collapsed
     teacher) ships as fp32, with the reason.
@@ -158,8 +211,14 @@ def quantize(
         reason = f"int8 refused: onnxruntime could not quantize ({type(err).__name__}: {err})"
         return QuantizeResult(model_bytes, False, reason, fp32_acc, None, None)
     int8_acc = session_accuracy(make_session(int8), val.x, val.y)
+    inputs = check_inputs(public_pool, val)
     accepted, reason = guard(
-        minified_size(model_bytes), minified_size(int8), fp32_acc, int8_acc, config.tolerance
+        minified_size(model_bytes),
+        minified_size(int8),
+        disagreement(model_bytes, int8, inputs),
+        len(inputs),
+        config.tolerance,
+        (fp32_acc, int8_acc),
     )
     return QuantizeResult(
         int8 if accepted else model_bytes, accepted, reason, fp32_acc, int8_acc, len(int8)

@@ -117,7 +117,11 @@ STAGES: tuple[Stage, ...] = (
         lambda cfg: QATConfig(
             mode=cfg.qat,
             epochs=cfg.qat_epochs,
-            kd=kd_config(cfg),
+            # The teacher is the fp32 student itself: its own probabilities (temperature 1) on
+            # views of the pool, which say nothing about members it did not already say.
+            kd=dataclasses.replace(
+                kd_config(cfg), labels="soft", queries="augmented", temperature=1.0
+            ),
             static=cfg.quant_mode == "static",
             tolerance=cfg.int8_tolerance,
         ),

@@ -135,7 +135,6 @@ def run_qat(work: Work, config: QATConfig, inputs: Inputs) -> Work:
     log.info("quantization-aware training: %d KD epochs under simulated int8", config.epochs)
     result = quantize_with_qat(
         work.model,
-        inputs.teacher,
         inputs.public_pool,
         inputs.val,
         quant,

@@ -119,17 +119,31 @@ def test_int8_is_smaller_and_within_tolerance_of_fp32(teacher, digits_fed, fmt):
 
 
 @pytest.mark.parametrize(
-    ("fp32_bytes", "int8_bytes", "fp32_acc", "int8_acc", "accepted", "why"),
+    ("fp32_bytes", "int8_bytes", "disagreed", "accepted", "why"),
     [
-        (1000, 300, 0.95, 0.95, True, "int8 accepted"),
-        (1000, 300, 0.95, 0.945, True, "int8 accepted"),  # within 1 point
-        (1000, 300, 0.95, 0.93, False, "lost 2.00 points"),
-        (1000, 1200, 0.95, 0.95, False, "not smaller (1200 >= 1000 bytes)"),
+        (1000, 300, 0.0, True, "int8 accepted: 1000 -> 300 bytes, disagrees with fp32 on 0.00 %"),
+        (1000, 300, 0.009, True, "int8 accepted"),  # within 1 %
+        (1000, 300, 0.02, False, "disagrees with fp32 on 2.00 % of 500 validation and public"),
+        (1000, 1200, 0.0, False, "not smaller (1200 >= 1000 bytes)"),
     ],
 )
-def test_int8_guard(fp32_bytes, int8_bytes, fp32_acc, int8_acc, accepted, why):
-    ok, reason = guard(fp32_bytes, int8_bytes, fp32_acc, int8_acc, tolerance=0.01)
+def test_int8_guard(fp32_bytes, int8_bytes, disagreed, accepted, why):
+    ok, reason = guard(fp32_bytes, int8_bytes, disagreed, 500, 0.01, (0.95, 0.94))
     assert ok is accepted and why in reason
+
+
+def test_disagreement_bounds_the_accuracy_int8_loses(teacher, digits_fed):
+    """Differential: on labeled inputs, accuracy lost <= share of changed top classes."""
+    from fedge.compression.quantize import disagreement, quantize_int8
+
+    pool, test = digits_fed.server.public_pool, digits_fed.server.test
+    fp32 = export_onnx(teacher, SHAPE, ExportConfig())
+    int8 = quantize_int8(fp32, pool, quant(per_channel=False))
+    lost = session_accuracy(make_session(fp32), test.x, test.y) - session_accuracy(
+        make_session(int8), test.x, test.y
+    )
+    assert lost <= disagreement(fp32, int8, test.x) + 1e-9
+    assert disagreement(fp32, fp32, test.x) == 0.0
 
 
 def test_refused_int8_ships_the_fp32_bytes(teacher, digits_fed):
@@ -137,7 +151,7 @@ def test_refused_int8_ships_the_fp32_bytes(teacher, digits_fed):
     result = quantize(
         fp32, digits_fed.server.public_pool, digits_fed.server.val, quant(tolerance=-1.0)
     )
-    assert not result.quantized and result.model_bytes == fp32 and "lost" in result.reason
+    assert not result.quantized and result.model_bytes == fp32 and "disagrees" in result.reason
 
 
 @pytest.mark.parametrize("quantized", [False, True])
