@@ -14,8 +14,8 @@ from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.data import load_dataset
 from fedge.core.models import build_teacher
-from fedge.core.records import config_to_record, model_spec, weights_to_record
-from fedge.core.training import get_weights
+from fedge.core.records import config_to_record, model_spec, record_to_weights, weights_to_record
+from fedge.core.training import client_seed, get_weights, set_weights, train
 from tests.client.conftest import bundle_config, device_model
 from tests.flower_local import node_context, set_task_identity
 
@@ -236,6 +236,21 @@ def test_a_node_trains_on_its_own_data_file(tmp_path):
     )
     reply = app(msg, node_context(7, 0, 4, **{"data-file": str(path)}))
     assert reply.content.metric_records[m.METRICS][m.NUM_EXAMPLES] == 60
+    # Differential: the same training on the file's samples after the server's preprocessing.
+    expected = build_teacher((1, 8, 8), 10, seed=0)
+    set_weights(expected, weights)
+    train(
+        expected,
+        digits.preprocessing.apply(digits.x[:60]),
+        digits.y[:60],
+        epochs=CFG.local_epochs,
+        lr=CFG.lr,
+        batch_size=CFG.batch_size,
+        seed=client_seed(CFG.seed, 0, 0),
+    )
+    got = record_to_weights(reply.content.array_records[m.ARRAYS])
+    for name, value in get_weights(expected).items():
+        np.testing.assert_allclose(got[name], value, atol=1e-6)
 
 
 def test_a_data_file_that_does_not_fit_the_model_is_refused(tmp_path):

@@ -71,8 +71,17 @@ def test_a_model_without_the_device_contract_is_refused(device, student_onnx):
 
 @pytest.mark.parametrize("shape", [(32, 64), (32, 1, 8, 8)])
 def test_batch_layouts(device, shape):
-    labels = Predictor(device.store, device.public_key).predict(RAW.reshape(shape)).labels
-    assert labels.shape == (32,)
+    """Flat and channel-first batches give the same predictions, sample for sample."""
+    predictor = Predictor(device.store, device.public_key)
+    reference = predictor.predict(RAW.reshape(32, 1, 8, 8))
+    got = predictor.predict(RAW.reshape(shape))
+    assert got.labels.shape == (32,)
+    np.testing.assert_array_equal(got.labels, reference.labels)
+    np.testing.assert_array_equal(got.probabilities, reference.probabilities)
+    one_by_one = [
+        predictor.predict(RAW[i : i + 1].reshape(1, *shape[1:])).labels[0] for i in range(32)
+    ]
+    np.testing.assert_array_equal(got.labels, one_by_one)
 
 
 def test_one_sample_without_batch_axis_and_integer_input(device):
