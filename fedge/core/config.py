@@ -87,19 +87,19 @@ class RunConfig:
     )
     student: str = setting(
         "auto",
-        "student architecture, or auto: the smallest of auto-students within auto-max-drop "
-        "validation points of the most accurate of them",
+        "student architecture, or auto: the first of auto-students within auto-max-drop "
+        "validation points of the teacher (the most accurate of them if none is)",
         choices=("auto", *STUDENTS),
         compress=True,
     )
     auto_students: str = setting(
-        "deep-tiny,deep-small,deep-medium",
-        "student auto: the candidates, comma-separated",
+        "deep-small,deep-medium",
+        "student auto: the candidates, comma-separated, smallest first",
         compress=True,
     )
     auto_max_drop: float = setting(
-        1.0,
-        "student auto: validation points a smaller candidate may lose against the best one",
+        0.5,
+        "student auto: validation points a candidate may lose against the teacher",
         interval=">= 0",
         compress=True,
     )
@@ -132,7 +132,7 @@ class RunConfig:
         compress=True,
     )
     student_rounds: int = setting(
-        10, "federated distillation: rounds of student training", interval=">= 1", compress=True
+        20, "federated distillation: rounds of student training", interval=">= 1", compress=True
     )
     student_epochs: int = setting(
         5, "federated distillation: client epochs per round", interval=">= 1", compress=True

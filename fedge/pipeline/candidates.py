@@ -71,15 +71,14 @@ class SweepGrid:
 class Choice:
     """How to choose among candidates (at most one limit).
 
-    The smallest candidate within `max_accuracy_drop` validation points of the teacher (or,
-    `of_best`, of the most accurate candidate), or the most accurate one within `max_bytes`.
+    The smallest candidate within `max_accuracy_drop` validation points of the teacher, or the
+    most accurate one within `max_bytes`.
     """
 
     max_accuracy_drop: float | None = None  # points
     max_bytes: int | None = None
-    # Measure the drop from the most accurate candidate instead of the teacher: robust to a
-    # small validation split on which the teacher, by chance, does well or badly.
-    of_best: bool = False
+    # When no candidate meets max_accuracy_drop: the most accurate one instead of an error.
+    or_most_accurate: bool = False
 
     def __post_init__(self) -> None:
         if self.max_accuracy_drop is not None and self.max_bytes is not None:
@@ -125,8 +124,9 @@ def candidate_configs(
 
     A sweep compresses every grid point (default rule: within DEFAULT_SWEEP_DROP points); a
     limit alone tries the students smallest first (stopping at the first within an accuracy
-    limit); student auto compresses all auto-students and takes the smallest within
-    auto-max-drop validation points of the most accurate one; otherwise the one config.
+    limit); student auto tries auto-students in order and stops at the first within
+    auto-max-drop validation points of the teacher (if none is, the most accurate one ships);
+    otherwise the one config.
     """
     if grid is not None:
         rule = choice if choice.active else Choice(max_accuracy_drop=DEFAULT_SWEEP_DROP)
@@ -135,8 +135,8 @@ def candidate_configs(
         stop = choice if choice.max_accuracy_drop is not None else None
         return [cfg.replace(student=student) for student in STUDENTS], stop, choice
     if cfg.student == "auto":
-        rule = Choice(max_accuracy_drop=cfg.auto_max_drop, of_best=True)
-        return [cfg.replace(student=name) for name in cfg.auto_candidates], None, rule
+        rule = Choice(max_accuracy_drop=cfg.auto_max_drop, or_most_accurate=True)
+        return [cfg.replace(student=name) for name in cfg.auto_candidates], rule, rule
     return [cfg], None, choice
 
 
@@ -234,15 +234,9 @@ def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
     """
     if not choice.active:
         return candidates[0]
-    if choice.of_best and choice.max_accuracy_drop is not None:
-        best = max(c.row["val_accuracy"] for c in candidates)
-        fits = [
-            c
-            for c in candidates
-            if 100 * (best - c.row["val_accuracy"]) <= choice.max_accuracy_drop
-        ]
-    else:
-        fits = [c for c in candidates if choice.admits(c.row)]
+    fits = [c for c in candidates if choice.admits(c.row)]
+    if not fits and choice.or_most_accurate:
+        return max(candidates, key=lambda c: (c.row["val_accuracy"], -c.row["bytes"]))
     if not fits:
         tried = ", ".join(
             f"{c.row['student']}/{c.row['prune_ratio']}/{c.row['quant']} "
