@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedge.core import config_rules
 from fedge.core.settings import ConfigError, coerce, kebab, lookup, setting, settings_of
 
 DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
@@ -282,74 +283,7 @@ class RunConfig:
             raise ConfigError(f"unknown dataset {self.dataset!r}; allowed: {allowed}, npz:PATH")
         for spec in SETTINGS.values():
             spec.check(getattr(self, spec.name))
-        self._validate_robustness()
-        self._validate_privacy()
-        for name in self.auto_candidates:
-            if name not in STUDENTS:
-                raise ConfigError(
-                    f"unknown student {name!r} in auto-students; allowed: {', '.join(STUDENTS)}"
-                )
-        if self.kd_source in ("federated", "both") and self.dp != "none":
-            raise ConfigError(
-                f"kd-source {self.kd_source!r} trains the student on client data, and its rounds "
-                f"are not covered by dp {self.dp!r}'s accounting; allowed with dp: kd-source "
-                "public or auto (the student is then post-processing of the DP teacher)"
-            )
-        if self.qat == "always" and self.quant_mode != "static":
-            raise ConfigError(
-                f"qat always trains for static int8, but quant-mode is {self.quant_mode!r}; "
-                "allowed with qat always: quant-mode static"
-            )
-        server_share = self.test_fraction + self.val_fraction + self.public_fraction
-        if server_share >= 0.9:
-            raise ConfigError(
-                f"test-fraction + val-fraction + public-fraction = {server_share:.2f} leaves "
-                "clients less than 10 % of the data; allowed: a sum below 0.9"
-            )
-
-    def _validate_privacy(self) -> None:
-        if self.dp_clip_mode == "adaptive" and self.dp != "central":
-            raise ConfigError(
-                f"dp-clip-mode adaptive adapts the clipping norm of client updates: it needs "
-                f"dp central, got dp {self.dp!r} (local DP-SGD clips per sample at dp-clip)"
-            )
-        if self.dp == "local" and self.strategy == "fedprox":
-            raise ConfigError(
-                "dp local cannot use strategy 'fedprox' (its proximal term has no per-sample "
-                "gradient for DP-SGD to clip); allowed: fedavg, fedadam"
-            )
-        if self.dp == "central" and self.teacher_mode == "ensemble":
-            raise ConfigError(
-                "dp central protects only the noised global model; teacher-mode 'ensemble' "
-                "would distil the clients' un-noised models; allowed with dp central: global"
-            )
-        if self.dp == "central" and (self.strategy == "fedadam" or self.aggregation != "fedavg"):
-            raise ConfigError(
-                f"dp central needs the plain mean (strategy fedavg or fedprox, aggregation "
-                f"fedavg): its noise is calibrated to it; got strategy {self.strategy!r}, "
-                f"aggregation {self.aggregation!r}"
-            )
-
-    def _validate_robustness(self) -> None:
-        if self.aggregation != "fedavg" and self.strategy == "fedadam":
-            raise ConfigError(
-                f"aggregation {self.aggregation!r} cannot be combined with strategy 'fedadam'; "
-                "allowed with fedadam: fedavg"
-            )
-        if self.aggregation == "bulyan" and self.clients < 4 * self.num_malicious + 3:
-            raise ConfigError(
-                f"aggregation 'bulyan' needs clients >= 4 x num-malicious + 3 = "
-                f"{4 * self.num_malicious + 3}, got clients={self.clients}"
-            )
-        if self.aggregation in ("krum", "multi-krum") and self.clients < 2 * self.num_malicious + 3:
-            raise ConfigError(
-                f"aggregation {self.aggregation!r} needs clients >= 2 x num-malicious + 3 = "
-                f"{2 * self.num_malicious + 3}, got clients={self.clients}"
-            )
-        if self.min_clients > self.clients:
-            raise ConfigError(
-                f"min-clients must be <= clients={self.clients}, got {self.min_clients}"
-            )
+        config_rules.check(self)
 
     def incompatible_with(self, other: RunConfig) -> list[str]:
         """Settings (kebab-case) that differ and that a resumed run may not change."""

@@ -1,0 +1,84 @@
+"""Rules between run settings (one setting's own range is in its declaration, config.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedge.core.settings import ConfigError
+
+if TYPE_CHECKING:
+    from fedge.core.config import RunConfig
+
+
+def check(cfg: RunConfig) -> None:
+    """ConfigError naming the first conflict between settings and what is allowed."""
+    from fedge.core.config import STUDENTS  # config.py imports this module
+
+    _robustness(cfg)
+    _privacy(cfg)
+    for name in cfg.auto_candidates:
+        if name not in STUDENTS:
+            raise ConfigError(
+                f"unknown student {name!r} in auto-students; allowed: {', '.join(STUDENTS)}"
+            )
+    if cfg.kd_source in ("federated", "both") and cfg.dp != "none":
+        raise ConfigError(
+            f"kd-source {cfg.kd_source!r} trains the student on client data, and its rounds "
+            f"are not covered by dp {cfg.dp!r}'s accounting; allowed with dp: kd-source "
+            "public or auto (the student is then post-processing of the DP teacher)"
+        )
+    if cfg.qat == "always" and cfg.quant_mode != "static":
+        raise ConfigError(
+            f"qat always trains for static int8, but quant-mode is {cfg.quant_mode!r}; "
+            "allowed with qat always: quant-mode static"
+        )
+    server_share = cfg.test_fraction + cfg.val_fraction + cfg.public_fraction
+    if server_share >= 0.9:
+        raise ConfigError(
+            f"test-fraction + val-fraction + public-fraction = {server_share:.2f} leaves "
+            "clients less than 10 % of the data; allowed: a sum below 0.9"
+        )
+
+
+def _privacy(cfg: RunConfig) -> None:
+    if cfg.dp_clip_mode == "adaptive" and cfg.dp != "central":
+        raise ConfigError(
+            f"dp-clip-mode adaptive adapts the clipping norm of client updates: it needs "
+            f"dp central, got dp {cfg.dp!r} (local DP-SGD clips per sample at dp-clip)"
+        )
+    if cfg.dp == "local" and cfg.strategy == "fedprox":
+        raise ConfigError(
+            "dp local cannot use strategy 'fedprox' (its proximal term has no per-sample "
+            "gradient for DP-SGD to clip); allowed: fedavg, fedadam"
+        )
+    if cfg.dp == "central" and cfg.teacher_mode == "ensemble":
+        raise ConfigError(
+            "dp central protects only the noised global model; teacher-mode 'ensemble' "
+            "would distil the clients' un-noised models; allowed with dp central: global"
+        )
+    if cfg.dp == "central" and (cfg.strategy == "fedadam" or cfg.aggregation != "fedavg"):
+        raise ConfigError(
+            f"dp central needs the plain mean (strategy fedavg or fedprox, aggregation "
+            f"fedavg): its noise is calibrated to it; got strategy {cfg.strategy!r}, "
+            f"aggregation {cfg.aggregation!r}"
+        )
+
+
+def _robustness(cfg: RunConfig) -> None:
+    if cfg.aggregation != "fedavg" and cfg.strategy == "fedadam":
+        raise ConfigError(
+            f"aggregation {cfg.aggregation!r} cannot be combined with strategy 'fedadam'; "
+            "allowed with fedadam: fedavg"
+        )
+    if cfg.aggregation == "bulyan" and cfg.clients < 4 * cfg.num_malicious + 3:
+        raise ConfigError(
+            f"aggregation 'bulyan' needs clients >= 4 x num-malicious + 3 = "
+            f"{4 * cfg.num_malicious + 3}, got clients={cfg.clients}"
+        )
+    if cfg.aggregation in ("krum", "multi-krum") and cfg.clients < 2 * cfg.num_malicious + 3:
+        raise ConfigError(
+            f"aggregation {cfg.aggregation!r} needs clients >= 2 x num-malicious + 3 = "
+            f"{2 * cfg.num_malicious + 3}, got clients={cfg.clients}"
+        )
+    if cfg.min_clients > cfg.clients:
+        raise ConfigError(f"min-clients must be <= clients={cfg.clients}, got {cfg.min_clients}")
