@@ -6,6 +6,7 @@ Candidates are every client record (members: the training splits) and the centra
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,23 +75,10 @@ def replay_training(
     count_std = central.count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
     for server_round in range(1, cfg.rounds + 1):
         updates, weights = [], []
-        for pid, (x, y) in enumerate(client_sets):
-            if len(y) == 0:
-                continue
-            local = copy.deepcopy(model)
-            set_weights(local, global_w)
-            local_seed = client_seed(seed, server_round, pid)
-            if cfg.dp == "local":
-                local_dp.dp_sgd_train(
-                    local, x, y, schedule=local_dp.plan(len(y), cfg), epochs=cfg.local_epochs,
-                    lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
-                )  # fmt: skip
-            else:
-                train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                      seed=local_seed)  # fmt: skip
-            new = get_weights(local)
+        fit = _teacher_fit(cfg, seed, server_round)
+        for new, count in local_models(model, global_w, client_sets, fit):
             updates.append({k: new[k] - global_w[k] for k in global_w})
-            weights.append(1.0 if cfg.dp == "central" else float(len(y)))
+            weights.append(1.0 if cfg.dp == "central" else float(count))
         if cfg.dp == "central":
             clipped = sum(_norm(u) > clip for u in updates)
             updates = [_clip(u, clip) for u in updates]
@@ -109,6 +97,42 @@ def replay_training(
         global_w = {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
     set_weights(model, global_w)
     return model.eval()
+
+
+LocalFit = Callable[[nn.Module, int, np.ndarray, np.ndarray], None]
+
+
+def local_models(
+    model: nn.Module,
+    global_w: dict[str, np.ndarray],
+    client_sets: list[tuple[np.ndarray, np.ndarray]],
+    fit: LocalFit,
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Each client with data: a copy of the global model trained by `fit`, and its sample count."""
+    for pid, (x, y) in enumerate(client_sets):
+        if len(y) == 0:
+            continue
+        local = copy.deepcopy(model)
+        set_weights(local, global_w)
+        fit(local, pid, x, y)
+        yield dict(get_weights(local)), len(y)
+
+
+def _teacher_fit(cfg: RunConfig, seed: int, server_round: int) -> LocalFit:
+    """One client's training in a teacher round, as the ClientApp does it (DP-SGD under local DP)."""
+
+    def fit(local: nn.Module, pid: int, x: np.ndarray, y: np.ndarray) -> None:
+        local_seed = client_seed(seed, server_round, pid)
+        if cfg.dp == "local":
+            local_dp.dp_sgd_train(
+                local, x, y, schedule=local_dp.plan(len(y), cfg), epochs=cfg.local_epochs,
+                lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
+            )  # fmt: skip
+        else:
+            train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                  seed=local_seed)  # fmt: skip
+
+    return fit
 
 
 def _norm(update: dict[str, np.ndarray]) -> float:
@@ -135,19 +159,17 @@ def student_replay(
         global_w = dict(get_weights(model))
         for index in range(1, config.rounds + 1):
             server_round = cfg.rounds + index
-            updates, weights = [], []
-            for pid, (x, y) in enumerate(client_sets):
-                if len(y) == 0:
-                    continue
-                local = copy.deepcopy(model)
-                set_weights(local, global_w)
+
+            def fit(local: nn.Module, pid: int, x: np.ndarray, y: np.ndarray) -> None:
                 kd_local_train(
                     local, x, y, logits[pid], epochs=config.epochs, lr=config.lr,
-                    batch_size=config.batch_size, seed=client_seed(cfg.seed, server_round, pid),
+                    batch_size=config.batch_size, seed=client_seed(cfg.seed, server_round, pid),  # noqa: B023
                     temperature=config.temperature, alpha=config.alpha, soft=config.soft,
                 )  # fmt: skip
-                updates.append(get_weights(local))
-                weights.append(float(len(y)))
+
+            trained = list(local_models(model, global_w, client_sets, fit))
+            updates = [new for new, _ in trained]
+            weights = [float(count) for _, count in trained]
             total = sum(weights)
             global_w = {
                 k: np.asarray(

@@ -13,22 +13,14 @@ from fedge.compression.distill import DistillConfig, distill
 from fedge.compression.export import ExportConfig, export_onnx
 from fedge.compression.kd import KDConfig
 from fedge.compression.qat import QATConfig, export_qdq, qat_train, quantize_with_qat
-from fedge.compression.quantize import QuantizeConfig, quantize
+from fedge.compression.quantize import quantize
 from fedge.core.ort import make_session, session_accuracy, session_logits
 from fedge.core.training import predict_logits
+from tests.compression.configs import SHAPE, STATIC
 
-SHAPE = (1, 8, 8)
 KD = KDConfig(temperature=4.0, labels="hard", queries="pool", seed=0)
 SELF_KD = KDConfig(temperature=1.0, labels="soft", queries="augmented", seed=0)
 QAT = QATConfig(mode="fallback", epochs=60, kd=SELF_KD, static=True, tolerance=0.01)
-STATIC = QuantizeConfig(
-    mode="static",
-    format="qdq",
-    per_channel=True,
-    calibration="minmax",
-    calibration_samples=256,
-    tolerance=0.01,
-)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,9 @@ from fedge.compression.quantize import QuantizeConfig, guard, quantize
 from fedge.core.models import build_student, count_params
 from fedge.core.ort import make_session, session_accuracy, session_logits
 from fedge.core.training import evaluate, predict_logits
+from tests.compression.configs import SHAPE, STATIC
 
-SHAPE = (1, 8, 8)
 KD = KDConfig(temperature=4.0, labels="soft", queries="augmented", seed=0)
-STATIC = QuantizeConfig(
-    mode="static",
-    format="qdq",
-    per_channel=True,
-    calibration="minmax",
-    calibration_samples=256,
-    tolerance=0.01,
-)
 
 
 def quant(**changes) -> QuantizeConfig:

@@ -82,15 +82,21 @@ def _kill_deploy(monkeypatch):
     monkeypatch.setattr(server_run, "deploy_bundle", killed)
 
 
-def test_a_run_killed_during_deployment_resumes_with_the_same_bundle(tmp_path, monkeypatch):
+def _killed_during_deployment(tmp_path, monkeypatch) -> dict:
+    """Run until deployment, where the server 'dies'; the shipped student's figures."""
     monkeypatch.setenv("FEDGE_SIMULATION", "1")
     final = tmp_path / "run"
     original = server_run.deploy_bundle
     _kill_deploy(monkeypatch)
     with pytest.raises(KeyboardInterrupt), staged_run_dir(final) as work:
         run_server(LocalGrid(client_app, num_nodes=3), CFG.replace(out=str(final)), work)
-    first = json.loads((tmp_path / "run.partial" / COMPRESSED_FILE).read_text())["student"]
     monkeypatch.setattr(server_run, "deploy_bundle", original)
+    return json.loads((tmp_path / "run.partial" / COMPRESSED_FILE).read_text())["student"]
+
+
+def test_a_run_killed_during_deployment_resumes_with_the_same_bundle(tmp_path, monkeypatch):
+    first = _killed_during_deployment(tmp_path, monkeypatch)
+    final = tmp_path / "run"
     monkeypatch.setattr(
         server_run, "compress_and_ship", lambda *a, **k: pytest.fail("recompressed")
     )
@@ -103,17 +109,10 @@ def test_a_run_killed_during_deployment_resumes_with_the_same_bundle(tmp_path, m
 
 
 def test_a_bundle_without_its_record_is_made_again_with_the_same_bytes(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDGE_SIMULATION", "1")
-    final = tmp_path / "run"
-    original = server_run.deploy_bundle
-    _kill_deploy(monkeypatch)
-    with pytest.raises(KeyboardInterrupt), staged_run_dir(final) as work:
-        run_server(LocalGrid(client_app, num_nodes=3), CFG.replace(out=str(final)), work)
-    partial = tmp_path / "run.partial"
-    first = json.loads((partial / COMPRESSED_FILE).read_text())["student"]
+    first = _killed_during_deployment(tmp_path, monkeypatch)
+    final, partial = tmp_path / "run", tmp_path / "run.partial"
     (partial / COMPRESSED_FILE).unlink()  # killed between writing the bundle and its record
     assert phase.load_shipped(partial) is None and not (partial / "bundle").exists()
-    monkeypatch.setattr(server_run, "deploy_bundle", original)
     with staged_run_dir(final, resume=True) as work:
         results = run_server(
             LocalGrid(client_app, num_nodes=3), CFG.replace(out=str(final), resume=True), work
