@@ -69,7 +69,7 @@ done
 echo "== federated training, compression, signed redistribution"
 cd "$APP"
 flwr run . fedge-demo --stream --run-config \
-  "clients=$NODES rounds=$ROUNDS partition='iid' out='$WORK/run' private-key='$C/signing.key' round-timeout=120.0" \
+  "clients=$NODES rounds=$ROUNDS partition='iid' out='$WORK/run' private-key='$C/signing.key' round-timeout=120.0 auto-students='deep-small' student-rounds=5" \
   >"$WORK/logs/flwr-run.log" 2>&1 || true
 for _ in $(seq 600); do [ -f "$WORK/run/results.json" ] && break; sleep 0.5; done
 if [ ! -f "$WORK/run/results.json" ]; then

@@ -191,7 +191,9 @@ def test_tls_superlink_with_node_auth_three_supernodes_and_a_killed_node(tmp_pat
             "--stream",
             "--run-config",
             f"clients=3 rounds=3 partition='iid' out='{out}' private-key='{certs}/signing.key' "
-            "round-timeout=90.0 kd-epochs=10 finetune-epochs=2 local-epochs=2",
+            "round-timeout=90.0 kd-epochs=10 finetune-epochs=2 local-epochs=2 "
+            # federated distillation over the same TLS links, kept short
+            "auto-students='deep-small' student-rounds=2 student-epochs=1 qat-epochs=5",
         )
         _wait_for(
             lambda: procs.log("flwr-run").count("configure_train") >= 2, 300, "round 2 to start"
@@ -207,6 +209,8 @@ def test_tls_superlink_with_node_auth_three_supernodes_and_a_killed_node(tmp_pat
     killed = results["rounds"][1]["clients_failed"]
     assert [f["partition_id"] for f in killed] == [2], killed  # the dead node, and only it
     assert results["rounds"][1]["clients_ok"] == 2 and results["rounds"][2]["clients_ok"] == 2
+    # The student's rounds ran on the two live nodes, over the same authenticated TLS links.
+    assert [r["clients_ok"] for r in results["student_rounds"]["rounds"]] == [2, 2]
     installed = {c["partition_id"]: c["installed"] for c in results["clients"]}
     assert installed == {0: True, 1: True, 2: False}
     key = load_public_key(certs / "signing.pub")
