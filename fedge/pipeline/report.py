@@ -16,6 +16,7 @@ def render_report(results: dict[str, Any]) -> str:
         + f", {cfg['strategy']}, {cfg['rounds']} rounds, seed {cfg['seed']}.",
         "",
         *_compression_lines(results),
+        *(_choice_lines(results["choice"]) if results.get("choice") else []),
         *_privacy_lines(results["privacy"]),
         "",
         "## Federated training (central test split)",
