@@ -27,6 +27,8 @@ SETTINGS_HELP = (
     '--run-config "KEY=VALUE KEY=VALUE" as with `flwr run`. `fedge settings` lists them all. '
     "Order: defaults, then --scenario, then --run-config, then flags."
 )
+NOT_SHIPPED_EXIT = 3  # the run finished, but the quality gate stopped the student
+
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -123,6 +125,7 @@ def compress(
 ) -> None:
     """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
     from fedge.pipeline.candidates import Choice
+    from fedge.pipeline.gate import NotShippedError
     from fedge.pipeline.recompress import compress_config, compress_run
     from fedge.pipeline.rundir import staged_run_dir, timestamped_out
     from fedge.simulations.runner import requested_settings
@@ -145,6 +148,11 @@ def compress(
             results = compress_run(run_dir, cfg, work, teacher_params, choice, grid)
     except ConfigError as err:  # e.g. no student meets the limit: nothing was written
         raise fail(str(err)) from None
+    except NotShippedError as stop:
+        raise fail(
+            f"quality gate: {stop}; nothing written. Ship it anyway: --ship-anyway",
+            code=NOT_SHIPPED_EXIT,
+        ) from None
     student_row = results["student"]
     console.print(
         f"student {100 * student_row['accuracy']:.2f} % ({student_row['onnx_bytes']:,} bytes, "
@@ -248,6 +256,13 @@ def _summary(run_dir: Path) -> None:
         f"{teacher['params']:,}",
         f"{teacher['onnx_bytes']:,}",
     )
+    if student is None:
+        Console().print(table)
+        raise fail(
+            f"NOT SHIPPED: quality gate: {results['quality_gate']['reason']}. No client got a "
+            f"model. Ship it anyway: fedge compress {run_dir} --ship-anyway",
+            code=NOT_SHIPPED_EXIT,
+        )
     table.add_row(
         "deployed student",
         f"{100 * student['accuracy']:.2f} %",

@@ -48,6 +48,9 @@ class RunConfig:
     """Every setting of one fedge run, each declared once (fedge.core.settings.setting)."""
 
     dataset: str = setting("digits", "data: digits | mnist1d | npz:PATH")
+    dataset_size: int = setting(
+        0, "mnist1d: samples to generate, 80 % train (0: its own 5,000)", interval="[0, 1000000]"
+    )
     clients: int = setting(10, "number of federated clients (partitions)", interval=">= 1")
     rounds: int = setting(10, "federated rounds of teacher training", interval=">= 1")
     teacher: str = setting(
@@ -85,6 +88,25 @@ class RunConfig:
     )
     round_timeout: float = setting(
         300.0, "seconds to wait for replies in one round", interval="> 0", resume=True
+    )
+    teacher_margin: float = setting(
+        0.1,
+        "quality gate: the teacher must beat chance (the majority class's share of validation) "
+        "by this much to be compressed and shipped",
+        interval="[0, 1)",
+        compress=True,
+    )
+    teacher_floor: float = setting(
+        0.0,
+        "quality gate: the least teacher validation accuracy to ship",
+        interval="[0, 1]",
+        compress=True,
+    )
+    ship_anyway: bool = setting(
+        False,
+        "compress and ship even a teacher that fails the quality gate",
+        compress=True,
+        resume=True,
     )
     student: str = setting(
         "auto",

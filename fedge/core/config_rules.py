@@ -32,6 +32,16 @@ def check(cfg: RunConfig) -> None:
             f"qat always trains for static int8, but quant-mode is {cfg.quant_mode!r}; "
             "allowed with qat always: quant-mode static"
         )
+    if cfg.dataset_size and cfg.dataset != "mnist1d":
+        raise ConfigError(
+            f"dataset-size applies to generated data only (mnist1d), not {cfg.dataset!r}; "
+            "allowed: dataset-size 0 or dataset mnist1d"
+        )
+    if 0 < cfg.dataset_size < 1000:
+        raise ConfigError(
+            f"dataset-size {cfg.dataset_size} is too small to split; allowed: 0 (mnist1d's "
+            "5,000) or 1000 to 1000000"
+        )
     server_share = cfg.test_fraction + cfg.val_fraction + cfg.public_fraction
     if server_share >= 0.9:
         raise ConfigError(

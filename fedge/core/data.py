@@ -96,17 +96,28 @@ class Dataset:
     standardize: bool = False  # user data: statistics from the public pool (build_federation)
 
 
-def load_dataset(name: str) -> Dataset:
-    """Load `digits`, `mnist1d` or `npz:PATH` (cached per process)."""
+def load_dataset(name: str, size: int = 0) -> Dataset:
+    """Load `digits`, `mnist1d` or `npz:PATH` (cached per process).
+
+    `size` > 0: generate that many mnist1d samples (the other datasets have a fixed size).
+    """
+    if size and name != "mnist1d":
+        raise ConfigError(
+            f"dataset-size applies to generated data only (mnist1d), not {name!r}; "
+            "allowed: dataset-size 0 or dataset mnist1d"
+        )
     if name == "digits":
         return _digits()
     if name == "mnist1d":
-        return _mnist1d()
+        return _mnist1d(size or MNIST1D_SIZE)
     if name.startswith("npz:"):
         path = Path(name[4:]).expanduser().resolve()
         stat = path.stat() if path.is_file() else None
         return _npz(str(path), stat.st_mtime_ns if stat else 0)
     raise ConfigError(f"unknown dataset {name!r}; allowed: digits, mnist1d, npz:PATH")
+
+
+MNIST1D_SIZE = 5000  # mnist1d's own default number of samples
 
 
 @functools.cache
@@ -128,11 +139,13 @@ def _digits() -> Dataset:
 
 
 @functools.cache
-def _mnist1d() -> Dataset:
+def _mnist1d(size: int) -> Dataset:
     # make_dataset generates locally; get_dataset would try a download and write a pickle.
     from mnist1d.data import get_dataset_args, make_dataset
 
-    data = make_dataset(get_dataset_args())
+    args = get_dataset_args()
+    args.num_samples = size  # another size is another draw: the default stays the same data
+    data = make_dataset(args)
     return Dataset(
         name="mnist1d",
         kind="signal",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class Federation:
 
 SPLIT_FIELDS = (
     "dataset",
+    "dataset_size",
     "clients",
     "partition",
     "alpha",
@@ -93,7 +95,7 @@ def build_federation(cfg: RunConfig) -> Federation:
 def _build(cfg: RunConfig) -> Federation:
     from sklearn.model_selection import train_test_split
 
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(cfg.dataset, cfg.dataset_size)
     rng_seed = cfg.seed
     x, y = data.x, data.y
     n_total = len(y) + (0 if data.y_test is None else len(data.y_test))
@@ -191,11 +193,17 @@ def partition_labels(y: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, ...]:
         )
     partitioner.dataset = HFDataset.from_dict({"label": y.tolist(), "idx": np.arange(len(y))})
     try:
-        parts = tuple(
-            np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(n)
-        )
+        with warnings.catch_warnings():  # the Dirichlet partitioner warns on every retry
+            warnings.simplefilter("ignore", UserWarning)
+            parts = tuple(
+                np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(n)
+            )
     except ValueError as err:
-        raise ConfigError(f"cannot partition {len(y)} samples over {n} clients: {err}") from err
+        more = ", or generate more (dataset-size)" if cfg.dataset == "mnist1d" else ""
+        raise ConfigError(
+            f"cannot partition {len(y)} samples over {n} clients ({cfg.partition}): {err} "
+            f"Use fewer clients or a larger alpha{more}"
+        ) from err
     if cfg.partition == "iid":
         # IidPartitioner splits in order; shuffle the pool first so the split is seeded.
         order = np.random.default_rng(cfg.seed).permutation(len(y))

@@ -35,6 +35,7 @@ from fedge.pipeline.candidates import (
     compress_candidates,
 )
 from fedge.pipeline.federate import FederatedTrainer
+from fedge.pipeline.gate import check_teacher
 from fedge.pipeline.rundir import BUNDLE_DIR, COMPRESSED_FILE, KEYS_DIR, TEACHER_FILE
 from fedge.pipeline.shipping import Shipment, ship
 from fedge.pipeline.stages import CompressionOutcome
@@ -53,6 +54,7 @@ class Compressed:
     choice: Choice
     teacher_val: float
     shipment: Shipment
+    gate: dict[str, Any]
 
     @property
     def outcome(self) -> CompressionOutcome:
@@ -62,6 +64,8 @@ class Compressed:
     def record(self) -> dict[str, Any]:
         """What results.json says about compression (also saved, so a resume need not redo it)."""
         return {
+            "shipped": True,
+            "quality_gate": self.gate,
             "compression_config": self.chosen.compression.to_json(),
             "ensemble": self.source.summary,
             "stages": self.outcome.stages,
@@ -106,11 +110,13 @@ def compress_and_ship(
 
     One candidate for a fixed student; student auto, a limit or a sweep compress several (see
     candidates.candidate_configs). `federated` runs the student's rounds on the clients when the
-    settings ask for them. The caller writes the bundle.
+    settings ask for them. The caller writes the bundle. A teacher that fails the quality gate
+    raises gate.NotShippedError before any compression (unless ship-anyway).
     """
     server = fed.server
     teacher_session = make_session(teacher_onnx)
     teacher_val = session_accuracy(teacher_session, server.val.x, server.val.y)
+    gate = check_teacher(cfg, teacher_val, server.val.y)
     configs, stop, rule = candidate_configs(cfg, choice or Choice(), grid)
     check_byte_budget(configs, rule, fed)
     candidates = compress_candidates(
@@ -135,7 +141,28 @@ def compress_and_ship(
         key=key,
         model_id=model_id,
     )
-    return Compressed(source, candidates, chosen, rule, teacher_val, shipment)
+    return Compressed(source, candidates, chosen, rule, teacher_val, shipment, gate)
+
+
+def not_shipped_record(
+    gate: dict[str, Any], teacher_onnx: bytes, fed: Federation, source: KdSource
+) -> dict[str, Any]:
+    """What results.json says about compression when the quality gate stopped it."""
+    session = make_session(teacher_onnx)
+    return {
+        "shipped": False,
+        "quality_gate": gate,
+        "compression_config": None,
+        "ensemble": source.summary,
+        "stages": [],
+        "choice": None,
+        "student_rounds": None,
+        "teacher": {
+            "accuracy": session_accuracy(session, fed.server.test.x, fed.server.test.y),
+            "onnx_bytes": len(teacher_onnx),
+        },
+        "student": None,
+    }
 
 
 def save_shipped(compressed: Compressed, run_dir: Path) -> dict[str, Any]:

@@ -41,12 +41,13 @@ def accuracy_plot(results: dict[str, Any]) -> bytes:
     accuracy = [100 * r["accuracy"] for r in results["rounds"]]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(rounds, accuracy, marker="o", label="teacher (federated, central test)")
-    ax.axhline(
-        100 * results["student"]["accuracy"],
-        color="C2",
-        linestyle="--",
-        label=f"deployed student ({results['student']['onnx_bytes'] / 1024:.1f} KiB)",
-    )
+    if results["student"]:  # None: the quality gate shipped nothing
+        ax.axhline(
+            100 * results["student"]["accuracy"],
+            color="C2",
+            linestyle="--",
+            label=f"deployed student ({results['student']['onnx_bytes'] / 1024:.1f} KiB)",
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.set_xticks(rounds)

@@ -129,6 +129,7 @@ def compress_run(
     privacy = json.loads((run_dir / RESULTS_FILE).read_text()).get("privacy")
     results = _results(run_dir, chosen, source.summary, shipment, teacher_params, privacy)
     results["student_rounds"] = chosen.outcome.federated
+    results["quality_gate"] = compressed.gate
     results["timing_s"] = {"compression": time.monotonic() - start}
     results["choice"] = compressed.choice_json(sweep=grid is not None)
     if grid is not None:

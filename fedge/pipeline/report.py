@@ -15,7 +15,7 @@ def render_report(results: dict[str, Any]) -> str:
         + (f" (alpha {cfg['alpha']})" if cfg["partition"] == "dirichlet" else "")
         + f", {cfg['strategy']}, {cfg['rounds']} rounds, seed {cfg['seed']}.",
         "",
-        *_compression_lines(results),
+        *(_compression_lines(results) if student else _gate_lines(results)),
         *(_choice_lines(results["choice"]) if results.get("choice") else []),
         *_privacy_lines(results["privacy"]),
         "",
@@ -64,12 +64,16 @@ def render_report(results: dict[str, Any]) -> str:
         + f", redistribution {comm['deploy_bytes'] / 1e3:.1f} kB.",
         f"- Time: total {timing['total']:.1f} s (training {timing['training']:.1f} s, "
         f"compression {timing['compression']:.1f} s, deploy {timing['deploy']:.1f} s).",
-        f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student['sha256'][:16]}...`.",
+        f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student['sha256'][:16]}...`."
+        if student
+        else "- Bundle: none (the quality gate stopped it).",
         "",
         "The student is trained on the server's public pool only (never on client data)."
-        if not results.get("student_rounds")
+        if student and not results.get("student_rounds")
         else "The student also trained on the clients' data, on the clients (federated "
-        "distillation); no client data reached the server.",
+        "distillation); no client data reached the server."
+        if student
+        else "",
         "",
     ]
     return "\n".join(lines)
@@ -180,12 +184,30 @@ def _choice_lines(choice: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gate_lines(results: dict[str, Any]) -> list[str]:
+    """The run that shipped nothing: why, and how to ship it anyway."""
+    gate, teacher = results["quality_gate"], results["teacher"]
+    return [
+        "## NOT SHIPPED: the teacher failed the quality gate",
+        "",
+        f"{gate['reason']}. No student was distilled, signed or sent to any client. Teacher "
+        f"test accuracy {_pct(teacher['accuracy'])}. To ship it anyway: "
+        f"`fedge compress {results['run_id']} --ship-anyway` (or run with ship-anyway true).",
+    ]
+
+
 def _compression_lines(results: dict[str, Any]) -> list[str]:
     """Teacher vs each stage vs the deployed student: accuracy, size, latency."""
     teacher, student = results["teacher"], results["student"]
+    gate = results.get("quality_gate") or {"passed": True}
     lines = [
         "## Teacher and compression stages (central test split)",
         "",
+        *(
+            []
+            if gate["passed"]
+            else [f"**Shipped despite the quality gate**: {gate['reason']}.", ""]
+        ),
         _distilled_from(results["ensemble"]),
         "",
         "| model | accuracy | params | bytes | vs teacher ONNX |",

@@ -68,6 +68,12 @@ def _client_row(reply: Message | None, partition_id: int | None) -> dict[str, An
     }
 
 
+def not_deployed(node_partition: dict[int, int]) -> list[dict[str, Any]]:
+    """Every client's row when the quality gate stopped the bundle (nothing was sent)."""
+    reason = "not shipped: the teacher failed the quality gate"
+    return [_not_installed(p, reason) for p in sorted(set(node_partition.values()))]
+
+
 def _not_installed(partition_id: int | None, reason: str) -> dict[str, Any]:
     return {
         "partition_id": partition_id,

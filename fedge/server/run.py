@@ -21,9 +21,11 @@ from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.checkpoint import CheckpointDir
 from fedge.pipeline.federate import recording
+from fedge.pipeline.gate import NotShippedError
 from fedge.pipeline.phase import (
     compress_and_ship,
     load_shipped,
+    not_shipped_record,
     save_shipped,
     signing_key,
     write_teacher,
@@ -38,7 +40,7 @@ from fedge.pipeline.rundir import (
     final_dir,
 )
 from fedge.pipeline.teacher_source import global_source
-from fedge.server.deploy import deploy_bundle
+from fedge.server.deploy import deploy_bundle, not_deployed
 from fedge.server.ensemble import ensemble_source
 from fedge.server.student_rounds import flower_trainer
 from fedge.server.training_loop import train_teacher
@@ -88,10 +90,13 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.distill_from != "public":  # the student's rounds on the clients, saved for replays
             test = fed.server.test
             trainer = recording(flower_trainer(grid, cfg, spec, final_sha256, test), run_dir)
-        compressed = compress_and_ship(
-            cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
-        )
-        shipped = save_shipped(compressed, run_dir), compressed.shipment.files
+        try:
+            compressed = compress_and_ship(
+                cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
+            )
+            shipped = save_shipped(compressed, run_dir), compressed.shipment.files
+        except NotShippedError as stop:
+            shipped = not_shipped_record(stop.gate, teacher_onnx, fed, source), {}
     else:
         log.info(
             "resuming with the bundle this run already made (version %d)",
@@ -100,15 +105,17 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     compression, files = shipped
     t2 = time.monotonic()
 
-    clients, deploy_bytes = deploy_bundle(
-        grid,
-        cfg,
-        files,
-        simulation_store_root=run_dir / NODES_DIR,
-        simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
-        node_partition=training.node_partition,
-        spec=spec,
-    )
+    clients, deploy_bytes = not_deployed(training.node_partition), 0
+    if files:
+        clients, deploy_bytes = deploy_bundle(
+            grid,
+            cfg,
+            files,
+            simulation_store_root=run_dir / NODES_DIR,
+            simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
+            node_partition=training.node_partition,
+            spec=spec,
+        )
     for row in clients:
         row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])
     t3 = time.monotonic()

@@ -79,6 +79,30 @@ def test_mnist1d_is_generated_locally_with_its_own_test_split():
     assert fed.dataset.kind == "signal"
 
 
+def test_mnist1d_generates_as_many_samples_as_asked_and_the_default_is_its_own():
+    default = build_federation(RunConfig(dataset="mnist1d", partition="iid"))
+    same = build_federation(RunConfig(dataset="mnist1d", partition="iid", dataset_size=5000))
+    np.testing.assert_array_equal(default.server.test.x, same.server.test.x)
+    bigger = build_federation(RunConfig(dataset="mnist1d", partition="iid", dataset_size=10_000))
+    assert bigger.server.test.x.shape == (2000, 1, 40)
+    assert sum(len(p) for p in bigger.partitions) > 1.9 * sum(len(p) for p in default.partitions)
+
+
+def test_too_few_samples_for_dirichlet_clients_names_the_fix():
+    cfg = RunConfig(dataset="mnist1d", clients=1000, partition="dirichlet")
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot partition 2250 samples over 1000 clients.*"
+        r"generate more \(dataset-size\)",
+    ):
+        build_federation(cfg)
+
+
+def test_dataset_size_is_refused_for_data_of_fixed_size():
+    with pytest.raises(ConfigError, match="dataset-size applies to generated data only"):
+        build_federation(RunConfig(dataset="digits", dataset_size=10_000))
+
+
 def test_npz_dataset(tmp_path, rng):
     path = tmp_path / "data.npz"
     x = rng.normal(size=(400, 12)).astype(np.float32)

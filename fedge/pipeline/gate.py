@@ -1,0 +1,59 @@
+"""The quality gate: a teacher no better than chance is neither compressed nor shipped."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from fedge.core.config import RunConfig
+
+log = logging.getLogger("fedge")
+
+
+class NotShippedError(RuntimeError):
+    """The teacher failed the quality gate and `ship-anyway` is off; `gate` says why."""
+
+    def __init__(self, gate: dict[str, Any]) -> None:
+        super().__init__(gate["reason"])
+        self.gate = gate
+
+
+def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> dict[str, Any]:
+    """The gate's verdict on the teacher's validation accuracy (results.json "quality_gate").
+
+    Chance is what always answering the most common validation label scores (on balanced
+    classes 1/K); the teacher must reach max(teacher-floor, chance + teacher-margin).
+    """
+    counts = np.bincount(np.asarray(val_y, dtype=np.int64))
+    chance = float(counts.max() / counts.sum()) if counts.sum() else 0.0
+    threshold = max(cfg.teacher_floor, chance + cfg.teacher_margin)
+    passed = teacher_val >= threshold
+    reason = (
+        f"teacher validation accuracy {100 * teacher_val:.2f} % "
+        f"{'reaches' if passed else 'is below'} the gate's {100 * threshold:.2f} % "
+        f"(chance {100 * chance:.2f} % + teacher-margin {100 * cfg.teacher_margin:.0f} points"
+        + (f", teacher-floor {100 * cfg.teacher_floor:.2f} %" if cfg.teacher_floor else "")
+        + ")"
+    )
+    gate = {
+        "passed": bool(passed),
+        "teacher_val_accuracy": teacher_val,
+        "chance": chance,
+        "threshold": threshold,
+        "teacher_margin": cfg.teacher_margin,
+        "teacher_floor": cfg.teacher_floor,
+        "ship_anyway": cfg.ship_anyway,
+        "reason": reason,
+    }
+    if not passed and cfg.ship_anyway:
+        log.warning("quality gate FAILED, shipping anyway (ship-anyway): %s", reason)
+    elif not passed:
+        log.error(
+            "quality gate FAILED: %s. Nothing is compressed or shipped; to ship this teacher "
+            "anyway: fedge compress RUN --ship-anyway",
+            reason,
+        )
+        raise NotShippedError(gate)
+    return gate
