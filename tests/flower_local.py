@@ -31,10 +31,12 @@ class LocalGrid(Grid):
         num_nodes: int,
         failing_partitions: Iterable[int] = (),
         failing_types: Iterable[str] = ("train",),
+        first_node_id: int = 100,  # another value: the same federation after a restart
     ) -> None:
         set_task_identity()
         self.client_app = client_app
-        self.contexts = {100 + i: node_context(100 + i, i, num_nodes) for i in range(num_nodes)}
+        first = first_node_id
+        self.contexts = {first + i: node_context(first + i, i, num_nodes) for i in range(num_nodes)}
         self.failing = set(failing_partitions)
         self.failing_types = set(failing_types)
         self.sent: list[Message] = []

@@ -153,6 +153,13 @@ def train_student(msg: Message, context: Context) -> Message:
     return student.train_student(cfg, pid, data, msg, context)
 
 
+@app.query(m.INFO_ACTION)
+def info(msg: Message, context: Context) -> Message:
+    """Which partition this node holds: the server samples clients by partition id."""
+    pid = as_int(context.node_config[m.NODE_PARTITION_ID])
+    return Message(RecordDict({m.METRICS: MetricRecord({m.PARTITION_ID: pid})}), reply_to=msg)
+
+
 @app.query(m.LOGITS_ACTION)
 def logits(msg: Message, context: Context) -> Message:
     """Ensemble distillation: this node's model of the asked round, run on the sent public inputs.

@@ -235,6 +235,17 @@ class RunConfig:
     num_malicious: int = setting(
         1, "krum, multi-krum, bulyan: assumed Byzantine clients per round", interval=">= 0"
     )
+    fraction_train: float = setting(
+        1.0,
+        "share of clients sampled to train each round (seeded; central DP: Poisson sampling)",
+        interval="(0, 1]",
+    )
+    min_train_clients: int = setting(
+        0, "sample at least this many clients per round (not with central DP)", interval=">= 0"
+    )
+    fraction_evaluate: float = setting(
+        1.0, "share of clients in the final federated evaluation", interval="(0, 1]"
+    )
     min_clients: int = setting(
         1, "fewest valid updates a round aggregates; fewer skips the round", interval=">= 1"
     )

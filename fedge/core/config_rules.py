@@ -92,3 +92,32 @@ def _robustness(cfg: RunConfig) -> None:
         )
     if cfg.min_clients > cfg.clients:
         raise ConfigError(f"min-clients must be <= clients={cfg.clients}, got {cfg.min_clients}")
+    _sampling(cfg)
+
+
+def _sampling(cfg: RunConfig) -> None:
+    from fedge.core.sampling import poisson, train_size  # sampling imports config
+
+    if cfg.min_train_clients > cfg.clients:
+        raise ConfigError(
+            f"min-train-clients={cfg.min_train_clients} is more clients than exist; "
+            f"allowed: at most clients={cfg.clients}"
+        )
+    if poisson(cfg) and cfg.min_train_clients:
+        raise ConfigError(
+            "min-train-clients cannot be combined with dp central and fraction-train < 1: "
+            "each client is then sampled independently (Poisson), which the accountant needs"
+        )
+    if not poisson(cfg) and cfg.min_clients > train_size(cfg):
+        raise ConfigError(
+            f"min-clients={cfg.min_clients} exceeds the {train_size(cfg)} clients sampled per "
+            "round (fraction-train x clients, at least min-train-clients); lower min-clients"
+        )
+    robust = cfg.aggregation in ("krum", "multi-krum", "bulyan")
+    if robust and cfg.fraction_train < 1:
+        need = (4 if cfg.aggregation == "bulyan" else 2) * cfg.num_malicious + 3
+        if train_size(cfg) < need:
+            raise ConfigError(
+                f"aggregation {cfg.aggregation!r} needs >= {need} updates per round, but "
+                f"fraction-train samples {train_size(cfg)}; raise fraction-train"
+            )

@@ -11,6 +11,8 @@ DEPLOY_ACTION = "deploy"  # registered with @app.query("deploy")
 DEPLOY = f"query.{DEPLOY_ACTION}"
 STUDENT_ACTION = "student"  # federated distillation: a round of student training on clients
 TRAIN_STUDENT = f"{TRAIN}.{STUDENT_ACTION}"
+INFO_ACTION = "info"  # the node's partition id (client sampling is by partition)
+INFO = f"query.{INFO_ACTION}"
 LOGITS_ACTION = "logits"  # ensemble distillation: the client's logits on public inputs
 LOGITS = f"query.{LOGITS_ACTION}"
 

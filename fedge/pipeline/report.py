@@ -21,6 +21,7 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "## Federated training (central test split)",
         "",
+        *_sampling_lines(results.get("sampling")),
         "| round | accuracy | loss | updates used | failed | rejected | note |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -182,6 +183,19 @@ def _choice_lines(choice: dict[str, Any]) -> list[str]:
             cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _sampling_lines(sampling: dict[str, Any] | None) -> list[str]:
+    """One line on client sampling, when rounds did not train every client."""
+    if not sampling or sampling["mode"] == "all":
+        return []
+    how = "each client independently (Poisson)" if sampling["mode"] == "poisson" else "seeded"
+    return [
+        f"Client sampling: {100 * sampling['fraction_train']:g} % of clients per round "
+        f"({sampling['clients_per_round']} clients, {how}); each round's partitions are in "
+        "`results.json` rounds[].sampled.",
+        "",
+    ]
 
 
 def _gate_lines(results: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 from fedge.core.config import RunConfig
 from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.core.sampling import poisson, sample_rate, samples_clients, train_size
 from fedge.pipeline.checkpoint import TrainingLog
 from fedge.pipeline.plots import accuracy_plot
 from fedge.pipeline.report import render_report
@@ -35,6 +36,7 @@ def run_results(
         "rounds": training.rounds,
         "rejected": training.rejected,
         "faults": faults_summary(cfg),
+        "sampling": sampling_summary(cfg),
         "privacy": ledger.summary(cfg, training.rounds),
         "resumed_from": training.resumed_from,
         "final_model_sha256": final_sha256,
@@ -54,6 +56,18 @@ def write_run_outputs(results: dict[str, Any], run_dir: Path) -> None:
     atomic_write_json(run_dir / RESULTS_FILE, results)
     atomic_write_bytes(run_dir / REPORT_FILE, render_report(results).encode())
     atomic_write_bytes(run_dir / PLOT_FILE, accuracy_plot(results))
+
+
+def sampling_summary(cfg: RunConfig) -> dict[str, Any]:
+    """How clients were sampled per round (each round's partitions are in rounds[].sampled)."""
+    mode = "poisson" if poisson(cfg) else "fixed" if samples_clients(cfg) else "all"
+    return {
+        "mode": mode,
+        "fraction_train": cfg.fraction_train,
+        "clients_per_round": train_size(cfg),  # expected, under Poisson sampling
+        "sample_rate": sample_rate(cfg),
+        "fraction_evaluate": cfg.fraction_evaluate,
+    }
 
 
 def faults_summary(cfg: RunConfig) -> dict[str, Any]:

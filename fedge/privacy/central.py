@@ -8,18 +8,20 @@ from __future__ import annotations
 import math
 
 from fedge.core.config import ConfigError, RunConfig
+from fedge.core.sampling import sample_rate, train_size
 from fedge.privacy.accountant import epsilon_of_history, noise_for_epsilon
 
 
 def central_noise(cfg: RunConfig) -> float:
     """The noise multiplier of every round: dp-noise, or the one dp-epsilon asks for.
 
-    Every round aggregates all clients (no sampling amplification), so `rounds` Gaussian
-    releases at sample rate 1 must spend at most dp-epsilon.
+    `rounds` Gaussian releases at the client sample rate (1 without sampling; fraction-train
+    under Poisson sampling, which amplifies privacy) must spend at most dp-epsilon.
     """
     noise = cfg.dp_noise
     if cfg.dp_epsilon > 0:
-        noise = noise_for_epsilon(cfg.dp_epsilon, 1.0, cfg.rounds, cfg.dp_delta, cfg.dp_accountant)
+        rate = sample_rate(cfg)
+        noise = noise_for_epsilon(cfg.dp_epsilon, rate, cfg.rounds, cfg.dp_delta, cfg.dp_accountant)
     if cfg.dp_clip_mode == "adaptive" and noise > 0 and noise >= 2 * count_noise(cfg, noise):
         raise ConfigError(
             f"dp-count-noise={cfg.dp_count_noise} is too small for noise multiplier {noise:.3f}: "
@@ -31,12 +33,12 @@ def central_noise(cfg: RunConfig) -> float:
 def count_noise(cfg: RunConfig, noise: float) -> float:
     """Adaptive clipping: std of the noise on the count of clipped updates (sigma_b).
 
-    dp-count-noise, or max(clients / 20, noise): Andrew et al.'s clients/20 where that leaves
-    the model noise finite, else one that adds about 15 % to the model noise.
+    dp-count-noise, or max(clients per round / 20, noise): Andrew et al.'s clients/20 where
+    that leaves the model noise finite, else one that adds about 15 % to the model noise.
     """
     if cfg.dp_count_noise > 0:
         return cfg.dp_count_noise
-    return max(cfg.clients / 20, noise)
+    return max(train_size(cfg) / 20, noise)
 
 
 def model_noise(noise: float, count_std: float) -> float:
@@ -76,5 +78,6 @@ def effective_noise(
 
 
 def central_epsilon(effective: list[float], cfg: RunConfig) -> float:
-    """Epsilon spent by the released rounds, each at its effective noise (sample rate 1)."""
-    return epsilon_of_history([(z, 1.0, 1) for z in effective], cfg.dp_delta, cfg.dp_accountant)
+    """Epsilon spent by the released rounds, each at its effective noise and the sample rate."""
+    rate = sample_rate(cfg)
+    return epsilon_of_history([(z, rate, 1) for z in effective], cfg.dp_delta, cfg.dp_accountant)

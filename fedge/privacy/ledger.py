@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedge.core.config import RunConfig
+from fedge.core.sampling import poisson
 from fedge.privacy.central import central_epsilon, central_noise, count_noise, effective_noise
 
 
@@ -14,20 +15,27 @@ def round_entry(
     *,
     released: bool,
     aggregated: int,
+    sampled: int,
     client_epsilons: list[float],
     client_noises: list[float],
 ) -> dict[str, Any]:
     """The privacy fields of a round, given the rows of the rounds before it.
 
     central: a released aggregate spends one Gaussian step at its effective noise (lower when
-    fewer than `clients` updates were averaged); a skipped round releases nothing. local: the
+    fewer than the `sampled` clients' updates were averaged); a skipped round releases nothing,
+    except under Poisson client sampling, where every round counts in full (whether a round
+    happened at all depends on who was sampled). local: the
     largest epsilon any replying client reports (each computes it as if it had trained in every
     round so far, an upper bound).
     """
     if cfg.dp == "central":
         noise = central_noise(cfg)
         count_std = count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
-        effective = effective_noise(noise, aggregated, cfg.clients, count_std) if released else None
+        effective = (
+            effective_noise(noise, aggregated, max(1, sampled), count_std) if released else None
+        )
+        if poisson(cfg) and (effective is None or aggregated == 0):
+            effective = noise  # a skipped round still counts, at the round's nominal noise
         history = [r["dp_noise_effective"] for r in rows if r.get("dp_noise_effective")]
         history += [effective] if effective is not None else []
         return {"dp_noise_effective": effective, "dp_epsilon": central_epsilon(history, cfg)}

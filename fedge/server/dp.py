@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedge.core.config import RunConfig
+from fedge.core.sampling import train_size
 from fedge.privacy.central import count_noise, next_clipping_norm
 
 
@@ -56,7 +57,8 @@ class ClientSideAdaptiveClipping(_AndrewClipping, DifferentialPrivacyClientSideA
 def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
     """The strategy inside Flower's DP wrapper: clip each update to dp-clip, add Gaussian noise.
 
-    Noise std on the mean is noise x dp-clip / clients. Clipping happens on the server or, with
+    Noise std on the mean is noise x dp-clip / clients in the round (set per round under
+    client sampling). Clipping happens on the server or, with
     dp-clipping client, in each client's `fixedclipping_mod` before the update leaves the node.
     """
     if cfg.dp_clip_mode == "adaptive":
@@ -68,7 +70,7 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
         wrapper = adaptive(
             strategy,
             noise,
-            num_sampled_clients=cfg.clients,
+            num_sampled_clients=train_size(cfg),
             initial_clipping_norm=cfg.dp_clip,
             target_clipped_quantile=cfg.dp_clip_quantile,
             clip_norm_lr=cfg.dp_clip_lr,
@@ -81,4 +83,4 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
         if cfg.dp_clipping == "server"
         else DifferentialPrivacyClientSideFixedClipping
     )
-    return fixed(strategy, noise, cfg.dp_clip, num_sampled_clients=cfg.clients)
+    return fixed(strategy, noise, cfg.dp_clip, num_sampled_clients=train_size(cfg))

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import (
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.sampling import train_size
 from fedge.privacy.central import central_noise
 from fedge.server import dp as central_dp
 
@@ -51,7 +52,7 @@ def make_strategy(cfg: RunConfig) -> Any:
     if cfg.aggregation == "krum":
         return Krum(num_malicious_nodes=cfg.num_malicious, **common)
     if cfg.aggregation == "multi-krum":
-        keep = max(1, cfg.clients - cfg.num_malicious)
+        keep = max(1, train_size(cfg) - cfg.num_malicious)
         return MultiKrum(num_malicious_nodes=cfg.num_malicious, num_nodes_to_select=keep, **common)
     if cfg.aggregation == "bulyan":
         return Bulyan(num_malicious_nodes=cfg.num_malicious, **common)

@@ -23,6 +23,7 @@ from fedge.core.records import (
     record_to_weights,
     weights_to_record,
 )
+from fedge.core.sampling import evaluate_sample, samples_clients, train_sample
 from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.pipeline.checkpoint import (
     Checkpoint,
@@ -34,6 +35,7 @@ from fedge.pipeline.checkpoint import (
 )
 from fedge.privacy import ledger
 from fedge.server.replies import replies_by_node
+from fedge.server.sampling import discover_partitions, sampled
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
 from fedge.server.validation import validate_updates
 
@@ -168,6 +170,12 @@ def train_round(
     messages = list(
         strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
     )
+    chosen = train_sample(cfg, server_round)
+    if samples_clients(cfg):  # the strategy addressed every node; keep the sampled partitions
+        discover_partitions(grid, cfg, out.node_partition)
+        messages = sampled(messages, chosen, out.node_partition)
+        if hasattr(strategy, "num_sampled_clients"):  # central DP: noise for this round's mean
+            strategy.num_sampled_clients = max(1, len(messages))
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
         msg.metadata.message_type = message_type
@@ -202,6 +210,7 @@ def train_round(
             r["partition_id"] for r in rejected if r["partition_id"] is not None
         ),
         "skipped": skipped,
+        "sampled": chosen if samples_clients(cfg) else None,
         "injected": {
             "byzantine": sorted(roles.byzantine),
             "dropped": sorted(roles.dropped),
@@ -220,6 +229,7 @@ def train_round(
             out.rounds,
             released=skipped is None or (aggregated and cfg.dp_clip_mode == "adaptive"),
             aggregated=len(accepted),
+            sampled=len(messages) if samples_clients(cfg) else cfg.clients,
             client_epsilons=_reported(ok, m.DP_EPSILON),
             client_noises=_reported(ok, m.DP_NOISE),
         )
@@ -264,6 +274,9 @@ def _federated_evaluate(
     messages = list(
         strategy.configure_evaluate(cfg.rounds, arrays, config_to_record(cfg, **spec), grid)
     )
+    if cfg.fraction_evaluate < 1:
+        discover_partitions(grid, cfg, node_partition)
+        messages = sampled(messages, evaluate_sample(cfg), node_partition)
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     result = {}
     for node, reply in replies_by_node(messages, replies).items():
