@@ -26,6 +26,7 @@ from fedge.client.node import DeployTarget, deploy_target, is_simulated
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key
+from fedge.client.update_codec import update_codec_mod
 from fedge.core import faults, training
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
@@ -59,7 +60,7 @@ def _clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallabl
     return fixedclipping_mod(msg, context, call_next)
 
 
-@app.train(mods=[_clip_when_asked])
+@app.train(mods=[update_codec_mod, _clip_when_asked])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's private partition."""
     torch.set_num_threads(1)
@@ -144,7 +145,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({m.METRICS: metrics}), reply_to=msg)
 
 
-@app.train(m.STUDENT_ACTION)
+@app.train(m.STUDENT_ACTION, mods=[update_codec_mod])
 def train_student(msg: Message, context: Context) -> Message:
     """Federated distillation: train the received student on this client's private partition."""
     torch.set_num_threads(1)

@@ -39,6 +39,9 @@ DP_MODES = ("none", "central", "local")
 DP_CLIPPING = ("server", "client")
 DP_CLIP_MODES = ("fixed", "adaptive")
 DP_ACCOUNTANTS = ("rdp", "prv")
+UPDATE_CODECS = ("none", "int8", "topk", "topk+int8")  # fedge.core.codec.MODES
+ROUNDINGS = ("stochastic", "deterministic")
+DOWNLINKS = ("none", "int8")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 
@@ -234,6 +237,21 @@ class RunConfig:
     )
     num_malicious: int = setting(
         1, "krum, multi-krum, bulyan: assumed Byzantine clients per round", interval=">= 0"
+    )
+    update_compression: str = setting(
+        "none",
+        "training updates client -> server: int8 | topk | topk+int8 of the update (delta)",
+        choices=UPDATE_CODECS,
+    )
+    topk_ratio: float = setting(0.1, "topk: share of each tensor's entries sent", interval="(0, 1]")
+    update_rounding: str = setting(
+        "stochastic", "int8 rounding of updates (stochastic: unbiased)", choices=ROUNDINGS
+    )
+    error_feedback: bool = setting(
+        True, "clients add what compression dropped to their next update"
+    )
+    downlink_compression: str = setting(
+        "none", "the model server -> clients in training rounds: none | int8", choices=DOWNLINKS
     )
     fraction_train: float = setting(
         1.0,

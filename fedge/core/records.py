@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedge.core import messages as m
 from fedge.core.config import SERVER_ONLY_SETTINGS, RunConfig
@@ -18,6 +18,11 @@ def weights_to_record(weights: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(
         OrderedDict((name, Array(np.ascontiguousarray(v))) for name, v in weights.items())
     )
+
+
+def with_arrays(content: RecordDict, arrays: ArrayRecord) -> RecordDict:
+    """A copy of `content` whose model arrays are `arrays` (the other records are shared)."""
+    return RecordDict({**dict(content.items()), m.ARRAYS: arrays})
 
 
 def record_to_weights(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:

@@ -43,7 +43,11 @@ def run_results(
         "teacher": {**compression["teacher"], "params": teacher_params},
         "clients": clients,
         "communication": {
-            "train_bytes": training.train_bytes,
+            "train_bytes": training.train_bytes,  # serialized messages, both ways
+            "train_uplink_bytes": sum(r.get("uplink_bytes", 0) for r in training.rounds),
+            "train_downlink_bytes": sum(r.get("downlink_bytes", 0) for r in training.rounds),
+            "update_compression": cfg.update_compression,
+            "downlink_compression": cfg.downlink_compression,
             "student_train_bytes": (compression["student_rounds"] or {}).get("train_bytes", 0),
             "deploy_bytes": deploy_bytes,
         },

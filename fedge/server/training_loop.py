@@ -37,6 +37,7 @@ from fedge.privacy import ledger
 from fedge.server.replies import replies_by_node
 from fedge.server.sampling import discover_partitions, sampled
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
+from fedge.server.update_codec import decode_updates, encode_downlink, wire_bytes
 from fedge.server.validation import validate_updates
 
 log = logging.getLogger("fedge")
@@ -179,14 +180,18 @@ def train_round(
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
         msg.metadata.message_type = message_type
+    base = encode_downlink(cfg, messages, arrays)
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-    out.train_bytes += _array_bytes(messages) + _array_bytes(replies)
+    downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent: with message ids
+    out.train_bytes += downlink + uplink
     by_node = replies_by_node(messages, replies)
     failures = _failures(by_node, out.node_partition)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
+    undecodable = decode_updates(cfg, ok, base)
     # Under central DP clipping bounds every update: no data-dependent norm rule before it.
     factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
     accepted, rejected = validate_updates(ok, record_to_weights(arrays), norm_outlier_factor=factor)
+    rejected = undecodable + rejected
     for row in rejected:
         row["round"] = server_round
         log.warning(
@@ -211,6 +216,8 @@ def train_round(
         ),
         "skipped": skipped,
         "sampled": chosen if samples_clients(cfg) else None,
+        "downlink_bytes": downlink,
+        "uplink_bytes": uplink,
         "injected": {
             "byzantine": sorted(roles.byzantine),
             "dropped": sorted(roles.dropped),
@@ -304,12 +311,3 @@ def _failures(
             {"node_id": node, "partition_id": node_partition.get(node), "reason": reason}
         )
     return failures
-
-
-def _array_bytes(messages: list[Message]) -> int:
-    return sum(
-        record.count_bytes()
-        for msg in messages
-        if not msg.has_error()
-        for record in msg.content.array_records.values()
-    )

@@ -1,0 +1,63 @@
+"""A Flower client mod that decodes the compressed model and sends back a compressed update.
+
+Outermost mod of every train handler: it decodes an int8 downlink into the model the handler
+trains, and replaces the trained weights in the reply by the encoded update (trained minus
+received), with error feedback kept in the node's context state per message type. The server
+decodes before validation (fedge.server.update_codec), so every strategy sees plain arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedge.core import codec
+from fedge.core import messages as m
+from fedge.core.records import (
+    as_int,
+    record_to_config,
+    record_to_weights,
+    weights_to_record,
+    with_arrays,
+)
+
+RESIDUAL = "fedge.residual."  # + message type: what compression left out of the last update
+CODEC_STREAM = 0xC0DEC
+
+
+def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Decode the downlink, run the handler, encode its update (see the module docstring)."""
+    config = msg.content.config_records.get(m.CONFIG)
+    if config is None or m.ARRAYS not in msg.content.array_records:
+        return call_next(msg, context)
+    cfg = record_to_config(config)
+    if cfg.update_compression == "none" and cfg.downlink_compression == "none":
+        return call_next(msg, context)
+    arrived = msg.content
+    received = record_to_weights(arrived.array_records[m.ARRAYS])
+    base = codec.decode_int8(received) if cfg.downlink_compression == "int8" else received
+    # A new RecordDict: the arrived one may be shared with other messages (in-process grids).
+    msg.content = with_arrays(arrived, weights_to_record(base))
+    try:
+        reply = call_next(msg, context)
+    finally:
+        msg.content = arrived
+    if cfg.update_compression == "none" or reply.has_error():
+        return reply
+    trained = record_to_weights(reply.content.array_records[m.ARRAYS])
+    delta = {k: np.asarray(v, dtype=np.float32) - base[k] for k, v in trained.items()}
+    key = RESIDUAL + msg.metadata.message_type
+    residual = context.state.array_records.get(key) if cfg.error_feedback else None
+    if residual is not None:
+        carried = record_to_weights(residual)
+        if {k: v.shape for k, v in carried.items()} == {k: v.shape for k, v in delta.items()}:
+            delta = {k: v + carried[k] for k, v in delta.items()}
+    server_round = as_int(config.get("server-round", 0))
+    partition = as_int(context.node_config.get(m.NODE_PARTITION_ID, 0))
+    rng = np.random.default_rng([cfg.seed, server_round, partition, CODEC_STREAM])
+    encoded, decoded = codec.roundtrip(delta, codec.of_run(cfg), rng)
+    if cfg.error_feedback:
+        context.state[key] = weights_to_record({k: delta[k] - decoded[k] for k in delta})
+    reply.content = with_arrays(reply.content, weights_to_record(encoded))
+    return reply

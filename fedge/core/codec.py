@@ -1,0 +1,161 @@
+"""Compressed model updates: int8 quantization and top-k sparsification of named arrays.
+
+An encoded update is again a dict of named numpy arrays (so it travels in an ordinary Flower
+ArrayRecord): for a tensor `w`, `w|q` (int8 values) and `w|s` (float32 scale) for int8;
+`w|i` (sorted flat indices, the smallest unsigned type that holds them) and `w|v` (values:
+float32, or int8 with `w|s` when combined) for top-k. `decode` needs the original shapes.
+Error feedback (Seide et al. 2014; Karimireddy et al. 2019) is the caller's: add the residual
+before encoding and keep `x - decode(encode(x))` for the next round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedge.core.config import RunConfig
+
+MODES = ("none", "int8", "topk", "topk+int8")
+SEP = "|"
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How updates are compressed: mode, top-k's kept share, int8 rounding."""
+
+    mode: str = "none"
+    ratio: float = 0.1
+    stochastic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown update compression {self.mode!r}; allowed: {MODES}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"top-k ratio must be in (0, 1], got {self.ratio}")
+
+    @property
+    def int8(self) -> bool:
+        """Whether values are int8-quantized."""
+        return "int8" in self.mode
+
+    @property
+    def topk(self) -> bool:
+        """Whether only the largest entries are sent."""
+        return "topk" in self.mode
+
+
+def of_run(cfg: RunConfig) -> Codec:
+    """The uplink codec a run's settings ask for."""
+    return Codec(cfg.update_compression, cfg.topk_ratio, cfg.update_rounding == "stochastic")
+
+
+def _quantize(
+    x: np.ndarray, stochastic: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-tensor int8: q in [-127, 127], x ~ q x scale."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    scale = np.float32(peak / 127 if peak > 0 else 1.0)
+    scaled = x.astype(np.float64) / scale
+    # stochastic rounding is unbiased: E[q] = x / scale
+    q = np.floor(scaled + rng.random(scaled.shape)) if stochastic else np.rint(scaled)
+    return np.clip(q, -127, 127).astype(np.int8), np.array([scale], dtype=np.float32)
+
+
+def _index_dtype(size: int) -> type:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if size <= np.iinfo(dtype).max + 1:
+            return dtype
+    return np.int64
+
+
+def encode(
+    arrays: dict[str, np.ndarray], codec: Codec, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """The encoded form of `arrays` (floating tensors; others pass unchanged)."""
+    if codec.mode == "none":
+        return dict(arrays)
+    out: dict[str, np.ndarray] = {}
+    for name, x in arrays.items():
+        if SEP in name:
+            raise ValueError(f"array name {name!r} contains {SEP!r}")
+        if not np.issubdtype(x.dtype, np.floating):
+            out[name] = x
+            continue
+        values = x  # int8 alone keeps the tensor's shape (decode_int8 needs no shapes)
+        if codec.topk:
+            flat = x.reshape(-1)
+            k = max(1, int(np.ceil(codec.ratio * flat.size)))
+            keep = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :])
+            out[name + SEP + "i"] = keep.astype(_index_dtype(flat.size))
+            values = flat[keep]
+        if codec.int8:
+            out[name + SEP + "q"], out[name + SEP + "s"] = _quantize(values, codec.stochastic, rng)
+        else:
+            out[name + SEP + "v"] = values.astype(np.float32)
+    return out
+
+
+def decode(
+    encoded: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], codec: Codec
+) -> dict[str, np.ndarray]:
+    """Dense float32 arrays of the given shapes from `encode`'s output.
+
+    ValueError on a missing or malformed part (a reply that does not decode is rejected).
+    """
+    if codec.mode == "none":
+        return dict(encoded)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        if name in encoded:  # passed through unchanged: only what is not floating
+            if np.issubdtype(np.asarray(encoded[name]).dtype, np.floating):
+                raise ValueError(f"{name}: a floating tensor that was not encoded")
+            out[name] = encoded[name]
+            continue
+        size = int(np.prod(shape))
+        if codec.int8:
+            q, scale = _part(encoded, name, "q"), _part(encoded, name, "s")
+            if q.dtype != np.int8 or scale.shape != (1,) or not np.isfinite(scale).all():
+                raise ValueError(f"{name}: malformed int8 part")
+            values = q.astype(np.float32) * scale[0]
+        else:
+            values = _part(encoded, name, "v").astype(np.float32)
+        if codec.topk:
+            idx = _part(encoded, name, "i").astype(np.int64)
+            if idx.shape != values.shape or (idx.size and (idx.min() < 0 or idx.max() >= size)):
+                raise ValueError(f"{name}: top-k indices do not fit its shape {shape}")
+            dense = np.zeros(size, dtype=np.float32)
+            dense[idx] = values
+            values = dense
+        if values.size != size:
+            raise ValueError(f"{name}: {values.size} values for shape {shape}")
+        out[name] = values.reshape(shape)
+    return out
+
+
+def decode_int8(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Decode an int8-only encoding (shapes travel with it): the downlink's model."""
+    shapes = {
+        key[: -len(SEP + "q")]: tuple(value.shape)
+        for key, value in encoded.items()
+        if key.endswith(SEP + "q")
+    }
+    plain = {k: v for k, v in encoded.items() if SEP not in k}
+    decoded = decode(encoded, shapes, Codec("int8", stochastic=False))
+    return {**plain, **decoded}
+
+
+def _part(encoded: dict[str, np.ndarray], name: str, part: str) -> np.ndarray:
+    key = name + SEP + part
+    if key not in encoded:
+        raise ValueError(f"{name}: missing encoded part {key!r}")
+    return np.asarray(encoded[key])
+
+
+def roundtrip(
+    arrays: dict[str, np.ndarray], codec: Codec, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(encoded, what the receiver decodes): the sender keeps the second for error feedback."""
+    encoded = encode(arrays, codec, rng)
+    shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+    return encoded, decode(encoded, shapes, codec)

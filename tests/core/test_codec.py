@@ -1,0 +1,88 @@
+"""Update compression: decode(encode(x)) within the stated error; error feedback."""
+
+import numpy as np
+import pytest
+
+from fedge.core.codec import Codec, decode, decode_int8, encode, roundtrip
+
+
+@pytest.fixture
+def update(rng):
+    return {
+        "conv.weight": rng.normal(size=(8, 1, 3, 3)).astype(np.float32),
+        "fc.bias": rng.normal(size=(10,)).astype(np.float32),
+        "steps": np.array([3], dtype=np.int64),
+    }
+
+
+def test_int8_is_within_half_a_step_deterministic_and_one_step_stochastic(update, rng):
+    for stochastic, bound in ((False, 0.5), (True, 1.0)):
+        encoded, decoded = roundtrip(update, Codec("int8", stochastic=stochastic), rng)
+        assert encoded["conv.weight|q"].dtype == np.int8
+        for name in ("conv.weight", "fc.bias"):
+            step = np.abs(update[name]).max() / 127
+            assert np.abs(decoded[name] - update[name]).max() <= bound * step * 1.0001
+        np.testing.assert_array_equal(decoded["steps"], update["steps"])  # not floating: as is
+
+
+def test_stochastic_rounding_is_unbiased(rng):
+    x = {"w": np.full(20_000, 0.3049, dtype=np.float32)}
+    x["w"][0] = 1.27  # scale 0.01: 0.3049 lies between steps 30 and 31
+    _, decoded = roundtrip(x, Codec("int8", stochastic=True), rng)
+    assert abs(decoded["w"][1:].mean() - 0.3049) < 2e-4  # deterministic gives 0.30
+
+
+def test_topk_keeps_exactly_the_largest_entries(update, rng):
+    encoded, decoded = roundtrip(update, Codec("topk", ratio=0.25), rng)
+    flat, out = update["conv.weight"].reshape(-1), decoded["conv.weight"].reshape(-1)
+    kept = np.flatnonzero(out)
+    assert len(kept) == 18 and encoded["conv.weight|i"].dtype == np.uint8
+    assert np.abs(flat[kept]).min() >= np.abs(np.delete(flat, kept)).max()
+    np.testing.assert_array_equal(out[kept], flat[kept])
+
+
+def test_topk_int8_is_smaller_than_a_twentieth(rng):
+    big = {"w": rng.normal(size=(256, 512)).astype(np.float32)}
+    encoded, decoded = roundtrip(big, Codec("topk+int8", ratio=0.01), rng)
+    assert big["w"].nbytes / sum(v.nbytes for v in encoded.values()) > 20
+    kept = np.flatnonzero(decoded["w"])
+    step = np.abs(big["w"].reshape(-1)[kept]).max() / 127
+    assert np.abs(decoded["w"].reshape(-1)[kept] - big["w"].reshape(-1)[kept]).max() <= step
+
+
+def test_error_feedback_sends_what_was_left_out_later(rng):
+    codec = Codec("topk", ratio=0.1)
+    delta = {"w": rng.normal(size=100).astype(np.float32)}
+
+    def ten_rounds(feedback: bool) -> tuple[np.ndarray, np.ndarray]:
+        residual, sent = np.zeros(100, np.float32), np.zeros(100, np.float32)
+        for _ in range(10):  # the same update every round
+            carried = {"w": delta["w"] + (residual if feedback else 0)}
+            _, decoded = roundtrip(carried, codec, rng)
+            residual, sent = carried["w"] - decoded["w"], sent + decoded["w"]
+        return sent, residual
+
+    sent, residual = ten_rounds(feedback=True)
+    np.testing.assert_allclose(sent + residual, 10 * delta["w"], rtol=1e-5, atol=1e-5)
+    without, _ = ten_rounds(feedback=False)
+    assert np.count_nonzero(without) == 10  # always the same ten entries
+    assert np.count_nonzero(sent) > 50  # the residual lets the others through
+
+
+def test_malformed_encodings_are_refused(update, rng):
+    encoded = encode(update, Codec("topk+int8", ratio=0.5), rng)
+    shapes = {k: v.shape for k, v in update.items()}
+    broken = {**encoded, "fc.bias|i": np.array([0, 99], dtype=np.uint8)}
+    with pytest.raises(ValueError, match="indices do not fit"):
+        decode(broken, shapes, Codec("topk+int8", ratio=0.5))
+    missing = {k: v for k, v in encoded.items() if k != "conv.weight|s"}
+    with pytest.raises(ValueError, match="missing encoded part"):
+        decode(missing, shapes, Codec("topk+int8", ratio=0.5))
+    with pytest.raises(ValueError, match="unknown update compression"):
+        Codec("zip")
+
+
+def test_the_int8_downlink_decodes_without_shapes(update, rng):
+    encoded = encode(update, Codec("int8", stochastic=False), rng)
+    decoded = decode_int8(encoded)
+    assert {k: v.shape for k, v in decoded.items()} == {k: v.shape for k, v in update.items()}

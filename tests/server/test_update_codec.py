@@ -1,0 +1,73 @@
+"""Compressed training traffic through the real ClientApp mod and the server's decoding."""
+
+import numpy as np
+from flwr.app import Array, ArrayRecord
+from flwr.common.serde import message_to_proto
+
+from fedge.client.app import app as client_app
+from fedge.core import messages as m
+from fedge.core.config import ConfigError
+from fedge.server.update_codec import decode_updates
+from tests.flower_local import LocalGrid
+from tests.server.test_robust import SIGNFLIP, _train
+
+CLEAN = SIGNFLIP.replace(byzantine_fraction=0.0)
+
+
+def test_int8_updates_train_as_well_as_fp32_for_a_quarter_of_the_uplink():
+    plain, int8 = _train(CLEAN), _train(CLEAN.replace(update_compression="int8"))
+    assert abs(int8.rounds[-1]["accuracy"] - plain.rounds[-1]["accuracy"]) < 0.03
+    ratio = sum(r["uplink_bytes"] for r in plain.rounds) / sum(
+        r["uplink_bytes"] for r in int8.rounds
+    )
+    assert 3.5 < ratio < 4.1
+    assert [r["downlink_bytes"] for r in plain.rounds] == [r["downlink_bytes"] for r in int8.rounds]
+
+
+def test_the_byte_counts_are_the_serialized_messages():
+    grid = LocalGrid(client_app, num_nodes=5)
+    log = _train(CLEAN.replace(rounds=1, downlink_compression="int8"), grid)
+    sent = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
+    assert log.rounds[0]["downlink_bytes"] == sum(message_to_proto(x).ByteSize() for x in sent)
+    plain = _train(CLEAN.replace(rounds=1))
+    assert plain.rounds[0]["downlink_bytes"] > 3.5 * log.rounds[0]["downlink_bytes"]
+    # the clients trained the int8 model they got, as well as the fp32 one
+    assert abs(log.rounds[0]["accuracy"] - plain.rounds[0]["accuracy"]) < 0.05
+
+
+def test_topk_int8_with_error_feedback_still_learns():
+    log = _train(CLEAN.replace(update_compression="topk+int8", topk_ratio=0.05))
+    plain_uplink = _train(CLEAN.replace(rounds=1)).rounds[0]["uplink_bytes"]
+    assert plain_uplink / log.rounds[0]["uplink_bytes"] > 8
+    assert log.rounds[-1]["accuracy"] > 0.5
+
+
+def test_a_sign_flip_attacker_is_still_outvoted_under_int8_updates():
+    robust = _train(SIGNFLIP.replace(aggregation="median", update_compression="int8"))
+    broken = _train(SIGNFLIP.replace(update_compression="int8"))
+    assert robust.rounds[-1]["accuracy"] > 0.7 and broken.rounds[-1]["accuracy"] < 0.2
+
+
+def test_an_update_that_does_not_decode_is_rejected_not_aggregated():
+    from tests.server.test_robust import _reply
+
+    cfg = CLEAN.replace(update_compression="int8")
+    base = {"w": np.zeros(20, dtype=np.float32)}
+    good, bad = _reply(np.zeros(20), 0), _reply(np.zeros(20), 1)
+    good.content[m.ARRAYS] = ArrayRecord(
+        {"w|q": Array(np.ones(20, np.int8)), "w|s": Array(np.array([0.5], np.float32))}
+    )
+    replies = {1: good, 2: bad}  # `bad` still carries plain float arrays
+    rejected = decode_updates(cfg, replies, base)
+    assert list(replies) == [1] and rejected[0]["partition_id"] == 1
+    assert "does not decode" in rejected[0]["reason"]
+    np.testing.assert_allclose(good.content.array_records[m.ARRAYS]["w"].numpy(), 0.5)
+
+
+def test_compression_after_client_side_dp_clipping_is_refused():
+    try:
+        CLEAN.replace(update_compression="int8", dp="central", dp_noise=1.0, dp_clipping="client")
+    except ConfigError as err:
+        assert "dp-clipping server" in str(err)
+    else:
+        raise AssertionError("not refused")
