@@ -2,7 +2,7 @@
 
 An encoded update is again a dict of named numpy arrays (so it travels in an ordinary Flower
 ArrayRecord): for a tensor `w`, `w|q` (int8 values) and `w|s` (float32 scale) for int8;
-`w|i` (sorted flat indices, the smallest unsigned type that holds them) and `w|v` (values:
+`w|i` (the gaps between sorted flat indices, in the smallest unsigned type that holds them) and `w|v` (values:
 float32, or int8 with `w|s` when combined) for top-k. `decode` needs the original shapes.
 Error feedback (Seide et al. 2014; Karimireddy et al. 2019) is the caller's: add the residual
 before encoding and keep `x - decode(encode(x))` for the next round.
@@ -87,7 +87,8 @@ def encode(
             flat = x.reshape(-1)
             k = max(1, int(np.ceil(codec.ratio * flat.size)))
             keep = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :])
-            out[name + SEP + "i"] = keep.astype(_index_dtype(flat.size))
+            gaps = np.diff(keep, prepend=0)  # sorted: small gaps fit a small type
+            out[name + SEP + "i"] = gaps.astype(_index_dtype(int(gaps.max()) + 1))
             values = flat[keep]
         if codec.int8:
             out[name + SEP + "q"], out[name + SEP + "s"] = _quantize(values, codec.stochastic, rng)
@@ -121,7 +122,7 @@ def decode(
         else:
             values = _part(encoded, name, "v").astype(np.float32)
         if codec.topk:
-            idx = _part(encoded, name, "i").astype(np.int64)
+            idx = np.cumsum(_part(encoded, name, "i").astype(np.int64))
             if idx.shape != values.shape or (idx.size and (idx.min() < 0 or idx.max() >= size)):
                 raise ValueError(f"{name}: top-k indices do not fit its shape {shape}")
             dense = np.zeros(size, dtype=np.float32)
