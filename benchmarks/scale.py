@@ -1,0 +1,230 @@
+"""Scale and communication: many clients on one box, and training bytes to reach an accuracy.
+
+    python benchmarks/scale.py --json OUT.json [--seeds 3] [--skip-clients] [--skip-bytes]
+
+Every figure comes from real `fedge simulate` runs (Flower's simulation engine, Ray), each in
+its own process session:
+
+- clients: mnist1d generated at `--dataset-size` samples, `--clients` clients, Dirichlet 0.5,
+  `--fraction-train` of them sampled per round, `--rounds` rounds, the default compression
+  recipe and deployment to every client. Wall time, and the peak resident memory of the whole
+  process tree (fedge, Ray's processes and workers; read from /proc every 0.5 s, summed).
+- bytes: digits, Dirichlet 0.5, 10 clients, per seed: fp32 updates; int8 both ways; top-k
+  (`--topk-ratio`) + int8 updates with an int8 downlink; and few rounds (`--few-rounds`) with
+  the ensemble teacher. Training bytes are the serialized Flower messages of the teacher's
+  rounds, both ways (results.json rounds[].uplink_bytes / downlink_bytes). The target is the
+  fp32 run's final teacher accuracy minus one point; `bytes_X` is the cumulative training
+  traffic at the first round where variant X reached it (null if it never did). A PNG plots
+  accuracy against cumulative bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedge.pipeline.rundir import RESULTS_FILE
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": {},
+    "int8": {"update-compression": "int8", "downlink-compression": "int8"},
+    "topk": {"update-compression": "topk+int8", "downlink-compression": "int8"},
+    "fewround": {"teacher-mode": "ensemble"},
+}
+
+
+def run(settings: dict[str, Any], out: Path, log: Path) -> dict[str, Any]:
+    """One `fedge simulate` to the end: its results, wall seconds and peak tree RSS."""
+    pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())
+    cmd = [sys.executable, "-m", "fedge", "simulate", "--run-config", pairs, "--out", str(out)]
+    start, peak = time.monotonic(), 0
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fedge simulate failed ({proc.returncode}); see {log}")
+    results = json.loads((out / RESULTS_FILE).read_text())
+    return {"results": results, "wall_s": time.monotonic() - start, "peak_rss_gb": peak / 1e9}
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def measure_clients(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The many-clients run."""
+    settings = {
+        "dataset": "mnist1d",
+        "dataset-size": args.dataset_size,
+        "clients": args.clients,
+        "partition": "dirichlet",
+        "alpha": 0.5,
+        "fraction-train": args.fraction_train,
+        "rounds": args.rounds,
+        "seed": 0,
+    }
+    got = run(settings, work / "clients", work / "clients.log")
+    results = got["results"]
+    return {
+        "settings": settings,
+        f"clients_{args.clients}_wall_s": got["wall_s"],
+        f"clients_{args.clients}_peak_rss_gb": got["peak_rss_gb"],
+        "round_seconds": [r["seconds"] for r in results["rounds"]],
+        "timing_s": results["timing_s"],
+        "teacher_accuracy": results["teacher"]["accuracy"],
+        "student_accuracy": (results["student"] or {}).get("accuracy"),
+        "installed": sum(c["installed"] for c in results["clients"]),
+        "train_bytes": results["communication"]["train_bytes"],
+    }
+
+
+def curve(results: dict[str, Any]) -> list[tuple[int, float]]:
+    """(cumulative training bytes, central accuracy) after each teacher round."""
+    total, points = 0, []
+    for row in results["rounds"]:
+        total += row["uplink_bytes"] + row["downlink_bytes"]
+        points.append((total, row["accuracy"]))
+    return points
+
+
+def bytes_to(points: list[tuple[int, float]], target: float) -> int | None:
+    """Cumulative bytes at the first round reaching `target`."""
+    return next((b for b, acc in points if acc >= target), None)
+
+
+def measure_bytes(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant on every seed; bytes to the fp32 run's final accuracy minus one point."""
+    per_seed = []
+    for seed in range(args.seeds):
+        rows: dict[str, Any] = {}
+        for name, extra in VARIANTS.items():
+            rounds = args.few_rounds if name == "fewround" else args.bytes_rounds
+            settings = {"dataset": "digits", "seed": seed, "rounds": rounds, **extra}
+            topk = {"topk-ratio": args.topk_ratio} if name == "topk" else {}
+            got = run({**settings, **topk}, work / f"{name}-{seed}", work / f"{name}-{seed}.log")
+            res = got["results"]
+            rows[name] = {
+                "curve": curve(res),
+                "teacher_accuracy": res["teacher"]["accuracy"],
+                "student_accuracy": (res["student"] or {}).get("accuracy"),
+                "train_bytes": sum(b for b, _ in curve(res)[-1:]),
+            }
+            print(f"seed {seed} {name}: {rows[name]['teacher_accuracy']:.4f}", flush=True)
+        target = rows["fp32"]["teacher_accuracy"] - 0.01
+        for row in rows.values():
+            row["bytes_to_target"] = bytes_to(row["curve"], target)
+        per_seed.append({"seed": seed, "target_accuracy": target, "variants": rows})
+    return {"per_seed": per_seed, **summarize(per_seed)}
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds: bytes to target, final accuracies, ratios against fp32."""
+    out: dict[str, Any] = {}
+    for name in VARIANTS:
+        rows = [s["variants"][name] for s in per_seed]
+        reached = [r["bytes_to_target"] for r in rows if r["bytes_to_target"] is not None]
+        out[f"bytes_{name}"] = statistics.mean(reached) if len(reached) == len(rows) else None
+        out[f"bytes_{name}_reached"] = f"{len(reached)}/{len(rows)}"
+        out[f"teacher_accuracy_{name}"] = statistics.mean(r["teacher_accuracy"] for r in rows)
+        students = [r["student_accuracy"] for r in rows if r["student_accuracy"] is not None]
+        out[f"student_accuracy_{name}"] = statistics.mean(students) if students else None
+        out[f"train_bytes_{name}"] = statistics.mean(r["train_bytes"] for r in rows)
+    for name in ("int8", "topk", "fewround"):
+        out[f"bytes_ratio_{name}"] = out["train_bytes_fp32"] / out[f"train_bytes_{name}"]
+        out[f"accuracy_loss_pt_{name}"] = 100 * (
+            out["teacher_accuracy_fp32"] - out[f"teacher_accuracy_{name}"]
+        )
+        if out["bytes_fp32"] and out[f"bytes_{name}"]:
+            out[f"bytes_to_target_ratio_{name}"] = out["bytes_fp32"] / out[f"bytes_{name}"]
+    return out
+
+
+def plot(per_seed: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy against cumulative training bytes, every variant, every seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, name in enumerate(VARIANTS):
+        for j, seed in enumerate(per_seed):
+            points = seed["variants"][name]["curve"]
+            ax.plot(
+                [b / 1e6 for b, _ in points],
+                [100 * a for _, a in points],
+                marker="o",
+                markersize=3,
+                color=f"C{i}",
+                alpha=0.8,
+                label=name if j == 0 else None,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative training traffic, both ways (MB, log)")
+    ax.set_ylabel("teacher accuracy, central test (%)")
+    ax.set_title("digits, 10 clients, Dirichlet 0.5")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--dataset-size", type=int, default=100_000)
+    parser.add_argument("--fraction-train", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bytes-rounds", type=int, default=10)
+    parser.add_argument("--few-rounds", type=int, default=3)
+    parser.add_argument("--topk-ratio", type=float, default=0.05)
+    parser.add_argument("--skip-clients", action="store_true")
+    parser.add_argument("--skip-bytes", action="store_true")
+    args = parser.parse_args()
+    result: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}}
+    with tempfile.TemporaryDirectory(prefix="fedge-scale-") as tmp:
+        work = Path(tmp)
+        if not args.skip_clients:
+            result["clients"] = measure_clients(work, args)
+            print(json.dumps(result["clients"], indent=1), flush=True)
+        if not args.skip_bytes:
+            result["bytes"] = measure_bytes(work, args)
+            plot(result["bytes"]["per_seed"], args.json.with_suffix(".png"))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
