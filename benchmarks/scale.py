@@ -8,7 +8,10 @@ its own process session:
 - clients: mnist1d generated at `--dataset-size` samples, `--clients` clients, Dirichlet 0.5,
   `--fraction-train` of them sampled per round, `--rounds` rounds, the default compression
   recipe and deployment to every client. Wall time, and the peak resident memory of the whole
-  process tree (fedge, Ray's processes and workers; read from /proc every 0.5 s, summed).
+  process tree (fedge, Ray's processes and workers; read from /proc every 0.5 s, summed). Then
+  benchmarks/bare_flower.py, Flower's FedAvg with the same local training for as many sampled
+  clients: `overhead_ratio_vs_flower` is fedge's mean round time over the bare app's (rounds
+  2 and later, each round with its central test evaluation).
 - bytes: digits, Dirichlet 0.5, 10 clients, per seed: fp32 updates; int8 both ways; top-k
   (`--topk-ratio`) + int8 updates with an int8 downlink; and few rounds (`--few-rounds`) with
   the ensemble teacher. Training bytes are the serialized Flower messages of the teacher's
@@ -95,7 +98,14 @@ def measure_clients(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
     got = run(settings, work / "clients", work / "clients.log")
     results = got["results"]
+    bare = bare_flower(settings, work)
+    fedge_rounds = _round_seconds([r["elapsed_s"] for r in results["rounds"]])
+    bare_rounds = _round_seconds(bare["round_end_s"])
     return {
+        "overhead_ratio_vs_flower": statistics.mean(fedge_rounds) / statistics.mean(bare_rounds),
+        "round_s_fedge": fedge_rounds,
+        "round_s_bare_flower": bare_rounds,
+        "bare_flower_accuracy": bare["accuracy"],
         "settings": settings,
         f"clients_{args.clients}_wall_s": got["wall_s"],
         f"clients_{args.clients}_peak_rss_gb": got["peak_rss_gb"],
@@ -106,6 +116,27 @@ def measure_clients(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "installed": sum(c["installed"] for c in results["clients"]),
         "train_bytes": results["communication"]["train_bytes"],
     }
+
+
+def _round_seconds(ends: list[float]) -> list[float]:
+    """Each round's duration from end times, without round 1 (actor start-up, first imports)."""
+    return [b - a for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def bare_flower(settings: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The same federation through benchmarks/bare_flower.py, in its own process."""
+    pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())
+    out = work / "bare.json"
+    script = Path(__file__).with_name("bare_flower.py")
+    with (work / "bare.log").open("ab") as log:
+        subprocess.run(
+            [sys.executable, str(script), "--json", str(out), "--run-config", pairs],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            start_new_session=True,
+        )
+    return dict(json.loads(out.read_text()))
 
 
 def curve(results: dict[str, Any]) -> list[tuple[int, float]]:

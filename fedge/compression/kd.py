@@ -11,6 +11,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fedge.core.config import KD_LABELS, KD_QUERIES
+from fedge.core.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,9 @@ def kd_train(
     steps = epochs * max(1, -(-len(xs) // batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     last = 0.0
-    for _ in range(epochs):
+    progress = Progress("distillation epochs", epochs)
+    for epoch in range(epochs):
+        progress.step(epoch, f"loss {last:.4f}")
         student.train()
         order = torch.randperm(len(xs), generator=generator)
         total = 0.0

@@ -89,6 +89,13 @@ class RunConfig:
     out: str = setting(
         "", "run directory; empty: ~/fedge-runs/<time>-<dataset>", resume=True, server_only=True
     )
+    ray_address: str = setting(
+        "",
+        "fedge simulate: an existing Ray cluster's HOST:PORT (ray start --head); empty: a "
+        "local Ray on this machine",
+        resume=True,
+        server_only=True,
+    )
     round_timeout: float = setting(
         300.0, "seconds to wait for replies in one round", interval="> 0", resume=True
     )

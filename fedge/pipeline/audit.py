@@ -156,7 +156,12 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
     config = cfg.to_run_config()
     log.info("audit: %d shadow pipelines on %d candidate records", shadows, len(pool.y))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
-        results = list(ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows))
+        results = []
+        for result in ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows):
+            results.append(result)
+            log.info(
+                "audit: shadow %d/%d done, %.0f s", len(results), shadows, time.monotonic() - start
+            )
     target_phi, accuracy, replayed = model_confidences(
         OnnxTeacher(target.teacher_onnx), cfg, pool, target.student_onnx, saved(target.run_dir)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from fedge.pipeline.rundir import (
     final_dir,
 )
 from fedge.pipeline.teacher_source import global_source
+from fedge.pipeline.tensorboard import RoundScalars
 from fedge.server.deploy import deploy_bundle, not_deployed
 from fedge.server.ensemble import ensemble_source
 from fedge.server.student_rounds import flower_trainer
@@ -69,66 +71,82 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     )
     spec = model_spec(prep, classes)
     checkpoints = CheckpointDir(run_dir / CHECKPOINT_DIR)
-    training = train_teacher(grid, cfg, teacher, fed.server.test, spec, checkpoints)
-    final_sha256 = weights_sha256(get_weights(teacher))
-    t1 = time.monotonic()
+    with closing(RoundScalars(run_dir)) as scalars:  # per-round TensorBoard curves
+        training = train_teacher(grid, cfg, teacher, fed.server.test, spec, checkpoints, scalars)
+        final_sha256 = weights_sha256(get_weights(teacher))
+        t1 = time.monotonic()
 
-    teacher_onnx = write_teacher(teacher, fed, run_dir)
-    # Distil from the teacher as saved (onnxruntime), as `fedge compress` and the audit do: the
-    # same logits to the last bit, so all three build the same student bytes.
-    kd_teacher = OnnxTeacher(teacher_onnx)
-    source = global_source(kd_teacher, fed.server.public_pool)
-    if cfg.teacher_mode == "ensemble":
-        nodes = training.last_round_nodes
-        source = ensemble_source(
-            grid, cfg, kd_teacher, fed.server.public_pool, nodes=nodes, spec=spec, run_dir=run_dir
-        )
-    model_id = final_dir(run_dir).name
-    shipped = load_shipped(run_dir) if cfg.resume else None
-    if shipped is None:
-        trainer = None
-        if cfg.distill_from != "public":  # the student's rounds on the clients, saved for replays
-            test = fed.server.test
-            trainer = recording(flower_trainer(grid, cfg, spec, final_sha256, test), run_dir)
-        try:
-            compressed = compress_and_ship(
-                cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
+        teacher_onnx = write_teacher(teacher, fed, run_dir)
+        # Distil from the teacher as saved (onnxruntime), as `fedge compress` and the audit do: the
+        # same logits to the last bit, so all three build the same student bytes.
+        kd_teacher = OnnxTeacher(teacher_onnx)
+        source = global_source(kd_teacher, fed.server.public_pool)
+        if cfg.teacher_mode == "ensemble":
+            nodes = training.last_round_nodes
+            source = ensemble_source(
+                grid,
+                cfg,
+                kd_teacher,
+                fed.server.public_pool,
+                nodes=nodes,
+                spec=spec,
+                run_dir=run_dir,
             )
-            shipped = save_shipped(compressed, run_dir), compressed.shipment.files
-        except NotShippedError as stop:
-            shipped = not_shipped_record(stop.gate, teacher_onnx, fed, source), {}
-    else:
-        log.info(
-            "resuming with the bundle this run already made (version %d)",
-            shipped[0]["student"]["version"],
-        )
-    compression, files = shipped
-    t2 = time.monotonic()
+        model_id = final_dir(run_dir).name
+        shipped = load_shipped(run_dir) if cfg.resume else None
+        if shipped is None:
+            trainer = None
+            if (
+                cfg.distill_from != "public"
+            ):  # the student's rounds on the clients, saved for replays
+                test = fed.server.test
+                trainer = recording(
+                    flower_trainer(grid, cfg, spec, final_sha256, test, scalars), run_dir
+                )
+            try:
+                compressed = compress_and_ship(
+                    cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
+                )
+                shipped = save_shipped(compressed, run_dir), compressed.shipment.files
+            except NotShippedError as stop:
+                shipped = not_shipped_record(stop.gate, teacher_onnx, fed, source), {}
+        else:
+            log.info(
+                "resuming with the bundle this run already made (version %d)",
+                shipped[0]["student"]["version"],
+            )
+        compression, files = shipped
+        t2 = time.monotonic()
 
-    clients, deploy_bytes = not_deployed(training.node_partition), 0
-    if files:
-        clients, deploy_bytes = deploy_bundle(
-            grid,
+        clients, deploy_bytes = not_deployed(training.node_partition), 0
+        if files:
+            clients, deploy_bytes = deploy_bundle(
+                grid,
+                cfg,
+                files,
+                simulation_store_root=run_dir / NODES_DIR,
+                simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
+                node_partition=training.node_partition,
+                spec=spec,
+            )
+        for row in clients:
+            row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])
+        t3 = time.monotonic()
+        results = run_results(
             cfg,
-            files,
-            simulation_store_root=run_dir / NODES_DIR,
-            simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
-            node_partition=training.node_partition,
-            spec=spec,
+            model_id=model_id,
+            training=training,
+            final_sha256=final_sha256,
+            teacher_params=count_params(teacher),
+            compression=compression,
+            clients=clients,
+            deploy_bytes=deploy_bytes,
+            timing={
+                "total": t3 - t0,
+                "training": t1 - t0,
+                "compression": t2 - t1,
+                "deploy": t3 - t2,
+            },
         )
-    for row in clients:
-        row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])
-    t3 = time.monotonic()
-    results = run_results(
-        cfg,
-        model_id=model_id,
-        training=training,
-        final_sha256=final_sha256,
-        teacher_params=count_params(teacher),
-        compression=compression,
-        clients=clients,
-        deploy_bytes=deploy_bytes,
-        timing={"total": t3 - t0, "training": t1 - t0, "compression": t2 - t1, "deploy": t3 - t2},
-    )
-    write_run_outputs(results, run_dir)
-    return results
+        write_run_outputs(results, run_dir)
+        return results

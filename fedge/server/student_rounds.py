@@ -21,13 +21,18 @@ from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.pipeline.checkpoint import TrainingLog
 from fedge.pipeline.federate import FederateConfig, FederatedTrainer
 from fedge.server.strategy import make_strategy
-from fedge.server.training_loop import train_round
+from fedge.server.training_loop import OnRound, train_round
 
 log = logging.getLogger("fedge")
 
 
 def flower_trainer(
-    grid: Grid, cfg: RunConfig, spec: dict[str, Any], teacher_sha256: str, test: Split
+    grid: Grid,
+    cfg: RunConfig,
+    spec: dict[str, Any],
+    teacher_sha256: str,
+    test: Split,
+    on_round: OnRound | None = None,
 ) -> FederatedTrainer:
     """Student rounds through `grid`; the summary has each round's row and the bytes sent.
 
@@ -59,6 +64,8 @@ def flower_trainer(
             set_weights(model, record_to_weights(arrays))
             row["accuracy"] = evaluate(model, test.x, test.y)[1]
             out.rounds.append(row)
+            if on_round is not None:
+                on_round(f"student-{config.student}", row)
             log.info(
                 "student round %d/%d  central accuracy %.4f  clients %d ok, %d failed, %d rejected",
                 index,

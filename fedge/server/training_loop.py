@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,9 @@ from fedge.server.update_codec import decode_updates, encode_downlink, wire_byte
 from fedge.server.validation import validate_updates
 
 log = logging.getLogger("fedge")
+
+
+OnRound = Callable[[str, dict[str, Any]], None]  # (phase, finished round's row)
 
 
 class FederationError(RuntimeError):
@@ -89,8 +93,11 @@ def train_teacher(
     test: Split,
     spec: dict[str, Any],
     checkpoints: CheckpointDir | None = None,
+    on_round: OnRound | None = None,
 ) -> TrainingLog:
     """Run cfg.rounds rounds; `teacher` holds the aggregated weights at the end.
+
+    `on_round("teacher", row)` sees every finished round (e.g. TensorBoard scalars).
 
     `spec` (records.model_spec) tells clients the model input and preprocessing. With
     `checkpoints`, every finished round is saved, and a run that finds a checkpoint there
@@ -112,6 +119,7 @@ def train_teacher(
         log.info("resuming after round %d of %d", saved.round, cfg.rounds)
     wait_for_nodes(grid, cfg.clients, timeout=min(cfg.round_timeout, 120.0))
     arrays = weights_to_record(get_weights(teacher))
+    started = time.monotonic()
     for server_round in range(first, cfg.rounds + 1):
         arrays, row = train_round(grid, cfg, strategy, server_round, arrays, spec, out)
         set_weights(teacher, record_to_weights(arrays))
@@ -141,6 +149,9 @@ def train_teacher(
                     config=resume_fingerprint(cfg),
                 )
             )
+        row["elapsed_s"] = time.monotonic() - started  # this process, evaluation and checkpoint in
+        if on_round is not None:
+            on_round("teacher", row)
     if out.rounds and all(row["skipped"] for row in out.rounds):
         reasons = "; ".join(f"round {r['round']}: {r['skipped']}" for r in out.rounds[-3:])
         raise FederationError(f"no round produced a model ({reasons})")

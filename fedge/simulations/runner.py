@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,45 @@ def preflight(cfg: RunConfig) -> None:
             load_private_key(Path(cfg.private_key))
         except ValueError as err:
             raise ConfigError(str(err)) from err
+    if cfg.ray_address:
+        check_ray_address(cfg.ray_address)
     fed = build_federation(cfg)
     if cfg.dp == "central":
         central_noise(cfg)  # a dp-epsilon no noise can meet fails here, before training
     if cfg.dp == "local" and cfg.dp_epsilon > 0:
         for pid in range(cfg.clients):
             plan(len(client_data(fed, pid, cfg).train), cfg)
+
+
+def backend_config(cfg: RunConfig, verbose: bool) -> dict[str, Any]:
+    """Flower's Ray backend settings: local, or an existing cluster (ray-address).
+
+    Locally, num_cpus=2 on 2 cores: one Ray actor, the fastest to start here. A straggler
+    sleeps in its actor, so with stragglers each client gets one core: two actors, and the
+    clients queued behind a straggler are not held up with it. On a cluster each actor takes
+    one CPU, so the actors spread over every node's CPUs.
+    """
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": verbose}
+    cpus = 1 if cfg.straggler_fraction else 2
+    if cfg.ray_address:
+        init_args["address"] = cfg.ray_address
+        cpus = 1
+    return {"client_resources": {"num_cpus": cpus, "num_gpus": 0.0}, "init_args": init_args}
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """ConfigError within `timeout` seconds if nothing listens at HOST:PORT."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"ray-address must be HOST:PORT (ray start --head's), got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"ray-address {address} is unreachable ({err.strerror or err}); start the head "
+            "with `ray start --head --port PORT` or leave ray-address empty for a local Ray"
+        ) from None
 
 
 def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
@@ -145,13 +179,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
         client_app=client_app,
         server_app=server_app,
         backend_name="ray",
-        # num_cpus=2 on 2 cores: one Ray actor, the fastest to start here. A straggler sleeps
-        # in its actor, so with stragglers each client gets one core: two actors, and the
-        # clients queued behind a straggler are not held up with it.
-        backend_config={
-            "client_resources": {"num_cpus": 1 if cfg.straggler_fraction else 2, "num_gpus": 0.0},
-            "init_args": {"logging_level": "ERROR", "log_to_driver": verbose},
-        },
+        backend_config=backend_config(cfg, verbose),
         server_app_context=context,
         verbose_logging=verbose,
     )

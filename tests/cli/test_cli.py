@@ -33,6 +33,11 @@ def cli(tmp_path, monkeypatch):
         (["--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
         (["--dp", "everything"], "unknown dp 'everything'; allowed: none, central, local"),
         (["--dp", "central", "--aggregation", "krum"], "dp central needs the plain mean"),
+        (["--fraction-train", "0"], r"fraction-train must be in (0, 1], got 0.0"),
+        (["--min-train-clients", "11"], "min-train-clients=11 is more clients than exist"),
+        (["--update-compression", "zip"], "unknown update-compression 'zip'; allowed: none"),
+        (["--ray-address", "127.0.0.1:1"], "ray-address 127.0.0.1:1 is unreachable"),
+        (["--ray-address", "nohost"], "ray-address must be HOST:PORT"),
     ],
 )
 def test_simulate_bad_settings_exit_2_and_write_nothing(cli, tmp_path, args, message):

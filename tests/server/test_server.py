@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedge.client.app import app as client_app
 from fedge.client.node import simulated_store
@@ -92,6 +93,14 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
     assert len(list((run / "federated").glob("*.npz"))) == len(tried)  # kept for replays
     assert (run / "report.md").read_text().startswith("# fedge run")
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    # Every round's numbers as TensorBoard curves, the same as results.json's
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    curve = events.Scalars("teacher/accuracy")
+    assert [e.step for e in curve] == [r["round"] for r in on_disk["rounds"]]
+    assert [e.value for e in curve] == pytest.approx([r["accuracy"] for r in on_disk["rounds"]])
+    student_tags = [t for t in events.Tags()["scalars"] if t.startswith("student-")]
+    assert f"student-{tried[0]}/accuracy" in student_tags
 
 
 def test_a_failed_run_leaves_no_directory(tmp_path):
