@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,10 +35,10 @@ def _processes() -> dict[int, tuple[int, str]]:
     return out
 
 
-def _cluster_pids(port: int) -> list[int]:
-    """The cluster's processes: GCS, raylets and helpers name its address; workers descend."""
+def _cluster_pids(port: int, temp: str) -> list[int]:
+    """The cluster's processes: they name its address or temp dir; workers descend from them."""
     procs = _processes()
-    mine = {
+    mine = {p for p, (_, cmd) in procs.items() if temp in cmd} | {
         p for p, (_, cmd) in procs.items() if f"127.0.0.1:{port}" in cmd or f"port={port}" in cmd
     }
     mine.discard(os.getpid())
@@ -51,7 +52,9 @@ def _cluster_pids(port: int) -> list[int]:
 
 def test_a_simulation_spreads_its_clients_over_both_nodes_of_a_ray_cluster(tmp_path):
     port = _free_port()
-    common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}"]
+    # Ray puts Unix sockets under its temp dir: pytest's paths are too long for them.
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
     try:
         subprocess.run(
@@ -86,23 +89,17 @@ def test_a_simulation_spreads_its_clients_over_both_nodes_of_a_ray_cluster(tmp_p
         assert status.count("node_") >= 2, status  # Ray's node list: head and worker
         out = tmp_path / "run"
         cmd = [
-            sys.executable,
-            "-m",
-            "fedge",
-            "simulate",
-            "--scenario",
-            str(SIMULATION),
-            "--ray-address",
-            f"127.0.0.1:{port}",
-            "--out",
-            str(out),
+            *(sys.executable, "-m", "fedge", "simulate", "--scenario", str(SIMULATION)),
+            *("--ray-address", f"127.0.0.1:{port}", "--out", str(out)),
+            *("--rounds", "2", "--student", "deep-tiny", "--kd-source", "public", "--qat", "off"),
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         raylets, deadline = set(), time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
             procs = _processes()
+            ours = {p for p, (_, c) in procs.items() if "raylet" in c.split(" ")[0] and temp in c}
             for _, (parent, cmd_line) in procs.items():
-                if cmd_line.startswith("ray::ClientAppActor"):
+                if cmd_line.startswith("ray::ClientAppActor") and parent in ours:
                     raylets.add(parent)  # each node's raylet starts that node's workers
             time.sleep(0.3)
         output = proc.communicate(timeout=60)[0].decode(errors="replace")
@@ -110,6 +107,7 @@ def test_a_simulation_spreads_its_clients_over_both_nodes_of_a_ray_cluster(tmp_p
         assert (out / "results.json").is_file()
         assert len(raylets) == 2, f"actors ran under raylets {raylets}"
     finally:
-        for pid in _cluster_pids(port):  # stopped by pid, even when the test failed
+        for pid in _cluster_pids(port, temp):  # stopped by pid, even when the test failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
