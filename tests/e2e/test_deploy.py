@@ -191,7 +191,7 @@ def test_tls_superlink_with_node_auth_three_supernodes_and_a_killed_node(tmp_pat
             "--stream",
             "--run-config",
             f"clients=3 rounds=3 partition='iid' out='{out}' private-key='{certs}/signing.key' "
-            "round-timeout=90.0 kd-epochs=10 finetune-epochs=2 local-epochs=2 "
+            "round-timeout=40.0 kd-epochs=10 finetune-epochs=2 local-epochs=2 "
             # federated distillation over the same TLS links, kept short
             "auto-students='deep-small' student-rounds=2 student-epochs=1 qat-epochs=5",
         )

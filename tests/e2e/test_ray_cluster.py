@@ -79,13 +79,15 @@ def test_a_simulation_spreads_its_clients_over_both_nodes_of_a_ray_cluster(tmp_p
             timeout=120,
             env=env,
         )
-        status = subprocess.run(
-            [RAY, "status", f"--address=127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        ).stdout
+        status, waited = "", time.monotonic() + 60
+        while status.count("node_") < 2 and time.monotonic() < waited:  # the worker registers
+            status = subprocess.run(
+                [RAY, "status", f"--address=127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            ).stdout
         assert status.count("node_") >= 2, status  # Ray's node list: head and worker
         out = tmp_path / "run"
         cmd = [
