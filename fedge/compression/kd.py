@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,8 @@ from torch import nn
 
 from fedge.core.config import KD_LABELS, KD_QUERIES
 from fedge.core.progress import Progress
+
+log = logging.getLogger("fedge")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class KDConfig:
     mixup: float = 0.4  # Beta(a, a) mixup of pool samples (augmented queries only); 0: off
     noise: float = 0.05  # std of Gaussian input noise on the pool views
     shift: int = 1  # random shift of up to this many pixels/steps (images and signals)
+    sample_budget: int = 0  # epochs x samples at most (kd-sample-budget); 0: no cap
 
     def __post_init__(self) -> None:
         if self.labels not in KD_LABELS or self.queries not in KD_QUERIES:
@@ -74,6 +78,16 @@ def kd_train(
     class only. Returns the last epoch's loss.
     """
     labels, queries, temperature, batch_size = kd.labels, kd.queries, kd.temperature, kd.batch_size
+    if kd.sample_budget and epochs * len(inputs) > kd.sample_budget:
+        capped = max(1, kd.sample_budget // len(inputs))
+        log.info(
+            "distillation: %d epochs x %d samples exceed kd-sample-budget %d: %d epochs",
+            epochs,
+            len(inputs),
+            kd.sample_budget,
+            capped,
+        )
+        epochs = capped
     generator = torch.Generator().manual_seed(kd.seed)
     xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     teacher.eval()

@@ -142,6 +142,13 @@ class RunConfig:
     kd_epochs: int = setting(
         100, "distillation epochs over the public pool", interval=">= 0", compress=True
     )
+    kd_sample_budget: int = setting(
+        500_000,
+        "cap on KD epochs x pool samples: a large pool gets fewer epochs (as many steps as 100 "
+        "epochs on 5,000 samples); 0: no cap",
+        interval=">= 0",
+        compress=True,
+    )
     # What the student learns from: the teacher's top class (hard) on the pool's own samples
     # (pool) leaks far less membership than soft labels on augmented views (see README, Privacy).
     kd_labels: str = setting(

@@ -61,7 +61,11 @@ class Stage:
 def kd_config(cfg: RunConfig) -> KDConfig:
     """The KD settings distillation and pruning's fine-tuning share."""
     return KDConfig(
-        temperature=cfg.kd_temperature, labels=cfg.kd_labels, queries=cfg.kd_queries, seed=cfg.seed
+        temperature=cfg.kd_temperature,
+        labels=cfg.kd_labels,
+        queries=cfg.kd_queries,
+        seed=cfg.seed,
+        sample_budget=cfg.kd_sample_budget,
     )
 
 

@@ -66,3 +66,18 @@ def test_soft_cross_entropy_on_one_hot_targets_is_cross_entropy():
     one_hot = nn.functional.one_hot(labels, 10).float()
     expected = nn.functional.cross_entropy(logits, labels)
     assert torch.allclose(soft_cross_entropy(logits, one_hot, 1.0), expected)
+
+
+def test_a_sample_budget_caps_the_epochs_of_a_large_pool(teacher, digits_fed):
+    """Differential: 10 epochs under a budget of 3 epochs' samples = 3 epochs without one."""
+    pool = digits_fed.server.public_pool.x[:40]
+
+    def train(epochs: int, budget: int) -> torch.Tensor:
+        student = build_student((1, 8, 8), 10, "tiny", seed=0)
+        kd = KDConfig(temperature=4.0, labels="hard", queries="pool", seed=0, sample_budget=budget)
+        kd_train(student, teacher, pool, kd, epochs=epochs, lr=0.01)
+        return torch.cat([p.detach().flatten() for p in student.parameters()])
+
+    assert torch.equal(train(10, budget=3 * 40), train(3, budget=0))
+    assert torch.equal(train(3, budget=1000), train(3, budget=0))  # within the budget: as asked
+    assert not torch.equal(train(10, budget=0), train(3, budget=0))
