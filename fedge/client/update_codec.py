@@ -9,7 +9,7 @@ decodes before validation (fedge.server.update_codec), so every strategy sees pl
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedge.core import codec
@@ -23,6 +23,7 @@ from fedge.core.records import (
 )
 
 RESIDUAL = "fedge.residual."  # + message type: what compression left out of the last update
+ROUND = ".round"  # + the residual's key: the round it was left by
 CODEC_STREAM = 0xC0DEC
 
 
@@ -46,18 +47,29 @@ def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     if cfg.update_compression == "none" or reply.has_error():
         return reply
     trained = record_to_weights(reply.content.array_records[m.ARRAYS])
-    delta = {k: np.asarray(v, dtype=np.float32) - base[k] for k, v in trained.items()}
+    delta = {
+        k: np.asarray(v, dtype=np.float32) - base[k] if np.issubdtype(v.dtype, np.floating) else v
+        for k, v in trained.items()
+    }
+    server_round = as_int(config.get("server-round", 0))
     key = RESIDUAL + msg.metadata.message_type
     residual = context.state.array_records.get(key) if cfg.error_feedback else None
-    if residual is not None:
+    follows = context.state.config_records.get(key + ROUND)  # the residual's round
+    if residual is not None and follows is not None and follows["round"] == server_round - 1:
         carried = record_to_weights(residual)
         if {k: v.shape for k, v in carried.items()} == {k: v.shape for k, v in delta.items()}:
-            delta = {k: v + carried[k] for k, v in delta.items()}
-    server_round = as_int(config.get("server-round", 0))
+            delta = {k: v + carried[k] if k in carried else v for k, v in delta.items()}
     partition = as_int(context.node_config.get(m.NODE_PARTITION_ID, 0))
     rng = np.random.default_rng([cfg.seed, server_round, partition, CODEC_STREAM])
-    encoded, decoded = codec.roundtrip(delta, codec.of_run(cfg), rng)
+    try:
+        encoded, decoded = codec.roundtrip(delta, codec.of_run(cfg), rng)
+    except ValueError:  # NaN/Inf: sent as trained, the server's validation rejects it
+        if key in context.state:
+            del context.state[key]
+        return reply
     if cfg.error_feedback:
-        context.state[key] = weights_to_record({k: delta[k] - decoded[k] for k in delta})
+        floating = [k for k in delta if np.issubdtype(delta[k].dtype, np.floating)]
+        context.state[key] = weights_to_record({k: delta[k] - decoded[k] for k in floating})
+        context.state[key + ROUND] = ConfigRecord({"round": server_round})
     reply.content = with_arrays(reply.content, weights_to_record(encoded))
     return reply

@@ -79,9 +79,11 @@ def encode(
     for name, x in arrays.items():
         if SEP in name:
             raise ValueError(f"array name {name!r} contains {SEP!r}")
-        if not np.issubdtype(x.dtype, np.floating):
-            out[name] = x
+        if not np.issubdtype(x.dtype, np.floating) or x.size == 0:
+            out[name] = x  # integers, and empty tensors, as they are
             continue
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name}: the update has NaN or Inf values")
         values = x  # int8 alone keeps the tensor's shape (decode_int8 needs no shapes)
         if codec.topk:
             flat = x.reshape(-1)
@@ -109,7 +111,8 @@ def decode(
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if name in encoded:  # passed through unchanged: only what is not floating
-            if np.issubdtype(np.asarray(encoded[name]).dtype, np.floating):
+            plain = np.asarray(encoded[name])
+            if np.issubdtype(plain.dtype, np.floating) and plain.size:
                 raise ValueError(f"{name}: a floating tensor that was not encoded")
             out[name] = encoded[name]
             continue

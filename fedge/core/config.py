@@ -101,8 +101,8 @@ class RunConfig:
     )
     teacher_margin: float = setting(
         0.1,
-        "quality gate: the teacher must beat chance (the majority class's share of validation) "
-        "by this much to be compressed and shipped",
+        "quality gate: the share of the gap from chance (the majority class's share of "
+        "validation) to 100 % the teacher must close to be compressed and shipped",
         interval="[0, 1)",
         compress=True,
     )

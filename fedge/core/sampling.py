@@ -4,7 +4,8 @@ Sampling is by partition id, not node id, so a resumed run (whose simulated node
 ids) trains the same clients in the same rounds. Without central DP a round samples a fixed
 number of clients uniformly without replacement (Flower's fraction-train / min-train-clients);
 with central DP each client joins independently with probability fraction-train (Poisson
-sampling), the mechanism Opacus' subsampled-Gaussian accountant analyses.
+sampling, from a seed only the server knows), the mechanism Opacus' subsampled-Gaussian
+accountant analyses.
 """
 
 from __future__ import annotations
@@ -41,13 +42,22 @@ def sample_rate(cfg: RunConfig) -> float:
     return cfg.fraction_train if poisson(cfg) else 1.0
 
 
-def train_sample(cfg: RunConfig, server_round: int) -> list[int]:
-    """Sorted partition ids that train in `server_round`."""
+def train_sample(cfg: RunConfig, server_round: int, secret: int | None = None) -> list[int]:
+    """Sorted partition ids that train in `server_round`.
+
+    Poisson sampling (central DP) draws from `secret`, which only the server knows: the
+    accountant's amplification assumes nobody can tell who was sampled, and every client
+    knows the run's seed.
+    """
     if not samples_clients(cfg):
         return list(range(cfg.clients))
-    rng = np.random.default_rng([cfg.seed, server_round, TRAIN_STREAM])
     if poisson(cfg):
-        return [int(p) for p in np.flatnonzero(rng.random(cfg.clients) < cfg.fraction_train)]
+        if secret is None:
+            raise ValueError("central DP client sampling needs the server's secret seed")
+        secret_rng = np.random.default_rng([secret, server_round, TRAIN_STREAM])
+        draws = secret_rng.random(cfg.clients)
+        return [int(p) for p in np.flatnonzero(draws < cfg.fraction_train)]
+    rng = np.random.default_rng([cfg.seed, server_round, TRAIN_STREAM])
     picked = rng.choice(cfg.clients, size=train_size(cfg), replace=False)
     return sorted(int(p) for p in picked)
 

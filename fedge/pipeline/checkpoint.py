@@ -44,6 +44,9 @@ class TrainingLog:
     resumed_from: list[int] = field(default_factory=list)  # rounds a resume started after
     # Nodes whose update the last round aggregated (not checkpointed: node ids die with a restart).
     last_round_nodes: list[int] = field(default_factory=list)
+    # Central DP's Poisson sample: a seed only the server knows (from its signing key), never
+    # checkpointed or sent; None outside a run (then such sampling refuses to run).
+    sampling_secret: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form (checkpoint metadata)."""

@@ -24,16 +24,17 @@ def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> dict
     """The gate's verdict on the teacher's validation accuracy (results.json "quality_gate").
 
     Chance is what always answering the most common validation label scores (on balanced
-    classes 1/K); the teacher must reach max(teacher-floor, chance + teacher-margin).
+    classes 1/K); the teacher must close teacher-margin of the gap from chance to 100 %, and
+    reach teacher-floor: max(floor, chance + margin x (1 - chance)), never above 100 %.
     """
     counts = np.bincount(np.asarray(val_y, dtype=np.int64))
     chance = float(counts.max() / counts.sum()) if counts.sum() else 0.0
-    threshold = max(cfg.teacher_floor, chance + cfg.teacher_margin)
+    threshold = max(cfg.teacher_floor, chance + cfg.teacher_margin * (1.0 - chance))
     passed = teacher_val >= threshold
     reason = (
         f"teacher validation accuracy {100 * teacher_val:.2f} % "
         f"{'reaches' if passed else 'is below'} the gate's {100 * threshold:.2f} % "
-        f"(chance {100 * chance:.2f} % + teacher-margin {100 * cfg.teacher_margin:.0f} points"
+        f"(chance {100 * chance:.2f} % + teacher-margin {cfg.teacher_margin:g} of the rest"
         + (f", teacher-floor {100 * cfg.teacher_floor:.2f} %" if cfg.teacher_floor else "")
         + ")"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from contextlib import closing
@@ -50,6 +51,16 @@ from fedge.server.training_loop import train_teacher
 log = logging.getLogger("fedge")
 
 
+def sampling_secret(key: Any) -> int:
+    """A seed only this server knows (from its signing key; the same after a resume)."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return int.from_bytes(hashlib.sha256(b"fedge client sampling" + raw).digest()[:8], "big")
+
+
 def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Everything the ServerApp does, writing into `run_dir` (which must exist)."""
     t0 = time.monotonic()
@@ -72,7 +83,10 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     spec = model_spec(prep, classes)
     checkpoints = CheckpointDir(run_dir / CHECKPOINT_DIR)
     with closing(RoundScalars(run_dir)) as scalars:  # per-round TensorBoard curves
-        training = train_teacher(grid, cfg, teacher, fed.server.test, spec, checkpoints, scalars)
+        secret = sampling_secret(key)
+        training = train_teacher(
+            grid, cfg, teacher, fed.server.test, spec, checkpoints, scalars, secret
+        )
         final_sha256 = weights_sha256(get_weights(teacher))
         t1 = time.monotonic()
 

@@ -24,7 +24,7 @@ from fedge.core.records import (
     record_to_weights,
     weights_to_record,
 )
-from fedge.core.sampling import evaluate_sample, samples_clients, train_sample
+from fedge.core.sampling import evaluate_sample, samples_clients, train_sample, train_size
 from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.pipeline.checkpoint import (
     Checkpoint,
@@ -94,6 +94,7 @@ def train_teacher(
     spec: dict[str, Any],
     checkpoints: CheckpointDir | None = None,
     on_round: OnRound | None = None,
+    sampling_secret: int | None = None,
 ) -> TrainingLog:
     """Run cfg.rounds rounds; `teacher` holds the aggregated weights at the end.
 
@@ -104,13 +105,14 @@ def train_teacher(
     continues after its round with the same model, strategy state and RNG states.
     """
     strategy = make_strategy(cfg)
-    out, first = TrainingLog(), 1
+    out, first = TrainingLog(sampling_secret=sampling_secret), 1
     saved = checkpoints.latest() if checkpoints is not None else None
     if saved is not None:
         set_weights(teacher, saved.weights)
         restore_strategy_state(strategy, saved.strategy)
         restore_rng(saved.rng)
         out = TrainingLog.from_json(saved.log)
+        out.sampling_secret = sampling_secret
         norms = [r["dp_clipping_norm"] for r in out.rounds if "dp_clipping_norm" in r]
         if norms:  # adaptive clipping's norm moved round by round
             strategy.clipping_norm = norms[-1]
@@ -182,12 +184,10 @@ def train_round(
     messages = list(
         strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
     )
-    chosen = train_sample(cfg, server_round)
+    chosen = train_sample(cfg, server_round, out.sampling_secret)
     if samples_clients(cfg):  # the strategy addressed every node; keep the sampled partitions
         discover_partitions(grid, cfg, out.node_partition)
         messages = sampled(messages, chosen, out.node_partition)
-        if hasattr(strategy, "num_sampled_clients"):  # central DP: noise for this round's mean
-            strategy.num_sampled_clients = max(1, len(messages))
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
         msg.metadata.message_type = message_type
@@ -247,7 +247,7 @@ def train_round(
             out.rounds,
             released=skipped is None or (aggregated and cfg.dp_clip_mode == "adaptive"),
             aggregated=len(accepted),
-            sampled=len(messages) if samples_clients(cfg) else cfg.clients,
+            sampled=train_size(cfg) if samples_clients(cfg) else cfg.clients,
             client_epsilons=_reported(ok, m.DP_EPSILON),
             client_noises=_reported(ok, m.DP_NOISE),
         )

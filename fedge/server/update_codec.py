@@ -58,7 +58,12 @@ def decode_updates(
             reason = f"compressed update does not decode: {err}"
             rejected.append({"node_id": node_id, "partition_id": partition, "reason": reason})
             continue
-        full = {k: (base[k] + delta[k]).astype(base[k].dtype) for k in base}
+        full = {  # floating tensors travel as updates, integer ones as they are
+            k: (base[k] + delta[k]).astype(base[k].dtype)
+            if np.issubdtype(base[k].dtype, np.floating)
+            else np.asarray(delta[k], dtype=base[k].dtype)
+            for k in base
+        }
         reply.content = with_arrays(reply.content, weights_to_record(full))
     return rejected
 

@@ -86,3 +86,11 @@ def test_the_int8_downlink_decodes_without_shapes(update, rng):
     encoded = encode(update, Codec("int8", stochastic=False), rng)
     decoded = decode_int8(encoded)
     assert {k: v.shape for k, v in decoded.items()} == {k: v.shape for k, v in update.items()}
+
+
+def test_nan_updates_are_not_encoded_and_empty_tensors_pass(rng):
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        encode({"w": np.array([1.0, np.nan], np.float32)}, Codec("int8"), rng)
+    empty = {"w": np.zeros((0, 3), np.float32), "b": np.ones(4, np.float32)}
+    _, decoded = roundtrip(empty, Codec("topk+int8", ratio=0.5), rng)
+    assert decoded["w"].shape == (0, 3) and decoded["b"].shape == (4,)

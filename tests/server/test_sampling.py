@@ -32,8 +32,13 @@ def test_a_round_samples_a_seeded_fixed_number_of_partitions():
 def test_central_dp_samples_each_client_independently_and_pays_less_for_it():
     cfg = RunConfig(clients=1000, dp="central", dp_noise=1.0, fraction_train=0.1, rounds=20)
     assert poisson(cfg)
-    sizes = [len(train_sample(cfg, r)) for r in range(1, 201)]
+    sizes = [len(train_sample(cfg, r, secret=7)) for r in range(1, 201)]
     assert 95 < np.mean(sizes) < 105 and len(set(sizes)) > 5  # Poisson: the count varies
+    # Who is sampled follows the server's secret, not the seed every client knows.
+    assert train_sample(cfg, 1, secret=7) == train_sample(cfg.replace(seed=5), 1, secret=7)
+    assert train_sample(cfg, 1, secret=7) != train_sample(cfg, 1, secret=8)
+    with pytest.raises(ValueError, match="secret"):
+        train_sample(cfg, 1)
     full = cfg.replace(fraction_train=1.0)
     assert central_epsilon([1.0] * 20, cfg) < central_epsilon([1.0] * 20, full) / 3
     target = cfg.replace(dp_noise=0.0, dp_epsilon=3.0)
@@ -57,11 +62,13 @@ def test_bad_sampling_settings_are_refused(changes, message):
         RunConfig(clients=6, **changes)
 
 
-def _train(cfg, grid, checkpoints=None):
+def _train(cfg, grid, checkpoints=None, secret=None):
     fed = build_federation(cfg)
     teacher = build_teacher((1, 8, 8), 10, seed=cfg.seed)
     spec = model_spec(fed.dataset.preprocessing, 10)
-    log = train_teacher(grid, cfg, teacher, fed.server.test, spec, checkpoints)
+    log = train_teacher(
+        grid, cfg, teacher, fed.server.test, spec, checkpoints, sampling_secret=secret
+    )
     return log, get_weights(teacher)
 
 
@@ -92,9 +99,10 @@ def test_only_the_sampled_partitions_train_and_a_restart_samples_the_same(tmp_pa
 
 def test_a_central_dp_run_with_poisson_sampling_accounts_at_the_sample_rate():
     cfg = SAMPLED.replace(rounds=2, dp="central", dp_noise=1.0, dp_clip=1.0, fraction_train=0.5)
-    log, _ = _train(cfg, LocalGrid(client_app, num_nodes=6))
-    assert [r["sampled"] for r in log.rounds] == [train_sample(cfg, r) for r in (1, 2)]
-    assert [r["clients_ok"] for r in log.rounds] == [len(train_sample(cfg, r)) for r in (1, 2)]
+    log, _ = _train(cfg, LocalGrid(client_app, num_nodes=6), secret=11)
+    expected = [train_sample(cfg, r, secret=11) for r in (1, 2)]
+    assert [r["sampled"] for r in log.rounds] == expected
+    assert [r["clients_ok"] for r in log.rounds] == [len(e) for e in expected]
     unsampled = central_epsilon(
         [r["dp_noise_effective"] for r in log.rounds], cfg.replace(fraction_train=1.0)
     )
