@@ -143,16 +143,19 @@ def compress(
     if target.exists() and any(target.iterdir()):
         raise fail(f"out {target} already exists and is not empty; choose a new --out")
     setup_logging(verbose)
+    new_parent = not target.parent.exists()  # RUN/compress/ on the first compress of a run
     try:
         with staged_run_dir(target) as work:
             results = compress_run(run_dir, cfg, work, teacher_params, choice, grid)
-    except ConfigError as err:  # e.g. no student meets the limit: nothing was written
-        raise fail(str(err)) from None
-    except NotShippedError as stop:
-        raise fail(
-            f"quality gate: {stop}; nothing written. Ship it anyway: --ship-anyway",
-            code=NOT_SHIPPED_EXIT,
-        ) from None
+    except (ConfigError, NotShippedError) as err:  # nothing was written: leave nothing behind
+        if new_parent and target.parent.is_dir() and not any(target.parent.iterdir()):
+            target.parent.rmdir()
+        if isinstance(err, NotShippedError):
+            raise fail(
+                f"quality gate: {err}; nothing written. Ship it anyway: --ship-anyway",
+                code=NOT_SHIPPED_EXIT,
+            ) from None
+        raise fail(str(err)) from None  # e.g. no student meets the limit
     student_row = results["student"]
     console.print(
         f"student {100 * student_row['accuracy']:.2f} % ({student_row['onnx_bytes']:,} bytes, "

@@ -47,9 +47,9 @@ def test_a_collapsed_teacher_is_not_shipped_and_compress_ships_it_only_when_told
     assert "NOT SHIPPED" in (run / "report.md").read_text()
 
     runner = CliRunner()
-    refused = runner.invoke(app, ["compress", str(run), "--out", str(tmp_path / "c1")])
+    refused = runner.invoke(app, ["compress", str(run)])  # default out: RUN/compress/<time>
     assert refused.exit_code == 3, refused.output
-    assert "quality gate" in refused.output and not (tmp_path / "c1").exists()
+    assert "quality gate" in refused.output and not (run / "compress").exists()
     shipped = runner.invoke(
         app, ["compress", str(run), "--ship-anyway", "--out", str(tmp_path / "c2")]
     )
