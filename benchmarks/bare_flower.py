@@ -104,26 +104,10 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def simulate(cfg: RunConfig, out: Path) -> dict[str, list[float]]:
-    """Run the bare app in Flower's simulation engine with fedge's backend settings."""
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.supercore.telemetry import EventType
+    """Run the bare app in Flower's simulation engine, exactly as fedge simulate runs its own."""
+    from fedge.simulations.runner import run_engine
 
-    from fedge.simulations.runner import backend_config
-
-    run_config = {**cfg.to_run_config(), "bench-json": str(out)}
-    context = Context(
-        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
-    )
-    _run_simulation(
-        num_supernodes=cfg.clients,
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client,
-        server_app=server,
-        backend_name="ray",
-        backend_config=backend_config(cfg, verbose=False),
-        server_app_context=context,
-        verbose_logging=False,
-    )
+    run_engine(client, server, cfg, {**cfg.to_run_config(), "bench-json": str(out)}, verbose=False)
     return json.loads(out.read_text())
 
 

@@ -151,27 +151,20 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
-    """Run the ServerApp and `cfg.clients` simulated ClientApps; returns the run directory."""
-    for key, value in FLOWER_ENV.items():
-        os.environ.setdefault(key, value)
-    from fedge.client.node import SIMULATION_ENV
+def run_engine(
+    client_app: Any, server_app: Any, cfg: RunConfig, run_config: dict[str, Any], *, verbose: bool
+) -> None:
+    """Flower's simulation engine: `cfg.clients` nodes of `client_app`, Ray as configured.
 
-    # The simulated nodes (Ray workers inherit this environment) may trust the run's own key;
-    # a real node never sees this variable and trusts only its configured key.
-    os.environ[SIMULATION_ENV] = "1"
+    The public run_simulation() hands the ServerApp an empty run_config; the engine's own entry
+    point (what `flwr run` uses) takes a Context, so we call that with `run_config`.
+    """
     from flwr.app import Context, RecordDict
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    from fedge.client.app import app as client_app
-    from fedge.pipeline.rundir import RESULTS_FILE
-    from fedge.server.app import app as server_app
-
-    # The public run_simulation() hands the ServerApp an empty run_config; the engine's own
-    # entry point (what `flwr run` uses) takes a Context, so we call that with our settings.
     context = Context(
-        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=cfg.to_run_config()
+        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )
     _run_simulation(
         num_supernodes=cfg.clients,
@@ -183,6 +176,23 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
         server_app_context=context,
         verbose_logging=verbose,
     )
+
+
+def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
+    """Run the ServerApp and `cfg.clients` simulated ClientApps; returns the run directory."""
+    for key, value in FLOWER_ENV.items():
+        os.environ.setdefault(key, value)
+    from fedge.client.node import SIMULATION_ENV
+
+    # The simulated nodes (Ray workers inherit this environment) may trust the run's own key;
+    # a real node never sees this variable and trusts only its configured key.
+    os.environ[SIMULATION_ENV] = "1"
+
+    from fedge.client.app import app as client_app
+    from fedge.pipeline.rundir import RESULTS_FILE
+    from fedge.server.app import app as server_app
+
+    run_engine(client_app, server_app, cfg, cfg.to_run_config(), verbose=verbose)
     out = Path(cfg.out)
     if not (out / RESULTS_FILE).is_file():
         raise RuntimeError(

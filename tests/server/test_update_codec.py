@@ -5,6 +5,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.common.serde import message_to_proto
 
 from fedge.client.app import app as client_app
+from fedge.client.update_codec import RESIDUAL, ROUND
 from fedge.core import messages as m
 from fedge.core.config import ConfigError
 from fedge.server.update_codec import decode_updates
@@ -36,7 +37,17 @@ def test_the_byte_counts_are_the_serialized_messages():
 
 
 def test_topk_int8_with_error_feedback_still_learns():
-    log = _train(CLEAN.replace(update_compression="topk+int8", topk_ratio=0.05))
+    grid = LocalGrid(client_app, num_nodes=5)
+    log = _train(CLEAN.replace(update_compression="topk+int8", topk_ratio=0.05), grid)
+    # Each node kept what compression left out of its last update, stamped with that round.
+    key = RESIDUAL + m.TRAIN
+    for context in grid.contexts.values():
+        left = context.state.array_records[key]
+        assert any(np.abs(a.numpy()).sum() > 0 for a in left.values())
+        assert context.state.config_records[key + ROUND]["round"] == log.rounds[-1]["round"]
+    off = LocalGrid(client_app, num_nodes=5)
+    _train(CLEAN.replace(rounds=1, update_compression="topk", error_feedback=False), off)
+    assert all(key not in c.state.array_records for c in off.contexts.values())
     plain_uplink = _train(CLEAN.replace(rounds=1)).rounds[0]["uplink_bytes"]
     assert plain_uplink / log.rounds[0]["uplink_bytes"] > 8
     assert log.rounds[-1]["accuracy"] > 0.5
