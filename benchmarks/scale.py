@@ -12,9 +12,10 @@ its own process session:
   benchmarks/bare_flower.py, Flower's FedAvg with the same local training for as many sampled
   clients: `overhead_ratio_vs_flower` is fedge's mean round time over the bare app's (rounds
   2 and later, each round with its central test evaluation).
-- bytes: digits, Dirichlet 0.5, 10 clients, per seed: fp32 updates; int8 both ways; top-k
-  (`--topk-ratio`) + int8 updates with an int8 downlink; and few rounds (`--few-rounds`) with
-  the ensemble teacher. Training bytes are the serialized Flower messages of the teacher's
+- bytes: digits, Dirichlet 0.5, 10 clients, per seed: fp32 updates and int8 both ways for
+  `--bytes-rounds`; top-k (`--topk-ratio`) + int8 both ways (updates up, the model's change
+  down: `downlink-compression delta`) for `--topk-rounds`; and few rounds (`--few-rounds`)
+  with the ensemble teacher. Training bytes are the serialized Flower messages of the teacher's
   rounds, both ways (results.json rounds[].uplink_bytes / downlink_bytes). The target is the
   fp32 run's final teacher accuracy minus one point; `bytes_X` is the cumulative training
   traffic at the first round where variant X reached it (null if it never did). A PNG plots
@@ -40,7 +41,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {},
     "int8": {"update-compression": "int8", "downlink-compression": "int8"},
-    "topk": {"update-compression": "topk+int8", "downlink-compression": "int8"},
+    "topk": {"update-compression": "topk+int8", "downlink-compression": "delta"},
     "fewround": {"teacher-mode": "ensemble"},
 }
 
@@ -159,12 +160,15 @@ def measure_bytes(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     for seed in range(args.seeds):
         rows: dict[str, Any] = {}
         for name, extra in VARIANTS.items():
-            rounds = args.few_rounds if name == "fewround" else args.bytes_rounds
+            rounds = {"fewround": args.few_rounds, "topk": args.topk_rounds}.get(
+                name, args.bytes_rounds
+            )
             settings = {"dataset": "digits", "seed": seed, "rounds": rounds, **extra}
             topk = {"topk-ratio": args.topk_ratio} if name == "topk" else {}
             got = run({**settings, **topk}, work / f"{name}-{seed}", work / f"{name}-{seed}.log")
             res = got["results"]
             rows[name] = {
+                "rounds": rounds,
                 "curve": curve(res),
                 "teacher_accuracy": res["teacher"]["accuracy"],
                 "student_accuracy": (res["student"] or {}).get("accuracy"),
@@ -195,6 +199,12 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"accuracy_loss_pt_{name}"] = 100 * (
             out["teacher_accuracy_fp32"] - out[f"teacher_accuracy_{name}"]
         )
+        pairs = [(s["variants"][name]["curve"], s["variants"]["fp32"]["curve"]) for s in per_seed]
+        if all(len(mine) > len(fp32) for mine, fp32 in pairs):  # ran longer: also at fp32's end
+            at = len(pairs[0][1])
+            out[f"teacher_accuracy_{name}_at_round_{at}"] = statistics.mean(
+                mine[at - 1][1] for mine, _ in pairs
+            )
         if out["bytes_fp32"] and out[f"bytes_{name}"]:
             out[f"bytes_to_target_ratio_{name}"] = out["bytes_fp32"] / out[f"bytes_{name}"]
     return out
@@ -240,6 +250,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--bytes-rounds", type=int, default=10)
     parser.add_argument("--few-rounds", type=int, default=3)
+    parser.add_argument("--topk-rounds", type=int, default=20)
     parser.add_argument("--topk-ratio", type=float, default=0.05)
     parser.add_argument("--skip-clients", action="store_true")
     parser.add_argument("--skip-bytes", action="store_true")

@@ -1,7 +1,8 @@
 """A Flower client mod that decodes the compressed model and sends back a compressed update.
 
-Outermost mod of every train handler: it decodes an int8 downlink into the model the handler
-trains, and replaces the trained weights in the reply by the encoded update (trained minus
+Outermost mod of every train handler: it decodes the downlink (an int8 model, or in delta mode
+a coded change to the model the node kept from its last chain message) into the model the
+handler trains, and replaces the trained weights in the reply by the encoded update (trained minus
 received), with error feedback kept in the node's context state per message type. The server
 decodes before validation (fedge.server.update_codec), so every strategy sees plain arrays.
 """
@@ -9,11 +10,12 @@ decodes before validation (fedge.server.update_codec), so every strategy sees pl
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedge.core import codec
 from fedge.core import messages as m
+from fedge.core.config import RunConfig
 from fedge.core.records import (
     as_int,
     record_to_config,
@@ -36,8 +38,7 @@ def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     if cfg.update_compression == "none" and cfg.downlink_compression == "none":
         return call_next(msg, context)
     arrived = msg.content
-    received = record_to_weights(arrived.array_records[m.ARRAYS])
-    base = codec.decode_int8(received) if cfg.downlink_compression == "int8" else received
+    base = _received(cfg, arrived, context, msg.metadata.message_type)
     # A new RecordDict: the arrived one may be shared with other messages (in-process grids).
     msg.content = with_arrays(arrived, weights_to_record(base))
     try:
@@ -73,3 +74,36 @@ def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallabl
         context.state[key + ROUND] = ConfigRecord({"round": server_round})
     reply.content = with_arrays(reply.content, weights_to_record(encoded))
     return reply
+
+
+def _received(
+    cfg: RunConfig, content: RecordDict, context: Context, kind: str
+) -> dict[str, np.ndarray]:
+    """The model the server sent, decoded; in delta mode, the view it becomes is kept."""
+    received = record_to_weights(content.array_records[m.ARRAYS])
+    if cfg.downlink_compression == "none":
+        return received
+    if cfg.downlink_compression == "int8":
+        return codec.decode_int8(received)
+    how = content.config_records.get(m.DOWNLINK)
+    if how is None:
+        raise ValueError("downlink-compression delta: the message carries no downlink record")
+    key = m.STATE_VIEW + kind
+    if how["kind"] == m.DOWNLINK_FULL:
+        model = codec.decode_int8(received)
+    else:
+        held = context.state.config_records.get(key + ROUND)
+        if held is None or key not in context.state.array_records or held["view"] != how["base"]:
+            raise ValueError(
+                "downlink-compression delta: this node does not hold the model the change "
+                f"applies to (view {as_int(how['base'])}); the server sends the full model next time"
+            )
+        view = record_to_weights(context.state.array_records[key])
+        shapes = {k: tuple(v.shape) for k, v in view.items()}
+        model = codec.advance(view, codec.decode(received, shapes, codec.delta_codec(cfg)))
+    if as_int(how["view"]):  # a chain view: the next delta applies to it
+        context.state[key] = weights_to_record(model)
+        context.state[key + ROUND] = ConfigRecord({"view": how["view"]})
+    elif key in context.state:
+        del context.state[key]
+    return model

@@ -2,8 +2,8 @@
 
 An encoded update is again a dict of named numpy arrays (so it travels in an ordinary Flower
 ArrayRecord): for a tensor `w`, `w|q` (int8 values) and `w|s` (float32 scale) for int8;
-`w|i` (the gaps between sorted flat indices, in the smallest unsigned type that holds them) and `w|v` (values:
-float32, or int8 with `w|s` when combined) for top-k. `decode` needs the original shapes.
+`w|i` (the gaps between sorted flat indices, as LEB128 varint bytes: one byte per gap below 128)
+and `w|v` (values: float32, or int8 with `w|s` when combined) for top-k. `decode` needs the original shapes.
 Error feedback (Seide et al. 2014; Karimireddy et al. 2019) is the caller's: add the residual
 before encoding and keep `x - decode(encode(x))` for the next round.
 """
@@ -50,6 +50,22 @@ def of_run(cfg: RunConfig) -> Codec:
     return Codec(cfg.update_compression, cfg.topk_ratio, cfg.update_rounding == "stochastic")
 
 
+def delta_codec(cfg: RunConfig) -> Codec:
+    """How a delta downlink is coded: the update codec, rounded deterministically."""
+    return Codec(cfg.update_compression, cfg.topk_ratio, stochastic=False)
+
+
+def advance(view: dict[str, np.ndarray], decoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The next view: floating tensors plus their decoded change, the others as sent.
+
+    Server and client mod both call it: the same operations give the same bits on both sides.
+    """
+    return {
+        k: (v + decoded[k]).astype(v.dtype) if np.issubdtype(v.dtype, np.floating) else decoded[k]
+        for k, v in view.items()
+    }
+
+
 def _quantize(
     x: np.ndarray, stochastic: bool, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -62,11 +78,36 @@ def _quantize(
     return np.clip(q, -127, 127).astype(np.int8), np.array([scale], dtype=np.float32)
 
 
-def _index_dtype(size: int) -> type:
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if size <= np.iinfo(dtype).max + 1:
-            return dtype
-    return np.int64
+def varint(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers as LEB128 bytes (7 bits a byte, high bit: more bytes follow)."""
+    v = np.asarray(values, dtype=np.uint64).reshape(-1)
+    sizes = np.ones(v.shape, dtype=np.int64)
+    for bits in range(7, 64, 7):
+        sizes += v >= (np.uint64(1) << np.uint64(bits))
+    owner = np.repeat(np.arange(v.size), sizes)
+    pos = (np.arange(owner.size) - (np.cumsum(sizes) - sizes)[owner]).astype(np.uint64)
+    low = (v[owner] >> (np.uint64(7) * pos)) & np.uint64(0x7F)
+    more = pos < (sizes[owner] - 1).astype(np.uint64)
+    return (low | (more.astype(np.uint64) << np.uint64(7))).astype(np.uint8)
+
+
+def unvarint(data: np.ndarray) -> np.ndarray:
+    """The integers `varint` wrote (int64). ValueError on a truncated or overlong number."""
+    b = np.asarray(data).reshape(-1)
+    if b.dtype != np.uint8:
+        raise ValueError(f"varint bytes must be uint8, got {b.dtype}")
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if b[-1] & 0x80:
+        raise ValueError("truncated varint")
+    last = (b & 0x80) == 0
+    starts = np.flatnonzero(np.concatenate(([True], last[:-1])))
+    owner = np.cumsum(last) - last
+    pos = np.arange(b.size) - starts[owner]
+    if pos.max() > 8:  # 9 bytes hold 63 bits
+        raise ValueError("varint longer than 63 bits")
+    parts = (b & 0x7F).astype(np.uint64) << (np.uint64(7) * pos.astype(np.uint64))
+    return np.add.reduceat(parts, starts).astype(np.int64)
 
 
 def encode(
@@ -89,8 +130,7 @@ def encode(
             flat = x.reshape(-1)
             k = max(1, int(np.ceil(codec.ratio * flat.size)))
             keep = np.sort(np.argpartition(np.abs(flat), flat.size - k)[flat.size - k :])
-            gaps = np.diff(keep, prepend=0)  # sorted: small gaps fit a small type
-            out[name + SEP + "i"] = gaps.astype(_index_dtype(int(gaps.max()) + 1))
+            out[name + SEP + "i"] = varint(np.diff(keep, prepend=0))  # sorted: small gaps
             values = flat[keep]
         if codec.int8:
             out[name + SEP + "q"], out[name + SEP + "s"] = _quantize(values, codec.stochastic, rng)
@@ -125,7 +165,7 @@ def decode(
         else:
             values = _part(encoded, name, "v").astype(np.float32)
         if codec.topk:
-            idx = np.cumsum(_part(encoded, name, "i").astype(np.int64))
+            idx = np.cumsum(unvarint(_part(encoded, name, "i")))
             if idx.shape != values.shape or (idx.size and (idx.min() < 0 or idx.max() >= size)):
                 raise ValueError(f"{name}: top-k indices do not fit its shape {shape}")
             dense = np.zeros(size, dtype=np.float32)

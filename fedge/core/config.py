@@ -41,7 +41,7 @@ DP_CLIP_MODES = ("fixed", "adaptive")
 DP_ACCOUNTANTS = ("rdp", "prv")
 UPDATE_CODECS = ("none", "int8", "topk", "topk+int8")  # fedge.core.codec.MODES
 ROUNDINGS = ("stochastic", "deterministic")
-DOWNLINKS = ("none", "int8")
+DOWNLINKS = ("none", "int8", "delta")
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 
@@ -265,7 +265,10 @@ class RunConfig:
         True, "clients add what compression dropped to their next update"
     )
     downlink_compression: str = setting(
-        "none", "the model server -> clients in training rounds: none | int8", choices=DOWNLINKS
+        "none",
+        "the model server -> clients in training rounds: none | int8 | delta (the change since "
+        "the model the node holds, coded like updates)",
+        choices=DOWNLINKS,
     )
     fraction_train: float = setting(
         1.0,

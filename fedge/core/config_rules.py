@@ -93,6 +93,11 @@ def _robustness(cfg: RunConfig) -> None:
     if cfg.min_clients > cfg.clients:
         raise ConfigError(f"min-clients must be <= clients={cfg.clients}, got {cfg.min_clients}")
     _sampling(cfg)
+    if cfg.downlink_compression == "delta" and cfg.update_compression == "none":
+        raise ConfigError(
+            "downlink-compression delta codes the model's change like updates: set "
+            "update-compression int8 | topk | topk+int8"
+        )
     if cfg.update_compression != "none" and cfg.dp == "central" and cfg.dp_clipping == "client":
         raise ConfigError(
             "update-compression after client-side DP clipping could exceed the clipping norm; "

@@ -18,6 +18,8 @@ LOGITS = f"query.{LOGITS_ACTION}"
 
 # RecordDict keys.
 ARRAYS = "arrays"
+DOWNLINK = "downlink"  # downlink-compression delta: ConfigRecord of kind, view and base ids
+DOWNLINK_FULL, DOWNLINK_DELTA = "full", "delta"  # its kinds: an int8 model, a coded change
 CONFIG = "config"
 METRICS = "metrics"
 BUNDLE = "bundle"
@@ -25,7 +27,9 @@ STATUS = "status"
 INPUTS = "inputs"  # query.logits: the public transfer inputs (ArrayRecord, one array "x")
 LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, classes)
 
-# context.state keys: the client's own model from its last training round (ensemble mode).
+# context.state keys: the model the server's downlink deltas apply to (+ message type), and
+# the client's own model from its last training round (ensemble mode).
+STATE_VIEW = "fedge.view."
 STATE_MODEL = "fedge.local-model"
 STATE_ROUND = "fedge.local-round"
 # The final teacher's logits on the client's own training split (federated distillation), and

@@ -47,6 +47,9 @@ class TrainingLog:
     # Central DP's Poisson sample: a seed only the server knows (from its signing key), never
     # checkpointed or sent; None outside a run (then such sampling refuses to run).
     sampling_secret: int | None = None
+    # downlink-compression delta: the server's side of the model nodes hold (not checkpointed:
+    # a resumed run starts a new one).
+    downlink: Any = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form (checkpoint metadata)."""

@@ -38,7 +38,13 @@ from fedge.privacy import ledger
 from fedge.server.replies import replies_by_node
 from fedge.server.sampling import discover_partitions, sampled
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
-from fedge.server.update_codec import decode_updates, encode_downlink, wire_bytes
+from fedge.server.update_codec import (
+    DownlinkChain,
+    decode_updates,
+    encode_downlink,
+    settle_chain,
+    wire_bytes,
+)
 from fedge.server.validation import validate_updates
 
 log = logging.getLogger("fedge")
@@ -191,14 +197,17 @@ def train_round(
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
         msg.metadata.message_type = message_type
-    base = encode_downlink(cfg, messages, arrays)
+    if out.downlink is None:
+        out.downlink = DownlinkChain()
+    encode_downlink(cfg, messages, arrays, out.downlink)
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent: with message ids
     out.train_bytes += downlink + uplink
     by_node = replies_by_node(messages, replies)
     failures = _failures(by_node, out.node_partition)
+    settle_chain(out.downlink, by_node)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
-    undecodable = decode_updates(cfg, ok, base)
+    undecodable = decode_updates(cfg, ok, record_to_weights(arrays))
     # Under central DP clipping bounds every update: no data-dependent norm rule before it.
     factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
     accepted, rejected = validate_updates(ok, record_to_weights(arrays), norm_outlier_factor=factor)

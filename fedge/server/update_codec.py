@@ -1,16 +1,25 @@
 """Server side of compressed training traffic: encode the downlink, decode every update.
 
-Replies are decoded back into ordinary full weights (received model + decoded update) before
-validation, so validation, robust rules and DP wrappers see what they always see. A reply that
-does not decode is rejected like any malformed update.
+Replies are decoded into ordinary full weights before validation, so validation, robust rules
+and DP wrappers see what they always see; a reply that does not decode is rejected like any
+malformed update. Every update is applied to the server's own model (not to the compressed
+copy the client trained from), so what the downlink compression leaves out of one round is
+still in the next round's model: server-side error feedback (DoubleSqueeze, Tang et al. 2019).
+
+`downlink-compression delta` keeps one shared *view*: the model every node that took the last
+chain message holds. Nodes that hold it get only the coded change from it to the server's
+model; the rest get the model in int8. Nodes and server add the same decoded arrays in the
+same float32 operations, so their views stay bit-identical.
 """
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.serde import message_to_proto
 
 from fedge.core import codec
@@ -21,24 +30,68 @@ from fedge.core.records import as_int, record_to_weights, weights_to_record, wit
 DOWNLINK = codec.Codec("int8", stochastic=False)
 
 
+@dataclass
+class DownlinkChain:
+    """The shared view of delta mode: its arrays, its id, the nodes that hold it."""
+
+    view: dict[str, np.ndarray] | None = None
+    view_id: int = 0
+    holders: set[int] = field(default_factory=set)
+    sent: set[int] = field(default_factory=set)  # this round's chain messages (their nodes)
+
+
 def encode_downlink(
-    cfg: RunConfig, messages: list[Message], arrays: ArrayRecord
-) -> dict[str, np.ndarray]:
-    """Put the (int8) model into every message; returns the model the clients will decode."""
-    weights = record_to_weights(arrays)
+    cfg: RunConfig, messages: list[Message], arrays: ArrayRecord, chain: DownlinkChain
+) -> None:
+    """Put the model, coded as `downlink-compression` asks, into every message."""
     if cfg.downlink_compression == "none":
-        return dict(weights)
-    encoded = codec.encode(weights, DOWNLINK, np.random.default_rng(0))  # deterministic
-    record = weights_to_record(encoded)
-    for msg in messages:  # Flower's strategies give every message the same RecordDict
+        return
+    weights = record_to_weights(arrays)
+    int8 = weights_to_record(codec.encode(weights, DOWNLINK, np.random.default_rng(0)))
+    if cfg.downlink_compression == "int8":
+        for msg in messages:  # Flower's strategies give every message the same RecordDict
+            msg.content = with_arrays(msg.content, int8)
+        return
+    targets = {msg.metadata.dst_node_id for msg in messages}
+    holders = chain.holders & targets if chain.view is not None else set()
+    new_id = secrets.randbits(62) + 1  # unique per run and round: a stale view never matches
+    full = _downlink(m.DOWNLINK_FULL, 0, 0)
+    if holders:
+        assert chain.view is not None
+        change = {
+            k: w - chain.view[k] if np.issubdtype(w.dtype, np.floating) else w
+            for k, w in weights.items()
+        }
+        encoded, decoded = codec.roundtrip(change, codec.delta_codec(cfg), np.random.default_rng(0))
+        chained = (weights_to_record(encoded), _downlink(m.DOWNLINK_DELTA, new_id, chain.view_id))
+        chain.view = codec.advance(chain.view, decoded)
+    else:  # nobody holds the view: everyone starts a new one from the int8 model
+        holders = targets
+        chained = (int8, _downlink(m.DOWNLINK_FULL, new_id, 0))
+        chain.view = codec.decode_int8(record_to_weights(int8))
+    chain.view_id, chain.sent = new_id, holders
+    for msg in messages:
+        record, how = chained if msg.metadata.dst_node_id in holders else (int8, full)
         msg.content = with_arrays(msg.content, record)
-    return codec.decode_int8(encoded)
+        msg.content.config_records[m.DOWNLINK] = how
+
+
+def _downlink(kind: str, view: int, base: int) -> ConfigRecord:
+    return ConfigRecord({"kind": kind, "view": view, "base": base})
+
+
+def settle_chain(chain: DownlinkChain, replies: dict[int, Message | None]) -> None:
+    """After a round: the view's holders are the chain's nodes that answered without error."""
+    chain.holders = {
+        n for n in chain.sent if (r := replies.get(n)) is not None and not r.has_error()
+    }
+    chain.sent = set()
 
 
 def decode_updates(
     cfg: RunConfig, replies: dict[int, Message], base: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
-    """Rewrite each reply's arrays as full weights, in place; rejection rows for the rest."""
+    """Rewrite each reply's arrays as `base` + its update, in place; rejection rows for the rest."""
     if cfg.update_compression == "none":
         return []
     shapes = {k: tuple(v.shape) for k, v in base.items()}
@@ -58,13 +111,7 @@ def decode_updates(
             reason = f"compressed update does not decode: {err}"
             rejected.append({"node_id": node_id, "partition_id": partition, "reason": reason})
             continue
-        full = {  # floating tensors travel as updates, integer ones as they are
-            k: (base[k] + delta[k]).astype(base[k].dtype)
-            if np.issubdtype(base[k].dtype, np.floating)
-            else np.asarray(delta[k], dtype=base[k].dtype)
-            for k in base
-        }
-        reply.content = with_arrays(reply.content, weights_to_record(full))
+        reply.content = with_arrays(reply.content, weights_to_record(codec.advance(base, delta)))
     return rejected
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedge.core.codec import Codec, decode, decode_int8, encode, roundtrip
+from fedge.core.codec import Codec, decode, decode_int8, encode, roundtrip, unvarint, varint
 
 
 @pytest.fixture
@@ -94,3 +94,18 @@ def test_nan_updates_are_not_encoded_and_empty_tensors_pass(rng):
     empty = {"w": np.zeros((0, 3), np.float32), "b": np.ones(4, np.float32)}
     _, decoded = roundtrip(empty, Codec("topk+int8", ratio=0.5), rng)
     assert decoded["w"].shape == (0, 3) and decoded["b"].shape == (4,)
+
+
+def test_varint_gaps_take_one_byte_below_128_and_bad_bytes_are_refused(rng):
+    values = np.concatenate(
+        (rng.integers(0, 127, 500), [0, 1, 127, 128, 16383, 16384, 2**40, 2**63 - 1])
+    )
+    data = varint(values)
+    np.testing.assert_array_equal(unvarint(data), values)
+    assert data.dtype == np.uint8 and data.size == 500 + 1 + 1 + 1 + 2 + 2 + 3 + 6 + 9
+    with pytest.raises(ValueError, match="truncated"):
+        unvarint(data[:-1])  # the last number's final byte
+    with pytest.raises(ValueError, match="longer than 63 bits"):
+        unvarint(np.array([0xFF] * 10 + [1], dtype=np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        unvarint(data.astype(np.int64))

@@ -1,13 +1,14 @@
 """Compressed training traffic through the real ClientApp mod and the server's decoding."""
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.serde import message_to_proto
 
 from fedge.client.app import app as client_app
 from fedge.client.update_codec import RESIDUAL, ROUND
 from fedge.core import messages as m
 from fedge.core.config import ConfigError
+from fedge.core.records import record_to_weights
 from fedge.server.update_codec import decode_updates
 from tests.flower_local import LocalGrid
 from tests.server.test_robust import SIGNFLIP, _train
@@ -80,5 +81,53 @@ def test_compression_after_client_side_dp_clipping_is_refused():
         CLEAN.replace(update_compression="int8", dp="central", dp_noise=1.0, dp_clipping="client")
     except ConfigError as err:
         assert "dp-clipping server" in str(err)
+    else:
+        raise AssertionError("not refused")
+
+
+DELTA = CLEAN.replace(update_compression="topk+int8", topk_ratio=0.05, downlink_compression="delta")
+
+
+class ForgetfulGrid(LocalGrid):
+    """Node 101 loses its state (a restart) before the second training round."""
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
+        messages = list(messages)
+        trains = [x for x in self.sent if x.metadata.message_type == m.TRAIN]
+        if messages and messages[0].metadata.message_type == m.TRAIN and len(trains) == 5:
+            self.contexts[101].state = RecordDict()
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_the_delta_downlink_keeps_node_views_identical_to_the_servers():
+    grid = ForgetfulGrid(client_app, num_nodes=5)
+    log = _train(DELTA, grid)
+    key = m.STATE_VIEW + m.TRAIN
+    # A node whose state is lost cannot apply the change: it fails that round, then gets the
+    # full int8 model (off the chain); the other four hold the server's view bit for bit.
+    failed = [[f["partition_id"] for f in r["clients_failed"]] for r in log.rounds]
+    assert failed == [[], [1], []]
+    assert "does not hold the model" in log.rounds[1]["clients_failed"][0]["reason"]
+    assert key not in grid.contexts[101].state.array_records
+    for node in (100, 102, 103, 104):
+        state = grid.contexts[node].state
+        assert state.config_records[key + ROUND]["view"] == log.downlink.view_id
+        held = record_to_weights(state.array_records[key])
+        for name, value in log.downlink.view.items():
+            np.testing.assert_array_equal(held[name], value)
+    # Round 1 is the int8 model to all, round 2 the coded change to all five; round 3 the
+    # change to four and the int8 model to the one that lost it.
+    int8 = _train(DELTA.replace(downlink_compression="int8"))
+    down, full = [r["downlink_bytes"] for r in log.rounds], int8.rounds[0]["downlink_bytes"]
+    assert abs(down[0] - full) < 0.01 * full and down[1] < full / 5
+    assert abs(down[2] - (full / 5 + down[1] * 4 / 5)) < 0.05 * full / 5
+    assert log.rounds[-1]["accuracy"] > int8.rounds[-1]["accuracy"] - 0.05
+
+
+def test_delta_downlink_needs_an_update_codec():
+    try:
+        CLEAN.replace(downlink_compression="delta")
+    except ConfigError as err:
+        assert "update-compression int8 | topk | topk+int8" in str(err)
     else:
         raise AssertionError("not refused")
