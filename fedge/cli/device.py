@@ -1,4 +1,4 @@
-"""Device commands: `fedge infer`, `fedge serve`, `fedge keys` (no torch, no flwr needed)."""
+"""Device commands: `fedge infer`, `fedge serve`, `fedge profile`, `fedge keys` (no torch/flwr)."""
 
 from __future__ import annotations
 
@@ -151,6 +151,41 @@ def serve(
         flush=True,
     )
     run_server(app_, sock, limits)
+
+
+@app.command()
+def profile(
+    out: Annotated[Path, typer.Option(help="Where to write the profile (JSON).")],
+    batch: Annotated[
+        int, typer.Option(min=2, max=4096, help="A second batch size to measure besides 1.")
+    ] = 32,
+    threads: Annotated[
+        int, typer.Option(min=1, max=256, help="onnxruntime intra-op threads, as the device runs.")
+    ] = 1,
+    iters: Annotated[int, typer.Option(min=20, max=100000, help="Timed runs per probe.")] = 300,
+    name: Annotated[str, typer.Option(help="A label for this device (e.g. gateway-3).")] = "",
+) -> None:
+    """Measure this device for the student search (needs no torch, no network).
+
+    Times the probe models shipped with fedge in onnxruntime (p50/p95, batch 1 and --batch) and
+    records the CPU, cores, memory and onnxruntime version. Give the file to
+    `fedge compress RUN --search --device-profile FILE`.
+    """
+    from fedge.client.runtime.profile import measure
+    from fedge.core.io import atomic_write_json
+
+    if out.exists() and out.is_dir():
+        raise fail(f"--out {out} is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise fail(f"--out {out}: directory {out.parent} does not exist")
+    result = measure((1, batch), threads=threads, iters=iters, name=name)
+    atomic_write_json(out, result)
+    b1 = sorted(p["batches"]["1"]["p50_us"] for p in result["probes"].values())
+    console.print(
+        f"{len(b1)} probes in {result['seconds']:.1f} s on {result['device']['cpu']}: "
+        f"batch 1 p50 {b1[0]:.1f} to {b1[-1]:.1f} µs -> {out}",
+        highlight=False,
+    )
 
 
 @keys_app.command("generate")

@@ -12,9 +12,11 @@ from rich.table import Table
 
 from fedge.cli.common import app, console, fail, setup_logging
 from fedge.core.config import ConfigError
+from fedge.core.profile import ProfileError
 
 if TYPE_CHECKING:
     from fedge.pipeline.candidates import SweepGrid
+    from fedge.pipeline.search import SearchConfig
 
 
 def _relative_size(ratio: float) -> str:
@@ -118,6 +120,24 @@ def compress(
         str | None,
         typer.Option(help="Sweep quantization: fp32,qdq,qoperator,dynamic (default: all)."),
     ] = None,
+    search: Annotated[
+        bool,
+        typer.Option(
+            help="Search the student architecture for a device (Optuna): write search/trials.csv, "
+            "trials.json, pareto.png; distil the most accurate one within the budgets and ship it."
+        ),
+    ] = False,
+    device_profile: Annotated[
+        Path | None,
+        typer.Option(help="--search: the target's `fedge profile` JSON (default: measure here)."),
+    ] = None,
+    max_latency_us: Annotated[
+        float | None, typer.Option(help="--search: batch-1 latency budget on the target (µs).")
+    ] = None,
+    trials: Annotated[int, typer.Option(help="--search: architectures to try.")] = 30,
+    time_budget: Annotated[
+        float, typer.Option(help="--search: seconds the trials may take in all.")
+    ] = 480.0,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default RUN_DIR/compress/<time>).")
     ] = None,
@@ -133,11 +153,24 @@ def compress(
     try:
         changes = requested_settings(scenario, run_config, ctx.args, {"student": student})
         cfg, teacher_params = compress_config(run_dir, changes)
+        finder = _search(search, device_profile, max_latency_us, max_bytes, trials, time_budget)
+        if finder is not None:
+            max_bytes = None  # a budget of the search, not a choice among family students
+            if sweep or student or max_accuracy_drop is not None:
+                raise ConfigError(
+                    "--search chooses the student: not with --sweep, --student or "
+                    "--max-accuracy-drop"
+                )
+            if cfg.kd_source in ("federated", "both"):
+                raise ConfigError(
+                    f"--search distils on the public pool; kd-source {cfg.kd_source!r}"
+                    " needs the run's clients: allowed with --search: public, auto"
+                )
         choice = Choice(max_accuracy_drop=max_accuracy_drop, max_bytes=max_bytes)
         grid = _grid(sweep_students, sweep_prune, sweep_quant) if sweep else None
         if not sweep and (sweep_students or sweep_prune or sweep_quant):
             raise ConfigError("--sweep-students/--sweep-prune/--sweep-quant need --sweep")
-    except ConfigError as err:
+    except (ConfigError, ProfileError) as err:
         raise fail(str(err)) from None
     target = (out or timestamped_out(run_dir, "compress")).expanduser().resolve()
     if target.exists() and any(target.iterdir()):
@@ -146,7 +179,7 @@ def compress(
     new_parent = not target.parent.exists()  # RUN/compress/ on the first compress of a run
     try:
         with staged_run_dir(target) as work:
-            results = compress_run(run_dir, cfg, work, teacher_params, choice, grid)
+            results = compress_run(run_dir, cfg, work, teacher_params, choice, grid, finder)
     except (ConfigError, NotShippedError) as err:  # nothing was written: leave nothing behind
         if new_parent and target.parent.is_dir() and not any(target.parent.iterdir()):
             target.parent.rmdir()
@@ -162,6 +195,36 @@ def compress(
         f"{_relative_size(student_row['size_ratio'])} than the teacher at "
         f"{100 * results['teacher']['accuracy']:.2f} %) -> {target}",
         highlight=False,
+    )
+
+
+def _search(
+    search: bool,
+    profile: Path | None,
+    max_latency_us: float | None,
+    max_bytes: int | None,
+    trials: int,
+    time_budget: float,
+) -> SearchConfig | None:
+    """The search `fedge compress` asks for (ConfigError/ProfileError on a bad option)."""
+    from fedge.pipeline.search import SearchConfig
+
+    if not search:
+        if profile is not None or max_latency_us is not None:
+            raise ConfigError("--device-profile and --max-latency-us need --search")
+        return None
+    model = None
+    if profile is not None:
+        from fedge.compression.latency import fit
+        from fedge.core.profile import load_profile
+
+        model = fit(load_profile(profile))
+    return SearchConfig(
+        trials=trials,
+        time_budget_s=time_budget,
+        max_latency_us=max_latency_us,
+        max_bytes=max_bytes,
+        model=model,
     )
 
 

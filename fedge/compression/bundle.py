@@ -37,6 +37,9 @@ class BundleConfig:
     compression: dict[str, Any]
     quantized: bool
     label_name: str | None = None  # an output holding the predicted class index, if any
+    # The student's architecture: a family name (deep-small) or a searched spec
+    # (arch:c16k3p-c32k3-h64-relu, fedge.core.arch), so a device knows what it runs.
+    architecture: str = ""
 
 
 def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
@@ -57,6 +60,7 @@ def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
         "metrics": config.metrics,
         "compression": config.compression,
         "quantized": config.quantized,
+        "architecture": config.architecture,
         "model_bytes": len(model_bytes),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
     }

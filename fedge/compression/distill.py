@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from fedge.compression.kd import KDConfig, kd_train
+from fedge.core.arch import is_arch, parse
 from fedge.core.models import STUDENT_WIDTHS, build_student
 from fedge.core.partition import PublicPool
 
@@ -15,15 +16,17 @@ from fedge.core.partition import PublicPool
 class DistillConfig:
     """How to distill (built from the run's settings; see fedge.pipeline.stages)."""
 
-    student: str  # a STUDENT_WIDTHS member (student)
+    student: str  # a STUDENT_WIDTHS member, or an arch: spec (student)
     epochs: int  # passes over the public pool (kd-epochs)
     kd: KDConfig  # what the student learns from the teacher, shared with pruning's fine-tuning
     lr: float = 0.005  # Adam learning rate (cosine decay)
 
     def __post_init__(self) -> None:
-        if self.student not in STUDENT_WIDTHS:
+        if is_arch(self.student):
+            parse(self.student)  # ValueError naming the spec and the format
+        elif self.student not in STUDENT_WIDTHS:
             raise ValueError(
-                f"unknown student {self.student!r}; allowed: {', '.join(STUDENT_WIDTHS)}"
+                f"unknown student {self.student!r}; allowed: {', '.join(STUDENT_WIDTHS)}, arch:SPEC"
             )
         if self.lr <= 0 or self.epochs < 0:
             raise ValueError(f"invalid distill config: {self}")

@@ -121,8 +121,10 @@ class RunConfig:
     student: str = setting(
         "auto",
         "student architecture, or auto: the first of auto-students within auto-max-drop "
-        "validation points of the teacher (the most accurate of them if none is)",
+        "validation points of the teacher (the most accurate of them if none is), or a searched "
+        "architecture (arch:c16k3p-c32k3-h64-relu, see fedge compress --search)",
         choices=("auto", *STUDENTS),
+        prefix="arch:",
         compress=True,
     )
     auto_students: str = setting(

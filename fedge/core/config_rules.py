@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fedge.core.arch import is_arch, parse
 from fedge.core.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -16,6 +17,11 @@ def check(cfg: RunConfig) -> None:
 
     _robustness(cfg)
     _privacy(cfg)
+    if is_arch(cfg.student):
+        try:
+            parse(cfg.student)
+        except ValueError as err:
+            raise ConfigError(f"student: {err}") from None
     for name in cfg.auto_candidates:
         if name not in STUDENTS:
             raise ConfigError(

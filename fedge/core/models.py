@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedge.core import arch as archspec
 from fedge.core.config import TEACHERS
 
 # Student widths: (conv1 channels, conv2 channels, hidden units). The teacher is far wider.
@@ -115,6 +116,37 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class ArchNet(nn.Module):
+    """A searched architecture (fedge.core.arch): convolutions, hidden layers, classifier."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, arch: archspec.Arch) -> None:
+        super().__init__()
+        archspec.check_input(arch, input_shape)
+        dims = len(input_shape) - 1
+        conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv2d if dims == 2 else nn.Conv1d
+        pool: type[nn.MaxPool1d] | type[nn.MaxPool2d] = nn.MaxPool2d if dims == 2 else nn.MaxPool1d
+        act: type[nn.Module] = nn.ReLU if arch.activation == "relu" else nn.Hardswish
+        layers: list[nn.Module] = []
+        channels = input_shape[0]
+        for width, kernel, pooled in arch.convs:
+            layers += [conv(channels, width, kernel, padding=kernel // 2), act()]
+            layers += [pool(2, ceil_mode=True)] if pooled else []
+            channels = width
+        self.features = nn.Sequential(*layers)
+        pools = sum(p for _, _, p in arch.convs)
+        positions = math.prod(math.ceil(s / 2**pools) for s in input_shape[1:])
+        features = channels * positions if arch.convs else math.prod(input_shape)
+        head: list[nn.Module] = []
+        for units in arch.hidden:
+            head += [nn.Linear(features, units), act()]
+            features = units
+        self.classifier = nn.Sequential(*head, nn.Linear(features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -167,7 +199,10 @@ def build_teacher(
 def build_student(
     input_shape: tuple[int, ...], num_classes: int, size: str, seed: int
 ) -> nn.Module:
-    """A member of the student family (`tiny`, `small`, `medium`)."""
+    """A member of the student family (`tiny`, `small`, `medium`), or a searched `arch:` spec."""
+    if archspec.is_arch(size):
+        torch.manual_seed(seed)
+        return ArchNet(input_shape, num_classes, archspec.parse(size))
     if size not in STUDENT_WIDTHS:
         raise ValueError(f"unknown student {size!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
     torch.manual_seed(seed)
@@ -188,6 +223,14 @@ def student_from_weights(
     Structured pruning changes channel and unit counts; a client rebuilds the same module from
     the shapes it receives, then loads the weights.
     """
+    if archspec.is_arch(size):
+        spec = archspec.parse(size)
+        layers = [k for k in weights if k.endswith(".bias")]  # convolutions, then linear layers
+        order = sorted(layers, key=lambda k: (k.split(".")[0] != "features", int(k.split(".")[1])))
+        widths = [len(weights[k]) for k in order][:-1]  # the last one is the classifier's
+        arch_model = ArchNet(input_shape, num_classes, spec.with_widths(widths))
+        set_model_weights(arch_model, weights)
+        return arch_model
     if size not in STUDENT_WIDTHS:
         raise ValueError(f"unknown student {size!r}; allowed: {', '.join(STUDENT_WIDTHS)}")
     if len(input_shape) == 1:

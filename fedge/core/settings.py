@@ -33,6 +33,7 @@ class Setting:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    prefix: str = ""  # besides the choices, values starting with it (checked by a rule)
     interval: str = ""  # "(0, 1)", "[0, 1)", ">= 1", "> 0"; empty: any value of the type
     compress: bool = False  # `fedge compress` may change it (it does not touch the teacher)
     resume: bool = False  # a resumed run may change it
@@ -46,7 +47,7 @@ class Setting:
     def allowed(self) -> str:
         """What values are allowed, in words."""
         if self.choices:
-            return ", ".join(self.choices)
+            return ", ".join(self.choices) + (f", {self.prefix}SPEC" if self.prefix else "")
         if self.interval:
             return self.interval
         return {bool: "true, false", int: "an integer", float: "a number"}.get(
@@ -55,7 +56,8 @@ class Setting:
 
     def check(self, value: Any) -> None:
         """ConfigError naming the setting and what is allowed, if `value` is not allowed."""
-        if self.choices and value not in self.choices:
+        free = self.prefix and isinstance(value, str) and value.startswith(self.prefix)
+        if self.choices and value not in self.choices and not free:
             raise ConfigError(f"unknown {self.key} {value!r}; allowed: {self.allowed()}")
         if self.interval and not _in_interval(value, self.interval):
             where = "" if self.interval[0] in "<>" else "in "
@@ -67,6 +69,7 @@ def setting(
     help: str,  # noqa: A002  (the word the CLI uses)
     *,
     choices: tuple[str, ...] = (),
+    prefix: str = "",
     interval: str = "",
     compress: bool = False,
     resume: bool = False,
@@ -78,6 +81,7 @@ def setting(
     meta = {
         "help": help,
         "choices": choices,
+        "prefix": prefix,
         "interval": interval,
         "compress": compress,
         "resume": resume,

@@ -12,12 +12,17 @@ from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_b
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import build_federation
 from fedge.pipeline.candidates import Choice, SweepGrid
 from fedge.pipeline.federate import saved
+from fedge.pipeline.gate import check_teacher
 from fedge.pipeline.phase import compress_and_ship
 from fedge.pipeline.report import render_compression_report
 from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, REPORT_FILE, RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.search import SearchConfig, searched
+from fedge.pipeline.search import search as run_search
+from fedge.pipeline.search_output import write_search
 from fedge.pipeline.sweep_output import sweep_table, write_sweep
 from fedge.pipeline.teacher_source import global_source, stored_source
 
@@ -96,6 +101,7 @@ def compress_run(
     teacher_params: int,
     choice: Choice | None = None,
     grid: SweepGrid | None = None,
+    search: SearchConfig | None = None,
 ) -> dict[str, Any]:
     """Compress the run's teacher with `cfg`'s settings into `out` (which must exist, empty).
 
@@ -103,7 +109,9 @@ def compress_run(
     other settings until one satisfies it. With a `grid`, every grid point is compressed, the
     choice (default: within DEFAULT_SWEEP_DROP points) is made among them, and the table and
     Pareto plots are written too. Choices are made on the validation split (the device model on
-    raw input); ConfigError if no candidate satisfies the limit.
+    raw input); ConfigError if no candidate satisfies the limit. With `search`, an architecture
+    search (fedge.pipeline.search) picks the student first, which is then distilled fully on the
+    public pool; SearchError if nothing meets its budget.
     """
     start = time.monotonic()
     run_dir = Path(run_dir)
@@ -113,6 +121,14 @@ def compress_run(
     if cfg.teacher_mode == "ensemble":
         source = stored_source(run_dir, cfg.ensemble_views)
     key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
+    found = None
+    if search is not None:
+        teacher_val = session_accuracy(
+            make_session(teacher_onnx), fed.server.val.x, fed.server.val.y
+        )
+        check_teacher(cfg, teacher_val, fed.server.val.y)  # the gate, before any trial
+        found = run_search(cfg, source, fed, teacher_val, search)
+        cfg = cfg.replace(student=found.chosen, kd_source="public")
     compressed = compress_and_ship(
         cfg,
         source,
@@ -137,6 +153,9 @@ def compress_run(
             compressed.candidates, chosen, compressed.choice, compressed.teacher_val
         )
         write_sweep(out, table)
+    if search is not None and found is not None:
+        results["search"] = searched(found, search, compressed.shipment)
+        write_search(out, found.trials, results["search"])
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())
     return results

@@ -1,0 +1,92 @@
+"""Device profiles: what a device is and how fast it runs the probe models (torch-free).
+
+`fedge profile` writes one on the device (fedge.client.runtime.profile); the server reads it
+to predict a candidate student's latency on that device (fedge.compression.latency). The probe
+models ship inside the package (fedge/client/runtime/probes/, listed with their sha256 in
+index.json), so a profile names probes, not files, and a probe changed by another fedge
+version is refused rather than silently mismatched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+PROBE_DIR = Path(__file__).resolve().parent.parent / "client" / "runtime" / "probes"
+INDEX = PROBE_DIR / "index.json"
+
+
+class ProfileError(ValueError):
+    """A profile that is malformed, from another version, or measured other probes."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A device profile: facts, how it was measured, and each probe's p50 per batch size."""
+
+    device: dict[str, Any]
+    threads: int
+    batches: tuple[int, ...]
+    latency_us: dict[str, dict[int, float]]  # probe name -> batch -> p50 microseconds
+    path: str = ""
+
+    @property
+    def name(self) -> str:
+        """A short label: the device's given name, else its CPU."""
+        return str(self.device.get("name") or self.device.get("cpu") or "device")
+
+
+def probe_index() -> dict[str, dict[str, Any]]:
+    """The probes this fedge ships: name -> {file, sha256, input_shape, precision}."""
+    data: dict[str, dict[str, Any]] = json.loads(INDEX.read_text())["probes"]
+    return data
+
+
+def load_profile(path: Path | str) -> Profile:
+    """Read and check a profile; ProfileError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ProfileError(f"cannot read device profile {path}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProfileError(f"device profile {path} is not JSON: {err}") from None
+    try:
+        return _parse(data, str(path))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        if isinstance(err, ProfileError):
+            raise
+        raise ProfileError(f"device profile {path} is malformed: {err!r}") from None
+
+
+def _parse(data: Any, path: str) -> Profile:
+    version = data.get("fedge_profile") if isinstance(data, dict) else None
+    if version != VERSION:
+        raise ProfileError(
+            f"device profile {path} has version {version!r}; this fedge reads version {VERSION} "
+            "(run fedge profile again with this version)"
+        )
+    known = probe_index()
+    latency: dict[str, dict[int, float]] = {}
+    for name, row in data["probes"].items():
+        if name not in known or row["sha256"] != known[name]["sha256"]:
+            raise ProfileError(
+                f"device profile {path} measured probe {name!r}, which this fedge does not ship "
+                "(or ships changed); run fedge profile again with this version"
+            )
+        latency[name] = {int(b): float(v["p50_us"]) for b, v in row["batches"].items()}
+    batches = tuple(int(b) for b in data["batches"])
+    for name, per_batch in latency.items():
+        values = list(per_batch.values())
+        if set(per_batch) != set(batches) or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ProfileError(f"device profile {path}: probe {name!r} lacks a positive latency")
+    if len(latency) < len(known) // 2:
+        raise ProfileError(f"device profile {path} measured {len(latency)} probes, too few")
+    threads = int(data["threads"])
+    if threads < 1:
+        raise ProfileError(f"device profile {path}: threads must be >= 1, got {threads}")
+    return Profile(dict(data["device"]), threads, batches, latency, path)

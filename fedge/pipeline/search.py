@@ -1,0 +1,269 @@
+"""Device-aware student search: Optuna explores architectures against accuracy, latency, bytes.
+
+Each trial samples an architecture (fedge.core.arch) for the data's shape, distils it briefly
+from the teacher on the public pool and runs it through the run's own compression chain
+(quantization guard, device ops, minify), so its bytes are what would ship. Latency is
+predicted on the target device's profile (fedge.compression.latency) or, without a profile,
+measured here. Optuna's multi-objective TPE sampler (Ozaki et al. 2022) proposes the next
+trial; budgets are its constraints. The most accurate trial within the budgets is chosen; the
+caller distils it fully and ships it through the usual stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedge.compression.latency import LatencyModel
+from fedge.core import arch as archspec
+from fedge.core.bundle_format import MODEL_FILE
+from fedge.core.config import ConfigError, RunConfig
+from fedge.core.partition import Federation
+from fedge.pipeline.candidates import compress_candidates
+from fedge.pipeline.teacher_source import KdSource
+
+log = logging.getLogger("fedge")
+CHANNELS = (4, 8, 12, 16, 24, 32, 48)
+HIDDEN = (16, 32, 64, 128)
+# The hand-written family in spec form (2-D kernel 3, 1-D kernel 5): the first trials, so the
+# search starts from what a person would pick.
+FAMILY = (
+    "c{c1}k{k}p-c{c2}k{k}p-c{c3}k{k}-relu",  # deep-*: widths 8, 16, 32
+    "c{c1}k{k}-c{c2}k{k}p-h{h}-relu",  # tiny, small, medium
+)
+
+
+class SearchError(ConfigError):
+    """No architecture the search tried meets the budget (nothing is shipped)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What `fedge compress --search` asks for."""
+
+    trials: int = 30
+    time_budget_s: float = 480.0
+    max_latency_us: float | None = None
+    max_bytes: int | None = None
+    trial_epochs: int = 25  # short distillation per trial (the final student gets kd-epochs)
+    model: LatencyModel | None = None  # the target device; None: measured on this machine
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {self.trials}")
+        if not self.time_budget_s > 0:
+            raise ConfigError(f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
+        if self.max_latency_us is not None and not self.max_latency_us > 0:
+            raise ConfigError(f"--max-latency-us must be > 0, got {self.max_latency_us}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ConfigError(f"--max-bytes must be >= 1, got {self.max_bytes}")
+        if self.trial_epochs < 1:
+            raise ConfigError(f"trial epochs must be >= 1, got {self.trial_epochs}")
+
+    @property
+    def target(self) -> str:
+        """Where latency is judged."""
+        return f"profile {self.model.profile.name}" if self.model else "this machine (measured)"
+
+
+@dataclass
+class SearchResult:
+    """Every trial, the chosen architecture and how long it took."""
+
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    chosen: str = ""
+    seconds: float = 0.0
+
+    def summary(self, search: SearchConfig) -> dict[str, Any]:
+        """results.json "search"."""
+        chosen = next(t for t in self.trials if t["chosen"])
+        return {
+            "trials": len(self.trials),
+            "seconds": self.seconds,
+            "target": search.target,
+            "max_latency_us": search.max_latency_us,
+            "max_bytes": search.max_bytes,
+            "trial_epochs": search.trial_epochs,
+            "chosen": self.chosen,
+            "chosen_trial": chosen,
+        }
+
+
+def seed_specs(input_shape: tuple[int, ...]) -> list[str]:
+    """The hand-written family as specs for this shape (flat data: two MLPs)."""
+    if len(input_shape) == 1:
+        return ["arch:h32-h16-relu", "arch:h64-h32-relu"]
+    k = 3 if len(input_shape) == 3 else 5
+    out = []
+    for c1, c2, c3, h in ((8, 16, 32, 32), (16, 32, 32, 64)):
+        for pattern in FAMILY:
+            out.append("arch:" + pattern.format(c1=c1, c2=c2, c3=c3, k=k, h=h))
+    return out
+
+
+def sample(trial: Any, input_shape: tuple[int, ...]) -> str:
+    """An architecture for this input shape, drawn through an Optuna trial."""
+    activation = trial.suggest_categorical("activation", archspec.ACTIVATIONS)
+    if len(input_shape) == 1:
+        depth = trial.suggest_int("hidden_layers", 1, 2)
+        hidden = tuple(trial.suggest_categorical(f"h{i}", HIDDEN) for i in range(depth))
+        return archspec.Arch((), hidden, activation).spec
+    kernels = (3, 5) if len(input_shape) == 3 else (3, 5, 7)
+    max_pools = int(math.log2(min(input_shape[1:])))
+    convs: list[tuple[int, int, bool]] = []
+    for i in range(trial.suggest_int("convs", 1, 3)):
+        pooled = trial.suggest_categorical(f"p{i}", (False, True))
+        pooled = pooled and sum(p for _, _, p in convs) < max_pools
+        convs.append(
+            (
+                trial.suggest_categorical(f"c{i}", CHANNELS),
+                trial.suggest_categorical(f"k{i}", kernels),
+                pooled,
+            )
+        )
+    hidden = (trial.suggest_categorical("h0", HIDDEN),) if trial.suggest_int("hidden", 0, 1) else ()
+    return archspec.Arch(tuple(convs), hidden, activation).spec
+
+
+def search(
+    cfg: RunConfig,
+    source: KdSource,
+    fed: Federation,
+    teacher_val: float,
+    config: SearchConfig,
+) -> SearchResult:
+    """Run the trials (at most `trials`, within `time_budget_s`); SearchError if none fits."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shape = fed.dataset.preprocessing.input_shape
+    result = SearchResult()
+    started = time.monotonic()
+    evaluated: dict[str, dict[str, Any]] = {}
+
+    def objective(trial: Any) -> tuple[float, float, float]:
+        spec = trial.user_attrs.get("spec") or sample(trial, shape)
+        if spec not in evaluated:
+            evaluated[spec] = _evaluate(cfg, source, fed, teacher_val, config, spec)
+            evaluated[spec]["trial"] = trial.number
+            result.trials.append(evaluated[spec])
+        row = evaluated[spec]
+        for name, value in zip(("latency", "bytes"), _violations(row, config), strict=True):
+            trial.set_constraint(name, value)
+        return row["val_accuracy"], row["latency_us"], float(row["bytes"])
+
+    sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, config.trials))
+    study = optuna.create_study(directions=("maximize", "minimize", "minimize"), sampler=sampler)
+    for spec in seed_specs(shape)[: config.trials]:
+        study.enqueue_trial({}, user_attrs={"spec": spec})
+    study.optimize(objective, n_trials=config.trials, timeout=config.time_budget_s)
+    result.seconds = time.monotonic() - started
+    fits = [t for t in result.trials if not any(v > 0 for v in _violations(t, config))]
+    if not fits:
+        fastest = min(result.trials, key=lambda t: t["latency_us"])
+        smallest = min(result.trials, key=lambda t: t["bytes"])
+        raise SearchError(
+            f"no architecture of {len(result.trials)} tried meets the budget "
+            f"({_budget(config)}); the fastest was {fastest['student']} at "
+            f"{fastest['latency_us']:.1f} µs on {config.target}, the smallest "
+            f"{smallest['student']} at {smallest['bytes']} bytes. Nothing shipped."
+        )
+    best = max(fits, key=lambda t: (round(t["val_accuracy"], 6), -t["latency_us"], -t["bytes"]))
+    for row in result.trials:
+        row["feasible"] = row in fits
+        row["chosen"] = row is best
+    result.chosen = best["student"]
+    log.info(
+        "search: %d trials in %.0f s; chose %s (validation %.4f, %.1f µs on %s, %d bytes)",
+        len(result.trials),
+        result.seconds,
+        best["student"],
+        best["val_accuracy"],
+        best["latency_us"],
+        config.target,
+        best["bytes"],
+    )
+    return result
+
+
+def _evaluate(
+    cfg: RunConfig,
+    source: KdSource,
+    fed: Federation,
+    teacher_val: float,
+    config: SearchConfig,
+    spec: str,
+) -> dict[str, Any]:
+    start = time.monotonic()
+    epochs = max(1, min(config.trial_epochs, cfg.kd_epochs))  # never more than the final one
+    trial_cfg = cfg.replace(student=spec, kd_epochs=epochs, qat="off", kd_source="public")
+    (candidate,) = compress_candidates(source, [trial_cfg], fed, teacher_val=teacher_val)
+    row = candidate.row
+    model_bytes = candidate.outcome.student_bytes
+    predicted = config.model.predict_us(model_bytes, 1) if config.model else None
+    out = {
+        "student": spec,
+        "val_accuracy": row["val_accuracy"],
+        "test_accuracy": row["test_accuracy"],
+        "bytes": row["bytes"],
+        "params": row["params"],
+        "quantized": row["quantized"],
+        "measured_b1_us": row["b1_us"],
+        "predicted_b1_us": predicted,
+        "latency_us": predicted if predicted is not None else row["b1_us"],
+        "seconds": time.monotonic() - start,
+    }
+    log.info(
+        "trial %-40s validation %.4f  %6d bytes  %.1f µs",
+        spec,
+        out["val_accuracy"],
+        out["bytes"],
+        out["latency_us"],
+    )
+    return out
+
+
+def _violations(row: dict[str, Any], config: SearchConfig) -> list[float]:
+    """Optuna constraints: > 0 where a budget is exceeded."""
+    return [
+        row["latency_us"] - config.max_latency_us if config.max_latency_us else -1.0,
+        float(row["bytes"] - config.max_bytes) if config.max_bytes else -1.0,
+    ]
+
+
+def _budget(config: SearchConfig) -> str:
+    parts = []
+    if config.max_latency_us:
+        parts.append(f"max-latency-us {config.max_latency_us:g}")
+    if config.max_bytes:
+        parts.append(f"max-bytes {config.max_bytes}")
+    return ", ".join(parts) or "none"
+
+
+def searched(found: SearchResult, config: SearchConfig, shipment: Any) -> dict[str, Any]:
+    """results.json "search": the trials' summary and the shipped student against the budget.
+
+    SearchError if the fully distilled student misses a budget its trial met (int8 refused by
+    the guard after full distillation ships fp32, which is larger and may be slower).
+    """
+    model = shipment.files[MODEL_FILE]
+    shipped = {
+        "bytes": len(model),
+        "measured_b1_us": shipment.student["latency_us"]["b1_p50"],
+        "predicted_b1_us": config.model.predict_us(model, 1) if config.model else None,
+    }
+    latency = shipped["predicted_b1_us"] or shipped["measured_b1_us"]
+    over = (config.max_latency_us and latency > config.max_latency_us) or (
+        config.max_bytes and shipped["bytes"] > config.max_bytes
+    )
+    if over:
+        raise SearchError(
+            f"the fully distilled {found.chosen} misses the budget ({_budget(config)}): "
+            f"{latency:.1f} µs, {shipped['bytes']} bytes (quantized: "
+            f"{shipment.student['quantized']}). Nothing shipped."
+        )
+    return {**found.summary(config), "shipped": shipped}

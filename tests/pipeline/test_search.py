@@ -1,0 +1,71 @@
+"""`fedge compress --search`: trials, budgets, the manifest's architecture, bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedge.cli import app
+from fedge.client.app import app as client_app
+from fedge.pipeline.rundir import staged_run_dir
+from fedge.server.run import run_server
+from tests.flower_local import LocalGrid
+from tests.server.test_server import QUICKER
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("search") / "run"
+    with staged_run_dir(path) as work:
+        run_server(LocalGrid(client_app, num_nodes=4), QUICKER, work)
+    return path
+
+
+def _compress(run, *args):
+    return CliRunner().invoke(app, ["compress", str(run), *args])
+
+
+def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
+    out = tmp_path / "o"
+    result = _compress(run, "--search", "--trials", "3", "--max-bytes", "16000", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "search" / "trials.json").read_text())
+    rows = table["rows"]
+    assert len(rows) == 3 and (out / "search" / "pareto.png").stat().st_size > 10_000
+    assert (out / "search" / "trials.csv").read_text().count("\n") == 4
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["bytes"] <= 16000
+    fits = [r for r in rows if r["bytes"] <= 16000]
+    assert chosen[0]["val_accuracy"] == max(r["val_accuracy"] for r in fits)
+    assert [r["feasible"] for r in rows] == [r["bytes"] <= 16000 for r in rows]
+    results = json.loads((out / "results.json").read_text())
+    assert results["search"]["shipped"]["bytes"] <= 16000
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["architecture"] == chosen[0]["student"] == results["search"]["chosen"]
+    assert manifest["architecture"].startswith("arch:")
+
+
+def test_a_budget_nothing_meets_exits_2_naming_it_and_the_fastest(run, tmp_path):
+    out = tmp_path / "o"
+    result = _compress(
+        run, "--search", "--trials", "2", "--max-latency-us", "0.01", "--out", str(out)
+    )
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "no architecture of 2 tried meets the budget (max-latency-us 0.01)" in text
+    assert "the fastest was arch:" in text and "Nothing shipped" in text
+    assert not out.exists()
+
+
+def test_bad_search_options_exit_2_before_any_work(run, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"fedge_profile": 7}')
+    for args, message in (
+        (["--search", "--device-profile", str(bad)], "has version 7"),
+        (["--max-latency-us", "20"], "need --search"),
+        (["--search", "--sweep"], "--search chooses the student"),
+        (["--search", "--trials", "0"], "--trials must be >= 1"),
+    ):
+        result = _compress(run, *args, "--out", str(tmp_path / "o"))
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "o").exists()
