@@ -1,0 +1,262 @@
+"""Device-aware student search against the hand-written student family, per dataset and seed.
+
+    python benchmarks/search.py --json OUT.json [--datasets digits,mnist1d] [--seeds 3]
+        [--trials 30] [--speedup 1.5]
+
+Per dataset and seed, all real processes and files:
+1. `fedge simulate` trains the teacher (its own compression is cut short: kd-epochs 5).
+2. `fedge compress RUN --student S --kd-source public --kd-epochs 100` (the default recipe) for
+   every hand-written student S.
+3. `fedge profile` once, on this machine, at the start; the search targets that profile.
+4. `fedge compress RUN --search --device-profile P --max-latency-us B`, where B is the latency
+   (on the profile) of the most accurate hand-written student divided by `--speedup` (default
+   1: the most accurate architecture no slower than the best hand-written one). If nothing
+   meets B, the search runs again without a budget (recorded as `budget_met: false`).
+5. Every shipped model (searched and hand-written) timed side by side in this process, batch 1,
+   interleaved (1000 calls each after 200 warm-up), on raw test inputs.
+
+The comparison: the fastest hand-written student within 0.3 validation points of the searched
+one (`hand_*`), and the searched student (`searched_*`); `speedup` is their measured latency
+ratio. If no hand-written student is within 0.3 points, `accuracy_gain_pt` against the most
+accurate hand-written student at equal or higher latency. The predictor's quality over every
+trial (predicted on the profile vs measured during the search): Spearman rank correlation and
+median relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from fedge.compression.latency import LatencyModel, fit
+from fedge.core.config import STUDENTS, RunConfig
+from fedge.core.ort import interleaved_latency_us, make_session, session_call
+from fedge.core.partition import build_federation
+from fedge.core.profile import load_profile
+
+WITHIN_PT = 0.3
+RECIPE = ("--kd-epochs", "100")  # the run's own compression was cut short; this is the default
+
+
+def fedge(*args: str, log: Path) -> float:
+    """Run the fedge CLI to the end; its wall seconds."""
+    start = time.monotonic()
+    with log.open("ab") as sink:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedge", *args], stdout=sink, stderr=subprocess.STDOUT
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"fedge {' '.join(args)} failed ({proc.returncode}); see {log}")
+    return time.monotonic() - start
+
+
+def one(
+    dataset: str, seed: int, work: Path, args: argparse.Namespace, profile: Path
+) -> dict[str, Any]:
+    """Teacher, hand-written students, search, side-by-side timing for one dataset and seed."""
+    run = work / f"{dataset}-{seed}"
+    log = work / f"{dataset}-{seed}.log"
+    fedge(
+        "simulate",
+        "--run-config",
+        f'dataset="{dataset}" seed={seed} kd-epochs=5',
+        "--out",
+        str(run),
+        log=log,
+    )
+    hands = {}
+    for student in STUDENTS:
+        out = run / "hand" / student
+        fedge(
+            "compress",
+            str(run),
+            "--student",
+            student,
+            "--kd-source",
+            "public",
+            *RECIPE,
+            "--out",
+            str(out),
+            log=log,
+        )
+        hands[student] = out
+    model = fit(load_profile(profile))
+    rows = {name: _row(out, model) for name, out in hands.items()}
+    best = max(rows.values(), key=lambda r: (r["val_accuracy"], -r["predicted_b1_us"]))
+    budget = best["predicted_b1_us"] / args.speedup
+    searched = run / "searched"
+    search = ["compress", str(run), "--search", "--device-profile", str(profile), *RECIPE]
+    search += ["--trials", str(args.trials), "--out", str(searched)]
+    budget_met = True
+    try:
+        search_s = fedge(*search, "--max-latency-us", f"{budget:.3f}", log=log)
+    except RuntimeError:  # exit 2: nothing met the budget; the unconstrained front instead
+        budget_met = False
+        search_s = fedge(*search, log=log)
+    rows["searched"] = _row(searched, model)
+    trials = json.loads((searched / "search" / "trials.json").read_text())["rows"]
+    measured = _side_by_side({**hands, "searched": searched}, dataset, seed)
+    for name, row in rows.items():
+        row["b1_us"] = measured[name]
+    return {
+        "dataset": dataset,
+        "seed": seed,
+        "budget_us": budget,
+        "budget_met": budget_met,
+        "best_hand": best["student"],
+        "search_seconds": search_s,
+        "trials": trials,
+        "students": rows,
+        **compare(rows),
+    }
+
+
+def _row(out: Path, model: LatencyModel) -> dict[str, Any]:
+    """What a compress output says of its shipped student, and its latency on the profile."""
+    results = json.loads((out / "results.json").read_text())
+    student = results["student"]
+    return {
+        "student": student["architecture"],
+        "val_accuracy": results["choice"]["chosen"]["val_accuracy"],
+        "test_accuracy": student["accuracy"],
+        "bytes": student["onnx_bytes"],
+        "predicted_b1_us": model.predict_us((out / "bundle" / "model.onnx").read_bytes()),
+    }
+
+
+def _side_by_side(outs: dict[str, Path], dataset: str, seed: int) -> dict[str, float]:
+    """Batch-1 p50 of every shipped model, interleaved, on a raw test sample."""
+    fed = build_federation(RunConfig(dataset=dataset, seed=seed))
+    raw = fed.dataset.preprocessing.invert(fed.server.test.x[:1])
+    calls = {
+        name: session_call(make_session((out / "bundle" / "model.onnx").read_bytes()), raw)
+        for name, out in outs.items()
+    }
+    timing = interleaved_latency_us(calls, warmup=200, iters=1000)
+    return {name: timing[name]["p50"] for name in outs}
+
+
+def compare(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The searched student against the hand-written family (see the module docstring)."""
+    searched = rows["searched"]
+    hands = [r for n, r in rows.items() if n != "searched"]
+    close = [
+        h for h in hands if abs(h["val_accuracy"] - searched["val_accuracy"]) * 100 <= WITHIN_PT
+    ]
+    out: dict[str, Any] = {
+        "searched_student": searched["student"],
+        "searched_accuracy": searched["val_accuracy"],
+        "searched_test_accuracy": searched["test_accuracy"],
+        "searched_latency_us": searched["b1_us"],
+        "searched_bytes": searched["bytes"],
+    }
+    if close:
+        hand = min(close, key=lambda h: h["b1_us"])
+        out["comparison"] = f"fastest hand-written within {WITHIN_PT} validation points"
+    else:
+        slower = [h for h in hands if h["b1_us"] >= searched["b1_us"]] or hands
+        hand = max(slower, key=lambda h: h["val_accuracy"])
+        out["comparison"] = "most accurate hand-written at equal or higher latency"
+    out |= {
+        "hand_student": hand["student"],
+        "hand_accuracy": hand["val_accuracy"],
+        "hand_test_accuracy": hand["test_accuracy"],
+        "hand_latency_us": hand["b1_us"],
+        "hand_bytes": hand["bytes"],
+        "speedup": hand["b1_us"] / searched["b1_us"],
+        "accuracy_gain_pt": 100 * (searched["val_accuracy"] - hand["val_accuracy"]),
+    }
+    out["met"] = bool(
+        (close and out["speedup"] >= 1.5)
+        or (out["accuracy_gain_pt"] >= 0.5 and searched["b1_us"] <= hand["b1_us"])
+    )
+    return out
+
+
+def predictor_quality(trials: list[dict[str, Any]]) -> dict[str, float]:
+    """Rank correlation and median relative error of predicted vs measured trial latency."""
+    predicted = np.array([t["predicted_b1_us"] for t in trials])
+    measured = np.array([t["measured_b1_us"] for t in trials])
+    return {
+        "spearman": float(spearmanr(predicted, measured)[0]),
+        "median_rel_error": float(np.median(np.abs(predicted / measured - 1))),
+        "n": len(trials),
+    }
+
+
+def summarize(per_run: list[dict[str, Any]], datasets: list[str]) -> dict[str, Any]:
+    """Means (and spreads) over seeds per dataset."""
+    out: dict[str, Any] = {}
+    for dataset in datasets:
+        runs = [r for r in per_run if r["dataset"] == dataset]
+        entry: dict[str, Any] = {}
+        for key in (
+            "searched_latency_us",
+            "hand_latency_us",
+            "searched_accuracy",
+            "hand_accuracy",
+            "searched_test_accuracy",
+            "hand_test_accuracy",
+            "speedup",
+            "accuracy_gain_pt",
+            "search_seconds",
+        ):
+            values = [r[key] for r in runs]
+            entry[key] = statistics.mean(values)
+            entry[f"{key}_spread"] = [min(values), max(values)]
+        entry["met"] = f"{sum(r['met'] for r in runs)}/{len(runs)}"
+        entry["predictor"] = predictor_quality([t for r in runs for t in r["trials"]])
+        out[dataset] = entry
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--speedup", type=float, default=1.0)
+    args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    with tempfile.TemporaryDirectory(prefix="fedge-search-") as tmp:
+        work = Path(tmp)
+        profile = work / "profile.json"
+        fedge("profile", "--out", str(profile), "--iters", "1000", log=work / "profile.log")
+        per_run = []
+        for dataset in datasets:
+            for seed in range(args.seeds):
+                per_run.append(one(dataset, seed, work, args, profile))
+                row = per_run[-1]
+                print(
+                    f"{dataset} seed {seed}: searched {row['searched_student']} "
+                    f"{100 * row['searched_accuracy']:.2f} % {row['searched_latency_us']:.1f} µs vs "
+                    f"{row['hand_student']} {100 * row['hand_accuracy']:.2f} % "
+                    f"{row['hand_latency_us']:.1f} µs: {row['speedup']:.2f}x, "
+                    f"search {row['search_seconds']:.0f} s",
+                    flush=True,
+                )
+        device = json.loads(profile.read_text())["device"]
+    result = {
+        "args": vars(args) | {"json": str(args.json)},
+        "device": device,
+        "summary": summarize(per_run, datasets),
+        "per_run": per_run,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
