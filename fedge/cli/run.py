@@ -152,6 +152,13 @@ def compress(
 
     try:
         changes = requested_settings(scenario, run_config, ctx.args, {"student": student})
+        if search:  # trials and the final student distil on the public pool
+            if changes.get("kd-source", "public") in ("federated", "both"):
+                raise ConfigError(
+                    f"--search distils on the public pool; kd-source {changes['kd-source']!r} "
+                    "needs the run's clients: allowed with --search: public, auto"
+                )
+            changes["kd-source"] = "public"
         cfg, teacher_params = compress_config(run_dir, changes)
         finder = _search(search, device_profile, max_latency_us, max_bytes, trials, time_budget)
         if finder is not None:
@@ -160,11 +167,6 @@ def compress(
                 raise ConfigError(
                     "--search chooses the student: not with --sweep, --student or "
                     "--max-accuracy-drop"
-                )
-            if cfg.kd_source in ("federated", "both"):
-                raise ConfigError(
-                    f"--search distils on the public pool; kd-source {cfg.kd_source!r}"
-                    " needs the run's clients: allowed with --search: public, auto"
                 )
         choice = Choice(max_accuracy_drop=max_accuracy_drop, max_bytes=max_bytes)
         grid = _grid(sweep_students, sweep_prune, sweep_quant) if sweep else None

@@ -65,6 +65,7 @@ def test_bad_search_options_exit_2_before_any_work(run, tmp_path):
         (["--max-latency-us", "20"], "need --search"),
         (["--search", "--sweep"], "--search chooses the student"),
         (["--search", "--trials", "0"], "--trials must be >= 1"),
+        (["--search", "--kd-source", "federated"], "--search distils on the public pool"),
     ):
         result = _compress(run, *args, "--out", str(tmp_path / "o"))
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
