@@ -205,6 +205,8 @@ def train_round(
     out.train_bytes += downlink + uplink
     by_node = replies_by_node(messages, replies)
     failures = _failures(by_node, out.node_partition)
+    if samples_clients(cfg):  # every node was asked its partition: one nobody holds is lost
+        failures += _unreached(chosen, messages, out)
     settle_chain(out.downlink, by_node)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
     undecodable = decode_updates(cfg, ok, record_to_weights(arrays))
@@ -313,6 +315,17 @@ def _federated_evaluate(
             node_partition[node] = partition
             result[partition] = as_float(metrics[m.ACCURACY])
     return result
+
+
+def _unreached(
+    chosen: list[int], messages: list[Message], out: TrainingLog
+) -> list[dict[str, Any]]:
+    """Sampled partitions no message went to: no connected node said it holds them."""
+    addressed = {out.node_partition.get(msg.metadata.dst_node_id) for msg in messages}
+    return [
+        {"node_id": None, "partition_id": p, "reason": "no node answered query.info for it"}
+        for p in sorted(set(chosen) - addressed)
+    ]
 
 
 def _failures(

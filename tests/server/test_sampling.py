@@ -107,3 +107,14 @@ def test_a_central_dp_run_with_poisson_sampling_accounts_at_the_sample_rate():
         [r["dp_noise_effective"] for r in log.rounds], cfg.replace(fraction_train=1.0)
     )
     assert 0 < log.rounds[-1]["dp_epsilon"] < unsampled
+
+
+def test_a_sampled_partition_whose_node_never_said_so_is_a_failure_of_its_round():
+    grid = LocalGrid(client_app, num_nodes=6, failing_partitions=[2], failing_types=[m.INFO])
+    log, _ = _train(SAMPLED, grid)
+    rounds = [r for r in log.rounds if 2 in r["sampled"]]
+    assert rounds  # the seed samples partition 2 at least once in three rounds
+    for row in rounds:
+        lost = [f for f in row["clients_failed"] if f["partition_id"] == 2]
+        assert lost and "no node answered query.info" in lost[0]["reason"]
+        assert row["clients_ok"] == 2
