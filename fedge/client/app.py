@@ -156,9 +156,16 @@ def train_student(msg: Message, context: Context) -> Message:
 
 @app.query(m.INFO_ACTION)
 def info(msg: Message, context: Context) -> Message:
-    """Which partition this node holds: the server samples clients by partition id."""
+    """Which partition this node holds (client sampling) and its device-class (device tiers)."""
     pid = as_int(context.node_config[m.NODE_PARTITION_ID])
-    return Message(RecordDict({m.METRICS: MetricRecord({m.PARTITION_ID: pid})}), reply_to=msg)
+    device_class = str(context.node_config.get(m.NODE_DEVICE_CLASS, ""))  # device tiers
+    content = RecordDict(
+        {
+            m.METRICS: MetricRecord({m.PARTITION_ID: pid}),
+            m.STATUS: ConfigRecord({m.NODE_DEVICE_CLASS: device_class}),
+        }
+    )
+    return Message(content, reply_to=msg)
 
 
 @app.query(m.LOGITS_ACTION)

@@ -127,6 +127,15 @@ class RunConfig:
         prefix="arch:",
         compress=True,
     )
+    tiers: str = setting(
+        "",
+        "device tiers, name:budget-us,... (e.g. mcu:15,phone:30,gateway:100): one searched "
+        "student per tier within its batch-1 latency budget; a node's tier is its device-class "
+        "node config, else partition id modulo the tiers; empty: one student for all",
+    )
+    search_trials: int = setting(
+        30, "tiers: architectures the search tries (shared by every tier)", interval=">= 1"
+    )
     auto_students: str = setting(
         "deep-small,deep-medium",
         "student auto: the candidates, comma-separated, smallest first",
@@ -383,6 +392,11 @@ class RunConfig:
         if self.kd_source != "auto":
             return self.kd_source
         return "both" if self.dp == "none" else "public"
+
+    @property
+    def tier_budgets(self) -> dict[str, float]:
+        """The tiers setting as name -> batch-1 latency budget (µs), in the order given."""
+        return config_rules.parse_tiers(self.tiers)
 
     @property
     def auto_candidates(self) -> tuple[str, ...]:

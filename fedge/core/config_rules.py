@@ -17,6 +17,12 @@ def check(cfg: RunConfig) -> None:
 
     _robustness(cfg)
     _privacy(cfg)
+    tiers = parse_tiers(cfg.tiers)
+    if tiers and cfg.kd_source in ("federated", "both"):
+        raise ConfigError(
+            f"tiers distil each tier's student on the public pool, not kd-source "
+            f"{cfg.kd_source!r}; allowed with tiers: kd-source public or auto"
+        )
     if is_arch(cfg.student):
         try:
             parse(cfg.student)
@@ -137,3 +143,26 @@ def _sampling(cfg: RunConfig) -> None:
                 f"aggregation {cfg.aggregation!r} needs >= {need} updates per round, but "
                 f"fraction-train samples {train_size(cfg)}; raise fraction-train"
             )
+
+
+def parse_tiers(text: str) -> dict[str, float]:
+    """`name:budget-us,...` as name -> budget (ConfigError naming the bad part)."""
+    import math
+    import re
+
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, budget = part.partition(":")
+        try:
+            value = float(budget)
+        except ValueError:
+            value = math.nan
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name) or not value > 0 or name in out:
+            raise ConfigError(
+                f"bad tier {part!r} in tiers; format: name:budget-us,... with distinct lowercase "
+                "names and budgets > 0, e.g. mcu:15,phone:30,gateway:100"
+            )
+        out[name] = value
+    if len(out) > 8:
+        raise ConfigError(f"at most 8 tiers, got {len(out)}")
+    return out

@@ -78,4 +78,5 @@ NODE_NUM_PARTITIONS = "num-partitions"
 NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
 NODE_ALLOW_MODEL_SWITCH = "allow-model-switch"  # true: accept bundles of another model_id
+NODE_DEVICE_CLASS = "device-class"  # a device tier's name (tiers setting)
 NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition

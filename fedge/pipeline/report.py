@@ -32,6 +32,7 @@ def render_report(results: dict[str, Any]) -> str:
             f"{len(r['clients_failed'])} | {len(r['clients_rejected'])} | {note} |"
         )
     lines += _student_round_lines(results.get("student_rounds"))
+    lines += _tier_lines(results.get("tiers"))
     lines += _robustness_lines(results)
     lines += [
         "",
@@ -40,14 +41,14 @@ def render_report(results: dict[str, Any]) -> str:
         "One test sample is 100 / n points: with few samples a client's accuracy moves in "
         "large steps.",
         "",
-        "| client | test samples | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 | reason |",
-        "|---:|---:|---|---:|---:|---:|---|",
+        "| client | tier | test samples | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 | reason |",
+        "|---:|---|---:|---|---:|---:|---:|---|",
     ]
     for c in results["clients"]:
         t_acc = c.get("teacher_accuracy")
         samples = c.get("test_examples")
         lines.append(
-            f"| {c['partition_id']} | {'' if samples is None else samples} | "
+            f"| {c['partition_id']} | {c.get('tier') or ''} | {'' if samples is None else samples} | "
             f"{'yes' if c['installed'] else 'no'} | {_pct(t_acc)} | {_pct(c['accuracy'])} | "
             f"{_us(c['latency_us_p50'])} | {c['reason']} |"
         )
@@ -78,6 +79,31 @@ def render_report(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _tier_lines(tiers: list[dict[str, Any]] | None) -> list[str]:
+    """Device tiers side by side: budget, student, accuracy, bytes, latency here and on nodes."""
+    if not tiers:
+        return []
+    lines = [
+        "",
+        "## Device tiers",
+        "",
+        "One architecture search; each tier ships the most accurate architecture within its "
+        "batch-1 budget, distilled fully. Server: timed here beside the teacher; nodes: each "
+        "node's own p50 when it installed the bundle.",
+        "",
+        "| tier | budget | student | test accuracy | bytes | b1 p50 server | b1 p50 nodes (max) "
+        "| installed | within budget on nodes |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for t in tiers:
+        lines.append(
+            f"| {t['tier']} | {t['budget_us']:g} µs | `{t['student']}` | {_pct(t['test_accuracy'])} | "
+            f"{t['bytes']:,} | {_us(t['b1_us'])} | {_us(t['node_latency_us_max'])} | "
+            f"{t['installed']}/{t['nodes']} | {'yes' if t['meets_budget_on_nodes'] else 'no'} |"
+        )
+    return lines
 
 
 def render_compression_report(results: dict[str, Any]) -> str:

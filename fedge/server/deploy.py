@@ -26,17 +26,39 @@ def deploy_bundle(
     simulation_trusted_key: Path,
     node_partition: dict[int, int],
     spec: dict[str, Any],
+    tiers: tuple[dict[str, dict[str, bytes]], dict[int, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Send the bundle to every connected node; returns per-client rows and bytes sent."""
-    payload: dict[str, Any] = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
-    # Simulated nodes only: real nodes use their own store and key, whatever is sent here.
-    payload[m.SIMULATION_STORE_ROOT] = str(simulation_store_root)
-    payload[m.SIMULATION_TRUSTED_KEY] = str(simulation_trusted_key)
-    payload.update(spec)
-    bundle_bytes = sum(len(files[name]) for name in m.BUNDLE_FILE_KEYS)
-    content = RecordDict({m.CONFIG: config_to_record(cfg, **payload)})
+    """Send the bundle to every connected node; returns per-client rows and bytes sent.
+
+    With `tiers` (each tier's bundle files, each node's tier), a node gets its tier's bundle
+    and its row names the tier.
+    """
+    bundles, node_tier = tiers if tiers is not None else ({"": files}, {})
+    extra: dict[str, Any] = {
+        # Simulated nodes only: real nodes use their own store and key, whatever is sent here.
+        m.SIMULATION_STORE_ROOT: str(simulation_store_root),
+        m.SIMULATION_TRUSTED_KEY: str(simulation_trusted_key),
+        **spec,
+    }
+    contents = {
+        tier: RecordDict(
+            {
+                m.CONFIG: config_to_record(
+                    cfg,
+                    **{key: tier_files[name] for name, key in m.BUNDLE_FILE_KEYS.items()},
+                    **extra,
+                )
+            }
+        )
+        for tier, tier_files in bundles.items()
+    }
+    sizes = {t: sum(len(f[name]) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()}
     nodes = list(grid.get_node_ids())
-    messages = [Message(content=content, message_type=m.DEPLOY, dst_node_id=node) for node in nodes]
+    sent = {node: node_tier.get(node, next(iter(bundles))) for node in nodes}
+    messages = [
+        Message(content=contents[sent[node]], message_type=m.DEPLOY, dst_node_id=node)
+        for node in nodes
+    ]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     answers = replies_by_node(messages, replies)
     gone = [node for node in node_partition if node not in answers]  # trained, then disconnected
@@ -44,10 +66,13 @@ def deploy_bundle(
     clients += [
         _not_installed(node_partition.get(node), "not connected at deploy time") for node in gone
     ]
+    if tiers is not None:
+        for row, node in zip(clients, [*answers, *gone], strict=True):
+            row["tier"] = node_tier.get(node)
     clients.sort(key=lambda r: (r["partition_id"] is None, r["partition_id"] or 0))
     ok = sum(r["installed"] for r in clients)
     log.info("deploy: %d of %d clients installed the bundle", ok, len(clients))
-    return clients, bundle_bytes * len(nodes)
+    return clients, sum(sizes[sent[node]] for node in nodes)
 
 
 def _client_row(reply: Message | None, partition_id: int | None) -> dict[str, Any]:

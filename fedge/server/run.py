@@ -43,9 +43,11 @@ from fedge.pipeline.rundir import (
 )
 from fedge.pipeline.teacher_source import global_source
 from fedge.pipeline.tensorboard import RoundScalars
+from fedge.pipeline.tiers import compress_tiers, load_tiers, save_tiers, tier_summary
 from fedge.server.deploy import deploy_bundle, not_deployed
 from fedge.server.ensemble import ensemble_source
 from fedge.server.student_rounds import flower_trainer
+from fedge.server.tiers import node_tiers
 from fedge.server.training_loop import train_teacher
 
 log = logging.getLogger("fedge")
@@ -107,29 +109,18 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 run_dir=run_dir,
             )
         model_id = final_dir(run_dir).name
-        shipped = load_shipped(run_dir) if cfg.resume else None
-        if shipped is None:
-            trainer = None
-            if (
-                cfg.distill_from != "public"
-            ):  # the student's rounds on the clients, saved for replays
-                test = fed.server.test
-                trainer = recording(
-                    flower_trainer(grid, cfg, spec, final_sha256, test, scalars), run_dir
-                )
-            try:
-                compressed = compress_and_ship(
-                    cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
-                )
-                shipped = save_shipped(compressed, run_dir), compressed.shipment.files
-            except NotShippedError as stop:
-                shipped = not_shipped_record(stop.gate, teacher_onnx, fed, source), {}
-        else:
-            log.info(
-                "resuming with the bundle this run already made (version %d)",
-                shipped[0]["student"]["version"],
-            )
-        compression, files = shipped
+        compression, files, tier_records, tier_bundles = _compression_phase(
+            grid,
+            cfg,
+            run_dir,
+            fed,
+            source,
+            teacher_onnx,
+            key,
+            trainer_for=lambda: recording(
+                flower_trainer(grid, cfg, spec, final_sha256, fed.server.test, scalars), run_dir
+            ),
+        )
         t2 = time.monotonic()
 
         clients, deploy_bytes = not_deployed(training.node_partition), 0
@@ -142,6 +133,9 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
                 node_partition=training.node_partition,
                 spec=spec,
+                tiers=(tier_bundles, node_tiers(grid, cfg, training.node_partition))
+                if tier_bundles
+                else None,
             )
         for row in clients:
             row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])
@@ -162,5 +156,55 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 "deploy": t3 - t2,
             },
         )
+        if tier_records:
+            results["tiers"] = tier_summary(tier_records, clients)
         write_run_outputs(results, run_dir)
         return results
+
+
+def _compression_phase(
+    grid: Grid,
+    cfg: RunConfig,
+    run_dir: Path,
+    fed: Any,
+    source: Any,
+    teacher_onnx: bytes,
+    key: Any,
+    trainer_for: Any,
+) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]], dict[str, dict[str, bytes]]]:
+    """The compressed record and bundle files (and each tier's), made now or by an earlier try.
+
+    `trainer_for()` builds the student rounds' trainer when the settings ask for them.
+    """
+    model_id = final_dir(run_dir).name
+    shipped = load_shipped(run_dir) if cfg.resume else None
+    saved_tiers = load_tiers(run_dir) if shipped is not None and cfg.tiers else None
+    if shipped is not None and cfg.tiers and saved_tiers is None:
+        shipped = None  # the tiers' bundles were not all written: compress again
+    tier_records, tier_bundles = saved_tiers or ([], {})
+    if shipped is not None:
+        log.info(
+            "resuming with the bundle this run already made (version %d)",
+            shipped[0]["student"]["version"],
+        )
+        return shipped[0], shipped[1], tier_records, tier_bundles
+    # the student's rounds on the clients, saved for replays
+    trainer = trainer_for() if cfg.distill_from != "public" else None
+    try:
+        if cfg.tiers:
+            compressed, tier_records, tier_bundles = compress_tiers(
+                cfg, source, fed, teacher_onnx, key, model_id
+            )
+            save_tiers(run_dir, tier_records, tier_bundles)
+        else:
+            compressed = compress_and_ship(
+                cfg, source, fed, teacher_onnx, key, model_id, federated=trainer
+            )
+        return (
+            save_shipped(compressed, run_dir),
+            compressed.shipment.files,
+            tier_records,
+            tier_bundles,
+        )
+    except NotShippedError as stop:
+        return not_shipped_record(stop.gate, teacher_onnx, fed, source), {}, [], {}

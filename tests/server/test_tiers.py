@@ -1,0 +1,78 @@
+"""Device tiers: one search, a student per latency budget, each node its tier's bundle."""
+
+import json
+
+import pytest
+
+import fedge.pipeline.tiers as tiers_module
+from fedge.client.app import app as client_app
+from fedge.client.runtime.store import ModelStore
+from fedge.core.config import ConfigError
+from fedge.pipeline.rundir import staged_run_dir
+from fedge.pipeline.search import SearchError
+from fedge.pipeline.search import search as real_search
+from fedge.pipeline.tiers import tier_of
+from fedge.server.run import run_server
+from tests.flower_local import LocalGrid
+from tests.server.test_server import QUICKER
+
+
+@pytest.fixture()
+def params_as_latency(monkeypatch):
+    """Trial latency := parameter count (known before the run; timing is tested elsewhere)."""
+
+    def search(*args, **kwargs):
+        found = real_search(*args, **kwargs)
+        for trial in found.trials:
+            trial["latency_us"] = float(trial["params"])
+        return found
+
+    monkeypatch.setattr(tiers_module, "search", search)
+
+
+def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
+    tmp_path, params_as_latency
+):
+    cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=4)
+    grid = LocalGrid(client_app, num_nodes=4)
+    grid.contexts[100].node_config["device-class"] = "big"  # partition 0 would be "small"
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(grid, cfg, work)
+    run = tmp_path / "run"
+    tiers = {t["tier"]: t for t in results["tiers"]}
+    assert list(tiers) == ["small", "big"]
+    for name, tier in tiers.items():
+        assert tier["bytes"] > 0 and (run / "bundles" / name / "model.onnx").is_file()
+    saved = {r["tier"]: r["search_trial"] for r in json.loads((run / "tiers.json").read_text())}
+    assert saved["small"]["latency_us"] <= 10000 and saved["big"]["latency_us"] <= 1000000
+    assert saved["big"]["val_accuracy"] >= saved["small"]["val_accuracy"]  # it had more to pick
+    expected = {0: "big", 1: "big", 2: "small", 3: "big"}  # device-class, then partition % 2
+    rows = {c["partition_id"]: c for c in results["clients"]}
+    for partition, tier in expected.items():
+        assert rows[partition]["tier"] == tier and rows[partition]["installed"]
+        store = ModelStore(run / "nodes" / f"partition-{partition}" / "model-store")
+        assert store.current_version() == tiers[tier]["version"]
+    assert tiers["small"]["nodes"] == 1 and tiers["big"]["nodes"] == 3
+    assert "## Device tiers" in (run / "report.md").read_text()
+
+
+def test_a_tier_budget_no_trial_meets_stops_the_run_naming_it(tmp_path, params_as_latency):
+    cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2)
+    with (
+        pytest.raises(
+            SearchError, match=r"tier 'mcu': no architecture of 2 tried meets its budget of 10 µs"
+        ),
+        staged_run_dir(tmp_path / "run") as work,
+    ):
+        run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tier_settings_and_mapping():
+    assert tier_of(5, "", ["a", "b"]) == "b" and tier_of(5, "a", ["a", "b"]) == "a"
+    assert tier_of(4, "unknown", ["a", "b"]) == "a"
+    for bad in ("mcu:0", "Mcu:3", "a:1,a:2", "mcu", "a:x"):
+        with pytest.raises(ConfigError, match="bad tier"):
+            QUICKER.replace(tiers=bad)
+    with pytest.raises(ConfigError, match="not kd-source 'federated'"):
+        QUICKER.replace(tiers="a:10", kd_source="federated")
