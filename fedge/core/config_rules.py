@@ -18,6 +18,11 @@ def check(cfg: RunConfig) -> None:
     _robustness(cfg)
     _privacy(cfg)
     tiers = parse_tiers(cfg.tiers)
+    if tiers and cfg.student != "auto":
+        raise ConfigError(
+            f"tiers search each tier's student; student {cfg.student!r} would be ignored: "
+            "allowed with tiers: student auto"
+        )
     if tiers and cfg.kd_source in ("federated", "both"):
         raise ConfigError(
             f"tiers distil each tier's student on the public pool, not kd-source "

@@ -46,7 +46,8 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
         stored, teacher_params = source["config"], source["teacher"]["params"]
     except (ValueError, KeyError, UnicodeDecodeError) as err:
         raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
-    cfg = RunConfig.from_run_config({**stored, **changes})  # unknown keys and bad values
+    # unknown keys and bad values; one bundle whatever the run's device tiers were
+    cfg = RunConfig.from_run_config({**stored, **changes, "tiers": ""})
     bad = sorted(
         k for k, v in changes.items() if k not in COMPRESSION_SETTINGS and stored.get(k) != v
     )
@@ -128,7 +129,7 @@ def compress_run(
         )
         check_teacher(cfg, teacher_val, fed.server.val.y)  # the gate, before any trial
         found = run_search(cfg, source, fed, teacher_val, search)
-        cfg = cfg.replace(student=found.chosen, kd_source="public")
+        cfg = cfg.replace(student=found.chosen, kd_source="public", tiers="")
     compressed = compress_and_ship(
         cfg,
         source,

@@ -200,7 +200,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     start = time.monotonic()
     epochs = max(1, min(config.trial_epochs, cfg.kd_epochs))  # never more than the final one
-    trial_cfg = cfg.replace(student=spec, kd_epochs=epochs, qat="off", kd_source="public")
+    trial_cfg = cfg.replace(student=spec, kd_epochs=epochs, qat="off", kd_source="public", tiers="")
     (candidate,) = compress_candidates(source, [trial_cfg], fed, teacher_val=teacher_val)
     row = candidate.row
     model_bytes = candidate.outcome.student_bytes

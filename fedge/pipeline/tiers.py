@@ -51,7 +51,7 @@ def compress_tiers(
     budget is below every trial's latency (nothing is shipped to anyone).
     """
     budgets = cfg.tier_budgets
-    public = cfg.replace(kd_source="public")
+    public = cfg.replace(kd_source="public", tiers="")  # one student at a time from here
     val = fed.server.val
     teacher_val = session_accuracy(make_session(teacher_onnx), val.x, val.y)
     check_teacher(cfg, teacher_val, val.y)

@@ -33,7 +33,7 @@ def params_as_latency(monkeypatch):
 def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
     tmp_path, params_as_latency
 ):
-    cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=4)
+    cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=4, student="auto")
     grid = LocalGrid(client_app, num_nodes=4)
     grid.contexts[100].node_config["device-class"] = "big"  # partition 0 would be "small"
     with staged_run_dir(tmp_path / "run") as work:
@@ -57,7 +57,7 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
 
 
 def test_a_tier_budget_no_trial_meets_stops_the_run_naming_it(tmp_path, params_as_latency):
-    cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2)
+    cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2, student="auto")
     with (
         pytest.raises(
             SearchError, match=r"tier 'mcu': no architecture of 2 tried meets its budget of 10 µs"
@@ -73,6 +73,8 @@ def test_tier_settings_and_mapping():
     assert tier_of(4, "unknown", ["a", "b"]) == "a"
     for bad in ("mcu:0", "Mcu:3", "a:1,a:2", "mcu", "a:x"):
         with pytest.raises(ConfigError, match="bad tier"):
-            QUICKER.replace(tiers=bad)
+            QUICKER.replace(tiers=bad, student="auto")
+    with pytest.raises(ConfigError, match="allowed with tiers: student auto"):
+        QUICKER.replace(tiers="a:10")  # QUICKER names a student
     with pytest.raises(ConfigError, match="not kd-source 'federated'"):
-        QUICKER.replace(tiers="a:10", kd_source="federated")
+        QUICKER.replace(tiers="a:10", student="auto", kd_source="federated")
