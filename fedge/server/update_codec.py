@@ -93,6 +93,18 @@ def decode_updates(
 ) -> list[dict[str, Any]]:
     """Rewrite each reply's arrays as `base` + its update, in place; rejection rows for the rest."""
     if cfg.update_compression == "none":
+        if cfg.downlink_compression == "int8":  # trained from the int8 model: move onto base
+            sent = codec.decode_int8(
+                codec.encode(base, DOWNLINK, np.random.default_rng(0))
+            )  # what encode_downlink sent, decoded as the clients did
+            for reply in replies.values():
+                trained = record_to_weights(reply.content.array_records[m.ARRAYS])
+                if set(trained) == set(base) and all(  # else validation rejects it as it is
+                    np.shape(trained[k]) == base[k].shape for k in base
+                ):
+                    delta = {k: _minus(trained[k], sent[k]) for k in base}
+                    moved = weights_to_record(codec.advance(base, delta))
+                    reply.content = with_arrays(reply.content, moved)
         return []
     shapes = {k: tuple(v.shape) for k, v in base.items()}
     rejected = []
@@ -113,6 +125,12 @@ def decode_updates(
             continue
         reply.content = with_arrays(reply.content, weights_to_record(codec.advance(base, delta)))
     return rejected
+
+
+def _minus(trained: np.ndarray, sent: np.ndarray) -> np.ndarray:
+    if np.issubdtype(sent.dtype, np.floating):
+        return np.asarray(trained, dtype=np.float32) - sent
+    return trained
 
 
 def wire_bytes(messages: list[Message]) -> int:

@@ -131,3 +131,23 @@ def test_delta_downlink_needs_an_update_codec():
         assert "update-compression int8 | topk | topk+int8" in str(err)
     else:
         raise AssertionError("not refused")
+
+
+def test_an_int8_downlink_loses_nothing_of_the_servers_model():
+    """Clients that do not move send back the int8 model; the server keeps its fp32 one."""
+    from fedge.core.models import build_teacher
+    from fedge.core.partition import build_federation
+    from fedge.core.records import model_spec
+    from fedge.core.training import get_weights
+    from fedge.server.training_loop import train_teacher
+
+    cfg = CLEAN.replace(rounds=1, lr=1e-12, downlink_compression="int8")
+    fed = build_federation(cfg)
+    teacher = build_teacher((1, 8, 8), 10, seed=0)
+    before = get_weights(teacher)
+    grid = LocalGrid(client_app, num_nodes=cfg.clients)
+    train_teacher(grid, cfg, teacher, fed.server.test, model_spec(fed.dataset.preprocessing, 10))
+    after = get_weights(teacher)
+    worst = max(float(np.abs(after[k] - before[k]).max()) for k in before)
+    step = float(np.abs(before["classifier.0.weight"]).max()) / 127  # one int8 step
+    assert worst < step / 100  # not q(x): that would be up to half a step off
