@@ -159,9 +159,6 @@ def profile(
     batch: Annotated[
         int, typer.Option(min=2, max=4096, help="A second batch size to measure besides 1.")
     ] = 32,
-    threads: Annotated[
-        int, typer.Option(min=1, max=256, help="onnxruntime intra-op threads, as the device runs.")
-    ] = 1,
     iters: Annotated[int, typer.Option(min=20, max=100000, help="Timed runs per probe.")] = 300,
     name: Annotated[str, typer.Option(help="A label for this device (e.g. gateway-3).")] = "",
 ) -> None:
@@ -178,7 +175,7 @@ def profile(
         raise fail(f"--out {out} is a directory; give a file name")
     if not out.parent.is_dir():
         raise fail(f"--out {out}: directory {out.parent} does not exist")
-    result = measure((1, batch), threads=threads, iters=iters, name=name)
+    result = measure((1, batch), iters=iters, name=name)
     atomic_write_json(out, result)
     b1 = sorted(p["batches"]["1"]["p50_us"] for p in result["probes"].values())
     console.print(

@@ -89,3 +89,9 @@ def check_input(arch: Arch, input_shape: tuple[int, ...]) -> None:
     pools = sum(p for _, _, p in arch.convs)
     if len(input_shape) > 1 and min(input_shape[1:]) < 2**pools:
         raise ValueError(f"{arch.spec}: {pools} poolings shrink input {input_shape} to nothing")
+
+
+def check_student(student: str, input_shape: tuple[int, ...]) -> None:
+    """ValueError if `student` is a spec that cannot take inputs of this shape (else nothing)."""
+    if is_arch(student):
+        check_input(parse(student), input_shape)

@@ -132,9 +132,13 @@ class RunConfig:
         "device tiers, name:budget-us,... (e.g. mcu:15,phone:30,gateway:100): one searched "
         "student per tier within its batch-1 latency budget; a node's tier is its device-class "
         "node config, else partition id modulo the tiers; empty: one student for all",
+        resume=True,
     )
     search_trials: int = setting(
-        30, "tiers: architectures the search tries (shared by every tier)", interval=">= 1"
+        30,
+        "tiers: architectures the search tries (shared by every tier)",
+        interval=">= 1",
+        resume=True,
     )
     auto_students: str = setting(
         "deep-small,deep-medium",

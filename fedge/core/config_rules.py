@@ -162,10 +162,11 @@ def parse_tiers(text: str) -> dict[str, float]:
             value = float(budget)
         except ValueError:
             value = math.nan
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name) or not value > 0 or name in out:
+        ok = value > 0 and math.isfinite(value)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name) or not ok or name in out:
             raise ConfigError(
                 f"bad tier {part!r} in tiers; format: name:budget-us,... with distinct lowercase "
-                "names and budgets > 0, e.g. mcu:15,phone:30,gateway:100"
+                "names and finite budgets > 0, e.g. mcu:15,phone:30,gateway:100"
             )
         out[name] = value
     if len(out) > 8:

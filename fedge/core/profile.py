@@ -57,7 +57,7 @@ def load_profile(path: Path | str) -> Profile:
         raise ProfileError(f"device profile {path} is not JSON: {err}") from None
     try:
         return _parse(data, str(path))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         if isinstance(err, ProfileError):
             raise
         raise ProfileError(f"device profile {path} is malformed: {err!r}") from None
@@ -80,13 +80,23 @@ def _parse(data: Any, path: str) -> Profile:
             )
         latency[name] = {int(b): float(v["p50_us"]) for b, v in row["batches"].items()}
     batches = tuple(int(b) for b in data["batches"])
+    if 1 not in batches:
+        raise ProfileError(f"device profile {path} lacks batch 1 (batches {list(batches)})")
     for name, per_batch in latency.items():
         values = list(per_batch.values())
         if set(per_batch) != set(batches) or not all(math.isfinite(v) and v > 0 for v in values):
             raise ProfileError(f"device profile {path}: probe {name!r} lacks a positive latency")
-    if len(latency) < len(known) // 2:
-        raise ProfileError(f"device profile {path} measured {len(latency)} probes, too few")
+    missing = sorted(set(known) - set(latency))
+    if missing:  # a partial set leaves columns of the fit empty (e.g. int8 work looks free)
+        raise ProfileError(
+            f"device profile {path} lacks probes {', '.join(missing[:3])}"
+            + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            + "; run fedge profile again with this version"
+        )
     threads = int(data["threads"])
-    if threads < 1:
-        raise ProfileError(f"device profile {path}: threads must be >= 1, got {threads}")
+    if threads != 1:  # the device runtime runs one intra-op thread (client/runtime/session.py)
+        raise ProfileError(
+            f"device profile {path} was measured with {threads} threads; the device runtime "
+            "runs 1: run fedge profile without --threads"
+        )
     return Profile(dict(data["device"]), threads, batches, latency, path)

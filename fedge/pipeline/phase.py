@@ -173,6 +173,12 @@ def save_shipped(compressed: Compressed, run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def discard_shipped(run_dir: Path) -> None:
+    """Remove a bundle and its record (compression runs again)."""
+    (run_dir / COMPRESSED_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / BUNDLE_DIR, ignore_errors=True)
+
+
 def load_shipped(run_dir: Path) -> tuple[dict[str, Any], dict[str, bytes]] | None:
     """The record and bundle files an interrupted run already made, or None (redo).
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_bundle
 from fedge.compression.onnx_teacher import OnnxTeacher
+from fedge.core.arch import check_student
 from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_accuracy
@@ -57,6 +58,11 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             f"allowed: {', '.join(COMPRESSION_SETTINGS)}"
         )
     _check_federated_replay(run_dir, cfg, RunConfig.from_run_config(stored))
+    try:
+        teacher_input = make_session((run_dir / TEACHER_FILE).read_bytes()).get_inputs()[0]
+        check_student(cfg.student, tuple(int(d) for d in teacher_input.shape[1:]))
+    except ValueError as err:
+        raise ConfigError(f"student: {err}") from None
     return cfg, int(teacher_params)
 
 

@@ -148,7 +148,11 @@ def search(
     def objective(trial: Any) -> tuple[float, float, float]:
         spec = trial.user_attrs.get("spec") or sample(trial, shape)
         if spec not in evaluated:
-            evaluated[spec] = _evaluate(cfg, source, fed, teacher_val, config, spec)
+            try:
+                evaluated[spec] = _evaluate(cfg, source, fed, teacher_val, config, spec)
+            except ValueError as err:  # a layout these inputs cannot take: not a result
+                log.info("trial %s skipped: %s", spec, err)
+                raise optuna.TrialPruned(str(err)) from None
             evaluated[spec]["trial"] = trial.number
             result.trials.append(evaluated[spec])
         row = evaluated[spec]
@@ -158,10 +162,13 @@ def search(
 
     sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, config.trials))
     study = optuna.create_study(directions=("maximize", "minimize", "minimize"), sampler=sampler)
-    for spec in seed_specs(shape)[: config.trials]:
+    seeds = [spec for spec in seed_specs(shape) if _fits(spec, shape)]
+    for spec in seeds[: config.trials]:
         study.enqueue_trial({}, user_attrs={"spec": spec})
     study.optimize(objective, n_trials=config.trials, timeout=config.time_budget_s)
     result.seconds = time.monotonic() - started
+    if not result.trials:
+        raise SearchError(f"no architecture tried could take inputs of shape {shape}")
     fits = [t for t in result.trials if not any(v > 0 for v in _violations(t, config))]
     if not fits:
         fastest = min(result.trials, key=lambda t: t["latency_us"])
@@ -225,6 +232,14 @@ def _evaluate(
         out["latency_us"],
     )
     return out
+
+
+def _fits(spec: str, shape: tuple[int, ...]) -> bool:
+    try:
+        archspec.check_student(spec, shape)
+    except ValueError:
+        return False
+    return True
 
 
 def _violations(row: dict[str, Any], config: SearchConfig) -> list[float]:

@@ -58,7 +58,7 @@ def compress_tiers(
     found = search(
         public, source, fed, teacher_val, SearchConfig(trials=cfg.search_trials, seed=cfg.seed)
     )
-    chosen = {}
+    ranked = {}
     for name, budget in budgets.items():
         fits = [t for t in found.trials if t["latency_us"] <= budget]
         if not fits:
@@ -66,19 +66,35 @@ def compress_tiers(
             raise SearchError(
                 f"tier {name!r}: no architecture of {len(found.trials)} tried meets its budget "
                 f"of {budget:g} µs; the fastest was {fastest['student']} at "
-                f"{fastest['latency_us']:.1f} µs. Nothing shipped."
+                f"{fastest['latency_us']:.1f} µs. Nothing shipped; the trained teacher is kept: "
+                "fedge simulate --resume RUN --tiers with other budgets"
             )
-        chosen[name] = max(fits, key=lambda t: (t["val_accuracy"], -t["latency_us"]))
+        ranked[name] = sorted(fits, key=lambda t: (-t["val_accuracy"], t["latency_us"]))
     compressed: dict[str, Compressed] = {}
-    for trial in chosen.values():
+
+    def shipped(trial: dict[str, Any]) -> Compressed:
         spec = trial["student"]
         if spec not in compressed:
             log.info("tiers: distilling %s fully", spec)
             compressed[spec] = compress_and_ship(
                 public.replace(student=spec), source, fed, teacher_onnx, key, model_id
             )
+        return compressed[spec]
+
+    picked = {}
+    for name, fits in ranked.items():
+        for trial in fits:  # int8 refused after full distillation: fp32 may miss the budget
+            if shipped(trial).shipment.student["quantized"] or not trial["quantized"]:
+                picked[name] = trial
+                break
+            log.warning("tiers: %s shipped fp32, not the int8 its trial timed", trial["student"])
+        else:
+            raise SearchError(
+                f"tier {name!r}: every architecture within its budget lost int8 after full "
+                "distillation. Nothing shipped."
+            )
     records, bundles = [], {}
-    for name, trial in chosen.items():
+    for name, trial in picked.items():
         done = compressed[trial["student"]]
         student = done.shipment.student
         records.append(
@@ -100,7 +116,7 @@ def compress_tiers(
         "tiers: %s",
         "; ".join(f"{r['tier']} ({r['budget_us']:g} µs) -> {r['student']}" for r in records),
     )
-    last = compressed[chosen[list(budgets)[-1]]["student"]]
+    last = compressed[picked[list(budgets)[-1]]["student"]]
     return last, records, bundles
 
 
@@ -113,18 +129,28 @@ def save_tiers(
     atomic_write_json(run_dir / TIERS_FILE, records)
 
 
-def load_tiers(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, dict[str, bytes]]] | None:
-    """What save_tiers wrote, or None (then compression runs again)."""
+def load_tiers(
+    run_dir: Path, budgets: dict[str, float]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, bytes]]] | None:
+    """What save_tiers wrote for these budgets, or None (then compression runs again)."""
     try:
         records = json.loads((run_dir / TIERS_FILE).read_text())
         bundles = {
             r["tier"]: {f: (run_dir / TIERS_DIR / r["tier"] / f).read_bytes() for f in FILES}
             for r in records
         }
+        if {r["tier"]: r["budget_us"] for r in records} != budgets:
+            log.info("tiers changed since the bundles were made: compressing again")
+            return None
     except (OSError, ValueError, KeyError, TypeError):
-        shutil.rmtree(run_dir / TIERS_DIR, ignore_errors=True)
         return None
     return records, bundles
+
+
+def clear_tiers(run_dir: Path) -> None:
+    """Remove every tier's bundle and the record (before compressing again)."""
+    (run_dir / TIERS_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / TIERS_DIR, ignore_errors=True)
 
 
 def tier_summary(

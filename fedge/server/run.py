@@ -26,6 +26,7 @@ from fedge.pipeline.federate import recording
 from fedge.pipeline.gate import NotShippedError
 from fedge.pipeline.phase import (
     compress_and_ship,
+    discard_shipped,
     load_shipped,
     not_shipped_record,
     save_shipped,
@@ -43,7 +44,14 @@ from fedge.pipeline.rundir import (
 )
 from fedge.pipeline.teacher_source import global_source
 from fedge.pipeline.tensorboard import RoundScalars
-from fedge.pipeline.tiers import compress_tiers, load_tiers, save_tiers, tier_summary
+from fedge.pipeline.tiers import (
+    TIERS_FILE,
+    clear_tiers,
+    compress_tiers,
+    load_tiers,
+    save_tiers,
+    tier_summary,
+)
 from fedge.server.deploy import deploy_bundle, not_deployed
 from fedge.server.ensemble import ensemble_source
 from fedge.server.student_rounds import flower_trainer
@@ -178,10 +186,14 @@ def _compression_phase(
     """
     model_id = final_dir(run_dir).name
     shipped = load_shipped(run_dir) if cfg.resume else None
-    saved_tiers = load_tiers(run_dir) if shipped is not None and cfg.tiers else None
-    if shipped is not None and cfg.tiers and saved_tiers is None:
-        shipped = None  # the tiers' bundles were not all written: compress again
+    saved_tiers = load_tiers(run_dir, cfg.tier_budgets) if shipped and cfg.tiers else None
+    tiers_changed = bool(cfg.tiers) != (run_dir / TIERS_FILE).is_file()
+    if shipped is not None and ((cfg.tiers and saved_tiers is None) or tiers_changed):
+        shipped = None  # the tiers' bundles are incomplete, or for other tiers (or none)
+        discard_shipped(run_dir)
     tier_records, tier_bundles = saved_tiers or ([], {})
+    if shipped is None:
+        clear_tiers(run_dir)  # whatever an interrupted try left
     if shipped is not None:
         log.info(
             "resuming with the bundle this run already made (version %d)",

@@ -33,9 +33,9 @@ def node_tiers(grid: Grid, cfg: RunConfig, node_partition: dict[int, int]) -> di
     for node in nodes:
         reply, device_class = replies.get(node), ""
         if reply is not None and not reply.has_error():
-            node_partition.setdefault(
-                node, as_int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])
-            )
+            metrics = reply.content.metric_records.get(m.METRICS)
+            if metrics is not None and m.PARTITION_ID in metrics:
+                node_partition.setdefault(node, as_int(metrics[m.PARTITION_ID]))
             status = reply.content.config_records.get(m.STATUS)
             device_class = str(status.get(m.NODE_DEVICE_CLASS, "")) if status else ""
         out[node] = tier_of(node_partition.get(node), device_class, tiers)

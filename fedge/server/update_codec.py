@@ -8,7 +8,9 @@ still in the next round's model: server-side error feedback (DoubleSqueeze, Tang
 
 `downlink-compression delta` keeps one shared *view*: the model every node that took the last
 chain message holds. Nodes that hold it get only the coded change from it to the server's
-model; the rest get the model in int8. Nodes and server add the same decoded arrays in the
+model; the rest get the model in int8. When fewer than half of a round's nodes hold the view
+(sampling, failures), the chain starts anew: everyone gets the int8 model, which becomes the
+view, so nodes that fell off rejoin. Nodes and server add the same decoded arrays in the
 same float32 operations, so their views stay bit-identical.
 """
 
@@ -54,6 +56,8 @@ def encode_downlink(
         return
     targets = {msg.metadata.dst_node_id for msg in messages}
     holders = chain.holders & targets if chain.view is not None else set()
+    if 2 * len(holders) < len(targets):  # most would get int8 anyway: everyone starts anew
+        holders = set()
     new_id = secrets.randbits(62) + 1  # unique per run and round: a stale view never matches
     full = _downlink(m.DOWNLINK_FULL, 0, 0)
     if holders:

@@ -86,6 +86,17 @@ def build_config(settings: dict[str, Any], *, resume: Path | None = None) -> Run
     return cfg.replace(out=str(default_run_dir(cfg)))
 
 
+def _check_student(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
+    """ConfigError if the student is an arch: spec these data cannot go through."""
+    from fedge.core.arch import check_student
+
+    for name in (cfg.student, cfg.teacher):
+        try:
+            check_student(name, input_shape)
+        except ValueError as err:
+            raise ConfigError(f"student: {err}") from None
+
+
 def preflight(cfg: RunConfig) -> None:
     """Every check that can fail before training starts (data, partitions, key, output dir)."""
     from fedge.compression.bundle import load_private_key
@@ -113,6 +124,7 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.ray_address:
         check_ray_address(cfg.ray_address)
     fed = build_federation(cfg)
+    _check_student(cfg, fed.dataset.preprocessing.input_shape)
     if cfg.dp == "central":
         central_noise(cfg)  # a dp-epsilon no noise can meet fails here, before training
     if cfg.dp == "local" and cfg.dp_epsilon > 0:

@@ -40,6 +40,20 @@ def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
     bad.write_text(json.dumps(data))
     with pytest.raises(ProfileError, match=f"probe '{name}'.*run fedge profile again"):
         load_profile(bad)
+    probes = json.loads(good.read_text())["probes"]
+    for change, message in (
+        ({"threads": float("inf")}, "is malformed"),  # json writes Infinity
+        ({"threads": 4}, "measured with 4 threads; the device runtime runs 1"),
+        ({"batches": [8]}, "lacks batch 1"),
+        (
+            {"probes": {n: p for n, p in data["probes"].items() if n.endswith("fp32")}},
+            "lacks probes",
+        ),
+    ):
+        fresh = json.loads(good.read_text())
+        bad.write_text(json.dumps({**fresh, **change}))
+        with pytest.raises(ProfileError, match=message):
+            load_profile(bad)
     with pytest.raises(ProfileError, match="cannot read device profile"):
         load_profile(tmp_path / "missing.json")
     refused = _fedge_no_torch("profile", "--out", str(tmp_path / "no" / "p.json"))

@@ -17,17 +17,18 @@ from tests.flower_local import LocalGrid
 from tests.server.test_server import QUICKER
 
 
+def params_search(*args, **kwargs):
+    """The real search, with trial latency := parameter count (timing is tested elsewhere)."""
+    found = real_search(*args, **kwargs)
+    for trial in found.trials:
+        trial["latency_us"] = float(trial["params"])
+    return found
+
+
 @pytest.fixture()
 def params_as_latency(monkeypatch):
-    """Trial latency := parameter count (known before the run; timing is tested elsewhere)."""
-
-    def search(*args, **kwargs):
-        found = real_search(*args, **kwargs)
-        for trial in found.trials:
-            trial["latency_us"] = float(trial["params"])
-        return found
-
-    monkeypatch.setattr(tiers_module, "search", search)
+    """Trial latencies known before the run."""
+    monkeypatch.setattr(tiers_module, "search", params_search)
 
 
 def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
@@ -78,3 +79,34 @@ def test_tier_settings_and_mapping():
         QUICKER.replace(tiers="a:10")  # QUICKER names a student
     with pytest.raises(ConfigError, match="not kd-source 'federated'"):
         QUICKER.replace(tiers="a:10", student="auto", kd_source="federated")
+
+
+def test_a_tiers_run_killed_before_its_record_resumes_and_a_bad_budget_keeps_the_teacher(
+    tmp_path, monkeypatch, params_as_latency
+):
+    import fedge.server.run as server_run
+
+    monkeypatch.setenv("FEDGE_SIMULATION", "1")
+    cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2, student="auto")
+    final = tmp_path / "run"
+    cfg = cfg.replace(out=str(final))
+    with pytest.raises(SearchError), staged_run_dir(final) as work:  # the budget: nothing fits
+        run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+    partial = tmp_path / "run.partial"
+    assert (partial / "checkpoints").is_dir() and not (partial / "bundles").exists()
+
+    def killed(*args, **kwargs):  # after every tier's bundle, before the run's record
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(server_run, "save_shipped", killed)
+    fixed = cfg.replace(tiers="small:10000,big:1000000", resume=True)
+    with pytest.raises(KeyboardInterrupt), staged_run_dir(final, resume=True) as work:
+        run_server(LocalGrid(client_app, num_nodes=4), fixed, work)
+    assert (partial / "bundles" / "small").is_dir() and (partial / "tiers.json").is_file()
+    monkeypatch.undo()
+    monkeypatch.setenv("FEDGE_SIMULATION", "1")
+    monkeypatch.setattr(tiers_module, "search", params_search)
+    with staged_run_dir(final, resume=True) as work:
+        results = run_server(LocalGrid(client_app, num_nodes=4), fixed, work)
+    assert results["resumed_from"] and [t["tier"] for t in results["tiers"]] == ["small", "big"]
+    assert all(c["installed"] for c in results["clients"])

@@ -151,3 +151,19 @@ def test_an_int8_downlink_loses_nothing_of_the_servers_model():
     worst = max(float(np.abs(after[k] - before[k]).max()) for k in before)
     step = float(np.abs(before["classifier.0.weight"]).max()) / 127  # one int8 step
     assert worst < step / 100  # not q(x): that would be up to half a step off
+
+
+def test_under_sampling_the_delta_chain_restarts_instead_of_shrinking():
+    cfg = DELTA.replace(clients=6, fraction_train=0.5, rounds=4, byzantine_fraction=0.0)
+    grid = LocalGrid(client_app, num_nodes=6)
+    log = _train(cfg, grid)
+    assert all(not r["clients_failed"] for r in log.rounds)  # nobody was sent a stale change
+    chain, key = log.downlink, m.STATE_VIEW + m.TRAIN
+    assert 2 * len(chain.holders) >= 3  # at least half of the last round's three nodes
+    # the nodes the server counts on hold its view, bit for bit
+    for node in chain.holders:
+        state = grid.contexts[node].state
+        assert state.config_records[key + ROUND]["view"] == chain.view_id
+        held = record_to_weights(state.array_records[key])
+        for name, value in chain.view.items():
+            np.testing.assert_array_equal(held[name], value)
