@@ -46,7 +46,7 @@ def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
         ({"threads": 4}, "measured with 4 threads; the device runtime runs 1"),
         ({"batches": [8]}, "lacks batch 1"),
         (
-            {"probes": {n: p for n, p in data["probes"].items() if n.endswith("fp32")}},
+            {"probes": {n: p for n, p in probes.items() if n.endswith("fp32")}},
             "lacks probes",
         ),
     ):
