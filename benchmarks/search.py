@@ -13,7 +13,8 @@ Per dataset and seed, all real processes and files:
    1: the most accurate architecture no slower than the best hand-written one). If nothing
    meets B, the search runs again without a budget (recorded as `budget_met: false`).
 5. Every shipped model (searched and hand-written) timed side by side in this process, batch 1,
-   interleaved (1000 calls each after 200 warm-up), on raw test inputs.
+   on a raw test input: 10 rotations of 200 consecutive calls each (2,000 per model), so each
+   model runs with its own code and data in the caches, as on a device, and drift hits all.
 
 The comparison: the fastest hand-written student within 0.3 validation points of the searched
 one (`hand_*`), and the searched student (`searched_*`); `speedup` is their measured latency
@@ -40,7 +41,7 @@ from scipy.stats import spearmanr
 
 from fedge.compression.latency import LatencyModel, fit
 from fedge.core.config import STUDENTS, RunConfig
-from fedge.core.ort import interleaved_latency_us, make_session, session_call
+from fedge.core.ort import blocked_latency_us, make_session, session_call
 from fedge.core.partition import build_federation
 from fedge.core.profile import load_profile
 
@@ -142,7 +143,7 @@ def _side_by_side(outs: dict[str, Path], dataset: str, seed: int) -> dict[str, f
         name: session_call(make_session((out / "bundle" / "model.onnx").read_bytes()), raw)
         for name, out in outs.items()
     }
-    timing = interleaved_latency_us(calls, warmup=200, iters=1000)
+    timing = blocked_latency_us(calls, blocks=10, per_block=200)
     return {name: timing[name]["p50"] for name in outs}
 
 

@@ -64,6 +64,34 @@ def interleaved_latency_us(
     }
 
 
+def blocked_latency_us(
+    calls: dict[str, Callable[[], object]], *, blocks: int = 5, per_block: int = 200
+) -> dict[str, dict[str, float]]:
+    """p50/p95 microseconds per call, each side timed in consecutive blocks, blocks rotated.
+
+    For many sides: interleaving call by call (interleaved_latency_us) runs every model with
+    the others' code and data in the caches, slower than a device that calls one model again
+    and again; a block of consecutive calls keeps the caches as the device has them, and
+    rotating the blocks spreads the machine's drift over every side.
+    """
+    times: dict[str, list[int]] = {n: [] for n in calls}
+    for _ in range(blocks):
+        for name, call in calls.items():
+            for _ in range(max(10, per_block // 10)):  # warm this side's caches again
+                call()
+            for _ in range(per_block):
+                start = time.perf_counter_ns()
+                call()
+                times[name].append(time.perf_counter_ns() - start)
+    return {
+        n: {
+            "p50": float(np.percentile(t, 50)) / 1e3,
+            "p95": float(np.percentile(t, 95)) / 1e3,
+        }
+        for n, t in times.items()
+    }
+
+
 def session_call(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
     """A zero-argument closure that runs `session` on a fixed input (for latency timing)."""
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}

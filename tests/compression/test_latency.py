@@ -9,7 +9,7 @@ from fedge.compression.latency import fit, graph_of
 from fedge.compression.probes import INT8
 from fedge.compression.quantize import quantize_int8
 from fedge.core.models import build_student
-from fedge.core.ort import interleaved_latency_us, make_session, session_call
+from fedge.core.ort import blocked_latency_us, make_session, session_call
 from fedge.core.partition import PublicPool
 from fedge.core.profile import Profile
 
@@ -32,8 +32,8 @@ def test_predicted_latency_ranks_candidates_as_measured(rng):
         fp32 = export_onnx(build_student((1, 8, 8), 10, spec, 0), (1, 8, 8), ExportConfig())
         models[f"{spec} fp32"], models[f"{spec} int8"] = fp32, quantize_int8(fp32, pool, INT8)
     x = pool.x[:1]
-    measured = interleaved_latency_us(
-        {k: session_call(make_session(m), x) for k, m in models.items()}, warmup=50, iters=300
+    measured = blocked_latency_us(
+        {k: session_call(make_session(m), x) for k, m in models.items()}, per_block=100
     )
     names = list(models)
     predicted = np.array([model.predict_us(models[n]) for n in names])

@@ -1,8 +1,9 @@
 """`fedge profile` on a device: what it is, and its onnxruntime latency on the probe models.
 
 Needs numpy and onnxruntime only (no torch, no network). The probes run in sessions set up as
-the device runs its student (CPU, sequential, all optimisations, `threads` intra-op threads),
-interleaved so that a slow moment of the machine hits every probe alike.
+the device runs its student (CPU, sequential, all optimisations, one intra-op thread), each in
+blocks of consecutive calls (as a device calls its one model), the blocks rotated over the
+probes so that a slow moment of the machine hits every probe alike.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fedge.core.ort import interleaved_latency_us
+from fedge.core.ort import blocked_latency_us
 from fedge.core.profile import PROBE_DIR, VERSION, probe_index
 
 
-def session(model: bytes, threads: int) -> ort.InferenceSession:
-    """A CPU session as the device runs one, with `threads` intra-op threads."""
+def session(model: bytes) -> ort.InferenceSession:
+    """A CPU session as the device runs one (client/runtime/session.py): one thread."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -62,7 +63,6 @@ def device_facts(name: str = "") -> dict[str, Any]:
 
 def measure(
     batches: tuple[int, ...] = (1, 32),
-    threads: int = 1,
     iters: int = 300,
     name: str = "",
     on_probe: Callable[[str], None] | None = None,
@@ -75,7 +75,7 @@ def measure(
         model = (PROBE_DIR / str(row["file"])).read_bytes()
         if hashlib.sha256(model).hexdigest() != row["sha256"]:
             raise ValueError(f"probe {probe} does not match its sha256: the install is damaged")
-        sess = session(model, threads)
+        sess = session(model)
         feed_name = sess.get_inputs()[0].name
         for batch in batches:
             x = rng.normal(size=(batch, *row["input_shape"])).astype(np.float32)
@@ -83,15 +83,16 @@ def measure(
         if on_probe is not None:
             on_probe(probe)
     started = time.monotonic()
+    blocks = 5  # each probe in blocks of consecutive calls, as a device calls its model
     measured = {
-        b: interleaved_latency_us(calls[b], warmup=max(10, iters // 10), iters=iters)
+        b: blocked_latency_us(calls[b], blocks=blocks, per_block=max(4, iters // blocks))
         for b in batches
     }
     return {
         "fedge_profile": VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": device_facts(name),
-        "threads": threads,
+        "threads": 1,
         "batches": list(batches),
         "iters": iters,
         "seconds": time.monotonic() - started,
