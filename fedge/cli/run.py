@@ -331,12 +331,20 @@ def _summary(run_dir: Path) -> None:
             f"model. Ship it anyway: fedge compress {run_dir} --ship-anyway",
             code=NOT_SHIPPED_EXIT,
         )
-    table.add_row(
-        "deployed student",
-        f"{100 * student['accuracy']:.2f} %",
-        f"{student['params']:,}",
-        f"{student['onnx_bytes']:,}",
-    )
+    for tier in results.get("tiers") or []:  # device tiers: a student each
+        table.add_row(
+            f"student, tier {tier['tier']} (<= {tier['budget_us']:g} µs)",
+            f"{100 * tier['test_accuracy']:.2f} %",
+            "",
+            f"{tier['bytes']:,}",
+        )
+    if not results.get("tiers"):
+        table.add_row(
+            "deployed student",
+            f"{100 * student['accuracy']:.2f} %",
+            f"{student['params']:,}",
+            f"{student['onnx_bytes']:,}",
+        )
     Console().print(table)
     installed = sum(c["installed"] for c in results["clients"])
     console.print(
