@@ -21,6 +21,7 @@ from fedge.compression.latency import LatencyModel
 from fedge.core import arch as archspec
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
+from fedge.core.models import DEEP_STUDENTS, FAST_STUDENTS, STUDENT_WIDTHS
 from fedge.core.partition import Federation
 from fedge.pipeline.candidates import compress_candidates
 from fedge.pipeline.teacher_source import KdSource
@@ -28,12 +29,6 @@ from fedge.pipeline.teacher_source import KdSource
 log = logging.getLogger("fedge")
 CHANNELS = (4, 8, 12, 16, 24, 32, 48)
 HIDDEN = (16, 32, 64, 128)
-# The hand-written family in spec form (2-D kernel 3, 1-D kernel 5): the first trials, so the
-# search starts from what a person would pick.
-FAMILY = (
-    "c{c1}k{k}p-c{c2}k{k}p-c{c3}k{k}-relu",  # deep-*: widths 8, 16, 32
-    "c{c1}k{k}-c{c2}k{k}p-h{h}-relu",  # tiny, small, medium
-)
 
 
 class SearchError(ConfigError):
@@ -94,14 +89,21 @@ class SearchResult:
 
 
 def seed_specs(input_shape: tuple[int, ...]) -> list[str]:
-    """The hand-written family as specs for this shape (flat data: two MLPs)."""
+    """The hand-written family (fedge.core.models) as specs for this shape: the first trials.
+
+    The search starts from what a person would pick; flat data gets two MLPs.
+    """
     if len(input_shape) == 1:
         return ["arch:h32-h16-relu", "arch:h64-h32-relu"]
     k = 3 if len(input_shape) == 3 else 5
     out = []
-    for c1, c2, c3, h in ((8, 16, 32, 32), (16, 32, 32, 64)):
-        for pattern in FAMILY:
-            out.append("arch:" + pattern.format(c1=c1, c2=c2, c3=c3, k=k, h=h))
+    for name, (c1, c2, h) in STUDENT_WIDTHS.items():
+        if name in DEEP_STUDENTS:  # three equal convolutions, pooling after the first two
+            out.append(f"arch:c{c1}k{k}p-c{c2}k{k}p-c{h}k{k}-relu")
+        elif name in FAST_STUDENTS:  # pooling between the two convolutions
+            out.append(f"arch:c{c1}k{k}p-c{c2}k{k}-h{h}-relu")
+        else:
+            out.append(f"arch:c{c1}k{k}-c{c2}k{k}p-h{h}-relu")
     return out
 
 

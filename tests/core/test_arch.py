@@ -60,3 +60,14 @@ def test_a_pruned_searched_student_rebuilds_from_its_weights():
     assert rebuilt.features[0].out_channels == 10 and rebuilt.features[3].in_channels == 10
     x = torch.ones(1, 1, 8, 8)
     assert rebuilt(x).shape == (1, 10)
+
+
+def test_the_searchs_first_trials_are_the_hand_written_family_exactly():
+    from fedge.core.models import STUDENT_WIDTHS
+    from fedge.pipeline.search import seed_specs
+
+    for shape in ((1, 8, 8), (1, 40)):
+        x = torch.randn(3, *shape)
+        for name, spec in zip(STUDENT_WIDTHS, seed_specs(shape), strict=True):
+            family, searched = build_student(shape, 10, name, 0), build_student(shape, 10, spec, 0)
+            torch.testing.assert_close(family(x), searched(x))  # same layers, same start
