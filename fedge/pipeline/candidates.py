@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from fedge.core.arch import is_arch
 from fedge.core.config import STUDENTS, ConfigError, RunConfig
 from fedge.core.io import gzip_size
 from fedge.core.models import build_student, count_params
@@ -42,7 +43,7 @@ class SweepGrid:
             ("sweep quant", self.quant, tuple(QUANT_CHOICES)),
         ):
             for value in values:
-                if value not in allowed:
+                if value not in allowed and not (name == "sweep student" and is_arch(value)):
                     raise ConfigError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
         for ratio in self.prune_ratios:
             if not 0 <= ratio < 1:

@@ -15,7 +15,7 @@ from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import build_federation
-from fedge.pipeline.candidates import Choice, SweepGrid
+from fedge.pipeline.candidates import Choice, SweepGrid, quant_name
 from fedge.pipeline.federate import saved
 from fedge.pipeline.gate import check_teacher
 from fedge.pipeline.phase import compress_and_ship
@@ -28,6 +28,7 @@ from fedge.pipeline.sweep_output import sweep_table, write_sweep
 from fedge.pipeline.teacher_source import global_source, stored_source
 
 log = logging.getLogger("fedge")
+BYTES_UNLIMITED = 1 << 62  # a choice by accuracy alone (Choice's max-bytes rule)
 
 
 def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, int]:
@@ -135,7 +136,10 @@ def compress_run(
         )
         check_teacher(cfg, teacher_val, fed.server.val.y)  # the gate, before any trial
         found = run_search(cfg, source, fed, teacher_val, search)
-        cfg = cfg.replace(student=found.chosen, kd_source="public", tiers="")
+        cfg = cfg.replace(student=found.finalists[0], kd_source="public", tiers="")
+        # The finalists distilled fully; the most accurate on validation ships.
+        grid = SweepGrid(tuple(found.finalists), (cfg.prune_ratio,), (quant_name(cfg),))
+        choice = Choice(max_bytes=search.max_bytes or BYTES_UNLIMITED)
     compressed = compress_and_ship(
         cfg,
         source,
@@ -154,14 +158,15 @@ def compress_run(
     results["student_rounds"] = chosen.outcome.federated
     results["quality_gate"] = compressed.gate
     results["timing_s"] = {"compression": time.monotonic() - start}
-    results["choice"] = compressed.choice_json(sweep=grid is not None)
-    if grid is not None:
+    results["choice"] = compressed.choice_json(sweep=grid is not None and search is None)
+    if grid is not None and search is None:
         table = sweep_table(
             compressed.candidates, chosen, compressed.choice, compressed.teacher_val
         )
         write_sweep(out, table)
     if search is not None and found is not None:
-        results["search"] = searched(found, search, compressed.shipment)
+        finalists = [c.row for c in compressed.candidates]
+        results["search"] = searched(found, search, compressed.shipment, finalists)
         write_search(out, found.trials, results["search"])
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())

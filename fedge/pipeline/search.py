@@ -5,8 +5,9 @@ from the teacher on the public pool and runs it through the run's own compressio
 (quantization guard, device ops, minify), so its bytes are what would ship. Latency is
 predicted on the target device's profile (fedge.compression.latency) or, without a profile,
 measured here. Optuna's multi-objective TPE sampler (Ozaki et al. 2022) proposes the next
-trial; budgets are its constraints. The most accurate trial within the budgets is chosen; the
-caller distils it fully and ships it through the usual stages.
+trial; budgets are its constraints. A short distillation ranks architectures only roughly, so
+the few most accurate trials within the budgets (finalists) are distilled fully by the caller,
+and the one most accurate on validation ships through the usual stages.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SearchConfig:
     max_latency_us: float | None = None
     max_bytes: int | None = None
     trial_epochs: int = 25  # short distillation per trial (the final student gets kd-epochs)
+    finalists: int = 3  # the most accurate trials within budget, distilled fully to choose
     model: LatencyModel | None = None  # the target device; None: measured on this machine
     seed: int = 0
 
@@ -56,6 +58,8 @@ class SearchConfig:
             raise ConfigError(f"--max-latency-us must be > 0, got {self.max_latency_us}")
         if self.max_bytes is not None and self.max_bytes < 1:
             raise ConfigError(f"--max-bytes must be >= 1, got {self.max_bytes}")
+        if self.finalists < 1:
+            raise ConfigError(f"finalists must be >= 1, got {self.finalists}")
         if self.trial_epochs < 1:
             raise ConfigError(f"trial epochs must be >= 1, got {self.trial_epochs}")
 
@@ -70,7 +74,8 @@ class SearchResult:
     """Every trial, the chosen architecture and how long it took."""
 
     trials: list[dict[str, Any]] = field(default_factory=list)
-    chosen: str = ""
+    finalists: list[str] = field(default_factory=list)  # by trial accuracy, best first
+    chosen: str = ""  # the finalist that distilled best (set by `searched`)
     seconds: float = 0.0
 
     def summary(self, search: SearchConfig) -> dict[str, Any]:
@@ -83,6 +88,7 @@ class SearchResult:
             "max_latency_us": search.max_latency_us,
             "max_bytes": search.max_bytes,
             "trial_epochs": search.trial_epochs,
+            "finalists": self.finalists,
             "chosen": self.chosen,
             "chosen_trial": chosen,
         }
@@ -181,20 +187,17 @@ def search(
             f"{fastest['latency_us']:.1f} µs on {config.target}, the smallest "
             f"{smallest['student']} at {smallest['bytes']} bytes. Nothing shipped."
         )
-    best = max(fits, key=lambda t: (round(t["val_accuracy"], 6), -t["latency_us"], -t["bytes"]))
+    ranked = sorted(fits, key=lambda t: (-round(t["val_accuracy"], 6), t["latency_us"], t["bytes"]))
+    result.finalists = [t["student"] for t in ranked[: config.finalists]]
     for row in result.trials:
         row["feasible"] = row in fits
-        row["chosen"] = row is best
-    result.chosen = best["student"]
+        row["finalist"] = row["student"] in result.finalists
+        row["chosen"] = False
     log.info(
-        "search: %d trials in %.0f s; chose %s (validation %.4f, %.1f µs on %s, %d bytes)",
+        "search: %d trials in %.0f s; finalists (distilled fully next): %s",
         len(result.trials),
         result.seconds,
-        best["student"],
-        best["val_accuracy"],
-        best["latency_us"],
-        config.target,
-        best["bytes"],
+        ", ".join(result.finalists),
     )
     return result
 
@@ -261,12 +264,17 @@ def _budget(config: SearchConfig) -> str:
     return ", ".join(parts) or "none"
 
 
-def searched(found: SearchResult, config: SearchConfig, shipment: Any) -> dict[str, Any]:
-    """results.json "search": the trials' summary and the shipped student against the budget.
+def searched(
+    found: SearchResult, config: SearchConfig, shipment: Any, finalists: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """results.json "search": trials, finalists distilled fully, the shipped one vs the budget.
 
-    SearchError if the fully distilled student misses a budget its trial met (int8 refused by
-    the guard after full distillation ships fp32, which is larger and may be slower).
+    SearchError if the shipped student misses a budget its trial met (int8 refused by the
+    guard after full distillation ships fp32, which is larger and may be slower).
     """
+    found.chosen = shipment.manifest.architecture
+    for row in found.trials:
+        row["chosen"] = row["student"] == found.chosen
     model = shipment.files[MODEL_FILE]
     shipped = {
         "bytes": len(model),
@@ -283,4 +291,8 @@ def searched(found: SearchResult, config: SearchConfig, shipment: Any) -> dict[s
             f"{latency:.1f} µs, {shipped['bytes']} bytes (quantized: "
             f"{shipment.student['quantized']}). Nothing shipped."
         )
-    return {**found.summary(config), "shipped": shipped}
+    full = [
+        {k: row[k] for k in ("student", "val_accuracy", "test_accuracy", "bytes", "b1_us")}
+        for row in finalists
+    ]
+    return {**found.summary(config), "finalists_distilled": full, "shipped": shipped}

@@ -34,12 +34,19 @@ def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
     assert len(rows) == 3 and (out / "search" / "pareto.png").stat().st_size > 10_000
     assert (out / "search" / "trials.csv").read_text().count("\n") == 4
     chosen = [r for r in rows if r["chosen"]]
-    assert len(chosen) == 1 and chosen[0]["bytes"] <= 16000
-    fits = [r for r in rows if r["bytes"] <= 16000]
-    assert chosen[0]["val_accuracy"] == max(r["val_accuracy"] for r in fits)
+    assert len(chosen) == 1 and chosen[0]["bytes"] <= 16000 and chosen[0]["finalist"]
     assert [r["feasible"] for r in rows] == [r["bytes"] <= 16000 for r in rows]
+    fits = sorted((r for r in rows if r["feasible"]), key=lambda r: -r["val_accuracy"])
     results = json.loads((out / "results.json").read_text())
-    assert results["search"]["shipped"]["bytes"] <= 16000
+    search = results["search"]
+    first = next(r for r in rows if r["student"] == search["finalists"][0])
+    assert first["val_accuracy"] == fits[0]["val_accuracy"]  # the most accurate trial first
+    full = search["finalists_distilled"]  # distilled fully: the most accurate of them ships
+    assert [f["student"] for f in full] == search["finalists"]
+    shipped = next(f for f in full if f["student"] == search["chosen"])
+    assert shipped["val_accuracy"] == max(f["val_accuracy"] for f in full)
+    assert search["chosen"] == chosen[0]["student"]
+    assert search["shipped"]["bytes"] <= 16000
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["architecture"] == chosen[0]["student"] == results["search"]["chosen"]
     assert manifest["architecture"].startswith("arch:")
