@@ -8,6 +8,7 @@ from typing import Any
 def render_report(results: dict[str, Any]) -> str:
     """report.md: teacher vs each stage, per-client accuracy of the deployed model, costs."""
     cfg, student = results["config"], results["student"]
+    tiered = bool(results.get("tiers"))  # device tiers: a column naming each client's
     lines = [
         f"# fedge run `{results['run_id']}`",
         "",
@@ -41,14 +42,19 @@ def render_report(results: dict[str, Any]) -> str:
         "One test sample is 100 / n points: with few samples a client's accuracy moves in "
         "large steps.",
         "",
-        "| client | tier | test samples | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 | reason |",
-        "|---:|---|---:|---|---:|---:|---:|---|",
+        "| client | "
+        + ("tier | " if tiered else "")
+        + "test samples | installed | teacher accuracy | student accuracy (onnxruntime) | b1 p50 "
+        "| reason |",
+        "|---:|" + ("---|" if tiered else "") + "---:|---|---:|---:|---:|---|",
     ]
     for c in results["clients"]:
         t_acc = c.get("teacher_accuracy")
         samples = c.get("test_examples")
         lines.append(
-            f"| {c['partition_id']} | {c.get('tier') or ''} | {'' if samples is None else samples} | "
+            f"| {c['partition_id']} | "
+            + (f"{c.get('tier') or ''} | " if tiered else "")
+            + f"{'' if samples is None else samples} | "
             f"{'yes' if c['installed'] else 'no'} | {_pct(t_acc)} | {_pct(c['accuracy'])} | "
             f"{_us(c['latency_us_p50'])} | {c['reason']} |"
         )
