@@ -94,7 +94,8 @@ def compress(
         str | None, typer.Option(help='Compression settings as "key=value key=value".')
     ] = None,
     student: Annotated[
-        str | None, typer.Option(help="tiny | small-fast | small | medium-fast | medium")
+        str | None,
+        typer.Option(help="A student family member (see fedge settings) or an arch: spec."),
     ] = None,
     max_accuracy_drop: Annotated[
         float | None,

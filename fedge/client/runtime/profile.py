@@ -21,19 +21,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fedge.core.ort import blocked_latency_us
+from fedge.core.ort import blocked_latency_us, make_session
 from fedge.core.profile import PROBE_DIR, VERSION, probe_index
-
-
-def session(model: bytes) -> ort.InferenceSession:
-    """A CPU session as the device runs one (client/runtime/session.py): one thread."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def device_facts(name: str = "") -> dict[str, Any]:
@@ -65,7 +54,6 @@ def measure(
     batches: tuple[int, ...] = (1, 32),
     iters: int = 300,
     name: str = "",
-    on_probe: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The profile as `fedge profile` writes it (fedge.core.profile reads it back)."""
     index = probe_index()
@@ -75,13 +63,11 @@ def measure(
         model = (PROBE_DIR / str(row["file"])).read_bytes()
         if hashlib.sha256(model).hexdigest() != row["sha256"]:
             raise ValueError(f"probe {probe} does not match its sha256: the install is damaged")
-        sess = session(model)
+        sess = make_session(model)  # as the device runs it: one thread, sequential
         feed_name = sess.get_inputs()[0].name
         for batch in batches:
             x = rng.normal(size=(batch, *row["input_shape"])).astype(np.float32)
             calls[batch][probe] = _call(sess, {feed_name: x})
-        if on_probe is not None:
-            on_probe(probe)
     started = time.monotonic()
     blocks = 5  # each probe in blocks of consecutive calls, as a device calls its model
     measured = {
