@@ -1,4 +1,4 @@
-"""The ClientApp: thin handlers for train, evaluate and query.deploy (load -> call -> wrap)."""
+"""The ClientApp: thin handlers for train, evaluate and the queries (load -> call -> wrap)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from fedge.core import faults, training
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
-from fedge.core.ort import interleaved_latency_us
+from fedge.core.ort import blocked_latency_us, session_call
 from fedge.core.partition import ClientData, build_federation, client_data, node_data
 from fedge.core.records import (
     as_bytes,
@@ -236,12 +236,13 @@ def deploy(msg: Message, context: Context) -> Message:
         prep, _ = record_to_spec(config)
         raw = prep.invert(data.test.x)  # the device's raw measurements
         accuracy = float((predictor.predict(raw).labels == data.test.y).mean())
-        latency = interleaved_latency_us({"b1": lambda: predictor.predict(raw[:1])})["b1"]["p50"]
+        latency = _install_latency_us(predictor, raw[:1])
         metrics.update(
             {
                 m.INSTALLED: 1,
                 m.ACCURACY: accuracy,
-                m.LATENCY_US_P50: latency,
+                m.LATENCY_US_P50: latency["predict"],
+                m.ONNX_US_P50: latency["onnx"],
                 "version": predictor.version,
             }
         )
@@ -249,6 +250,30 @@ def deploy(msg: Message, context: Context) -> Message:
         {m.METRICS: MetricRecord(dict(metrics)), m.STATUS: ConfigRecord(dict(status))}
     )
     return Message(content, reply_to=msg)
+
+
+def _install_latency_us(predictor: Predictor, one: np.ndarray) -> dict[str, float]:
+    """Batch-1 p50 µs: the onnxruntime call (as budgets count it) and Predictor.predict.
+
+    The call is timed as `fedge profile` times its probes, in blocks of consecutive calls.
+    """
+    calls = {
+        "onnx": session_call(predictor.session, predictor.model_input(one)),
+        "predict": lambda: predictor.predict(one),
+    }
+    return {name: t["p50"] for name, t in blocked_latency_us(calls).items()}
+
+
+@app.query(m.PROFILE_ACTION)
+def profile(msg: Message, context: Context) -> Message:
+    """Device tiers: the device profile this node's config points at (`fedge profile` wrote it).
+
+    The server checks it; a node without one answers with an empty profile and its tier's
+    latency is judged on the server. An unreadable file is an error reply naming it.
+    """
+    path = context.node_config.get(m.NODE_DEVICE_PROFILE)
+    text = Path(str(path)).read_text() if path else ""
+    return Message(RecordDict({m.STATUS: ConfigRecord({m.PROFILE_JSON: text})}), reply_to=msg)
 
 
 def _local_data(cfg: RunConfig, context: Context, config: ConfigRecord) -> tuple[int, ClientData]:

@@ -15,6 +15,8 @@ INFO_ACTION = "info"  # the node's partition id (client sampling is by partition
 INFO = f"query.{INFO_ACTION}"
 LOGITS_ACTION = "logits"  # ensemble distillation: the client's logits on public inputs
 LOGITS = f"query.{LOGITS_ACTION}"
+PROFILE_ACTION = "profile"  # device tiers: the node's device profile (fedge profile's JSON)
+PROFILE = f"query.{PROFILE_ACTION}"
 
 # RecordDict keys.
 ARRAYS = "arrays"
@@ -45,7 +47,8 @@ TRAIN_LOSS = "train-loss"
 ACCURACY = "accuracy"
 LOSS = "loss"
 INSTALLED = "installed"
-LATENCY_US_P50 = "latency-us-p50"
+LATENCY_US_P50 = "latency-us-p50"  # Predictor.predict on one sample, p50 µs
+ONNX_US_P50 = "onnx-us-p50"  # the installed model's onnxruntime call on one sample, p50 µs
 UNIT_WEIGHT = "unit-weight"  # 1 from every client: the weight of central DP's uniform mean
 DP_EPSILON = "dp-epsilon"  # local DP: the client's epsilon after this round (upper bound)
 DP_NOISE = "dp-noise"  # local DP: the client's noise multiplier
@@ -65,6 +68,7 @@ BUNDLE_FILE_KEYS = {
 SIMULATION_STORE_ROOT = "simulation-store-root"
 SIMULATION_TRUSTED_KEY = "simulation-trusted-key"  # the run's public key
 REASON = "reason"
+PROFILE_JSON = "profile-json"  # query.profile reply: the profile file's text ("" if none)
 
 # ConfigRecord keys describing the federation's model (so devices need not hold the dataset).
 INPUT_SHAPE = "input-shape"
@@ -79,4 +83,5 @@ NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
 NODE_ALLOW_MODEL_SWITCH = "allow-model-switch"  # true: accept bundles of another model_id
 NODE_DEVICE_CLASS = "device-class"  # a device tier's name (tiers setting)
+NODE_DEVICE_PROFILE = "device-profile"  # path of the node's fedge profile JSON (device tiers)
 NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition

@@ -48,19 +48,25 @@ def probe_index() -> dict[str, dict[str, Any]]:
 
 def load_profile(path: Path | str) -> Profile:
     """Read and check a profile; ProfileError naming the file and what is wrong."""
-    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except OSError as err:
         raise ProfileError(f"cannot read device profile {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
         raise ProfileError(f"device profile {path} is not JSON: {err}") from None
+    return parse_profile(text, str(path))
+
+
+def parse_profile(text: str, source: str) -> Profile:
+    """A profile from its JSON text (a node's query.profile reply); ProfileError naming `source`."""
     try:
-        return _parse(data, str(path))
+        return _parse(json.loads(text), source)
+    except json.JSONDecodeError as err:
+        raise ProfileError(f"device profile {source} is not JSON: {err}") from None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         if isinstance(err, ProfileError):
             raise
-        raise ProfileError(f"device profile {path} is malformed: {err!r}") from None
+        raise ProfileError(f"device profile {source} is malformed: {err!r}") from None
 
 
 def _parse(data: Any, path: str) -> Profile:

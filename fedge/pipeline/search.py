@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fedge.compression.latency import LatencyModel
+from fedge.compression.latency import LatencyModel, graph_of
 from fedge.core import arch as archspec
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
@@ -216,7 +216,8 @@ def _evaluate(
     (candidate,) = compress_candidates(source, [trial_cfg], fed, teacher_val=teacher_val)
     row = candidate.row
     model_bytes = candidate.outcome.student_bytes
-    predicted = config.model.predict_us(model_bytes, 1) if config.model else None
+    graph = graph_of(model_bytes)
+    predicted = config.model.predict_us(graph, 1) if config.model else None
     out = {
         "student": spec,
         "val_accuracy": row["val_accuracy"],
@@ -227,6 +228,7 @@ def _evaluate(
         "measured_b1_us": row["b1_us"],
         "predicted_b1_us": predicted,
         "latency_us": predicted if predicted is not None else row["b1_us"],
+        "graph": asdict(graph),  # to predict it on other profiles (device tiers)
         "seconds": time.monotonic() - start,
     }
     log.info(

@@ -55,7 +55,7 @@ from fedge.pipeline.tiers import (
 from fedge.server.deploy import deploy_bundle, not_deployed
 from fedge.server.ensemble import ensemble_source
 from fedge.server.student_rounds import flower_trainer
-from fedge.server.tiers import node_tiers
+from fedge.server.tiers import node_tiers, tier_profiles
 from fedge.server.training_loop import train_teacher
 
 log = logging.getLogger("fedge")
@@ -117,6 +117,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 run_dir=run_dir,
             )
         model_id = final_dir(run_dir).name
+        node_tier = node_tiers(grid, cfg, training.node_partition) if cfg.tiers else {}
         compression, files, tier_records, tier_bundles = _compression_phase(
             grid,
             cfg,
@@ -128,6 +129,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
             trainer_for=lambda: recording(
                 flower_trainer(grid, cfg, spec, final_sha256, fed.server.test, scalars), run_dir
             ),
+            profiles_for=lambda: tier_profiles(grid, cfg, node_tier),
         )
         t2 = time.monotonic()
 
@@ -141,9 +143,7 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
                 node_partition=training.node_partition,
                 spec=spec,
-                tiers=(tier_bundles, node_tiers(grid, cfg, training.node_partition))
-                if tier_bundles
-                else None,
+                tiers=(tier_bundles, node_tier) if tier_bundles else None,
             )
         for row in clients:
             row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])
@@ -179,10 +179,12 @@ def _compression_phase(
     teacher_onnx: bytes,
     key: Any,
     trainer_for: Any,
+    profiles_for: Any,
 ) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]], dict[str, dict[str, bytes]]]:
     """The compressed record and bundle files (and each tier's), made now or by an earlier try.
 
     `trainer_for()` builds the student rounds' trainer when the settings ask for them.
+    `profiles_for()` asks the nodes for their device profiles when tiers are compressed.
     """
     model_id = final_dir(run_dir).name
     shipped = load_shipped(run_dir) if cfg.resume else None
@@ -205,7 +207,7 @@ def _compression_phase(
     try:
         if cfg.tiers:
             compressed, tier_records, tier_bundles = compress_tiers(
-                cfg, source, fed, teacher_onnx, key, model_id
+                cfg, source, fed, teacher_onnx, key, model_id, profiles_for()
             )
             save_tiers(run_dir, tier_records, tier_bundles)
         else:

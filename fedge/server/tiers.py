@@ -1,4 +1,4 @@
-"""Device tiers on the grid: ask each node its partition and device-class, map it to a tier."""
+"""Device tiers on the grid: each node's tier (query.info) and device profile (query.profile)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from flwr.serverapp import Grid
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.profile import Profile, ProfileError, parse_profile
 from fedge.core.records import as_int
 from fedge.pipeline.tiers import tier_of
 from fedge.server.replies import replies_by_node
@@ -16,22 +17,25 @@ from fedge.server.replies import replies_by_node
 log = logging.getLogger("fedge")
 
 
-def node_tiers(grid: Grid, cfg: RunConfig, node_partition: dict[int, int]) -> dict[int, str]:
-    """Every connected node's tier (query.info); a node that does not answer goes by partition."""
-    tiers = list(cfg.tier_budgets)
-    nodes = list(grid.get_node_ids())
+def _ask_every_node(grid: Grid, cfg: RunConfig, message_type: str) -> dict[int, Message | None]:
+    """Send an empty query to every connected node; each node's reply (None: none came)."""
     messages = [
-        Message(RecordDict({m.CONFIG: ConfigRecord()}), message_type=m.INFO, dst_node_id=n)
-        for n in nodes
+        Message(RecordDict({m.CONFIG: ConfigRecord()}), message_type=message_type, dst_node_id=n)
+        for n in grid.get_node_ids()
     ]
     for msg in messages:
         msg.metadata.ttl = cfg.round_timeout
-    replies = replies_by_node(
+    return replies_by_node(
         messages, list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     )
+
+
+def node_tiers(grid: Grid, cfg: RunConfig, node_partition: dict[int, int]) -> dict[int, str]:
+    """Every connected node's tier (query.info); a node that does not answer goes by partition."""
+    tiers = list(cfg.tier_budgets)
     out = {}
-    for node in nodes:
-        reply, device_class = replies.get(node), ""
+    for node, reply in _ask_every_node(grid, cfg, m.INFO).items():
+        device_class = ""
         if reply is not None and not reply.has_error():
             metrics = reply.content.metric_records.get(m.METRICS)
             if metrics is not None and m.PARTITION_ID in metrics:
@@ -41,4 +45,34 @@ def node_tiers(grid: Grid, cfg: RunConfig, node_partition: dict[int, int]) -> di
         out[node] = tier_of(node_partition.get(node), device_class, tiers)
     counts = {t: sum(v == t for v in out.values()) for t in tiers}
     log.info("tiers: %s", ", ".join(f"{t} {n} nodes" for t, n in counts.items()))
+    return out
+
+
+def tier_profiles(
+    grid: Grid, cfg: RunConfig, node_tier: dict[int, str]
+) -> dict[str, list[Profile | None]]:
+    """Each tier's nodes' device profiles (query.profile); None for a node without a usable one.
+
+    A node whose profile is missing, unreadable or refused (another fedge version, malformed)
+    is judged on the server's CPU, and the log says why.
+    """
+    out: dict[str, list[Profile | None]] = {t: [] for t in cfg.tier_budgets}
+    for node, reply in _ask_every_node(grid, cfg, m.PROFILE).items():
+        profile = None
+        if reply is None or reply.has_error():
+            why = "no reply" if reply is None else str(reply.error.reason)
+            log.warning("tiers: node %d sent no device profile (%s)", node, why)
+        else:
+            status = reply.content.config_records.get(m.STATUS)
+            text = str(status.get(m.PROFILE_JSON, "")) if status else ""
+            try:
+                profile = parse_profile(text, f"of node {node}") if text else None
+            except ProfileError as err:
+                log.warning("tiers: %s; judged on this machine instead", err)
+        if node in node_tier:
+            out[node_tier[node]].append(profile)
+    for tier, profiles in out.items():
+        known = [p.name for p in profiles if p is not None]
+        if known:
+            log.info("tiers: %s judged on profiles %s", tier, ", ".join(sorted(set(known))))
     return out

@@ -7,7 +7,9 @@ import pytest
 import fedge.pipeline.tiers as tiers_module
 from fedge.client.app import app as client_app
 from fedge.client.runtime.store import ModelStore
+from fedge.compression.latency import fit, probe_graphs
 from fedge.core.config import ConfigError
+from fedge.core.profile import load_profile, probe_index
 from fedge.pipeline.rundir import staged_run_dir
 from fedge.pipeline.search import SearchError
 from fedge.pipeline.search import search as real_search
@@ -110,3 +112,82 @@ def test_a_tiers_run_killed_before_its_record_resumes_and_a_bad_budget_keeps_the
         results = run_server(LocalGrid(client_app, num_nodes=4), fixed, work)
     assert results["resumed_from"] and [t["tier"] for t in results["tiers"]] == ["small", "big"]
     assert all(c["installed"] for c in results["clients"])
+
+
+def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(
+    tmp_path, monkeypatch, params_as_latency
+):
+    timed = []
+
+    def first_too_slow(model, sample):  # the first fully distilled student times 1 s here
+        timed.append(len(model))
+        return 1e6 if len(timed) == 1 else 1.0
+
+    monkeypatch.setattr(tiers_module, "timed_p95_us", first_too_slow)
+    found = []
+    monkeypatch.setattr(
+        tiers_module, "search", lambda *a, **k: found.append(params_search(*a, **k)) or found[-1]
+    )
+    cfg = QUICKER.replace(tiers="small:10000", search_trials=3, student="auto")
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+    trials = [t for t in found[0].trials if t["latency_us"] <= 10000]
+    fits = sorted(trials, key=lambda t: (-t["val_accuracy"], t["latency_us"]))
+    (tier,) = results["tiers"]
+    assert len(timed) == 2 and tier["student"] == fits[1]["student"] != fits[0]["student"]
+    assert tier["latency_us"] == 1.0 and tier["judged_on"] == "this machine"
+
+    monkeypatch.setattr(tiers_module, "timed_p95_us", lambda model, sample: 1e6)
+    with (
+        pytest.raises(SearchError, match=r"tier 'small': no architecture distilled fully met"),
+        staged_run_dir(tmp_path / "run2") as work,
+    ):
+        run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+    assert not (tmp_path / "run2").exists()
+
+
+def slow_device_profile(path, name="slow-board", fixed_us=1000.0, per_node_us=50.0):
+    """A valid profile of an overhead-bound device: each probe takes fixed + per node µs."""
+    graphs = probe_graphs()
+    probes = {
+        probe: {
+            "sha256": row["sha256"],
+            "batches": {
+                "1": {
+                    "p50_us": fixed_us + per_node_us * graphs[probe].nodes,
+                    "p95_us": 2 * fixed_us,
+                }
+            },
+        }
+        for probe, row in probe_index().items()
+    }
+    profile = {
+        "fedge_profile": 1,
+        "device": {"name": name},
+        "threads": 1,
+        "batches": [1],
+        "probes": probes,
+    }
+    path.write_text(json.dumps(profile))
+    return path
+
+
+def test_nodes_send_their_device_profiles_and_each_tier_is_judged_on_its_nodes(tmp_path):
+    slow = slow_device_profile(tmp_path / "slow.json")
+    (tmp_path / "bad.json").write_text('{"fedge_profile": 99}')
+    cfg = QUICKER.replace(tiers="board:1000000,server:1000000", search_trials=2, student="auto")
+    grid = LocalGrid(client_app, num_nodes=4)  # partitions 0, 2: board; 1, 3: server
+    grid.contexts[100].node_config["device-profile"] = str(slow)
+    grid.contexts[102].node_config["device-profile"] = str(slow)
+    grid.contexts[101].node_config["device-profile"] = str(tmp_path / "bad.json")  # refused
+    grid.contexts[103].node_config["device-profile"] = str(tmp_path / "missing.json")
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(grid, cfg, work)
+    tiers = {t["tier"]: t for t in results["tiers"]}
+    model = (tmp_path / "run" / "bundles" / "board" / "model.onnx").read_bytes()
+    predicted = fit(load_profile(slow)).predict_us(model, 1)
+    assert tiers["board"]["judged_on"] == "slow-board" and predicted > 1000
+    assert tiers["board"]["latency_us"] == pytest.approx(predicted)
+    assert tiers["server"]["judged_on"] == "this machine" and tiers["server"]["latency_us"] < 1000
+    for tier in tiers.values():  # every node timed its own install, onnxruntime call and predict
+        assert 0 < tier["node_latency_us_max"] <= tier["node_predict_us_max"]
