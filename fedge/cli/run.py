@@ -76,7 +76,10 @@ def simulate(
         f"{cfg.rounds} rounds -> {cfg.out}",
         highlight=False,
     )
-    run_dir = run(cfg, verbose=verbose)
+    try:
+        run_dir = run(cfg, verbose=verbose)
+    except ConfigError as err:  # found by the server after training: the teacher is kept
+        raise fail(str(err)) from None
     _summary(run_dir)
 
 

@@ -36,6 +36,7 @@ class SweepGrid:
     students: tuple[str, ...] = STUDENTS
     prune_ratios: tuple[float, ...] = (0.0, 0.3, 0.5)
     quant: tuple[str, ...] = tuple(QUANT_CHOICES)
+    only: tuple[tuple[str, str], ...] = ()  # if given: just these (student, quant) pairs
 
     def __post_init__(self) -> None:
         for name, values, allowed in (
@@ -54,18 +55,17 @@ class SweepGrid:
     def configs(self, cfg: RunConfig) -> list[RunConfig]:
         """`cfg` with each grid point's settings, students outermost (shared stages stay hot)."""
         return [
-            RunConfig.from_run_config(
-                {
-                    **cfg.to_run_config(),
-                    "student": student,
-                    "prune-ratio": ratio,
-                    **QUANT_CHOICES[quant],
-                }
-            )
+            with_quant(cfg, quant, student=student, **{"prune-ratio": ratio})
             for student in self.students
             for ratio in self.prune_ratios
             for quant in self.quant
+            if not self.only or (student, quant) in self.only
         ]
+
+
+def with_quant(cfg: RunConfig, quant: str, **settings: Any) -> RunConfig:
+    """`cfg` with the quantization a sweep or search names (a QUANT_CHOICES key) and settings."""
+    return RunConfig.from_run_config({**cfg.to_run_config(), **settings, **QUANT_CHOICES[quant]})
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import build_federation
-from fedge.pipeline.candidates import Choice, SweepGrid, quant_name
+from fedge.pipeline.candidates import Choice, SweepGrid
 from fedge.pipeline.federate import saved
 from fedge.pipeline.gate import check_teacher
 from fedge.pipeline.phase import compress_and_ship
@@ -136,9 +136,11 @@ def compress_run(
         )
         check_teacher(cfg, teacher_val, fed.server.val.y)  # the gate, before any trial
         found = run_search(cfg, source, fed, teacher_val, search)
-        cfg = cfg.replace(student=found.finalists[0], kd_source="public", tiers="")
+        pairs = tuple((f["student"], f["quant"]) for f in found.finalists)
+        cfg = cfg.replace(student=pairs[0][0], kd_source="public", tiers="")
         # The finalists distilled fully; the most accurate on validation ships.
-        grid = SweepGrid(tuple(found.finalists), (cfg.prune_ratio,), (quant_name(cfg),))
+        students, quants = (tuple(dict.fromkeys(p[i] for p in pairs)) for i in (0, 1))
+        grid = SweepGrid(students, (cfg.prune_ratio,), quants, only=pairs)
         choice = Choice(max_bytes=search.max_bytes or BYTES_UNLIMITED)
     compressed = compress_and_ship(
         cfg,
@@ -166,7 +168,9 @@ def compress_run(
         write_sweep(out, table)
     if search is not None and found is not None:
         finalists = [c.row for c in compressed.candidates]
-        results["search"] = searched(found, search, compressed.shipment, finalists)
+        results["search"] = searched(
+            found, search, compressed.shipment, finalists, chosen.row["quant"]
+        )
         write_search(out, found.trials, results["search"])
     atomic_write_json(out / RESULTS_FILE, results)
     atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())

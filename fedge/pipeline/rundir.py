@@ -25,6 +25,7 @@ KEYS_DIR = "keys"
 NODES_DIR = "nodes"  # simulation: the simulated nodes' model stores live under it
 RUN_CONFIG_FILE = "run-config.json"
 CHECKPOINT_DIR = "checkpoints"
+STOPPED_FILE = "stopped.txt"  # why the server stopped on a setting (simulate: exit 2, one line)
 
 
 @contextmanager

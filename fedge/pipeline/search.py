@@ -24,7 +24,7 @@ from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.models import DEEP_STUDENTS, FAST_STUDENTS, STUDENT_WIDTHS
 from fedge.core.partition import Federation
-from fedge.pipeline.candidates import compress_candidates
+from fedge.pipeline.candidates import compress_candidates, quant_name, with_quant
 from fedge.pipeline.teacher_source import KdSource
 
 log = logging.getLogger("fedge")
@@ -74,8 +74,9 @@ class SearchResult:
     """Every trial, the chosen architecture and how long it took."""
 
     trials: list[dict[str, Any]] = field(default_factory=list)
-    finalists: list[str] = field(default_factory=list)  # by trial accuracy, best first
+    finalists: list[dict[str, str]] = field(default_factory=list)  # student, quant; best first
     chosen: str = ""  # the finalist that distilled best (set by `searched`)
+    chosen_quant: str = ""
     seconds: float = 0.0
 
     def summary(self, search: SearchConfig) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class SearchResult:
             "trial_epochs": search.trial_epochs,
             "finalists": self.finalists,
             "chosen": self.chosen,
+            "chosen_quant": self.chosen_quant,
             "chosen_trial": chosen,
         }
 
@@ -153,17 +155,21 @@ def search(
     started = time.monotonic()
     evaluated: dict[str, dict[str, Any]] = {}
 
+    quants = quant_choices(cfg)
+
     def objective(trial: Any) -> tuple[float, float, float]:
         spec = trial.user_attrs.get("spec") or sample(trial, shape)
-        if spec not in evaluated:
+        quant = trial.user_attrs.get("quant") or trial.suggest_categorical("quant", quants)
+        key = f"{spec} {quant}"
+        if key not in evaluated:
             try:
-                evaluated[spec] = _evaluate(cfg, source, fed, teacher_val, config, spec)
+                evaluated[key] = _evaluate(cfg, source, fed, teacher_val, config, spec, quant)
             except ValueError as err:  # a layout these inputs cannot take: not a result
                 log.info("trial %s skipped: %s", spec, err)
                 raise optuna.TrialPruned(str(err)) from None
-            evaluated[spec]["trial"] = trial.number
-            result.trials.append(evaluated[spec])
-        row = evaluated[spec]
+            evaluated[key]["trial"] = trial.number
+            result.trials.append(evaluated[key])
+        row = evaluated[key]
         for name, value in zip(("latency", "bytes"), _violations(row, config), strict=True):
             trial.set_constraint(name, value)
         return row["val_accuracy"], row["latency_us"], float(row["bytes"])
@@ -172,7 +178,7 @@ def search(
     study = optuna.create_study(directions=("maximize", "minimize", "minimize"), sampler=sampler)
     seeds = [spec for spec in seed_specs(shape) if _fits(spec, shape)]
     for spec in seeds[: config.trials]:
-        study.enqueue_trial({}, user_attrs={"spec": spec})
+        study.enqueue_trial({}, user_attrs={"spec": spec, "quant": quants[0]})
     study.optimize(objective, n_trials=config.trials, timeout=config.time_budget_s)
     result.seconds = time.monotonic() - started
     if not result.trials:
@@ -188,16 +194,17 @@ def search(
             f"{smallest['student']} at {smallest['bytes']} bytes. Nothing shipped."
         )
     ranked = sorted(fits, key=lambda t: (-round(t["val_accuracy"], 6), t["latency_us"], t["bytes"]))
-    result.finalists = [t["student"] for t in ranked[: config.finalists]]
+    result.finalists = [{"student": t["student"], "quant": t["quant"]} for t in ranked]
+    result.finalists = result.finalists[: config.finalists]
     for row in result.trials:
         row["feasible"] = row in fits
-        row["finalist"] = row["student"] in result.finalists
+        row["finalist"] = {"student": row["student"], "quant": row["quant"]} in result.finalists
         row["chosen"] = False
     log.info(
         "search: %d trials in %.0f s; finalists (distilled fully next): %s",
         len(result.trials),
         result.seconds,
-        ", ".join(result.finalists),
+        ", ".join(f"{f['student']} {f['quant']}" for f in result.finalists),
     )
     return result
 
@@ -209,10 +216,14 @@ def _evaluate(
     teacher_val: float,
     config: SearchConfig,
     spec: str,
+    quant: str,
 ) -> dict[str, Any]:
     start = time.monotonic()
     epochs = max(1, min(config.trial_epochs, cfg.kd_epochs))  # never more than the final one
-    trial_cfg = cfg.replace(student=spec, kd_epochs=epochs, qat="off", kd_source="public", tiers="")
+    trial_cfg = with_quant(
+        cfg.replace(student=spec, kd_epochs=epochs, qat="off", kd_source="public", tiers=""),
+        quant,
+    )
     (candidate,) = compress_candidates(source, [trial_cfg], fed, teacher_val=teacher_val)
     row = candidate.row
     model_bytes = candidate.outcome.student_bytes
@@ -220,6 +231,7 @@ def _evaluate(
     predicted = config.model.predict_us(graph, 1) if config.model else None
     out = {
         "student": spec,
+        "quant": quant,  # asked for; "quantized": whether the guard kept int8
         "val_accuracy": row["val_accuracy"],
         "test_accuracy": row["test_accuracy"],
         "bytes": row["bytes"],
@@ -232,13 +244,24 @@ def _evaluate(
         "seconds": time.monotonic() - start,
     }
     log.info(
-        "trial %-40s validation %.4f  %6d bytes  %.1f µs",
+        "trial %-40s %-5s validation %.4f  %6d bytes  %.1f µs",
         spec,
+        quant,
         out["val_accuracy"],
         out["bytes"],
         out["latency_us"],
     )
     return out
+
+
+def quant_choices(cfg: RunConfig) -> list[str]:
+    """The quantization a trial may take: the run's, or none (fp32).
+
+    fp32 is often faster at batch 1 (this machine's profile: up to 2x): int8 adds quantize and
+    dequantize steps to every call, and at batch 1 there is little arithmetic for it to save.
+    """
+    run = quant_name(cfg)
+    return [run] if run == "fp32" else [run, "fp32"]
 
 
 def _fits(spec: str, shape: tuple[int, ...]) -> bool:
@@ -267,16 +290,20 @@ def _budget(config: SearchConfig) -> str:
 
 
 def searched(
-    found: SearchResult, config: SearchConfig, shipment: Any, finalists: list[dict[str, Any]]
+    found: SearchResult,
+    config: SearchConfig,
+    shipment: Any,
+    finalists: list[dict[str, Any]],
+    chosen_quant: str,
 ) -> dict[str, Any]:
     """results.json "search": trials, finalists distilled fully, the shipped one vs the budget.
 
     SearchError if the shipped student misses a budget its trial met (int8 refused by the
     guard after full distillation ships fp32, which is larger and may be slower).
     """
-    found.chosen = shipment.manifest.architecture
+    found.chosen, found.chosen_quant = shipment.manifest.architecture, chosen_quant
     for row in found.trials:
-        row["chosen"] = row["student"] == found.chosen
+        row["chosen"] = (row["student"], row["quant"]) == (found.chosen, chosen_quant)
     model = shipment.files[MODEL_FILE]
     shipped = {
         "bytes": len(model),
@@ -294,7 +321,7 @@ def searched(
             f"{shipment.student['quantized']}). Nothing shipped."
         )
     full = [
-        {k: row[k] for k in ("student", "val_accuracy", "test_accuracy", "bytes", "b1_us")}
+        {k: row[k] for k in ("student", "quant", "val_accuracy", "test_accuracy", "bytes", "b1_us")}
         for row in finalists
     ]
     return {**found.summary(config), "finalists_distilled": full, "shipped": shipped}

@@ -16,6 +16,7 @@ TRIALS_CSV, TRIALS_JSON, PARETO_PLOT = "trials.csv", "trials.json", "pareto.png"
 COLUMNS = (
     "trial",
     "student",
+    "quant",
     "val_accuracy",
     "test_accuracy",
     "bytes",

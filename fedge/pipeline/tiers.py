@@ -28,6 +28,7 @@ from fedge.core.io import atomic_write_json
 from fedge.core.ort import blocked_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Federation
 from fedge.core.profile import Profile
+from fedge.pipeline.candidates import with_quant
 from fedge.pipeline.gate import check_teacher
 from fedge.pipeline.phase import Compressed, compress_and_ship
 from fedge.pipeline.search import SearchConfig, SearchError, search
@@ -73,16 +74,16 @@ def compress_tiers(
     )
     judges = {t: Judge.of((profiles or {}).get(t, [])) for t in budgets}
     sample = fed.dataset.preprocessing.invert(val.x[:1])  # what a device feeds its model
-    compressed: dict[str, Compressed] = {}
+    compressed: dict[tuple[str, str], Compressed] = {}
 
     def shipped(trial: dict[str, Any]) -> Compressed:
-        spec = trial["student"]
-        if spec not in compressed:
-            log.info("tiers: distilling %s fully", spec)
-            compressed[spec] = compress_and_ship(
-                public.replace(student=spec), source, fed, teacher_onnx, key, model_id
+        spec, quant = trial["student"], trial["quant"]
+        if (spec, quant) not in compressed:
+            log.info("tiers: distilling %s (%s) fully", spec, quant)
+            compressed[spec, quant] = compress_and_ship(
+                with_quant(public, quant, student=spec), source, fed, teacher_onnx, key, model_id
             )
-        return compressed[spec]
+        return compressed[spec, quant]
 
     picked: dict[str, tuple[dict[str, Any], float]] = {}
     for name, budget in budgets.items():
@@ -90,15 +91,12 @@ def compress_tiers(
         fits = judge.within(found.trials, budget, name)
         tried = []
         for trial in fits[:ATTEMPTS]:
-            done = shipped(trial)
-            if trial["quantized"] and not done.shipment.student["quantized"]:
-                tried.append(f"{trial['student']} lost int8")
-                continue
+            done = shipped(trial)  # the guard may keep or refuse int8 unlike in the trial
             latency = judge.shipped_us(done.shipment.files[MODEL_FILE], sample)
             if latency <= budget:
                 picked[name] = (trial, latency)
                 break
-            tried.append(f"{trial['student']} {latency:.1f} µs")
+            tried.append(f"{trial['student']} {trial['quant']} {latency:.1f} µs")
         else:
             raise SearchError(
                 f"tier {name!r}: no architecture distilled fully met its budget of {budget:g} µs "
@@ -107,13 +105,14 @@ def compress_tiers(
             )
     records, bundles = [], {}
     for name, (trial, latency) in picked.items():
-        done = compressed[trial["student"]]
+        done = shipped(trial)
         student = done.shipment.student
         records.append(
             {
                 "tier": name,
                 "budget_us": budgets[name],
                 "student": trial["student"],
+                "quant": trial["quant"],  # asked for; "quantized": whether int8 shipped
                 "search_trial": trial,
                 "val_accuracy": done.chosen.row["val_accuracy"],
                 "test_accuracy": student["accuracy"],
@@ -130,7 +129,7 @@ def compress_tiers(
         "tiers: %s",
         "; ".join(f"{r['tier']} ({r['budget_us']:g} µs) -> {r['student']}" for r in records),
     )
-    last = compressed[picked[list(budgets)[-1]][0]["student"]]
+    last = shipped(picked[list(budgets)[-1]][0])
     return last, records, bundles
 
 

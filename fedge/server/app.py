@@ -8,8 +8,8 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedge.core.config import RunConfig
-from fedge.pipeline.rundir import default_run_dir, staged_run_dir
+from fedge.core.config import ConfigError, RunConfig
+from fedge.pipeline.rundir import STOPPED_FILE, default_run_dir, staged_run_dir
 from fedge.server.run import run_server
 
 app = ServerApp()
@@ -24,7 +24,12 @@ def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_run_config(dict(context.run_config))
     final = default_run_dir(cfg)
     with staged_run_dir(final, resume=cfg.resume) as work:
-        run_server(grid, cfg, work)
+        (work / STOPPED_FILE).unlink(missing_ok=True)
+        try:
+            run_server(grid, cfg, work)
+        except ConfigError as err:  # e.g. a tier budget nothing meets, found after training
+            (work / STOPPED_FILE).write_text(str(err))
+            raise
     log.info("run directory: %s", final)
 
 

@@ -201,11 +201,14 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
     os.environ[SIMULATION_ENV] = "1"
 
     from fedge.client.app import app as client_app
-    from fedge.pipeline.rundir import RESULTS_FILE
+    from fedge.pipeline.rundir import RESULTS_FILE, STOPPED_FILE, partial_dir
     from fedge.server.app import app as server_app
 
     run_engine(client_app, server_app, cfg, cfg.to_run_config(), verbose=verbose)
     out = Path(cfg.out)
+    stopped = partial_dir(out) / STOPPED_FILE
+    if not (out / RESULTS_FILE).is_file() and stopped.is_file():
+        raise ConfigError(stopped.read_text())  # the server stopped on a setting
     if not (out / RESULTS_FILE).is_file():
         raise RuntimeError(
             f"the simulation ended without writing {out / RESULTS_FILE}; see the log above"

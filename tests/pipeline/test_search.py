@@ -21,6 +21,10 @@ def run(tmp_path_factory):
     return path
 
 
+def _pair(row):
+    return row["student"], row["quant"]
+
+
 def _compress(run, *args):
     return CliRunner().invoke(app, ["compress", str(run), *args])
 
@@ -39,11 +43,11 @@ def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
     fits = sorted((r for r in rows if r["feasible"]), key=lambda r: -r["val_accuracy"])
     results = json.loads((out / "results.json").read_text())
     search = results["search"]
-    first = next(r for r in rows if r["student"] == search["finalists"][0])
+    first = next(r for r in rows if _pair(r) == _pair(search["finalists"][0]))
     assert first["val_accuracy"] == fits[0]["val_accuracy"]  # the most accurate trial first
     full = search["finalists_distilled"]  # distilled fully: the most accurate of them ships
-    assert [f["student"] for f in full] == search["finalists"]
-    shipped = next(f for f in full if f["student"] == search["chosen"])
+    assert [_pair(f) for f in full] == [_pair(f) for f in search["finalists"]]
+    shipped = next(f for f in full if _pair(f) == (search["chosen"], search["chosen_quant"]))
     assert shipped["val_accuracy"] == max(f["val_accuracy"] for f in full)
     assert search["chosen"] == chosen[0]["student"]
     assert search["shipped"]["bytes"] <= 16000
@@ -77,3 +81,26 @@ def test_bad_search_options_exit_2_before_any_work(run, tmp_path):
         result = _compress(run, *args, "--out", str(tmp_path / "o"))
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert not (tmp_path / "o").exists()
+
+
+def test_a_trial_takes_the_quantization_it_is_asked_for(run):
+    from fedge.compression.onnx_teacher import OnnxTeacher
+    from fedge.core.partition import build_federation
+    from fedge.pipeline.recompress import compress_config
+    from fedge.pipeline.search import SearchConfig, _evaluate, quant_choices
+    from fedge.pipeline.teacher_source import global_source
+
+    cfg, _ = compress_config(run, {"kd-source": "public", "int8-tolerance": 1.0})  # int8 kept
+    assert quant_choices(cfg) == ["qdq", "fp32"]
+    assert quant_choices(cfg.replace(quant_mode="none")) == ["fp32"]
+    fed = build_federation(cfg)
+    source = global_source(OnnxTeacher((run / "teacher.onnx").read_bytes()), fed.server.public_pool)
+    rows = {
+        quant: _evaluate(
+            cfg, source, fed, 0.9, SearchConfig(trial_epochs=2), "arch:c8k3-relu", quant
+        )
+        for quant in ("qdq", "fp32")
+    }
+    assert rows["fp32"]["quant"] == "fp32" and not rows["fp32"]["quantized"]
+    assert rows["qdq"]["quantized"] and rows["qdq"]["bytes"] < rows["fp32"]["bytes"] / 2
+    assert rows["qdq"]["graph"]["int8"] and not rows["fp32"]["graph"]["int8"]

@@ -1,5 +1,6 @@
 """Device tiers: one search, a student per latency budget, each node its tier's bundle."""
 
+import contextlib
 import json
 
 import pytest
@@ -191,3 +192,26 @@ def test_nodes_send_their_device_profiles_and_each_tier_is_judged_on_its_nodes(t
     assert tiers["server"]["judged_on"] == "this machine" and tiers["server"]["latency_us"] < 1000
     for tier in tiers.values():  # every node timed its own install, onnxruntime call and predict
         assert 0 < tier["node_latency_us_max"] <= tier["node_predict_us_max"]
+
+
+def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(
+    tmp_path, monkeypatch, params_as_latency
+):
+    from flwr.app import Context, RecordDict
+
+    import fedge.simulations.runner as runner
+    from fedge.server.app import main as server_main
+
+    def engine(client_app, server_app, cfg, run_config, *, verbose):  # the ServerApp, in-process
+        context = Context(
+            run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+        )
+        with contextlib.suppress(SearchError):  # as Flower's engine: logged, not raised
+            server_main(LocalGrid(client_app, num_nodes=4), context)
+
+    monkeypatch.setattr(runner, "run_engine", engine)
+    out = tmp_path / "run"
+    cfg = QUICKER.replace(tiers="mcu:10", search_trials=2, student="auto", out=str(out))
+    with pytest.raises(ConfigError, match=r"tier 'mcu': no architecture of 2 tried meets"):
+        runner.simulate(cfg)
+    assert not out.exists() and (tmp_path / "run.partial" / "checkpoints").is_dir()
