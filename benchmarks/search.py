@@ -7,6 +7,8 @@ Per dataset and seed, all real processes and files:
 1. `fedge simulate` trains the teacher (its own compression is cut short: kd-epochs 5).
 2. `fedge compress RUN --student S --kd-source public --kd-epochs 100` (the default recipe) for
    every hand-written student S.
+   The most accurate of them is compressed once more without int8 (`--quant-mode none`): the
+   search may ship fp32, and so may a person.
 3. `fedge profile` once, on this machine, at the start; the search targets that profile.
 4. `fedge compress RUN --search --device-profile P --max-latency-us B`, where B is the latency
    (on the profile) of the most accurate hand-written student divided by `--speedup` (default
@@ -21,7 +23,8 @@ one (`hand_*`), and the searched student (`searched_*`); `speedup` is their meas
 ratio. If no hand-written student is within 0.3 points, `accuracy_gain_pt` against the most
 accurate hand-written student at equal or higher latency. The predictor's quality over every
 trial (predicted on the profile vs measured during the search): Spearman rank correlation and
-median relative error.
+median relative error. `vs_fp32_too_*` repeats the comparison with the fp32 hand-written
+student among the family.
 """
 
 from __future__ import annotations
@@ -95,6 +98,12 @@ def one(
     rows = {name: _row(out, model) for name, out in hands.items()}
     best = max(rows.values(), key=lambda r: (r["val_accuracy"], -r["predicted_b1_us"]))
     budget = best["predicted_b1_us"] / args.speedup
+    # The search may ship fp32; so may a person: the best hand-written student without int8.
+    fp32 = run / "hand" / f"{best['student']}-fp32"
+    hand_args = ("--student", best["student"], "--kd-source", "public", *RECIPE)
+    fedge("compress", str(run), *hand_args, "--quant-mode", "none", "--out", str(fp32), log=log)
+    hands[f"{best['student']} fp32"] = fp32
+    rows[f"{best['student']} fp32"] = _row(fp32, model)
     searched = run / "searched"
     search = ["compress", str(run), "--search", "--device-profile", str(profile), *RECIPE]
     search += ["--trials", str(args.trials), "--out", str(searched)]
@@ -119,6 +128,7 @@ def one(
         "trials": trials,
         "students": rows,
         **compare(rows),
+        **compare(rows, prefix="vs_fp32_too_"),
     }
 
 
@@ -128,6 +138,7 @@ def _row(out: Path, model: LatencyModel) -> dict[str, Any]:
     student = results["student"]
     return {
         "student": student["architecture"],
+        "quant": results["choice"]["chosen"]["quant"],
         "val_accuracy": results["choice"]["chosen"]["val_accuracy"],
         "test_accuracy": student["accuracy"],
         "bytes": student["onnx_bytes"],
@@ -147,15 +158,20 @@ def _side_by_side(outs: dict[str, Path], dataset: str, seed: int) -> dict[str, f
     return {name: timing[name]["p50"] for name in outs}
 
 
-def compare(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The searched student against the hand-written family (see the module docstring)."""
+def compare(rows: dict[str, dict[str, Any]], prefix: str = "") -> dict[str, Any]:
+    """The searched student against the hand-written family (see the module docstring).
+
+    The family as it ships (the run's int8), unless `prefix`: then also the best hand-written
+    student in fp32, and every key starts with `prefix`.
+    """
     searched = rows["searched"]
-    hands = [r for n, r in rows.items() if n != "searched"]
+    hands = [r for n, r in rows.items() if n != "searched" and (prefix or r["quant"] != "fp32")]
     close = [
         h for h in hands if abs(h["val_accuracy"] - searched["val_accuracy"]) * 100 <= WITHIN_PT
     ]
     out: dict[str, Any] = {
         "searched_student": searched["student"],
+        "searched_quant": searched["quant"],
         "searched_accuracy": searched["val_accuracy"],
         "searched_test_accuracy": searched["test_accuracy"],
         "searched_latency_us": searched["b1_us"],
@@ -170,6 +186,7 @@ def compare(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out["comparison"] = "most accurate hand-written at equal or higher latency"
     out |= {
         "hand_student": hand["student"],
+        "hand_quant": hand["quant"],
         "hand_accuracy": hand["val_accuracy"],
         "hand_test_accuracy": hand["test_accuracy"],
         "hand_latency_us": hand["b1_us"],
@@ -181,7 +198,7 @@ def compare(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         (close and out["speedup"] >= 1.5)
         or (out["accuracy_gain_pt"] >= 0.5 and searched["b1_us"] <= hand["b1_us"])
     )
-    return out
+    return {f"{prefix}{k}": v for k, v in out.items()}
 
 
 def predictor_quality(trials: list[dict[str, Any]]) -> dict[str, float]:
@@ -216,6 +233,9 @@ def summarize(per_run: list[dict[str, Any]], datasets: list[str]) -> dict[str, A
             entry[key] = statistics.mean(values)
             entry[f"{key}_spread"] = [min(values), max(values)]
         entry["met"] = f"{sum(r['met'] for r in runs)}/{len(runs)}"
+        entry["vs_fp32_too_speedup"] = statistics.mean(r["vs_fp32_too_speedup"] for r in runs)
+        entry["vs_fp32_too_met"] = f"{sum(r['vs_fp32_too_met'] for r in runs)}/{len(runs)}"
+        entry["searched_quant"] = [r["searched_quant"] for r in runs]
         entry["predictor"] = predictor_quality([t for r in runs for t in r["trials"]])
         out[dataset] = entry
     return out

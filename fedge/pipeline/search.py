@@ -194,11 +194,11 @@ def search(
             f"{smallest['student']} at {smallest['bytes']} bytes. Nothing shipped."
         )
     ranked = sorted(fits, key=lambda t: (-round(t["val_accuracy"], 6), t["latency_us"], t["bytes"]))
-    result.finalists = [{"student": t["student"], "quant": t["quant"]} for t in ranked]
-    result.finalists = result.finalists[: config.finalists]
+    result.finalists = [{"student": t["student"], "quant": as_trialled(t)} for t in ranked]
+    result.finalists = list({str(f): f for f in result.finalists}.values())[: config.finalists]
     for row in result.trials:
         row["feasible"] = row in fits
-        row["finalist"] = {"student": row["student"], "quant": row["quant"]} in result.finalists
+        row["finalist"] = {"student": row["student"], "quant": as_trialled(row)} in result.finalists
         row["chosen"] = False
     log.info(
         "search: %d trials in %.0f s; finalists (distilled fully next): %s",
@@ -264,6 +264,15 @@ def quant_choices(cfg: RunConfig) -> list[str]:
     return [run] if run == "fp32" else [run, "fp32"]
 
 
+def as_trialled(trial: dict[str, Any]) -> str:
+    """The quantization to distil a trial's architecture fully with: what its trial shipped.
+
+    A trial whose guard refused int8 was timed in fp32; distilled fully, int8 might be kept and
+    be slower at batch 1 than the budget the trial met.
+    """
+    return str(trial["quant"]) if trial["quantized"] else "fp32"
+
+
 def _fits(spec: str, shape: tuple[int, ...]) -> bool:
     try:
         archspec.check_student(spec, shape)
@@ -303,7 +312,7 @@ def searched(
     """
     found.chosen, found.chosen_quant = shipment.manifest.architecture, chosen_quant
     for row in found.trials:
-        row["chosen"] = (row["student"], row["quant"]) == (found.chosen, chosen_quant)
+        row["chosen"] = (row["student"], as_trialled(row)) == (found.chosen, chosen_quant)
     model = shipment.files[MODEL_FILE]
     shipped = {
         "bytes": len(model),

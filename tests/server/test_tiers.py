@@ -124,7 +124,7 @@ def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(
         timed.append(len(model))
         return 1e6 if len(timed) == 1 else 1.0
 
-    monkeypatch.setattr(tiers_module, "timed_p95_us", first_too_slow)
+    monkeypatch.setattr(tiers_module, "timed_us", first_too_slow)
     found = []
     monkeypatch.setattr(
         tiers_module, "search", lambda *a, **k: found.append(params_search(*a, **k)) or found[-1]
@@ -138,7 +138,7 @@ def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(
     assert len(timed) == 2 and tier["student"] == fits[1]["student"] != fits[0]["student"]
     assert tier["latency_us"] == 1.0 and tier["judged_on"] == "this machine"
 
-    monkeypatch.setattr(tiers_module, "timed_p95_us", lambda model, sample: 1e6)
+    monkeypatch.setattr(tiers_module, "timed_us", lambda model, sample: 1e6)
     with (
         pytest.raises(SearchError, match=r"tier 'small': no architecture distilled fully met"),
         staged_run_dir(tmp_path / "run2") as work,
