@@ -31,7 +31,7 @@ from fedge.core import faults, training
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
-from fedge.core.ort import blocked_latency_us, session_call
+from fedge.core.ort import session_call, settled_latency_us
 from fedge.core.partition import ClientData, build_federation, client_data, node_data
 from fedge.core.records import (
     as_bytes,
@@ -255,13 +255,14 @@ def deploy(msg: Message, context: Context) -> Message:
 def _install_latency_us(predictor: Predictor, one: np.ndarray) -> dict[str, float]:
     """Batch-1 p50 µs: the onnxruntime call (as budgets count it) and Predictor.predict.
 
-    The call is timed as `fedge profile` times its probes, in blocks of consecutive calls.
+    Timed as the server checks a tier's student: blocks of consecutive calls, the best of three
+    measurements half a second apart (core.ort.settled_latency_us).
     """
     calls = {
         "onnx": session_call(predictor.session, predictor.model_input(one)),
         "predict": lambda: predictor.predict(one),
     }
-    return {name: t["p50"] for name, t in blocked_latency_us(calls).items()}
+    return settled_latency_us(calls)
 
 
 @app.query(m.PROFILE_ACTION)

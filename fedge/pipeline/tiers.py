@@ -25,7 +25,7 @@ from fedge.compression.latency import Graph, LatencyModel, fit
 from fedge.core.bundle_format import FILES, MODEL_FILE
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
-from fedge.core.ort import blocked_latency_us, make_session, session_accuracy, session_call
+from fedge.core.ort import make_session, session_accuracy, session_call, settled_latency_us
 from fedge.core.partition import Federation
 from fedge.core.profile import Profile
 from fedge.pipeline.candidates import with_quant
@@ -182,9 +182,9 @@ class Judge:
 
 
 def timed_us(model: bytes, sample: np.ndarray) -> float:
-    """p50 µs of one onnxruntime call on `sample`, timed in blocks as nodes and profiles time."""
+    """p50 µs of one onnxruntime call on `sample`, timed as nodes time it when installing."""
     call = session_call(make_session(model), sample)
-    return blocked_latency_us({"model": call})["model"]["p50"]
+    return settled_latency_us({"model": call})["model"]
 
 
 def save_tiers(
