@@ -60,15 +60,16 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tiers = [next(t for t in r["tiers"] if t["tier"] == name) for r in done]
         nodes = [c for r in done for c in r["clients"] if c["tier"] == name]
         within = [c for c in nodes if (c["onnx_us_p50"] or float("inf")) <= tiers[0]["budget_us"]]
-        slowest = [t["node_latency_us_max"] for t in tiers]
+        slowest = [t["node_latency_us_max"] for t in tiers if t["node_latency_us_max"] is not None]
         out.append(
             {
                 "tier": name,
                 "budget_us": tiers[0]["budget_us"],
                 "nodes_within_budget": f"{len(within)}/{len(nodes)}",
-                "node_latency_us_max_mean": statistics.mean(slowest),
+                "node_latency_us_max_mean": statistics.mean(slowest) if slowest else None,
                 "node_latency_us_max_stdev": statistics.stdev(slowest) if len(slowest) > 1 else 0,
                 "judged_latency_us_mean": statistics.mean(t["latency_us"] for t in tiers),
+                "judged_on": sorted({t["judged_on"] for t in tiers}),
                 "test_accuracy_mean": statistics.mean(t["test_accuracy"] for t in tiers),
                 "students": [t["student"] for t in tiers],
             }
@@ -88,13 +89,14 @@ def main() -> None:
         for seed in range(args.seeds):
             runs.append(simulate(args.scenario, seed, Path(tmp) / f"run-{seed}"))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "clients"})[:600])
-    result = {
+    result: dict[str, Any] = {
         "command": f"python benchmarks/tiers.py --seeds {args.seeds} --scenario {args.scenario}",
         "runs": runs,
         "shipped_runs": sum(r["exit"] == 0 for r in runs),
-        "summary": summary(runs),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")  # the runs, whatever follows
+    result["summary"] = summary(runs)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
 

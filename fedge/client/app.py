@@ -273,7 +273,13 @@ def profile(msg: Message, context: Context) -> Message:
     latency is judged on the server. An unreadable file is an error reply naming it.
     """
     path = context.node_config.get(m.NODE_DEVICE_PROFILE)
-    text = Path(str(path)).read_text() if path else ""
+    text = ""
+    if path:
+        with Path(str(path)).open("rb") as file:  # a path relative to the SuperNode's directory
+            raw = file.read(m.MAX_PROFILE_BYTES + 1)
+        if len(raw) > m.MAX_PROFILE_BYTES:
+            raise ValueError(f"device-profile {path} is over {m.MAX_PROFILE_BYTES} bytes")
+        text = raw.decode("utf-8", errors="replace")
     return Message(RecordDict({m.STATUS: ConfigRecord({m.PROFILE_JSON: text})}), reply_to=msg)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from fedge.core import messages as m
 
-SIMULATION_ENV = "FEDGE_SIMULATION"  # "1" in the processes of a local simulation, nowhere else
+SIMULATION_ENV = m.SIMULATION_ENV
 STORE_LAYOUT = ("partition-{pid}", "model-store")  # a simulated node's store under the root
 
 

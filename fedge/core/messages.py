@@ -76,6 +76,9 @@ NUM_CLASSES = "num-classes"
 PREPROCESS_SHIFT = "preprocess-shift"
 PREPROCESS_SCALE = "preprocess-scale"
 
+SIMULATION_ENV = "FEDGE_SIMULATION"  # "1" in the processes of a local simulation, nowhere else
+MAX_PROFILE_BYTES = 1 << 20  # a device profile is ~10 KB; a node sends at most this much
+
 # node_config keys (Flower sets partition-id and num-partitions in simulation).
 NODE_PARTITION_ID = "partition-id"
 NODE_NUM_PARTITIONS = "num-partitions"

@@ -97,7 +97,7 @@ def _tier_lines(tiers: list[dict[str, Any]] | None) -> list[str]:
         "",
         "One architecture search; each tier ships the most accurate architecture within its "
         "batch-1 budget, distilled fully and checked again (judged on: the nodes' device "
-        "profiles, else this machine's p95). Nodes: each node's onnxruntime call, p50, timed "
+        "profiles, else this machine's p50, best of three tries). Nodes: each node's onnxruntime call, p50, timed "
         "when it installed the bundle (nodes install one at a time), and Predictor.predict "
         "around it.",
         "",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedge.compression.bundle import write_bundle
-from fedge.compression.latency import Graph, LatencyModel, fit
+from fedge.compression.latency import Graph, LatencyModel, fit, graph_of
 from fedge.core.bundle_format import FILES, MODEL_FILE
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
@@ -89,14 +89,16 @@ def compress_tiers(
     for name, budget in budgets.items():
         judge = judges[name]
         fits = judge.within(found.trials, budget, name)
+        distinct = list({(t["student"], as_trialled(t)): t for t in reversed(fits)}.values())
+        distinct.reverse()  # one try per model: trials (spec, qdq refused) and (spec, fp32) are one
         tried = []
-        for trial in fits[:ATTEMPTS]:
+        for trial in distinct[:ATTEMPTS]:
             done = shipped(trial)  # the guard may keep or refuse int8 unlike in the trial
             latency = judge.shipped_us(done.shipment.files[MODEL_FILE], sample)
             if latency <= budget:
                 picked[name] = (trial, latency)
                 break
-            tried.append(f"{trial['student']} {trial['quant']} {latency:.1f} µs")
+            tried.append(f"{trial['student']} {as_trialled(trial)} {latency:.1f} µs")
         else:
             raise SearchError(
                 f"tier {name!r}: no architecture distilled fully met its budget of {budget:g} µs "
@@ -112,7 +114,7 @@ def compress_tiers(
                 "tier": name,
                 "budget_us": budgets[name],
                 "student": trial["student"],
-                "quant": trial["quant"],  # asked for; "quantized": whether int8 shipped
+                "quant": as_trialled(trial),  # as distilled; "quantized": whether int8 shipped
                 "search_trial": trial,
                 "val_accuracy": done.chosen.row["val_accuracy"],
                 "test_accuracy": student["accuracy"],
@@ -144,7 +146,7 @@ class Judge:
     @classmethod
     def of(cls, profiles: list[Profile | None]) -> Judge:
         """The judge for a tier whose nodes have these profiles."""
-        known = {p.path or p.name: p for p in profiles if p is not None}
+        known = {json.dumps(p.latency_us, sort_keys=True): p for p in profiles if p is not None}
         on_server = not profiles or None in profiles
         names = sorted({p.name for p in known.values()}) + (["this machine"] if on_server else [])
         return cls(tuple(fit(p) for p in known.values()), on_server, " and ".join(names))
@@ -175,7 +177,8 @@ class Judge:
 
         Its predictions on every profile and, for nodes without one, its time here.
         """
-        figures = [m.predict_us(model, 1) for m in self.models]
+        graph = graph_of(model) if self.models else None
+        figures = [m.predict_us(graph, 1) for m in self.models if graph is not None]
         if self.on_server:
             figures.append(timed_us(model, sample))
         return max(figures)

@@ -143,7 +143,10 @@ def run_server(grid: Grid, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
                 simulation_trusted_key=run_dir / KEYS_DIR / PUBLIC_KEY_FILE,
                 node_partition=training.node_partition,
                 spec=spec,
-                tiers=(tier_bundles, node_tier) if tier_bundles else None,
+                # asked again: a node may have joined or reconnected since compression began
+                tiers=(tier_bundles, node_tiers(grid, cfg, training.node_partition))
+                if tier_bundles
+                else None,
             )
         for row in clients:
             row["teacher_accuracy"] = training.client_teacher_accuracy.get(row["partition_id"])

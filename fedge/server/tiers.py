@@ -65,14 +65,34 @@ def tier_profiles(
         else:
             status = reply.content.config_records.get(m.STATUS)
             text = str(status.get(m.PROFILE_JSON, "")) if status else ""
-            try:
-                profile = parse_profile(text, f"of node {node}") if text else None
-            except ProfileError as err:
-                log.warning("tiers: %s; judged on this machine instead", err)
+            profile = _checked(text, node)
         if node in node_tier:
             out[node_tier[node]].append(profile)
-    for tier, profiles in out.items():
+    for tier, profiles in out.items():  # a tier is judged on its slowest node: say which
         known = [p.name for p in profiles if p is not None]
         if known:
             log.info("tiers: %s judged on profiles %s", tier, ", ".join(sorted(set(known))))
     return out
+
+
+def _checked(text: str, node: int) -> Profile | None:
+    """A node's profile, or None (logged) if it sent none or one the server refuses.
+
+    The text comes from the node: it is capped in size, and anything that fails to parse
+    (deep nesting included) counts as no profile rather than stopping the release.
+    """
+    if not text:
+        return None
+    if len(text) > m.MAX_PROFILE_BYTES:
+        log.warning(
+            "tiers: node %d sent a %d-byte profile (at most %d)",
+            node,
+            len(text),
+            m.MAX_PROFILE_BYTES,
+        )
+        return None
+    try:
+        return parse_profile(text, f"of node {node}")
+    except (ProfileError, RecursionError, MemoryError) as err:
+        log.warning("tiers: %s; judged on this machine instead", str(err)[:300])
+        return None

@@ -35,13 +35,25 @@ def params_as_latency(monkeypatch):
 
 
 def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
-    tmp_path, params_as_latency
+    tmp_path, monkeypatch, params_as_latency
 ):
+    monkeypatch.setenv("FEDGE_SIMULATION", "1")  # simulated nodes install one at a time
     cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=4, student="auto")
     grid = LocalGrid(client_app, num_nodes=4)
     grid.contexts[100].node_config["device-class"] = "big"  # partition 0 would be "small"
+    batches = []
+    send = grid.send_and_receive
+
+    def recording(messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "query.deploy":
+            batches.append(len(messages))
+        return send(messages, timeout=timeout)
+
+    grid.send_and_receive = recording
     with staged_run_dir(tmp_path / "run") as work:
         results = run_server(grid, cfg, work)
+    assert batches == [1, 1, 1, 1]
     run = tmp_path / "run"
     tiers = {t["tier"]: t for t in results["tiers"]}
     assert list(tiers) == ["small", "big"]
@@ -190,8 +202,27 @@ def test_nodes_send_their_device_profiles_and_each_tier_is_judged_on_its_nodes(t
     assert tiers["board"]["judged_on"] == "slow-board" and predicted > 1000
     assert tiers["board"]["latency_us"] == pytest.approx(predicted)
     assert tiers["server"]["judged_on"] == "this machine" and tiers["server"]["latency_us"] < 1000
-    for tier in tiers.values():  # every node timed its own install, onnxruntime call and predict
-        assert 0 < tier["node_latency_us_max"] <= tier["node_predict_us_max"]
+    for tier in tiers.values():  # every node timed its own install: onnxruntime call, predict
+        assert tier["node_latency_us_max"] > 0 and tier["node_predict_us_max"] > 0
+
+    # A budget this machine meets (every student runs in < 500 µs here) but the board does not:
+    # one node of the tier has the profile, the other none; the slower judges.
+    del grid.contexts[102].node_config["device-profile"]
+    tight = cfg.replace(tiers="board:500,server:1000000")
+    with (
+        pytest.raises(SearchError, match=r"tier 'board'.* on slow-board and this machine; the"),
+        staged_run_dir(tmp_path / "run2") as work,
+    ):
+        run_server(grid, tight, work)
+
+
+def test_a_hostile_profile_counts_as_none():
+    from fedge.server.tiers import _checked
+
+    assert _checked("", 1) is None
+    assert _checked("[" * 100_000, 1) is None  # deep nesting: RecursionError, not a crash
+    assert _checked(" " * ((1 << 20) + 1), 1) is None  # too big: not even parsed
+    assert _checked('{"fedge_profile": 1, "probes": 3}', 1) is None
 
 
 def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(
@@ -215,3 +246,21 @@ def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(
     with pytest.raises(ConfigError, match=r"tier 'mcu': no architecture of 2 tried meets"):
         runner.simulate(cfg)
     assert not out.exists() and (tmp_path / "run.partial" / "checkpoints").is_dir()
+
+
+def test_a_deploy_reply_from_an_older_node_without_the_onnx_timing_is_read():
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedge.server.deploy import _client_row
+    from tests.flower_local import set_task_identity
+
+    set_task_identity()  # Flower's Message needs a run to belong to
+    metrics = {"partition-id": 3, "installed": 1, "accuracy": 0.9, "latency-us-p50": 20.0}
+    content = RecordDict(
+        {
+            "metrics": MetricRecord({**metrics, "num-examples": 10}),
+            "status": ConfigRecord({"reason": "installed"}),
+        }
+    )
+    row = _client_row(Message(content, dst_node_id=1, message_type="query.deploy"), 3)
+    assert row["installed"] and row["latency_us_p50"] == 20.0 and row["onnx_us_p50"] is None
