@@ -127,8 +127,9 @@ def compress(
     search: Annotated[
         bool,
         typer.Option(
-            help="Search the student architecture for a device (Optuna): write search/trials.csv, "
-            "trials.json, pareto.png; distil the most accurate one within the budgets and ship it."
+            help="Search the student architecture and its quantization (the run's or fp32) for "
+            "a device (Optuna): write search/trials.csv, trials.json, pareto.png; distil the most "
+            "accurate finalists within the budgets fully and ship the best."
         ),
     ] = False,
     device_profile: Annotated[

@@ -397,6 +397,13 @@ class RunConfig:
             return self.kd_source
         return "both" if self.dp == "none" else "public"
 
+    def one_public_student(self) -> RunConfig:
+        """These settings for one student distilled on the public pool: no tiers.
+
+        What a search's trials and finalists, a tier's student and its audit replay run.
+        """
+        return self.replace(kd_source="public", tiers="")
+
     @property
     def tier_budgets(self) -> dict[str, float]:
         """The tiers setting as name -> batch-1 latency budget (µs), in the order given."""

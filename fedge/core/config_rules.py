@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import TYPE_CHECKING
 
 from fedge.core.arch import is_arch, parse
@@ -152,9 +154,6 @@ def _sampling(cfg: RunConfig) -> None:
 
 def parse_tiers(text: str) -> dict[str, float]:
     """`name:budget-us,...` as name -> budget (ConfigError naming the bad part)."""
-    import math
-    import re
-
     out: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, _, budget = part.partition(":")

@@ -128,7 +128,7 @@ def load_target(run_dir: Path) -> AuditTarget:
         results = json.loads((run_dir / RESULTS_FILE).read_text())
         cfg = RunConfig.from_run_config(results["config"])
         if cfg.tiers:  # bundle/ holds the last tier's student, distilled on the public pool
-            cfg = cfg.replace(tiers="", kd_source="public")
+            cfg = cfg.one_public_student()
         if cfg.student == "auto":  # replay the candidate the run shipped
             cfg = cfg.replace(student=results["student"]["architecture"])
     except (ValueError, KeyError) as err:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fedge.core.config import RunConfig
+from fedge.core.ort import session_accuracy
 
 log = logging.getLogger("fedge")
 
@@ -18,6 +19,12 @@ class NotShippedError(RuntimeError):
     def __init__(self, gate: dict[str, Any]) -> None:
         super().__init__(gate["reason"])
         self.gate = gate
+
+
+def gate_teacher(cfg: RunConfig, session: Any, val: Any) -> tuple[float, dict[str, Any]]:
+    """The teacher's validation accuracy (onnxruntime `session`) and the gate's verdict on it."""
+    teacher_val = session_accuracy(session, val.x, val.y)
+    return teacher_val, check_teacher(cfg, teacher_val, val.y)
 
 
 def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> dict[str, Any]:

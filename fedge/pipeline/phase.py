@@ -35,7 +35,7 @@ from fedge.pipeline.candidates import (
     compress_candidates,
 )
 from fedge.pipeline.federate import FederatedTrainer
-from fedge.pipeline.gate import check_teacher
+from fedge.pipeline.gate import gate_teacher
 from fedge.pipeline.rundir import BUNDLE_DIR, COMPRESSED_FILE, KEYS_DIR, TEACHER_FILE
 from fedge.pipeline.shipping import Shipment, ship
 from fedge.pipeline.stages import CompressionOutcome
@@ -115,8 +115,7 @@ def compress_and_ship(
     """
     server = fed.server
     teacher_session = make_session(teacher_onnx)
-    teacher_val = session_accuracy(teacher_session, server.val.x, server.val.y)
-    gate = check_teacher(cfg, teacher_val, server.val.y)
+    teacher_val, gate = gate_teacher(cfg, teacher_session, server.val)
     configs, stop, rule = candidate_configs(cfg, choice or Choice(), grid)
     check_byte_budget(configs, rule, fed)
     candidates = compress_candidates(

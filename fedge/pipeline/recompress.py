@@ -13,11 +13,11 @@ from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.arch import check_student
 from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
-from fedge.core.ort import make_session, session_accuracy
+from fedge.core.ort import make_session
 from fedge.core.partition import build_federation
 from fedge.pipeline.candidates import Choice, SweepGrid
 from fedge.pipeline.federate import saved
-from fedge.pipeline.gate import check_teacher
+from fedge.pipeline.gate import gate_teacher
 from fedge.pipeline.phase import compress_and_ship
 from fedge.pipeline.report import render_compression_report
 from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, REPORT_FILE, RESULTS_FILE, TEACHER_FILE
@@ -131,13 +131,10 @@ def compress_run(
     key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
     found = None
     if search is not None:
-        teacher_val = session_accuracy(
-            make_session(teacher_onnx), fed.server.val.x, fed.server.val.y
-        )
-        check_teacher(cfg, teacher_val, fed.server.val.y)  # the gate, before any trial
+        teacher_val, _ = gate_teacher(cfg, make_session(teacher_onnx), fed.server.val)  # first
         found = run_search(cfg, source, fed, teacher_val, search)
         pairs = tuple((f["student"], f["quant"]) for f in found.finalists)
-        cfg = cfg.replace(student=pairs[0][0], kd_source="public", tiers="")
+        cfg = cfg.one_public_student().replace(student=pairs[0][0])
         # The finalists distilled fully; the most accurate on validation ships.
         students, quants = (tuple(dict.fromkeys(p[i] for p in pairs)) for i in (0, 1))
         grid = SweepGrid(students, (cfg.prune_ratio,), quants, only=pairs)

@@ -194,8 +194,8 @@ def search(
             f"{smallest['student']} at {smallest['bytes']} bytes. Nothing shipped."
         )
     ranked = sorted(fits, key=lambda t: (-round(t["val_accuracy"], 6), t["latency_us"], t["bytes"]))
-    result.finalists = [{"student": t["student"], "quant": as_trialled(t)} for t in ranked]
-    result.finalists = list({str(f): f for f in result.finalists}.values())[: config.finalists]
+    pairs = dict.fromkeys((t["student"], as_trialled(t)) for t in ranked)  # best first, once
+    result.finalists = [{"student": s, "quant": q} for s, q in pairs][: config.finalists]
     for row in result.trials:
         row["feasible"] = row in fits
         row["finalist"] = {"student": row["student"], "quant": as_trialled(row)} in result.finalists
@@ -221,7 +221,7 @@ def _evaluate(
     start = time.monotonic()
     epochs = max(1, min(config.trial_epochs, cfg.kd_epochs))  # never more than the final one
     trial_cfg = with_quant(
-        cfg.replace(student=spec, kd_epochs=epochs, qat="off", kd_source="public", tiers=""),
+        cfg.one_public_student().replace(student=spec, kd_epochs=epochs, qat="off"),
         quant,
     )
     (candidate,) = compress_candidates(source, [trial_cfg], fed, teacher_val=teacher_val)

@@ -25,11 +25,11 @@ from fedge.compression.latency import Graph, LatencyModel, fit, graph_of
 from fedge.core.bundle_format import FILES, MODEL_FILE
 from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
-from fedge.core.ort import make_session, session_accuracy, session_call, settled_latency_us
+from fedge.core.ort import make_session, session_call, settled_latency_us
 from fedge.core.partition import Federation
 from fedge.core.profile import Profile
 from fedge.pipeline.candidates import with_quant
-from fedge.pipeline.gate import check_teacher
+from fedge.pipeline.gate import gate_teacher
 from fedge.pipeline.phase import Compressed, compress_and_ship
 from fedge.pipeline.search import SearchConfig, SearchError, as_trialled, search
 from fedge.pipeline.teacher_source import KdSource
@@ -65,10 +65,9 @@ def compress_tiers(
     trial, or by every architecture distilled fully for it (nothing is shipped to anyone).
     """
     budgets = cfg.tier_budgets
-    public = cfg.replace(kd_source="public", tiers="")  # one student at a time from here
+    public = cfg.one_public_student()
     val = fed.server.val
-    teacher_val = session_accuracy(make_session(teacher_onnx), val.x, val.y)
-    check_teacher(cfg, teacher_val, val.y)
+    teacher_val, _ = gate_teacher(cfg, make_session(teacher_onnx), val)
     found = search(
         public, source, fed, teacher_val, SearchConfig(trials=cfg.search_trials, seed=cfg.seed)
     )

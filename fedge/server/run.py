@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_json
 from fedge.core.models import build_teacher, count_params
 from fedge.core.partition import build_federation
+from fedge.core.profile import Profile
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.checkpoint import CheckpointDir
-from fedge.pipeline.federate import recording
+from fedge.pipeline.federate import FederatedTrainer, recording
 from fedge.pipeline.gate import NotShippedError
 from fedge.pipeline.phase import (
     compress_and_ship,
@@ -181,8 +183,8 @@ def _compression_phase(
     source: Any,
     teacher_onnx: bytes,
     key: Any,
-    trainer_for: Any,
-    profiles_for: Any,
+    trainer_for: Callable[[], FederatedTrainer],
+    profiles_for: Callable[[], dict[str, list[Profile | None]]],
 ) -> tuple[dict[str, Any], dict[str, bytes], list[dict[str, Any]], dict[str, dict[str, bytes]]]:
     """The compressed record and bundle files (and each tier's), made now or by an earlier try.
 
