@@ -30,9 +30,9 @@ from fedge.core.config import RunConfig
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, build_federation
 from fedge.core.training import predict_logits
-from fedge.pipeline.rundir import RESULTS_FILE, TEACHER_FILE
-from fedge.pipeline.stages import CompressionConfig, Inputs, compress
-from fedge.pipeline.teacher_source import ENSEMBLE_FILE
+from fedge.pipeline.chain.stages import CompressionConfig, Inputs, compress
+from fedge.pipeline.chain.teacher_source import ENSEMBLE_FILE
+from fedge.pipeline.rundir.paths import RESULTS_FILE, TEACHER_FILE
 from fedge.simulations.crash import run_simulate
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedge.pipeline.rundir import CHECKPOINT_DIR, RESULTS_FILE, RUN_CONFIG_FILE, partial_dir
+from fedge.pipeline.rundir.paths import CHECKPOINT_DIR, RESULTS_FILE, RUN_CONFIG_FILE, partial_dir
 from fedge.simulations.crash import kill_when, run_simulate, start_simulate
 
 ATTACKS: dict[str, dict[str, Any]] = {

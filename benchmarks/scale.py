@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedge.pipeline.rundir import RESULTS_FILE
+from fedge.pipeline.rundir.paths import RESULTS_FILE
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 VARIANTS: dict[str, dict[str, Any]] = {

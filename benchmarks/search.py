@@ -43,7 +43,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from fedge.compression.latency import LatencyModel, fit
-from fedge.core.config import STUDENTS, RunConfig
+from fedge.core.choices import STUDENTS
+from fedge.core.config import RunConfig
 from fedge.core.ort import blocked_latency_us, make_session, session_call
 from fedge.core.partition import build_federation
 from fedge.core.profile import load_profile

@@ -13,13 +13,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 def simulate(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run a federated simulation end to end; see fedge.api.simulate (imports torch on call)."""
-    from fedge.api import simulate as run
+    from fedge import api
 
-    return run(*args, **kwargs)
+    return api.simulate(*args, **kwargs)
 
 
 def compress(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Re-compress a finished run's teacher; see fedge.api.compress (imports torch on call)."""
-    from fedge.api import compress as run
+    from fedge import api
 
-    return run(*args, **kwargs)
+    return api.compress(*args, **kwargs)

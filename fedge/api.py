@@ -17,8 +17,8 @@ def simulate(scenario: str | Path | None = None, **settings: Any) -> dict[str, A
     applied after the scenario file. The run directory is `results["run_dir"]`. Bad settings
     raise ConfigError before anything is written.
     """
+    from fedge.simulations import runner
     from fedge.simulations.runner import build_config, load_scenario, preflight
-    from fedge.simulations.runner import simulate as run
 
     requested = load_scenario(Path(scenario)) if scenario is not None else {}
     requested.update({kebab(k): v for k, v in settings.items()})
@@ -26,7 +26,7 @@ def simulate(scenario: str | Path | None = None, **settings: Any) -> dict[str, A
         requested["out"] = str(Path(requested["out"]).expanduser().resolve())
     cfg = build_config(requested)
     preflight(cfg)
-    run_dir = run(cfg)
+    run_dir = runner.simulate(cfg)
     return {**json.loads((run_dir / "results.json").read_text()), "run_dir": str(run_dir)}
 
 
@@ -36,9 +36,9 @@ def compress(run_dir: str | Path, out: str | Path | None = None, **settings: Any
     Returns the new results (results.json as a dict, with "out"); writes the signed bundle,
     results.json and report.md to `out` (default RUN_DIR/compress/<time>).
     """
-    from fedge.pipeline.candidates import Choice
-    from fedge.pipeline.recompress import compress_config, compress_run
-    from fedge.pipeline.rundir import staged_run_dir, timestamped_out
+    from fedge.pipeline.rundir.paths import staged_run_dir, timestamped_out
+    from fedge.pipeline.ship.candidates import Choice
+    from fedge.pipeline.ship.recompress import compress_config, compress_run
 
     run_dir = Path(run_dir).expanduser().resolve()
     cfg, teacher_params = compress_config(run_dir, {kebab(k): v for k, v in settings.items()})

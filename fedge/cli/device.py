@@ -105,9 +105,9 @@ def serve(
     Newer verified bundles are picked up without a restart; a refused one never stops the
     server (GET /health reports it in last_error).
     """
+    from fedge.client.runtime import httpserver
     from fedge.client.runtime.files import UnsafeFileError, read_bounded
     from fedge.client.runtime.httpserver import ServerLimits, bind, is_loopback
-    from fedge.client.runtime.httpserver import serve as run_server
     from fedge.client.runtime.predictor import Predictor
     from fedge.client.runtime.service import InferenceApp, ServiceLimits
     from fedge.client.runtime.verify import BundleError
@@ -150,7 +150,7 @@ def serve(
         f"serving {predictor.model_id} version {predictor.version} on http://{url_host}:{bound_port}",
         flush=True,
     )
-    run_server(app_, sock, limits)
+    httpserver.serve(app_, sock, limits)
 
 
 @app.command()

@@ -15,8 +15,8 @@ from fedge.core.config import ConfigError
 from fedge.core.profile import ProfileError
 
 if TYPE_CHECKING:
-    from fedge.pipeline.candidates import SweepGrid
-    from fedge.pipeline.search import SearchConfig
+    from fedge.pipeline.ship.candidates import SweepGrid
+    from fedge.pipeline.ship.search import SearchConfig
 
 
 def _relative_size(ratio: float) -> str:
@@ -58,8 +58,8 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Train a teacher federatedly, compress it, sign it and redistribute it to every client."""
+    from fedge.simulations import runner
     from fedge.simulations.runner import build_config, preflight, requested_settings
-    from fedge.simulations.runner import simulate as run
 
     headline = {"dataset": dataset, "clients": clients, "rounds": rounds, "seed": seed}
     if out is not None:
@@ -77,7 +77,7 @@ def simulate(
         highlight=False,
     )
     try:
-        run_dir = run(cfg, verbose=verbose)
+        run_dir = runner.simulate(cfg, verbose=verbose)
     except ConfigError as err:  # found by the server after training: the teacher is kept
         raise fail(str(err)) from None
     _summary(run_dir)
@@ -149,10 +149,10 @@ def compress(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Re-run compression on a finished run's teacher (no retraining): new signed bundle + report."""
-    from fedge.pipeline.candidates import Choice
-    from fedge.pipeline.gate import NotShippedError
-    from fedge.pipeline.recompress import compress_config, compress_run
-    from fedge.pipeline.rundir import staged_run_dir, timestamped_out
+    from fedge.pipeline.rundir.paths import staged_run_dir, timestamped_out
+    from fedge.pipeline.ship.candidates import Choice
+    from fedge.pipeline.ship.gate import NotShippedError
+    from fedge.pipeline.ship.recompress import compress_config, compress_run
     from fedge.simulations.runner import requested_settings
 
     try:
@@ -214,7 +214,7 @@ def _search(
     time_budget: float,
 ) -> SearchConfig | None:
     """The search `fedge compress` asks for (ConfigError/ProfileError on a bad option)."""
-    from fedge.pipeline.search import SearchConfig
+    from fedge.pipeline.ship.search import SearchConfig
 
     if not search:
         if profile is not None or max_latency_us is not None:
@@ -259,7 +259,7 @@ def list_settings(
 
 def _grid(students: str | None, prune: str | None, quant: str | None) -> SweepGrid:
     """The sweep grid from comma-separated flag values (defaults where a flag is not given)."""
-    from fedge.pipeline.candidates import SweepGrid
+    from fedge.pipeline.ship.candidates import SweepGrid
 
     def items(text: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -290,9 +290,9 @@ def audit(
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
     """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student."""
-    from fedge.pipeline.audit import check_shadows, load_target, run_audit
-    from fedge.pipeline.audit_report import add_to_report
-    from fedge.pipeline.rundir import staged_run_dir, timestamped_out
+    from fedge.pipeline.audit.report import add_to_report
+    from fedge.pipeline.audit.run import check_shadows, load_target, run_audit
+    from fedge.pipeline.rundir.paths import staged_run_dir, timestamped_out
 
     try:
         run = load_target(run_dir)

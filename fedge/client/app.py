@@ -41,7 +41,7 @@ from fedge.core.records import (
     record_to_weights,
     weights_to_record,
 )
-from fedge.privacy import local as local_dp
+from fedge.privacy import dp_sgd
 
 app = ClientApp()
 
@@ -81,8 +81,8 @@ def train(msg: Message, context: Context) -> Message:
     start = training.get_weights(model)
     dp_metrics: dict[str, float] = {}
     if cfg.dp == "local":
-        schedule = local_dp.plan(len(labels), cfg)
-        loss = local_dp.dp_sgd_train(
+        schedule = dp_sgd.plan(len(labels), cfg)
+        loss = dp_sgd.dp_sgd_train(
             model,
             data.train.x,
             labels,

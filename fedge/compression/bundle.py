@@ -38,7 +38,7 @@ class BundleConfig:
     quantized: bool
     label_name: str | None = None  # an output holding the predicted class index, if any
     # The student's architecture: a family name (deep-small) or a searched spec
-    # (arch:c16k3p-c32k3-h64-relu, fedge.core.arch), so a device knows what it runs.
+    # (arch:c16k3p-c32k3-h64-relu, fedge.core.archspec), so a device knows what it runs.
     architecture: str = ""
 
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from fedge.compression.kd import KDConfig, kd_train
-from fedge.core.arch import is_arch, parse
+from fedge.core.archspec import is_arch, parse
 from fedge.core.models import STUDENT_WIDTHS, build_student
 from fedge.core.partition import PublicPool
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """How to distill (built from the run's settings; see fedge.pipeline.stages)."""
+    """How to distill (built from the run's settings; see fedge.pipeline.chain.stages)."""
 
     student: str  # a STUDENT_WIDTHS member, or an arch: spec (student)
     epochs: int  # passes over the public pool (kd-epochs)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from fedge.core.config import KD_LABELS, KD_QUERIES
+from fedge.core.choices import KD_LABELS, KD_QUERIES
 from fedge.core.progress import Progress
 
 log = logging.getLogger("fedge")

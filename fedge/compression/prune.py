@@ -17,7 +17,7 @@ from fedge.core.partition import PublicPool
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """How to prune (built from the run's settings; see fedge.pipeline.stages)."""
+    """How to prune (built from the run's settings; see fedge.pipeline.chain.stages)."""
 
     ratio: float  # share of channels/hidden units removed from every prunable layer (prune-ratio)
     sparsity: float  # unstructured: share of conv/linear weights zeroed by magnitude (sparsity)

@@ -20,11 +20,11 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fedge.compression.distill import require_public_pool
 from fedge.compression.minify import minified_size
+from fedge.core.choices import QUANT_MODES
 from fedge.core.ort import make_session, session_accuracy, session_logits
 from fedge.core.partition import PublicPool, Split
 
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
-MODES = ("static", "dynamic", "none")
 CALIBRATIONS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -46,8 +46,8 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown quant format {self.format!r}; allowed: {', '.join(FORMATS)}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown quant mode {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.mode not in QUANT_MODES:
+            raise ValueError(f"unknown quant mode {self.mode!r}; allowed: {', '.join(QUANT_MODES)}")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(
                 f"unknown calibration {self.calibration!r}; allowed: {', '.join(CALIBRATIONS)}"

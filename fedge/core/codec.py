@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedge.core.choices import UPDATE_CODECS
 from fedge.core.config import RunConfig
 
-MODES = ("none", "int8", "topk", "topk+int8")
 SEP = "|"
 
 
@@ -29,8 +29,8 @@ class Codec:
     stochastic: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown update compression {self.mode!r}; allowed: {MODES}")
+        if self.mode not in UPDATE_CODECS:
+            raise ValueError(f"unknown update compression {self.mode!r}; allowed: {UPDATE_CODECS}")
         if not 0 < self.ratio <= 1:
             raise ValueError(f"top-k ratio must be in (0, 1], got {self.ratio}")
 

@@ -7,43 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedge.core import config_rules
+from fedge.core import choices, config_rules
 from fedge.core.settings import ConfigError, coerce, kebab, lookup, setting, settings_of
-
-DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
-PARTITIONS = ("iid", "dirichlet", "pathological")
-STRATEGIES = ("fedavg", "fedprox", "fedadam")
-# Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
-STUDENTS = (
-    "deep-tiny",
-    "tiny",
-    "deep-small",
-    "small-fast",
-    "small",
-    "deep-medium",
-    "medium-fast",
-    "medium",
-)
-# The federated model (fedge.core.models): a student architecture federates that small model
-# directly (the baseline distillation has to beat).
-TEACHERS = ("cnn", "linear", *STUDENTS)
-QUANT_FORMATS = ("qdq", "qoperator")
-QUANT_MODES = ("static", "dynamic", "none")
-QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
-QAT_MODES = ("off", "fallback", "always")
-TEACHER_MODES = ("global", "ensemble")
-KD_LABELS = ("hard", "soft")
-KD_QUERIES = ("pool", "augmented")
-KD_SOURCES = ("auto", "public", "federated", "both")
-DP_MODES = ("none", "central", "local")
-DP_CLIPPING = ("server", "client")
-DP_CLIP_MODES = ("fixed", "adaptive")
-DP_ACCOUNTANTS = ("rdp", "prv")
-UPDATE_CODECS = ("none", "int8", "topk", "topk+int8")  # fedge.core.codec.MODES
-ROUNDINGS = ("stochastic", "deterministic")
-DOWNLINKS = ("none", "int8", "delta")
-AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
-BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 
 
 @dataclass(frozen=True)
@@ -60,15 +25,15 @@ class RunConfig:
         "cnn",
         "federated model: cnn (wide CNN/MLP) | linear (for DP) | a student architecture "
         "(federate a small model directly, no distillation)",
-        choices=TEACHERS,
+        choices=choices.TEACHERS,
     )
-    partition: str = setting("dirichlet", "how client data is split", choices=PARTITIONS)
+    partition: str = setting("dirichlet", "how client data is split", choices=choices.PARTITIONS)
     alpha: float = setting(0.5, "Dirichlet concentration: smaller = more skew", interval="> 0")
     classes_per_client: int = setting(
         2, "pathological: classes held by each client", interval=">= 1"
     )
     seed: int = setting(0, "fixes splits, partitions, initialisation, sampling, compression")
-    strategy: str = setting("fedavg", "server optimiser", choices=STRATEGIES)
+    strategy: str = setting("fedavg", "server optimiser", choices=choices.STRATEGIES)
     proximal_mu: float = setting(0.01, "FedProx proximal term weight", interval=">= 0")
     server_lr: float = setting(0.01, "FedAdam server learning rate", interval="> 0")
     local_epochs: int = setting(5, "client epochs per round", interval=">= 1")
@@ -123,7 +88,7 @@ class RunConfig:
         "student architecture, or auto: the first of auto-students within auto-max-drop "
         "validation points of the teacher (the most accurate of them if none is), or a searched "
         "architecture (arch:c16k3p-c32k3-h64-relu, see fedge compress --search)",
-        choices=("auto", *STUDENTS),
+        choices=("auto", *choices.STUDENTS),
         prefix="arch:",
         compress=True,
     )
@@ -169,13 +134,13 @@ class RunConfig:
     kd_labels: str = setting(
         "hard",
         "hard (teacher's top class) | soft (tempered probabilities)",
-        choices=KD_LABELS,
+        choices=choices.KD_LABELS,
         compress=True,
     )
     kd_queries: str = setting(
         "pool",
         "teacher labels: pool (the samples only) | augmented (every view)",
-        choices=KD_QUERIES,
+        choices=choices.KD_QUERIES,
         compress=True,
     )
     kd_source: str = setting(
@@ -183,7 +148,7 @@ class RunConfig:
         "where the student learns: public (KD on the server's public pool) | federated (rounds "
         "of KD + labels on the clients' own data) | both (public KD, then federated rounds) | "
         "auto (both; public under DP, where the student is then free post-processing)",
-        choices=KD_SOURCES,
+        choices=choices.KD_SOURCES,
         compress=True,
     )
     student_rounds: int = setting(
@@ -216,20 +181,22 @@ class RunConfig:
         interval="[0, 1)",
         compress=True,
     )
-    quant_format: str = setting("qdq", "static int8 format", choices=QUANT_FORMATS, compress=True)
+    quant_format: str = setting(
+        "qdq", "static int8 format", choices=choices.QUANT_FORMATS, compress=True
+    )
     quant_per_channel: bool = setting(
         True, "per-channel int8 weight scales (else per tensor)", compress=True
     )
     quant_mode: str = setting(
         "static",
         "dynamic (MatMul weights only) | static | none (fp32)",
-        choices=QUANT_MODES,
+        choices=choices.QUANT_MODES,
         compress=True,
     )
     quant_calibration: str = setting(
         "minmax",
         "static mode: activation range calibration",
-        choices=QUANT_CALIBRATIONS,
+        choices=choices.QUANT_CALIBRATIONS,
         compress=True,
     )
     quant_calibration_samples: int = setting(
@@ -239,7 +206,7 @@ class RunConfig:
         "fallback",
         "quantization-aware training: off | fallback (when post-training int8 loses more than "
         "int8-tolerance) | always; static int8 only",
-        choices=QAT_MODES,
+        choices=choices.QAT_MODES,
         compress=True,
     )
     qat_epochs: int = setting(
@@ -251,7 +218,7 @@ class RunConfig:
     teacher_mode: str = setting(
         "global",
         "distil from: global model | ensemble (last round's clients' mean logits)",
-        choices=TEACHER_MODES,
+        choices=choices.TEACHER_MODES,
         compress=True,
     )
     ensemble_views: int = setting(
@@ -260,7 +227,7 @@ class RunConfig:
     private_key: str = setting(
         "", "Ed25519 private key PEM to sign with; empty: a new pair per run", server_only=True
     )
-    aggregation: str = setting("fedavg", "aggregation rule", choices=AGGREGATIONS)
+    aggregation: str = setting("fedavg", "aggregation rule", choices=choices.AGGREGATIONS)
     trim_beta: float = setting(
         0.2, "trimmed-mean: share cut from each end per coordinate", interval="[0, 0.5)"
     )
@@ -270,11 +237,11 @@ class RunConfig:
     update_compression: str = setting(
         "none",
         "training updates client -> server: int8 | topk | topk+int8 of the update (delta)",
-        choices=UPDATE_CODECS,
+        choices=choices.UPDATE_CODECS,
     )
     topk_ratio: float = setting(0.1, "topk: share of each tensor's entries sent", interval="(0, 1]")
     update_rounding: str = setting(
-        "stochastic", "int8 rounding of updates (stochastic: unbiased)", choices=ROUNDINGS
+        "stochastic", "int8 rounding of updates (stochastic: unbiased)", choices=choices.ROUNDINGS
     )
     error_feedback: bool = setting(
         True, "clients add what compression dropped to their next update"
@@ -283,7 +250,7 @@ class RunConfig:
         "none",
         "the model server -> clients in training rounds: none | int8 | delta (the change since "
         "the model the node holds, coded like updates)",
-        choices=DOWNLINKS,
+        choices=choices.DOWNLINKS,
     )
     fraction_train: float = setting(
         1.0,
@@ -306,7 +273,7 @@ class RunConfig:
         0.0, "simulation: share of clients that attack every round", interval="[0, 1)"
     )
     byzantine_mode: str = setting(
-        "sign-flip", "simulation: how attackers attack", choices=BYZANTINE_MODES
+        "sign-flip", "simulation: how attackers attack", choices=choices.BYZANTINE_MODES
     )
     byzantine_scale: float = setting(
         5.0, "sign-flip: update multiplier; gaussian: noise std", interval=">= 0"
@@ -329,7 +296,7 @@ class RunConfig:
     dp: str = setting(
         "none",
         "none | central (client-level DP-FedAvg) | local (sample-level DP-SGD)",
-        choices=DP_MODES,
+        choices=choices.DP_MODES,
     )
     dp_noise: float = setting(
         1.0, "noise multiplier (ignored when dp-epsilon > 0)", interval=">= 0"
@@ -337,9 +304,13 @@ class RunConfig:
     dp_clip: float = setting(
         1.0, "central: update L2 norm bound; local: per-sample gradient bound", interval="> 0"
     )
-    dp_clipping: str = setting("server", "central: where updates are clipped", choices=DP_CLIPPING)
+    dp_clipping: str = setting(
+        "server", "central: where updates are clipped", choices=choices.DP_CLIPPING
+    )
     dp_clip_mode: str = setting(
-        "fixed", "central: fixed (dp-clip) | adaptive (Andrew et al. 2021)", choices=DP_CLIP_MODES
+        "fixed",
+        "central: fixed (dp-clip) | adaptive (Andrew et al. 2021)",
+        choices=choices.DP_CLIP_MODES,
     )
     dp_clip_quantile: float = setting(
         0.5, "adaptive: share of updates the norm should leave unclipped", interval="[0, 1]"
@@ -354,15 +325,15 @@ class RunConfig:
         0.0, "> 0: derive the noise that spends exactly this epsilon over the run", interval=">= 0"
     )
     dp_delta: float = setting(1e-5, "delta of the reported (epsilon, delta)", interval="(0, 1)")
-    dp_accountant: str = setting("rdp", "Opacus accountant", choices=DP_ACCOUNTANTS)
+    dp_accountant: str = setting("rdp", "Opacus accountant", choices=choices.DP_ACCOUNTANTS)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad value and what is allowed."""
-        if self.dataset not in DATASETS and not self.dataset.startswith("npz:"):
-            allowed = ", ".join(DATASETS)
+        if self.dataset not in choices.DATASETS and not self.dataset.startswith("npz:"):
+            allowed = ", ".join(choices.DATASETS)
             raise ConfigError(f"unknown dataset {self.dataset!r}; allowed: {allowed}, npz:PATH")
         for spec in SETTINGS.values():
             spec.check(getattr(self, spec.name))

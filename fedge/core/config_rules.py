@@ -6,7 +6,9 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from fedge.core.arch import is_arch, parse
+from fedge.core.archspec import is_arch, parse
+from fedge.core.choices import STUDENTS
+from fedge.core.sampling import poisson, train_size
 from fedge.core.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -15,8 +17,6 @@ if TYPE_CHECKING:
 
 def check(cfg: RunConfig) -> None:
     """ConfigError naming the first conflict between settings and what is allowed."""
-    from fedge.core.config import STUDENTS  # config.py imports this module
-
     _robustness(cfg)
     _privacy(cfg)
     tiers = parse_tiers(cfg.tiers)
@@ -125,8 +125,6 @@ def _robustness(cfg: RunConfig) -> None:
 
 
 def _sampling(cfg: RunConfig) -> None:
-    from fedge.core.sampling import poisson, train_size  # sampling imports config
-
     if cfg.min_train_clients > cfg.clients:
         raise ConfigError(
             f"min-train-clients={cfg.min_train_clients} is more clients than exist; "

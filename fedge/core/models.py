@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedge.core import arch as archspec
-from fedge.core.config import TEACHERS
+from fedge.core import archspec
+from fedge.core.choices import TEACHERS
 
 # Student widths: (conv1 channels, conv2 channels, hidden units). The teacher is far wider.
 STUDENT_WIDTHS: dict[str, tuple[int, int, int]] = {
@@ -117,7 +117,7 @@ class MLP(nn.Module):
 
 
 class ArchNet(nn.Module):
-    """A searched architecture (fedge.core.arch): convolutions, hidden layers, classifier."""
+    """A searched architecture (fedge.core.archspec): convolutions, hidden layers, classifier."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, arch: archspec.Arch) -> None:
         super().__init__()

@@ -11,10 +11,12 @@ accountant analyses.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedge.core.config import RunConfig
+if TYPE_CHECKING:  # the rules in config_rules use these functions while a config is built
+    from fedge.core.config import RunConfig
 
 TRAIN_STREAM, EVALUATE_STREAM = 0x5A, 0xE7
 

@@ -1,6 +1,6 @@
 """Central (client-level) DP-FedAvg: noise, adaptive clipping's norm rule, honest accounting.
 
-The Flower wrappers that apply these live in fedge.server.dp (the only part that needs flwr).
+The Flower wrappers that apply these live in fedge.server.central_dp (the only part that needs flwr).
 """
 
 from __future__ import annotations

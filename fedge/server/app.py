@@ -9,7 +9,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.pipeline.rundir import STOPPED_FILE, default_run_dir, staged_run_dir
+from fedge.pipeline.rundir.paths import STOPPED_FILE, default_run_dir, staged_run_dir
 from fedge.server.run import run_server
 
 app = ServerApp()

@@ -15,8 +15,8 @@ from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.partition import PublicPool
 from fedge.core.records import as_int, config_to_record
-from fedge.pipeline.stages import kd_config
-from fedge.pipeline.teacher_source import KdSource, from_client_logits
+from fedge.pipeline.chain.stages import kd_config
+from fedge.pipeline.chain.teacher_source import KdSource, from_client_logits
 from fedge.server.replies import replies_by_node
 
 

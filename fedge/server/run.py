@@ -23,10 +23,21 @@ from fedge.core.partition import build_federation
 from fedge.core.profile import Profile
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
-from fedge.pipeline.checkpoint import CheckpointDir
-from fedge.pipeline.federate import FederatedTrainer, recording
-from fedge.pipeline.gate import NotShippedError
-from fedge.pipeline.phase import (
+from fedge.pipeline.chain.federate import FederatedTrainer, recording
+from fedge.pipeline.chain.teacher_source import global_source
+from fedge.pipeline.outputs.results import run_results, write_run_outputs
+from fedge.pipeline.outputs.tensorboard import RoundScalars
+from fedge.pipeline.rundir.checkpoint import CheckpointDir
+from fedge.pipeline.rundir.paths import (
+    CHECKPOINT_DIR,
+    KEYS_DIR,
+    NODES_DIR,
+    RUN_CONFIG_FILE,
+    check_resumable,
+    final_dir,
+)
+from fedge.pipeline.ship.gate import NotShippedError
+from fedge.pipeline.ship.phase import (
     compress_and_ship,
     discard_shipped,
     load_shipped,
@@ -35,18 +46,7 @@ from fedge.pipeline.phase import (
     signing_key,
     write_teacher,
 )
-from fedge.pipeline.results import run_results, write_run_outputs
-from fedge.pipeline.rundir import (
-    CHECKPOINT_DIR,
-    KEYS_DIR,
-    NODES_DIR,
-    RUN_CONFIG_FILE,
-    check_resumable,
-    final_dir,
-)
-from fedge.pipeline.teacher_source import global_source
-from fedge.pipeline.tensorboard import RoundScalars
-from fedge.pipeline.tiers import (
+from fedge.pipeline.ship.tiers import (
     TIERS_FILE,
     clear_tiers,
     compress_tiers,

@@ -20,7 +20,7 @@ from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.sampling import train_size
 from fedge.privacy.central import central_noise
-from fedge.server import dp as central_dp
+from fedge.server import central_dp
 
 # Strategy attributes that carry state from round to round (FedAdam's moments).
 STATEFUL_ATTRIBUTES = ("m_t", "v_t")

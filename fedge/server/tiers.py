@@ -11,7 +11,7 @@ from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.profile import Profile, ProfileError, parse_profile
 from fedge.core.records import as_int
-from fedge.pipeline.tiers import tier_of
+from fedge.pipeline.ship.tiers import tier_of
 from fedge.server.replies import replies_by_node
 
 log = logging.getLogger("fedge")

@@ -26,7 +26,7 @@ from fedge.core.records import (
 )
 from fedge.core.sampling import evaluate_sample, samples_clients, train_sample, train_size
 from fedge.core.training import evaluate, get_weights, set_weights
-from fedge.pipeline.checkpoint import (
+from fedge.pipeline.rundir.checkpoint import (
     Checkpoint,
     CheckpointDir,
     TrainingLog,

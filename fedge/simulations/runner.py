@@ -10,7 +10,7 @@ from typing import Any
 
 from fedge.core.config import SETTINGS, ConfigError, RunConfig
 from fedge.core.settings import parse_flags, parse_pairs
-from fedge.pipeline.rundir import check_resumable, default_run_dir, final_dir, stored_config
+from fedge.pipeline.rundir.paths import check_resumable, default_run_dir, final_dir, stored_config
 
 # Flower and Ray: no telemetry, no update checks, no runtime dependency installs.
 FLOWER_ENV = {
@@ -88,7 +88,7 @@ def build_config(settings: dict[str, Any], *, resume: Path | None = None) -> Run
 
 def _check_student(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
     """ConfigError if the student is an arch: spec these data cannot go through."""
-    from fedge.core.arch import check_student
+    from fedge.core.archspec import check_student
 
     for name in (cfg.student, cfg.teacher):
         try:
@@ -101,9 +101,9 @@ def preflight(cfg: RunConfig) -> None:
     """Every check that can fail before training starts (data, partitions, key, output dir)."""
     from fedge.compression.bundle import load_private_key
     from fedge.core.partition import build_federation, client_data
-    from fedge.pipeline.rundir import RUN_CONFIG_FILE, partial_dir
+    from fedge.pipeline.rundir.paths import RUN_CONFIG_FILE, partial_dir
     from fedge.privacy.central import central_noise
-    from fedge.privacy.local import plan
+    from fedge.privacy.dp_sgd import plan
 
     out = Path(cfg.out)
     if not cfg.resume:
@@ -201,7 +201,7 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
     os.environ[SIMULATION_ENV] = "1"
 
     from fedge.client.app import app as client_app
-    from fedge.pipeline.rundir import RESULTS_FILE, STOPPED_FILE, partial_dir
+    from fedge.pipeline.rundir.paths import RESULTS_FILE, STOPPED_FILE, partial_dir
     from fedge.server.app import app as server_app
 
     run_engine(client_app, server_app, cfg, cfg.to_run_config(), verbose=verbose)

@@ -47,7 +47,7 @@ def test_ints_are_accepted_where_floats_are_expected():
 
 
 def test_the_config_knows_every_student_the_model_zoo_builds():
-    from fedge.core.config import STUDENTS
+    from fedge.core.choices import STUDENTS
     from fedge.core.models import STUDENT_WIDTHS
 
     assert set(STUDENTS) == set(STUDENT_WIDTHS)

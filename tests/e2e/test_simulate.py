@@ -12,7 +12,7 @@ import pytest
 from fedge.client.node import simulated_store
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import load_public_key, read_bundle_dir, verify_bundle
-from fedge.core.config import STUDENTS
+from fedge.core.choices import STUDENTS
 from fedge.core.ort import make_session
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -369,7 +369,7 @@ def test_shadow_replay_reproduces_the_federated_teacher(tiny_run):
     from fedge.core.config import RunConfig
     from fedge.core.partition import build_federation, client_data
     from fedge.core.training import predict_logits
-    from fedge.pipeline.replay import replay_training
+    from fedge.pipeline.audit.replay import replay_training
 
     cfg = RunConfig.from_run_config(json.loads((tiny_run / "results.json").read_text())["config"])
     fed = build_federation(cfg)

@@ -1,6 +1,6 @@
 """The audit's section in the run's report.md: added once, replaced by a later audit."""
 
-from fedge.pipeline.audit_report import AUDIT_HEADING, add_to_report
+from fedge.pipeline.audit.report import AUDIT_HEADING, add_to_report
 
 
 def test_audit_section_is_added_then_replaced_and_other_sections_survive(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.pipeline.candidates import Candidate, Choice, SweepGrid, choose, pareto
+from fedge.pipeline.ship.candidates import Candidate, Choice, SweepGrid, choose, pareto
 
 
 def _rows() -> list[dict]:

@@ -12,8 +12,8 @@ from fedge.compression.minify import MinifyConfig, minify
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import RunConfig
 from fedge.core.ort import make_session
-from fedge.pipeline import stages
-from fedge.pipeline.stages import STAGES, CompressionConfig, Inputs, Stage, compress
+from fedge.pipeline.chain import stages
+from fedge.pipeline.chain.stages import STAGES, CompressionConfig, Inputs, Stage, compress
 
 QUICK = RunConfig(
     student="small-fast", kd_source="public", kd_epochs=6, finetune_epochs=2, quant_mode="static"

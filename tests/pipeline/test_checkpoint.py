@@ -13,7 +13,7 @@ from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
-from fedge.pipeline.checkpoint import Checkpoint, CheckpointDir, capture_rng, restore_rng
+from fedge.pipeline.rundir.checkpoint import Checkpoint, CheckpointDir, capture_rng, restore_rng
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid
 

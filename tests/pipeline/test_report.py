@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from fedge.pipeline.plots import accuracy_plot, pareto_plot, roc_plot
-from fedge.pipeline.report import render_compression_report, render_report
+from fedge.pipeline.outputs.plots import accuracy_plot, pareto_plot, roc_plot
+from fedge.pipeline.outputs.report import render_compression_report, render_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,9 +8,14 @@ import pytest
 
 from fedge.client.app import app as client_app
 from fedge.core.config import ConfigError, RunConfig
-from fedge.pipeline import phase
-from fedge.pipeline.checkpoint import Checkpoint, CheckpointDir, capture_rng, resume_fingerprint
-from fedge.pipeline.rundir import COMPRESSED_FILE, RUN_CONFIG_FILE, staged_run_dir
+from fedge.pipeline.rundir.checkpoint import (
+    Checkpoint,
+    CheckpointDir,
+    capture_rng,
+    resume_fingerprint,
+)
+from fedge.pipeline.rundir.paths import COMPRESSED_FILE, RUN_CONFIG_FILE, staged_run_dir
+from fedge.pipeline.ship import phase
 from fedge.server import run as server_run
 from fedge.server.run import run_server
 from fedge.simulations.runner import build_config

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from fedge.cli import app
 from fedge.client.app import app as client_app
-from fedge.pipeline.rundir import staged_run_dir
+from fedge.pipeline.rundir.paths import staged_run_dir
 from fedge.server.run import run_server
 from tests.flower_local import LocalGrid
 from tests.server.test_server import QUICKER
@@ -87,9 +87,9 @@ def test_bad_search_options_exit_2_before_any_work(run, tmp_path):
 def test_a_trial_takes_the_quantization_it_is_asked_for(run):
     from fedge.compression.onnx_teacher import OnnxTeacher
     from fedge.core.partition import build_federation
-    from fedge.pipeline.recompress import compress_config
-    from fedge.pipeline.search import SearchConfig, _evaluate, quant_choices
-    from fedge.pipeline.teacher_source import global_source
+    from fedge.pipeline.chain.teacher_source import global_source
+    from fedge.pipeline.ship.recompress import compress_config
+    from fedge.pipeline.ship.search import SearchConfig, _evaluate, quant_choices
 
     cfg, _ = compress_config(run, {"kd-source": "public", "int8-tolerance": 1.0})  # int8 kept
     assert quant_choices(cfg) == ["qdq", "fp32"]

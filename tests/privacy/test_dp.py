@@ -13,7 +13,7 @@ from fedge.core.records import model_spec, record_to_weights
 from fedge.privacy import central
 from fedge.privacy.accountant import epsilon
 from fedge.privacy.central import central_epsilon, central_noise
-from fedge.privacy.local import plan
+from fedge.privacy.dp_sgd import plan
 from fedge.server.strategy import make_strategy
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid, set_task_identity

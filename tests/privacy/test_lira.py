@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedge.pipeline.audit import shadow_masks
+from fedge.pipeline.audit.run import shadow_masks
 from fedge.privacy import lira
 
 

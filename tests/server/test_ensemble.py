@@ -12,8 +12,8 @@ from fedge.core.models import build_teacher
 from fedge.core.partition import PublicPool, build_federation
 from fedge.core.records import model_spec, record_to_weights
 from fedge.core.training import predict_logits, set_weights
-from fedge.pipeline.stages import CompressionConfig
-from fedge.pipeline.teacher_source import ENSEMBLE_FILE
+from fedge.pipeline.chain.stages import CompressionConfig
+from fedge.pipeline.chain.teacher_source import ENSEMBLE_FILE
 from fedge.server.ensemble import ensemble_source
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from fedge.cli import app
 from fedge.client.app import app as client_app
 from fedge.core import messages as m
-from fedge.pipeline.gate import NotShippedError, check_teacher
-from fedge.pipeline.rundir import staged_run_dir
+from fedge.pipeline.rundir.paths import staged_run_dir
+from fedge.pipeline.ship.gate import NotShippedError, check_teacher
 from fedge.server.run import run_server
 from tests.flower_local import LocalGrid
 from tests.server.test_server import QUICKER

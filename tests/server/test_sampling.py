@@ -11,7 +11,7 @@ from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.sampling import poisson, train_sample, train_size
 from fedge.core.training import get_weights
-from fedge.pipeline.checkpoint import CheckpointDir
+from fedge.pipeline.rundir.checkpoint import CheckpointDir
 from fedge.privacy.central import central_epsilon, central_noise
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid

@@ -15,7 +15,7 @@ from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
-from fedge.pipeline.rundir import staged_run_dir
+from fedge.pipeline.rundir.paths import staged_run_dir
 from fedge.server.run import run_server
 from fedge.server.training_loop import FederationError, train_teacher, wait_for_nodes
 from tests.flower_local import LocalGrid

@@ -5,16 +5,16 @@ import json
 
 import pytest
 
-import fedge.pipeline.tiers as tiers_module
+import fedge.pipeline.ship.tiers as tiers_module
 from fedge.client.app import app as client_app
 from fedge.client.runtime.store import ModelStore
 from fedge.compression.latency import fit, probe_graphs
 from fedge.core.config import ConfigError
 from fedge.core.profile import load_profile, probe_index
-from fedge.pipeline.rundir import staged_run_dir
-from fedge.pipeline.search import SearchError
-from fedge.pipeline.search import search as real_search
-from fedge.pipeline.tiers import tier_of
+from fedge.pipeline.rundir.paths import staged_run_dir
+from fedge.pipeline.ship.search import SearchError
+from fedge.pipeline.ship.search import run_search as real_search
+from fedge.pipeline.ship.tiers import tier_of
 from fedge.server.run import run_server
 from tests.flower_local import LocalGrid
 from tests.server.test_server import QUICKER
@@ -31,7 +31,7 @@ def params_search(*args, **kwargs):
 @pytest.fixture()
 def params_as_latency(monkeypatch):
     """Trial latencies known before the run."""
-    monkeypatch.setattr(tiers_module, "search", params_search)
+    monkeypatch.setattr(tiers_module, "run_search", params_search)
 
 
 def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
@@ -120,7 +120,7 @@ def test_a_tiers_run_killed_before_its_record_resumes_and_a_bad_budget_keeps_the
     assert (partial / "bundles" / "small").is_dir() and (partial / "tiers.json").is_file()
     monkeypatch.undo()
     monkeypatch.setenv("FEDGE_SIMULATION", "1")
-    monkeypatch.setattr(tiers_module, "search", params_search)
+    monkeypatch.setattr(tiers_module, "run_search", params_search)
     with staged_run_dir(final, resume=True) as work:
         results = run_server(LocalGrid(client_app, num_nodes=4), fixed, work)
     assert results["resumed_from"] and [t["tier"] for t in results["tiers"]] == ["small", "big"]
@@ -139,7 +139,9 @@ def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(
     monkeypatch.setattr(tiers_module, "timed_us", first_too_slow)
     found = []
     monkeypatch.setattr(
-        tiers_module, "search", lambda *a, **k: found.append(params_search(*a, **k)) or found[-1]
+        tiers_module,
+        "run_search",
+        lambda *a, **k: found.append(params_search(*a, **k)) or found[-1],
     )
     cfg = QUICKER.replace(tiers="small:10000", search_trials=3, student="auto")
     with staged_run_dir(tmp_path / "run") as work:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.io import atomic_write_bytes, atomic_write_json
-from fedge.pipeline.candidates import Candidate, Choice, pareto
-from fedge.pipeline.plots import pareto_plot
+from fedge.pipeline.outputs.plots import pareto_plot
+from fedge.pipeline.ship.candidates import Candidate, Choice, pareto
 
 SWEEP_CSV, SWEEP_JSON, PARETO_PLOT = "sweep.csv", "sweep.json", "pareto.png"
 COLUMNS = (

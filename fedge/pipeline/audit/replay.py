@@ -25,9 +25,8 @@ from fedge.core.training import (
     set_weights,
     train,
 )
-from fedge.pipeline.federate import FederateConfig, FederatedTrainer
-from fedge.privacy import central
-from fedge.privacy import local as local_dp
+from fedge.pipeline.chain.federate import FederateConfig, FederatedTrainer
+from fedge.privacy import central, dp_sgd
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,8 @@ def _teacher_fit(cfg: RunConfig, seed: int, server_round: int) -> LocalFit:
     def fit(local: nn.Module, pid: int, x: np.ndarray, y: np.ndarray) -> None:
         local_seed = client_seed(seed, server_round, pid)
         if cfg.dp == "local":
-            local_dp.dp_sgd_train(
-                local, x, y, schedule=local_dp.plan(len(y), cfg), epochs=cfg.local_epochs,
+            dp_sgd.dp_sgd_train(
+                local, x, y, schedule=dp_sgd.plan(len(y), cfg), epochs=cfg.local_epochs,
                 lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
             )  # fmt: skip
         else:

@@ -9,10 +9,10 @@ from fedge.core.config import RunConfig
 from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.sampling import poisson, sample_rate, samples_clients, train_size
-from fedge.pipeline.checkpoint import TrainingLog
-from fedge.pipeline.plots import accuracy_plot
-from fedge.pipeline.report import render_report
-from fedge.pipeline.rundir import PLOT_FILE, REPORT_FILE, RESULTS_FILE
+from fedge.pipeline.outputs.plots import accuracy_plot
+from fedge.pipeline.outputs.report import render_report
+from fedge.pipeline.rundir.checkpoint import TrainingLog
+from fedge.pipeline.rundir.paths import PLOT_FILE, REPORT_FILE, RESULTS_FILE
 from fedge.privacy import ledger
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fedge.core.config import ConfigError, RunConfig
-from fedge.pipeline.checkpoint import CheckpointDir, resume_fingerprint
+from fedge.pipeline.rundir.checkpoint import CheckpointDir, resume_fingerprint
 
 log = logging.getLogger("fedge")
 RESULTS_FILE = "results.json"

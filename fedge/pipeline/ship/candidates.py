@@ -8,15 +8,22 @@ from typing import Any
 
 import numpy as np
 
-from fedge.core.arch import is_arch
-from fedge.core.config import STUDENTS, ConfigError, RunConfig
+from fedge.core.archspec import is_arch
+from fedge.core.choices import STUDENTS
+from fedge.core.config import ConfigError, RunConfig
 from fedge.core.io import gzip_size
 from fedge.core.models import build_student, count_params
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Federation
-from fedge.pipeline.federate import FederatedTrainer
-from fedge.pipeline.stages import CompressionConfig, CompressionOutcome, Inputs, Work, compress
-from fedge.pipeline.teacher_source import KdSource
+from fedge.pipeline.chain.federate import FederatedTrainer
+from fedge.pipeline.chain.stages import (
+    CompressionConfig,
+    CompressionOutcome,
+    Inputs,
+    Work,
+    compress,
+)
+from fedge.pipeline.chain.teacher_source import KdSource
 
 log = logging.getLogger("fedge")
 # Quantization choices of a sweep and the settings each one stands for.

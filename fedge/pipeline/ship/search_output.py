@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.io import atomic_write_bytes, atomic_write_json
-from fedge.pipeline.candidates import pareto
-from fedge.pipeline.plots import _pyplot
+from fedge.pipeline.outputs.plots import _pyplot
+from fedge.pipeline.ship.candidates import pareto
 
 SEARCH_DIR = "search"
 TRIALS_CSV, TRIALS_JSON, PARETO_PLOT = "trials.csv", "trials.json", "pareto.png"

@@ -28,11 +28,11 @@ from fedge.core.io import atomic_write_json
 from fedge.core.ort import make_session, session_call, settled_latency_us
 from fedge.core.partition import Federation
 from fedge.core.profile import Profile
-from fedge.pipeline.candidates import with_quant
-from fedge.pipeline.gate import gate_teacher
-from fedge.pipeline.phase import Compressed, compress_and_ship
-from fedge.pipeline.search import SearchConfig, SearchError, as_trialled, search
-from fedge.pipeline.teacher_source import KdSource
+from fedge.pipeline.chain.teacher_source import KdSource
+from fedge.pipeline.ship.candidates import with_quant
+from fedge.pipeline.ship.gate import gate_teacher
+from fedge.pipeline.ship.phase import Compressed, compress_and_ship
+from fedge.pipeline.ship.search import SearchConfig, SearchError, as_trialled, run_search
 
 log = logging.getLogger("fedge")
 TIERS_DIR, TIERS_FILE = "bundles", "tiers.json"
@@ -68,7 +68,7 @@ def compress_tiers(
     public = cfg.one_public_student()
     val = fed.server.val
     teacher_val, _ = gate_teacher(cfg, make_session(teacher_onnx), val)
-    found = search(
+    found = run_search(
         public, source, fed, teacher_val, SearchConfig(trials=cfg.search_trials, seed=cfg.seed)
     )
     judges = {t: Judge.of((profiles or {}).get(t, [])) for t in budgets}

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedge.core import arch
+from fedge.core import archspec
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.models import build_student, student_from_weights
 
 
 def test_a_spec_round_trips_and_builds_the_layers_it_names():
     spec = "arch:c16k3p-c32k5-h64-hardswish"
-    parsed = arch.parse(spec)
+    parsed = archspec.parse(spec)
     assert parsed.spec == spec and parsed.convs == ((16, 3, True), (32, 5, False))
     model = build_student((1, 8, 8), 10, spec, seed=0)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -64,7 +64,7 @@ def test_a_pruned_searched_student_rebuilds_from_its_weights():
 
 def test_the_searchs_first_trials_are_the_hand_written_family_exactly():
     from fedge.core.models import STUDENT_WIDTHS
-    from fedge.pipeline.search import seed_specs
+    from fedge.pipeline.ship.search import seed_specs
 
     for shape in ((1, 8, 8), (1, 40)):
         x = torch.randn(3, *shape)

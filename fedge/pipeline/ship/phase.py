@@ -25,7 +25,11 @@ from fedge.core.config import RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import Federation
-from fedge.pipeline.candidates import (
+from fedge.pipeline.chain.federate import FederatedTrainer
+from fedge.pipeline.chain.stages import CompressionOutcome
+from fedge.pipeline.chain.teacher_source import KdSource
+from fedge.pipeline.rundir.paths import BUNDLE_DIR, COMPRESSED_FILE, KEYS_DIR, TEACHER_FILE
+from fedge.pipeline.ship.candidates import (
     Candidate,
     Choice,
     SweepGrid,
@@ -34,12 +38,8 @@ from fedge.pipeline.candidates import (
     choose,
     compress_candidates,
 )
-from fedge.pipeline.federate import FederatedTrainer
-from fedge.pipeline.gate import gate_teacher
-from fedge.pipeline.rundir import BUNDLE_DIR, COMPRESSED_FILE, KEYS_DIR, TEACHER_FILE
-from fedge.pipeline.shipping import Shipment, ship
-from fedge.pipeline.stages import CompressionOutcome
-from fedge.pipeline.teacher_source import KdSource
+from fedge.pipeline.ship.gate import gate_teacher
+from fedge.pipeline.ship.shipping import Shipment, ship
 
 log = logging.getLogger("fedge")
 

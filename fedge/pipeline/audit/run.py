@@ -30,12 +30,12 @@ from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session, session_logits
 from fedge.core.partition import build_federation
 from fedge.core.training import predict_logits
-from fedge.pipeline.audit_report import render_audit
-from fedge.pipeline.federate import FederatedTrainer, saved
-from fedge.pipeline.plots import roc_plot
-from fedge.pipeline.replay import Candidates, candidates, replay_training, student_replay
-from fedge.pipeline.rundir import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE
-from fedge.pipeline.stages import CompressionConfig, Inputs, compress
+from fedge.pipeline.audit.replay import Candidates, candidates, replay_training, student_replay
+from fedge.pipeline.audit.report import render_audit
+from fedge.pipeline.chain.federate import FederatedTrainer, saved
+from fedge.pipeline.chain.stages import CompressionConfig, Inputs, compress
+from fedge.pipeline.outputs.plots import roc_plot
+from fedge.pipeline.rundir.paths import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE
 from fedge.privacy import lira
 
 log = logging.getLogger("fedge")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.io import atomic_write_bytes
-from fedge.pipeline.rundir import REPORT_FILE
+from fedge.pipeline.rundir.paths import REPORT_FILE
 
 AUDIT_HEADING = "## Membership-inference audit"
 

@@ -25,8 +25,8 @@ from fedge.compression.quantize import QuantizeConfig, QuantizeResult
 from fedge.core.config import RunConfig
 from fedge.core.models import count_params
 from fedge.core.training import torch_threads
-from fedge.pipeline.federate import FederateConfig
-from fedge.pipeline.verbs import (
+from fedge.pipeline.chain.federate import FederateConfig
+from fedge.pipeline.chain.verbs import (
     run_device,
     run_distill,
     run_export,
@@ -36,7 +36,7 @@ from fedge.pipeline.verbs import (
     run_qat,
     run_quantize,
 )
-from fedge.pipeline.work import Inputs, Work, stage_row
+from fedge.pipeline.chain.work import Inputs, Work, stage_row
 
 __all__ = [
     "STAGES",

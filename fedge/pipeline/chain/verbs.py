@@ -16,8 +16,8 @@ from fedge.core.config import ConfigError
 from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
-from fedge.pipeline.federate import FederateConfig
-from fedge.pipeline.work import Inputs, Work, stage_row, torch_row
+from fedge.pipeline.chain.federate import FederateConfig
+from fedge.pipeline.chain.work import Inputs, Work, stage_row, torch_row
 
 log = logging.getLogger("fedge")
 

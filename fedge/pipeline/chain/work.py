@@ -13,7 +13,7 @@ from fedge.core.data import Preprocessing
 from fedge.core.models import count_params
 from fedge.core.partition import PublicPool, Split
 from fedge.core.training import evaluate
-from fedge.pipeline.federate import FederatedTrainer
+from fedge.pipeline.chain.federate import FederatedTrainer
 
 log = logging.getLogger("fedge")
 

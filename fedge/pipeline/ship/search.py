@@ -1,6 +1,6 @@
 """Device-aware student search: Optuna explores architectures against accuracy, latency, bytes.
 
-Each trial samples an architecture (fedge.core.arch) for the data's shape, distils it briefly
+Each trial samples an architecture (fedge.core.archspec) for the data's shape, distils it briefly
 from the teacher on the public pool and runs it through the run's own compression chain
 (quantization guard, device ops, minify), so its bytes are what would ship. Latency is
 predicted on the target device's profile (fedge.compression.latency) or, without a profile,
@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedge.compression.latency import LatencyModel, graph_of
-from fedge.core import arch as archspec
+from fedge.core import archspec
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.models import DEEP_STUDENTS, FAST_STUDENTS, STUDENT_WIDTHS
 from fedge.core.partition import Federation
-from fedge.pipeline.candidates import compress_candidates, quant_name, with_quant
-from fedge.pipeline.teacher_source import KdSource
+from fedge.pipeline.chain.teacher_source import KdSource
+from fedge.pipeline.ship.candidates import compress_candidates, quant_name, with_quant
 
 log = logging.getLogger("fedge")
 CHANNELS = (4, 8, 12, 16, 24, 32, 48)
@@ -139,7 +139,7 @@ def sample(trial: Any, input_shape: tuple[int, ...]) -> str:
     return archspec.Arch(tuple(convs), hidden, activation).spec
 
 
-def search(
+def run_search(
     cfg: RunConfig,
     source: KdSource,
     fed: Federation,

@@ -15,7 +15,7 @@ from fedge.core.data import Preprocessing
 from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Split
-from fedge.pipeline.stages import CompressionConfig, CompressionOutcome
+from fedge.pipeline.chain.stages import CompressionConfig, CompressionOutcome
 
 
 @dataclass

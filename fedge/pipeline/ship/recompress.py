@@ -10,22 +10,27 @@ from typing import Any
 
 from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_bundle
 from fedge.compression.onnx_teacher import OnnxTeacher
-from fedge.core.arch import check_student
+from fedge.core.archspec import check_student
 from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session
 from fedge.core.partition import build_federation
-from fedge.pipeline.candidates import Choice, SweepGrid
-from fedge.pipeline.federate import saved
-from fedge.pipeline.gate import gate_teacher
-from fedge.pipeline.phase import compress_and_ship
-from fedge.pipeline.report import render_compression_report
-from fedge.pipeline.rundir import BUNDLE_DIR, KEYS_DIR, REPORT_FILE, RESULTS_FILE, TEACHER_FILE
-from fedge.pipeline.search import SearchConfig, searched
-from fedge.pipeline.search import search as run_search
-from fedge.pipeline.search_output import write_search
-from fedge.pipeline.sweep_output import sweep_table, write_sweep
-from fedge.pipeline.teacher_source import global_source, stored_source
+from fedge.pipeline.chain.federate import saved
+from fedge.pipeline.chain.teacher_source import global_source, stored_source
+from fedge.pipeline.outputs.report import render_compression_report
+from fedge.pipeline.rundir.paths import (
+    BUNDLE_DIR,
+    KEYS_DIR,
+    REPORT_FILE,
+    RESULTS_FILE,
+    TEACHER_FILE,
+)
+from fedge.pipeline.ship.candidates import Choice, SweepGrid
+from fedge.pipeline.ship.gate import gate_teacher
+from fedge.pipeline.ship.phase import compress_and_ship
+from fedge.pipeline.ship.search import SearchConfig, run_search, searched
+from fedge.pipeline.ship.search_output import write_search
+from fedge.pipeline.ship.sweep_output import sweep_table, write_sweep
 
 log = logging.getLogger("fedge")
 BYTES_UNLIMITED = 1 << 62  # a choice by accuracy alone (Choice's max-bytes rule)
@@ -118,7 +123,7 @@ def compress_run(
     choice (default: within DEFAULT_SWEEP_DROP points) is made among them, and the table and
     Pareto plots are written too. Choices are made on the validation split (the device model on
     raw input); ConfigError if no candidate satisfies the limit. With `search`, an architecture
-    search (fedge.pipeline.search) picks the student first, which is then distilled fully on the
+    search (fedge.pipeline.ship.search) picks the student first, which is then distilled fully on the
     public pool; SearchError if nothing meets its budget.
     """
     start = time.monotonic()

@@ -1,0 +1,1 @@
+"""The compression chain: ordered stages, each one config (built by `from_run`) and one verb."""

@@ -1,0 +1,1 @@
+"""A run's outputs: typed results, report.md, plots, TensorBoard scalars."""

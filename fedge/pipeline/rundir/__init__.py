@@ -1,0 +1,1 @@
+"""Run directories: file names, staged directories, resume bookkeeping and checkpoints."""

@@ -1,0 +1,1 @@
+"""Choosing and shipping: candidates, the choice, search, tiers, gates, the compression phase."""
