@@ -8,6 +8,7 @@ from torch import nn
 
 from fedge.compression.kd import KDConfig, kd_train
 from fedge.core.archspec import is_arch, parse
+from fedge.core.config import RunConfig
 from fedge.core.models import STUDENT_WIDTHS, build_student
 from fedge.core.partition import PublicPool
 
@@ -30,6 +31,12 @@ class DistillConfig:
             )
         if self.lr <= 0 or self.epochs < 0:
             raise ValueError(f"invalid distill config: {self}")
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> DistillConfig:
+        """KD on the public pool for kd-epochs (none when the student learns on clients only)."""
+        epochs = 0 if cfg.distill_from == "federated" else cfg.kd_epochs
+        return cls(student=cfg.student, epochs=epochs, kd=KDConfig.from_run(cfg))
 
 
 def distill(

@@ -12,6 +12,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
+from fedge.core.config import RunConfig
 from fedge.core.data import Preprocessing
 from fedge.core.ort import make_session
 
@@ -37,6 +38,11 @@ class ExportConfig:
     """How to export."""
 
     opset: int = 17  # ONNX opset; 17 is well supported by onnxruntime quantization
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> ExportConfig:
+        """No run setting changes the export."""
+        return cls()
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], config: ExportConfig) -> bytes:
@@ -88,6 +94,11 @@ class DeviceConfig:
     """How the device model is made from the compressed one (preprocessing and label folded in)."""
 
     atol: float = 1e-4  # probabilities of the device model vs the compressed model on validation
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> DeviceConfig:
+        """No run setting changes the device model."""
+        return cls()
 
 
 def fold_device_ops(

@@ -12,6 +12,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from fedge.core.choices import KD_LABELS, KD_QUERIES
+from fedge.core.config import RunConfig
 from fedge.core.progress import Progress
 
 log = logging.getLogger("fedge")
@@ -39,6 +40,17 @@ class KDConfig:
             )
         if self.temperature <= 0 or self.batch_size < 1:
             raise ValueError(f"invalid KD config: {self}")
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> KDConfig:
+        """The KD settings distillation and pruning's fine-tuning share."""
+        return cls(
+            temperature=cfg.kd_temperature,
+            labels=cfg.kd_labels,
+            queries=cfg.kd_queries,
+            seed=cfg.seed,
+            sample_budget=cfg.kd_sample_budget,
+        )
 
     def without_augmentation(self) -> KDConfig:
         """The same settings for a teacher that only knows fixed inputs (no views on the fly)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from fedge.core.config import RunConfig
 from fedge.core.ort import make_session
 
 
@@ -23,6 +24,11 @@ class MinifyConfig:
     """How to minify."""
 
     enabled: bool = True  # False ships the names as exported (for debugging a model)
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> MinifyConfig:
+        """No run setting changes minification."""
+        return cls()
 
 
 def _short_names() -> Iterator[str]:

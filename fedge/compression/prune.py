@@ -12,6 +12,7 @@ from torch.nn.utils import prune as torch_prune
 
 from fedge.compression.distill import require_public_pool
 from fedge.compression.kd import KDConfig, kd_train
+from fedge.core.config import RunConfig
 from fedge.core.partition import PublicPool
 
 
@@ -30,6 +31,16 @@ class PruneConfig:
             raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> PruneConfig:
+        """Structured pruning, magnitude sparsity and KD fine-tuning as the run sets them."""
+        return cls(
+            ratio=cfg.prune_ratio,
+            sparsity=cfg.sparsity,
+            finetune_epochs=cfg.finetune_epochs,
+            kd=KDConfig.from_run(cfg),
+        )
 
     @property
     def active(self) -> bool:

@@ -32,6 +32,7 @@ from fedge.compression.export import INPUT_NAME, OUTPUT_NAME, PROBABILITIES_NAME
 from fedge.compression.kd import KDConfig, kd_train
 from fedge.compression.minify import minified_size
 from fedge.compression.quantize import QuantizeResult, accuracy_guard
+from fedge.core.config import RunConfig
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.partition import PublicPool, Split
 
@@ -49,6 +50,24 @@ class QATConfig:
     static: bool  # static int8 was asked for (QAT makes static int8 only) (quant-mode)
     tolerance: float  # validation accuracy int8 may lose against fp32 (int8-tolerance)
     lr: float = 0.001  # Adam learning rate (cosine decay)
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> QATConfig:
+        """QAT as the run sets it.
+
+        The teacher is the fp32 student itself: its own probabilities (temperature 1) on views
+        of the pool, which say nothing about members it did not already say.
+        """
+        kd = dataclasses.replace(
+            KDConfig.from_run(cfg), labels="soft", queries="augmented", temperature=1.0
+        )
+        return cls(
+            mode=cfg.qat,
+            epochs=cfg.qat_epochs,
+            kd=kd,
+            static=cfg.quant_mode == "static",
+            tolerance=cfg.int8_tolerance,
+        )
 
 
 class _ActivationQuant(nn.Module):

@@ -21,6 +21,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from fedge.compression.distill import require_public_pool
 from fedge.compression.minify import minified_size
 from fedge.core.choices import QUANT_MODES
+from fedge.core.config import RunConfig
 from fedge.core.ort import make_session, session_accuracy, session_logits
 from fedge.core.partition import PublicPool, Split
 
@@ -56,6 +57,18 @@ class QuantizeConfig:
             raise ValueError(f"tolerance must be <= 1, got {self.tolerance}")
         if self.calibration_samples < 1:
             raise ValueError(f"calibration-samples must be >= 1, got {self.calibration_samples}")
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> QuantizeConfig:
+        """int8 as the run sets it."""
+        return cls(
+            mode=cfg.quant_mode,
+            format=cfg.quant_format,
+            per_channel=cfg.quant_per_channel,
+            calibration=cfg.quant_calibration,
+            calibration_samples=cfg.quant_calibration_samples,
+            tolerance=cfg.int8_tolerance,
+        )
 
 
 @dataclass(frozen=True)

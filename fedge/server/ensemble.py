@@ -11,11 +11,11 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from fedge.compression.ensemble import transfer_set
+from fedge.compression.kd import KDConfig
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.partition import PublicPool
 from fedge.core.records import as_int, config_to_record
-from fedge.pipeline.chain.stages import kd_config
 from fedge.pipeline.chain.teacher_source import KdSource, from_client_logits
 from fedge.server.replies import replies_by_node
 
@@ -35,7 +35,7 @@ def ensemble_source(
     Clients receive public inputs and return logits only (see teacher_source.from_client_logits
     for what happens when nobody can answer).
     """
-    kd = kd_config(cfg)
+    kd = KDConfig.from_run(cfg)
     transfer = transfer_set(
         pool, cfg.ensemble_views, seed=cfg.seed, mixup=kd.mixup, noise=kd.noise, shift=kd.shift
     )

@@ -15,10 +15,11 @@ from torch import nn
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.federate import FederateConfig
 from fedge.core.partition import Split
 from fedge.core.records import record_to_weights, weights_to_record
 from fedge.core.training import evaluate, get_weights, set_weights
-from fedge.pipeline.chain.federate import FederateConfig, FederatedTrainer
+from fedge.pipeline.chain.federate import FederatedTrainer
 from fedge.pipeline.rundir.checkpoint import TrainingLog
 from fedge.server.strategy import make_strategy
 from fedge.server.training_loop import OnRound, train_round

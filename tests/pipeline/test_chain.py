@@ -1,6 +1,7 @@
 """The stage chain as a whole: reproducible bytes, a shared prefix cache, a smaller minified file."""
 
 import hashlib
+import json
 
 import numpy as np
 import onnx
@@ -11,8 +12,8 @@ from fedge.compression.export import ExportConfig, export_onnx
 from fedge.compression.minify import MinifyConfig, minify
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.config import RunConfig
+from fedge.core.federate import FederateConfig
 from fedge.core.ort import make_session
-from fedge.pipeline.chain import stages
 from fedge.pipeline.chain.stages import STAGES, CompressionConfig, Inputs, Stage, compress
 
 QUICK = RunConfig(
@@ -45,7 +46,7 @@ def test_the_same_settings_give_the_same_bytes_whatever_the_thread_count(teacher
     assert first.stages == second.stages
 
 
-def test_a_cache_shares_every_common_prefix(teacher, digits_fed, monkeypatch):
+def test_a_cache_shares_every_common_prefix(teacher, digits_fed):
     inputs = _inputs(teacher, digits_fed)
     calls: list[str] = []
 
@@ -54,12 +55,14 @@ def test_a_cache_shares_every_common_prefix(teacher, digits_fed, monkeypatch):
             calls.append(stage.name)
             return stage.apply(work, config, inputs)
 
-        return Stage(stage.name, stage.configure, apply)
+        return Stage(stage.name, stage.config, apply)
 
-    monkeypatch.setattr(stages, "STAGES", tuple(counted(s) for s in STAGES))
+    counting = tuple(counted(s) for s in STAGES)
     cache: dict = {}
-    compress(CompressionConfig.from_run(QUICK), inputs, cache)
-    compress(CompressionConfig.from_run(QUICK.replace(quant_mode="dynamic")), inputs, cache)
+    compress(CompressionConfig.from_run(QUICK), inputs, cache, counting)
+    compress(
+        CompressionConfig.from_run(QUICK.replace(quant_mode="dynamic")), inputs, cache, counting
+    )
     names = [s.name for s in STAGES]
     assert calls == names + names[names.index("quantize") :]  # distil, prune, export: once
 
@@ -91,3 +94,30 @@ def test_minify_shrinks_a_model_with_identical_outputs_and_catches_a_change(teac
     )
     with pytest.raises(RuntimeError, match="differ"):
         _check_same_outputs(model, other, x)
+
+
+def test_a_compression_config_round_trips_through_json_and_names_a_bad_field():
+    config = CompressionConfig.from_run(QUICK.replace(prune_ratio=0.3, kd_labels="soft"))
+    text = json.dumps(config.to_json())
+    assert CompressionConfig.from_json(json.loads(text)) == config
+    broken = json.loads(text)
+    broken["distill"]["kd"]["labels"] = 3
+    with pytest.raises(ValueError, match=r"distill\.kd\.labels is 3"):
+        CompressionConfig.from_json(broken)
+    broken = json.loads(text)
+    broken["quantize"]["bits"] = 4
+    with pytest.raises(ValueError, match=r"quantize has unknown keys \['bits'\]"):
+        CompressionConfig.from_json(broken)
+    broken = json.loads(text)
+    del broken["qat"]
+    with pytest.raises(ValueError, match="lacks 'qat'"):
+        CompressionConfig.from_json(broken)
+
+
+def test_the_federated_rounds_settings_reach_clients_as_their_own_record():
+    config = FederateConfig.from_run(QUICK.replace(student="deep-tiny", kd_source="both"))
+    assert FederateConfig.from_wire(config.to_wire()) == config
+    assert config.rounds == QUICK.student_rounds and config.student == "deep-tiny"
+    assert FederateConfig.from_run(QUICK.replace(kd_source="public")).rounds == 0
+    with pytest.raises(ValueError, match="federate config.lr"):
+        FederateConfig.from_wire(config.to_wire().replace('"lr": 0.02', '"lr": "fast"'))

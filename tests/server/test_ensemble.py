@@ -59,9 +59,9 @@ def test_ensemble_sends_public_inputs_gets_logits_and_distils_their_mean(tmp_pat
     assert (tmp_path / ENSEMBLE_FILE).is_file()
     assert source.fixed_views == 3  # distillation will not augment and divides its epochs
     compression = CompressionConfig.from_run(CFG.replace(student="tiny"))
-    distill = compression.on_fixed_views(source.fixed_views)["distill"]
+    distill = compression.on_fixed_views(source.fixed_views).distill
     assert distill.kd.mixup == 0 and distill.kd.shift == 0
-    assert distill.epochs == round(compression["distill"].epochs / 3)
+    assert distill.epochs == round(compression.distill.epochs / 3)
 
 
 def test_nodes_without_a_model_of_the_round_leave_the_global_teacher(tmp_path):

@@ -8,12 +8,13 @@ import pytest
 from fedge.client.app import app as client_app
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
+from fedge.core.federate import FederateConfig
 from fedge.core.models import build_student, build_teacher
 from fedge.core.partition import build_federation, client_data
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.audit.replay import student_replay
-from fedge.pipeline.chain.federate import FederateConfig, recording, result_key, saved
+from fedge.pipeline.chain.federate import recording, result_key, saved
 from fedge.server.student_rounds import flower_trainer
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid

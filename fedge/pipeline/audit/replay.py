@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fedge.core.config import RunConfig
+from fedge.core.federate import FederateConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import Federation, build_federation, client_indices
 from fedge.core.training import (
@@ -25,7 +26,7 @@ from fedge.core.training import (
     set_weights,
     train,
 )
-from fedge.pipeline.chain.federate import FederateConfig, FederatedTrainer
+from fedge.pipeline.chain.federate import FederatedTrainer
 from fedge.privacy import central, dp_sgd
 
 

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,12 @@ import numpy as np
 from torch import nn
 
 from fedge.core.config import ConfigError
+from fedge.core.federate import FederateConfig
 from fedge.core.io import atomic_write_bytes
 from fedge.core.models import set_model_weights
 from fedge.core.training import get_weights, weights_sha256
 
 FEDERATED_DIR = "federated"  # in the run directory: one npz per federated student
-
-
-@dataclass(frozen=True)
-class FederateConfig:
-    """Rounds of student training on the clients (built from the run's settings)."""
-
-    student: str  # the architecture clients rebuild from the weights they receive (student)
-    rounds: int  # 0: the stage is off (kd-source public) (student-rounds)
-    epochs: int  # client epochs per round (student-epochs)
-    lr: float  # client SGD learning rate (student-lr)
-    alpha: float  # weight of the teacher term against the labels (kd-alpha)
-    temperature: float  # KD temperature (kd-temperature)
-    soft: bool  # the teacher's tempered probabilities, else its top class (kd-labels)
-    batch_size: int  # client batch size (batch-size)
 
 
 # (student to start from, config) -> (trained student, summary for results.json)

@@ -3,7 +3,9 @@
 teacher -> distill -> prune -> federate -> export -> quantize -> qat -> device -> minify.
 The run, the sweep, `fedge compress` and the audit's shadow pipelines all walk STAGES with
 `compress`; a sweep passes a cache so that points agreeing on a prefix of stage configs share
-its work. Adding a stage = one config dataclass, one function here, one entry in STAGES.
+its work. Each stage config builds itself from the run's settings (`from_run`, beside its
+dataclass). Adding a stage = one config dataclass with `from_run`, one verb (verbs.py), one
+entry in STAGES and its field in CompressionConfig.
 """
 
 from __future__ import annotations
@@ -11,21 +13,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from torch import nn
 
 from fedge.compression.distill import DistillConfig, require_public_pool
 from fedge.compression.export import DeviceConfig, ExportConfig
-from fedge.compression.kd import KDConfig
 from fedge.compression.minify import MinifyConfig
 from fedge.compression.prune import PruneConfig
 from fedge.compression.qat import QATConfig
 from fedge.compression.quantize import QuantizeConfig, QuantizeResult
 from fedge.core.config import RunConfig
+from fedge.core.federate import FederateConfig
 from fedge.core.models import count_params
+from fedge.core.plain import from_plain, to_plain
 from fedge.core.training import torch_threads
-from fedge.pipeline.chain.federate import FederateConfig
 from fedge.pipeline.chain.verbs import (
     run_device,
     run_distill,
@@ -43,116 +45,81 @@ __all__ = [
     "CompressionConfig",
     "CompressionOutcome",
     "Inputs",
+    "Stage",
     "Work",
     "compress",
     "stage_row",
 ]
 
 
+class StageConfig(Protocol):
+    """What every stage config has: it builds itself from the run's settings."""
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> Self:
+        """The stage's settings as the run's settings describe them."""
+        ...
+
+
+C = TypeVar("C", bound=StageConfig)
+
+
 @dataclass(frozen=True)
-class Stage:
-    """One step of the chain: its config from the run's settings, and its verb."""
+class Stage(Generic[C]):
+    """One step of the chain: its config class (built by `from_run`) and its verb."""
 
-    name: str
-    configure: Callable[[RunConfig], Any]
-    apply: Callable[[Work, Any, Inputs], Work]
-
-
-def kd_config(cfg: RunConfig) -> KDConfig:
-    """The KD settings distillation and pruning's fine-tuning share."""
-    return KDConfig(
-        temperature=cfg.kd_temperature,
-        labels=cfg.kd_labels,
-        queries=cfg.kd_queries,
-        seed=cfg.seed,
-        sample_budget=cfg.kd_sample_budget,
-    )
+    name: str  # also the CompressionConfig field that holds its config
+    config: type[C]
+    apply: Callable[[Work, C, Inputs], Work]
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage(
-        "distill",
-        lambda cfg: DistillConfig(
-            student=cfg.student,
-            epochs=0 if cfg.distill_from == "federated" else cfg.kd_epochs,
-            kd=kd_config(cfg),
-        ),
-        run_distill,
-    ),
-    Stage(
-        "prune",
-        lambda cfg: PruneConfig(
-            ratio=cfg.prune_ratio,
-            sparsity=cfg.sparsity,
-            finetune_epochs=cfg.finetune_epochs,
-            kd=kd_config(cfg),
-        ),
-        run_prune,
-    ),
-    Stage(
-        "federate",
-        lambda cfg: FederateConfig(
-            student=cfg.student,
-            rounds=cfg.student_rounds if cfg.distill_from != "public" else 0,
-            epochs=cfg.student_epochs,
-            lr=cfg.student_lr,
-            alpha=cfg.kd_alpha,
-            temperature=cfg.kd_temperature,
-            soft=cfg.kd_labels == "soft",
-            batch_size=cfg.batch_size,
-        ),
-        run_federate,
-    ),
-    Stage("export", lambda cfg: ExportConfig(), run_export),
-    Stage(
-        "quantize",
-        lambda cfg: QuantizeConfig(
-            mode=cfg.quant_mode,
-            format=cfg.quant_format,
-            per_channel=cfg.quant_per_channel,
-            calibration=cfg.quant_calibration,
-            calibration_samples=cfg.quant_calibration_samples,
-            tolerance=cfg.int8_tolerance,
-        ),
-        run_quantize,
-    ),
-    Stage(
-        "qat",
-        lambda cfg: QATConfig(
-            mode=cfg.qat,
-            epochs=cfg.qat_epochs,
-            # The teacher is the fp32 student itself: its own probabilities (temperature 1) on
-            # views of the pool, which say nothing about members it did not already say.
-            kd=dataclasses.replace(
-                kd_config(cfg), labels="soft", queries="augmented", temperature=1.0
-            ),
-            static=cfg.quant_mode == "static",
-            tolerance=cfg.int8_tolerance,
-        ),
-        run_qat,
-    ),
-    Stage("device", lambda cfg: DeviceConfig(), run_device),
-    Stage("minify", lambda cfg: MinifyConfig(), run_minify),
+STAGES: tuple[Stage[Any], ...] = (
+    Stage("distill", DistillConfig, run_distill),
+    Stage("prune", PruneConfig, run_prune),
+    Stage("federate", FederateConfig, run_federate),
+    Stage("export", ExportConfig, run_export),
+    Stage("quantize", QuantizeConfig, run_quantize),
+    Stage("qat", QATConfig, run_qat),
+    Stage("device", DeviceConfig, run_device),
+    Stage("minify", MinifyConfig, run_minify),
 )
 
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """One config per stage of STAGES, in order (saved in results.json and the manifest)."""
+    """One config per stage of STAGES (saved in results.json and the manifest)."""
 
-    configs: tuple[Any, ...]
+    distill: DistillConfig
+    prune: PruneConfig
+    federate: FederateConfig
+    export: ExportConfig
+    quantize: QuantizeConfig
+    qat: QATConfig
+    device: DeviceConfig
+    minify: MinifyConfig
 
     @classmethod
     def from_run(cls, cfg: RunConfig) -> CompressionConfig:
         """The stage configs a run's settings describe."""
-        return cls(tuple(stage.configure(cfg) for stage in STAGES))
+        return cls(**{stage.name: stage.config.from_run(cfg) for stage in STAGES})
 
-    def __getitem__(self, name: str) -> Any:
-        """The config of the stage called `name`."""
-        for stage, config in zip(STAGES, self.configs, strict=True):
-            if stage.name == name:
-                return config
-        raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+    @classmethod
+    def from_json(cls, data: Any) -> CompressionConfig:
+        """Inverse of to_json (a manifest's or results.json's compression block).
+
+        ValueError naming the stage and field that is missing, unknown or of the wrong type.
+        """
+        return from_plain(cls, data, "compression config")
+
+    @property
+    def configs(self) -> tuple[Any, ...]:
+        """The stage configs in STAGES order."""
+        return tuple(getattr(self, stage.name) for stage in STAGES)
+
+    def through(self, name: str) -> tuple[Any, ...]:
+        """The configs of the stages up to and including `name` (what its output depends on)."""
+        names = [stage.name for stage in STAGES]
+        return self.configs[: names.index(name) + 1]
 
     def on_fixed_views(self, views: int) -> CompressionConfig:
         """The same chain for a teacher that only knows a fixed transfer set of `views` x the pool.
@@ -164,25 +131,22 @@ class CompressionConfig:
         def fewer(epochs: int) -> int:
             return max(1, round(epochs / views)) if epochs else 0
 
-        def change(config: Any) -> Any:
-            if isinstance(config, DistillConfig):
-                kd = config.kd.without_augmentation()
-                return dataclasses.replace(config, epochs=fewer(config.epochs), kd=kd)
-            if isinstance(config, PruneConfig):
-                kd = config.kd.without_augmentation()
-                return dataclasses.replace(
-                    config, finetune_epochs=fewer(config.finetune_epochs), kd=kd
-                )
-            return config
-
-        return CompressionConfig(tuple(change(c) for c in self.configs))
+        distill, prune = self.distill, self.prune
+        return dataclasses.replace(
+            self,
+            distill=dataclasses.replace(
+                distill, epochs=fewer(distill.epochs), kd=distill.kd.without_augmentation()
+            ),
+            prune=dataclasses.replace(
+                prune,
+                finetune_epochs=fewer(prune.finetune_epochs),
+                kd=prune.kd.without_augmentation(),
+            ),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for results.json and the manifest: stage name -> its settings."""
-        return {
-            stage.name: dataclasses.asdict(config)
-            for stage, config in zip(STAGES, self.configs, strict=True)
-        }
+        return {stage.name: to_plain(getattr(self, stage.name)) for stage in STAGES}
 
 
 @dataclass
@@ -198,9 +162,12 @@ class CompressionOutcome:
 
 
 def compress(
-    config: CompressionConfig, inputs: Inputs, cache: dict[tuple[Any, ...], Work] | None = None
+    config: CompressionConfig,
+    inputs: Inputs,
+    cache: dict[tuple[Any, ...], Work] | None = None,
+    stages: tuple[Stage[Any], ...] = STAGES,
 ) -> CompressionOutcome:
-    """Walk STAGES with `config`, reusing the work of any common prefix held in `cache`.
+    """Walk `stages` with `config`, reusing the work of any common prefix held in `cache`.
 
     One cache serves calls on the same `inputs` (a sweep's points share distillation, pruning).
 
@@ -210,12 +177,12 @@ def compress(
     require_public_pool(inputs.public_pool)
     work = Work()
     with torch_threads(1):  # the same bytes whatever the caller's thread count
-        for depth, (stage, stage_config) in enumerate(zip(STAGES, config.configs, strict=True)):
-            key = config.configs[: depth + 1]
+        for stage in stages:
+            key = config.through(stage.name)
             if cache is not None and key in cache:
                 work = cache[key]
                 continue
-            work = stage.apply(work, stage_config, inputs)
+            work = stage.apply(work, getattr(config, stage.name), inputs)
             if cache is not None:
                 cache[key] = work
     assert work.onnx is not None and work.quantization is not None and work.model is not None

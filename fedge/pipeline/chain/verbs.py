@@ -13,10 +13,10 @@ from fedge.compression.prune import PruneConfig, prune
 from fedge.compression.qat import QATConfig, quantize_with_qat
 from fedge.compression.quantize import QuantizeConfig, quantize
 from fedge.core.config import ConfigError
+from fedge.core.federate import FederateConfig
 from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
-from fedge.pipeline.chain.federate import FederateConfig
 from fedge.pipeline.chain.work import Inputs, Work, stage_row, torch_row
 
 log = logging.getLogger("fedge")

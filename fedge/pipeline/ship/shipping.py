@@ -59,7 +59,7 @@ def ship(
         metrics={"test_accuracy": student_acc, "teacher_test_accuracy": teacher_acc},
         compression=compression.to_json(),
         quantized=outcome.quantization.quantized,
-        architecture=compression["distill"].student,
+        architecture=compression.distill.student,
     )
     teacher = {
         "accuracy": teacher_acc,
