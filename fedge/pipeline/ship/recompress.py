@@ -25,7 +25,8 @@ from fedge.pipeline.rundir.paths import (
     RESULTS_FILE,
     TEACHER_FILE,
 )
-from fedge.pipeline.ship.candidates import Choice, SweepGrid
+from fedge.pipeline.chain.stages import CompressionConfig
+from fedge.pipeline.ship.candidates import Choice, SweepGrid, candidate_configs
 from fedge.pipeline.ship.gate import gate_teacher
 from fedge.pipeline.ship.phase import compress_and_ship
 from fedge.pipeline.ship.search import SearchConfig, run_search, searched
@@ -72,32 +73,15 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
     return cfg, int(teacher_params)
 
 
-# Settings the student's federated rounds depend on (their start and their own settings).
-FEDERATED_INPUTS = (
-    "student",
-    "auto-students",
-    "kd-temperature",
-    "kd-epochs",
-    "kd-labels",
-    "kd-queries",
-    "kd-source",
-    "prune-ratio",
-    "sparsity",
-    "finetune-epochs",
-    "student-rounds",
-    "student-epochs",
-    "student-lr",
-    "kd-alpha",
-    "teacher-mode",
-)
-
-
 def _check_federated_replay(run_dir: Path, cfg: RunConfig, stored: RunConfig) -> None:
-    """ConfigError up front when the settings need student rounds the run's clients never ran."""
+    """ConfigError up front when the settings need student rounds the run's clients never ran.
+
+    The rounds' result depends on the teacher it learned from and on every stage up to and
+    including `federate`: the candidates' chain prefixes must be the run's own.
+    """
     if cfg.distill_from == "public":
         return
-    now, then = cfg.to_run_config(), stored.to_run_config()
-    changed = [k for k in FEDERATED_INPUTS if now[k] != then[k]]
+    changed = _federated_changes(cfg, stored)
     if stored.distill_from == "public" or changed:
         why = f"{', '.join(changed)} changed" if changed else "the run had no student rounds"
         raise ConfigError(
@@ -105,6 +89,26 @@ def _check_federated_replay(run_dir: Path, cfg: RunConfig, stored: RunConfig) ->
             f"gone ({why}); allowed: the run's own {', '.join(changed) or 'kd-source'}, or "
             "kd-source public"
         )
+
+
+def _federated_changes(cfg: RunConfig, stored: RunConfig) -> list[str]:
+    """Settings (kebab-case) that change what the student's federated rounds start from or do."""
+
+    def prefixes(run: RunConfig) -> list[tuple[Any, ...]]:
+        configs, _, _ = candidate_configs(run, Choice(), None)
+        return [CompressionConfig.from_run(c).through("federate") for c in configs]
+
+    now, then = cfg.to_run_config(), {**stored.to_run_config(), "tiers": ""}
+    before = prefixes(RunConfig.from_run_config(then))
+    changed = []
+    for key in (k for k in now if now[k] != then[k]):  # which of them reach the prefix
+        try:
+            alone = prefixes(RunConfig.from_run_config({**then, key: now[key]}))
+        except ConfigError:  # valid only with the other changes: count it as a change
+            alone = []
+        if key == "teacher-mode" or alone != before:
+            changed.append(key)
+    return changed
 
 
 def compress_run(
