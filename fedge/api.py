@@ -36,16 +36,13 @@ def compress(run_dir: str | Path, out: str | Path | None = None, **settings: Any
     Returns the new results (results.json as a dict, with "out"); writes the signed bundle,
     results.json and report.md to `out` (default RUN_DIR/compress/<time>).
     """
-    from fedge.pipeline.rundir.paths import staged_run_dir, timestamped_out
-    from fedge.pipeline.ship.candidates import Choice
-    from fedge.pipeline.ship.recompress import compress_config, compress_run
+    from fedge.pipeline.ship.recompress import CompressRequest, compress_into
 
-    run_dir = Path(run_dir).expanduser().resolve()
-    cfg, teacher_params = compress_config(run_dir, {kebab(k): v for k, v in settings.items()})
-    target = Path(out or timestamped_out(run_dir, "compress")).expanduser().resolve()
-    with staged_run_dir(target) as work:
-        results = compress_run(run_dir, cfg, work, teacher_params, Choice(), None)
-    return {**results, "out": str(target)}
+    changes = {kebab(k): v for k, v in settings.items()}
+    target, results = compress_into(
+        Path(run_dir), CompressRequest(changes), Path(out) if out else None
+    )
+    return {**results.to_json(), "out": str(target)}
 
 
 __all__ = ["RunConfig", "compress", "simulate"]

@@ -32,6 +32,7 @@ class LocalGrid(Grid):
         failing_partitions: Iterable[int] = (),
         failing_types: Iterable[str] = ("train",),
         first_node_id: int = 100,  # another value: the same federation after a restart
+        die_at: str | None = None,  # a message type: the server "dies" before sending it
     ) -> None:
         set_task_identity()
         self.client_app = client_app
@@ -40,6 +41,7 @@ class LocalGrid(Grid):
         self.failing = set(failing_partitions)
         self.failing_types = set(failing_types)
         self.sent: list[Message] = []
+        self.die_at = die_at
 
     def set_run(self, run):  # noqa: D102
         pass
@@ -65,6 +67,8 @@ class LocalGrid(Grid):
     def send_and_receive(self, messages, *, timeout=None):  # noqa: D102
         """Handlers run in threads; a reply that misses `timeout` is left out, as on a real grid."""
         messages = list(messages)
+        if any(msg.metadata.message_type == self.die_at for msg in messages):
+            raise KeyboardInterrupt(f"the server was killed before sending {self.die_at}")
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = msg.object_id  # as a real grid's push does
             self.sent.append(msg)

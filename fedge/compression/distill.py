@@ -20,7 +20,7 @@ class DistillConfig:
     student: str  # a STUDENT_WIDTHS member, or an arch: spec (student)
     epochs: int  # passes over the public pool (kd-epochs)
     kd: KDConfig  # what the student learns from the teacher, shared with pruning's fine-tuning
-    lr: float = 0.005  # Adam learning rate (cosine decay)
+    lr: float = 0.005  # Adam learning rate, cosine decay (kd-lr)
 
     def __post_init__(self) -> None:
         if is_arch(self.student):
@@ -36,7 +36,7 @@ class DistillConfig:
     def from_run(cls, cfg: RunConfig) -> DistillConfig:
         """KD on the public pool for kd-epochs (none when the student learns on clients only)."""
         epochs = 0 if cfg.distill_from == "federated" else cfg.kd_epochs
-        return cls(student=cfg.student, epochs=epochs, kd=KDConfig.from_run(cfg))
+        return cls(student=cfg.student, epochs=epochs, kd=KDConfig.from_run(cfg), lr=cfg.kd_lr)
 
 
 def distill(

@@ -13,8 +13,11 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
 )
 
+from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.sampling import train_size
+from fedge.core.records import as_float
+from fedge.core.sampling import samples_clients, train_size
+from fedge.privacy import ledger
 from fedge.privacy.central import count_noise, next_clipping_norm
 
 
@@ -84,3 +87,42 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
         else DifferentialPrivacyClientSideFixedClipping
     )
     return fixed(strategy, noise, cfg.dp_clip, num_sampled_clients=train_size(cfg))
+
+
+def round_privacy(
+    cfg: RunConfig,
+    strategy: Any,
+    rounds: list[dict[str, Any]],
+    ok: dict[int, Message],
+    aggregated: int,
+    skipped: str | None,
+) -> dict[str, Any]:
+    """A round's DP bookkeeping (its row in results.json): the clipping norm and the ledger's entry."""
+    entry: dict[str, Any] = {}
+    if cfg.dp == "central":  # the norm the next round clips to (adaptive: just updated)
+        entry["dp_clipping_norm"] = float(strategy.clipping_norm)
+    # Adaptive clipping releases its noisy clipped count whenever the wrapper aggregated, even
+    # if the model it returned is then discarded: such a round is spent in full (upper bound).
+    released = skipped is None or (aggregated >= cfg.min_clients and cfg.dp_clip_mode == "adaptive")
+    entry.update(
+        ledger.round_entry(
+            cfg,
+            rounds,
+            released=released,
+            aggregated=aggregated,
+            sampled=train_size(cfg) if samples_clients(cfg) else cfg.clients,
+            client_epsilons=_reported(ok, m.DP_EPSILON),
+            client_noises=_reported(ok, m.DP_NOISE),
+        )
+    )
+    return entry
+
+
+def _reported(replies: dict[int, Message], key: str) -> list[float]:
+    """A metric every reply that has it reports (e.g. local DP's epsilon)."""
+    values = []
+    for reply in replies.values():
+        metrics = reply.content.metric_records.get(m.METRICS)
+        if metrics is not None and key in metrics:
+            values.append(as_float(metrics[key]))
+    return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ from flwr.serverapp import Grid
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.records import as_float, as_int, config_to_record
+from fedge.pipeline.outputs.rows import ClientRow
+from fedge.server.nodes import Nodes
 from fedge.server.replies import replies_by_node
 
 log = logging.getLogger("fedge")
@@ -25,10 +28,10 @@ def deploy_bundle(
     *,
     simulation_store_root: Path,
     simulation_trusted_key: Path,
-    node_partition: dict[int, int],
+    nodes: Nodes,
     spec: dict[str, Any],
     tiers: tuple[dict[str, dict[str, bytes]], dict[int, str]] | None = None,
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[ClientRow], int]:
     """Send the bundle to every connected node; returns per-client rows and bytes sent.
 
     With `tiers` (each tier's bundle files, each node's tier), a node gets its tier's bundle
@@ -42,48 +45,51 @@ def deploy_bundle(
         m.SIMULATION_TRUSTED_KEY: str(simulation_trusted_key),
         **spec,
     }
-    contents = {
-        tier: RecordDict(
-            {
-                m.CONFIG: config_to_record(
-                    cfg,
-                    **{key: tier_files[name] for name, key in m.BUNDLE_FILE_KEYS.items()},
-                    **extra,
-                )
-            }
-        )
-        for tier, tier_files in bundles.items()
-    }
-    sizes = {t: sum(len(f[name]) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()}
-    nodes = list(grid.get_node_ids())
-    sent = {node: node_tier.get(node, next(iter(bundles))) for node in nodes}
+    targets = list(grid.get_node_ids())
+    sent = {node: node_tier.get(node, next(iter(bundles))) for node in targets}
+    contents = {tier: _content(cfg, tier_files, extra) for tier, tier_files in bundles.items()}
     messages = [
         Message(content=contents[sent[node]], message_type=m.DEPLOY, dst_node_id=node)
-        for node in nodes
+        for node in targets
     ]
-    if tiers is not None and os.environ.get(m.SIMULATION_ENV) == "1":
-        # one node at a time: simulated nodes share the cores, and each times its model alone
-        replies = [
-            r for msg in messages for r in grid.send_and_receive([msg], timeout=cfg.round_timeout)
-        ]
-    else:
-        replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-    answers = replies_by_node(messages, replies)
-    gone = [node for node in node_partition if node not in answers]  # trained, then disconnected
-    clients = [_client_row(reply, node_partition.get(node)) for node, reply in answers.items()]
-    clients += [
-        _not_installed(node_partition.get(node), "not connected at deploy time") for node in gone
-    ]
+    one_at_a_time = tiers is not None and os.environ.get(m.SIMULATION_ENV) == "1"
+    answers = _send(grid, messages, cfg.round_timeout, one_at_a_time)
+    gone = [node for node in nodes.partitions if node not in answers]  # trained, then left
+    clients = [_client_row(reply, nodes.partition_of(node)) for node, reply in answers.items()]
+    clients += [_not_installed(nodes.partition_of(n), "not connected at deploy time") for n in gone]
     if tiers is not None:
-        for row, node in zip(clients, [*answers, *gone], strict=True):
-            row["tier"] = node_tier.get(node)
-    clients.sort(key=lambda r: (r["partition_id"] is None, r["partition_id"] or 0))
-    ok = sum(r["installed"] for r in clients)
-    log.info("deploy: %d of %d clients installed the bundle", ok, len(clients))
-    return clients, sum(sizes[sent[node]] for node in nodes)
+        clients = [
+            dataclasses.replace(row, tier=node_tier.get(node))
+            for row, node in zip(clients, [*answers, *gone], strict=True)
+        ]
+    clients.sort(key=lambda r: (r.partition_id is None, r.partition_id or 0))
+    log.info(
+        "deploy: %d of %d clients installed the bundle",
+        sum(r.installed for r in clients),
+        len(clients),
+    )
+    sizes = {t: sum(len(f[name]) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()}
+    return clients, sum(sizes[sent[node]] for node in targets)
 
 
-def _client_row(reply: Message | None, partition_id: int | None) -> dict[str, Any]:
+def _content(cfg: RunConfig, files: dict[str, bytes], extra: dict[str, Any]) -> RecordDict:
+    """A deploy message's content: the bundle's files and the run's settings."""
+    bundle = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
+    return RecordDict({m.CONFIG: config_to_record(cfg, **bundle, **extra)})
+
+
+def _send(
+    grid: Grid, messages: list[Message], timeout: float, one_at_a_time: bool
+) -> dict[int, Message | None]:
+    """Each addressed node's reply (None: none before the timeout)."""
+    if one_at_a_time:  # simulated nodes share the cores, and each times its model alone
+        replies = [r for msg in messages for r in grid.send_and_receive([msg], timeout=timeout)]
+    else:
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+    return replies_by_node(messages, replies)
+
+
+def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
     """One client's verdict from its deploy reply (None: no reply before the timeout)."""
     if reply is None:
         return _not_installed(partition_id, "no reply before round-timeout")
@@ -91,32 +97,25 @@ def _client_row(reply: Message | None, partition_id: int | None) -> dict[str, An
         return _not_installed(partition_id, str(reply.error.reason))
     metrics = reply.content.metric_records[m.METRICS]
     installed = bool(metrics[m.INSTALLED])
-    return {
-        "partition_id": as_int(metrics[m.PARTITION_ID]),
-        "installed": installed,
-        "reason": str(reply.content.config_records[m.STATUS][m.REASON]),
-        "accuracy": as_float(metrics[m.ACCURACY]) if installed else None,
-        "latency_us_p50": as_float(metrics[m.LATENCY_US_P50]) if installed else None,
+    return ClientRow(
+        partition_id=as_int(metrics[m.PARTITION_ID]),
+        installed=installed,
+        reason=str(reply.content.config_records[m.STATUS][m.REASON]),
+        accuracy=as_float(metrics[m.ACCURACY]) if installed else None,
+        latency_us_p50=as_float(metrics[m.LATENCY_US_P50]) if installed else None,
         # a node of an older fedge does not time the bare onnxruntime call
-        "onnx_us_p50": as_float(metrics[m.ONNX_US_P50])
+        onnx_us_p50=as_float(metrics[m.ONNX_US_P50])
         if installed and m.ONNX_US_P50 in metrics
         else None,
-        "test_examples": as_int(metrics[m.NUM_EXAMPLES]),
-    }
+        test_examples=as_int(metrics[m.NUM_EXAMPLES]),
+    )
 
 
-def not_deployed(node_partition: dict[int, int]) -> list[dict[str, Any]]:
+def not_deployed(nodes: Nodes) -> list[ClientRow]:
     """Every client's row when the quality gate stopped the bundle (nothing was sent)."""
     reason = "not shipped: the teacher failed the quality gate"
-    return [_not_installed(p, reason) for p in sorted(set(node_partition.values()))]
+    return [_not_installed(p, reason) for p in sorted(set(nodes.partitions.values()))]
 
 
-def _not_installed(partition_id: int | None, reason: str) -> dict[str, Any]:
-    return {
-        "partition_id": partition_id,
-        "installed": False,
-        "reason": reason,
-        "accuracy": None,
-        "latency_us_p50": None,
-        "onnx_us_p50": None,
-    }
+def _not_installed(partition_id: int | None, reason: str) -> ClientRow:
+    return ClientRow(partition_id=partition_id, installed=False, reason=reason)

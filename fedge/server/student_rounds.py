@@ -21,8 +21,9 @@ from fedge.core.records import record_to_weights, weights_to_record
 from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.pipeline.chain.federate import FederatedTrainer
 from fedge.pipeline.rundir.checkpoint import TrainingLog
+from fedge.server.nodes import Nodes
 from fedge.server.strategy import make_strategy
-from fedge.server.training_loop import OnRound, train_round
+from fedge.server.training_loop import OnRound, RoundLoop, train_round
 
 log = logging.getLogger("fedge")
 
@@ -34,16 +35,19 @@ def flower_trainer(
     teacher_sha256: str,
     test: Split,
     on_round: OnRound | None = None,
+    loop: RoundLoop | None = None,
 ) -> FederatedTrainer:
     """Student rounds through `grid`; the summary has each round's row and the bytes sent.
 
     Rounds are numbered after the teacher's (rounds + 1, ...), so injected faults and client
-    seeds differ from the teacher's rounds.
+    seeds differ from the teacher's rounds. `loop` is the teacher's: each student starts a
+    loop of its own on the same nodes.
     """
 
     def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
         strategy = make_strategy(cfg)
         out = TrainingLog()
+        rounds = RoundLoop(Nodes()) if loop is None else RoundLoop(loop.nodes, loop.sampling_secret)
         arrays = weights_to_record(get_weights(model))
         # The stage's settings go on the wire as the run settings the client handler reads.
         wire = {
@@ -60,7 +64,7 @@ def flower_trainer(
         for index in range(1, config.rounds + 1):
             server_round = cfg.rounds + index
             arrays, row = train_round(
-                grid, cfg, strategy, server_round, arrays, wire, out, m.TRAIN_STUDENT
+                grid, cfg, strategy, server_round, arrays, wire, out, rounds, m.TRAIN_STUDENT
             )
             set_weights(model, record_to_weights(arrays))
             row["accuracy"] = evaluate(model, test.x, test.y)[1]

@@ -12,6 +12,7 @@ from fedge.core.config import RunConfig
 from fedge.core.profile import Profile, ProfileError, parse_profile
 from fedge.core.records import as_int
 from fedge.pipeline.ship.tiers import tier_of
+from fedge.server.nodes import Nodes
 from fedge.server.replies import replies_by_node
 
 log = logging.getLogger("fedge")
@@ -30,7 +31,7 @@ def _ask_every_node(grid: Grid, cfg: RunConfig, message_type: str) -> dict[int, 
     )
 
 
-def node_tiers(grid: Grid, cfg: RunConfig, node_partition: dict[int, int]) -> dict[int, str]:
+def node_tiers(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
     """Every connected node's tier (query.info); a node that does not answer goes by partition."""
     tiers = list(cfg.tier_budgets)
     out = {}
@@ -39,10 +40,10 @@ def node_tiers(grid: Grid, cfg: RunConfig, node_partition: dict[int, int]) -> di
         if reply is not None and not reply.has_error():
             metrics = reply.content.metric_records.get(m.METRICS)
             if metrics is not None and m.PARTITION_ID in metrics:
-                node_partition.setdefault(node, as_int(metrics[m.PARTITION_ID]))
+                nodes.partitions.setdefault(node, as_int(metrics[m.PARTITION_ID]))
             status = reply.content.config_records.get(m.STATUS)
             device_class = str(status.get(m.NODE_DEVICE_CLASS, "")) if status else ""
-        out[node] = tier_of(node_partition.get(node), device_class, tiers)
+        out[node] = tier_of(nodes.partition_of(node), device_class, tiers)
     counts = {t: sum(v == t for v in out.values()) for t in tiers}
     log.info("tiers: %s", ", ".join(f"{t} {n} nodes" for t, n in counts.items()))
     return out

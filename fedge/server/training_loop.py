@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.superlink.grid import InMemoryGrid
 from torch import nn
 
 from fedge.core import messages as m
@@ -24,7 +24,7 @@ from fedge.core.records import (
     record_to_weights,
     weights_to_record,
 )
-from fedge.core.sampling import evaluate_sample, samples_clients, train_sample, train_size
+from fedge.core.sampling import evaluate_sample, samples_clients, train_sample
 from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.pipeline.rundir.checkpoint import (
     Checkpoint,
@@ -34,9 +34,9 @@ from fedge.pipeline.rundir.checkpoint import (
     restore_rng,
     resume_fingerprint,
 )
-from fedge.privacy import ledger
+from fedge.server.central_dp import round_privacy
+from fedge.server.nodes import FederationError, Nodes, wait_for_nodes
 from fedge.server.replies import replies_by_node
-from fedge.server.sampling import discover_partitions, sampled
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
 from fedge.server.update_codec import (
     DownlinkChain,
@@ -53,43 +53,14 @@ log = logging.getLogger("fedge")
 OnRound = Callable[[str, dict[str, Any]], None]  # (phase, finished round's row)
 
 
-class FederationError(RuntimeError):
-    """The federation cannot go on (too few nodes, a round with no usable reply)."""
+@dataclass
+class RoundLoop:
+    """The live state of one sequence of rounds (the teacher's, or one student's)."""
 
-
-# In a simulation every SuperNode registers within a second of the start; a count that has not
-# grown for this long will not grow (e.g. `flwr run .` on Flower's default 2-node federation).
-SIMULATION_SETTLE_S = 5.0
-
-
-def wait_for_nodes(grid: Grid, wanted: int, timeout: float, what: str = "clients") -> list[int]:
-    """Wait until `wanted` nodes are connected; a clear error instead of waiting forever.
-
-    Real SuperNodes may join over `timeout` seconds; a simulated federation is complete at the
-    start, so a shortfall there fails within seconds, with the fix.
-    """
-    simulated = isinstance(grid, InMemoryGrid)
-    start = last_change = time.monotonic()
-    seen = -1
-    while len(nodes := list(grid.get_node_ids())) < wanted:
-        now = time.monotonic()
-        if len(nodes) != seen:
-            seen, last_change = len(nodes), now
-        settled = simulated and now - last_change > SIMULATION_SETTLE_S
-        if settled or now - start > timeout:
-            fix = (
-                f"this simulation has {len(nodes)} SuperNodes: run it with --federation-config "
-                f'"num-supernodes={wanted}" or set {what}={len(nodes)}'
-                if settled
-                else 'start more SuperNodes (flwr run: --federation-config "num-supernodes=N") '
-                f"or lower {what}"
-            )
-            raise FederationError(
-                f"only {len(nodes)} of {what}={wanted} nodes connected after "
-                f"{now - start:.0f} s; {fix}"
-            )
-        time.sleep(0.2)
-    return nodes
+    nodes: Nodes  # shared by every loop of the run
+    sampling_secret: int | None = None  # central DP's Poisson sample: only the server knows it
+    downlink: DownlinkChain = field(default_factory=DownlinkChain)  # delta downlink's view
+    last_round_nodes: list[int] = field(default_factory=list)  # whose update was aggregated
 
 
 def train_teacher(
@@ -100,7 +71,7 @@ def train_teacher(
     spec: dict[str, Any],
     checkpoints: CheckpointDir | None = None,
     on_round: OnRound | None = None,
-    sampling_secret: int | None = None,
+    loop: RoundLoop | None = None,
 ) -> TrainingLog:
     """Run cfg.rounds rounds; `teacher` holds the aggregated weights at the end.
 
@@ -108,44 +79,27 @@ def train_teacher(
 
     `spec` (records.model_spec) tells clients the model input and preprocessing. With
     `checkpoints`, every finished round is saved, and a run that finds a checkpoint there
-    continues after its round with the same model, strategy state and RNG states.
+    continues after its round with the same model, strategy state and RNG states. `loop`: the
+    run's live state (the nodes' partitions, the sampling secret); a new one if not given.
     """
+    loop = loop or RoundLoop(Nodes())
     strategy = make_strategy(cfg)
-    out, first = TrainingLog(sampling_secret=sampling_secret), 1
+    out, first = TrainingLog(), 1
     saved = checkpoints.latest() if checkpoints is not None else None
     if saved is not None:
-        set_weights(teacher, saved.weights)
-        restore_strategy_state(strategy, saved.strategy)
-        restore_rng(saved.rng)
-        out = TrainingLog.from_json(saved.log)
-        out.sampling_secret = sampling_secret
-        norms = [r["dp_clipping_norm"] for r in out.rounds if "dp_clipping_norm" in r]
-        if norms:  # adaptive clipping's norm moved round by round
-            strategy.clipping_norm = norms[-1]
-        out.resumed_from.append(saved.round)
-        first = saved.round + 1
+        out, first = _resume(saved, teacher, strategy), saved.round + 1
         log.info("resuming after round %d of %d", saved.round, cfg.rounds)
     wait_for_nodes(grid, cfg.clients, timeout=min(cfg.round_timeout, 120.0))
     arrays = weights_to_record(get_weights(teacher))
     started = time.monotonic()
     for server_round in range(first, cfg.rounds + 1):
-        arrays, row = train_round(grid, cfg, strategy, server_round, arrays, spec, out)
+        arrays, row = train_round(grid, cfg, strategy, server_round, arrays, spec, out, loop)
         set_weights(teacher, record_to_weights(arrays))
         arrays = weights_to_record(get_weights(teacher))  # the model's dtypes (FedAdam: float64)
         loss, accuracy = evaluate(teacher, test.x, test.y)
         row.update({"accuracy": accuracy, "loss": loss})
         out.rounds.append(row)
-        log.info(
-            "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed, %d rejected%s",
-            server_round,
-            cfg.rounds,
-            accuracy,
-            loss,
-            row["clients_ok"],
-            len(row["clients_failed"]),
-            len(row["clients_rejected"]),
-            f"  (skipped: {row['skipped']})" if row["skipped"] else "",
-        )
+        _log_round(cfg, row)
         if checkpoints is not None:
             checkpoints.save(
                 Checkpoint(
@@ -163,10 +117,35 @@ def train_teacher(
     if out.rounds and all(row["skipped"] for row in out.rounds):
         reasons = "; ".join(f"round {r['round']}: {r['skipped']}" for r in out.rounds[-3:])
         raise FederationError(f"no round produced a model ({reasons})")
-    out.client_teacher_accuracy = _federated_evaluate(
-        grid, cfg, strategy, arrays, spec, out.node_partition
-    )
+    out.client_teacher_accuracy = _federated_evaluate(grid, cfg, strategy, arrays, spec, loop.nodes)
     return out
+
+
+def _resume(saved: Checkpoint, teacher: nn.Module, strategy: Any) -> TrainingLog:
+    """Model, strategy state and RNG states as they were after the checkpoint's round."""
+    set_weights(teacher, saved.weights)
+    restore_strategy_state(strategy, saved.strategy)
+    restore_rng(saved.rng)
+    out = TrainingLog.from_json(saved.log)
+    norms = [r["dp_clipping_norm"] for r in out.rounds if "dp_clipping_norm" in r]
+    if norms:  # adaptive clipping's norm moved round by round
+        strategy.clipping_norm = norms[-1]
+    out.resumed_from.append(saved.round)
+    return out
+
+
+def _log_round(cfg: RunConfig, row: dict[str, Any]) -> None:
+    log.info(
+        "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed, %d rejected%s",
+        row["round"],
+        cfg.rounds,
+        row["accuracy"],
+        row["loss"],
+        row["clients_ok"],
+        len(row["clients_failed"]),
+        len(row["clients_rejected"]),
+        f"  (skipped: {row['skipped']})" if row["skipped"] else "",
+    )
 
 
 def train_round(
@@ -177,6 +156,7 @@ def train_round(
     arrays: ArrayRecord,
     spec: dict[str, Any],
     out: TrainingLog,
+    loop: RoundLoop,
     message_type: str = m.TRAIN,
 ) -> tuple[ArrayRecord, dict[str, Any]]:
     """One round: send, receive, validate, aggregate robustly. Returns the new model and its row.
@@ -187,45 +167,25 @@ def train_round(
     """
     start = time.monotonic()
     wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout, what="min-clients")
-    messages = list(
-        strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
-    )
-    chosen = train_sample(cfg, server_round, out.sampling_secret)
-    if samples_clients(cfg):  # the strategy addressed every node; keep the sampled partitions
-        discover_partitions(grid, cfg, out.node_partition)
-        messages = sampled(messages, chosen, out.node_partition)
+    chosen = train_sample(cfg, server_round, loop.sampling_secret)
+    messages = _round_messages(grid, cfg, strategy, server_round, arrays, spec, loop, chosen)
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
         msg.metadata.message_type = message_type
-    if out.downlink is None:
-        out.downlink = DownlinkChain()
-    encode_downlink(cfg, messages, arrays, out.downlink)
+    encode_downlink(cfg, messages, arrays, loop.downlink)
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent: with message ids
     out.train_bytes += downlink + uplink
     by_node = replies_by_node(messages, replies)
-    failures = _failures(by_node, out.node_partition)
+    failures = _failures(by_node, loop.nodes)
     if samples_clients(cfg):  # every node was asked its partition: one nobody holds is lost
-        failures += _unreached(chosen, messages, out)
-    settle_chain(out.downlink, by_node)
+        failures += _unreached(chosen, messages, loop.nodes)
+    settle_chain(loop.downlink, by_node)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
-    undecodable = decode_updates(cfg, ok, record_to_weights(arrays))
-    # Under central DP clipping bounds every update: no data-dependent norm rule before it.
-    factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
-    accepted, rejected = validate_updates(ok, record_to_weights(arrays), norm_outlier_factor=factor)
-    rejected = undecodable + rejected
-    for row in rejected:
-        row["round"] = server_round
-        log.warning(
-            "round %d: rejected the update of partition %s: %s",
-            server_round,
-            row["partition_id"],
-            row["reason"],
-        )
+    accepted, rejected = _checked(cfg, ok, arrays, server_round)
     out.rejected += rejected
-    out.last_round_nodes = [c.node_id for c in accepted]
+    loop.last_round_nodes = [c.node_id for c in accepted]
     arrays, skipped, metrics = _aggregate(cfg, strategy, server_round, accepted, arrays)
-    roles = round_roles(cfg, server_round)
     row = {
         "round": server_round,
         "train_loss": as_float(metrics[m.TRAIN_LOSS])
@@ -240,30 +200,61 @@ def train_round(
         "sampled": chosen if samples_clients(cfg) else None,
         "downlink_bytes": downlink,
         "uplink_bytes": uplink,
-        "injected": {
-            "byzantine": sorted(roles.byzantine),
-            "dropped": sorted(roles.dropped),
-            "stragglers": sorted(roles.stragglers),
-        },
+        "injected": _injected(cfg, server_round),
         "seconds": time.monotonic() - start,
     }
-    if cfg.dp == "central":  # the norm the next round clips to (adaptive: just updated)
-        row["dp_clipping_norm"] = float(strategy.clipping_norm)
-    # Adaptive clipping releases its noisy clipped count whenever the wrapper aggregated, even
-    # if the model it returned is then discarded: such a round is spent in full (upper bound).
-    aggregated = len(accepted) >= cfg.min_clients
-    row.update(
-        ledger.round_entry(
-            cfg,
-            out.rounds,
-            released=skipped is None or (aggregated and cfg.dp_clip_mode == "adaptive"),
-            aggregated=len(accepted),
-            sampled=train_size(cfg) if samples_clients(cfg) else cfg.clients,
-            client_epsilons=_reported(ok, m.DP_EPSILON),
-            client_noises=_reported(ok, m.DP_NOISE),
-        )
-    )
+    row.update(round_privacy(cfg, strategy, out.rounds, ok, len(accepted), skipped))
     return arrays, row
+
+
+def _round_messages(
+    grid: Grid,
+    cfg: RunConfig,
+    strategy: Any,
+    server_round: int,
+    arrays: ArrayRecord,
+    spec: dict[str, Any],
+    loop: RoundLoop,
+    chosen: list[int],
+) -> list[Message]:
+    """The strategy's train messages, to the sampled partitions' nodes only."""
+    messages = list(
+        strategy.configure_train(server_round, arrays, config_to_record(cfg, **spec), grid)
+    )
+    if samples_clients(cfg):  # the strategy addressed every node; keep the sampled partitions
+        loop.nodes.discover(grid, cfg)
+        messages = loop.nodes.sampled(messages, chosen)
+    return messages
+
+
+def _checked(
+    cfg: RunConfig, ok: dict[int, Message], arrays: ArrayRecord, server_round: int
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Decode and validate the replies: the accepted updates, and each rejection with why."""
+    undecodable = decode_updates(cfg, ok, record_to_weights(arrays))
+    # Under central DP clipping bounds every update: no data-dependent norm rule before it.
+    factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
+    accepted, rejected = validate_updates(ok, record_to_weights(arrays), norm_outlier_factor=factor)
+    rejected = undecodable + rejected
+    for row in rejected:
+        row["round"] = server_round
+        log.warning(
+            "round %d: rejected the update of partition %s: %s",
+            server_round,
+            row["partition_id"],
+            row["reason"],
+        )
+    return accepted, rejected
+
+
+def _injected(cfg: RunConfig, server_round: int) -> dict[str, list[int]]:
+    """The partitions the simulation made misbehave in this round (results.json)."""
+    roles = round_roles(cfg, server_round)
+    return {
+        "byzantine": sorted(roles.byzantine),
+        "dropped": sorted(roles.dropped),
+        "stragglers": sorted(roles.stragglers),
+    }
 
 
 def _aggregate(
@@ -281,66 +272,50 @@ def _aggregate(
     return new_arrays, None, metrics
 
 
-def _reported(replies: dict[int, Message], key: str) -> list[float]:
-    """A metric every reply that has it reports (e.g. local DP's epsilon)."""
-    values = []
-    for reply in replies.values():
-        metrics = reply.content.metric_records.get(m.METRICS)
-        if metrics is not None and key in metrics:
-            values.append(as_float(metrics[key]))
-    return values
-
-
 def _federated_evaluate(
     grid: Grid,
     cfg: RunConfig,
     strategy: Any,
     arrays: ArrayRecord,
     spec: dict[str, Any],
-    node_partition: dict[int, int],
+    nodes: Nodes,
 ) -> dict[int, float]:
     """The final teacher on every client's local test split (partition id -> accuracy)."""
     messages = list(
         strategy.configure_evaluate(cfg.rounds, arrays, config_to_record(cfg, **spec), grid)
     )
     if cfg.fraction_evaluate < 1:
-        discover_partitions(grid, cfg, node_partition)
-        messages = sampled(messages, evaluate_sample(cfg), node_partition)
+        nodes.discover(grid, cfg)
+        messages = nodes.sampled(messages, evaluate_sample(cfg))
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     result = {}
     for node, reply in replies_by_node(messages, replies).items():
         if reply is not None and not reply.has_error():
             metrics: MetricRecord = reply.content.metric_records[m.METRICS]
             partition = as_int(metrics[m.PARTITION_ID])
-            node_partition[node] = partition
+            nodes.partitions[node] = partition
             result[partition] = as_float(metrics[m.ACCURACY])
     return result
 
 
-def _unreached(
-    chosen: list[int], messages: list[Message], out: TrainingLog
-) -> list[dict[str, Any]]:
+def _unreached(chosen: list[int], messages: list[Message], nodes: Nodes) -> list[dict[str, Any]]:
     """Sampled partitions no message went to: no connected node said it holds them."""
-    addressed = {out.node_partition.get(msg.metadata.dst_node_id) for msg in messages}
+    addressed = {nodes.partition_of(msg.metadata.dst_node_id) for msg in messages}
     return [
         {"node_id": None, "partition_id": p, "reason": "no node answered query.info for it"}
         for p in sorted(set(chosen) - addressed)
     ]
 
 
-def _failures(
-    by_node: dict[int, Message | None], node_partition: dict[int, int]
-) -> list[dict[str, Any]]:
+def _failures(by_node: dict[int, Message | None], nodes: Nodes) -> list[dict[str, Any]]:
     """Error replies and missing replies, each with node id, partition id (when known) and reason."""
     failures = []
     for node, reply in by_node.items():
         if reply is not None and not reply.has_error():
-            metrics = reply.content.metric_records.get(m.METRICS)
-            if metrics is not None and m.PARTITION_ID in metrics:
-                node_partition[node] = as_int(metrics[m.PARTITION_ID])
+            nodes.learn(node, reply)
             continue
         reason = "no reply before round-timeout" if reply is None else reply.error.reason
         failures.append(
-            {"node_id": node, "partition_id": node_partition.get(node), "reason": reason}
+            {"node_id": node, "partition_id": nodes.partition_of(node), "reason": reason}
         )
     return failures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,14 @@ def run_engine(
     )
 
 
-def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
-    """Run the ServerApp and `cfg.clients` simulated ClientApps; returns the run directory."""
+Engine = Callable[..., None]  # (client_app, server_app, cfg, run_config, *, verbose)
+
+
+def simulate(cfg: RunConfig, *, verbose: bool = False, engine: Engine | None = None) -> Path:
+    """Run the ServerApp and `cfg.clients` simulated ClientApps; returns the run directory.
+
+    `engine`: what runs the two apps (default: Flower's simulation engine on Ray).
+    """
     for key, value in FLOWER_ENV.items():
         os.environ.setdefault(key, value)
     from fedge.client.node import SIMULATION_ENV
@@ -200,11 +207,12 @@ def simulate(cfg: RunConfig, *, verbose: bool = False) -> Path:
     # a real node never sees this variable and trusts only its configured key.
     os.environ[SIMULATION_ENV] = "1"
 
-    from fedge.client.app import app as client_app
+    from fedge.client import app as client
     from fedge.pipeline.rundir.paths import RESULTS_FILE, STOPPED_FILE, partial_dir
-    from fedge.server.app import app as server_app
+    from fedge.server import app as server
 
-    run_engine(client_app, server_app, cfg, cfg.to_run_config(), verbose=verbose)
+    run = engine or run_engine
+    run(client.app, server.app, cfg, cfg.to_run_config(), verbose=verbose)
     out = Path(cfg.out)
     stopped = partial_dir(out) / STOPPED_FILE
     if not (out / RESULTS_FILE).is_file() and stopped.is_file():

@@ -3,6 +3,7 @@
 import pytest
 
 from fedge.core.config import ConfigError, RunConfig
+from fedge.pipeline.outputs.rows import CandidateRow
 from fedge.pipeline.ship.candidates import Candidate, Choice, SweepGrid, choose, pareto
 
 
@@ -17,7 +18,12 @@ def _rows() -> list[dict]:
 
 
 def _candidates() -> list[Candidate]:
-    return [Candidate(row, RunConfig(), None, None) for row in _rows()]  # type: ignore[arg-type]
+    common = {"quantized": False, "params": 1, "gzip_bytes": 1, "test_accuracy": 0.9}
+    rows = [
+        CandidateRow(**row, **common, b64_us=1.0, teacher_b1_us=None, teacher_b64_us=None)
+        for row in _rows()
+    ]
+    return [Candidate(row, RunConfig(), None, None) for row in rows]  # type: ignore[arg-type]
 
 
 def test_pareto_flags_exactly_the_undominated_rows():
@@ -28,10 +34,10 @@ def test_pareto_flags_exactly_the_undominated_rows():
 
 def test_choice_rules_pick_the_smallest_within_the_drop_or_the_best_within_the_budget():
     candidates = _candidates()
-    assert choose(candidates, Choice(max_accuracy_drop=2.5)).row["bytes"] == 5000
-    assert choose(candidates, Choice(max_accuracy_drop=10)).row["bytes"] == 3000
-    assert choose(candidates, Choice(max_bytes=6000)).row["val_accuracy"] == 0.93
-    assert choose(candidates, Choice(max_bytes=10**6)).row["val_accuracy"] == 0.94
+    assert choose(candidates, Choice(max_accuracy_drop=2.5)).row.bytes == 5000
+    assert choose(candidates, Choice(max_accuracy_drop=10)).row.bytes == 3000
+    assert choose(candidates, Choice(max_bytes=6000)).row.val_accuracy == 0.93
+    assert choose(candidates, Choice(max_bytes=10**6)).row.val_accuracy == 0.94
     with pytest.raises(ConfigError, match="no candidate fits max-bytes=100"):
         choose(candidates, Choice(max_bytes=100))
     with pytest.raises(ConfigError, match="within max-accuracy-drop=0.5"):

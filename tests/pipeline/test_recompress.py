@@ -17,6 +17,7 @@ RUN = RunConfig(student="deep-small", tiers="", kd_source="both")
         ({"kd_epochs": 7, "quant_mode": "dynamic"}, ["kd-epochs"]),  # quantization comes after
         ({"student_lr": 0.1, "int8_tolerance": 0.5}, ["student-lr"]),
         ({"prune_ratio": 0.3}, ["prune-ratio"]),
+        ({"kd_lr": 0.01}, ["kd-lr"]),  # a setting added with its stage config: counted
         ({"teacher_mode": "ensemble"}, ["teacher-mode"]),  # another teacher, same settings
         ({"qat": "always", "quant_format": "qoperator"}, []),
     ],

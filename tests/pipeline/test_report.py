@@ -1,55 +1,82 @@
-"""report.md and the figures, from hand-built results (what each line says, not only that it renders)."""
+"""report.md and the figures, from typed results built by hand (what each line says)."""
+
+import dataclasses
+import json
 
 import numpy as np
+import pytest
 
+from fedge.core.config import RunConfig
 from fedge.pipeline.outputs.plots import accuracy_plot, pareto_plot, roc_plot
 from fedge.pipeline.outputs.report import render_compression_report, render_report
+from fedge.pipeline.outputs.results import (
+    CompressResults,
+    RunResults,
+    faults_summary,
+    sampling_summary,
+)
+from fedge.pipeline.outputs.rows import (
+    CandidateRow,
+    ChoiceRecord,
+    ClientRow,
+    CompressionRecord,
+    GateVerdict,
+    Latency,
+    StageRow,
+    StudentFigures,
+    TeacherFigures,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def results(**changes):
-    latency = {"b1_p50": 10.0, "b64_p50": 100.0, "b1_p95": 12.0}
-    base = {
-        "run_id": "r1",
-        "config": {
-            "dataset": "digits", "clients": 2, "partition": "dirichlet", "alpha": 0.5,
-            "strategy": "fedavg", "rounds": 2, "seed": 0, "sparsity": 0.0,
-        },
-        "ensemble": {"mode": "global"},
-        "teacher": {"accuracy": 0.95, "params": 1000, "onnx_bytes": 4000, "latency_us": latency},
-        "stages": [
-            {"name": "distilled", "accuracy": 0.94, "params": 100, "bytes": 400, "gzip_bytes": None},
-            {"name": "int8", "accuracy": 0.93, "params": 100, "bytes": 150, "gzip_bytes": 120},
+LATENCY = Latency(b1_p50=10.0, b64_p50=100.0, b1_p95=12.0)
+GATE = GateVerdict(True, 0.95, 0.1, 0.19, 0.1, 0.0, False, "passed")
+STUDENT = StudentFigures(
+    accuracy=0.93, params=100, onnx_bytes=200, gzip_bytes=160, sha256="ab" * 32, quantized=True,
+    quantization_reason="int8 accepted: x", size_ratio=20.0, version=1, latency_us=LATENCY,
+    architecture="deep-tiny",
+)  # fmt: skip
+RECORD = CompressionRecord(
+    shipped=True,
+    quality_gate=GATE,
+    compression_config={},
+    ensemble={"mode": "global"},
+    stages=(StageRow("distilled", 0.94, 100, 400), StageRow("int8", 0.93, 100, 150, 120)),
+    choice=None,
+    student_rounds=None,
+    teacher=TeacherFigures(accuracy=0.95, onnx_bytes=4000, latency_us=LATENCY, params=1000),
+    student=STUDENT,
+)
+CONFIG = RunConfig(clients=2).to_run_config()
+
+
+def results(**changes) -> RunResults:
+    round_row = {"clients_rejected": [], "skipped": None, "clients_failed": []}
+    base = RunResults(
+        run_id="r1",
+        config=CONFIG,
+        compression=RECORD,
+        rounds=[
+            {**round_row, "round": 1, "accuracy": 0.5, "loss": 1.0, "clients_ok": 2},
+            {**round_row, "round": 2, "accuracy": 0.95, "loss": 0.2, "clients_ok": 1,
+             "clients_failed": [{"node_id": 5}]},
         ],
-        "student": {
-            "accuracy": 0.93, "params": 100, "onnx_bytes": 200, "gzip_bytes": 160,
-            "sha256": "ab" * 32, "quantized": True, "quantization_reason": "int8 accepted: x",
-            "size_ratio": 20.0, "version": 1, "latency_us": latency,
-        },
-        "privacy": {"mode": "none"},
-        "rounds": [
-            {"round": 1, "accuracy": 0.5, "loss": 1.0, "clients_ok": 2, "clients_failed": [],
-             "clients_rejected": [], "skipped": None},
-            {"round": 2, "accuracy": 0.95, "loss": 0.2, "clients_ok": 1,
-             "clients_failed": [{"node_id": 5}], "clients_rejected": [], "skipped": None},
-        ],
-        "faults": {"aggregation": "fedavg", "norm_outlier_factor": 10.0, "min_clients": 1,
-                   "byzantine_partitions": [], "dropout_fraction": 0.0, "straggler_fraction": 0.0},
-        "rejected": [],
-        "resumed_from": [],
-        "final_model_sha256": "cd" * 32,
-        "clients": [
-            {"partition_id": 0, "installed": True, "reason": "installed", "accuracy": 2 / 3,
-             "latency_us_p50": 20.0, "test_examples": 3, "teacher_accuracy": 1.0},
-            {"partition_id": 1, "installed": False, "reason": "signature check failed",
-             "accuracy": None, "latency_us_p50": None, "teacher_accuracy": 0.9},
-        ],
-        "communication": {"train_bytes": 2_000_000, "deploy_bytes": 5000},
-        "timing_s": {"total": 10.0, "training": 6.0, "compression": 3.0, "deploy": 1.0},
-    }  # fmt: skip
-    base.update(changes)
-    return base
+        rejected=[],
+        faults=faults_summary(RunConfig(clients=2)),
+        sampling=sampling_summary(RunConfig(clients=2)),
+        privacy={"mode": "none"},
+        resumed_from=[],
+        final_model_sha256="cd" * 32,
+        clients=(
+            ClientRow(0, True, "installed", accuracy=2 / 3, latency_us_p50=20.0,
+                      test_examples=3, teacher_accuracy=1.0),
+            ClientRow(1, False, "signature check failed", teacher_accuracy=0.9),
+        ),
+        communication={"train_bytes": 2_000_000, "deploy_bytes": 5000},
+        timing_s={"total": 10.0, "training": 6.0, "compression": 3.0, "deploy": 1.0},
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)
 
 
 def test_run_report_states_each_client_with_its_sample_count_and_the_stages():
@@ -65,6 +92,15 @@ def test_run_report_states_each_client_with_its_sample_count_and_the_stages():
     assert "training 2.00 MB, redistribution 5.0 kB" in text
 
 
+def test_results_json_round_trips_and_a_bad_field_is_named():
+    data = json.loads(json.dumps(results().to_json()))
+    assert data["student"]["sha256"] == "ab" * 32 and "compression" not in data
+    assert RunResults.from_json(data) == results()
+    data["clients"][0]["installed"] = "yes"
+    with pytest.raises(ValueError, match=r"clients\[0\]\.installed is 'yes', not bool"):
+        RunResults.from_json(data)
+
+
 def test_run_report_states_the_dp_guarantee():
     privacy = {
         "mode": "central", "clipping_norm": 1.0, "clipping": "server", "noise_multiplier": 1.2,
@@ -75,18 +111,22 @@ def test_run_report_states_the_dp_guarantee():
 
 
 def test_compression_report_lists_candidates_and_bolds_the_shipped_one():
-    row = {
-        "student": "tiny", "prune_ratio": 0.0, "quant": "qdq", "quantized": False,
-        "val_accuracy": 0.9, "drop_pt": 1.5, "bytes": 999, "b1_us": 5.0, "b64_us": 50.0,
-    }  # fmt: skip
-    chosen = {**row, "student": "small", "quantized": True, "bytes": 1500}
-    choice = {
-        "candidates": [row, chosen], "chosen": chosen, "sweep": False,
-        "max_accuracy_drop_pt": 2.0, "max_bytes": None, "teacher_val_accuracy": 0.915,
-    }  # fmt: skip
-    text = render_compression_report(
-        {**results(), "source_run": "/runs/r1", "choice": choice, "privacy": None}
+    row = CandidateRow(
+        student="tiny", prune_ratio=0.0, quant="qdq", quantized=False, params=10, bytes=999,
+        gzip_bytes=900, val_accuracy=0.9, drop_pt=1.5, test_accuracy=0.9, b1_us=5.0, b64_us=50.0,
+        teacher_b1_us=None, teacher_b64_us=None,
+    )  # fmt: skip
+    chosen = dataclasses.replace(row, student="small", quantized=True, bytes=1500)
+    choice = ChoiceRecord(2.0, None, 0.915, False, (row, chosen), chosen)
+    compressed = CompressResults(
+        run_id="r1",
+        source_run="/runs/r1",
+        config=CONFIG,
+        compression=dataclasses.replace(RECORD, choice=choice),
+        privacy=None,
+        timing_s={"compression": 1.0},
     )
+    text = render_compression_report(compressed)
     assert "| tiny | 0.00 | qdq (refused) | 90.00 % | 1.50 | 999 |" in text
     assert "| **small** | **0.00** | **qdq** |" in text
     assert "at most 2.0 validation points below the teacher (91.50 %)" in text

@@ -15,8 +15,6 @@ from fedge.pipeline.rundir.checkpoint import (
     resume_fingerprint,
 )
 from fedge.pipeline.rundir.paths import COMPRESSED_FILE, RUN_CONFIG_FILE, staged_run_dir
-from fedge.pipeline.ship import phase
-from fedge.server import run as server_run
 from fedge.server.run import run_server
 from fedge.simulations.runner import build_config
 from tests.flower_local import LocalGrid
@@ -80,46 +78,40 @@ def test_a_resume_may_change_only_what_is_resumable(tmp_path):
     assert cfg.round_timeout == 5.0 and cfg.resume
 
 
-def _kill_deploy(monkeypatch):
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed during deployment")
-
-    monkeypatch.setattr(server_run, "deploy_bundle", killed)
-
-
-def _killed_during_deployment(tmp_path, monkeypatch) -> dict:
-    """Run until deployment, where the server 'dies'; the shipped student's figures."""
+@pytest.fixture()
+def simulated(monkeypatch):
+    """Simulated nodes: they trust the key the server sends with the bundle."""
     monkeypatch.setenv("FEDGE_SIMULATION", "1")
+
+
+def _killed_during_deployment(tmp_path) -> dict:
+    """Run until deployment, where the server 'dies'; the shipped student's figures."""
     final = tmp_path / "run"
-    original = server_run.deploy_bundle
-    _kill_deploy(monkeypatch)
+    grid = LocalGrid(client_app, num_nodes=3, die_at="query.deploy")
     with pytest.raises(KeyboardInterrupt), staged_run_dir(final) as work:
-        run_server(LocalGrid(client_app, num_nodes=3), CFG.replace(out=str(final)), work)
-    monkeypatch.setattr(server_run, "deploy_bundle", original)
+        run_server(grid, CFG.replace(out=str(final)), work)
     return json.loads((tmp_path / "run.partial" / COMPRESSED_FILE).read_text())["student"]
 
 
-def test_a_run_killed_during_deployment_resumes_with_the_same_bundle(tmp_path, monkeypatch):
-    first = _killed_during_deployment(tmp_path, monkeypatch)
+def test_a_run_killed_during_deployment_resumes_with_the_same_bundle(tmp_path, simulated):
+    first = _killed_during_deployment(tmp_path)
     final = tmp_path / "run"
-    monkeypatch.setattr(
-        server_run, "compress_and_ship", lambda *a, **k: pytest.fail("recompressed")
-    )
-    resumed_cfg = CFG.replace(out=str(final), resume=True)
+    grid = LocalGrid(client_app, num_nodes=3)
     with staged_run_dir(final, resume=True) as work:
-        results = run_server(LocalGrid(client_app, num_nodes=3), resumed_cfg, work)
-    assert results["student"]["version"] == first["version"]  # the same bundle, not a new one
-    assert results["student"]["sha256"] == first["sha256"]
-    assert all(c["installed"] for c in results["clients"])
+        results = run_server(grid, CFG.replace(out=str(final), resume=True), work)
+    assert results.student is not None  # the same bundle (a new one has a new version):
+    assert results.student.version == first["version"] and results.student.sha256 == first["sha256"]
+    assert all(c.installed for c in results.clients)
+    assert not [msg for msg in grid.sent if msg.metadata.message_type == "train.student"]
 
 
-def test_a_bundle_without_its_record_is_made_again_with_the_same_bytes(tmp_path, monkeypatch):
-    first = _killed_during_deployment(tmp_path, monkeypatch)
+def test_a_bundle_without_its_record_is_made_again_with_the_same_bytes(tmp_path, simulated):
+    first = _killed_during_deployment(tmp_path)
     final, partial = tmp_path / "run", tmp_path / "run.partial"
     (partial / COMPRESSED_FILE).unlink()  # killed between writing the bundle and its record
-    assert phase.load_shipped(partial) is None and not (partial / "bundle").exists()
     with staged_run_dir(final, resume=True) as work:
         results = run_server(
             LocalGrid(client_app, num_nodes=3), CFG.replace(out=str(final), resume=True), work
         )
-    assert results["student"]["sha256"] == first["sha256"]  # reproducible compression
+    assert results.student is not None and results.student.version != first["version"]
+    assert results.student.sha256 == first["sha256"]  # reproducible compression

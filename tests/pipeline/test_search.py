@@ -102,6 +102,6 @@ def test_a_trial_takes_the_quantization_it_is_asked_for(run):
         )
         for quant in ("qdq", "fp32")
     }
-    assert rows["fp32"]["quant"] == "fp32" and not rows["fp32"]["quantized"]
-    assert rows["qdq"]["quantized"] and rows["qdq"]["bytes"] < rows["fp32"]["bytes"] / 2
-    assert rows["qdq"]["graph"]["int8"] and not rows["fp32"]["graph"]["int8"]
+    assert rows["fp32"].quant == "fp32" and not rows["fp32"].quantized
+    assert rows["qdq"].quantized and rows["qdq"].bytes < rows["fp32"].bytes / 2
+    assert rows["qdq"].graph["int8"] and not rows["fp32"].graph["int8"]

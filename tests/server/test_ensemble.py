@@ -15,7 +15,8 @@ from fedge.core.training import predict_logits, set_weights
 from fedge.pipeline.chain.stages import CompressionConfig
 from fedge.pipeline.chain.teacher_source import ENSEMBLE_FILE
 from fedge.server.ensemble import ensemble_source
-from fedge.server.training_loop import train_teacher
+from fedge.server.nodes import Nodes
+from fedge.server.training_loop import RoundLoop, train_teacher
 from tests.flower_local import LocalGrid
 
 CFG = RunConfig(
@@ -29,7 +30,9 @@ def _setup(grid: LocalGrid, train: bool):
     teacher = build_teacher((1, 8, 8), 10, seed=0)
     nodes = list(grid.contexts)
     if train:
-        nodes = train_teacher(grid, CFG, teacher, fed.server.test, spec).last_round_nodes
+        loop = RoundLoop(Nodes())
+        train_teacher(grid, CFG, teacher, fed.server.test, spec, loop=loop)
+        nodes = loop.last_round_nodes
     return fed, spec, teacher, nodes
 
 

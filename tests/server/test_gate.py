@@ -20,21 +20,21 @@ COLLAPSED = QUICKER.replace(rounds=1, local_epochs=1, lr=1e-7)  # stays at its r
 
 def test_the_gate_compares_with_the_majority_class_plus_the_margin_and_the_floor():
     y = np.array([0] * 6 + [1] * 2 + [2] * 2)  # chance: always "0", 60 %; +0.1 of the 40 left
-    assert check_teacher(QUICKER, 0.64, y)["passed"]
+    assert check_teacher(QUICKER, 0.64, y).passed
     with pytest.raises(NotShippedError, match=r"63.00 % is below the gate's 64.00 %"):
         check_teacher(QUICKER, 0.63, y)
     skewed = np.array([0] * 95 + [1] * 5)  # never above 100 %: 95 % + 0.1 x 5 = 95.5 %
-    assert check_teacher(QUICKER, 0.96, skewed)["threshold"] == pytest.approx(0.955)
+    assert check_teacher(QUICKER, 0.96, skewed).threshold == pytest.approx(0.955)
     with pytest.raises(NotShippedError, match="teacher-floor 90.00 %"):
         check_teacher(QUICKER.replace(teacher_floor=0.9), 0.85, y)
     anyway = check_teacher(QUICKER.replace(ship_anyway=True), 0.1, y)
-    assert not anyway["passed"] and anyway["ship_anyway"]
+    assert not anyway.passed and anyway.ship_anyway
 
 
 def test_a_collapsed_teacher_is_not_shipped_and_compress_ships_it_only_when_told(tmp_path):
     grid = LocalGrid(client_app, num_nodes=4)
     with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(grid, COLLAPSED, work)
+        results = run_server(grid, COLLAPSED, work).to_json()
     run = tmp_path / "run"
     gate = results["quality_gate"]
     assert not gate["passed"] and gate["teacher_val_accuracy"] < gate["threshold"]

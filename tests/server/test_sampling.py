@@ -13,7 +13,8 @@ from fedge.core.sampling import poisson, train_sample, train_size
 from fedge.core.training import get_weights
 from fedge.pipeline.rundir.checkpoint import CheckpointDir
 from fedge.privacy.central import central_epsilon, central_noise
-from fedge.server.training_loop import train_teacher
+from fedge.server.nodes import Nodes
+from fedge.server.training_loop import RoundLoop, train_teacher
 from tests.flower_local import LocalGrid
 
 SAMPLED = RunConfig(clients=6, rounds=3, partition="iid", local_epochs=1, fraction_train=0.5)
@@ -66,9 +67,8 @@ def _train(cfg, grid, checkpoints=None, secret=None):
     fed = build_federation(cfg)
     teacher = build_teacher((1, 8, 8), 10, seed=cfg.seed)
     spec = model_spec(fed.dataset.preprocessing, 10)
-    log = train_teacher(
-        grid, cfg, teacher, fed.server.test, spec, checkpoints, sampling_secret=secret
-    )
+    loop = RoundLoop(Nodes(), sampling_secret=secret)
+    log = train_teacher(grid, cfg, teacher, fed.server.test, spec, checkpoints, loop=loop)
     return log, get_weights(teacher)
 
 

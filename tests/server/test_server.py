@@ -63,7 +63,7 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
     run = tmp_path / "run"
     assert not (tmp_path / "run.partial").exists()
     on_disk = json.loads((run / "results.json").read_text())
-    assert on_disk["student"]["sha256"] == results["student"]["sha256"]
+    assert results.student is not None and on_disk["student"]["sha256"] == results.student.sha256
     assert [c["installed"] for c in on_disk["clients"]] == [True] * 4
     assert [c["partition_id"] for c in on_disk["clients"]] == [0, 1, 2, 3]
     assert (
@@ -116,9 +116,9 @@ def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
     )
     with staged_run_dir(tmp_path / "run") as work:
         results = run_server(grid, QUICKER, work)
-    rows = {c["partition_id"]: c for c in results["clients"]}
-    assert [rows[p]["installed"] for p in range(4)] == [True, True, False, True]
-    assert "simulated crash in query.deploy" in rows[2]["reason"]
+    rows = {c.partition_id: c for c in results.clients}
+    assert [rows[p].installed for p in range(4)] == [True, True, False, True]
+    assert "simulated crash in query.deploy" in rows[2].reason
 
 
 def test_a_tabular_run_carries_per_feature_statistics_to_every_node(tmp_path):
@@ -134,6 +134,7 @@ def test_a_tabular_run_carries_per_feature_statistics_to_every_node(tmp_path):
     manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
     assert len(manifest["preprocessing"]["scale"]) == 5  # one per feature, in the graph
     assert manifest["preprocessing"]["scale"][4] < 1e-3 < manifest["preprocessing"]["scale"][0]
-    assert results["teacher"]["accuracy"] > 0.8 and results["student"]["accuracy"] > 0.8
+    assert results.student is not None
+    assert results.teacher.accuracy > 0.8 and results.student.accuracy > 0.8
     # every node ran the shipped model on its raw (unstandardized) samples and got it right
-    assert all(c["installed"] and c["accuracy"] > 0.7 for c in results["clients"])
+    assert all(c.installed and (c.accuracy or 0) > 0.7 for c in results.clients)

@@ -5,16 +5,14 @@ import json
 
 import pytest
 
-import fedge.pipeline.ship.tiers as tiers_module
 from fedge.client.app import app as client_app
 from fedge.client.runtime.store import ModelStore
 from fedge.compression.latency import fit, probe_graphs
 from fedge.core.config import ConfigError
 from fedge.core.profile import load_profile, probe_index
 from fedge.pipeline.rundir.paths import staged_run_dir
-from fedge.pipeline.ship.search import SearchError
-from fedge.pipeline.ship.search import run_search as real_search
-from fedge.pipeline.ship.tiers import tier_of
+from fedge.pipeline.ship.search import SearchError, run_search
+from fedge.pipeline.ship.tiers import TierTools, tier_of
 from fedge.server.run import run_server
 from tests.flower_local import LocalGrid
 from tests.server.test_server import QUICKER
@@ -22,21 +20,16 @@ from tests.server.test_server import QUICKER
 
 def params_search(*args, **kwargs):
     """The real search, with trial latency := parameter count (timing is tested elsewhere)."""
-    found = real_search(*args, **kwargs)
+    found = run_search(*args, **kwargs)
     for trial in found.trials:
-        trial["latency_us"] = float(trial["params"])
+        trial.latency_us = float(trial.params)
     return found
 
 
-@pytest.fixture()
-def params_as_latency(monkeypatch):
-    """Trial latencies known before the run."""
-    monkeypatch.setattr(tiers_module, "run_search", params_search)
+PARAMS_AS_LATENCY = TierTools(search=params_search)  # trial latencies known before the run
 
 
-def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
-    tmp_path, monkeypatch, params_as_latency
-):
+def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDGE_SIMULATION", "1")  # simulated nodes install one at a time
     cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=4, student="auto")
     grid = LocalGrid(client_app, num_nodes=4)
@@ -52,7 +45,7 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
 
     grid.send_and_receive = recording
     with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(grid, cfg, work)
+        results = run_server(grid, cfg, work, PARAMS_AS_LATENCY).to_json()
     assert batches == [1, 1, 1, 1]
     run = tmp_path / "run"
     tiers = {t["tier"]: t for t in results["tiers"]}
@@ -72,7 +65,7 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(
     assert "## Device tiers" in (run / "report.md").read_text()
 
 
-def test_a_tier_budget_no_trial_meets_stops_the_run_naming_it(tmp_path, params_as_latency):
+def test_a_tier_budget_no_trial_meets_stops_the_run_naming_it(tmp_path):
     cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2, student="auto")
     with (
         pytest.raises(
@@ -80,7 +73,7 @@ def test_a_tier_budget_no_trial_meets_stops_the_run_naming_it(tmp_path, params_a
         ),
         staged_run_dir(tmp_path / "run") as work,
     ):
-        run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+        run_server(LocalGrid(client_app, num_nodes=4), cfg, work, PARAMS_AS_LATENCY)
     assert not (tmp_path / "run").exists()
 
 
@@ -97,67 +90,58 @@ def test_tier_settings_and_mapping():
 
 
 def test_a_tiers_run_killed_before_its_record_resumes_and_a_bad_budget_keeps_the_teacher(
-    tmp_path, monkeypatch, params_as_latency
+    tmp_path, monkeypatch
 ):
-    import fedge.server.run as server_run
-
     monkeypatch.setenv("FEDGE_SIMULATION", "1")
     cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2, student="auto")
     final = tmp_path / "run"
     cfg = cfg.replace(out=str(final))
     with pytest.raises(SearchError), staged_run_dir(final) as work:  # the budget: nothing fits
-        run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+        run_server(LocalGrid(client_app, num_nodes=4), cfg, work, PARAMS_AS_LATENCY)
     partial = tmp_path / "run.partial"
     assert (partial / "checkpoints").is_dir() and not (partial / "bundles").exists()
 
-    def killed(*args, **kwargs):  # after every tier's bundle, before the run's record
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(server_run, "save_shipped", killed)
     fixed = cfg.replace(tiers="small:10000,big:1000000", resume=True)
+    killed = LocalGrid(client_app, num_nodes=4, die_at="query.deploy")
     with pytest.raises(KeyboardInterrupt), staged_run_dir(final, resume=True) as work:
-        run_server(LocalGrid(client_app, num_nodes=4), fixed, work)
+        run_server(killed, fixed, work, PARAMS_AS_LATENCY)
     assert (partial / "bundles" / "small").is_dir() and (partial / "tiers.json").is_file()
-    monkeypatch.undo()
-    monkeypatch.setenv("FEDGE_SIMULATION", "1")
-    monkeypatch.setattr(tiers_module, "run_search", params_search)
+    (partial / "compressed.json").unlink()  # as if killed after the tiers, before the record
     with staged_run_dir(final, resume=True) as work:
-        results = run_server(LocalGrid(client_app, num_nodes=4), fixed, work)
-    assert results["resumed_from"] and [t["tier"] for t in results["tiers"]] == ["small", "big"]
-    assert all(c["installed"] for c in results["clients"])
+        results = run_server(LocalGrid(client_app, num_nodes=4), fixed, work, PARAMS_AS_LATENCY)
+    assert results.resumed_from and [t.tier for t in results.tiers or ()] == ["small", "big"]
+    assert all(c.installed for c in results.clients)
 
 
-def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(
-    tmp_path, monkeypatch, params_as_latency
-):
+def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(tmp_path):
     timed = []
 
     def first_too_slow(model, sample):  # the first fully distilled student times 1 s here
         timed.append(len(model))
         return 1e6 if len(timed) == 1 else 1.0
 
-    monkeypatch.setattr(tiers_module, "timed_us", first_too_slow)
     found = []
-    monkeypatch.setattr(
-        tiers_module,
-        "run_search",
-        lambda *a, **k: found.append(params_search(*a, **k)) or found[-1],
-    )
-    cfg = QUICKER.replace(tiers="small:10000", search_trials=3, student="auto")
-    with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
-    trials = [t for t in found[0].trials if t["latency_us"] <= 10000]
-    fits = sorted(trials, key=lambda t: (-t["val_accuracy"], t["latency_us"]))
-    (tier,) = results["tiers"]
-    assert len(timed) == 2 and tier["student"] == fits[1]["student"] != fits[0]["student"]
-    assert tier["latency_us"] == 1.0 and tier["judged_on"] == "this machine"
 
-    monkeypatch.setattr(tiers_module, "timed_us", lambda model, sample: 1e6)
+    def recorded(*args, **kwargs):
+        found.append(params_search(*args, **kwargs))
+        return found[-1]
+
+    cfg = QUICKER.replace(tiers="small:10000", search_trials=3, student="auto")
+    tools = TierTools(search=recorded, time_us=first_too_slow)
+    with staged_run_dir(tmp_path / "run") as work:
+        results = run_server(LocalGrid(client_app, num_nodes=4), cfg, work, tools)
+    trials = [t for t in found[0].trials if t.latency_us <= 10000]
+    fits = sorted(trials, key=lambda t: (-t.val_accuracy, t.latency_us))
+    (tier,) = results.tiers or ()
+    assert len(timed) == 2 and tier.student == fits[1].student != fits[0].student
+    assert tier.latency_us == 1.0 and tier.judged_on == "this machine"
+
+    never = TierTools(search=params_search, time_us=lambda model, sample: 1e6)
     with (
         pytest.raises(SearchError, match=r"tier 'small': no architecture distilled fully met"),
         staged_run_dir(tmp_path / "run2") as work,
     ):
-        run_server(LocalGrid(client_app, num_nodes=4), cfg, work)
+        run_server(LocalGrid(client_app, num_nodes=4), cfg, work, never)
     assert not (tmp_path / "run2").exists()
 
 
@@ -197,7 +181,7 @@ def test_nodes_send_their_device_profiles_and_each_tier_is_judged_on_its_nodes(t
     grid.contexts[101].node_config["device-profile"] = str(tmp_path / "bad.json")  # refused
     grid.contexts[103].node_config["device-profile"] = str(tmp_path / "missing.json")
     with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(grid, cfg, work)
+        results = run_server(grid, cfg, work).to_json()
     tiers = {t["tier"]: t for t in results["tiers"]}
     model = (tmp_path / "run" / "bundles" / "board" / "model.onnx").read_bytes()
     predicted = fit(load_profile(slow)).predict_us(model, 1)
@@ -227,9 +211,7 @@ def test_a_hostile_profile_counts_as_none():
     assert _checked('{"fedge_profile": 1, "probes": 3}', 1) is None
 
 
-def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(
-    tmp_path, monkeypatch, params_as_latency
-):
+def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(tmp_path):
     from flwr.app import Context, RecordDict
 
     import fedge.simulations.runner as runner
@@ -242,11 +224,10 @@ def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(
         with contextlib.suppress(SearchError):  # as Flower's engine: logged, not raised
             server_main(LocalGrid(client_app, num_nodes=4), context)
 
-    monkeypatch.setattr(runner, "run_engine", engine)
-    out = tmp_path / "run"
-    cfg = QUICKER.replace(tiers="mcu:10", search_trials=2, student="auto", out=str(out))
+    out = tmp_path / "run"  # 0.1 µs: below onnxruntime's own cost per call, whatever the model
+    cfg = QUICKER.replace(tiers="mcu:0.1", search_trials=2, student="auto", out=str(out))
     with pytest.raises(ConfigError, match=r"tier 'mcu': no architecture of 2 tried meets"):
-        runner.simulate(cfg)
+        runner.simulate(cfg, engine=engine)
     assert not out.exists() and (tmp_path / "run.partial" / "checkpoints").is_dir()
 
 
@@ -265,4 +246,4 @@ def test_a_deploy_reply_from_an_older_node_without_the_onnx_timing_is_read():
         }
     )
     row = _client_row(Message(content, dst_node_id=1, message_type="query.deploy"), 3)
-    assert row["installed"] and row["latency_us_p50"] == 20.0 and row["onnx_us_p50"] is None
+    assert row.installed and row.latency_us_p50 == 20.0 and row.onnx_us_p50 is None

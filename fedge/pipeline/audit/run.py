@@ -11,7 +11,6 @@ the pipeline, so the imports stay one-way.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,7 +34,7 @@ from fedge.pipeline.audit.report import render_audit
 from fedge.pipeline.chain.federate import FederatedTrainer, saved
 from fedge.pipeline.chain.stages import CompressionConfig, Inputs, compress
 from fedge.pipeline.outputs.plots import roc_plot
-from fedge.pipeline.rundir.paths import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE
+from fedge.pipeline.rundir.paths import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE, FinishedRun
 from fedge.privacy import lira
 
 log = logging.getLogger("fedge")
@@ -67,7 +66,7 @@ def model_confidences(
     logits["student"] = session_logits(device, prep.invert(pool.x))
     phi = {name: lira.logit_confidence(v, pool.y) for name, v in logits.items()}
     test = server.test
-    rows = {row["name"]: row["accuracy"] for row in outcome.stages}
+    rows = {row.name: row.accuracy for row in outcome.stages}
     accuracy = {"teacher": float((predict_logits(teacher, test.x).argmax(1) == test.y).mean())}
     accuracy.update({name: rows[name] for name in outcome.models})
     accuracy["student"] = float(
@@ -124,21 +123,20 @@ def load_target(run_dir: Path) -> AuditTarget:
                 f"{run_dir} cannot be audited: {name} is missing (a finished fedge run has a "
                 "teacher and a bundle)"
             )
-    try:
-        results = json.loads((run_dir / RESULTS_FILE).read_text())
-        cfg = RunConfig.from_run_config(results["config"])
-        if cfg.tiers:  # bundle/ holds the last tier's student, distilled on the public pool
-            cfg = cfg.one_public_student()
-        if cfg.student == "auto":  # replay the candidate the run shipped
-            cfg = cfg.replace(student=results["student"]["architecture"])
-    except (ValueError, KeyError) as err:
-        raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
+    finished = FinishedRun.read(run_dir)
+    cfg = finished.cfg
+    if cfg.tiers:  # bundle/ holds the last tier's student, distilled on the public pool
+        cfg = cfg.one_public_student()
+    if cfg.student == "auto":  # replay the candidate the run shipped
+        if finished.student_architecture is None:
+            raise ConfigError(f"{run_dir / RESULTS_FILE} names no shipped student")
+        cfg = cfg.replace(student=finished.student_architecture)
     return AuditTarget(
         run_dir=run_dir,
         cfg=cfg,
         teacher_onnx=(run_dir / TEACHER_FILE).read_bytes(),
         student_onnx=(run_dir / BUNDLE_DIR / MODEL_FILE).read_bytes(),
-        privacy=results.get("privacy"),
+        privacy=finished.privacy,
     )
 
 

@@ -39,6 +39,7 @@ from fedge.pipeline.chain.verbs import (
     run_quantize,
 )
 from fedge.pipeline.chain.work import Inputs, Work, stage_row
+from fedge.pipeline.outputs.rows import StageRow
 
 __all__ = [
     "STAGES",
@@ -156,7 +157,7 @@ class CompressionOutcome:
     student_bytes: bytes  # the device model: raw input in, logits/probabilities/label out
     quantization: QuantizeResult
     student_params: int
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
     models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
     federated: dict[str, Any] | None = None  # the student's federated rounds, if any
 
@@ -190,7 +191,7 @@ def compress(
         student_bytes=work.onnx,
         quantization=work.quantization,
         student_params=count_params(work.model),
-        stages=[dict(row) for row in work.rows],
+        stages=list(work.rows),
         models=dict(work.models),
         federated=work.federated,
     )

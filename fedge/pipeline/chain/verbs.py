@@ -56,8 +56,11 @@ def run_prune(work: Work, config: PruneConfig, inputs: Inputs) -> Work:
     else:
         log.info("pruning skipped (prune-ratio 0, sparsity 0)")
         model = work.model
-    row = torch_row("pruned", model, inputs.test) if config.active else {**work.rows[-1]}
-    row["name"] = "pruned"
+    row = (
+        torch_row("pruned", model, inputs.test)
+        if config.active
+        else dataclasses.replace(work.rows[-1], name="pruned")
+    )
     return dataclasses.replace(
         work, model=model, rows=(*work.rows, row), models=(*work.models, ("pruned", model))
     )

@@ -14,6 +14,7 @@ from fedge.core.models import count_params
 from fedge.core.partition import PublicPool, Split
 from fedge.core.training import evaluate
 from fedge.pipeline.chain.federate import FederatedTrainer
+from fedge.pipeline.outputs.rows import StageRow
 
 log = logging.getLogger("fedge")
 
@@ -38,20 +39,20 @@ class Work:
     model: nn.Module | None = None  # the torch student (distill, prune)
     onnx: bytes | None = None  # from export on: the ONNX model as it stands
     quantization: QuantizeResult | None = None
-    rows: tuple[dict[str, Any], ...] = ()  # one per stage that reports figures
+    rows: tuple[StageRow, ...] = ()  # one per stage that reports figures
     models: tuple[tuple[str, nn.Module], ...] = ()  # each torch stage's model (for the audit)
     federated: dict[str, Any] | None = None  # what the student's federated rounds did
 
 
 def stage_row(
     name: str, accuracy: float, params: int, size: int, gz: int | None = None
-) -> dict[str, Any]:
+) -> StageRow:
     """One stage's figures (bytes: raw fp32 weights for torch stages, the file size after)."""
     log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
-    return {"name": name, "accuracy": accuracy, "params": params, "bytes": size, "gzip_bytes": gz}
+    return StageRow(name, accuracy, params, size, gz)
 
 
-def torch_row(name: str, model: nn.Module, test: Split) -> dict[str, Any]:
+def torch_row(name: str, model: nn.Module, test: Split) -> StageRow:
     """The row of a torch stage: test accuracy, parameters, raw fp32 bytes."""
     params = count_params(model)
     return stage_row(name, evaluate(model, test.x, test.y)[1], params, 4 * params)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # results.py draws with these functions
+    from fedge.pipeline.outputs.results import RunResults
 
 QUANT_MARKERS = {"fp32": "o", "qdq": "s", "qoperator": "D", "dynamic": "^"}
 # Distinct line styles, so that two models with identical curves are both visible.
@@ -34,24 +37,25 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def accuracy_plot(results: dict[str, Any]) -> bytes:
+def accuracy_plot(results: RunResults) -> bytes:
     """Central test accuracy of the teacher per round, with the deployed student as a line."""
     plt = _pyplot()
-    rounds = [r["round"] for r in results["rounds"]]
-    accuracy = [100 * r["accuracy"] for r in results["rounds"]]
+    rounds = [r["round"] for r in results.rounds]
+    accuracy = [100 * r["accuracy"] for r in results.rounds]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(rounds, accuracy, marker="o", label="teacher (federated, central test)")
-    if results["student"]:  # None: the quality gate shipped nothing
+    student = results.student
+    if student is not None:  # None: the quality gate shipped nothing
         ax.axhline(
-            100 * results["student"]["accuracy"],
+            100 * student.accuracy,
             color="C2",
             linestyle="--",
-            label=f"deployed student ({results['student']['onnx_bytes'] / 1024:.1f} KiB)",
+            label=f"deployed student ({student.onnx_bytes / 1024:.1f} KiB)",
         )
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.set_xticks(rounds)
-    cfg = results["config"]
+    cfg = results.config
     ax.set_title(f"{cfg['dataset']}: {cfg['clients']} clients, {cfg['partition']}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -64,71 +68,77 @@ def pareto_plot(table: dict[str, Any]) -> bytes:
 
     Colour = student, marker = what ships (a refused int8 point ships fp32).
     """
-    from matplotlib.ticker import FuncFormatter
-
     plt = _pyplot()
     rows = table["rows"]
     students = list(dict.fromkeys(r["student"] for r in rows))
     colours = {s: f"C{i}" for i, s in enumerate(students)}
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
     for ax, cost, flag, label in (
         (axes[0], "bytes", "pareto_bytes", "shipped bytes (log)"),
         (axes[1], "b1_us", "pareto_latency", "batch-1 latency, onnxruntime 1 thread (µs, log)"),
     ):
-        for r in rows:
-            ships = r["quant"] if r["quantized"] else "fp32"
-            ax.scatter(
-                r[cost],
-                100 * r["val_accuracy"],
-                marker=QUANT_MARKERS.get(ships, "o"),
-                color=colours[r["student"]],
-                alpha=0.75,
-                s=42,
-                zorder=3,
-            )
-        front = sorted((r for r in rows if r[flag]), key=lambda r: r[cost])
-        ax.step(
-            [r[cost] for r in front],
-            [100 * r["val_accuracy"] for r in front],
-            where="post",
-            color="black",
-            lw=1.6,
-            zorder=4,
-            label="Pareto front",
-        )
-        for r in (r for r in rows if r["chosen"]):
-            ax.scatter(r[cost], 100 * r["val_accuracy"], s=320, marker="*", c="red", zorder=5)
-            ax.annotate(
-                f"chosen: {r['student']}, prune {r['prune_ratio']}, {r['quant']}",
-                (r[cost], 100 * r["val_accuracy"]),
-                xytext=(0.03, 0.04),
-                textcoords="axes fraction",
-                fontsize=8,
-                arrowprops={"arrowstyle": "->", "color": "red", "lw": 0.8},
-            )
-        if table["max_accuracy_drop_pt"] is not None:
-            limit = 100 * table["teacher_val_accuracy"] - table["max_accuracy_drop_pt"]
-            ax.axhline(limit, color="red", lw=0.8, ls=":", label="accuracy limit")
-        if table["max_bytes"] is not None and cost == "bytes":
-            ax.axvline(table["max_bytes"], color="red", lw=0.8, ls=":", label="byte budget")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        _pareto_axis(ax, table, colours, cost, flag)
         ax.set_xlabel(label)
-        ax.grid(alpha=0.3, which="both")
     handles = [
         plt.Line2D([], [], ls="", marker="o", color=colours[s], label=s) for s in students
     ] + [
         plt.Line2D([], [], ls="", marker=m, color="grey", label=q)
         for q, m in QUANT_MARKERS.items()
-        if any((r["quant"] if r["quantized"] else "fp32") == q for r in rows)
+        if any(_ships(r) == q for r in rows)
     ]
     axes[0].legend(handles=[*handles, *axes[0].get_legend_handles_labels()[0]], fontsize=7)
     axes[0].set_ylabel("validation accuracy (%)")
     fig.tight_layout()
     return _png(fig)
+
+
+def _ships(row: dict[str, Any]) -> str:
+    """What a candidate ships: its quantization, or fp32 when the guard refused int8."""
+    return str(row["quant"]) if row["quantized"] else "fp32"
+
+
+def _pareto_axis(
+    ax: Any, table: dict[str, Any], colours: dict[str, str], cost: str, flag: str
+) -> None:
+    """One panel: every point, the Pareto front as a step line, the choice and the limits."""
+    from matplotlib.ticker import FuncFormatter
+
+    rows = table["rows"]
+    for r in rows:
+        marker = QUANT_MARKERS.get(_ships(r), "o")
+        colour = colours[r["student"]]
+        ax.scatter(r[cost], 100 * r["val_accuracy"], marker=marker, color=colour, alpha=0.75, s=42)
+    front = sorted((r for r in rows if r[flag]), key=lambda r: r[cost])
+    ax.step(
+        [r[cost] for r in front],
+        [100 * r["val_accuracy"] for r in front],
+        where="post",
+        color="black",
+        lw=1.6,
+        zorder=4,
+        label="Pareto front",
+    )
+    for r in (r for r in rows if r["chosen"]):
+        ax.scatter(r[cost], 100 * r["val_accuracy"], s=320, marker="*", c="red", zorder=5)
+        ax.annotate(
+            f"chosen: {r['student']}, prune {r['prune_ratio']}, {r['quant']}",
+            (r[cost], 100 * r["val_accuracy"]),
+            xytext=(0.03, 0.04),
+            textcoords="axes fraction",
+            fontsize=8,
+            arrowprops={"arrowstyle": "->", "color": "red", "lw": 0.8},
+        )
+    if table["max_accuracy_drop_pt"] is not None:
+        limit = 100 * table["teacher_val_accuracy"] - table["max_accuracy_drop_pt"]
+        ax.axhline(limit, color="red", lw=0.8, ls=":", label="accuracy limit")
+    if table["max_bytes"] is not None and cost == "bytes":
+        ax.axvline(table["max_bytes"], color="red", lw=0.8, ls=":", label="byte budget")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.grid(alpha=0.3, which="both")
 
 
 def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], models: dict[str, Any]) -> bytes:

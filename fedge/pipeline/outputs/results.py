@@ -2,18 +2,112 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedge.core.config import RunConfig
 from fedge.core.faults import byzantine_partitions, straggler_delay
 from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.core.plain import from_plain
 from fedge.core.sampling import poisson, sample_rate, samples_clients, train_size
 from fedge.pipeline.outputs.plots import accuracy_plot
-from fedge.pipeline.outputs.report import render_report
+from fedge.pipeline.outputs.report import render_compression_report, render_report
+from fedge.pipeline.outputs.rows import (
+    ClientRow,
+    CompressionRecord,
+    Row,
+    StudentFigures,
+    TeacherFigures,
+    TierRecord,
+    TierSummary,
+)
 from fedge.pipeline.rundir.checkpoint import TrainingLog
 from fedge.pipeline.rundir.paths import PLOT_FILE, REPORT_FILE, RESULTS_FILE
 from fedge.privacy import ledger
+
+COMPRESSION_KEYS = tuple(f.name for f in dataclasses.fields(CompressionRecord))
+
+
+@dataclass(frozen=True)
+class RunResults(Row):
+    """results.json of one `fedge simulate` / ServerApp run (compression's keys at the top)."""
+
+    run_id: str
+    config: dict[str, Any]
+    compression: CompressionRecord  # its teacher figures include the teacher's params
+    rounds: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    faults: dict[str, Any]
+    sampling: dict[str, Any]
+    privacy: dict[str, Any]
+    resumed_from: list[int]
+    final_model_sha256: str
+    clients: tuple[ClientRow, ...]
+    communication: dict[str, Any]
+    timing_s: dict[str, float]
+    tiers: tuple[TierSummary, ...] | None = None  # device tiers only
+
+    @property
+    def teacher(self) -> TeacherFigures:
+        """The federated teacher's figures."""
+        return self.compression.teacher
+
+    @property
+    def student(self) -> StudentFigures | None:
+        """The shipped student's figures (None: the quality gate stopped it)."""
+        return self.compression.student
+
+    def to_json(self) -> dict[str, Any]:
+        """results.json: compression's record flattened into the top level."""
+        out = super().to_json()
+        out = {
+            "run_id": out.pop("run_id"),
+            "config": out.pop("config"),
+            **out.pop("compression"),
+            **out,
+        }
+        if self.tiers is None:
+            del out["tiers"]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunResults:
+        """Inverse of to_json; ValueError naming the first missing or malformed field."""
+        if not isinstance(data, dict):
+            raise ValueError("results.json is not an object")
+        rest = {k: v for k, v in data.items() if k not in COMPRESSION_KEYS}
+        record = {k: data.get(k) for k in COMPRESSION_KEYS}
+        return from_plain(cls, {**rest, "compression": record}, "results.json")
+
+
+@dataclass(frozen=True)
+class CompressResults(Row):
+    """results.json of `fedge compress`: a new compression of a finished run's teacher."""
+
+    run_id: str
+    source_run: str
+    config: dict[str, Any]
+    compression: CompressionRecord
+    privacy: dict[str, Any] | None  # post-processing of the same teacher: its guarantee holds
+    timing_s: dict[str, float]
+    search: dict[str, Any] | None = None  # --search: trials, finalists, the shipped one
+
+    @property
+    def student(self) -> StudentFigures:
+        """The shipped student's figures (fedge compress ships or raises)."""
+        assert self.compression.student is not None
+        return self.compression.student
+
+    def to_json(self) -> dict[str, Any]:
+        """results.json: compression's record flattened into the top level."""
+        out = super().to_json()
+        return {**{k: out[k] for k in ("run_id", "source_run", "config")}, **out["compression"]} | {
+            k: out[k] for k in ("privacy", "timing_s", "search")
+        }
 
 
 def run_results(
@@ -23,43 +117,77 @@ def run_results(
     training: TrainingLog,
     final_sha256: str,
     teacher_params: int,
-    compression: dict[str, Any],
-    clients: list[dict[str, Any]],
+    compression: CompressionRecord,
+    clients: list[ClientRow],
     deploy_bytes: int,
     timing: dict[str, float],
-) -> dict[str, Any]:
-    """The results.json of one `fedge simulate` / ServerApp run."""
-    return {
-        "run_id": model_id,
-        "config": cfg.to_run_config(),
-        **compression,  # compression_config, ensemble, stages, choice, student_rounds, student
-        "rounds": training.rounds,
-        "rejected": training.rejected,
-        "faults": faults_summary(cfg),
-        "sampling": sampling_summary(cfg),
-        "privacy": ledger.summary(cfg, training.rounds),
-        "resumed_from": training.resumed_from,
-        "final_model_sha256": final_sha256,
-        "teacher": {**compression["teacher"], "params": teacher_params},
-        "clients": clients,
-        "communication": {
+    tiers: list[TierRecord] | None = None,
+) -> RunResults:
+    """The results of one `fedge simulate` / ServerApp run."""
+    teacher = dataclasses.replace(compression.teacher, params=teacher_params)
+    student_rounds = compression.student_rounds or {}
+    return RunResults(
+        run_id=model_id,
+        config=cfg.to_run_config(),
+        compression=dataclasses.replace(compression, teacher=teacher),
+        rounds=training.rounds,
+        rejected=training.rejected,
+        faults=faults_summary(cfg),
+        sampling=sampling_summary(cfg),
+        privacy=ledger.summary(cfg, training.rounds),
+        resumed_from=training.resumed_from,
+        final_model_sha256=final_sha256,
+        clients=tuple(clients),
+        communication={
             "train_bytes": training.train_bytes,  # serialized messages, both ways
             "train_uplink_bytes": sum(r.get("uplink_bytes", 0) for r in training.rounds),
             "train_downlink_bytes": sum(r.get("downlink_bytes", 0) for r in training.rounds),
             "update_compression": cfg.update_compression,
             "downlink_compression": cfg.downlink_compression,
-            "student_train_bytes": (compression["student_rounds"] or {}).get("train_bytes", 0),
+            "student_train_bytes": student_rounds.get("train_bytes", 0),
             "deploy_bytes": deploy_bytes,
         },
-        "timing_s": timing,
-    }
+        timing_s=timing,
+        tiers=tuple(tier_summary(tiers, clients)) if tiers else None,
+    )
 
 
-def write_run_outputs(results: dict[str, Any], run_dir: Path) -> None:
+def write_run_outputs(results: RunResults, run_dir: Path) -> None:
     """results.json, report.md and accuracy.png, each written atomically."""
-    atomic_write_json(run_dir / RESULTS_FILE, results)
+    data = results.to_json()
+    atomic_write_json(run_dir / RESULTS_FILE, data)
     atomic_write_bytes(run_dir / REPORT_FILE, render_report(results).encode())
     atomic_write_bytes(run_dir / PLOT_FILE, accuracy_plot(results))
+
+
+def write_compress_outputs(results: CompressResults, out: Path) -> None:
+    """results.json and report.md of `fedge compress`, each written atomically."""
+    atomic_write_json(out / RESULTS_FILE, results.to_json())
+    atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())
+
+
+def tier_summary(records: list[TierRecord], clients: list[ClientRow]) -> list[TierSummary]:
+    """Each tier's student and what its nodes measured when installing."""
+    out = []
+    for record in records:
+        nodes = [c for c in clients if c.tier == record.tier]
+        latency = [c.onnx_us_p50 for c in nodes if c.onnx_us_p50 is not None]
+        predict = [c.latency_us_p50 for c in nodes if c.latency_us_p50 is not None]
+        fields = {k: v for k, v in record.to_json().items() if k != "search_trial"}
+        out.append(
+            TierSummary(
+                **fields,
+                nodes=len(nodes),
+                installed=sum(c.installed for c in nodes),
+                node_latency_us_max=max(latency) if latency else None,
+                node_latency_us_median=float(np.median(latency)) if latency else None,
+                node_predict_us_max=max(predict) if predict else None,
+                meets_budget_on_nodes=bool(latency)
+                and len(latency) == len(nodes)
+                and max(latency) <= record.budget_us,
+            )
+        )
+    return out
 
 
 def sampling_summary(cfg: RunConfig) -> dict[str, Any]:

@@ -39,17 +39,8 @@ class TrainingLog:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     train_bytes: int = 0
-    node_partition: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     client_teacher_accuracy: dict[int, float] = field(default_factory=dict)  # partition id -> acc
     resumed_from: list[int] = field(default_factory=list)  # rounds a resume started after
-    # Nodes whose update the last round aggregated (not checkpointed: node ids die with a restart).
-    last_round_nodes: list[int] = field(default_factory=list)
-    # Central DP's Poisson sample: a seed only the server knows (from its signing key), never
-    # checkpointed or sent; None outside a run (then such sampling refuses to run).
-    sampling_secret: int | None = None
-    # downlink-compression delta: the server's side of the model nodes hold (not checkpointed:
-    # a resumed run starts a new one).
-    downlink: Any = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form (checkpoint metadata)."""
@@ -62,7 +53,7 @@ class TrainingLog:
 
     @classmethod
     def from_json(cls, data: Any) -> TrainingLog:
-        """Inverse of to_json (node ids are not kept: a restarted federation has new ones).
+        """Inverse of to_json.
 
         ValueError if anything is missing or of the wrong type (a damaged checkpoint).
         """

@@ -8,8 +8,10 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from fedge.core.config import ConfigError, RunConfig
 from fedge.pipeline.rundir.checkpoint import CheckpointDir, resume_fingerprint
@@ -21,6 +23,7 @@ PLOT_FILE = "accuracy.png"
 TEACHER_FILE = "teacher.onnx"
 COMPRESSED_FILE = "compressed.json"  # the shipped bundle's record, for a resumed run
 BUNDLE_DIR = "bundle"
+TIERS_DIR, TIERS_FILE = "bundles", "tiers.json"  # device tiers: each tier's bundle, their records
 KEYS_DIR = "keys"
 NODES_DIR = "nodes"  # simulation: the simulated nodes' model stores live under it
 RUN_CONFIG_FILE = "run-config.json"
@@ -140,3 +143,30 @@ def check_resumable(final: Path, cfg: RunConfig) -> None:
         )
     if cfg.rounds < saved.round:
         raise ConfigError(f"rounds={cfg.rounds} but {final} already completed round {saved.round}")
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What `fedge compress` and `fedge audit` read of a finished run's results.json."""
+
+    cfg: RunConfig  # the settings it ran with
+    teacher_params: int
+    student_architecture: str | None  # None: the quality gate shipped nothing
+    privacy: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, run_dir: Path) -> FinishedRun:
+        """ConfigError naming results.json and what is wrong with it."""
+        path = Path(run_dir) / RESULTS_FILE
+        try:
+            results = json.loads(path.read_text())
+            student = results.get("student")
+            privacy = results.get("privacy")
+            return cls(
+                cfg=RunConfig.from_run_config(results["config"]),
+                teacher_params=int(results["teacher"]["params"]),
+                student_architecture=None if student is None else str(student["architecture"]),
+                privacy=privacy if isinstance(privacy, dict) else None,
+            )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} has no readable config: {err}") from err

@@ -24,6 +24,7 @@ from fedge.pipeline.chain.stages import (
     compress,
 )
 from fedge.pipeline.chain.teacher_source import KdSource
+from fedge.pipeline.outputs.rows import CandidateRow
 
 log = logging.getLogger("fedge")
 # Quantization choices of a sweep and the settings each one stands for.
@@ -101,18 +102,18 @@ class Choice:
         """Whether a choice was asked for."""
         return self.max_accuracy_drop is not None or self.max_bytes is not None
 
-    def admits(self, row: dict[str, Any]) -> bool:
+    def admits(self, row: CandidateRow) -> bool:
         """Whether a candidate row satisfies the limit."""
         if self.max_accuracy_drop is not None:
-            return bool(row["drop_pt"] <= self.max_accuracy_drop)
-        return self.max_bytes is None or row["bytes"] <= self.max_bytes
+            return row.drop_pt <= self.max_accuracy_drop
+        return self.max_bytes is None or row.bytes <= self.max_bytes
 
 
 @dataclass
 class Candidate:
     """One compressed point: its table row, settings and outcome."""
 
-    row: dict[str, Any]
+    row: CandidateRow
     cfg: RunConfig
     compression: CompressionConfig
     outcome: CompressionOutcome = field(repr=False)
@@ -206,27 +207,27 @@ def compress_candidates(
         outcome = compress(compression, inputs, cache)
         session = make_session(outcome.student_bytes)
         val_acc = session_accuracy(session, raw_val, val.y)
-        row: dict[str, Any] = {
-            "student": cfg.student,
-            "prune_ratio": cfg.prune_ratio,
-            "quant": quant_name(cfg),
-            "quantized": outcome.quantization.quantized,
-            "params": outcome.student_params,
-            "bytes": len(outcome.student_bytes),
-            "gzip_bytes": gzip_size(outcome.student_bytes),
-            "val_accuracy": val_acc,
-            "drop_pt": (teacher_val - val_acc) * 100,
-            "test_accuracy": session_accuracy(session, raw_test, test.y),
+        row = CandidateRow(
+            student=cfg.student,
+            prune_ratio=cfg.prune_ratio,
+            quant=quant_name(cfg),
+            quantized=outcome.quantization.quantized,
+            params=outcome.student_params,
+            bytes=len(outcome.student_bytes),
+            gzip_bytes=gzip_size(outcome.student_bytes),
+            val_accuracy=val_acc,
+            drop_pt=(teacher_val - val_acc) * 100,
+            test_accuracy=session_accuracy(session, raw_test, test.y),
             **_latency(teacher_session, val.x, session, raw_val),
-        }
+        )
         log.info(
             "candidate %-11s prune %.2f %-9s validation %.4f  bytes %7d  b1 %.1f us",
-            row["student"],
-            row["prune_ratio"],
-            row["quant"],
+            row.student,
+            row.prune_ratio,
+            row.quant,
             val_acc,
-            row["bytes"],
-            row["b1_us"],
+            row.bytes,
+            row.b1_us,
         )
         out.append(Candidate(row, cfg, compression, outcome))
         if stop is not None and stop.admits(row):
@@ -244,12 +245,10 @@ def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
         return candidates[0]
     fits = [c for c in candidates if choice.admits(c.row)]
     if not fits and choice.or_most_accurate:
-        return max(candidates, key=lambda c: (c.row["val_accuracy"], -c.row["bytes"]))
+        return max(candidates, key=lambda c: (c.row.val_accuracy, -c.row.bytes))
     if not fits:
         tried = ", ".join(
-            f"{c.row['student']}/{c.row['prune_ratio']}/{c.row['quant']} "
-            f"{c.row['drop_pt']:.2f} pt {c.row['bytes']} B"
-            for c in candidates
+            f"{c.row.label} {c.row.drop_pt:.2f} pt {c.row.bytes} B" for c in candidates
         )
         limit = (
             f"no candidate is within max-accuracy-drop={choice.max_accuracy_drop} points of the "
@@ -259,8 +258,8 @@ def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
         )
         raise ConfigError(f"{limit} (tried: {tried})")
     if choice.max_accuracy_drop is not None:
-        return min(fits, key=lambda c: (c.row["bytes"], -c.row["val_accuracy"], c.row["b1_us"]))
-    return max(fits, key=lambda c: (c.row["val_accuracy"], -c.row["bytes"]))
+        return min(fits, key=lambda c: (c.row.bytes, -c.row.val_accuracy, c.row.b1_us))
+    return max(fits, key=lambda c: (c.row.val_accuracy, -c.row.bytes))
 
 
 def pareto(rows: list[dict[str, Any]], cost: str) -> list[bool]:
@@ -277,8 +276,11 @@ def pareto(rows: list[dict[str, Any]], cost: str) -> list[bool]:
     return flags
 
 
-def _latency(teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray) -> dict[str, float | None]:
-    """Student batch-1 / batch-64 p50 in onnxruntime, interleaved with the teacher if known."""
+def _latency(teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray) -> dict[str, Any]:
+    """Student batch-1 / batch-64 p50 in onnxruntime, interleaved with the teacher if known.
+
+    The CandidateRow fields b1_us, b64_us, teacher_b1_us and teacher_b64_us.
+    """
     x64, raw64 = np.resize(x, (64, *x.shape[1:])), np.resize(raw, (64, *raw.shape[1:]))
     figures: dict[str, float | None] = {}
     for name, batch, raw_batch, iters in (("b1", x[:1], raw[:1], 500), ("b64", x64, raw64, 100)):

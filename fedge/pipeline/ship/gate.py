@@ -9,6 +9,8 @@ import numpy as np
 
 from fedge.core.config import RunConfig
 from fedge.core.ort import session_accuracy
+from fedge.core.partition import Split
+from fedge.pipeline.outputs.rows import GateVerdict
 
 log = logging.getLogger("fedge")
 
@@ -16,18 +18,18 @@ log = logging.getLogger("fedge")
 class NotShippedError(RuntimeError):
     """The teacher failed the quality gate and `ship-anyway` is off; `gate` says why."""
 
-    def __init__(self, gate: dict[str, Any]) -> None:
-        super().__init__(gate["reason"])
+    def __init__(self, gate: GateVerdict) -> None:
+        super().__init__(gate.reason)
         self.gate = gate
 
 
-def gate_teacher(cfg: RunConfig, session: Any, val: Any) -> tuple[float, dict[str, Any]]:
+def gate_teacher(cfg: RunConfig, session: Any, val: Split) -> tuple[float, GateVerdict]:
     """The teacher's validation accuracy (onnxruntime `session`) and the gate's verdict on it."""
     teacher_val = session_accuracy(session, val.x, val.y)
     return teacher_val, check_teacher(cfg, teacher_val, val.y)
 
 
-def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> dict[str, Any]:
+def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> GateVerdict:
     """The gate's verdict on the teacher's validation accuracy (results.json "quality_gate").
 
     Chance is what always answering the most common validation label scores (on balanced
@@ -45,16 +47,16 @@ def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> dict
         + (f", teacher-floor {100 * cfg.teacher_floor:.2f} %" if cfg.teacher_floor else "")
         + ")"
     )
-    gate = {
-        "passed": bool(passed),
-        "teacher_val_accuracy": teacher_val,
-        "chance": chance,
-        "threshold": threshold,
-        "teacher_margin": cfg.teacher_margin,
-        "teacher_floor": cfg.teacher_floor,
-        "ship_anyway": cfg.ship_anyway,
-        "reason": reason,
-    }
+    gate = GateVerdict(
+        passed=bool(passed),
+        teacher_val_accuracy=teacher_val,
+        chance=chance,
+        threshold=threshold,
+        teacher_margin=cfg.teacher_margin,
+        teacher_floor=cfg.teacher_floor,
+        ship_anyway=cfg.ship_anyway,
+        reason=reason,
+    )
     if not passed and cfg.ship_anyway:
         log.warning("quality gate FAILED, shipping anyway (ship-anyway): %s", reason)
     elif not passed:

@@ -1,10 +1,11 @@
-"""`fedge compress`: re-run the compression phase on a finished run's teacher, no retraining."""
+"""`fedge compress` (and `fedge.compress`): compress a finished run's teacher again, no retraining."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,29 +13,83 @@ from fedge.compression.bundle import PRIVATE_KEY_FILE, load_private_key, write_b
 from fedge.compression.onnx_teacher import OnnxTeacher
 from fedge.core.archspec import check_student
 from fedge.core.config import COMPRESSION_SETTINGS, ConfigError, RunConfig
-from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.core.ort import make_session
 from fedge.core.partition import build_federation
 from fedge.pipeline.chain.federate import saved
+from fedge.pipeline.chain.stages import CompressionConfig
 from fedge.pipeline.chain.teacher_source import global_source, stored_source
-from fedge.pipeline.outputs.report import render_compression_report
+from fedge.pipeline.outputs.results import CompressResults, write_compress_outputs
 from fedge.pipeline.rundir.paths import (
     BUNDLE_DIR,
     KEYS_DIR,
-    REPORT_FILE,
     RESULTS_FILE,
     TEACHER_FILE,
+    FinishedRun,
+    staged_run_dir,
+    timestamped_out,
 )
-from fedge.pipeline.chain.stages import CompressionConfig
 from fedge.pipeline.ship.candidates import Choice, SweepGrid, candidate_configs
 from fedge.pipeline.ship.gate import gate_teacher
-from fedge.pipeline.ship.phase import compress_and_ship
-from fedge.pipeline.ship.search import SearchConfig, run_search, searched
+from fedge.pipeline.ship.job import Compressed, CompressionJob, compress_and_ship
+from fedge.pipeline.ship.search import SearchConfig, SearchResult, run_search, searched
 from fedge.pipeline.ship.search_output import write_search
 from fedge.pipeline.ship.sweep_output import sweep_table, write_sweep
 
 log = logging.getLogger("fedge")
 BYTES_UNLIMITED = 1 << 62  # a choice by accuracy alone (Choice's max-bytes rule)
+
+
+@dataclass(frozen=True)
+class CompressRequest:
+    """What a user asks `fedge compress` for: changed settings, a choice, a sweep or a search.
+
+    ConfigError when the parts cannot go together.
+    """
+
+    changes: dict[str, Any] = field(default_factory=dict)  # kebab-case compression settings
+    choice: Choice = Choice()
+    grid: SweepGrid | None = None
+    search: SearchConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.search is None:
+            return
+        if self.grid is not None or "student" in self.changes or self.choice.active:
+            raise ConfigError(
+                "--search chooses the student: not with --sweep, --student or --max-accuracy-drop"
+            )
+        source = self.changes.get("kd-source", "public")
+        if source in ("federated", "both"):  # trials and the final student use the pool
+            raise ConfigError(
+                f"--search distils on the public pool; kd-source {source!r} needs the run's "
+                "clients: allowed with --search: public, auto"
+            )
+        object.__setattr__(self, "changes", {**self.changes, "kd-source": "public"})
+
+
+def compress_into(
+    run_dir: Path, request: CompressRequest, out: Path | None = None
+) -> tuple[Path, CompressResults]:
+    """The one entry of `fedge compress` and `fedge.compress`: returns where it wrote and what.
+
+    Everything that can be checked is checked before anything is written (ConfigError); the
+    output is built in OUT.partial and renamed when complete, and a failure leaves nothing,
+    not even an empty RUN/compress/ directory.
+    """
+    run_dir = Path(run_dir).expanduser().resolve()
+    cfg, teacher_params = compress_config(run_dir, request.changes)
+    target = Path(out or timestamped_out(run_dir, "compress")).expanduser().resolve()
+    if target.exists() and any(target.iterdir()):
+        raise ConfigError(f"out {target} already exists and is not empty; choose a new --out")
+    new_parent = not target.parent.exists()  # RUN/compress/ on the first compress of a run
+    try:
+        with staged_run_dir(target) as work:
+            results = compress_run(run_dir, cfg, work, teacher_params, request)
+    except BaseException:
+        if new_parent and target.parent.is_dir() and not any(target.parent.iterdir()):
+            target.parent.rmdir()
+        raise
+    return target, results
 
 
 def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, int]:
@@ -49,11 +104,8 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             raise ConfigError(
                 f"{run_dir} is not a finished fedge run with a teacher: {name} is missing"
             )
-    try:
-        source = json.loads((run_dir / RESULTS_FILE).read_text())
-        stored, teacher_params = source["config"], source["teacher"]["params"]
-    except (ValueError, KeyError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{run_dir / RESULTS_FILE} has no readable config: {err}") from err
+    finished = FinishedRun.read(run_dir)
+    stored = finished.cfg.to_run_config()
     # unknown keys and bad values; one bundle whatever the run's device tiers were
     cfg = RunConfig.from_run_config({**stored, **changes, "tiers": ""})
     bad = sorted(
@@ -64,16 +116,16 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             f"fedge compress cannot change {', '.join(bad)} (that needs a new run); "
             f"allowed: {', '.join(COMPRESSION_SETTINGS)}"
         )
-    _check_federated_replay(run_dir, cfg, RunConfig.from_run_config(stored))
+    _check_federated_replay(cfg, finished.cfg)
     try:
         teacher_input = make_session((run_dir / TEACHER_FILE).read_bytes()).get_inputs()[0]
         check_student(cfg.student, tuple(int(d) for d in teacher_input.shape[1:]))
     except ValueError as err:
         raise ConfigError(f"student: {err}") from None
-    return cfg, int(teacher_params)
+    return cfg, finished.teacher_params
 
 
-def _check_federated_replay(run_dir: Path, cfg: RunConfig, stored: RunConfig) -> None:
+def _check_federated_replay(cfg: RunConfig, stored: RunConfig) -> None:
     """ConfigError up front when the settings need student rounds the run's clients never ran.
 
     The rounds' result depends on the teacher it learned from and on every stage up to and
@@ -112,94 +164,80 @@ def _federated_changes(cfg: RunConfig, stored: RunConfig) -> list[str]:
 
 
 def compress_run(
-    run_dir: Path,
-    cfg: RunConfig,
-    out: Path,
-    teacher_params: int,
-    choice: Choice | None = None,
-    grid: SweepGrid | None = None,
-    search: SearchConfig | None = None,
-) -> dict[str, Any]:
+    run_dir: Path, cfg: RunConfig, out: Path, teacher_params: int, request: CompressRequest
+) -> CompressResults:
     """Compress the run's teacher with `cfg`'s settings into `out` (which must exist, empty).
 
-    With an active `choice`, students from STUDENTS (smallest first) are compressed with the
-    other settings until one satisfies it. With a `grid`, every grid point is compressed, the
+    With an active choice, students from STUDENTS (smallest first) are compressed with the
+    other settings until one satisfies it. With a grid, every grid point is compressed, the
     choice (default: within DEFAULT_SWEEP_DROP points) is made among them, and the table and
     Pareto plots are written too. Choices are made on the validation split (the device model on
-    raw input); ConfigError if no candidate satisfies the limit. With `search`, an architecture
-    search (fedge.pipeline.ship.search) picks the student first, which is then distilled fully on the
-    public pool; SearchError if nothing meets its budget.
+    raw input); ConfigError if no candidate satisfies the limit. With a search, an architecture
+    search (fedge.pipeline.ship.search) picks the finalists first, which are then distilled
+    fully on the public pool; SearchError if nothing meets its budget.
     """
     start = time.monotonic()
-    run_dir = Path(run_dir)
+    job = _job(Path(run_dir), cfg)
+    choice, grid, found = request.choice, request.grid, None
+    if request.search is not None:
+        found, choice, grid, job = _searched_finalists(job, request.search)
+    compressed = compress_and_ship(
+        job,
+        choice=choice,
+        grid=grid,
+        federated=saved(run_dir),  # the run's own clients' rounds
+    )
+    write_bundle(compressed.shipment.files, out / BUNDLE_DIR)
+    sweep = grid is not None and request.search is None
+    record = dataclasses.replace(compressed.record(), choice=compressed.choice_record(sweep))
+    teacher = dataclasses.replace(record.teacher, params=teacher_params)
+    results = CompressResults(
+        run_id=run_dir.name,
+        source_run=str(run_dir),
+        config=compressed.chosen.cfg.to_run_config(),
+        compression=dataclasses.replace(record, teacher=teacher),
+        privacy=FinishedRun.read(run_dir).privacy,  # post-processing: the guarantee carries over
+        timing_s={"compression": time.monotonic() - start},
+    )
+    if sweep:
+        write_sweep(out, sweep_table(compressed))
+    if request.search is not None and found is not None:
+        summary = _search_summary(compressed, request.search, found)
+        results = dataclasses.replace(results, search=summary)
+        write_search(out, found.trials, summary)
+    write_compress_outputs(results, out)
+    return results
+
+
+def _job(run_dir: Path, cfg: RunConfig) -> CompressionJob:
+    """The finished run's teacher, data and key, with `cfg`'s settings."""
     fed = build_federation(cfg)
     teacher_onnx = (run_dir / TEACHER_FILE).read_bytes()
     source = global_source(OnnxTeacher(teacher_onnx), fed.server.public_pool)
     if cfg.teacher_mode == "ensemble":
         source = stored_source(run_dir, cfg.ensemble_views)
     key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
-    found = None
-    if search is not None:
-        teacher_val, _ = gate_teacher(cfg, make_session(teacher_onnx), fed.server.val)  # first
-        found = run_search(cfg, source, fed, teacher_val, search)
-        pairs = tuple((f["student"], f["quant"]) for f in found.finalists)
-        cfg = cfg.one_public_student().replace(student=pairs[0][0])
-        # The finalists distilled fully; the most accurate on validation ships.
-        students, quants = (tuple(dict.fromkeys(p[i] for p in pairs)) for i in (0, 1))
-        grid = SweepGrid(students, (cfg.prune_ratio,), quants, only=pairs)
-        choice = Choice(max_bytes=search.max_bytes or BYTES_UNLIMITED)
-    compressed = compress_and_ship(
-        cfg,
-        source,
-        fed,
-        teacher_onnx,
-        key,
-        run_dir.name,
-        choice=choice,
-        grid=grid,
-        federated=saved(run_dir),  # student rounds: the run's own clients' result
-    )
-    shipment, chosen = compressed.shipment, compressed.chosen
-    write_bundle(shipment.files, out / BUNDLE_DIR)
-    privacy = json.loads((run_dir / RESULTS_FILE).read_text()).get("privacy")
-    results = _results(run_dir, chosen, source.summary, shipment, teacher_params, privacy)
-    results["student_rounds"] = chosen.outcome.federated
-    results["quality_gate"] = compressed.gate
-    results["timing_s"] = {"compression": time.monotonic() - start}
-    results["choice"] = compressed.choice_json(sweep=grid is not None and search is None)
-    if grid is not None and search is None:
-        table = sweep_table(
-            compressed.candidates, chosen, compressed.choice, compressed.teacher_val
-        )
-        write_sweep(out, table)
-    if search is not None and found is not None:
-        finalists = [c.row for c in compressed.candidates]
-        results["search"] = searched(
-            found, search, compressed.shipment, finalists, chosen.row["quant"]
-        )
-        write_search(out, found.trials, results["search"])
-    atomic_write_json(out / RESULTS_FILE, results)
-    atomic_write_bytes(out / REPORT_FILE, render_compression_report(results).encode())
-    return results
+    return CompressionJob(cfg, source, fed, teacher_onnx, key, run_dir.name)
 
 
-def _results(
-    run_dir: Path,
-    chosen: Any,
-    ensemble: dict[str, Any],
-    shipment: Any,
-    teacher_params: int,
-    privacy: dict[str, Any] | None,
+def _searched_finalists(
+    job: CompressionJob, search: SearchConfig
+) -> tuple[SearchResult, Choice, SweepGrid, CompressionJob]:
+    """Run the search; its finalists become a grid distilled fully, the most accurate ships."""
+    val = job.fed.server.val
+    teacher_val, _ = gate_teacher(job.cfg, make_session(job.teacher_onnx), val)  # first
+    found = run_search(job.cfg, job.source, job.fed, teacher_val, search)
+    pairs = tuple((f["student"], f["quant"]) for f in found.finalists)
+    cfg = job.cfg.one_public_student().replace(student=pairs[0][0])
+    students, quants = (tuple(dict.fromkeys(p[i] for p in pairs)) for i in (0, 1))
+    grid = SweepGrid(students, (cfg.prune_ratio,), quants, only=pairs)
+    choice = Choice(max_bytes=search.max_bytes or BYTES_UNLIMITED)
+    return found, choice, grid, job.with_settings(cfg)
+
+
+def _search_summary(
+    compressed: Compressed, search: SearchConfig, found: SearchResult
 ) -> dict[str, Any]:
-    """results.json of `fedge compress` (the choice and timing are added by the caller)."""
-    return {
-        "run_id": run_dir.name,
-        "source_run": str(run_dir),
-        "config": chosen.cfg.to_run_config(),
-        "compression_config": chosen.compression.to_json(),
-        "ensemble": ensemble,
-        "privacy": privacy,  # post-processing of the same teacher: its guarantee carries over
-        "teacher": {**shipment.teacher, "params": teacher_params},
-        "stages": chosen.outcome.stages,
-        "student": {**shipment.student, "architecture": chosen.cfg.student},
-    }
+    """results.json "search" (SearchError if the shipped student misses the search's budget)."""
+    finalists = [c.row for c in compressed.candidates]
+    return searched(found, search, compressed.shipment, finalists, compressed.chosen.row.quant)

@@ -13,7 +13,6 @@ and the one most accurate on validation ships through the usual stages.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,14 +21,14 @@ from fedge.compression.latency import LatencyModel, graph_of
 from fedge.core import archspec
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
-from fedge.core.models import DEEP_STUDENTS, FAST_STUDENTS, STUDENT_WIDTHS
 from fedge.core.partition import Federation
 from fedge.pipeline.chain.teacher_source import KdSource
+from fedge.pipeline.outputs.rows import CandidateRow
 from fedge.pipeline.ship.candidates import compress_candidates, quant_name, with_quant
+from fedge.pipeline.ship.search_space import sample, seed_specs
+from fedge.pipeline.ship.shipping import Shipment
 
 log = logging.getLogger("fedge")
-CHANNELS = (4, 8, 12, 16, 24, 32, 48)
-HIDDEN = (16, 32, 64, 128)
 
 
 class SearchError(ConfigError):
@@ -70,10 +69,45 @@ class SearchConfig:
 
 
 @dataclass
+class Trial:
+    """One architecture the search tried, as its short distillation and the chain left it."""
+
+    student: str  # the arch: spec
+    quant: str  # asked for; `quantized`: whether the guard kept int8
+    val_accuracy: float
+    test_accuracy: float
+    bytes: int
+    params: int
+    quantized: bool
+    measured_b1_us: float  # this machine
+    predicted_b1_us: float | None  # on the target's profile, if any
+    latency_us: float  # what the budget is checked against (predicted, else measured)
+    graph: dict[str, Any]  # compression.latency.Graph: to predict it on other profiles
+    seconds: float
+    trial: int = -1  # Optuna's trial number
+    feasible: bool = False  # within every budget
+    finalist: bool = False  # distilled fully after the search
+    chosen: bool = False  # shipped
+
+    @property
+    def as_trialled(self) -> str:
+        """The quantization to distil this architecture fully with: what its trial shipped.
+
+        A trial whose guard refused int8 was timed in fp32; distilled fully, int8 might be kept
+        and be slower at batch 1 than the budget the trial met.
+        """
+        return self.quant if self.quantized else "fp32"
+
+    def to_json(self) -> dict[str, Any]:
+        """The trial as trials.json and results.json hold it."""
+        return asdict(self)
+
+
+@dataclass
 class SearchResult:
     """Every trial, the chosen architecture and how long it took."""
 
-    trials: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
     finalists: list[dict[str, str]] = field(default_factory=list)  # student, quant; best first
     chosen: str = ""  # the finalist that distilled best (set by `searched`)
     chosen_quant: str = ""
@@ -81,7 +115,7 @@ class SearchResult:
 
     def summary(self, search: SearchConfig) -> dict[str, Any]:
         """results.json "search"."""
-        chosen = next(t for t in self.trials if t["chosen"])
+        chosen = next(t for t in self.trials if t.chosen)
         return {
             "trials": len(self.trials),
             "seconds": self.seconds,
@@ -92,51 +126,8 @@ class SearchResult:
             "finalists": self.finalists,
             "chosen": self.chosen,
             "chosen_quant": self.chosen_quant,
-            "chosen_trial": chosen,
+            "chosen_trial": chosen.to_json(),
         }
-
-
-def seed_specs(input_shape: tuple[int, ...]) -> list[str]:
-    """The hand-written family (fedge.core.models) as specs for this shape: the first trials.
-
-    The search starts from what a person would pick; flat data gets two MLPs.
-    """
-    if len(input_shape) == 1:
-        return ["arch:h32-h16-relu", "arch:h64-h32-relu"]
-    k = 3 if len(input_shape) == 3 else 5
-    out = []
-    for name, (c1, c2, h) in STUDENT_WIDTHS.items():
-        if name in DEEP_STUDENTS:  # three equal convolutions, pooling after the first two
-            out.append(f"arch:c{c1}k{k}p-c{c2}k{k}p-c{h}k{k}-relu")
-        elif name in FAST_STUDENTS:  # pooling between the two convolutions
-            out.append(f"arch:c{c1}k{k}p-c{c2}k{k}-h{h}-relu")
-        else:
-            out.append(f"arch:c{c1}k{k}-c{c2}k{k}p-h{h}-relu")
-    return out
-
-
-def sample(trial: Any, input_shape: tuple[int, ...]) -> str:
-    """An architecture for this input shape, drawn through an Optuna trial."""
-    activation = trial.suggest_categorical("activation", archspec.ACTIVATIONS)
-    if len(input_shape) == 1:
-        depth = trial.suggest_int("hidden_layers", 1, 2)
-        hidden = tuple(trial.suggest_categorical(f"h{i}", HIDDEN) for i in range(depth))
-        return archspec.Arch((), hidden, activation).spec
-    kernels = (3, 5) if len(input_shape) == 3 else (3, 5, 7)
-    max_pools = int(math.log2(min(input_shape[1:])))
-    convs: list[tuple[int, int, bool]] = []
-    for i in range(trial.suggest_int("convs", 1, 3)):
-        pooled = trial.suggest_categorical(f"p{i}", (False, True))
-        pooled = pooled and sum(p for _, _, p in convs) < max_pools
-        convs.append(
-            (
-                trial.suggest_categorical(f"c{i}", CHANNELS),
-                trial.suggest_categorical(f"k{i}", kernels),
-                pooled,
-            )
-        )
-    hidden = (trial.suggest_categorical("h0", HIDDEN),) if trial.suggest_int("hidden", 0, 1) else ()
-    return archspec.Arch(tuple(convs), hidden, activation).spec
 
 
 def run_search(
@@ -153,7 +144,7 @@ def run_search(
     shape = fed.dataset.preprocessing.input_shape
     result = SearchResult()
     started = time.monotonic()
-    evaluated: dict[str, dict[str, Any]] = {}
+    evaluated: dict[str, Trial] = {}
 
     quants = quant_choices(cfg)
 
@@ -167,12 +158,12 @@ def run_search(
             except ValueError as err:  # a layout these inputs cannot take: not a result
                 log.info("trial %s skipped: %s", spec, err)
                 raise optuna.TrialPruned(str(err)) from None
-            evaluated[key]["trial"] = trial.number
+            evaluated[key].trial = trial.number
             result.trials.append(evaluated[key])
         row = evaluated[key]
         for name, value in zip(("latency", "bytes"), _violations(row, config), strict=True):
             trial.set_constraint(name, value)
-        return row["val_accuracy"], row["latency_us"], float(row["bytes"])
+        return row.val_accuracy, row.latency_us, float(row.bytes)
 
     sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, config.trials))
     study = optuna.create_study(directions=("maximize", "minimize", "minimize"), sampler=sampler)
@@ -183,23 +174,7 @@ def run_search(
     result.seconds = time.monotonic() - started
     if not result.trials:
         raise SearchError(f"no architecture tried could take inputs of shape {shape}")
-    fits = [t for t in result.trials if not any(v > 0 for v in _violations(t, config))]
-    if not fits:
-        fastest = min(result.trials, key=lambda t: t["latency_us"])
-        smallest = min(result.trials, key=lambda t: t["bytes"])
-        raise SearchError(
-            f"no architecture of {len(result.trials)} tried meets the budget "
-            f"({_budget(config)}); the fastest was {fastest['student']} at "
-            f"{fastest['latency_us']:.1f} µs on {config.target}, the smallest "
-            f"{smallest['student']} at {smallest['bytes']} bytes. Nothing shipped."
-        )
-    ranked = sorted(fits, key=lambda t: (-round(t["val_accuracy"], 6), t["latency_us"], t["bytes"]))
-    pairs = dict.fromkeys((t["student"], as_trialled(t)) for t in ranked)  # best first, once
-    result.finalists = [{"student": s, "quant": q} for s, q in pairs][: config.finalists]
-    for row in result.trials:
-        row["feasible"] = row in fits
-        row["finalist"] = {"student": row["student"], "quant": as_trialled(row)} in result.finalists
-        row["chosen"] = False
+    _mark_finalists(result, config)
     log.info(
         "search: %d trials in %.0f s; finalists (distilled fully next): %s",
         len(result.trials),
@@ -207,6 +182,27 @@ def run_search(
         ", ".join(f"{f['student']} {f['quant']}" for f in result.finalists),
     )
     return result
+
+
+def _mark_finalists(result: SearchResult, config: SearchConfig) -> None:
+    """The most accurate trials within the budgets become finalists; SearchError if none fits."""
+    fits = [t for t in result.trials if not any(v > 0 for v in _violations(t, config))]
+    if not fits:
+        fastest = min(result.trials, key=lambda t: t.latency_us)
+        smallest = min(result.trials, key=lambda t: t.bytes)
+        raise SearchError(
+            f"no architecture of {len(result.trials)} tried meets the budget "
+            f"({_budget(config)}); the fastest was {fastest.student} at "
+            f"{fastest.latency_us:.1f} µs on {config.target}, the smallest "
+            f"{smallest.student} at {smallest.bytes} bytes. Nothing shipped."
+        )
+    ranked = sorted(fits, key=lambda t: (-round(t.val_accuracy, 6), t.latency_us, t.bytes))
+    pairs = dict.fromkeys((t.student, t.as_trialled) for t in ranked)  # best first, once
+    result.finalists = [{"student": s, "quant": q} for s, q in pairs][: config.finalists]
+    for row in result.trials:
+        row.feasible = row in fits
+        row.finalist = {"student": row.student, "quant": row.as_trialled} in result.finalists
+        row.chosen = False
 
 
 def _evaluate(
@@ -217,7 +213,7 @@ def _evaluate(
     config: SearchConfig,
     spec: str,
     quant: str,
-) -> dict[str, Any]:
+) -> Trial:
     start = time.monotonic()
     epochs = max(1, min(config.trial_epochs, cfg.kd_epochs))  # never more than the final one
     trial_cfg = with_quant(
@@ -229,27 +225,27 @@ def _evaluate(
     model_bytes = candidate.outcome.student_bytes
     graph = graph_of(model_bytes)
     predicted = config.model.predict_us(graph, 1) if config.model else None
-    out = {
-        "student": spec,
-        "quant": quant,  # asked for; "quantized": whether the guard kept int8
-        "val_accuracy": row["val_accuracy"],
-        "test_accuracy": row["test_accuracy"],
-        "bytes": row["bytes"],
-        "params": row["params"],
-        "quantized": row["quantized"],
-        "measured_b1_us": row["b1_us"],
-        "predicted_b1_us": predicted,
-        "latency_us": predicted if predicted is not None else row["b1_us"],
-        "graph": asdict(graph),  # to predict it on other profiles (device tiers)
-        "seconds": time.monotonic() - start,
-    }
+    out = Trial(
+        student=spec,
+        quant=quant,
+        val_accuracy=row.val_accuracy,
+        test_accuracy=row.test_accuracy,
+        bytes=row.bytes,
+        params=row.params,
+        quantized=row.quantized,
+        measured_b1_us=row.b1_us,
+        predicted_b1_us=predicted,
+        latency_us=predicted if predicted is not None else row.b1_us,
+        graph=asdict(graph),
+        seconds=time.monotonic() - start,
+    )
     log.info(
         "trial %-40s %-5s validation %.4f  %6d bytes  %.1f µs",
         spec,
         quant,
-        out["val_accuracy"],
-        out["bytes"],
-        out["latency_us"],
+        out.val_accuracy,
+        out.bytes,
+        out.latency_us,
     )
     return out
 
@@ -264,15 +260,6 @@ def quant_choices(cfg: RunConfig) -> list[str]:
     return [run] if run == "fp32" else [run, "fp32"]
 
 
-def as_trialled(trial: dict[str, Any]) -> str:
-    """The quantization to distil a trial's architecture fully with: what its trial shipped.
-
-    A trial whose guard refused int8 was timed in fp32; distilled fully, int8 might be kept and
-    be slower at batch 1 than the budget the trial met.
-    """
-    return str(trial["quant"]) if trial["quantized"] else "fp32"
-
-
 def _fits(spec: str, shape: tuple[int, ...]) -> bool:
     try:
         archspec.check_student(spec, shape)
@@ -281,11 +268,11 @@ def _fits(spec: str, shape: tuple[int, ...]) -> bool:
     return True
 
 
-def _violations(row: dict[str, Any], config: SearchConfig) -> list[float]:
+def _violations(row: Trial, config: SearchConfig) -> list[float]:
     """Optuna constraints: > 0 where a budget is exceeded."""
     return [
-        row["latency_us"] - config.max_latency_us if config.max_latency_us else -1.0,
-        float(row["bytes"] - config.max_bytes) if config.max_bytes else -1.0,
+        row.latency_us - config.max_latency_us if config.max_latency_us else -1.0,
+        float(row.bytes - config.max_bytes) if config.max_bytes else -1.0,
     ]
 
 
@@ -301,8 +288,8 @@ def _budget(config: SearchConfig) -> str:
 def searched(
     found: SearchResult,
     config: SearchConfig,
-    shipment: Any,
-    finalists: list[dict[str, Any]],
+    shipment: Shipment,
+    finalists: list[CandidateRow],
     chosen_quant: str,
 ) -> dict[str, Any]:
     """results.json "search": trials, finalists distilled fully, the shipped one vs the budget.
@@ -312,25 +299,19 @@ def searched(
     """
     found.chosen, found.chosen_quant = shipment.manifest.architecture, chosen_quant
     for row in found.trials:
-        row["chosen"] = (row["student"], as_trialled(row)) == (found.chosen, chosen_quant)
+        row.chosen = (row.student, row.as_trialled) == (found.chosen, chosen_quant)
     model = shipment.files[MODEL_FILE]
-    shipped = {
-        "bytes": len(model),
-        "measured_b1_us": shipment.student["latency_us"]["b1_p50"],
-        "predicted_b1_us": config.model.predict_us(model, 1) if config.model else None,
-    }
-    latency = shipped["predicted_b1_us"] or shipped["measured_b1_us"]
-    over = (config.max_latency_us and latency > config.max_latency_us) or (
-        config.max_bytes and shipped["bytes"] > config.max_bytes
-    )
-    if over:
+    measured = shipment.student.latency_us.b1_p50
+    predicted = config.model.predict_us(model, 1) if config.model else None
+    latency = predicted or measured
+    over_latency = config.max_latency_us is not None and latency > config.max_latency_us
+    if over_latency or (config.max_bytes is not None and len(model) > config.max_bytes):
         raise SearchError(
             f"the fully distilled {found.chosen} misses the budget ({_budget(config)}): "
-            f"{latency:.1f} µs, {shipped['bytes']} bytes (quantized: "
-            f"{shipment.student['quantized']}). Nothing shipped."
+            f"{latency:.1f} µs, {len(model)} bytes (quantized: "
+            f"{shipment.student.quantized}). Nothing shipped."
         )
-    full = [
-        {k: row[k] for k in ("student", "quant", "val_accuracy", "test_accuracy", "bytes", "b1_us")}
-        for row in finalists
-    ]
+    shipped = {"bytes": len(model), "measured_b1_us": measured, "predicted_b1_us": predicted}
+    keep = ("student", "quant", "val_accuracy", "test_accuracy", "bytes", "b1_us")
+    full = [{k: row.to_json()[k] for k in keep} for row in finalists]
     return {**found.summary(config), "finalists_distilled": full, "shipped": shipped}

@@ -10,6 +10,7 @@ from typing import Any
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.pipeline.outputs.plots import _pyplot
 from fedge.pipeline.ship.candidates import pareto
+from fedge.pipeline.ship.search import Trial
 
 SEARCH_DIR = "search"
 TRIALS_CSV, TRIALS_JSON, PARETO_PLOT = "trials.csv", "trials.json", "pareto.png"
@@ -33,9 +34,9 @@ COLUMNS = (
 )
 
 
-def write_search(out: Path, trials: list[dict[str, Any]], summary: dict[str, Any]) -> Path:
+def write_search(out: Path, trials: list[Trial], summary: dict[str, Any]) -> Path:
     """trials.csv, trials.json and pareto.png in out/search/; returns that directory."""
-    rows = [dict(t) for t in trials]
+    rows = [t.to_json() for t in trials]
     for name, cost in (("pareto_latency", "latency_us"), ("pareto_bytes", "bytes")):
         for row, flag in zip(rows, pareto(rows, cost), strict=True):
             row[name] = flag

@@ -16,6 +16,7 @@ from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Split
 from fedge.pipeline.chain.stages import CompressionConfig, CompressionOutcome
+from fedge.pipeline.outputs.rows import Latency, StudentFigures, TeacherFigures
 
 
 @dataclass
@@ -24,8 +25,8 @@ class Shipment:
 
     files: dict[str, bytes]
     manifest: BundleConfig
-    teacher: dict[str, Any]
-    student: dict[str, Any]
+    teacher: TeacherFigures
+    student: StudentFigures
 
 
 def ship(
@@ -61,29 +62,24 @@ def ship(
         quantized=outcome.quantization.quantized,
         architecture=compression.distill.student,
     )
-    teacher = {
-        "accuracy": teacher_acc,
-        "onnx_bytes": len(teacher_onnx),
-        "latency_us": latency["teacher"],
-    }
-    student = {
-        "accuracy": student_acc,
-        "params": outcome.student_params,
-        "onnx_bytes": len(student_bytes),
-        "gzip_bytes": gzip_size(student_bytes),
-        "sha256": hashlib.sha256(student_bytes).hexdigest(),
-        "quantized": outcome.quantization.quantized,
-        "quantization_reason": outcome.quantization.reason,
-        "size_ratio": len(teacher_onnx) / len(student_bytes),
-        "version": manifest.version,
-        "latency_us": latency["student"],
-    }
+    teacher = TeacherFigures(teacher_acc, len(teacher_onnx), latency["teacher"])
+    student = StudentFigures(
+        accuracy=student_acc,
+        params=outcome.student_params,
+        onnx_bytes=len(student_bytes),
+        gzip_bytes=gzip_size(student_bytes),
+        sha256=hashlib.sha256(student_bytes).hexdigest(),
+        quantized=outcome.quantization.quantized,
+        quantization_reason=outcome.quantization.reason,
+        size_ratio=len(teacher_onnx) / len(student_bytes),
+        version=manifest.version,
+        latency_us=latency["student"],
+        architecture=manifest.architecture,
+    )
     return Shipment(make_bundle(student_bytes, manifest, key), manifest, teacher, student)
 
 
-def _latency(
-    teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray
-) -> dict[str, dict[str, float]]:
+def _latency(teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray) -> dict[str, Latency]:
     """Batch-1 and batch-64 p50 of teacher and shipped student in onnxruntime, interleaved."""
     b1 = interleaved_latency_us(
         {"teacher": session_call(teacher, x[:1]), "student": session_call(student, raw[:1])}
@@ -93,6 +89,6 @@ def _latency(
         {"teacher": session_call(teacher, x64), "student": session_call(student, raw64)}, iters=200
     )
     return {
-        side: {"b1_p50": b1[side]["p50"], "b64_p50": b64[side]["p50"], "b1_p95": b1[side]["p95"]}
+        side: Latency(b1_p50=b1[side]["p50"], b64_p50=b64[side]["p50"], b1_p95=b1[side]["p95"])
         for side in ("teacher", "student")
     }

@@ -1,0 +1,204 @@
+"""Typed rows of results.json: what crosses modules between compression, the choice and the report.
+
+Each is a frozen dataclass with `to_json` (the JSON results.json holds) and `from_json` (checked
+field by field), so a key typo is a mypy error, not a silent None in the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+from fedge.core.plain import from_plain, to_plain
+
+
+class Row:
+    """to_json/from_json for the dataclasses below."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as results.json holds it."""
+        out: dict[str, Any] = to_plain(self)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        """Inverse of to_json; ValueError naming the first bad field."""
+        return from_plain(cls, data)
+
+
+@dataclass(frozen=True)
+class StageRow(Row):
+    """One compression stage's figures on the test split.
+
+    Bytes: raw fp32 weights for the torch stages, the ONNX file from export on.
+    """
+
+    name: str
+    accuracy: float
+    params: int
+    bytes: int
+    gzip_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class CandidateRow(Row):
+    """One compressed candidate: the device model on raw input, timed beside the teacher."""
+
+    student: str
+    prune_ratio: float
+    quant: str  # fp32 | qdq | qoperator | dynamic (what was asked)
+    quantized: bool  # whether int8 shipped (the guard may refuse it)
+    params: int
+    bytes: int
+    gzip_bytes: int
+    val_accuracy: float
+    drop_pt: float  # validation points below the teacher
+    test_accuracy: float
+    b1_us: float
+    b64_us: float
+    teacher_b1_us: float | None
+    teacher_b64_us: float | None
+
+    @property
+    def label(self) -> str:
+        """student/prune/quant, as messages name a candidate."""
+        return f"{self.student}/{self.prune_ratio}/{self.quant}"
+
+
+@dataclass(frozen=True)
+class GateVerdict(Row):
+    """The quality gate's verdict on the teacher (results.json "quality_gate")."""
+
+    passed: bool
+    teacher_val_accuracy: float
+    chance: float  # always answering the most common validation label
+    threshold: float
+    teacher_margin: float
+    teacher_floor: float
+    ship_anyway: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Latency(Row):
+    """p50/p95 µs of one onnxruntime call (1 thread), batch 1 and 64."""
+
+    b1_p50: float
+    b64_p50: float
+    b1_p95: float
+
+
+@dataclass(frozen=True)
+class TeacherFigures(Row):
+    """The teacher as the report shows it (test split, fp32 ONNX)."""
+
+    accuracy: float
+    onnx_bytes: int
+    latency_us: Latency | None = None  # None when nothing was compressed
+    params: int | None = None  # known to the run, not to compression
+
+
+@dataclass(frozen=True)
+class StudentFigures(Row):
+    """The shipped student: the signed device model, measured on the test split."""
+
+    accuracy: float
+    params: int
+    onnx_bytes: int
+    gzip_bytes: int
+    sha256: str
+    quantized: bool
+    quantization_reason: str
+    size_ratio: float  # teacher ONNX bytes / student bytes
+    version: int
+    latency_us: Latency
+    architecture: str
+
+
+@dataclass(frozen=True)
+class ChoiceRecord(Row):
+    """results.json "choice": the rule, every candidate's row, the chosen one."""
+
+    max_accuracy_drop_pt: float | None
+    max_bytes: int | None
+    teacher_val_accuracy: float
+    sweep: bool
+    candidates: tuple[CandidateRow, ...]
+    chosen: CandidateRow
+
+
+@dataclass(frozen=True)
+class TierRecord(Row):
+    """One device tier's student as compression made it (tiers.json)."""
+
+    tier: str
+    budget_us: float
+    student: str
+    quant: str  # as distilled; `quantized`: whether int8 shipped
+    search_trial: dict[str, Any]
+    val_accuracy: float
+    test_accuracy: float
+    bytes: int
+    quantized: bool
+    b1_us: float  # the server, timed beside the teacher
+    latency_us: float  # as the tier is judged (its nodes' profiles and/or this machine)
+    judged_on: str
+    version: int
+
+
+@dataclass(frozen=True)
+class ClientRow(Row):
+    """One client's deployment verdict and what it measured (results.json "clients")."""
+
+    partition_id: int | None
+    installed: bool
+    reason: str
+    accuracy: float | None = None  # the installed student on the client's local test split
+    latency_us_p50: float | None = None  # Predictor.predict, batch 1
+    onnx_us_p50: float | None = None  # the onnxruntime call alone (as budgets count it)
+    test_examples: int | None = None
+    teacher_accuracy: float | None = None  # the final teacher on the same split
+    tier: str | None = None  # device tiers only
+
+
+@dataclass(frozen=True)
+class TierSummary(Row):
+    """results.json "tiers": a tier's student and what its nodes measured when installing."""
+
+    tier: str
+    budget_us: float
+    student: str
+    quant: str
+    val_accuracy: float
+    test_accuracy: float
+    bytes: int
+    quantized: bool
+    b1_us: float
+    latency_us: float
+    judged_on: str
+    version: int
+    nodes: int
+    installed: int
+    node_latency_us_max: float | None  # each node's onnxruntime call, p50, at install
+    node_latency_us_median: float | None
+    node_predict_us_max: float | None  # Predictor.predict around it
+    meets_budget_on_nodes: bool
+
+
+@dataclass(frozen=True)
+class CompressionRecord(Row):
+    """What compression made of one run (compressed.json; also part of results.json).
+
+    `compression_config` is the chain's CompressionConfig as JSON; `ensemble` which teacher
+    the student learned from; `student_rounds` the student's federated rounds, if any.
+    """
+
+    shipped: bool
+    quality_gate: GateVerdict
+    compression_config: dict[str, Any] | None
+    ensemble: dict[str, Any]
+    stages: tuple[StageRow, ...]
+    choice: ChoiceRecord | None
+    student_rounds: dict[str, Any] | None
+    teacher: TeacherFigures
+    student: StudentFigures | None

@@ -1,0 +1,155 @@
+"""Sections both reports share: teacher vs stages vs student, the candidates, the privacy note."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedge.pipeline.outputs.rows import ChoiceRecord, CompressionRecord, StudentFigures
+
+
+def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
+    """Teacher vs each stage vs the deployed student: accuracy, size, latency."""
+    teacher, student = record.teacher, record.student
+    assert student is not None and teacher.latency_us is not None
+    gate = record.quality_gate
+    size = teacher.onnx_bytes
+    lines = [
+        "## Teacher and compression stages (central test split)",
+        "",
+        *([] if gate.passed else [f"**Shipped despite the quality gate**: {gate.reason}.", ""]),
+        distilled_from(record.ensemble),
+        "",
+        "| model | accuracy | params | bytes | vs teacher ONNX |",
+        "|---|---:|---:|---:|---:|",
+        _row("teacher (fp32 ONNX)", teacher.accuracy, teacher.params or 0, size, size),
+        *(_row(s.name, s.accuracy, s.params, s.bytes, size) for s in record.stages),
+        _row("**deployed student**", student.accuracy, student.params, student.onnx_bytes, size),
+        "",
+        "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files.",
+        f"Shipped file gzip-compressed: {student.gzip_bytes:,} bytes"
+        + (
+            f" (magnitude sparsity {sparsity:.0%}: zeros shrink the gzip size, not the raw file "
+            "or the latency)."
+            if sparsity
+            else "."
+        ),
+        f"Quantization: {student.quantization_reason}.",
+        "",
+        "| latency, onnxruntime 1 thread | batch 1 p50 | batch 64 p50 |",
+        "|---|---:|---:|",
+        f"| teacher fp32 | {teacher.latency_us.b1_p50:.1f} µs | {teacher.latency_us.b64_p50:.1f} µs |",
+        f"| deployed student | {student.latency_us.b1_p50:.1f} µs | "
+        f"{student.latency_us.b64_p50:.1f} µs |",
+        "",
+        f"Size ratio {student.size_ratio:.1f}x, accuracy change "
+        f"{100 * (student.accuracy - teacher.accuracy):+.2f} points.",
+    ]
+    return lines
+
+
+def privacy_lines(privacy: dict[str, Any]) -> list[str]:
+    """The formal guarantee, when the run trained with DP."""
+    if privacy["mode"] == "none":
+        return ["", "## Privacy", "", "No differential privacy (`dp none`): no formal guarantee."]
+    what = (
+        f"client-level DP-FedAvg, updates clipped to {privacy['clipping_norm']} on the "
+        f"{privacy['clipping']}, noise multiplier {privacy['noise_multiplier']:.3f}"
+        if privacy["mode"] == "central"
+        else f"sample-level DP-SGD on every client (per-sample gradients clipped to "
+        f"{privacy['clipping_norm']}, smallest noise multiplier {privacy['noise_multiplier']:.3f})"
+    )
+    return [
+        "",
+        "## Privacy",
+        "",
+        f"Training: {what}. Spent: **epsilon = {privacy['epsilon']:.3f} at delta = "
+        f"{privacy['delta']:g}** per {privacy['unit']} ({privacy['accountant']} accountant"
+        + (f"; target {privacy['target_epsilon']}" if privacy["target_epsilon"] else "")
+        + "). A round that averaged fewer clients is counted at the smaller noise it really gave.",
+        "",
+        "Compression trains only on the server's public pool (enforced in code), so the deployed "
+        "student is post-processing of the DP teacher and inherits the same (epsilon, delta).",
+    ]
+
+
+def distilled_from(ensemble: dict[str, Any]) -> str:
+    """One sentence: which teacher the student learned from."""
+    if ensemble["mode"] == "ensemble":
+        who = (
+            f"partitions {ensemble['clients']} of the last round"
+            if "clients" in ensemble
+            else f"the run's saved ensemble (`{ensemble['from']}`)"
+        )
+        agreement = (
+            f"; the ensemble agrees with the global model on "
+            f"{100 * ensemble['agreement_with_global']:.1f} % of them"
+            if "agreement_with_global" in ensemble
+            else ""
+        )
+        return (
+            f"Distilled from an ensemble (FedDF-style): the mean logits of {who} on "
+            f"{ensemble['transfer_inputs']:,} public transfer inputs{agreement}. Clients sent "
+            "logits only. The teacher row below is the global model."
+        )
+    if "requested" in ensemble:
+        return f"Distilled from the global model: ensemble requested, but {ensemble['reason']}."
+    return "Distilled from the global model."
+
+
+def choice_lines(choice: ChoiceRecord) -> list[str]:
+    """The candidates compared on validation, and which one shipped."""
+    if len(choice.candidates) < 2 and not choice.sweep:
+        return []
+    limit = (
+        f"at most {choice.max_accuracy_drop_pt} validation points below the teacher "
+        f"({100 * choice.teacher_val_accuracy:.2f} %), then fewest bytes"
+        if choice.max_accuracy_drop_pt is not None
+        else f"at most {choice.max_bytes or 0:,} bytes, then most accurate on validation"
+    )
+    lines = [
+        "",
+        "## Candidates (validation split; the shipped one in bold)",
+        "",
+        f"Rule: {limit}."
+        + (" Table: `sweep.csv`, `sweep.json`; plots: `pareto.png`." if choice.sweep else ""),
+        "",
+        "| student | prune | quant | validation | drop (pt) | bytes | batch-1 | batch-64 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in choice.candidates:
+        refused = not row.quantized and row.quant != "fp32"
+        cells = [
+            row.student,
+            f"{row.prune_ratio:.2f}",
+            f"{row.quant} (refused)" if refused else row.quant,
+            pct(row.val_accuracy),
+            f"{row.drop_pt:.2f}",
+            f"{row.bytes:,}",
+            us(row.b1_us),
+            us(row.b64_us),
+        ]
+        if row == choice.chosen:
+            cells = [f"**{cell}**" for cell in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def bundle_line(student: StudentFigures | None) -> str:
+    """Where the signed bundle is, or why there is none."""
+    if student is None:
+        return "- Bundle: none (the quality gate stopped it)."
+    return f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student.sha256[:16]}...`."
+
+
+def _row(name: str, accuracy: float, params: int, size: int, teacher_bytes: int) -> str:
+    return f"| {name} | {pct(accuracy)} | {params:,} | {size:,} | {teacher_bytes / size:.1f}x |"
+
+
+def pct(value: float | None) -> str:
+    """A share as a percentage with two decimals ('' for none)."""
+    return "" if value is None else f"{100 * value:.2f} %"
+
+
+def us(value: float | None) -> str:
+    """Microseconds with one decimal ('' for none)."""
+    return "" if value is None else f"{value:.1f} µs"
