@@ -17,7 +17,6 @@ import onnxruntime as ort
 from fedge.client.runtime.session import device_session
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, VerifiedBundle, load_public_key
-from fedge.core import bundle_format as fmt
 
 log = logging.getLogger("fedge.runtime")
 BATCH_SIZE = 512  # samples per onnxruntime run: bounds the memory of large inputs
@@ -50,17 +49,17 @@ class _Loaded:
     """One verified bundle turned into a session, with what predict needs at hand."""
 
     def __init__(self, bundle: VerifiedBundle, warmup: int) -> None:
-        manifest = bundle.manifest  # schema-checked: every field below exists with its type
-        self.model_id: str = manifest["model_id"]
-        self.version: int = bundle.version
-        self.sample_shape = fmt.sample_shape(manifest)
+        manifest = bundle.manifest
+        self.model_id = manifest.model_id
+        self.version = manifest.version
+        self.sample_shape = manifest.sample_shape
         self.sample_size = math.prod(self.sample_shape)
-        self.labels = np.asarray(manifest["labels"], dtype=np.int64)
+        self.labels = np.asarray(manifest.labels, dtype=np.int64)
         self.identity_labels = bool(np.array_equal(self.labels, np.arange(len(self.labels))))
-        self.input_name: str = manifest["input"]["name"]
+        self.input_name = manifest.input.name
         # The device contract (fedge's bundles): preprocessing inside the graph, so Python only
         # checks and casts, and probability and label outputs, so it computes nothing.
-        self.output_names = [manifest["output"]["probabilities"], manifest["output"]["label"]]
+        self.output_names = [manifest.output.probabilities, manifest.output.label]
         try:
             self.session = device_session(bundle.model_bytes)
             inputs = [i.name for i in self.session.get_inputs()]
