@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +21,14 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedge.client import student
+from fedge.client.local_round import Fit, train_round
 from fedge.client.node import DeployTarget, deploy_target, is_simulated
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key
 from fedge.client.update_codec import update_codec_mod
-from fedge.core import faults, training
 from fedge.core import messages as m
+from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.ort import session_call, settled_latency_us
@@ -64,70 +64,49 @@ def _clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallabl
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's private partition."""
     torch.set_num_threads(1)
-    cfg = record_to_config(msg.content.config_records[m.CONFIG])
-    pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
+    config = msg.content.config_records[m.CONFIG]
+    cfg = record_to_config(config)
+    pid, data = _local_data(cfg, context, config)
     model = _model(cfg, msg)
-    server_round = as_int(msg.content.config_records[m.CONFIG].get("server-round", 0))
-    roles = faults.round_roles(cfg, server_round)
-    if pid in roles.dropped:
-        raise faults.SimulatedDropoutError(f"partition {pid} dropped out of round {server_round}")
-    seed = training.client_seed(cfg.seed, server_round, pid)
-    attacking = pid in roles.byzantine
-    labels = data.train.y
-    if attacking and cfg.byzantine_mode == "label-flip":
-        labels = faults.flip_labels(
-            labels, as_int(msg.content.config_records[m.CONFIG][m.NUM_CLASSES])
-        )
-    start = training.get_weights(model)
-    dp_metrics: dict[str, float] = {}
-    if cfg.dp == "local":
-        schedule = dp_sgd.plan(len(labels), cfg)
-        loss = dp_sgd.dp_sgd_train(
-            model,
-            data.train.x,
-            labels,
-            schedule=schedule,
-            epochs=cfg.local_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            clip=cfg.dp_clip,
-            seed=seed,
-        )
-        result = training.TrainResult(loss=loss, num_examples=len(labels))
-        dp_metrics = {
-            m.DP_EPSILON: schedule.epsilon_after(server_round, cfg),
-            m.DP_NOISE: schedule.noise,
-        }
-    else:
-        result = training.train(
-            model,
-            data.train.x,
-            labels,
-            epochs=cfg.local_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            seed=seed,
-            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
-        )
-    weights = training.get_weights(model)
-    if attacking:
-        weights = faults.poison_update(cfg, start, weights, seed)
-    if pid in roles.stragglers:
-        time.sleep(faults.straggler_delay(cfg))
-    metrics = MetricRecord(
-        {
-            m.NUM_EXAMPLES: result.num_examples,
-            m.TRAIN_LOSS: result.loss,
-            m.PARTITION_ID: pid,
-            m.UNIT_WEIGHT: 1,
-            **dp_metrics,
-        }
+    server_round = as_int(config.get("server-round", 0))
+    schedule = dp_sgd.plan(len(data.train), cfg) if cfg.dp == "local" else None
+    update = train_round(
+        cfg,
+        model,
+        data.train.y,
+        _teacher_fit(cfg, model, data.train.x, schedule),
+        partition_id=pid,
+        server_round=server_round,
+        num_classes=record_to_spec(config)[1],
     )
-    arrays = weights_to_record(weights)
     if cfg.teacher_mode == "ensemble":  # kept on the node for the server's logits query
-        context.state[m.STATE_MODEL] = weights_to_record(weights)
+        context.state[m.STATE_MODEL] = weights_to_record(update.weights)
         context.state[m.STATE_ROUND] = ConfigRecord({"round": server_round, m.PARTITION_ID: pid})
-    return Message(RecordDict({m.ARRAYS: arrays, m.METRICS: metrics}), reply_to=msg)
+    if schedule is None:
+        return update.reply(msg)
+    epsilon = schedule.epsilon_after(server_round, cfg)
+    return update.reply(msg, **{m.DP_EPSILON: epsilon, m.DP_NOISE: schedule.noise})
+
+
+def _teacher_fit(
+    cfg: RunConfig, model: torch.nn.Module, x: np.ndarray, schedule: dp_sgd.LocalPlan | None
+) -> Fit:
+    """Local training of a teacher round: DP-SGD under local DP, else SGD (FedProx's term)."""
+
+    def fit(labels: np.ndarray, seed: int) -> training.TrainResult:
+        if schedule is None:
+            mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
+            return training.train(
+                model, x, labels, epochs=cfg.local_epochs, lr=cfg.lr,
+                batch_size=cfg.batch_size, seed=seed, proximal_mu=mu,
+            )  # fmt: skip
+        loss = dp_sgd.dp_sgd_train(
+            model, x, labels, schedule=schedule, epochs=cfg.local_epochs, lr=cfg.lr,
+            batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=seed,
+        )  # fmt: skip
+        return training.TrainResult(loss=loss, num_examples=len(labels))
+
+    return fit
 
 
 @app.evaluate()

@@ -294,3 +294,41 @@ def test_a_byzantine_client_sends_what_its_mode_says_and_honest_ones_do_not():
     _, same = _trained(attack, other)
     _, reference = _trained(CFG, other)
     assert all(np.array_equal(same[k], reference[k]) for k in reference)
+
+
+def _student_reply(cfg: RunConfig, pid: int):
+    """(student start weights, what the node sent back from one student round)."""
+    from fedge.core.models import build_student
+    from fedge.core.training import weights_sha256
+
+    context = node_context(7, partition_id=pid, num_partitions=cfg.clients)
+    teacher = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    evaluate = RecordDict(
+        {m.ARRAYS: weights_to_record(teacher), m.CONFIG: config_to_record(cfg, **SPEC)}
+    )
+    app(_message(evaluate, m.EVALUATE), context)  # keeps the teacher's logits on the node
+    start = get_weights(build_student((1, 8, 8), 10, cfg.student, seed=0))
+    config = config_to_record(
+        cfg, **SPEC, **{"server-round": 4, m.TEACHER_SHA256: weights_sha256(teacher)}
+    )
+    content = RecordDict({m.ARRAYS: weights_to_record(start), m.CONFIG: config})
+    reply = app(_message(content, m.TRAIN_STUDENT), context)
+    return start, record_to_weights(reply.content.array_records[m.ARRAYS])
+
+
+def test_the_student_rounds_inject_the_same_faults_as_the_teacher_rounds():
+    from fedge.core.faults import SimulatedDropoutError, byzantine_partitions, round_roles
+
+    cfg = CFG.replace(kd_source="both", student="tiny", student_epochs=1)
+    attack = cfg.replace(byzantine_fraction=0.25, byzantine_scale=3.0)
+    (pid,) = byzantine_partitions(attack)
+    start, honest = _student_reply(cfg, pid)
+    _, flipped = _student_reply(attack, pid)
+    for key in start:
+        np.testing.assert_allclose(
+            flipped[key], start[key] - 3.0 * (honest[key] - start[key]), rtol=1e-5, atol=1e-6
+        )
+    dropping = cfg.replace(dropout_fraction=0.25)
+    (dropped,) = round_roles(dropping, 4).dropped
+    with pytest.raises(SimulatedDropoutError, match=f"partition {dropped} dropped out of round 4"):
+        _student_reply(dropping, dropped)
