@@ -20,21 +20,16 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedge.client import student
+from fedge.client import deployment, student
 from fedge.client.local_round import Fit, train_round
-from fedge.client.node import DeployTarget, deploy_target, is_simulated
-from fedge.client.runtime.predictor import Predictor
-from fedge.client.runtime.store import ModelStore
-from fedge.client.runtime.verify import BundleError, load_public_key
+from fedge.client.node import deploy_target, is_simulated
 from fedge.client.update_codec import update_codec_mod
 from fedge.core import messages as m
 from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
-from fedge.core.ort import session_call, settled_latency_us
 from fedge.core.partition import ClientData, build_federation, client_data, node_data
 from fedge.core.records import (
-    as_bytes,
     as_int,
     record_to_config,
     record_to_spec,
@@ -180,68 +175,23 @@ def deploy(msg: Message, context: Context) -> Message:
     bundle counts only in simulation (fedge.client.node). Verification and the device-model
     check run before the bundle becomes current, as `fedge install` runs them; a refused
     bundle is not installed and the reply says which check failed. The version already
-    installed, delivered again (a resumed server run resends it), is a success.
+    installed, delivered again (a resumed server run resends it), is a success. The node's
+    data is loaded after the install, so a data problem does not block it.
     """
     config = msg.content.config_records[m.CONFIG]
-    cfg = record_to_config(config)
-    pid, data = _local_data(cfg, context, config)
-    target = _deploy_paths(context, config, pid)
-    files = {
-        name: as_bytes(config[key]) for name, key in m.BUNDLE_FILE_KEYS.items() if key in config
-    }
-    metrics: dict[str, int | float] = {
-        m.PARTITION_ID: pid,
-        m.INSTALLED: 0,
-        m.NUM_EXAMPLES: len(data.test),
-    }
-    status: dict[str, str] = {m.REASON: "installed"}
-    try:
-        if target.refusal is not None or target.store is None or target.trusted_key is None:
-            raise BundleError("trust", target.refusal or "no store or key")
-        outcome = ModelStore(target.store).install(
-            files,
-            load_public_key(target.trusted_key),
-            allow_model_switch=target.allow_model_switch,
-        )
-        # What the device will run: the Predictor, which verifies the store's bundle again.
-        predictor = Predictor(target.store, target.trusted_key, warmup=0, check_interval=None)
-    except BundleError as err:
-        status[m.REASON] = str(err)
-        if target.store is not None and err.check in ("trust", "trusted-key"):
-            ModelStore(target.store).record_refusal(err, files)
-    else:
-        if not outcome.changed:
-            status[m.REASON] = f"version {outcome.bundle.version} was already installed"
-        prep, _ = record_to_spec(config)
-        raw = prep.invert(data.test.x)  # the device's raw measurements
-        accuracy = float((predictor.predict(raw).labels == data.test.y).mean())
-        latency = _install_latency_us(predictor, raw[:1])
-        metrics.update(
-            {
-                m.INSTALLED: 1,
-                m.ACCURACY: accuracy,
-                m.LATENCY_US_P50: latency["predict"],
-                m.ONNX_US_P50: latency["onnx"],
-                "version": predictor.version,
-            }
-        )
-    content = RecordDict(
-        {m.METRICS: MetricRecord(dict(metrics)), m.STATUS: ConfigRecord(dict(status))}
+    pid = as_int(context.node_config[m.NODE_PARTITION_ID])
+    target = deploy_target(context.node_config, config, pid, simulated=is_simulated())
+    verdict = deployment.install_then_evaluate(
+        deployment.bundle_files(config), target, pid, lambda: _raw_test_data(context, config)
     )
-    return Message(content, reply_to=msg)
+    return verdict.reply(msg)
 
 
-def _install_latency_us(predictor: Predictor, one: np.ndarray) -> dict[str, float]:
-    """Batch-1 p50 µs: the onnxruntime call (as budgets count it) and Predictor.predict.
-
-    Timed as the server checks a tier's student: blocks of consecutive calls, the best of three
-    measurements half a second apart (core.ort.settled_latency_us).
-    """
-    calls = {
-        "onnx": session_call(predictor.session, predictor.model_input(one)),
-        "predict": lambda: predictor.predict(one),
-    }
-    return settled_latency_us(calls)
+def _raw_test_data(context: Context, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The node's test split as the device measures it (raw, before preprocessing)."""
+    _, data = _local_data(record_to_config(config), context, config)
+    prep, _ = record_to_spec(config)
+    return prep.invert(data.test.x), data.test.y
 
 
 @app.query(m.PROFILE_ACTION)
@@ -281,8 +231,3 @@ def _model(cfg: RunConfig, msg: Message) -> torch.nn.Module:
     model = build_teacher(prep.input_shape, num_classes, cfg.seed, cfg.teacher)
     training.set_weights(model, record_to_weights(msg.content.array_records[m.ARRAYS]))
     return model
-
-
-def _deploy_paths(context: Context, config: ConfigRecord, pid: int) -> DeployTarget:
-    """The node's own model store and trusted key; the message's only in a local simulation."""
-    return deploy_target(context.node_config, config, pid, simulated=is_simulated())

@@ -60,22 +60,14 @@ def train_round(
 
     Parameters
     ----------
-    cfg
-        The run's settings (seed, fault fractions, attack mode and scale).
-    model
-        The received model; trained in place.
-    labels
-        The client's training labels (the samples are `fit`'s business).
+    cfg, model, labels
+        The run's settings; the received model (trained in place); the training labels.
     fit
         Trains `model` on (labels, seed): plain, DP-SGD or federated distillation.
-    partition_id, server_round
-        Who and when: the roles and the seed (`training.client_seed`) follow from them.
-    num_classes
-        For flipping labels.
-    stragglers_wait
-        Whether a straggler waits (the student rounds have no stragglers).
-    sleep
-        How a straggler waits.
+    partition_id, server_round, num_classes
+        Who and when (the roles and `training.client_seed` follow); classes, to flip labels.
+    stragglers_wait, sleep
+        Whether a straggler waits (the student rounds have none), and how.
 
     Returns
     -------

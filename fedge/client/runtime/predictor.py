@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.session import device_session
 from fedge.client.runtime.store import ModelStore
@@ -98,15 +99,49 @@ class Predictor:
         check_interval: float | None = 1.0,
         batch_size: int = BATCH_SIZE,
     ) -> None:
-        self.store = ModelStore(model_dir)
-        self.key = load_public_key(trusted_key)
+        store = ModelStore(model_dir)
+        key = load_public_key(trusted_key)
+        self._start(store, key, store.load(key), warmup, check_interval, batch_size)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        store: ModelStore,
+        key: Ed25519PublicKey,
+        bundle: VerifiedBundle,
+        *,
+        warmup: int = 50,
+        check_interval: float | None = 1.0,
+        batch_size: int = BATCH_SIZE,
+    ) -> Predictor:
+        """Serve a bundle that was just verified (what `ModelStore.install` returns).
+
+        The deploy handler's way in: the bundle's bytes go straight into the session, instead
+        of being read back from the store and verified a second time. Later versions are
+        loaded from `store` and verified with `key`, as for a Predictor opened on a store.
+        """
+        predictor = cls.__new__(cls)
+        predictor._start(store, key, bundle, warmup, check_interval, batch_size)
+        return predictor
+
+    def _start(
+        self,
+        store: ModelStore,
+        key: Ed25519PublicKey,
+        bundle: VerifiedBundle,
+        warmup: int,
+        check_interval: float | None,
+        batch_size: int,
+    ) -> None:
+        self.store = store
+        self.key = key
         self.warmup = warmup
         self.check_interval = check_interval
         self.batch_size = batch_size
         self.last_error: str | None = None  # why the latest newer bundle was refused
         self._refused: int | None = None  # that bundle's version: not tried again
         self._lock = threading.Lock()
-        self._loaded = _Loaded(self.store.load(self.key), warmup)
+        self._loaded = _Loaded(bundle, warmup)
         self._next_check = self._after(check_interval)
 
     @property
