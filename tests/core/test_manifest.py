@@ -2,6 +2,7 @@
 
 import ast
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -118,8 +119,7 @@ def test_from_dict_refuses_what_the_schema_refuses_with_its_reasons(path, value)
 
 @pytest.mark.parametrize(("path", "value"), BAD[:12], ids=[p for p, _ in BAD[:12]])
 def test_to_json_writes_nothing_the_device_would_refuse(path, value):
-    bad = Manifest.from_dict(MANIFEST.to_dict())
-    object.__setattr__(bad, path, value)
+    bad = dataclasses.replace(MANIFEST, **{path: value})
     with pytest.raises(ManifestError) as err:
         bad.to_json()
     assert str(err.value) == "; ".join(fmt.schema_errors(bad.to_dict()))
