@@ -80,21 +80,21 @@ def verify(bundle_dir: BundleDir, trusted_key: TrustedKey, as_json: AsJson = Fal
     except BundleError as err:
         raise fail(str(err)) from None
     manifest = bundle.manifest
-    summary = {
-        "model_id": bundle.model_id,
-        "version": bundle.version,
-        "model_sha256": manifest["model_sha256"],
-        "model_bytes": manifest["model_bytes"],
-        "input_shape": manifest["preprocessing"]["input_shape"],
-        "labels": len(manifest["labels"]),
-    }
+    shape = list(manifest.sample_shape)
     if as_json:
+        summary = {
+            "model_id": manifest.model_id,
+            "version": manifest.version,
+            "model_sha256": manifest.model_sha256,
+            "model_bytes": manifest.model_bytes,
+            "input_shape": shape,
+            "labels": len(manifest.labels),
+        }
         print(json.dumps({"ok": True, **summary}))
     else:
         print(
-            f"ok: {bundle.model_id} version {bundle.version}, {summary['model_bytes']} bytes, "
-            f"sha256 {summary['model_sha256'][:16]}..., input {summary['input_shape']}, "
-            f"{summary['labels']} labels"
+            f"ok: {manifest.model_id} version {manifest.version}, {manifest.model_bytes} bytes, "
+            f"sha256 {manifest.model_sha256[:16]}..., input {shape}, {len(manifest.labels)} labels"
         )
 
 

@@ -106,32 +106,12 @@ def serve(
     server (GET /health reports it in last_error).
     """
     from fedge.client.runtime import httpserver
-    from fedge.client.runtime.files import UnsafeFileError, read_bounded
-    from fedge.client.runtime.httpserver import ServerLimits, bind, is_loopback
+    from fedge.client.runtime.httpserver import ServerLimits, bind
     from fedge.client.runtime.predictor import Predictor
     from fedge.client.runtime.service import InferenceApp, ServiceLimits
     from fedge.client.runtime.verify import BundleError
 
-    token = None
-    if token_file is not None:
-        try:
-            token = read_bounded(token_file, 4096).decode("ascii").strip()
-        except (UnsafeFileError, UnicodeDecodeError) as err:
-            raise fail(f"cannot read --token-file: {err}") from None
-        if len(token) < 16 or not token.isprintable() or " " in token:
-            raise fail("--token-file must hold one token of at least 16 printable ASCII characters")
-    elif not is_loopback(host):
-        if not allow_no_token:
-            raise fail(
-                f"--host {host} is reachable from the network and there is no --token-file: "
-                "anyone who can connect could use the model; pass --token-file, or "
-                "--allow-no-token if that is what you want"
-            )
-        console.print(
-            f"[bold yellow]warning:[/] serving {host} without a token: anyone who can reach "
-            "this port can query the model",
-            highlight=False,
-        )
+    token = _serving_token(token_file, host, allow_no_token)
     limits = ServerLimits(max_connections=max_connections, request_timeout=request_timeout)
     try:
         predictor = Predictor(model_dir, trusted_key, check_interval=None)
@@ -151,6 +131,34 @@ def serve(
         flush=True,
     )
     httpserver.serve(app_, sock, limits)
+
+
+def _serving_token(token_file: Path | None, host: str, allow_no_token: bool) -> str | None:
+    """The bearer token of `fedge serve`, or None where serving without one is allowed."""
+    from fedge.client.runtime.files import UnsafeFileError, read_bounded
+    from fedge.client.runtime.httpserver import is_loopback
+
+    if token_file is not None:
+        try:
+            token = read_bounded(token_file, 4096).decode("ascii").strip()
+        except (UnsafeFileError, UnicodeDecodeError) as err:
+            raise fail(f"cannot read --token-file: {err}") from None
+        if len(token) < 16 or not token.isprintable() or " " in token:
+            raise fail("--token-file must hold one token of at least 16 printable ASCII characters")
+        return token
+    if not is_loopback(host):
+        if not allow_no_token:
+            raise fail(
+                f"--host {host} is reachable from the network and there is no --token-file: "
+                "anyone who can connect could use the model; pass --token-file, or "
+                "--allow-no-token if that is what you want"
+            )
+        console.print(
+            f"[bold yellow]warning:[/] serving {host} without a token: anyone who can reach "
+            "this port can query the model",
+            highlight=False,
+        )
+    return None
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +20,16 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedge.client import student
-from fedge.client.node import DeployTarget, deploy_target, is_simulated
-from fedge.client.runtime.predictor import Predictor
-from fedge.client.runtime.store import ModelStore
-from fedge.client.runtime.verify import BundleError, load_public_key
+from fedge.client import deployment, student
+from fedge.client.local_round import Fit, train_round
+from fedge.client.node import deploy_target, is_simulated
 from fedge.client.update_codec import update_codec_mod
-from fedge.core import faults, training
 from fedge.core import messages as m
+from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
-from fedge.core.ort import session_call, settled_latency_us
 from fedge.core.partition import ClientData, build_federation, client_data, node_data
 from fedge.core.records import (
-    as_bytes,
     as_int,
     record_to_config,
     record_to_spec,
@@ -64,70 +59,49 @@ def _clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallabl
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's private partition."""
     torch.set_num_threads(1)
-    cfg = record_to_config(msg.content.config_records[m.CONFIG])
-    pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
+    config = msg.content.config_records[m.CONFIG]
+    cfg = record_to_config(config)
+    pid, data = _local_data(cfg, context, config)
     model = _model(cfg, msg)
-    server_round = as_int(msg.content.config_records[m.CONFIG].get("server-round", 0))
-    roles = faults.round_roles(cfg, server_round)
-    if pid in roles.dropped:
-        raise faults.SimulatedDropoutError(f"partition {pid} dropped out of round {server_round}")
-    seed = training.client_seed(cfg.seed, server_round, pid)
-    attacking = pid in roles.byzantine
-    labels = data.train.y
-    if attacking and cfg.byzantine_mode == "label-flip":
-        labels = faults.flip_labels(
-            labels, as_int(msg.content.config_records[m.CONFIG][m.NUM_CLASSES])
-        )
-    start = training.get_weights(model)
-    dp_metrics: dict[str, float] = {}
-    if cfg.dp == "local":
-        schedule = dp_sgd.plan(len(labels), cfg)
-        loss = dp_sgd.dp_sgd_train(
-            model,
-            data.train.x,
-            labels,
-            schedule=schedule,
-            epochs=cfg.local_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            clip=cfg.dp_clip,
-            seed=seed,
-        )
-        result = training.TrainResult(loss=loss, num_examples=len(labels))
-        dp_metrics = {
-            m.DP_EPSILON: schedule.epsilon_after(server_round, cfg),
-            m.DP_NOISE: schedule.noise,
-        }
-    else:
-        result = training.train(
-            model,
-            data.train.x,
-            labels,
-            epochs=cfg.local_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            seed=seed,
-            proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
-        )
-    weights = training.get_weights(model)
-    if attacking:
-        weights = faults.poison_update(cfg, start, weights, seed)
-    if pid in roles.stragglers:
-        time.sleep(faults.straggler_delay(cfg))
-    metrics = MetricRecord(
-        {
-            m.NUM_EXAMPLES: result.num_examples,
-            m.TRAIN_LOSS: result.loss,
-            m.PARTITION_ID: pid,
-            m.UNIT_WEIGHT: 1,
-            **dp_metrics,
-        }
+    server_round = as_int(config.get("server-round", 0))
+    schedule = dp_sgd.plan(len(data.train), cfg) if cfg.dp == "local" else None
+    update = train_round(
+        cfg,
+        model,
+        data.train.y,
+        _teacher_fit(cfg, model, data.train.x, schedule),
+        partition_id=pid,
+        server_round=server_round,
+        num_classes=record_to_spec(config)[1],
     )
-    arrays = weights_to_record(weights)
     if cfg.teacher_mode == "ensemble":  # kept on the node for the server's logits query
-        context.state[m.STATE_MODEL] = weights_to_record(weights)
+        context.state[m.STATE_MODEL] = weights_to_record(update.weights)
         context.state[m.STATE_ROUND] = ConfigRecord({"round": server_round, m.PARTITION_ID: pid})
-    return Message(RecordDict({m.ARRAYS: arrays, m.METRICS: metrics}), reply_to=msg)
+    if schedule is None:
+        return update.reply(msg)
+    epsilon = schedule.epsilon_after(server_round, cfg)
+    return update.reply(msg, **{m.DP_EPSILON: epsilon, m.DP_NOISE: schedule.noise})
+
+
+def _teacher_fit(
+    cfg: RunConfig, model: torch.nn.Module, x: np.ndarray, schedule: dp_sgd.LocalPlan | None
+) -> Fit:
+    """Local training of a teacher round: DP-SGD under local DP, else SGD (FedProx's term)."""
+
+    def fit(labels: np.ndarray, seed: int) -> training.TrainResult:
+        if schedule is None:
+            mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
+            return training.train(
+                model, x, labels, epochs=cfg.local_epochs, lr=cfg.lr,
+                batch_size=cfg.batch_size, seed=seed, proximal_mu=mu,
+            )  # fmt: skip
+        loss = dp_sgd.dp_sgd_train(
+            model, x, labels, schedule=schedule, epochs=cfg.local_epochs, lr=cfg.lr,
+            batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=seed,
+        )  # fmt: skip
+        return training.TrainResult(loss=loss, num_examples=len(labels))
+
+    return fit
 
 
 @app.evaluate()
@@ -201,68 +175,23 @@ def deploy(msg: Message, context: Context) -> Message:
     bundle counts only in simulation (fedge.client.node). Verification and the device-model
     check run before the bundle becomes current, as `fedge install` runs them; a refused
     bundle is not installed and the reply says which check failed. The version already
-    installed, delivered again (a resumed server run resends it), is a success.
+    installed, delivered again (a resumed server run resends it), is a success. The node's
+    data is loaded after the install, so a data problem does not block it.
     """
     config = msg.content.config_records[m.CONFIG]
-    cfg = record_to_config(config)
-    pid, data = _local_data(cfg, context, config)
-    target = _deploy_paths(context, config, pid)
-    files = {
-        name: as_bytes(config[key]) for name, key in m.BUNDLE_FILE_KEYS.items() if key in config
-    }
-    metrics: dict[str, int | float] = {
-        m.PARTITION_ID: pid,
-        m.INSTALLED: 0,
-        m.NUM_EXAMPLES: len(data.test),
-    }
-    status: dict[str, str] = {m.REASON: "installed"}
-    try:
-        if target.refusal is not None or target.store is None or target.trusted_key is None:
-            raise BundleError("trust", target.refusal or "no store or key")
-        outcome = ModelStore(target.store).install(
-            files,
-            load_public_key(target.trusted_key),
-            allow_model_switch=target.allow_model_switch,
-        )
-        # What the device will run: the Predictor, which verifies the store's bundle again.
-        predictor = Predictor(target.store, target.trusted_key, warmup=0, check_interval=None)
-    except BundleError as err:
-        status[m.REASON] = str(err)
-        if target.store is not None and err.check in ("trust", "trusted-key"):
-            ModelStore(target.store).record_refusal(err, files)
-    else:
-        if not outcome.changed:
-            status[m.REASON] = f"version {outcome.bundle.version} was already installed"
-        prep, _ = record_to_spec(config)
-        raw = prep.invert(data.test.x)  # the device's raw measurements
-        accuracy = float((predictor.predict(raw).labels == data.test.y).mean())
-        latency = _install_latency_us(predictor, raw[:1])
-        metrics.update(
-            {
-                m.INSTALLED: 1,
-                m.ACCURACY: accuracy,
-                m.LATENCY_US_P50: latency["predict"],
-                m.ONNX_US_P50: latency["onnx"],
-                "version": predictor.version,
-            }
-        )
-    content = RecordDict(
-        {m.METRICS: MetricRecord(dict(metrics)), m.STATUS: ConfigRecord(dict(status))}
+    pid = as_int(context.node_config[m.NODE_PARTITION_ID])
+    target = deploy_target(context.node_config, config, pid, simulated=is_simulated())
+    verdict = deployment.install_then_evaluate(
+        deployment.bundle_files(config), target, pid, lambda: _raw_test_data(context, config)
     )
-    return Message(content, reply_to=msg)
+    return verdict.reply(msg)
 
 
-def _install_latency_us(predictor: Predictor, one: np.ndarray) -> dict[str, float]:
-    """Batch-1 p50 µs: the onnxruntime call (as budgets count it) and Predictor.predict.
-
-    Timed as the server checks a tier's student: blocks of consecutive calls, the best of three
-    measurements half a second apart (core.ort.settled_latency_us).
-    """
-    calls = {
-        "onnx": session_call(predictor.session, predictor.model_input(one)),
-        "predict": lambda: predictor.predict(one),
-    }
-    return settled_latency_us(calls)
+def _raw_test_data(context: Context, config: ConfigRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The node's test split as the device measures it (raw, before preprocessing)."""
+    _, data = _local_data(record_to_config(config), context, config)
+    prep, _ = record_to_spec(config)
+    return prep.invert(data.test.x), data.test.y
 
 
 @app.query(m.PROFILE_ACTION)
@@ -302,8 +231,3 @@ def _model(cfg: RunConfig, msg: Message) -> torch.nn.Module:
     model = build_teacher(prep.input_shape, num_classes, cfg.seed, cfg.teacher)
     training.set_weights(model, record_to_weights(msg.content.array_records[m.ARRAYS]))
     return model
-
-
-def _deploy_paths(context: Context, config: ConfigRecord, pid: int) -> DeployTarget:
-    """The node's own model store and trusted key; the message's only in a local simulation."""
-    return deploy_target(context.node_config, config, pid, simulated=is_simulated())

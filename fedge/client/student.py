@@ -7,15 +7,17 @@ trains the received student with KD to them plus the labels, and sends back only
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from torch import nn
 
-from fedge.core import faults, training
+from fedge.client.local_round import train_round
 from fedge.core import messages as m
+from fedge.core import training
 from fedge.core.config import RunConfig
 from fedge.core.models import student_from_weights
 from fedge.core.partition import ClientData
-from fedge.core.records import as_int, record_to_spec, record_to_weights, weights_to_record
+from fedge.core.records import as_int, record_to_spec, record_to_weights
 
 
 def keep_teacher_logits(
@@ -35,7 +37,33 @@ def train_student(
 ) -> Message:
     """One student round: KD to the kept teacher logits + labels, with this round's injected faults."""
     config = msg.content.config_records[m.CONFIG]
-    wanted = str(config[m.TEACHER_SHA256])
+    logits = kept_teacher_logits(context, str(config[m.TEACHER_SHA256]))
+    prep, num_classes = record_to_spec(config)
+    weights = record_to_weights(msg.content.array_records[m.ARRAYS])
+    model = student_from_weights(prep.input_shape, num_classes, cfg.student, weights)
+
+    def fit(labels: np.ndarray, seed: int) -> training.TrainResult:
+        return training.kd_local_train(
+            model, data.train.x, labels, logits, epochs=cfg.student_epochs, lr=cfg.student_lr,
+            batch_size=cfg.batch_size, seed=seed, temperature=cfg.kd_temperature,
+            alpha=cfg.kd_alpha, soft=cfg.kd_labels == "soft",
+        )  # fmt: skip
+
+    update = train_round(
+        cfg,
+        model,
+        data.train.y,
+        fit,
+        partition_id=pid,
+        server_round=as_int(config["server-round"]),
+        num_classes=num_classes,
+        stragglers_wait=False,
+    )
+    return update.reply(msg)
+
+
+def kept_teacher_logits(context: Context, wanted: str) -> np.ndarray:
+    """The logits this node kept for teacher `wanted` (sha256); LookupError if it has none."""
     kept = context.state.config_records.get(m.STATE_TEACHER)
     if kept is None or str(kept[m.TEACHER_SHA256]) != wanted:
         have = "none" if kept is None else str(kept[m.TEACHER_SHA256])[:12]
@@ -43,43 +71,4 @@ def train_student(
             f"no logits of teacher {wanted[:12]} on this node (it has {have}); it did not "
             "evaluate the final teacher, or restarted since"
         )
-    logits = context.state.array_records[m.STATE_TEACHER_LOGITS]["logits"].numpy()
-    prep, num_classes = record_to_spec(config)
-    weights = record_to_weights(msg.content.array_records[m.ARRAYS])
-    model = student_from_weights(prep.input_shape, num_classes, cfg.student, weights)
-    server_round = as_int(config["server-round"])
-    roles = faults.round_roles(cfg, server_round)
-    if pid in roles.dropped:
-        raise faults.SimulatedDropoutError(f"partition {pid} dropped out of round {server_round}")
-    seed = training.client_seed(cfg.seed, server_round, pid)
-    labels = data.train.y
-    attacking = pid in roles.byzantine
-    if attacking and cfg.byzantine_mode == "label-flip":
-        labels = faults.flip_labels(labels, num_classes)
-    result = training.kd_local_train(
-        model,
-        data.train.x,
-        labels,
-        logits,
-        epochs=cfg.student_epochs,
-        lr=cfg.student_lr,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        temperature=cfg.kd_temperature,
-        alpha=cfg.kd_alpha,
-        soft=cfg.kd_labels == "soft",
-    )
-    trained = training.get_weights(model)
-    if attacking:
-        trained = faults.poison_update(cfg, weights, trained, seed)
-    metrics = MetricRecord(
-        {
-            m.NUM_EXAMPLES: result.num_examples,
-            m.TRAIN_LOSS: result.loss,
-            m.PARTITION_ID: pid,
-            m.UNIT_WEIGHT: 1,
-        }
-    )
-    return Message(
-        RecordDict({m.ARRAYS: weights_to_record(trained), m.METRICS: metrics}), reply_to=msg
-    )
+    return context.state.array_records[m.STATE_TEACHER_LOGITS]["logits"].numpy()

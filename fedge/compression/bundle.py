@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -16,6 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.core import bundle_format as fmt
+from fedge.core.manifest import (
+    PREPROCESSING_KEYS,
+    InputSpec,
+    Manifest,
+    ManifestError,
+    OutputSpec,
+    PreprocessingSpec,
+)
 
 PRIVATE_KEY_FILE = "signing.key"
 PUBLIC_KEY_FILE = "signing.pub"
@@ -42,32 +49,51 @@ class BundleConfig:
     architecture: str = ""
 
 
-def build_manifest(model_bytes: bytes, config: BundleConfig) -> bytes:
-    """The manifest.json bytes (canonical: sorted keys) binding metadata to the model's hash."""
-    manifest = {
-        "format": fmt.FORMAT,
-        "model_id": config.model_id,
-        "version": config.version,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "input": {"name": config.input_name, "shape": list(config.input_shape), "dtype": "float32"},
-        "output": {
-            "name": config.output_name,
-            "probabilities": config.probabilities_name,
-            "label": config.label_name,
-        },
-        "preprocessing": config.preprocessing,
-        "labels": list(config.labels),
-        "metrics": config.metrics,
-        "compression": config.compression,
-        "quantized": config.quantized,
-        "architecture": config.architecture,
-        "model_bytes": len(model_bytes),
-        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
-    }
-    errors = fmt.schema_errors(manifest)
-    if errors:
-        raise ValueError(f"invalid manifest: {'; '.join(errors)}")
-    return json.dumps(manifest, sort_keys=True, indent=1).encode()
+def build_manifest(
+    model_bytes: bytes, config: BundleConfig, *, created: str | None = None
+) -> bytes:
+    """The manifest.json bytes (canonical: sorted keys) binding metadata to the model's hash.
+
+    Parameters
+    ----------
+    model_bytes
+        model.onnx as shipped.
+    config
+        What the manifest says about the model.
+    created
+        The signing time to state (default: now, UTC, to the second).
+
+    Raises
+    ------
+    ValueError
+        "invalid manifest: ..." when a device would refuse the manifest.
+
+    """
+    unknown = sorted(set(config.preprocessing) - set(PREPROCESSING_KEYS))
+    if unknown:  # the manifest carries no free-form preprocessing keys: the device reads these
+        raise ValueError(f"invalid manifest: preprocessing keys {unknown} are not in the format")
+    manifest = Manifest(
+        model_id=config.model_id,
+        version=config.version,
+        created=created or datetime.now(UTC).isoformat(timespec="seconds"),
+        input=InputSpec(config.input_name, tuple(config.input_shape)),
+        # "" names no output: the schema refuses it with the device contract's reason
+        output=OutputSpec(
+            config.probabilities_name or "", config.label_name or "", config.output_name
+        ),
+        preprocessing=PreprocessingSpec.from_dict(config.preprocessing),
+        labels=tuple(config.labels),
+        model_bytes=len(model_bytes),
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        quantized=config.quantized,
+        metrics=config.metrics,
+        compression=config.compression,
+        architecture=config.architecture,
+    )
+    try:
+        return manifest.to_json()
+    except ManifestError as err:
+        raise ValueError(f"invalid manifest: {err}") from None
 
 
 def make_bundle(

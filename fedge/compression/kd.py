@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 from fedge.core.choices import KD_LABELS, KD_QUERIES
 from fedge.core.config import RunConfig
 from fedge.core.progress import Progress
+from fedge.core.training import RunningLoss, kd_loss, sgd_epoch, shuffled_batches
 
 log = logging.getLogger("fedge")
 
@@ -57,19 +59,6 @@ class KDConfig:
         return dataclasses.replace(self, mixup=0.0, noise=0.0, shift=0)
 
 
-def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Hinton et al. 2015: KL(teacher_T || student_T) * T^2 (soft targets only: the pool is unlabeled)."""
-    t = temperature
-    return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1),
-        F.log_softmax(teacher_logits / t, dim=1),
-        log_target=True,
-        reduction="batchmean",
-    ) * (t * t)
-
-
 def kd_train(
     student: nn.Module,
     teacher: nn.Module,
@@ -87,61 +76,71 @@ def kd_train(
     views (shift, noise; no mixup, whose blended label the teacher never gave), so the teacher
     is never asked about the space around and between the samples, where what it memorised
     shows most. labels "soft": the tempered probabilities (Hinton); "hard": the teacher's top
-    class only. Returns the last epoch's loss.
+    class only. Adam with a cosine schedule, in `training.sgd_epoch`. Returns the last epoch's
+    loss.
     """
-    labels, queries, temperature, batch_size = kd.labels, kd.queries, kd.temperature, kd.batch_size
-    if kd.sample_budget and epochs * len(inputs) > kd.sample_budget:
-        capped = max(1, kd.sample_budget // len(inputs))
-        log.info(
-            "distillation: %d epochs x %d samples exceed kd-sample-budget %d: %d epochs",
-            epochs,
-            len(inputs),
-            kd.sample_budget,
-            capped,
-        )
-        epochs = capped
+    epochs = _capped_epochs(kd, epochs, len(inputs))
     generator = torch.Generator().manual_seed(kd.seed)
     xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
     teacher.eval()
-    t_target = temperature if labels == "soft" else 1.0
-    fixed = None
-    if queries == "pool":  # the teacher answers once, for the pool's samples only
-        with torch.no_grad():
-            fixed = teacher_targets(teacher(xs), temperature, labels)
+    batch_loss = _batch_loss(student, teacher, xs, kd, generator)
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    steps = epochs * max(1, -(-len(xs) // batch_size))
+    steps = epochs * max(1, -(-len(xs) // kd.batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     last = 0.0
     progress = Progress("distillation epochs", epochs)
     for epoch in range(epochs):
         progress.step(epoch, f"loss {last:.4f}")
         student.train()
-        order = torch.randperm(len(xs), generator=generator)
-        total = 0.0
-        for start in range(0, len(xs), batch_size):
-            index = order[start : start + batch_size]
-            if fixed is not None:
-                batch = augment(xs[index], generator, 0.0, kd.noise, kd.shift)
-                loss = soft_cross_entropy(student(batch), fixed[index], t_target)
-            else:  # the teacher labels each new view
-                batch = augment(xs[index], generator, kd.mixup, kd.noise, kd.shift)
-                with torch.no_grad():
-                    answer = teacher(batch)
-                loss = (
-                    kd_loss(student(batch), answer, temperature)
-                    if labels == "soft"
-                    else soft_cross_entropy(
-                        student(batch), teacher_targets(answer, 1.0, labels), 1.0
-                    )
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch)
-        last = total / len(xs)
+        batches = shuffled_batches(len(xs), kd.batch_size, generator)
+        running = sgd_epoch(optimizer, batches, batch_loss, RunningLoss(), schedule=schedule)
+        last = running.total / len(xs)
     student.eval()
     return last
+
+
+def _capped_epochs(kd: KDConfig, epochs: int, samples: int) -> int:
+    """`epochs`, or fewer when epochs x samples would exceed kd-sample-budget."""
+    if not kd.sample_budget or epochs * samples <= kd.sample_budget:
+        return epochs
+    capped = max(1, kd.sample_budget // samples)
+    log.info(
+        "distillation: %d epochs x %d samples exceed kd-sample-budget %d: %d epochs",
+        epochs,
+        samples,
+        kd.sample_budget,
+        capped,
+    )
+    return capped
+
+
+def _batch_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    xs: torch.Tensor,
+    kd: KDConfig,
+    generator: torch.Generator,
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, int]]:
+    """The loss of one batch of pool indices, its views drawn from `generator` (kd_train's)."""
+    t_target = kd.temperature if kd.labels == "soft" else 1.0
+    fixed = None
+    if kd.queries == "pool":  # the teacher answers once, for the pool's samples only
+        with torch.no_grad():
+            fixed = teacher_targets(teacher(xs), kd.temperature, kd.labels)
+
+    def batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if fixed is not None:
+            batch = augment(xs[index], generator, 0.0, kd.noise, kd.shift)
+            return soft_cross_entropy(student(batch), fixed[index], t_target), len(batch)
+        batch = augment(xs[index], generator, kd.mixup, kd.noise, kd.shift)  # a new view
+        with torch.no_grad():
+            answer = teacher(batch)
+        if kd.labels == "soft":
+            return kd_loss(student(batch), answer, kd.temperature), len(batch)
+        hard = teacher_targets(answer, 1.0, kd.labels)
+        return soft_cross_entropy(student(batch), hard, 1.0), len(batch)
+
+    return batch_loss
 
 
 def teacher_targets(logits: torch.Tensor, temperature: float, labels: str) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The signed bundle's file names, size limits and manifest schema (pure Python: the device uses it).
 
 `schema_errors` checks every field the device runtime reads, with its type and range, so a
-signed manifest that passes it can be served: the server runs it on what it signs, the device
-on what it receives, before anything is installed.
+signed manifest that passes it can be served. `fedge.core.manifest.Manifest` runs it both
+ways: on what the server signs (`to_json`) and on what the device receives (`from_json`),
+before anything is installed.
 """
 
 from __future__ import annotations
@@ -76,11 +77,6 @@ def schema_errors(manifest: Any) -> list[str]:
     errors += _output_errors(manifest["output"])
     errors += _label_errors(manifest["labels"])
     return errors
-
-
-def sample_shape(manifest: dict[str, Any]) -> tuple[int, ...]:
-    """The raw per-sample shape of a manifest that passed schema_errors."""
-    return tuple(manifest["preprocessing"]["input_shape"])
 
 
 def _is(value: Any, kind: type | tuple[type, ...]) -> bool:

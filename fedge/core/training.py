@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,91 @@ def client_seed(run_seed: int, server_round: int, partition_id: int) -> int:
     return run_seed * 100_003 + server_round * 1_009 + partition_id
 
 
+Batch = TypeVar("Batch")
+BatchLoss = Callable[[Batch], "tuple[torch.Tensor, int] | None"]
+
+
+@dataclass
+class RunningLoss:
+    """Per-sample losses summed over the batches seen so far."""
+
+    total: float = 0.0
+    seen: int = 0
+
+    def add(self, loss: float, count: int) -> None:
+        """Count one batch: its mean loss over `count` samples."""
+        self.total += loss * count
+        self.seen += count
+
+    @property
+    def mean(self) -> float:
+        """The mean per-sample loss (0 before any batch)."""
+        return self.total / max(self.seen, 1)
+
+
+def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """One epoch's batches of sample indices: a permutation drawn from `generator`, sliced.
+
+    The permutation is drawn when the first batch is asked for.
+    """
+    order = torch.randperm(count, generator=generator)
+    for start in range(0, count, batch_size):
+        yield order[start : start + batch_size]
+
+
+def sgd_epoch(
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    batch_loss: BatchLoss[Batch],
+    running: RunningLoss,
+    *,
+    max_grad_norm: float | None = None,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> RunningLoss:
+    """One pass over `batches`: per batch, zero the gradients, its loss, backward, one step.
+
+    The one epoch loop of local training, federated distillation, public-pool distillation
+    and DP-SGD; only the loss differs between them.
+
+    Parameters
+    ----------
+    optimizer
+        Steps the model's parameters.
+    batches
+        What `batch_loss` takes: index tensors, or (x, y) from a DataLoader.
+    batch_loss
+        The batch's mean loss and its number of samples, or None for an empty batch (DP-SGD's
+        Poisson sampling draws some), which takes no step.
+    running
+        Where each batch's loss is added (pass one across epochs for a run's mean).
+    max_grad_norm
+        Clip the gradients' total norm to this before each step.
+    schedule
+        A learning-rate schedule stepped after each optimizer step.
+
+    Returns
+    -------
+    RunningLoss
+        `running`, with this epoch's batches added.
+
+    """
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for batch in batches:
+        optimizer.zero_grad()
+        step = batch_loss(batch)
+        if step is None:
+            continue
+        loss, count = step
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        running.add(loss.item(), count)
+    return running
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
@@ -58,29 +144,37 @@ def train(
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    def batch_loss(batch: Tensor) -> tuple[Tensor, int]:
+        loss = F.cross_entropy(model(xt[batch]), yt[batch])
+        if anchor:
+            drift = sum(
+                ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+            )
+            loss = loss + proximal_mu / 2 * drift
+        return loss, len(batch)
+
     model.train()
-    total, seen = 0.0, 0
+    running = RunningLoss()
     for _ in range(epochs):
-        order = torch.randperm(len(yt), generator=generator)
-        for start in range(0, len(yt), batch_size):
-            batch = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(xt[batch]), yt[batch])
-            if anchor:
-                drift = sum(
-                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
-                )
-                loss = loss + proximal_mu / 2 * drift
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
-    if not np.isfinite(total):
-        raise FloatingPointError(f"local training diverged (loss {total}); lower lr={lr}")
-    return TrainResult(loss=total / max(seen, 1), num_examples=len(yt))
+        sgd_epoch(optimizer, shuffled_batches(len(yt), batch_size, generator), batch_loss, running)
+    if not np.isfinite(running.total):
+        raise FloatingPointError(f"local training diverged (loss {running.total}); lower lr={lr}")
+    return TrainResult(loss=running.mean, num_examples=len(yt))
 
 
 MAX_GRAD_NORM = 5.0  # student rounds: gradient norm bound of each local SGD step
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al. 2015: KL(teacher_T || student_T) x T^2, from logits on both sides."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
 
 
 def kd_local_train(
@@ -106,35 +200,29 @@ def kd_local_train(
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     targets = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    def batch_loss(batch: Tensor) -> tuple[Tensor, int]:
+        logits = model(xt[batch])
+        teacher = targets[batch]
+        kd = (
+            kd_loss(logits, teacher, temperature)
+            if soft
+            else F.cross_entropy(logits, teacher.argmax(1))
+        )
+        return alpha * kd + (1 - alpha) * F.cross_entropy(logits, yt[batch]), len(batch)
+
     model.train()
-    total, seen = 0.0, 0
-    t = temperature
+    running = RunningLoss()
     for _ in range(epochs):
-        order = torch.randperm(len(yt), generator=generator)
-        for start in range(0, len(yt), batch_size):
-            batch = order[start : start + batch_size]
-            logits = model(xt[batch])
-            if soft:
-                kd = F.kl_div(
-                    F.log_softmax(logits / t, 1),
-                    F.log_softmax(targets[batch] / t, 1),
-                    log_target=True,
-                    reduction="batchmean",
-                ) * (t * t)
-            else:
-                kd = F.cross_entropy(logits, targets[batch].argmax(1))
-            loss = alpha * kd + (1 - alpha) * F.cross_entropy(logits, yt[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            # A small model's KD loss (x T^2) can spike; clipping keeps SGD from diverging.
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            total += loss.item() * len(batch)
-            seen += len(batch)
+        # A small model's KD loss (x T^2) can spike; clipping keeps SGD from diverging.
+        batches = shuffled_batches(len(yt), batch_size, generator)
+        sgd_epoch(optimizer, batches, batch_loss, running, max_grad_norm=MAX_GRAD_NORM)
     model.eval()
-    if not np.isfinite(total):
-        raise FloatingPointError(f"student training diverged (loss {total}); lower student-lr={lr}")
-    return TrainResult(loss=total / max(seen, 1), num_examples=len(yt))
+    if not np.isfinite(running.total):
+        raise FloatingPointError(
+            f"student training diverged (loss {running.total}); lower student-lr={lr}"
+        )
+    return TrainResult(loss=running.mean, num_examples=len(yt))
 
 
 @torch.no_grad()

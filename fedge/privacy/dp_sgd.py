@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedge.core.config import RunConfig
+from fedge.core.training import RunningLoss, sgd_epoch
 from fedge.privacy.accountant import epsilon, noise_for_epsilon
 
 
@@ -73,18 +74,16 @@ def dp_sgd_train(
         poisson_sampling=True,
         noise_generator=torch.Generator().manual_seed(seed + 1),
     )
+
+    def batch_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int] | None:
+        xb, yb = batch
+        if len(yb) == 0:  # Poisson sampling can draw an empty batch: no step, still accounted
+            return None
+        return F.cross_entropy(private(xb), yb), len(yb)
+
     private.train()
-    total, seen = 0.0, 0
+    running = RunningLoss()
     for _ in range(epochs):
-        for xb, yb in loader:
-            if len(yb) == 0:  # Poisson sampling can draw an empty batch: still a step
-                optimizer.zero_grad()
-                continue
-            optimizer.zero_grad()
-            loss = F.cross_entropy(private(xb), yb)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(yb)
-            seen += len(yb)
+        sgd_epoch(optimizer, loader, batch_loss, running)
     private.eval()
-    return total / max(seen, 1)
+    return running.mean

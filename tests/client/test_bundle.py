@@ -1,6 +1,8 @@
 """Signed bundles: every tampering is refused before onnx or onnxruntime sees the model."""
 
+import hashlib
 import json
+from dataclasses import replace
 
 import onnxruntime
 import pytest
@@ -9,11 +11,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir, verify_bundle
 from fedge.compression.bundle import (
+    build_manifest,
     generate_keypair,
     load_private_key,
     make_bundle,
     write_bundle,
 )
+from fedge.core.bundle_format import schema_errors
+from fedge.core.manifest import Manifest
 from fedge.core.ort import make_session
 from tests.client.conftest import bundle_config, device_model
 
@@ -46,7 +51,7 @@ def _flip(data: bytes, index: int) -> bytes:
 def test_a_good_bundle_verifies_and_runs(model_bytes, keys):
     private, public = keys
     bundle = verify_bundle(make_bundle(model_bytes, bundle_config(), private), public)
-    assert bundle.manifest["model_sha256"] and bundle.version == 1
+    assert bundle.manifest.model_sha256 and bundle.version == 1
     make_session(bundle.model_bytes)
 
 
@@ -141,3 +146,79 @@ def test_written_bundle_round_trips(model_bytes, keys, tmp_path):
     assert verify_bundle(read_bundle_dir(tmp_path / "bundle"), public).model_bytes == model_bytes
     with pytest.raises(FileExistsError):
         write_bundle(make_bundle(model_bytes, bundle_config(), private), tmp_path / "bundle")
+
+
+def _old_writer(model_bytes: bytes, config, created: str) -> bytes:
+    """manifest.json as compression/bundle.py wrote it before the Manifest: a literal dict."""
+    manifest = {
+        "format": "fedge-bundle/1",
+        "model_id": config.model_id,
+        "version": config.version,
+        "created": created,
+        "input": {"name": config.input_name, "shape": list(config.input_shape), "dtype": "float32"},
+        "output": {
+            "name": config.output_name,
+            "probabilities": config.probabilities_name,
+            "label": config.label_name,
+        },
+        "preprocessing": config.preprocessing,
+        "labels": list(config.labels),
+        "metrics": config.metrics,
+        "compression": config.compression,
+        "quantized": config.quantized,
+        "architecture": config.architecture,
+        "model_bytes": len(model_bytes),
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+    }
+    return json.dumps(manifest, sort_keys=True, indent=1).encode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"quantized": True, "architecture": "arch:c16k3p-c32k3-h64-relu", "version": 2**40},
+        {"metrics": {"test_accuracy": 0.912345678, "teacher_test_accuracy": 1}},
+        {"compression": {"distill": {"student": "deep-small", "lr": 0.01}, "prune": {}}},
+        {"preprocessing": {"shift": [0.5, 1], "scale": [2.0, 0.25], "input_shape": [2]}},
+        {"preprocessing": {"input_shape": [1, 8, 8], "in_model": True}},  # no shift, no scale
+    ],
+)
+def test_the_manifest_writes_the_bytes_the_old_writer_wrote(model_bytes, change):
+    config = replace(bundle_config(), **change)
+    if "preprocessing" in change:
+        prep = {**change["preprocessing"], "in_model": True}
+        config = replace(config, preprocessing=prep, input_shape=(None, *prep["input_shape"]))
+    created = "2025-01-02T03:04:05+00:00"
+    written = build_manifest(model_bytes, config, created=created)
+    assert written == _old_writer(model_bytes, config, created)
+    assert Manifest.from_json(written).to_json() == written
+
+
+def test_the_writer_refuses_preprocessing_the_format_does_not_carry(model_bytes):
+    config = replace(bundle_config(), preprocessing={**bundle_config().preprocessing, "x": 1})
+    with pytest.raises(ValueError, match=r"invalid manifest: preprocessing keys \['x'\]"):
+        build_manifest(model_bytes, config)
+    with pytest.raises(ValueError, match="invalid manifest: output.probabilities and output.label"):
+        build_manifest(model_bytes, replace(bundle_config(), probabilities_name=None))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.pop("model_sha256"),
+        lambda m: m.update(labels=[0, 0]),
+        lambda m: m["preprocessing"].update(input_shape=[-1]),
+        lambda m: m.update(version=0, model_id=""),
+    ],
+)
+def test_a_signed_bad_manifest_is_refused_with_the_schema_s_reasons(model_bytes, keys, change):
+    private, public = keys
+    files = make_bundle(model_bytes, bundle_config(), private)
+    manifest = json.loads(files["manifest.json"])
+    change(manifest)
+    files["manifest.json"] = json.dumps(manifest).encode()
+    files["manifest.sig"] = private.sign(files["manifest.json"])
+    with pytest.raises(BundleError) as err:
+        verify_bundle(files, public)
+    assert str(err.value) == f"manifest check failed: {'; '.join(schema_errors(manifest))}"

@@ -294,3 +294,100 @@ def test_a_byzantine_client_sends_what_its_mode_says_and_honest_ones_do_not():
     _, same = _trained(attack, other)
     _, reference = _trained(CFG, other)
     assert all(np.array_equal(same[k], reference[k]) for k in reference)
+
+
+def _student_reply(cfg: RunConfig, pid: int):
+    """(student start weights, what the node sent back from one student round)."""
+    from fedge.core.models import build_student
+    from fedge.core.training import weights_sha256
+
+    context = node_context(7, partition_id=pid, num_partitions=cfg.clients)
+    teacher = get_weights(build_teacher((1, 8, 8), 10, seed=0))
+    evaluate = RecordDict(
+        {m.ARRAYS: weights_to_record(teacher), m.CONFIG: config_to_record(cfg, **SPEC)}
+    )
+    app(_message(evaluate, m.EVALUATE), context)  # keeps the teacher's logits on the node
+    start = get_weights(build_student((1, 8, 8), 10, cfg.student, seed=0))
+    config = config_to_record(
+        cfg, **SPEC, **{"server-round": 4, m.TEACHER_SHA256: weights_sha256(teacher)}
+    )
+    content = RecordDict({m.ARRAYS: weights_to_record(start), m.CONFIG: config})
+    reply = app(_message(content, m.TRAIN_STUDENT), context)
+    return start, record_to_weights(reply.content.array_records[m.ARRAYS])
+
+
+def test_the_student_rounds_inject_the_same_faults_as_the_teacher_rounds():
+    from fedge.core.faults import SimulatedDropoutError, byzantine_partitions, round_roles
+
+    cfg = CFG.replace(kd_source="both", student="tiny", student_epochs=1)
+    attack = cfg.replace(byzantine_fraction=0.25, byzantine_scale=3.0)
+    (pid,) = byzantine_partitions(attack)
+    start, honest = _student_reply(cfg, pid)
+    _, flipped = _student_reply(attack, pid)
+    for key in start:
+        np.testing.assert_allclose(
+            flipped[key], start[key] - 3.0 * (honest[key] - start[key]), rtol=1e-5, atol=1e-6
+        )
+    dropping = cfg.replace(dropout_fraction=0.25)
+    (dropped,) = round_roles(dropping, 4).dropped
+    with pytest.raises(SimulatedDropoutError, match=f"partition {dropped} dropped out of round 4"):
+        _student_reply(dropping, dropped)
+
+
+@pytest.mark.parametrize(
+    ("node_config", "problem"),
+    [
+        ({"data-file": "/nonexistent/device.npz"}, "/nonexistent/device.npz"),
+        ({"num-partitions": 3}, "this federation has 3 nodes but the run expects clients=4"),
+    ],
+)
+def test_a_data_problem_does_not_block_the_install(
+    tmp_path, signed, simulated, node_config, problem
+):
+    """The bundle is installed first; the reply says installed, and why it was not evaluated."""
+    files, public_path, _ = signed
+    context = node_context(7, 2, node_config.pop("num-partitions", 4), **node_config)
+    reply = app(_deploy_message(files, tmp_path / "nodes", public_path), context)
+    metrics = reply.content.metric_records[m.METRICS]
+    installed, reason = _verdict(reply)
+    assert installed == 1 and reason.startswith("installed; not evaluated: ") and problem in reason
+    assert np.isnan(metrics[m.ACCURACY]) and metrics[m.NUM_EXAMPLES] == 0
+    assert metrics[m.LATENCY_US_P50] > 0 and metrics["version"] == 1
+    assert ModelStore(simulated_store(tmp_path / "nodes", 2)).current_version() == 1
+
+
+def test_a_refused_bundle_on_a_node_without_data_reports_both(tmp_path, signed, simulated):
+    files, public_path, _ = signed
+    files = {**files, "model.onnx": files["model.onnx"][:-1] + b"\x00"}
+    context = node_context(7, 2, 4, **{"data-file": str(tmp_path / "missing.npz")})
+    installed, reason = _verdict(app(_deploy_message(files, tmp_path / "n", public_path), context))
+    assert installed == 0 and reason.startswith("sha256 check failed")
+    assert "; not evaluated: " in reason and "missing.npz" in reason
+
+
+def test_a_deploy_verifies_the_bundle_once_in_one_session(tmp_path, signed, simulated, monkeypatch):
+    """Counted, not timed: sha256 of the model (one per verification) and onnxruntime sessions.
+
+    The device-model check's session runs in its own process and is not counted here.
+    """
+    import hashlib
+
+    import onnxruntime
+
+    files, public_path, _ = signed
+    hashed, sessions = [], []
+    real_sha256, real_session = hashlib.sha256, onnxruntime.InferenceSession
+
+    def counting_sha256(data=b"", **kwargs):
+        hashed.append(bytes(data) == files["model.onnx"])
+        return real_sha256(data, **kwargs)
+
+    def counting_session(*args, **kwargs):
+        sessions.append(1)
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counting_session)
+    reply = app(_deploy_message(files, tmp_path / "nodes", public_path), node_context(7, 1, 4))
+    assert _verdict(reply) == (1, "installed")
+    assert sum(hashed) == 1 and len(sessions) == 1

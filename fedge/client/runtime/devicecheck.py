@@ -16,7 +16,7 @@ import sys
 from collections import OrderedDict
 from typing import Any
 
-from fedge.core import bundle_format as fmt
+from fedge.core.manifest import Manifest
 
 TIMEOUT_S = 60.0
 MEMORY_MB = 1024  # address space of the child (python + numpy + onnxruntime reserve ~200 MB)
@@ -29,7 +29,7 @@ class DeviceModelError(Exception):
 
 def check_device_model(
     model_bytes: bytes,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     *,
     timeout: float = TIMEOUT_S,
     memory_mb: int = MEMORY_MB,
@@ -41,13 +41,13 @@ def check_device_model(
     (same bytes, same runtime, same expectations).
     """
     contract = {
-        "input": manifest["input"]["name"],
-        "shape": list(fmt.sample_shape(manifest)),
-        "probabilities": manifest["output"]["probabilities"],
-        "label": manifest["output"]["label"],
-        "classes": len(manifest["labels"]),
+        "input": manifest.input.name,
+        "shape": list(manifest.sample_shape),
+        "probabilities": manifest.output.probabilities,
+        "label": manifest.output.label,
+        "classes": len(manifest.labels),
     }
-    key = manifest["model_sha256"] + json.dumps(contract, sort_keys=True)
+    key = manifest.model_sha256 + json.dumps(contract, sort_keys=True)
     if key in _PASSED:
         return
     command = [sys.executable, "-m", "fedge.client.runtime.devicecheck", json.dumps(contract)]

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.session import device_session
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, VerifiedBundle, load_public_key
-from fedge.core import bundle_format as fmt
 
 log = logging.getLogger("fedge.runtime")
 BATCH_SIZE = 512  # samples per onnxruntime run: bounds the memory of large inputs
@@ -50,17 +50,17 @@ class _Loaded:
     """One verified bundle turned into a session, with what predict needs at hand."""
 
     def __init__(self, bundle: VerifiedBundle, warmup: int) -> None:
-        manifest = bundle.manifest  # schema-checked: every field below exists with its type
-        self.model_id: str = manifest["model_id"]
-        self.version: int = bundle.version
-        self.sample_shape = fmt.sample_shape(manifest)
+        manifest = bundle.manifest
+        self.model_id = manifest.model_id
+        self.version = manifest.version
+        self.sample_shape = manifest.sample_shape
         self.sample_size = math.prod(self.sample_shape)
-        self.labels = np.asarray(manifest["labels"], dtype=np.int64)
+        self.labels = np.asarray(manifest.labels, dtype=np.int64)
         self.identity_labels = bool(np.array_equal(self.labels, np.arange(len(self.labels))))
-        self.input_name: str = manifest["input"]["name"]
+        self.input_name = manifest.input.name
         # The device contract (fedge's bundles): preprocessing inside the graph, so Python only
         # checks and casts, and probability and label outputs, so it computes nothing.
-        self.output_names = [manifest["output"]["probabilities"], manifest["output"]["label"]]
+        self.output_names = [manifest.output.probabilities, manifest.output.label]
         try:
             self.session = device_session(bundle.model_bytes)
             inputs = [i.name for i in self.session.get_inputs()]
@@ -99,15 +99,49 @@ class Predictor:
         check_interval: float | None = 1.0,
         batch_size: int = BATCH_SIZE,
     ) -> None:
-        self.store = ModelStore(model_dir)
-        self.key = load_public_key(trusted_key)
+        store = ModelStore(model_dir)
+        key = load_public_key(trusted_key)
+        self._start(store, key, store.load(key), warmup, check_interval, batch_size)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        store: ModelStore,
+        key: Ed25519PublicKey,
+        bundle: VerifiedBundle,
+        *,
+        warmup: int = 50,
+        check_interval: float | None = 1.0,
+        batch_size: int = BATCH_SIZE,
+    ) -> Predictor:
+        """Serve a bundle that was just verified (what `ModelStore.install` returns).
+
+        The deploy handler's way in: the bundle's bytes go straight into the session, instead
+        of being read back from the store and verified a second time. Later versions are
+        loaded from `store` and verified with `key`, as for a Predictor opened on a store.
+        """
+        predictor = cls.__new__(cls)
+        predictor._start(store, key, bundle, warmup, check_interval, batch_size)
+        return predictor
+
+    def _start(
+        self,
+        store: ModelStore,
+        key: Ed25519PublicKey,
+        bundle: VerifiedBundle,
+        warmup: int,
+        check_interval: float | None,
+        batch_size: int,
+    ) -> None:
+        self.store = store
+        self.key = key
         self.warmup = warmup
         self.check_interval = check_interval
         self.batch_size = batch_size
         self.last_error: str | None = None  # why the latest newer bundle was refused
         self._refused: int | None = None  # that bundle's version: not tried again
         self._lock = threading.Lock()
-        self._loaded = _Loaded(self.store.load(self.key), warmup)
+        self._loaded = _Loaded(bundle, warmup)
         self._next_check = self._after(check_interval)
 
     @property

@@ -34,6 +34,7 @@ from fedge.client.runtime.verify import (
 )
 from fedge.core import bundle_format as fmt
 from fedge.core.io import atomic_write_bytes
+from fedge.core.manifest import Manifest, unverified_claims
 
 CURRENT = "CURRENT"  # the current version number, replaced atomically
 VERSIONS = "versions"
@@ -42,7 +43,7 @@ LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
 HISTORY = 20  # installs remembered in state.json
 VERSION_TEXT = re.compile(r"[0-9]{1,19}")
-DeviceCheck = Callable[[bytes, dict[str, Any]], None]
+DeviceCheck = Callable[[bytes, Manifest], None]
 
 
 @dataclass
@@ -150,11 +151,9 @@ class ModelStore:
     def record_refusal(self, err: BundleError, files: dict[str, bytes] | None = None) -> None:
         """Remember the latest refusal in state.json (best effort: a read-only store stays so)."""
         refusal: dict[str, Any] = {"time": _now(), "check": err.check, "reason": str(err)}
-        with contextlib.suppress(Exception):  # what the unverified manifest claims, if anything
-            claimed = json.loads((files or {})[fmt.MANIFEST_FILE][: fmt.MAX_MANIFEST_BYTES])
-            refusal.update(
-                claimed_version=int(claimed["version"]), claimed_model_id=claimed["model_id"][:200]
-            )
+        manifest = (files or {}).get(fmt.MANIFEST_FILE)
+        if manifest is not None:  # what the unverified manifest claims, if anything
+            refusal.update(unverified_claims(manifest))
         try:
             state = self.state()
         except BundleError:
@@ -210,7 +209,7 @@ class ModelStore:
         atomic_write_bytes(self.root / CURRENT, str(bundle.version).encode())
         state.highest_version, state.model_id = bundle.version, bundle.model_id
         entry = {"version": bundle.version, "model_id": bundle.model_id, "installed": _now()}
-        state.history = [*state.history, {**entry, "sha256": bundle.manifest["model_sha256"]}]
+        state.history = [*state.history, {**entry, "sha256": bundle.manifest.model_sha256}]
         state.history = state.history[-HISTORY:]
         self._write_state(state)
         self._drop_old(bundle.version)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -14,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.files import UnsafeFileError, read_bounded
 from fedge.core import bundle_format as fmt
+from fedge.core.manifest import Manifest, ManifestError
 from fedge.core.onnx_scan import MalformedModelError, external_data_refs, has_graph
 
 MAX_KEY_BYTES = 16 << 10
@@ -34,17 +33,17 @@ class VerifiedBundle:
     model_bytes: bytes
     manifest_bytes: bytes
     signature: bytes
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def version(self) -> int:
         """The manifest's monotonic version."""
-        return int(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def model_id(self) -> str:
         """The model line this bundle belongs to."""
-        return str(self.manifest["model_id"])
+        return self.manifest.model_id
 
     def files(self) -> dict[str, bytes]:
         """The three files by name."""
@@ -68,7 +67,7 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
 
 def verify_manifest(
     manifest_bytes: bytes, signature: bytes, trusted_key: Ed25519PublicKey
-) -> dict[str, Any]:
+) -> Manifest:
     """The parsed manifest, once its signature and its schema are checked (BundleError if not)."""
     if len(manifest_bytes) > fmt.MAX_MANIFEST_BYTES or len(signature) > fmt.MAX_SIGNATURE_BYTES:
         raise BundleError(
@@ -83,14 +82,9 @@ def verify_manifest(
             "signature", "manifest.sig does not match manifest.json under the trusted key"
         ) from None
     try:
-        manifest = json.loads(manifest_bytes, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as err:
-        detail = "nests too deeply" if isinstance(err, RecursionError) else str(err)[:200]
-        raise BundleError("manifest", f"manifest.json is not usable JSON: {detail}") from None
-    errors = fmt.schema_errors(manifest)
-    if errors:
-        raise BundleError("manifest", "; ".join(errors))
-    return manifest
+        return Manifest.from_json(manifest_bytes)
+    except ManifestError as err:
+        raise BundleError("manifest", str(err)) from None
 
 
 def verify_bundle(files: dict[str, bytes], trusted_key: Ed25519PublicKey) -> VerifiedBundle:
@@ -105,16 +99,16 @@ def verify_bundle(files: dict[str, bytes], trusted_key: Ed25519PublicKey) -> Ver
     manifest_bytes, signature = files[fmt.MANIFEST_FILE], files[fmt.SIGNATURE_FILE]
     manifest = verify_manifest(manifest_bytes, signature, trusted_key)
     model_bytes = files[fmt.MODEL_FILE]
-    if len(model_bytes) != manifest["model_bytes"]:
+    if len(model_bytes) != manifest.model_bytes:
         raise BundleError(
             "size",
-            f"model.onnx has {len(model_bytes)} bytes, manifest says {manifest['model_bytes']}",
+            f"model.onnx has {len(model_bytes)} bytes, manifest says {manifest.model_bytes}",
         )
     digest = hashlib.sha256(model_bytes).hexdigest()
-    if digest != manifest["model_sha256"]:
+    if digest != manifest.model_sha256:
         raise BundleError(
             "sha256",
-            f"model.onnx hashes to {digest[:16]}..., manifest says {manifest['model_sha256'][:16]}...",
+            f"model.onnx hashes to {digest[:16]}..., manifest says {manifest.model_sha256[:16]}...",
         )
     try:
         refs = external_data_refs(model_bytes)
@@ -150,7 +144,7 @@ def read_bundle_dir(
     exact = None
     if trusted_key is not None and len(files) == 2:
         manifest = verify_manifest(files[fmt.MANIFEST_FILE], files[fmt.SIGNATURE_FILE], trusted_key)
-        exact = manifest["model_bytes"]
+        exact = manifest.model_bytes
     model = _read_file(directory / fmt.MODEL_FILE, fmt.MAX_MODEL_BYTES, exact)
     if model is not None:
         files[fmt.MODEL_FILE] = model
@@ -170,7 +164,3 @@ def _read_file(path: Path, limit: int, exact: int | None) -> bytes | None:
         if err.reason == "missing" and not path.is_symlink():
             return None
         raise BundleError("size" if err.reason == "size" else "files", str(err)) from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
