@@ -15,6 +15,7 @@ from fedge.client.local_round import train_round
 from fedge.core import messages as m
 from fedge.core import training
 from fedge.core.config import RunConfig
+from fedge.core.federate import FederateConfig
 from fedge.core.models import student_from_weights
 from fedge.core.partition import ClientData
 from fedge.core.records import as_int, record_to_spec, record_to_weights
@@ -37,16 +38,17 @@ def train_student(
 ) -> Message:
     """One student round: KD to the kept teacher logits + labels, with this round's injected faults."""
     config = msg.content.config_records[m.CONFIG]
+    stage = FederateConfig.from_wire(msg.content.config_records[m.FEDERATE])
     logits = kept_teacher_logits(context, str(config[m.TEACHER_SHA256]))
     prep, num_classes = record_to_spec(config)
     weights = record_to_weights(msg.content.array_records[m.ARRAYS])
-    model = student_from_weights(prep.input_shape, num_classes, cfg.student, weights)
+    model = student_from_weights(prep.input_shape, num_classes, stage.student, weights)
 
     def fit(labels: np.ndarray, seed: int) -> training.TrainResult:
         return training.kd_local_train(
-            model, data.train.x, labels, logits, epochs=cfg.student_epochs, lr=cfg.student_lr,
-            batch_size=cfg.batch_size, seed=seed, temperature=cfg.kd_temperature,
-            alpha=cfg.kd_alpha, soft=cfg.kd_labels == "soft",
+            model, data.train.x, labels, logits, epochs=stage.epochs, lr=stage.lr,
+            batch_size=stage.batch_size, seed=seed, temperature=stage.temperature,
+            alpha=stage.alpha, soft=stage.soft,
         )  # fmt: skip
 
     update = train_round(

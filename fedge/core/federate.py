@@ -1,17 +1,19 @@
 """The student's federated rounds' settings: built from the run on the server, sent as one record.
 
 The server builds a FederateConfig from the run's settings (the compression chain's federate
-stage), sends it to the clients as its own JSON record, and each client trains the student
-with exactly these settings: no run setting is read twice under another name.
+stage), sends it to the clients as a record of its own (`federate`), and each client trains
+the student with exactly these settings: no run setting is copied under another name.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fedge.core.config import RunConfig
 from fedge.core.plain import from_plain, to_plain
+from fedge.core.settings import kebab
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,15 @@ class FederateConfig:
             batch_size=cfg.batch_size,
         )
 
-    def to_wire(self) -> str:
-        """The JSON text clients receive."""
-        return json.dumps(to_plain(self), sort_keys=True)
+    def to_wire(self) -> dict[str, Any]:
+        """The values of the record clients receive (kebab-case keys, as on every wire)."""
+        return {kebab(k): v for k, v in to_plain(self).items()}
 
     @classmethod
-    def from_wire(cls, text: str) -> FederateConfig:
+    def from_wire(cls, values: Mapping[str, Any]) -> FederateConfig:
         """Inverse of to_wire; ValueError naming the field that is missing or malformed."""
-        return from_plain(cls, json.loads(text), "federate config")
+        plain = {str(k).replace("-", "_"): v for k, v in values.items()}
+        try:
+            return from_plain(cls, plain, "federate config")
+        except TypeError as err:
+            raise ValueError(f"federate config: {err}") from None

@@ -23,6 +23,7 @@ ARRAYS = "arrays"
 DOWNLINK = "downlink"  # downlink-compression delta: ConfigRecord of kind, view and base ids
 DOWNLINK_FULL, DOWNLINK_DELTA = "full", "delta"  # its kinds: an int8 model, a coded change
 CONFIG = "config"
+FEDERATE = "federate"  # train.student: the student rounds' own settings (core.federate)
 METRICS = "metrics"
 BUNDLE = "bundle"
 STATUS = "status"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
         partition_id=as_int(metrics[m.PARTITION_ID]),
         installed=installed,
         reason=str(reply.content.config_records[m.STATUS][m.REASON]),
-        accuracy=as_float(metrics[m.ACCURACY]) if installed else None,
+        accuracy=_finite(as_float(metrics[m.ACCURACY])) if installed else None,
         latency_us_p50=as_float(metrics[m.LATENCY_US_P50]) if installed else None,
         # a node of an older fedge does not time the bare onnxruntime call
         onnx_us_p50=as_float(metrics[m.ONNX_US_P50])
@@ -109,6 +110,11 @@ def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
         else None,
         test_examples=as_int(metrics[m.NUM_EXAMPLES]),
     )
+
+
+def _finite(value: float) -> float | None:
+    """A node that installed but could not evaluate (its data) reports NaN: no figure."""
+    return value if math.isfinite(value) else None
 
 
 def not_deployed(nodes: Nodes) -> list[ClientRow]:

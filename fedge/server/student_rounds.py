@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -49,22 +50,14 @@ def flower_trainer(
         out = TrainingLog()
         rounds = RoundLoop(Nodes()) if loop is None else RoundLoop(loop.nodes, loop.sampling_secret)
         arrays = weights_to_record(get_weights(model))
-        # The stage's settings go on the wire as the run settings the client handler reads.
-        wire = {
-            **spec,
-            m.TEACHER_SHA256: teacher_sha256,
-            "student": config.student,
-            "student-epochs": config.epochs,
-            "student-lr": config.lr,
-            "kd-alpha": config.alpha,
-            "kd-temperature": config.temperature,
-            "kd-labels": "soft" if config.soft else "hard",
-            "batch-size": config.batch_size,
-        }
+        wire = {**spec, m.TEACHER_SHA256: teacher_sha256}
+        stage = {
+            m.FEDERATE: ConfigRecord(dict(config.to_wire()))
+        }  # the stage's settings, as they are
         for index in range(1, config.rounds + 1):
             server_round = cfg.rounds + index
             arrays, row = train_round(
-                grid, cfg, strategy, server_round, arrays, wire, out, rounds, m.TRAIN_STUDENT
+                grid, cfg, strategy, server_round, arrays, wire, out, rounds, m.TRAIN_STUDENT, stage
             )
             set_weights(model, record_to_weights(arrays))
             row["accuracy"] = evaluate(model, test.x, test.y)[1]

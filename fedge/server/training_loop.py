@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -158,12 +158,14 @@ def train_round(
     out: TrainingLog,
     loop: RoundLoop,
     message_type: str = m.TRAIN,
+    records: dict[str, ConfigRecord] | None = None,
 ) -> tuple[ArrayRecord, dict[str, Any]]:
     """One round: send, receive, validate, aggregate robustly. Returns the new model and its row.
 
     Fewer than `min-clients` accepted updates (or an aggregation rule that cannot decide)
     skips the round: the model stays as it was and the row says why. `message_type`: the
-    teacher's rounds (train) or the student's (train.student), which share all of this.
+    teacher's rounds (train) or the student's (train.student), which share all of this;
+    `records` go into every message beside the run's config (the student rounds' settings).
     """
     start = time.monotonic()
     wait_for_nodes(grid, cfg.min_clients, timeout=cfg.round_timeout, what="min-clients")
@@ -172,6 +174,8 @@ def train_round(
     for msg in messages:  # expire with the round: a late node never trains a stale round
         msg.metadata.ttl = cfg.round_timeout
         msg.metadata.message_type = message_type
+        for name, record in (records or {}).items():
+            msg.content[name] = record
     encode_downlink(cfg, messages, arrays, loop.downlink)
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent: with message ids

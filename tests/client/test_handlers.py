@@ -13,6 +13,7 @@ from fedge.compression.bundle import generate_keypair, load_private_key, make_bu
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.data import load_dataset
+from fedge.core.federate import FederateConfig
 from fedge.core.models import build_teacher
 from fedge.core.records import config_to_record, model_spec, record_to_weights, weights_to_record
 from fedge.core.training import client_seed, get_weights, set_weights, train
@@ -296,8 +297,12 @@ def test_a_byzantine_client_sends_what_its_mode_says_and_honest_ones_do_not():
     assert all(np.array_equal(same[k], reference[k]) for k in reference)
 
 
-def _student_reply(cfg: RunConfig, pid: int):
-    """(student start weights, what the node sent back from one student round)."""
+def _student_reply(cfg: RunConfig, pid: int, run: RunConfig | None = None):
+    """(student start weights, what the node sent back from one student round).
+
+    `run`: the run's settings as sent in the config record, if not `cfg` (the rounds' own
+    settings go in the federate record, from `cfg`).
+    """
     from fedge.core.models import build_student
     from fedge.core.training import weights_sha256
 
@@ -309,11 +314,21 @@ def _student_reply(cfg: RunConfig, pid: int):
     app(_message(evaluate, m.EVALUATE), context)  # keeps the teacher's logits on the node
     start = get_weights(build_student((1, 8, 8), 10, cfg.student, seed=0))
     config = config_to_record(
-        cfg, **SPEC, **{"server-round": 4, m.TEACHER_SHA256: weights_sha256(teacher)}
+        run or cfg, **SPEC, **{"server-round": 4, m.TEACHER_SHA256: weights_sha256(teacher)}
     )
-    content = RecordDict({m.ARRAYS: weights_to_record(start), m.CONFIG: config})
+    stage = ConfigRecord(FederateConfig.from_run(cfg).to_wire())  # the rounds' own settings
+    content = RecordDict({m.ARRAYS: weights_to_record(start), m.CONFIG: config, m.FEDERATE: stage})
     reply = app(_message(content, m.TRAIN_STUDENT), context)
     return start, record_to_weights(reply.content.array_records[m.ARRAYS])
+
+
+def test_a_student_round_trains_with_the_settings_of_its_own_record_not_the_runs():
+    cfg = CFG.replace(kd_source="both", student="tiny", student_epochs=1)
+    _, expected = _student_reply(cfg, 1)
+    # The run's settings say "auto" and other epochs; only the federate record counts.
+    _, got = _student_reply(cfg, 1, run=cfg.replace(student="auto", student_epochs=3))
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])
 
 
 def test_the_student_rounds_inject_the_same_faults_as_the_teacher_rounds():

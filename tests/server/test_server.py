@@ -89,7 +89,7 @@ def test_run_server_writes_results_and_every_node_installs(tmp_path):
     assert on_disk["student"]["architecture"] == choice["chosen"]["student"]
     student_msgs = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN_STUDENT]
     assert len(student_msgs) == 4 * 2 * len(tried)  # 4 nodes x 2 rounds per candidate
-    assert all(set(msg.content) == {m.ARRAYS, m.CONFIG} for msg in student_msgs)
+    assert all(set(msg.content) == {m.ARRAYS, m.CONFIG, m.FEDERATE} for msg in student_msgs)
     assert len(list((run / "federated").glob("*.npz"))) == len(tried)  # kept for replays
     assert (run / "report.md").read_text().startswith("# fedge run")
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
