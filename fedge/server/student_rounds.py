@@ -21,6 +21,7 @@ from fedge.core.partition import Split
 from fedge.core.records import record_to_weights, weights_to_record
 from fedge.core.training import evaluate, get_weights, set_weights
 from fedge.pipeline.chain.federate import FederatedTrainer
+from fedge.pipeline.outputs.rows import StudentRounds
 from fedge.pipeline.rundir.checkpoint import TrainingLog
 from fedge.server.nodes import Nodes
 from fedge.server.strategy import make_strategy
@@ -45,7 +46,7 @@ def flower_trainer(
     loop of its own on the same nodes.
     """
 
-    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, StudentRounds]:
         strategy = make_strategy(cfg)
         out = TrainingLog()
         rounds = RoundLoop(Nodes()) if loop is None else RoundLoop(loop.nodes, loop.sampling_secret)
@@ -75,10 +76,6 @@ def flower_trainer(
             )
         if all(row["skipped"] for row in out.rounds):
             log.warning("no student round produced a model; the student is the one it started as")
-        return model.eval(), {
-            "rounds": out.rounds,
-            "rejected": out.rejected,
-            "train_bytes": out.train_bytes,
-        }
+        return model.eval(), StudentRounds(out.rounds, out.rejected, out.train_bytes)
 
     return train

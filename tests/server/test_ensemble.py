@@ -41,7 +41,7 @@ def test_ensemble_sends_public_inputs_gets_logits_and_distils_their_mean(tmp_pat
     fed, spec, teacher, nodes = _setup(grid, train=True)
     pool = fed.server.public_pool
     source = ensemble_source(grid, CFG, teacher, pool, nodes=nodes, spec=spec, run_dir=tmp_path)
-    assert source.summary["mode"] == "ensemble" and source.summary["clients"] == [0, 1, 2]
+    assert source.summary.mode == "ensemble" and source.summary.clients == [0, 1, 2]
     queries = [msg for msg in grid.sent if msg.metadata.message_type == m.LOGITS]
     assert len(queries) == 3
     for query in queries:  # out: public inputs and settings only
@@ -79,8 +79,8 @@ def test_nodes_without_a_model_of_the_round_leave_the_global_teacher(tmp_path):
         spec=spec,
         run_dir=tmp_path,
     )
-    assert source.teacher is teacher and source.summary["mode"] == "global"
-    assert "no local model from round 1" in source.summary["reason"]
+    assert source.teacher is teacher and source.summary.mode == "global"
+    assert "no local model from round 1" in (source.summary.reason or "")
     assert not (tmp_path / ENSEMBLE_FILE).exists()
 
 

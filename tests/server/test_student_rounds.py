@@ -43,8 +43,8 @@ def test_flower_student_rounds_equal_their_replay(federation, tmp_path):
     replayed, _ = student_replay(CFG, sets, teacher)(copy.deepcopy(start), ROUNDS)
     for name, value in get_weights(real).items():
         np.testing.assert_allclose(value, get_weights(replayed)[name], atol=1e-4)
-    assert [r["clients_ok"] for r in summary["rounds"]] == [3, 3]
-    assert [r["round"] for r in summary["rounds"]] == [3, 4]  # numbered after the teacher's
+    assert [r["clients_ok"] for r in summary.rounds] == [3, 3]
+    assert [r["round"] for r in summary.rounds] == [3, 4]  # numbered after the teacher's
     # what the run saved is what a replay without clients continues from
     again, _ = saved(tmp_path)(copy.deepcopy(start), ROUNDS)
     assert weights_sha256(get_weights(again)) == weights_sha256(get_weights(real))
@@ -56,7 +56,7 @@ def test_a_node_without_the_teachers_logits_refuses_the_round(federation):
     start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
     trainer = flower_trainer(grid, CFG, spec, "0" * 64, fed.server.test)  # another teacher
     model, summary = trainer(copy.deepcopy(start), ROUNDS)
-    first = summary["rounds"][0]
+    first = summary.rounds[0]
     assert first["clients_ok"] == 0 and len(first["clients_failed"]) == 3
     assert "no logits of teacher 000000000000" in first["clients_failed"][0]["reason"]
     assert weights_sha256(get_weights(model)) == weights_sha256(get_weights(start))  # unchanged

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from fedge.core.training import (
     train,
 )
 from fedge.pipeline.chain.federate import FederatedTrainer
+from fedge.pipeline.outputs.rows import StudentRounds
 from fedge.privacy import central, dp_sgd
 
 
@@ -153,7 +153,7 @@ def student_replay(
     numbered after the teacher's), and the mean is weighted by sample count.
     """
 
-    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, StudentRounds]:
         empty = np.zeros((0, 1), dtype=np.float32)
         logits = [predict_logits(teacher, x) if len(x) else empty for x, _ in client_sets]
         global_w = dict(get_weights(model))
@@ -179,6 +179,6 @@ def student_replay(
                 for k in global_w
             }
         set_weights(model, global_w)
-        return model.eval(), {"replayed": True, "rounds": config.rounds}
+        return model.eval(), StudentRounds([], [], 0, replayed_from="the audit's replay")
 
     return train

@@ -15,7 +15,6 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from torch import nn
@@ -25,12 +24,13 @@ from fedge.core.federate import FederateConfig
 from fedge.core.io import atomic_write_bytes
 from fedge.core.models import set_model_weights
 from fedge.core.training import get_weights, weights_sha256
+from fedge.pipeline.outputs.rows import StudentRounds
 
 FEDERATED_DIR = "federated"  # in the run directory: one npz per federated student
 
 
 # (student to start from, config) -> (trained student, summary for results.json)
-FederatedTrainer = Callable[[nn.Module, FederateConfig], tuple[nn.Module, dict[str, Any]]]
+FederatedTrainer = Callable[[nn.Module, FederateConfig], tuple[nn.Module, StudentRounds]]
 
 
 def result_key(model: nn.Module, config: FederateConfig) -> str:
@@ -43,14 +43,15 @@ def result_key(model: nn.Module, config: FederateConfig) -> str:
 def recording(trainer: FederatedTrainer, run_dir: Path) -> FederatedTrainer:
     """`trainer`, saving each result in RUN/federated/ for `fedge compress` and the audit."""
 
-    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, StudentRounds]:
         key = result_key(model, config)
         trained, summary = trainer(model, config)
         buffer = io.BytesIO()
         np.savez(buffer, **get_weights(trained))  # type: ignore[arg-type]
         atomic_write_bytes(run_dir / FEDERATED_DIR / f"{key}.npz", buffer.getvalue())
         atomic_write_bytes(
-            run_dir / FEDERATED_DIR / f"{key}.json", json.dumps(summary, sort_keys=True).encode()
+            run_dir / FEDERATED_DIR / f"{key}.json",
+            json.dumps(summary.to_json(), sort_keys=True).encode(),
         )
         return trained, summary
 
@@ -60,7 +61,7 @@ def recording(trainer: FederatedTrainer, run_dir: Path) -> FederatedTrainer:
 def saved(run_dir: Path) -> FederatedTrainer:
     """A trainer that returns what the run's own clients trained (ConfigError if it has none)."""
 
-    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, dict[str, Any]]:
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, StudentRounds]:
         key = result_key(model, config)
         path = Path(run_dir) / FEDERATED_DIR / f"{key}.npz"
         if not path.is_file():
@@ -73,8 +74,10 @@ def saved(run_dir: Path) -> FederatedTrainer:
             weights = {name: data[name] for name in data.files}
         trained = _copy(model)
         set_model_weights(trained, weights)
-        summary = json.loads(path.with_suffix(".json").read_text())
-        return trained.eval(), {**summary, "from": f"{FEDERATED_DIR}/{path.name}"}
+        summary = StudentRounds.from_json(json.loads(path.with_suffix(".json").read_text()))
+        return trained.eval(), dataclasses.replace(
+            summary, replayed_from=f"{FEDERATED_DIR}/{path.name}"
+        )
 
     return train
 

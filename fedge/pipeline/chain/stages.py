@@ -39,7 +39,7 @@ from fedge.pipeline.chain.verbs import (
     run_quantize,
 )
 from fedge.pipeline.chain.work import Inputs, Work, stage_row
-from fedge.pipeline.outputs.rows import StageRow
+from fedge.pipeline.outputs.rows import StageRow, StudentRounds
 
 __all__ = [
     "STAGES",
@@ -159,7 +159,7 @@ class CompressionOutcome:
     student_params: int
     stages: list[StageRow] = field(default_factory=list)
     models: dict[str, nn.Module] = field(default_factory=dict, repr=False)
-    federated: dict[str, Any] | None = None  # the student's federated rounds, if any
+    federated: StudentRounds | None = None  # the student's federated rounds, if any
 
 
 def compress(

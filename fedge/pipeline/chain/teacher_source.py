@@ -16,6 +16,7 @@ from fedge.core.config import ConfigError
 from fedge.core.io import atomic_write_bytes
 from fedge.core.partition import PublicPool
 from fedge.core.training import predict_logits
+from fedge.pipeline.outputs.rows import EnsembleSummary
 
 log = logging.getLogger("fedge")
 ENSEMBLE_FILE = "ensemble.npz"  # transfer inputs and averaged client logits, for fedge compress
@@ -27,7 +28,7 @@ class KdSource:
 
     teacher: nn.Module
     pool: PublicPool
-    summary: dict[str, Any]  # results.json "ensemble"
+    summary: EnsembleSummary  # results.json "ensemble"
     # A teacher that knows only a fixed transfer set of `fixed_views` x the pool (an ensemble's
     # logits): see CompressionConfig.on_fixed_views. None: a model, asked on the fly.
     fixed_views: int | None = None
@@ -35,7 +36,7 @@ class KdSource:
 
 def global_source(teacher: nn.Module, pool: PublicPool) -> KdSource:
     """Distill from the aggregated global model, augmenting the pool on the fly."""
-    return KdSource(teacher, pool, {"mode": "global"})
+    return KdSource(teacher, pool, EnsembleSummary("global"))
 
 
 def from_client_logits(
@@ -61,7 +62,7 @@ def from_client_logits(
         return KdSource(
             teacher,
             pool,
-            {"mode": "global", "requested": "ensemble", "reason": reason, "failed": failures},
+            EnsembleSummary("global", requested="ensemble", reason=reason, failed=failures),
         )
     logits = average_logits([p[1] for p in per_client])
     buffer = io.BytesIO()
@@ -77,14 +78,14 @@ def from_client_logits(
     return KdSource(
         LogitTable(transfer.x, logits),
         transfer,
-        {
-            "mode": "ensemble",
-            "clients": sorted(p[0] for p in per_client),
-            "failed": failures,
-            "transfer_inputs": len(transfer),
-            "query_bytes": query_bytes,
-            "agreement_with_global": agreement,
-        },
+        EnsembleSummary(
+            "ensemble",
+            clients=sorted(p[0] for p in per_client),
+            failed=failures,
+            transfer_inputs=len(transfer),
+            query_bytes=query_bytes,
+            agreement_with_global=agreement,
+        ),
         fixed_views=views,
     )
 
@@ -102,6 +103,6 @@ def stored_source(run_dir: Path, views: int) -> KdSource:
     return KdSource(
         LogitTable(x, logits),
         PublicPool(x),
-        {"mode": "ensemble", "transfer_inputs": len(x), "from": ENSEMBLE_FILE},
+        EnsembleSummary("ensemble", transfer_inputs=len(x), saved_in=ENSEMBLE_FILE),
         fixed_views=views,
     )

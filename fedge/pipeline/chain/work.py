@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
@@ -14,7 +13,7 @@ from fedge.core.models import count_params
 from fedge.core.partition import PublicPool, Split
 from fedge.core.training import evaluate
 from fedge.pipeline.chain.federate import FederatedTrainer
-from fedge.pipeline.outputs.rows import StageRow
+from fedge.pipeline.outputs.rows import StageRow, StudentRounds
 
 log = logging.getLogger("fedge")
 
@@ -41,7 +40,7 @@ class Work:
     quantization: QuantizeResult | None = None
     rows: tuple[StageRow, ...] = ()  # one per stage that reports figures
     models: tuple[tuple[str, nn.Module], ...] = ()  # each torch stage's model (for the audit)
-    federated: dict[str, Any] | None = None  # what the student's federated rounds did
+    federated: StudentRounds | None = None  # what the student's federated rounds did
 
 
 def stage_row(

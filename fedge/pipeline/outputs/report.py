@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedge.core.config import RunConfig
-from fedge.pipeline.outputs.rows import ClientRow, TierSummary
+from fedge.pipeline.outputs.rows import ClientRow, StudentRounds, TierSummary
 from fedge.pipeline.outputs.sections import (
     bundle_line,
     choice_lines,
@@ -189,9 +189,9 @@ def _gate_lines(results: RunResults) -> list[str]:
     ]
 
 
-def _student_round_lines(student_rounds: dict[str, Any] | None) -> list[str]:
+def _student_round_lines(student_rounds: StudentRounds | None) -> list[str]:
     """Federated distillation: the student's rounds on the clients' own data."""
-    if not student_rounds:
+    if student_rounds is None:
         return []
     lines = [
         "",
@@ -199,12 +199,16 @@ def _student_round_lines(student_rounds: dict[str, Any] | None) -> list[str]:
         "",
         "Each client trained the student on its own data, with KD to the final teacher's logits "
         "and its labels; only the student's weights left the node"
-        + (f" (replayed from `{student_rounds['from']}`)." if "from" in student_rounds else "."),
+        + (
+            f" (replayed from `{student_rounds.replayed_from}`)."
+            if student_rounds.replayed_from
+            else "."
+        ),
         "",
         "| student round | accuracy | updates used | failed | rejected | note |",
         "|---:|---:|---:|---:|---:|---|",
     ]
-    for index, r in enumerate(student_rounds["rounds"], start=1):
+    for index, r in enumerate(student_rounds.rounds, start=1):
         note = f"skipped: {r['skipped']}" if r["skipped"] else ""
         lines.append(
             f"| {index} | {pct(r['accuracy'])} | {r['clients_ok']} | "

@@ -125,7 +125,7 @@ def run_results(
 ) -> RunResults:
     """The results of one `fedge simulate` / ServerApp run."""
     teacher = dataclasses.replace(compression.teacher, params=teacher_params)
-    student_rounds = compression.student_rounds or {}
+    rounds = compression.student_rounds
     return RunResults(
         run_id=model_id,
         config=cfg.to_run_config(),
@@ -144,7 +144,7 @@ def run_results(
             "train_downlink_bytes": sum(r.get("downlink_bytes", 0) for r in training.rounds),
             "update_compression": cfg.update_compression,
             "downlink_compression": cfg.downlink_compression,
-            "student_train_bytes": student_rounds.get("train_bytes", 0),
+            "student_train_bytes": rounds.train_bytes if rounds is not None else 0,
             "deploy_bytes": deploy_bytes,
         },
         timing_s=timing,

@@ -186,6 +186,31 @@ class TierSummary(Row):
 
 
 @dataclass(frozen=True)
+class StudentRounds(Row):
+    """The student's federated rounds on the clients (results.json "student_rounds")."""
+
+    rounds: list[dict[str, Any]]  # one row per round, as the teacher's rounds have
+    rejected: list[dict[str, Any]]
+    train_bytes: int  # serialized messages, both ways
+    replayed_from: str | None = None  # what fedge compress or the audit replayed instead
+
+
+@dataclass(frozen=True)
+class EnsembleSummary(Row):
+    """Which teacher the student learned from (results.json "ensemble")."""
+
+    mode: str  # global | ensemble
+    requested: str | None = None  # ensemble was asked for; why global was used
+    reason: str | None = None
+    failed: list[dict[str, Any]] | None = None  # nodes that sent no logits, and why
+    clients: list[int] | None = None  # the partitions whose mean logits it learned
+    transfer_inputs: int | None = None
+    query_bytes: int | None = None
+    agreement_with_global: float | None = None  # share of inputs with the same top class
+    saved_in: str | None = None  # fedge compress: the run's saved ensemble
+
+
+@dataclass(frozen=True)
 class CompressionRecord(Row):
     """What compression made of one run (compressed.json; also part of results.json).
 
@@ -196,9 +221,9 @@ class CompressionRecord(Row):
     shipped: bool
     quality_gate: GateVerdict
     compression_config: dict[str, Any] | None
-    ensemble: dict[str, Any]
+    ensemble: EnsembleSummary
     stages: tuple[StageRow, ...]
     choice: ChoiceRecord | None
-    student_rounds: dict[str, Any] | None
+    student_rounds: StudentRounds | None
     teacher: TeacherFigures
     student: StudentFigures | None

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedge.pipeline.outputs.rows import ChoiceRecord, CompressionRecord, StudentFigures
+from fedge.pipeline.outputs.rows import (
+    ChoiceRecord,
+    CompressionRecord,
+    EnsembleSummary,
+    StudentFigures,
+)
 
 
 def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
@@ -72,27 +77,27 @@ def privacy_lines(privacy: dict[str, Any]) -> list[str]:
     ]
 
 
-def distilled_from(ensemble: dict[str, Any]) -> str:
+def distilled_from(ensemble: EnsembleSummary) -> str:
     """One sentence: which teacher the student learned from."""
-    if ensemble["mode"] == "ensemble":
+    if ensemble.mode == "ensemble":
         who = (
-            f"partitions {ensemble['clients']} of the last round"
-            if "clients" in ensemble
-            else f"the run's saved ensemble (`{ensemble['from']}`)"
+            f"partitions {ensemble.clients} of the last round"
+            if ensemble.clients is not None
+            else f"the run's saved ensemble (`{ensemble.saved_in}`)"
         )
         agreement = (
             f"; the ensemble agrees with the global model on "
-            f"{100 * ensemble['agreement_with_global']:.1f} % of them"
-            if "agreement_with_global" in ensemble
+            f"{100 * ensemble.agreement_with_global:.1f} % of them"
+            if ensemble.agreement_with_global is not None
             else ""
         )
         return (
             f"Distilled from an ensemble (FedDF-style): the mean logits of {who} on "
-            f"{ensemble['transfer_inputs']:,} public transfer inputs{agreement}. Clients sent "
+            f"{ensemble.transfer_inputs or 0:,} public transfer inputs{agreement}. Clients sent "
             "logits only. The teacher row below is the global model."
         )
-    if "requested" in ensemble:
-        return f"Distilled from the global model: ensemble requested, but {ensemble['reason']}."
+    if ensemble.requested:
+        return f"Distilled from the global model: ensemble requested, but {ensemble.reason}."
     return "Distilled from the global model."
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from onnxruntime import InferenceSession
 
 from fedge.core.archspec import is_arch
 from fedge.core.choices import STUDENTS
@@ -180,7 +181,7 @@ def compress_candidates(
     fed: Federation,
     *,
     teacher_val: float,
-    teacher_session: Any = None,
+    teacher_session: InferenceSession | None = None,
     federated: FederatedTrainer | None = None,
     stop: Choice | None = None,
 ) -> list[Candidate]:
@@ -276,7 +277,9 @@ def pareto(rows: list[dict[str, Any]], cost: str) -> list[bool]:
     return flags
 
 
-def _latency(teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray) -> dict[str, Any]:
+def _latency(
+    teacher: InferenceSession | None, x: np.ndarray, student: InferenceSession, raw: np.ndarray
+) -> dict[str, Any]:
     """Student batch-1 / batch-64 p50 in onnxruntime, interleaved with the teacher if known.
 
     The CandidateRow fields b1_us, b64_us, teacher_b1_us and teacher_b64_us.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
+from onnxruntime import InferenceSession
 
 from fedge.core.config import RunConfig
 from fedge.core.ort import session_accuracy
@@ -23,7 +23,9 @@ class NotShippedError(RuntimeError):
         self.gate = gate
 
 
-def gate_teacher(cfg: RunConfig, session: Any, val: Split) -> tuple[float, GateVerdict]:
+def gate_teacher(
+    cfg: RunConfig, session: InferenceSession, val: Split
+) -> tuple[float, GateVerdict]:
     """The teacher's validation accuracy (onnxruntime `session`) and the gate's verdict on it."""
     teacher_val = session_accuracy(session, val.x, val.y)
     return teacher_val, check_teacher(cfg, teacher_val, val.y)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from onnxruntime import InferenceSession
 
 from fedge.compression.bundle import BundleConfig, make_bundle
 from fedge.compression.export import INPUT_NAME, LABEL_NAME, OUTPUT_NAME, PROBABILITIES_NAME
@@ -37,7 +38,7 @@ def ship(
     *,
     preprocessing: Preprocessing,
     num_classes: int,
-    key: Any,
+    key: Ed25519PrivateKey,
     model_id: str,
 ) -> Shipment:
     """Measure teacher and shipped student on the test split (student on raw input), then sign."""
@@ -79,7 +80,9 @@ def ship(
     return Shipment(make_bundle(student_bytes, manifest, key), manifest, teacher, student)
 
 
-def _latency(teacher: Any, x: np.ndarray, student: Any, raw: np.ndarray) -> dict[str, Latency]:
+def _latency(
+    teacher: InferenceSession | None, x: np.ndarray, student: InferenceSession, raw: np.ndarray
+) -> dict[str, Latency]:
     """Batch-1 and batch-64 p50 of teacher and shipped student in onnxruntime, interleaved."""
     b1 = interleaved_latency_us(
         {"teacher": session_call(teacher, x[:1]), "student": session_call(student, raw[:1])}
