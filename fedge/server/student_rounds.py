@@ -65,17 +65,21 @@ def flower_trainer(
             out.rounds.append(row)
             if on_round is not None:
                 on_round(f"student-{config.student}", row)
-            log.info(
-                "student round %d/%d  central accuracy %.4f  clients %d ok, %d failed, %d rejected",
-                index,
-                config.rounds,
-                row["accuracy"],
-                row["clients_ok"],
-                len(row["clients_failed"]),
-                len(row["clients_rejected"]),
-            )
+            _log_round(index, config.rounds, row)
         if all(row["skipped"] for row in out.rounds):
             log.warning("no student round produced a model; the student is the one it started as")
         return model.eval(), StudentRounds(out.rounds, out.rejected, out.train_bytes)
 
     return train
+
+
+def _log_round(index: int, rounds: int, row: dict[str, Any]) -> None:
+    log.info(
+        "student round %d/%d  central accuracy %.4f  clients %d ok, %d failed, %d rejected",
+        index,
+        rounds,
+        row["accuracy"],
+        row["clients_ok"],
+        len(row["clients_failed"]),
+        len(row["clients_rejected"]),
+    )

@@ -172,10 +172,8 @@ def train_round(
     chosen = train_sample(cfg, server_round, loop.sampling_secret)
     messages = _round_messages(grid, cfg, strategy, server_round, arrays, spec, loop, chosen)
     for msg in messages:  # expire with the round: a late node never trains a stale round
-        msg.metadata.ttl = cfg.round_timeout
-        msg.metadata.message_type = message_type
-        for name, record in (records or {}).items():
-            msg.content[name] = record
+        msg.metadata.ttl, msg.metadata.message_type = cfg.round_timeout, message_type
+        msg.content.update(records or {})
     encode_downlink(cfg, messages, arrays, loop.downlink)
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent: with message ids
