@@ -1,6 +1,6 @@
 """The values a choice setting allows, each written once (settings, stage configs, codecs)."""
 
-DATASETS = ("digits", "mnist1d")  # plus "npz:PATH"
+DATASETS = ("digits", "mnist1d", "fmnist")  # plus "npz:PATH"
 PARTITIONS = ("iid", "dirichlet", "pathological")
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.

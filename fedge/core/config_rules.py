@@ -51,6 +51,11 @@ def check(cfg: RunConfig) -> None:
             f"qat always trains for static int8, but quant-mode is {cfg.quant_mode!r}; "
             "allowed with qat always: quant-mode static"
         )
+    if cfg.data_dir and cfg.dataset != "fmnist":
+        raise ConfigError(
+            f"data-dir {cfg.data_dir!r} applies to fmnist only, not dataset {cfg.dataset!r}; "
+            "allowed: data-dir empty, or dataset fmnist"
+        )
     if cfg.dataset_size and cfg.dataset != "mnist1d":
         raise ConfigError(
             f"dataset-size applies to generated data only (mnist1d), not {cfg.dataset!r}; "

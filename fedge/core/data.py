@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedge.core import idx
 from fedge.core.config import ConfigError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -96,10 +97,11 @@ class Dataset:
     standardize: bool = False  # user data: statistics from the public pool (build_federation)
 
 
-def load_dataset(name: str, size: int = 0) -> Dataset:
-    """Load `digits`, `mnist1d` or `npz:PATH` (cached per process).
+def load_dataset(name: str, size: int = 0, data_dir: str = "") -> Dataset:
+    """Load `digits`, `mnist1d`, `fmnist` or `npz:PATH` (cached per process).
 
     `size` > 0: generate that many mnist1d samples (the other datasets have a fixed size).
+    `data_dir`: where fmnist's IDX files are (fedge.core.idx.data_dir), or `hub`.
     """
     if size and name != "mnist1d":
         raise ConfigError(
@@ -110,14 +112,21 @@ def load_dataset(name: str, size: int = 0) -> Dataset:
         return _digits()
     if name == "mnist1d":
         return _mnist1d(size or MNIST1D_SIZE)
+    if name == "fmnist":
+        if data_dir == idx.HUB:
+            return _fmnist_hub()
+        directory = idx.data_dir(data_dir).resolve()
+        return _fmnist(str(directory), _mtimes(directory))
     if name.startswith("npz:"):
         path = Path(name[4:]).expanduser().resolve()
         stat = path.stat() if path.is_file() else None
         return _npz(str(path), stat.st_mtime_ns if stat else 0)
-    raise ConfigError(f"unknown dataset {name!r}; allowed: digits, mnist1d, npz:PATH")
+    raise ConfigError(f"unknown dataset {name!r}; allowed: digits, mnist1d, fmnist, npz:PATH")
 
 
 MNIST1D_SIZE = 5000  # mnist1d's own default number of samples
+# Fashion-MNIST's pixel mean and standard deviation over its training images (0..255).
+FMNIST_MEAN, FMNIST_STD = 72.94, 90.02
 
 
 @functools.cache
@@ -155,6 +164,40 @@ def _mnist1d(size: int) -> Dataset:
         y_test=np.asarray(data["y_test"], dtype=np.int64),
         preprocessing=Preprocessing(shift=0.0, scale=1.0, input_shape=(1, 40)),
         num_classes=10,
+    )
+
+
+@functools.cache
+def _fmnist(directory: str, _mtimes: tuple[int, ...]) -> Dataset:
+    return _fmnist_dataset(idx.read_fashion_mnist(Path(directory)))
+
+
+@functools.cache
+def _fmnist_hub() -> Dataset:
+    return _fmnist_dataset(idx.download_fashion_mnist())
+
+
+def _fmnist_dataset(data: idx.FashionMnist) -> Dataset:
+    """The original 60,000 / 10,000 split as float pixels 0..255, standardized in the model."""
+    return Dataset(
+        name="fmnist",
+        kind="image",
+        x=data.x_train.reshape(len(data.x_train), -1).astype(np.float32),
+        y=data.y_train,
+        x_test=data.x_test.reshape(len(data.x_test), -1).astype(np.float32),
+        y_test=data.y_test,
+        preprocessing=Preprocessing(
+            shift=FMNIST_MEAN, scale=1 / FMNIST_STD, input_shape=(1, idx.SIDE, idx.SIDE)
+        ),
+        num_classes=idx.CLASSES,
+    )
+
+
+def _mtimes(directory: Path) -> tuple[int, ...]:
+    """The IDX files' modification times: a replaced file is read again."""
+    names = [name for pair in idx.FILES.values() for name in pair[:2]]
+    return tuple(
+        (directory / n).stat().st_mtime_ns if (directory / n).is_file() else 0 for n in names
     )
 
 

@@ -75,6 +75,7 @@ class Federation:
 SPLIT_FIELDS = (
     "dataset",
     "dataset_size",
+    "data_dir",
     "clients",
     "partition",
     "alpha",
@@ -95,7 +96,7 @@ def build_federation(cfg: RunConfig) -> Federation:
 def _build(cfg: RunConfig) -> Federation:
     from sklearn.model_selection import train_test_split
 
-    data = load_dataset(cfg.dataset, cfg.dataset_size)
+    data = load_dataset(cfg.dataset, cfg.dataset_size, cfg.data_dir)
     rng_seed = cfg.seed
     x, y = data.x, data.y
     n_total = len(y) + (0 if data.y_test is None else len(data.y_test))

@@ -12,7 +12,12 @@ from fedge.core.settings import setting
 class FederationSettings:
     """The data, its split over clients, and how they train the teacher together."""
 
-    dataset: str = setting("digits", "data: digits | mnist1d | npz:PATH")
+    dataset: str = setting("digits", "data: digits | mnist1d | fmnist | npz:PATH")
+    data_dir: str = setting(
+        "",
+        "fmnist: the directory of its four IDX files; empty: $FEDGE_DATA_DIR, else Debian's "
+        "/usr/share/datasets/fashion-mnist; hub: download zalando-datasets/fashion_mnist",
+    )
     dataset_size: int = setting(
         0, "mnist1d: samples to generate, 80 % train (0: its own 5,000)", interval="[0, 1000000]"
     )
