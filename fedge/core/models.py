@@ -128,12 +128,19 @@ class ArchNet(nn.Module):
         act: type[nn.Module] = nn.ReLU if arch.activation == "relu" else nn.Hardswish
         layers: list[nn.Module] = []
         channels = input_shape[0]
-        for width, kernel, pooled in arch.convs:
-            layers += [conv(channels, width, kernel, padding=kernel // 2), act()]
-            layers += [pool(2, ceil_mode=True)] if pooled else []
+        for layer in arch.convs:
+            width, kernel = layer.width, layer.kernel
+            if layer.separable:  # depthwise, then pointwise: one bias, one activation
+                depthwise = conv(
+                    channels, channels, kernel, padding=kernel // 2, groups=channels, bias=False
+                )
+                layers += [nn.Sequential(depthwise, conv(channels, width, 1)), act()]
+            else:
+                layers += [conv(channels, width, kernel, padding=kernel // 2), act()]
+            layers += [pool(2, ceil_mode=True)] if layer.pooled else []
             channels = width
         self.features = nn.Sequential(*layers)
-        pools = sum(p for _, _, p in arch.convs)
+        pools = sum(c.pooled for c in arch.convs)
         positions = math.prod(math.ceil(s / 2**pools) for s in input_shape[1:])
         features = channels * positions if arch.convs else math.prod(input_shape)
         head: list[nn.Module] = []

@@ -12,7 +12,8 @@ from fedge.core.models import build_student, student_from_weights
 def test_a_spec_round_trips_and_builds_the_layers_it_names():
     spec = "arch:c16k3p-c32k5-h64-hardswish"
     parsed = archspec.parse(spec)
-    assert parsed.spec == spec and parsed.convs == ((16, 3, True), (32, 5, False))
+    assert parsed.spec == spec
+    assert parsed.convs == (archspec.Conv(16, 3, True), archspec.Conv(32, 5, False))
     model = build_student((1, 8, 8), 10, spec, seed=0)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size) for c in convs] == [(16, (3, 3)), (32, (5, 5))]
@@ -23,6 +24,34 @@ def test_a_spec_round_trips_and_builds_the_layers_it_names():
         torch.zeros(1, 1, 40)
     ).shape == (1, 10)
     assert build_student((20,), 3, "arch:h32-h16-relu", 0)(torch.zeros(1, 20)).shape == (1, 3)
+
+
+def test_a_separable_convolution_is_depthwise_then_pointwise_and_rebuilds_when_pruned():
+    spec = "arch:c16k3p-d32k3p-d64k5-relu"
+    assert archspec.parse(spec).spec == spec and archspec.parse(spec).convs[1].separable
+    model = build_student((1, 28, 28), 10, spec, seed=0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    shapes = [(c.in_channels, c.out_channels, c.kernel_size, c.groups) for c in convs]
+    assert shapes == [
+        (1, 16, (3, 3), 1),
+        (16, 16, (3, 3), 16),  # depthwise: one 3x3 filter per channel, no bias
+        (16, 32, (1, 1), 1),  # pointwise
+        (32, 32, (5, 5), 32),
+        (32, 64, (1, 1), 1),
+    ]
+    assert convs[1].bias is None and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # a DS-CNN pays for its receptive field with far fewer weights than a full convolution
+    full = build_student((1, 28, 28), 10, "arch:c16k3p-c32k3p-c64k5-relu", seed=0)
+    weights = [sum(p.numel() for p in m.features.parameters()) for m in (model, full)]
+    assert weights[0] * 10 < weights[1]
+    pruned = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    pruned["features.6.1.weight"] = pruned["features.6.1.weight"][:40]  # 64 -> 40 channels
+    pruned["features.6.1.bias"] = pruned["features.6.1.bias"][:40]
+    pruned["classifier.0.weight"] = pruned["classifier.0.weight"][:, : 40 * 7 * 7]
+    rebuilt = student_from_weights((1, 28, 28), 10, spec, pruned)
+    assert rebuilt(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    with pytest.raises(ValueError, match="the first convolution sees the input's channels"):
+        archspec.parse("arch:d16k3-relu")
 
 
 @pytest.mark.parametrize(

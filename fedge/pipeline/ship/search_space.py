@@ -40,16 +40,14 @@ def sample(trial: Any, input_shape: tuple[int, ...]) -> str:
         return archspec.Arch((), hidden, activation).spec
     kernels = (3, 5) if len(input_shape) == 3 else (3, 5, 7)
     max_pools = int(math.log2(min(input_shape[1:])))
-    convs: list[tuple[int, int, bool]] = []
+    convs: list[archspec.Conv] = []
     for i in range(trial.suggest_int("convs", 1, 3)):
         pooled = trial.suggest_categorical(f"p{i}", (False, True))
-        pooled = pooled and sum(p for _, _, p in convs) < max_pools
-        convs.append(
-            (
-                trial.suggest_categorical(f"c{i}", CHANNELS),
-                trial.suggest_categorical(f"k{i}", kernels),
-                pooled,
-            )
-        )
+        pooled = pooled and sum(c.pooled for c in convs) < max_pools
+        # after the first: a full or a depthwise-separable convolution (DS-CNN, MobileNet)
+        separable = bool(i) and trial.suggest_categorical(f"s{i}", (False, True))
+        width = trial.suggest_categorical(f"c{i}", CHANNELS)
+        kernel = trial.suggest_categorical(f"k{i}", kernels)
+        convs.append(archspec.Conv(width, kernel, pooled, separable))
     hidden = (trial.suggest_categorical("h0", HIDDEN),) if trial.suggest_int("hidden", 0, 1) else ()
     return archspec.Arch(tuple(convs), hidden, activation).spec
