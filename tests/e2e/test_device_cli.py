@@ -1,4 +1,4 @@
-"""The device commands as real processes with torch unimportable: infer, install, verify, status."""
+"""Device commands as real processes, torch unimportable: infer, install, verify, status, profile."""
 
 import json
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 from fedge.client.runtime.predictor import Predictor
 from fedge.compression.bundle import make_bundle, write_bundle
 from fedge.core.data import load_dataset
+from fedge.core.profile import load_profile, probe_index
 from tests.client.conftest import bundle_config
 from tests.e2e.processes import fedge_no_torch
 
@@ -61,6 +62,20 @@ def test_install_verify_status_without_torch(device, tmp_path):
         proc = fedge_no_torch(*args)
         assert proc.returncode == 0, proc.stderr
     assert "current:       2" in proc.stdout and "verified:      yes" in proc.stdout
+
+
+def test_fedge_profile_measures_every_probe_without_torch(tmp_path):
+    out = tmp_path / "device.json"
+    proc = fedge_no_torch(
+        "profile", "--out", str(out), "--iters", "20", "--batch", "8", "--name", "gw-1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    profile = load_profile(out)
+    assert set(profile.latency_us) == set(probe_index()) and profile.batches == (1, 8)
+    assert profile.name == "gw-1" and profile.threads == 1
+    assert profile.device["onnxruntime"] and profile.device["cores"] >= 1
+    for per_batch in profile.latency_us.values():
+        assert 0 < per_batch[1] < per_batch[8] * 2  # a batch of 8 is not 2x faster than one
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
