@@ -8,6 +8,7 @@ RUN = "{run}"  # the finished run, filled in by the test
 
 COMPRESS_CASES = [
     (["{empty}"], "is not a finished fedge run with a teacher: results.json is missing"),
+    (["{missing}"], "is not a finished fedge run with a teacher: results.json is missing"),
     ([RUN, "--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
     ([RUN, "--quant-mode", "fp16"], "unknown quant-mode 'fp16'; allowed: static, dynamic"),
     ([RUN, "--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
@@ -42,7 +43,7 @@ def test_compress_refuses_bad_input_and_writes_nothing(cli, tmp_path, finished_r
     (tmp_path / "unknown.toml").write_text("distil-epochs = 7\n")
     before = written(tmp_path)
     run_before = sorted(p.name for p in finished_run.iterdir())
-    paths = {"run": finished_run, "empty": tmp_path / "empty"}
+    paths = {"run": finished_run, "empty": tmp_path / "empty", "missing": tmp_path / "nothing"}
     result = cli("compress", *(a.format(**paths) for a in args), "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     assert message in one_line(result.output), result.output
