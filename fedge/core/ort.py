@@ -38,10 +38,21 @@ def session_accuracy(session: ort.InferenceSession, x: np.ndarray, y: np.ndarray
     return float((session_logits(session, x).argmax(1) == y).mean())
 
 
+Timings = dict[str, dict[str, float]]  # side -> statistic -> microseconds
+
+
 def interleaved_latency_us(
-    calls: dict[str, Callable[[], object]], *, warmup: int = 200, iters: int = 1000
-) -> dict[str, dict[str, float]]:
-    """p50/p95 wall and thread-CPU microseconds per call, the sides interleaved (A B A B ...)."""
+    calls: dict[str, Callable[[], object]],
+    *,
+    warmup: int = 200,
+    iters: int = 1000,
+    clock: Callable[[], int] = time.perf_counter_ns,
+    cpu_clock: Callable[[], int] = time.thread_time_ns,
+) -> Timings:
+    """p50/p95 wall and thread-CPU microseconds per call, the sides interleaved (A B A B ...).
+
+    `clock` and `cpu_clock` return nanoseconds (tests pass fakes to check the bookkeeping).
+    """
     names = list(calls)
     for _ in range(warmup):
         for name in names:
@@ -50,9 +61,9 @@ def interleaved_latency_us(
     cpu: dict[str, list[int]] = {n: [] for n in names}
     for _ in range(iters):
         for name in names:
-            c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+            c0, w0 = cpu_clock(), clock()
             calls[name]()
-            w1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+            w1, c1 = clock(), cpu_clock()
             wall[name].append(w1 - w0)
             cpu[name].append(c1 - c0)
     return {
@@ -66,14 +77,19 @@ def interleaved_latency_us(
 
 
 def blocked_latency_us(
-    calls: dict[str, Callable[[], object]], *, blocks: int = 5, per_block: int = 200
-) -> dict[str, dict[str, float]]:
+    calls: dict[str, Callable[[], object]],
+    *,
+    blocks: int = 5,
+    per_block: int = 200,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> Timings:
     """p50/p95 microseconds per call, each side timed in consecutive blocks, blocks rotated.
 
     For many sides: interleaving call by call (interleaved_latency_us) runs every model with
     the others' code and data in the caches, slower than a device that calls one model again
     and again; a block of consecutive calls keeps the caches as the device has them, and
-    rotating the blocks spreads the machine's drift over every side.
+    rotating the blocks spreads the machine's drift over every side. `clock` returns
+    nanoseconds.
     """
     times: dict[str, list[int]] = {n: [] for n in calls}
     for _ in range(blocks):
@@ -81,9 +97,9 @@ def blocked_latency_us(
             for _ in range(max(10, per_block // 10)):  # warm this side's caches again
                 call()
             for _ in range(per_block):
-                start = time.perf_counter_ns()
+                start = clock()
                 call()
-                times[name].append(time.perf_counter_ns() - start)
+                times[name].append(clock() - start)
     return {
         n: {
             "p50": float(np.percentile(t, 50)) / 1e3,
@@ -94,19 +110,25 @@ def blocked_latency_us(
 
 
 def settled_latency_us(
-    calls: dict[str, Callable[[], object]], *, tries: int = 3, pause_s: float = 0.5
+    calls: dict[str, Callable[[], object]],
+    *,
+    tries: int = 3,
+    pause_s: float = 0.5,
+    measure: Callable[..., Timings] = blocked_latency_us,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> dict[str, float]:
     """The best p50 (µs) of `tries` blocked measurements `pause_s` apart, per side.
 
     As timeit takes the best of its repeats: on a shared machine a slowdown of a few seconds
     (seen here: the same model at 18 µs and 33 µs a minute apart, nothing else running) must not
     be taken for the model's speed, and the fastest repeat is the one it disturbed least.
+    `measure` times one try (blocked_latency_us's keywords); `sleep` waits between tries.
     """
     best = {name: math.inf for name in calls}
     for attempt in range(tries):
         if attempt:
-            time.sleep(pause_s)
-        for name, timing in blocked_latency_us(calls, blocks=3, per_block=200).items():
+            sleep(pause_s)
+        for name, timing in measure(calls, blocks=3, per_block=200).items():
             best[name] = min(best[name], timing["p50"])
     return best
 

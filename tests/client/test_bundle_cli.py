@@ -1,8 +1,6 @@
-"""`fedge install`, `fedge verify`, `fedge status`: bundles that arrive outside Flower."""
+"""`fedge install`, `fedge verify`, `fedge status` in-process: bundles that arrive outside Flower."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -11,7 +9,6 @@ from fedge.cli import app
 from fedge.compression.bundle import make_bundle, write_bundle
 from tests.client import hostile
 from tests.client.conftest import bundle_config
-from tests.client.test_predictor import NO_TORCH
 
 
 def _run(*args: str):
@@ -118,18 +115,3 @@ def test_bad_arguments_are_one_line_errors(device, tmp_path):
         "install", _bundle(device, tmp_path), "--model-dir", device.store, "--trusted-key", tmp_path
     )
     assert code == 2 and "trusted-key check failed" in out
-
-
-def test_install_verify_status_without_torch(device, tmp_path):
-    bundle = _bundle(device, tmp_path)
-    common = ["--trusted-key", str(device.public_key)]
-    for args in (
-        ["verify", str(bundle), *common],
-        ["install", str(bundle), "--model-dir", str(device.store), *common],
-        ["status", "--model-dir", str(device.store), *common],
-    ):
-        proc = subprocess.run(
-            [sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=120
-        )
-        assert proc.returncode == 0, proc.stderr
-    assert "current:       2" in proc.stdout and "verified:      yes" in proc.stdout

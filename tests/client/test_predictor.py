@@ -1,10 +1,4 @@
-"""The torch-free device runtime: Predictor, fedge infer and fedge serve."""
-
-import http.client
-import json
-import subprocess
-import sys
-import time
+"""The torch-free device runtime's Predictor (fedge infer and serve as processes: tests/e2e/)."""
 
 import numpy as np
 import onnx
@@ -19,19 +13,6 @@ from fedge.core.ort import make_session, session_logits
 from tests.client.conftest import bundle_config
 
 RAW = load_dataset("digits").x[:32]  # raw 0..16 grey levels, flat (N, 64)
-
-# Run fedge with torch and flwr unimportable: the device path must not need them.
-NO_TORCH = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "flwr", "onnx", "sklearn"):
-            raise ImportError(f"{name} is blocked on this device")
-sys.meta_path.insert(0, Block())
-sys.argv = ["fedge", *sys.argv[1:]]
-from fedge.cli import main
-main()
-"""
 
 
 def test_predictions_equal_onnxruntime_on_preprocessed_input(device, student_onnx):
@@ -149,112 +130,3 @@ def test_external_data_is_refused_before_onnxruntime(device, tmp_path, monkeypat
             load_public_key(device.public_key),
         )
     assert err.value.check == "external-data"
-
-
-def _fedge_no_torch(*args, **kwargs):
-    return subprocess.run(
-        [sys.executable, "-c", NO_TORCH, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kwargs,
-    )
-
-
-def _infer(device, *args: str, key=None, **kwargs):
-    """`fedge infer` on the device's store, torch unimportable."""
-    trusted = str(key or device.public_key)
-    return _fedge_no_torch(
-        "infer", "--model-dir", str(device.store), "--trusted-key", trusted, *args, **kwargs
-    )
-
-
-def test_fedge_infer_without_torch(device, tmp_path):
-    np.save(tmp_path / "x.npy", RAW[:3])
-    proc = _infer(
-        device,
-        str(tmp_path / "x.npy"),
-        "--json",
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert (
-        out["labels"] == Predictor(device.store, device.public_key).predict(RAW[:3]).labels.tolist()
-    )
-    stdin = _infer(
-        device,
-        "-",
-        input=json.dumps({"inputs": RAW[:2].tolist()}),
-    )
-    assert stdin.returncode == 0 and len(stdin.stdout.split()) == 2
-    csv = tmp_path / "x.csv"
-    np.savetxt(csv, RAW[:4], delimiter=",")
-    assert (
-        len(
-            _infer(
-                device,
-                str(csv),
-            ).stdout.split()
-        )
-        == 4
-    )
-
-
-def test_fedge_infer_refuses_a_wrong_key_and_a_bad_file(device, tmp_path):
-    from fedge.compression.bundle import generate_keypair
-
-    _, other = generate_keypair(tmp_path / "other")
-    proc = _infer(device, "-", key=other, input="[[0]]")
-    assert proc.returncode == 2 and "signature check failed" in proc.stderr
-    (tmp_path / "x.txt").write_text("1,2")
-    proc = _infer(
-        device,
-        str(tmp_path / "x.txt"),
-    )
-    assert proc.returncode == 2 and "allowed: .npy, .csv, .json" in proc.stderr
-
-
-def test_fedge_serve_without_torch(device):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            NO_TORCH,
-            "serve",
-            "--model-dir",
-            str(device.store),
-            "--trusted-key",
-            str(device.public_key),
-            "--port",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()
-        assert "on http://127.0.0.1:" in line, line
-        conn = http.client.HTTPConnection("127.0.0.1", int(line.rsplit(":", 1)[1]), timeout=10)
-
-        def call(method, path, body=None):
-            conn.request(method, path, body=None if body is None else json.dumps(body).encode())
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-
-        status, health = call("GET", "/health")
-        assert status == 200 and health["version"] == 1 and health["model_id"] == "test"
-        status, result = call("POST", "/predict", {"inputs": RAW[:2].tolist()})
-        assert (
-            status == 200 and len(result["labels"]) == 2 and len(result["probabilities"][0]) == 10
-        )
-        status, error = call("POST", "/predict", {"inputs": [[1, 2, 3]]})
-        assert status == 400 and "does not fit" in error["error"]
-        assert call("POST", "/predict", {"inputs": RAW[:1].tolist()})[0] == 200  # still up
-        device.install(2)
-        deadline = time.monotonic() + 10
-        while call("GET", "/health")[1]["version"] != 2:
-            assert time.monotonic() < deadline, "new bundle not picked up"
-            time.sleep(0.2)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)

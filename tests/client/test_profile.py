@@ -1,25 +1,12 @@
-"""`fedge profile` on a device (torch unimportable) and the server's reading of profiles."""
+"""The server's reading of `fedge profile` files, in-process (the command without torch: e2e)."""
 
 import json
 
 import pytest
+from typer.testing import CliRunner
 
-from fedge.core.profile import ProfileError, load_profile, probe_index
-from tests.client.test_predictor import _fedge_no_torch
-
-
-def test_fedge_profile_measures_every_probe_without_torch(tmp_path):
-    out = tmp_path / "device.json"
-    proc = _fedge_no_torch(
-        "profile", "--out", str(out), "--iters", "20", "--batch", "8", "--name", "gw-1"
-    )
-    assert proc.returncode == 0, proc.stderr
-    profile = load_profile(out)
-    assert set(profile.latency_us) == set(probe_index()) and profile.batches == (1, 8)
-    assert profile.name == "gw-1" and profile.threads == 1
-    assert profile.device["onnxruntime"] and profile.device["cores"] >= 1
-    for per_batch in profile.latency_us.values():
-        assert 0 < per_batch[1] < per_batch[8] * 2  # a batch of 8 is not 2x faster than one
+from fedge.cli import app
+from fedge.core.profile import ProfileError, load_profile
 
 
 def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
@@ -33,7 +20,7 @@ def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
         with pytest.raises(ProfileError, match=message):
             load_profile(bad)
     good = tmp_path / "good.json"
-    assert _fedge_no_torch("profile", "--out", str(good), "--iters", "20").returncode == 0
+    assert CliRunner().invoke(app, ["profile", "--out", str(good), "--iters", "20"]).exit_code == 0
     data = json.loads(good.read_text())
     name = next(iter(data["probes"]))
     data["probes"][name]["sha256"] = "0" * 64  # measured a probe this fedge does not ship
@@ -56,5 +43,5 @@ def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
             load_profile(bad)
     with pytest.raises(ProfileError, match="cannot read device profile"):
         load_profile(tmp_path / "missing.json")
-    refused = _fedge_no_torch("profile", "--out", str(tmp_path / "no" / "p.json"))
-    assert refused.returncode == 2 and "does not exist" in refused.stderr
+    refused = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "no" / "p.json")])
+    assert refused.exit_code == 2 and "does not exist" in refused.output

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tests.client.test_predictor import NO_TORCH
+from tests.e2e.processes import NO_TORCH
 
 
 @dataclass
@@ -83,8 +83,13 @@ class Reader:
         return int(status_line.split()[1]), headers, body
 
     def closed(self) -> bool:
-        """Whether the server closed the connection (nothing more arrives)."""
-        return not self.buffer and not self._more()
+        """Whether the server closed the connection: end of stream or a reset, not a timeout."""
+        if self.buffer:
+            return False
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
 
     def _more(self) -> bool:
         try:
@@ -106,8 +111,9 @@ def call(port: int, method: str, path: str, payload=None, headers: dict | None =
     return status, json.loads(data) if data.startswith((b"{", b"[")) else data
 
 
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.1) -> None:
+def wait_for(condition, timeout: float = 60.0, interval: float = 0.1) -> None:
+    """Poll until `condition()` holds; `timeout` bounds a hang, it is not a speed."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met in {timeout:.0f} s"
         time.sleep(interval)

@@ -1,0 +1,69 @@
+"""`fedge compress` and `fedge audit` in-process: bad input exits 2 with one line, writes nothing."""
+
+import pytest
+
+from tests.cli.conftest import one_line, written
+
+RUN = "{run}"  # the finished run, filled in by the test
+
+COMPRESS_CASES = [
+    (["{empty}"], "is not a finished fedge run with a teacher: results.json is missing"),
+    (["{missing}"], "is not a finished fedge run with a teacher: results.json is missing"),
+    ([RUN, "--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
+    ([RUN, "--quant-mode", "fp16"], "unknown quant-mode 'fp16'; allowed: static, dynamic"),
+    ([RUN, "--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
+    (
+        [RUN, "--sweep", "--sweep-quant", "fp32,int4"],
+        "unknown sweep quant 'int4'; allowed: fp32, qdq, qoperator, dynamic",
+    ),
+    ([RUN, "--sweep", "--sweep-prune", "0,1.5"], "sweep prune ratio must be in [0, 1), got 1.5"),
+    ([RUN, "--sweep-students", "tiny"], "need --sweep"),
+    ([RUN, "--teacher-mode", "ensemble", "--kd-source", "public"], "teacher-mode ensemble needs"),
+    ([RUN, "--teacher-mode", "ensemble"], "needs student rounds on the run's clients"),
+    ([RUN, "--teacher-mode", "crowd"], "unknown teacher-mode 'crowd'"),
+    (
+        [RUN, "--student", "tiny"],
+        "needs student rounds on the run's clients, which are gone (student changed)",
+    ),
+    ([RUN, "--run-config", "rounds=7"], "fedge compress cannot change rounds"),
+    ([RUN, "--scenario", "rounds.toml"], "fedge compress cannot change rounds"),
+    ([RUN, "--scenario", "unknown.toml"], "unknown setting 'distil-epochs'"),
+    (
+        # refused before any distillation: no candidate's int8 weights fit in 100 bytes
+        [RUN, "--kd-source", "public", "--prune-ratio", "0.0", "--max-bytes", "100"],
+        "max-bytes=100 is below",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), COMPRESS_CASES)
+def test_compress_refuses_bad_input_and_writes_nothing(cli, tmp_path, finished_run, args, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "rounds.toml").write_text("rounds = 7\n")
+    (tmp_path / "unknown.toml").write_text("distil-epochs = 7\n")
+    before = written(tmp_path)
+    run_before = sorted(p.name for p in finished_run.iterdir())
+    paths = {"run": finished_run, "empty": tmp_path / "empty", "missing": tmp_path / "nothing"}
+    result = cli("compress", *(a.format(**paths) for a in args), "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert message in one_line(result.output), result.output
+    assert written(tmp_path) == before  # neither out nor out.partial
+    assert sorted(p.name for p in finished_run.iterdir()) == run_before  # no RUN/compress
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([RUN, "--shadows", "3"], "--shadows must be >= 4"),
+        ([RUN, "--workers", "0"], "--workers must be >= 1, got 0"),
+        (["{empty}"], "cannot be audited: results.json is missing"),
+    ],
+)
+def test_audit_refuses_bad_input_and_writes_nothing(cli, tmp_path, finished_run, args, message):
+    (tmp_path / "empty").mkdir()
+    run_before = sorted(p.name for p in finished_run.iterdir())
+    paths = {"run": finished_run, "empty": tmp_path / "empty"}
+    result = cli("audit", *(a.format(**paths) for a in args), "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and message in one_line(result.output), result.output
+    assert written(tmp_path) == ["empty"]
+    assert sorted(p.name for p in finished_run.iterdir()) == run_before

@@ -1,0 +1,31 @@
+"""End to end: `fedge audit` scores every model of a finished tiny run with online LiRA."""
+
+import json
+
+import pytest
+
+from tests.e2e.processes import fedge, one_line
+
+
+def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
+    out = tmp_path / "a"
+    proc = fedge("audit", str(tiny_run), "--shadows", "4", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    audit = json.loads((out / "audit.json").read_text())
+    assert set(audit["models"]) == {"teacher", "distilled", "pruned", "federated", "student"}
+    # The audit's replay of the run's compression rebuilt the shipped student byte for byte.
+    assert audit["replayed_student_sha256"] == audit["shipped_student_sha256"]
+    for row in audit["models"].values():
+        assert 0 <= row["tpr_at_1pct_fpr"] <= 1 and 0 <= row["auc"] <= 1
+        assert row["ci95"]["auc"][0] <= row["auc"] <= row["ci95"]["auc"][1]
+    source = json.loads((tiny_run / "results.json").read_text())
+    assert audit["models"]["student"]["accuracy"] == pytest.approx(source["student"]["accuracy"])
+    assert audit["shadows"] == 4 and (out / "roc.png").read_bytes().startswith(b"\x89PNG")
+    report = (tiny_run / "report.md").read_text()
+    assert report.count("## Membership-inference audit") == 1 and "x the teacher's" in report
+    # One refusal through the real process; every case runs in-process in tests/cli/.
+    proc = fedge(
+        "audit", str(tiny_run), "--shadows", "3", "--out", str(tmp_path / "bad"), cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "--shadows must be >= 4" in one_line(proc.stderr), proc.stderr
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
