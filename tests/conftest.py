@@ -14,6 +14,13 @@ from fedge.core.training import train
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A slow test (a whole federation through the full chain) runs with the e2e tests."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def digits_cfg() -> RunConfig:
     return RunConfig(dataset="digits", clients=4, partition="iid", seed=0)

@@ -181,8 +181,13 @@ def deploy(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[m.CONFIG]
     pid = as_int(context.node_config[m.NODE_PARTITION_ID])
     target = deploy_target(context.node_config, config, pid, simulated=is_simulated())
+    timer = deployment.install_timer(record_to_config(config).install_timing)
     verdict = deployment.install_then_evaluate(
-        deployment.bundle_files(config), target, pid, lambda: _raw_test_data(context, config)
+        deployment.bundle_files(config),
+        target,
+        pid,
+        lambda: _raw_test_data(context, config),
+        timer=timer,
     )
     return verdict.reply(msg)
 

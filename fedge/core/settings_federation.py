@@ -66,6 +66,14 @@ class FederationSettings:
     round_timeout: float = setting(
         300.0, "seconds to wait for replies in one round", interval="> 0", resume=True
     )
+    install_timing: str = setting(
+        "settled",
+        "how each node times the model it installed: settled (the best of three measurements "
+        "half a second apart, as tier budgets are judged) | once (one measurement) | off (not "
+        "timed; the report leaves its latency empty)",
+        choices=choices.INSTALL_TIMINGS,
+        resume=True,
+    )
     aggregation: str = setting("fedavg", "aggregation rule", choices=choices.AGGREGATIONS)
     trim_beta: float = setting(
         0.2, "trimmed-mean: share cut from each end per coordinate", interval="[0, 0.5)"

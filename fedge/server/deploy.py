@@ -103,7 +103,10 @@ def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
         installed=installed,
         reason=str(reply.content.config_records[m.STATUS][m.REASON]),
         accuracy=_finite(as_float(metrics[m.ACCURACY])) if installed else None,
-        latency_us_p50=as_float(metrics[m.LATENCY_US_P50]) if installed else None,
+        # a node with install-timing off does not time the model
+        latency_us_p50=as_float(metrics[m.LATENCY_US_P50])
+        if installed and m.LATENCY_US_P50 in metrics
+        else None,
         # a node of an older fedge does not time the bare onnxruntime call
         onnx_us_p50=as_float(metrics[m.ONNX_US_P50])
         if installed and m.ONNX_US_P50 in metrics

@@ -20,7 +20,7 @@ from fedge.core.training import client_seed, get_weights, set_weights, train
 from tests.client.conftest import bundle_config, device_model
 from tests.flower_local import node_context, set_task_identity
 
-CFG = RunConfig(clients=4, partition="iid", local_epochs=1)
+CFG = RunConfig(clients=4, partition="iid", local_epochs=1, install_timing="once")
 SPEC = model_spec(load_dataset("digits").preprocessing, 10)
 
 
@@ -122,6 +122,14 @@ def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path, signed, si
         installed
         == tmp_path / "nodes" / "partition-3" / "model-store" / "versions" / "1" / "model.onnx"
     )
+
+
+def test_install_timing_off_installs_and_evaluates_without_timing(tmp_path, signed, simulated):
+    files, public_path, _ = signed
+    message = _deploy_message(files, tmp_path / "nodes", public_path, **{"install-timing": "off"})
+    metrics = app(message, node_context(7, 3, 4)).content.metric_records[m.METRICS]
+    assert metrics[m.INSTALLED] == 1 and 0 <= metrics[m.ACCURACY] <= 1
+    assert m.LATENCY_US_P50 not in metrics and m.ONNX_US_P50 not in metrics  # not invented
 
 
 def test_deploy_refuses_a_tampered_bundle_and_says_why(tmp_path, signed, simulated):

@@ -86,7 +86,7 @@ def test_per_feature_shift_and_scale_are_accepted(device):
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        (hostile.slow_model, "did not load and run within 3 s"),
+        (hostile.slow_model, "did not load and run within 1 s"),
         (hostile.memory_hog_model, "fails on a zero input"),
     ],
 )
@@ -97,7 +97,7 @@ def test_the_device_model_check_runs_before_a_bundle_is_current(device, model, m
         store.install(
             files,
             load_public_key(device.public_key),
-            device_check=partial(check_device_model, timeout=3),
+            device_check=partial(check_device_model, timeout=1),
         )
     assert err.value.check == "device-model"
     assert store.current_version() == 1 and store.installed_versions() == [1]

@@ -2,6 +2,7 @@
 what post-training int8 loses."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import onnx
@@ -33,7 +34,8 @@ def student(teacher, digits_fed):
 def test_exported_qdq_runs_int8_weights_and_agrees_with_the_fake_quantized_model(
     teacher, student, digits_fed
 ):
-    model = qat_train(student, teacher, digits_fed.server.public_pool, QAT)
+    short = dataclasses.replace(QAT, epochs=10)  # agreement needs the rounding, not convergence
+    model = qat_train(student, teacher, digits_fed.server.public_pool, short)
     qdq = export_qdq(model, SHAPE)
     proto = onnx.load_from_string(qdq)
     int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]

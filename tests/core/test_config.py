@@ -21,7 +21,10 @@ def test_round_trip_through_kebab_dict():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"dataset": "cifar"}, "unknown dataset 'cifar'; allowed: digits, mnist1d, npz:PATH"),
+        (
+            {"dataset": "cifar"},
+            "unknown dataset 'cifar'; allowed: digits, mnist1d, fmnist, npz:PATH",
+        ),
         ({"partition": "zipf"}, "unknown partition 'zipf'; allowed: iid, dirichlet, pathological"),
         ({"strategy": "fedsgd"}, "unknown strategy 'fedsgd'; allowed: fedavg, fedprox, fedadam"),
         ({"alpha": 0.0}, "alpha must be > 0, got 0.0"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 
 import numpy as np
@@ -122,11 +121,3 @@ def test_data_dir_comes_from_the_setting_then_the_environment_then_debian(monkey
     assert idx.data_dir("") == tmp_path and idx.data_dir("/x") == idx.data_dir("/x")
     with pytest.raises(ConfigError, match="data-dir '/x' applies to fmnist only"):
         RunConfig(data_dir="/x")
-
-
-def test_a_copy_in_another_directory_reads_the_same(tmp_path):
-    if not (REAL / "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    copy = tmp_path / "copy"
-    shutil.copytree(REAL, copy)
-    assert np.array_equal(idx.read_fashion_mnist(copy).y_test, idx.read_fashion_mnist(REAL).y_test)

@@ -6,18 +6,25 @@ import pytest
 from typer.testing import CliRunner
 
 from fedge.cli import app
-from fedge.client.app import app as client_app
-from fedge.pipeline.rundir.paths import staged_run_dir
-from fedge.server.run import run_server
-from tests.flower_local import LocalGrid
+from fedge.compression.bundle import generate_keypair
+from fedge.compression.export import ExportConfig, export_onnx
+from fedge.core.models import count_params
 from tests.server.test_server import QUICKER
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, teacher):
+    """A finished run as `fedge compress` reads it, its teacher trained centrally (no federation)."""
     path = tmp_path_factory.mktemp("search") / "run"
-    with staged_run_dir(path) as work:
-        run_server(LocalGrid(client_app, num_nodes=4), QUICKER, work)
+    generate_keypair(path / "keys")
+    (path / "teacher.onnx").write_bytes(export_onnx(teacher, (1, 8, 8), ExportConfig()))
+    results = {
+        "config": QUICKER.to_run_config(),
+        "teacher": {"params": count_params(teacher)},
+        "student": {"architecture": QUICKER.student},
+        "privacy": None,
+    }
+    (path / "results.json").write_text(json.dumps(results))
     return path
 
 

@@ -31,6 +31,7 @@ def test_the_gate_compares_with_the_majority_class_plus_the_margin_and_the_floor
     assert not anyway.passed and anyway.ship_anyway
 
 
+@pytest.mark.slow
 def test_a_collapsed_teacher_is_not_shipped_and_compress_ships_it_only_when_told(tmp_path):
     grid = LocalGrid(client_app, num_nodes=4)
     with staged_run_dir(tmp_path / "run") as work:

@@ -32,6 +32,7 @@ FAST = RunConfig(
     student_rounds=2,
     student_epochs=1,
     qat_epochs=3,
+    install_timing="once",  # one latency measurement per install, not the best of three
 )
 # One student, public distillation only: for tests about something else.
 QUICKER = FAST.replace(student="deep-tiny", kd_source="public")
@@ -56,6 +57,7 @@ def test_waiting_for_too_few_nodes_ends_with_a_clear_message():
         wait_for_nodes(grid, 4, timeout=0.5)
 
 
+@pytest.mark.slow
 def test_run_server_writes_results_and_every_node_installs(tmp_path):
     grid = LocalGrid(client_app, num_nodes=4)
     with staged_run_dir(tmp_path / "run") as work:
@@ -110,6 +112,7 @@ def test_a_failed_run_leaves_no_directory(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
     grid = LocalGrid(
         client_app, num_nodes=4, failing_partitions=[2], failing_types=["query.deploy"]
@@ -121,6 +124,7 @@ def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
     assert "simulated crash in query.deploy" in rows[2].reason
 
 
+@pytest.mark.slow
 def test_a_tabular_run_carries_per_feature_statistics_to_every_node(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 600)

@@ -29,9 +29,10 @@ def params_search(*args, **kwargs):
 PARAMS_AS_LATENCY = TierTools(search=params_search)  # trial latencies known before the run
 
 
+@pytest.mark.slow
 def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDGE_SIMULATION", "1")  # simulated nodes install one at a time
-    cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=4, student="auto")
+    cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=3, student="auto")
     grid = LocalGrid(client_app, num_nodes=4)
     grid.contexts[100].node_config["device-class"] = "big"  # partition 0 would be "small"
     batches = []
@@ -65,18 +66,6 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_pa
     assert "## Device tiers" in (run / "report.md").read_text()
 
 
-def test_a_tier_budget_no_trial_meets_stops_the_run_naming_it(tmp_path):
-    cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2, student="auto")
-    with (
-        pytest.raises(
-            SearchError, match=r"tier 'mcu': no architecture of 2 tried meets its budget of 10 µs"
-        ),
-        staged_run_dir(tmp_path / "run") as work,
-    ):
-        run_server(LocalGrid(client_app, num_nodes=4), cfg, work, PARAMS_AS_LATENCY)
-    assert not (tmp_path / "run").exists()
-
-
 def test_tier_settings_and_mapping():
     assert tier_of(5, "", ["a", "b"]) == "b" and tier_of(5, "a", ["a", "b"]) == "a"
     assert tier_of(4, "unknown", ["a", "b"]) == "a"
@@ -87,62 +76,6 @@ def test_tier_settings_and_mapping():
         QUICKER.replace(tiers="a:10")  # QUICKER names a student
     with pytest.raises(ConfigError, match="not kd-source 'federated'"):
         QUICKER.replace(tiers="a:10", student="auto", kd_source="federated")
-
-
-def test_a_tiers_run_killed_before_its_record_resumes_and_a_bad_budget_keeps_the_teacher(
-    tmp_path, monkeypatch
-):
-    monkeypatch.setenv("FEDGE_SIMULATION", "1")
-    cfg = QUICKER.replace(tiers="mcu:10,big:1000000", search_trials=2, student="auto")
-    final = tmp_path / "run"
-    cfg = cfg.replace(out=str(final))
-    with pytest.raises(SearchError), staged_run_dir(final) as work:  # the budget: nothing fits
-        run_server(LocalGrid(client_app, num_nodes=4), cfg, work, PARAMS_AS_LATENCY)
-    partial = tmp_path / "run.partial"
-    assert (partial / "checkpoints").is_dir() and not (partial / "bundles").exists()
-
-    fixed = cfg.replace(tiers="small:10000,big:1000000", resume=True)
-    killed = LocalGrid(client_app, num_nodes=4, die_at="query.deploy")
-    with pytest.raises(KeyboardInterrupt), staged_run_dir(final, resume=True) as work:
-        run_server(killed, fixed, work, PARAMS_AS_LATENCY)
-    assert (partial / "bundles" / "small").is_dir() and (partial / "tiers.json").is_file()
-    (partial / "compressed.json").unlink()  # as if killed after the tiers, before the record
-    with staged_run_dir(final, resume=True) as work:
-        results = run_server(LocalGrid(client_app, num_nodes=4), fixed, work, PARAMS_AS_LATENCY)
-    assert results.resumed_from and [t.tier for t in results.tiers or ()] == ["small", "big"]
-    assert all(c.installed for c in results.clients)
-
-
-def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(tmp_path):
-    timed = []
-
-    def first_too_slow(model, sample):  # the first fully distilled student times 1 s here
-        timed.append(len(model))
-        return 1e6 if len(timed) == 1 else 1.0
-
-    found = []
-
-    def recorded(*args, **kwargs):
-        found.append(params_search(*args, **kwargs))
-        return found[-1]
-
-    cfg = QUICKER.replace(tiers="small:10000", search_trials=3, student="auto")
-    tools = TierTools(search=recorded, time_us=first_too_slow)
-    with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(LocalGrid(client_app, num_nodes=4), cfg, work, tools)
-    trials = [t for t in found[0].trials if t.latency_us <= 10000]
-    fits = sorted(trials, key=lambda t: (-t.val_accuracy, t.latency_us))
-    (tier,) = results.tiers or ()
-    assert len(timed) == 2 and tier.student == fits[1].student != fits[0].student
-    assert tier.latency_us == 1.0 and tier.judged_on == "this machine"
-
-    never = TierTools(search=params_search, time_us=lambda model, sample: 1e6)
-    with (
-        pytest.raises(SearchError, match=r"tier 'small': no architecture distilled fully met"),
-        staged_run_dir(tmp_path / "run2") as work,
-    ):
-        run_server(LocalGrid(client_app, num_nodes=4), cfg, work, never)
-    assert not (tmp_path / "run2").exists()
 
 
 def slow_device_profile(path, name="slow-board", fixed_us=1000.0, per_node_us=50.0):
@@ -171,6 +104,7 @@ def slow_device_profile(path, name="slow-board", fixed_us=1000.0, per_node_us=50
     return path
 
 
+@pytest.mark.slow
 def test_nodes_send_their_device_profiles_and_each_tier_is_judged_on_its_nodes(tmp_path):
     slow = slow_device_profile(tmp_path / "slow.json")
     (tmp_path / "bad.json").write_text('{"fedge_profile": 99}')
@@ -180,26 +114,17 @@ def test_nodes_send_their_device_profiles_and_each_tier_is_judged_on_its_nodes(t
     grid.contexts[102].node_config["device-profile"] = str(slow)
     grid.contexts[101].node_config["device-profile"] = str(tmp_path / "bad.json")  # refused
     grid.contexts[103].node_config["device-profile"] = str(tmp_path / "missing.json")
+    here = TierTools(time_us=lambda model, sample: 42.0)  # this machine's timing, injected
     with staged_run_dir(tmp_path / "run") as work:
-        results = run_server(grid, cfg, work).to_json()
+        results = run_server(grid, cfg, work, here).to_json()
     tiers = {t["tier"]: t for t in results["tiers"]}
     model = (tmp_path / "run" / "bundles" / "board" / "model.onnx").read_bytes()
     predicted = fit(load_profile(slow)).predict_us(model, 1)
     assert tiers["board"]["judged_on"] == "slow-board" and predicted > 1000
     assert tiers["board"]["latency_us"] == pytest.approx(predicted)
-    assert tiers["server"]["judged_on"] == "this machine" and tiers["server"]["latency_us"] < 1000
+    assert tiers["server"]["judged_on"] == "this machine" and tiers["server"]["latency_us"] == 42.0
     for tier in tiers.values():  # every node timed its own install: onnxruntime call, predict
         assert tier["node_latency_us_max"] > 0 and tier["node_predict_us_max"] > 0
-
-    # A budget this machine meets (every student runs in < 500 µs here) but the board does not:
-    # one node of the tier has the profile, the other none; the slower judges.
-    del grid.contexts[102].node_config["device-profile"]
-    tight = cfg.replace(tiers="board:500,server:1000000")
-    with (
-        pytest.raises(SearchError, match=r"tier 'board'.* on slow-board and this machine; the"),
-        staged_run_dir(tmp_path / "run2") as work,
-    ):
-        run_server(grid, tight, work)
 
 
 def test_a_hostile_profile_counts_as_none():
@@ -247,3 +172,6 @@ def test_a_deploy_reply_from_an_older_node_without_the_onnx_timing_is_read():
     )
     row = _client_row(Message(content, dst_node_id=1, message_type="query.deploy"), 3)
     assert row.installed and row.latency_us_p50 == 20.0 and row.onnx_us_p50 is None
+    del content["metrics"]["latency-us-p50"]  # install-timing off: the node timed nothing
+    row = _client_row(Message(content, dst_node_id=1, message_type="query.deploy"), 3)
+    assert row.installed and row.accuracy == 0.9 and row.latency_us_p50 is None

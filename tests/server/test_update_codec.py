@@ -1,6 +1,7 @@
 """Compressed training traffic through the real ClientApp mod and the server's decoding."""
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, RecordDict
 from flwr.common.serde import message_to_proto
 
@@ -16,6 +17,7 @@ from tests.server.test_robust import SIGNFLIP, _train
 CLEAN = SIGNFLIP.replace(byzantine_fraction=0.0)
 
 
+@pytest.mark.slow  # federations trained to compare accuracy: with the e2e tests
 def test_int8_updates_train_as_well_as_fp32_for_a_quarter_of_the_uplink():
     plain, int8 = _train(CLEAN), _train(CLEAN.replace(update_compression="int8"))
     assert abs(int8.rounds[-1]["accuracy"] - plain.rounds[-1]["accuracy"]) < 0.03
@@ -37,6 +39,7 @@ def test_the_byte_counts_are_the_serialized_messages():
     assert abs(log.rounds[0]["accuracy"] - plain.rounds[0]["accuracy"]) < 0.05
 
 
+@pytest.mark.slow  # federations trained to compare accuracy: with the e2e tests
 def test_topk_int8_with_error_feedback_still_learns():
     grid = LocalGrid(client_app, num_nodes=5)
     log = _train(CLEAN.replace(update_compression="topk+int8", topk_ratio=0.05), grid)
@@ -54,6 +57,7 @@ def test_topk_int8_with_error_feedback_still_learns():
     assert log.rounds[-1]["accuracy"] > 0.5
 
 
+@pytest.mark.slow  # federations trained to compare accuracy: with the e2e tests
 def test_a_sign_flip_attacker_is_still_outvoted_under_int8_updates():
     robust = _train(SIGNFLIP.replace(aggregation="median", update_compression="int8"))
     broken = _train(SIGNFLIP.replace(update_compression="int8"))

@@ -26,6 +26,7 @@ from fedge.pipeline.chain.stages import (
 )
 from fedge.pipeline.chain.teacher_source import KdSource
 from fedge.pipeline.outputs.rows import CandidateRow
+from fedge.pipeline.ship.shipping import MEASURED, Timing
 
 log = logging.getLogger("fedge")
 # Quantization choices of a sweep and the settings each one stands for.
@@ -184,6 +185,7 @@ def compress_candidates(
     teacher_session: InferenceSession | None = None,
     federated: FederatedTrainer | None = None,
     stop: Choice | None = None,
+    timing: Timing = MEASURED,
 ) -> list[Candidate]:
     """Compress each config, sharing distillation and pruning between configs that agree on them.
 
@@ -219,7 +221,7 @@ def compress_candidates(
             val_accuracy=val_acc,
             drop_pt=(teacher_val - val_acc) * 100,
             test_accuracy=session_accuracy(session, raw_test, test.y),
-            **_latency(teacher_session, val.x, session, raw_val),
+            **_latency(teacher_session, val.x, session, raw_val, timing.candidate),
         )
         log.info(
             "candidate %-11s prune %.2f %-9s validation %.4f  bytes %7d  b1 %.1f us",
@@ -278,7 +280,11 @@ def pareto(rows: list[dict[str, Any]], cost: str) -> list[bool]:
 
 
 def _latency(
-    teacher: InferenceSession | None, x: np.ndarray, student: InferenceSession, raw: np.ndarray
+    teacher: InferenceSession | None,
+    x: np.ndarray,
+    student: InferenceSession,
+    raw: np.ndarray,
+    calls: tuple[int, int, int],
 ) -> dict[str, Any]:
     """Student batch-1 / batch-64 p50 in onnxruntime, interleaved with the teacher if known.
 
@@ -286,11 +292,15 @@ def _latency(
     """
     x64, raw64 = np.resize(x, (64, *x.shape[1:])), np.resize(raw, (64, *raw.shape[1:]))
     figures: dict[str, float | None] = {}
-    for name, batch, raw_batch, iters in (("b1", x[:1], raw[:1], 500), ("b64", x64, raw64, 100)):
-        calls = {"student": session_call(student, raw_batch)}
+    warmup, b1_iters, b64_iters = calls
+    for name, batch, raw_batch, iters in (
+        ("b1", x[:1], raw[:1], b1_iters),
+        ("b64", x64, raw64, b64_iters),
+    ):
+        sides = {"student": session_call(student, raw_batch)}
         if teacher is not None:
-            calls["teacher"] = session_call(teacher, batch)
-        timing = interleaved_latency_us(calls, warmup=50, iters=iters)
+            sides["teacher"] = session_call(teacher, batch)
+        timing = interleaved_latency_us(sides, warmup=warmup, iters=iters)
         figures[f"{name}_us"] = timing["student"]["p50"]
         figures[f"teacher_{name}_us"] = timing["teacher"]["p50"] if teacher is not None else None
     return figures

@@ -35,7 +35,7 @@ from fedge.pipeline.ship.candidates import (
     compress_candidates,
 )
 from fedge.pipeline.ship.gate import gate_teacher
-from fedge.pipeline.ship.shipping import Shipment, ship
+from fedge.pipeline.ship.shipping import MEASURED, Shipment, Timing, ship
 
 log = logging.getLogger("fedge")
 
@@ -50,6 +50,7 @@ class CompressionJob:
     teacher_onnx: bytes  # the federated teacher as saved (fp32 ONNX)
     key: Ed25519PrivateKey  # signs every bundle
     model_id: str  # the model line devices install
+    timing: Timing = MEASURED  # how many calls time each latency (tests pass fewer)
 
     def with_settings(self, cfg: RunConfig) -> CompressionJob:
         """The same job with other settings (a tier's, a finalist's)."""
@@ -126,6 +127,7 @@ def compress_and_ship(
         teacher_session=teacher_session,
         federated=federated,
         stop=stop,
+        timing=job.timing,
     )
     chosen = choose(candidates, rule)
     if len(candidates) > 1:
@@ -139,6 +141,7 @@ def compress_and_ship(
         num_classes=fed.dataset.num_classes,
         key=job.key,
         model_id=job.model_id,
+        timing=job.timing,
     )
     return Compressed(job, candidates, chosen, rule, teacher_val, shipment, gate)
 

@@ -1,0 +1,114 @@
+"""The compression phase without a federation: one student or tiers, saved, reused, redone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedge.core.profile import load_profile
+from fedge.pipeline.rundir.paths import BUNDLE_DIR, COMPRESSED_FILE, TIERS_DIR, TIERS_FILE
+from fedge.pipeline.ship.phase import ClientCalls, compression_phase
+from fedge.pipeline.ship.search import SearchError, run_search
+from fedge.pipeline.ship.tiers import TierTools, compress_tiers
+from tests.pipeline.conftest import PHASE
+
+TIERED = PHASE.replace(student="auto", tiers="small:10000,big:1000000", search_trials=3)
+
+
+def params_search(*args, **kwargs):
+    """The real search, with trial latency := parameter count (timing is tested elsewhere)."""
+    found = run_search(*args, **kwargs)
+    for trial in found.trials:
+        trial.latency_us = float(trial.params)
+    return found
+
+
+def unused() -> ClientCalls:
+    """Calls the phase must not make (a public-pool student, or a reused result)."""
+
+    def fail():
+        raise AssertionError("the phase asked the federation")
+
+    return ClientCalls(student_rounds=fail, node_profiles=fail)
+
+
+def no_profiles() -> ClientCalls:
+    """Tiers whose nodes sent no profile: each judged on this machine."""
+    return ClientCalls(student_rounds=lambda: pytest.fail("no rounds"), node_profiles=dict)
+
+
+KNOWN = TierTools(search=params_search, time_us=lambda model, sample: 1.0)
+
+
+def test_a_resumed_phase_reuses_what_it_saved_and_redoes_what_it_did_not_finish(make_job, tmp_path):
+    first = compression_phase(make_job(), tmp_path, unused())
+    assert first.record.student is not None and (tmp_path / COMPRESSED_FILE).is_file()
+    again = compression_phase(make_job(), tmp_path, unused(), resume=True)
+    assert again.files == first.files and again.record == first.record  # the same version
+    (tmp_path / COMPRESSED_FILE).unlink()  # killed between the bundle and its record
+    redone = compression_phase(make_job(), tmp_path, unused(), resume=True)
+    assert redone.record.student is not None and first.record.student is not None
+    assert redone.record.student.sha256 == first.record.student.sha256  # reproducible
+    assert redone.record.student.version != first.record.student.version  # but a new bundle
+    (tmp_path / COMPRESSED_FILE).write_text('{"shipped": "yes"}')  # damaged: redone, not trusted
+    assert compression_phase(make_job(), tmp_path, unused(), resume=True).record.shipped is True
+    assert json.loads((tmp_path / COMPRESSED_FILE).read_text())["shipped"] is True
+
+
+def test_tiers_are_saved_reused_and_redone_when_their_budgets_change(make_job, tmp_path):
+    made = compression_phase(make_job(TIERED), tmp_path, no_profiles(), tools=KNOWN)
+    assert [t.tier for t in made.tiers] == ["small", "big"] and (tmp_path / TIERS_FILE).is_file()
+    small, big = made.tiers
+    assert small.search_trial["latency_us"] <= 10000 and big.val_accuracy >= small.val_accuracy
+    assert (tmp_path / TIERS_DIR / "small" / "model.onnx").is_file()
+    reused = compression_phase(make_job(TIERED), tmp_path, unused(), resume=True, tools=KNOWN)
+    assert reused.tiers == made.tiers and reused.tier_bundles == made.tier_bundles
+    other = TIERED.replace(tiers="small:20000,big:1000000")
+    redone = compression_phase(make_job(other), tmp_path, no_profiles(), resume=True, tools=KNOWN)
+    assert [t.budget_us for t in redone.tiers] == [20000, 1000000]
+    one = compression_phase(make_job(PHASE), tmp_path, unused(), resume=True)  # tiers dropped
+    assert not one.tiers and not (tmp_path / TIERS_FILE).exists()
+
+
+def test_a_tier_budget_nothing_meets_saves_nothing(make_job, tmp_path):
+    impossible = TIERED.replace(tiers="mcu:10,big:1000000")
+    with pytest.raises(SearchError, match=r"tier 'mcu': no architecture of 3 tried meets its"):
+        compression_phase(make_job(impossible), tmp_path, no_profiles(), tools=KNOWN)
+    assert not (tmp_path / BUNDLE_DIR).exists() and not (tmp_path / COMPRESSED_FILE).exists()
+
+
+def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(make_job):
+    timed = []
+
+    def first_too_slow(model, sample):  # the first fully distilled student times 1 s here
+        timed.append(len(model))
+        return 1e6 if len(timed) == 1 else 1.0
+
+    found = []
+
+    def recorded(*args, **kwargs):
+        found.append(params_search(*args, **kwargs))
+        return found[-1]
+
+    job = make_job(TIERED.replace(tiers="small:10000"))
+    tiers = compress_tiers(job, None, TierTools(search=recorded, time_us=first_too_slow))
+    fits = sorted(
+        (t for t in found[0].trials if t.latency_us <= 10000),
+        key=lambda t: (-t.val_accuracy, t.latency_us),
+    )
+    (tier,) = tiers.records
+    assert len(timed) == 2 and tier.student == fits[1].student != fits[0].student
+    assert tier.latency_us == 1.0 and tier.judged_on == "this machine"
+    never = TierTools(search=params_search, time_us=lambda model, sample: 1e6)
+    with pytest.raises(SearchError, match=r"tier 'small': no architecture distilled fully met"):
+        compress_tiers(job, None, never)
+
+
+def test_a_tier_is_judged_on_the_slowest_of_its_nodes_profiles_and_this_machine(make_job, tmp_path):
+    from tests.server.test_tiers import slow_device_profile
+
+    slow = load_profile(slow_device_profile(tmp_path / "slow.json"))
+    job = make_job(TIERED.replace(tiers="board:500,server:1000000"))
+    with pytest.raises(SearchError, match=r"tier 'board'.* on slow-board and this machine; the"):
+        compress_tiers(job, {"board": [slow, None], "server": [None]}, KNOWN)
