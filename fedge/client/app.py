@@ -94,6 +94,7 @@ def _teacher_fit(
             return training.train(
                 model, x, labels, epochs=cfg.local_epochs, lr=cfg.lr,
                 batch_size=cfg.batch_size, seed=seed, proximal_mu=mu,
+                sample_budget=cfg.local_sample_budget,
             )  # fmt: skip
         loss = dp_sgd.dp_sgd_train(
             model, x, labels, schedule=schedule, epochs=cfg.local_epochs, lr=cfg.lr,

@@ -48,7 +48,7 @@ def train_student(
         return training.kd_local_train(
             model, data.train.x, labels, logits, epochs=stage.epochs, lr=stage.lr,
             batch_size=stage.batch_size, seed=seed, temperature=stage.temperature,
-            alpha=stage.alpha, soft=stage.soft,
+            alpha=stage.alpha, soft=stage.soft, sample_budget=stage.sample_budget,
         )  # fmt: skip
 
     update = train_round(

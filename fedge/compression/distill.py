@@ -8,8 +8,9 @@ from torch import nn
 
 from fedge.compression.kd import KDConfig, kd_train
 from fedge.core.archspec import is_arch, parse
+from fedge.core.choices import STUDENTS
 from fedge.core.config import RunConfig
-from fedge.core.models import STUDENT_WIDTHS, build_student
+from fedge.core.models import build_student
 from fedge.core.partition import PublicPool
 
 
@@ -17,7 +18,7 @@ from fedge.core.partition import PublicPool
 class DistillConfig:
     """How to distill (built from the run's settings; see fedge.pipeline.chain.stages)."""
 
-    student: str  # a STUDENT_WIDTHS member, or an arch: spec (student)
+    student: str  # a member of the student family, or an arch: spec (student)
     epochs: int  # passes over the public pool (kd-epochs)
     kd: KDConfig  # what the student learns from the teacher, shared with pruning's fine-tuning
     lr: float = 0.005  # Adam learning rate, cosine decay (kd-lr)
@@ -25,9 +26,9 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if is_arch(self.student):
             parse(self.student)  # ValueError naming the spec and the format
-        elif self.student not in STUDENT_WIDTHS:
+        elif self.student not in STUDENTS:
             raise ValueError(
-                f"unknown student {self.student!r}; allowed: {', '.join(STUDENT_WIDTHS)}, arch:SPEC"
+                f"unknown student {self.student!r}; allowed: {', '.join(STUDENTS)}, arch:SPEC"
             )
         if self.lr <= 0 or self.epochs < 0:
             raise ValueError(f"invalid distill config: {self}")

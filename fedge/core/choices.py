@@ -6,11 +6,14 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 # Student family, from fewest bytes (and cheapest) to most: `fedge compress` tries them in order.
 STUDENTS = (
     "deep-tiny",
+    "ds-tiny",
     "tiny",
     "deep-small",
+    "ds-small",
     "small-fast",
     "small",
     "deep-medium",
+    "ds-medium",
     "medium-fast",
     "medium",
 )

@@ -28,6 +28,7 @@ class FederateConfig:
     temperature: float  # KD temperature (kd-temperature)
     soft: bool  # the teacher's tempered probabilities, else its top class (kd-labels)
     batch_size: int  # client batch size (batch-size)
+    sample_budget: int = 0  # samples per client and round at most; 0: no cap (local-sample-budget)
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.epochs < 1 or self.batch_size < 1:
@@ -47,6 +48,7 @@ class FederateConfig:
             temperature=cfg.kd_temperature,
             soft=cfg.kd_labels == "soft",
             batch_size=cfg.batch_size,
+            sample_budget=cfg.local_sample_budget,
         )
 
     def to_wire(self) -> dict[str, Any]:

@@ -29,7 +29,59 @@ STUDENT_WIDTHS: dict[str, tuple[int, int, int]] = {
 }
 FAST_STUDENTS = ("small-fast", "medium-fast")
 DEEP_STUDENTS = ("deep-tiny", "deep-small", "deep-medium")
+# Depthwise-separable students (DS-CNN, Zhang et al. 2017 "Hello Edge"; MobileNet's block): a
+# full first convolution, then depthwise + pointwise ones, pooling after each; their widths.
+SEPARABLE_STUDENTS: dict[str, tuple[int, int, int]] = {
+    "ds-tiny": (8, 16, 32),
+    "ds-small": (16, 32, 64),
+    "ds-medium": (32, 64, 128),
+}
 TEACHER_WIDTH = (32, 64, 256)
+IMAGE_TEACHER_WIDTH = (32, 64, 128)  # images of 16 x 16 and more (fmnist)
+
+
+def separable_spec(name: str, input_shape: tuple[int, ...]) -> str:
+    """The arch: spec of a separable family student for this input shape."""
+    c1, c2, c3 = SEPARABLE_STUDENTS[name]
+    if len(input_shape) < 2:
+        raise ValueError(f"{name} is a convolutional student: it needs images or signals")
+    k = 3 if len(input_shape) == 3 else 5
+    return f"arch:c{c1}k{k}p-d{c2}k{k}p-d{c3}k{k}p-relu"
+
+
+class ImageTeacher(nn.Module):
+    """Convolution blocks (3x3 convolutions, GroupNorm, ReLU; pooling after each block), an MLP.
+
+    GroupNorm normalises within each sample, so every client's model computes the same function
+    of its weights: batch statistics (BatchNorm) would differ from client to client under
+    non-IID data and make the averaged model's running statistics meaningless.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        width: tuple[int, int, int],
+        convs_per_block: int = 1,
+    ) -> None:
+        super().__init__()
+        c1, c2, hidden = width
+        layers: list[nn.Module] = []
+        channels = input_shape[0]
+        for out in (c1, c2):
+            for _ in range(convs_per_block):
+                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.GroupNorm(8, out), nn.ReLU()]
+                channels = out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        flat = c2 * math.prod(s // 4 for s in input_shape[1:])
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.classifier(torch.flatten(self.features(x), 1))
 
 
 class ConvNet(nn.Module):
@@ -200,6 +252,8 @@ def build_teacher(
     torch.manual_seed(seed)
     if kind == "linear":
         return Linear(math.prod(input_shape), num_classes)
+    if len(input_shape) == 3 and min(input_shape[1:]) >= 16:
+        return ImageTeacher(input_shape, num_classes, IMAGE_TEACHER_WIDTH)
     return build_model(input_shape, num_classes, TEACHER_WIDTH)
 
 
@@ -207,6 +261,8 @@ def build_student(
     input_shape: tuple[int, ...], num_classes: int, size: str, seed: int
 ) -> nn.Module:
     """A member of the student family (`tiny`, `small`, `medium`), or a searched `arch:` spec."""
+    if size in SEPARABLE_STUDENTS:
+        size = separable_spec(size, input_shape)
     if archspec.is_arch(size):
         torch.manual_seed(seed)
         return ArchNet(input_shape, num_classes, archspec.parse(size))
@@ -230,6 +286,8 @@ def student_from_weights(
     Structured pruning changes channel and unit counts; a client rebuilds the same module from
     the shapes it receives, then loads the weights.
     """
+    if size in SEPARABLE_STUDENTS:
+        size = separable_spec(size, input_shape)
     if archspec.is_arch(size):
         spec = archspec.parse(size)
         layers = [k for k in weights if k.endswith(".bias")]  # convolutions, then linear layers

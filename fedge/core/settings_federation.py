@@ -39,6 +39,13 @@ class FederationSettings:
     proximal_mu: float = setting(0.01, "FedProx proximal term weight", interval=">= 0")
     server_lr: float = setting(0.01, "FedAdam server learning rate", interval="> 0")
     local_epochs: int = setting(5, "client epochs per round", interval=">= 1")
+    local_sample_budget: int = setting(
+        2000,
+        "cap on a client's samples per round (epochs x samples, the last epoch cut short), "
+        "teacher and student rounds: a client with much data trains as long as one with little; "
+        "0: no cap (local DP-SGD trains its planned epochs)",
+        interval=">= 0",
+    )
     lr: float = setting(0.05, "client SGD learning rate", interval="> 0")
     batch_size: int = setting(16, "client batch size", interval=">= 1")
     client_test_fraction: float = setting(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -75,6 +77,23 @@ def shuffled_batches(count: int, batch_size: int, generator: torch.Generator) ->
         yield order[start : start + batch_size]
 
 
+def epochs_of_batches(
+    count: int, batch_size: int, epochs: int, generator: torch.Generator, sample_budget: int = 0
+) -> Iterator[Iterator[Tensor]]:
+    """Each epoch's batches, stopping once `sample_budget` samples were drawn (0: every epoch).
+
+    The epoch that reaches the budget is cut short; later epochs draw no permutation at all, so
+    without a cap (or below it) the batches and the random draws are exactly the uncapped ones.
+    """
+    left = sample_budget or math.inf
+    for _ in range(epochs):
+        if left <= 0:
+            return
+        batches = math.ceil(min(left, count) / batch_size)
+        left -= count
+        yield itertools.islice(shuffled_batches(count, batch_size, generator), batches)
+
+
 def sgd_epoch(
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Batch],
@@ -138,8 +157,12 @@ def train(
     batch_size: int,
     seed: int,
     proximal_mu: float = 0.0,
+    sample_budget: int = 0,
 ) -> TrainResult:
-    """SGD with momentum on (x, y); with proximal_mu > 0 adds FedProx's term to the start point."""
+    """SGD with momentum on (x, y); with proximal_mu > 0 adds FedProx's term to the start point.
+
+    `sample_budget` > 0: at most that many samples (epochs x samples, the last epoch cut short).
+    """
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
@@ -156,8 +179,8 @@ def train(
 
     model.train()
     running = RunningLoss()
-    for _ in range(epochs):
-        sgd_epoch(optimizer, shuffled_batches(len(yt), batch_size, generator), batch_loss, running)
+    for batches in epochs_of_batches(len(yt), batch_size, epochs, generator, sample_budget):
+        sgd_epoch(optimizer, batches, batch_loss, running)
     if not np.isfinite(running.total):
         raise FloatingPointError(f"local training diverged (loss {running.total}); lower lr={lr}")
     return TrainResult(loss=running.mean, num_examples=len(yt))
@@ -190,11 +213,13 @@ def kd_local_train(
     temperature: float,
     alpha: float,
     soft: bool,
+    sample_budget: int = 0,
 ) -> TrainResult:
     """Federated distillation on a client: alpha x KD to the teacher + (1 - alpha) x CE to labels.
 
     KD is Hinton's KL at `temperature` to the teacher's logits on these samples (`soft`), or
-    cross-entropy to the teacher's top class. SGD with momentum, as local training.
+    cross-entropy to the teacher's top class. SGD with momentum, as local training, within the
+    same `sample_budget`.
     """
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -213,9 +238,8 @@ def kd_local_train(
 
     model.train()
     running = RunningLoss()
-    for _ in range(epochs):
+    for batches in epochs_of_batches(len(yt), batch_size, epochs, generator, sample_budget):
         # A small model's KD loss (x T^2) can spike; clipping keeps SGD from diverging.
-        batches = shuffled_batches(len(yt), batch_size, generator)
         sgd_epoch(optimizer, batches, batch_loss, running, max_grad_norm=MAX_GRAD_NORM)
     model.eval()
     if not np.isfinite(running.total):

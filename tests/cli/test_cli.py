@@ -17,7 +17,7 @@ from tests.cli.conftest import one_line, written
         (["--run-config", "rounds=three"], "rounds must be an integer (>= 1), got 'three'"),
         (
             ["--run-config", "student=huge"],
-            "unknown student 'huge'; allowed: auto, deep-tiny, tiny",
+            "unknown student 'huge'; allowed: auto, deep-tiny, ds-tiny, tiny",
         ),
         (["--kd-epochz", "3"], "unknown setting --kd-epochz; allowed: kd-epochs"),
         (["--dataset", "cifar"], "unknown dataset 'cifar'"),

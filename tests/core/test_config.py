@@ -51,6 +51,6 @@ def test_ints_are_accepted_where_floats_are_expected():
 
 def test_the_config_knows_every_student_the_model_zoo_builds():
     from fedge.core.choices import STUDENTS
-    from fedge.core.models import STUDENT_WIDTHS
+    from fedge.core.models import SEPARABLE_STUDENTS, STUDENT_WIDTHS
 
-    assert set(STUDENTS) == set(STUDENT_WIDTHS)
+    assert set(STUDENTS) == set(STUDENT_WIDTHS) | set(SEPARABLE_STUDENTS)

@@ -113,3 +113,23 @@ def test_shuffled_batches_cover_every_sample_once_in_the_generator_s_order():
     assert [len(b) for b in batches] == [16, 16, 16, 16, 6]
     order = torch.randperm(70, generator=torch.Generator().manual_seed(3))
     assert torch.equal(torch.cat(batches), order)
+
+
+def test_a_sample_budget_cuts_the_epochs_short_and_changes_nothing_below_it():
+    import torch
+
+    from fedge.core.training import epochs_of_batches
+
+    def drawn(budget: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(0)
+        return [
+            [int(i) for b in epoch for i in b]
+            for epoch in epochs_of_batches(10, 4, 3, generator, budget)
+        ]
+
+    full = drawn(0)
+    assert [len(e) for e in full] == [10, 10, 10]
+    assert drawn(30) == full and drawn(1000) == full  # at or above epochs x samples: the same
+    cut = drawn(14)  # one epoch, then the 4 samples of the next one's first batch
+    assert cut == [full[0], full[1][:4]]
+    assert [len(e) for e in drawn(5)] == [8]  # whole batches: 5 samples round up to two of 4

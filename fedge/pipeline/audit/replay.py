@@ -129,8 +129,9 @@ def _teacher_fit(cfg: RunConfig, seed: int, server_round: int) -> LocalFit:
                 lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
             )  # fmt: skip
         else:
+            mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
             train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  seed=local_seed)  # fmt: skip
+                  seed=local_seed, proximal_mu=mu, sample_budget=cfg.local_sample_budget)  # fmt: skip
 
     return fit
 
@@ -165,6 +166,7 @@ def student_replay(
                     local, x, y, logits[pid], epochs=config.epochs, lr=config.lr,
                     batch_size=config.batch_size, seed=client_seed(cfg.seed, server_round, pid),  # noqa: B023
                     temperature=config.temperature, alpha=config.alpha, soft=config.soft,
+                    sample_budget=config.sample_budget,
                 )  # fmt: skip
 
             trained = list(local_models(model, global_w, client_sets, fit))

@@ -6,7 +6,13 @@ import math
 from typing import Any
 
 from fedge.core import archspec
-from fedge.core.models import DEEP_STUDENTS, FAST_STUDENTS, STUDENT_WIDTHS
+from fedge.core.models import (
+    DEEP_STUDENTS,
+    FAST_STUDENTS,
+    SEPARABLE_STUDENTS,
+    STUDENT_WIDTHS,
+    separable_spec,
+)
 
 CHANNELS = (4, 8, 12, 16, 24, 32, 48)
 HIDDEN = (16, 32, 64, 128)
@@ -28,7 +34,7 @@ def seed_specs(input_shape: tuple[int, ...]) -> list[str]:
             out.append(f"arch:c{c1}k{k}p-c{c2}k{k}-h{h}-relu")
         else:
             out.append(f"arch:c{c1}k{k}-c{c2}k{k}p-h{h}-relu")
-    return out
+    return out + [separable_spec(name, input_shape) for name in SEPARABLE_STUDENTS]
 
 
 def sample(trial: Any, input_shape: tuple[int, ...]) -> str:
