@@ -109,6 +109,35 @@ def latency(run: Path) -> dict[str, float]:
     return figures
 
 
+def centralized(run: Path) -> dict[str, Any]:
+    """The teacher's architecture trained in one process on every client's training data, for as
+    many samples as the federated teacher's clients trained in all, with their optimizer (SGD,
+    momentum 0.9, the run's lr and batch size): what federation costs, side by side.
+    """
+    cfg = RunConfig.from_run_config(json.loads((run / "results.json").read_text())["config"])
+    fed = build_federation(cfg)
+    parts = [client_data(fed, p, cfg).train for p in range(cfg.clients)]
+    x = np.concatenate([p.x for p in parts])
+    y = np.concatenate([p.y for p in parts])
+    per_round = 0
+    for part in parts:  # what each client trained in a round (epochs, capped by the budget)
+        batches = epochs_of_batches(len(part), cfg.batch_size, cfg.local_epochs,
+                                    torch.Generator(), cfg.local_sample_budget)  # fmt: skip
+        per_round += sum(len(b) for epoch in batches for b in epoch)
+    samples = round(per_round * cfg.rounds * cfg.fraction_train)
+    torch.set_num_threads(1)
+    teacher = build_teacher(fed.dataset.preprocessing.input_shape, fed.dataset.num_classes,
+                            cfg.seed, cfg.teacher)  # fmt: skip
+    start = time.monotonic()
+    train(teacher, x, y, epochs=math.ceil(samples / len(y)), lr=cfg.lr, batch_size=cfg.batch_size,
+          seed=cfg.seed, sample_budget=samples)  # fmt: skip
+    return {
+        "centralized_accuracy": evaluate(teacher, fed.server.test.x, fed.server.test.y)[1],
+        "centralized_samples": samples,
+        "centralized_seconds": time.monotonic() - start,
+    }
+
+
 def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path) -> dict[str, Any]:
     run = simulate(dataset, seed, settings, work / f"{dataset}-{seed}", log)
     student_name = run["student"]["architecture"]

@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from measure import run_measured
+
 from fedge.pipeline.rundir.paths import RESULTS_FILE
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {},
     "int8": {"update-compression": "int8", "downlink-compression": "int8"},
@@ -50,39 +49,8 @@ def run(settings: dict[str, Any], out: Path, log: Path) -> dict[str, Any]:
     """One `fedge simulate` to the end: its results, wall seconds and peak tree RSS."""
     pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())
     cmd = [sys.executable, "-m", "fedge", "simulate", "--run-config", pairs, "--out", str(out)]
-    start, peak = time.monotonic(), 0
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.5)
-    if proc.returncode not in (0, 3):  # 3: finished, the quality gate shipped nothing
-        raise RuntimeError(f"fedge simulate failed ({proc.returncode}); see {log}")
-    results = json.loads((out / RESULTS_FILE).read_text())
-    return {"results": results, "wall_s": time.monotonic() - start, "peak_rss_gb": peak / 1e9}
-
-
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            parents[int(entry.name)] = int(fields[1])
-            rss[int(entry.name)] = int(fields[21]) * PAGE
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
-        tree.update(children)
-        frontier += children
-    return sum(rss.get(p, 0) for p in tree)
+    measured = run_measured(cmd, log, ok=(0, 3))  # 3: finished, the quality gate shipped nothing
+    return {"results": json.loads((out / RESULTS_FILE).read_text()), **measured}
 
 
 def measure_clients(work: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -49,12 +49,16 @@ def separable_spec(name: str, input_shape: tuple[int, ...]) -> str:
     return f"arch:c{c1}k{k}p-d{c2}k{k}p-d{c3}k{k}p-relu"
 
 
-class ImageTeacher(nn.Module):
-    """Convolution blocks (3x3 convolutions, GroupNorm, ReLU; pooling after each block), an MLP.
+class NormTeacher(nn.Module):
+    """Two convolution blocks (convolutions, GroupNorm, ReLU; pooling after each), then an MLP.
+
+    2-D for images (3x3 kernels), 1-D for signals (5-wide).
 
     GroupNorm normalises within each sample, so every client's model computes the same function
     of its weights: batch statistics (BatchNorm) would differ from client to client under
-    non-IID data and make the averaged model's running statistics meaningless.
+    non-IID data and make the averaged model's running statistics meaningless. LayerNorm on
+    the hidden layer keeps SGD at the run's learning rate (0.05, momentum 0.9) stable: without
+    it the wide first linear layer diverged on Fashion-MNIST within an epoch.
     """
 
     def __init__(
@@ -66,17 +70,25 @@ class ImageTeacher(nn.Module):
     ) -> None:
         super().__init__()
         c1, c2, hidden = width
+        dims = len(input_shape) - 1
+        conv: type[nn.Conv1d] | type[nn.Conv2d] = nn.Conv2d if dims == 2 else nn.Conv1d
+        pool: type[nn.MaxPool1d] | type[nn.MaxPool2d] = nn.MaxPool2d if dims == 2 else nn.MaxPool1d
+        kernel = 3 if dims == 2 else 5
         layers: list[nn.Module] = []
         channels = input_shape[0]
         for out in (c1, c2):
             for _ in range(convs_per_block):
-                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.GroupNorm(8, out), nn.ReLU()]
+                layers += [conv(channels, out, kernel, padding=kernel // 2), nn.GroupNorm(8, out)]
+                layers.append(nn.ReLU())
                 channels = out
-            layers.append(nn.MaxPool2d(2))
+            layers.append(pool(2))
         self.features = nn.Sequential(*layers)
         flat = c2 * math.prod(s // 4 for s in input_shape[1:])
         self.classifier = nn.Sequential(
-            nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+            nn.Linear(flat, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +265,7 @@ def build_teacher(
     if kind == "linear":
         return Linear(math.prod(input_shape), num_classes)
     if len(input_shape) == 3 and min(input_shape[1:]) >= 16:
-        return ImageTeacher(input_shape, num_classes, IMAGE_TEACHER_WIDTH)
+        return NormTeacher(input_shape, num_classes, IMAGE_TEACHER_WIDTH)
     return build_model(input_shape, num_classes, TEACHER_WIDTH)
 
 

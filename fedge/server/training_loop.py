@@ -99,7 +99,7 @@ def train_teacher(
         loss, accuracy = evaluate(teacher, test.x, test.y)
         row.update({"accuracy": accuracy, "loss": loss})
         out.rounds.append(row)
-        _log_round(cfg, row)
+        _log_round(cfg, row, done=server_round - first + 1, seconds=time.monotonic() - started)
         if checkpoints is not None:
             checkpoints.save(
                 Checkpoint(
@@ -134,9 +134,12 @@ def _resume(saved: Checkpoint, teacher: nn.Module, strategy: Any) -> TrainingLog
     return out
 
 
-def _log_round(cfg: RunConfig, row: dict[str, Any]) -> None:
+def _log_round(cfg: RunConfig, row: dict[str, Any], done: int, seconds: float) -> None:
+    """One line per round: accuracy, clients, and the teacher rounds' time left at this pace."""
+    left = (cfg.rounds - row["round"]) * seconds / max(done, 1)
     log.info(
-        "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed, %d rejected%s",
+        "round %d/%d  central accuracy %.4f  loss %.4f  clients %d ok, %d failed, %d rejected  "
+        "%.0f s, about %.0f s of training left%s",
         row["round"],
         cfg.rounds,
         row["accuracy"],
@@ -144,6 +147,8 @@ def _log_round(cfg: RunConfig, row: dict[str, Any]) -> None:
         row["clients_ok"],
         len(row["clients_failed"]),
         len(row["clients_rejected"]),
+        seconds,
+        left,
         f"  (skipped: {row['skipped']})" if row["skipped"] else "",
     )
 

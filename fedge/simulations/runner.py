@@ -136,16 +136,16 @@ def preflight(cfg: RunConfig) -> None:
 def backend_config(cfg: RunConfig, verbose: bool) -> dict[str, Any]:
     """Flower's Ray backend settings: local, or an existing cluster (ray-address).
 
-    Locally, num_cpus=2 on 2 cores: one Ray actor, the fastest to start here. A straggler
-    sleeps in its actor, so with stragglers each client gets one core: two actors, and the
-    clients queued behind a straggler are not held up with it. On a cluster each actor takes
-    one CPU, so the actors spread over every node's CPUs.
+    Each actor takes one CPU and its clients train with one torch thread: as many actors as
+    cores, none oversubscribed (on 2 cores: two clients train at once). A straggler sleeps in
+    its actor while the other goes on. The order in which replies arrive does not matter: the
+    server aggregates them in the order it sent the messages, so the bytes are the same. On a
+    cluster the actors spread over every node's CPUs.
     """
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": verbose}
-    cpus = 1 if cfg.straggler_fraction else 2
+    cpus = 1
     if cfg.ray_address:
         init_args["address"] = cfg.ray_address
-        cpus = 1
     return {"client_resources": {"num_cpus": cpus, "num_gpus": 0.0}, "init_args": init_args}
 
 

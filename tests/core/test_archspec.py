@@ -92,11 +92,12 @@ def test_a_pruned_searched_student_rebuilds_from_its_weights():
 
 
 def test_the_searchs_first_trials_are_the_hand_written_family_exactly():
-    from fedge.core.models import STUDENT_WIDTHS
+    from fedge.core.models import SEPARABLE_STUDENTS, STUDENT_WIDTHS
     from fedge.pipeline.ship.search import seed_specs
 
-    for shape in ((1, 8, 8), (1, 40)):
+    for shape in ((1, 8, 8), (1, 40), (1, 28, 28)):
         x = torch.randn(3, *shape)
-        for name, spec in zip(STUDENT_WIDTHS, seed_specs(shape), strict=True):
+        family = [*STUDENT_WIDTHS, *SEPARABLE_STUDENTS]
+        for name, spec in zip(family, seed_specs(shape), strict=True):
             family, searched = build_student(shape, 10, name, 0), build_student(shape, 10, spec, 0)
             torch.testing.assert_close(family(x), searched(x))  # same layers, same start

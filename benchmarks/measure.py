@@ -1,0 +1,53 @@
+"""What several benchmarks measure the same way: a command's wall time and its process tree's peak RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def run_measured(cmd: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> dict[str, float]:
+    """Run `cmd` (output appended to `log`), sampling its process tree's RSS every half second.
+
+    Returns wall seconds and the peak of the tree's summed RSS in GB (shared pages count in
+    every process that maps them: an upper bound). RuntimeError with the log's tail if the
+    exit code is not in `ok`.
+    """
+    start, peak = time.monotonic(), 0
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.5)
+    if proc.returncode not in ok:
+        raise RuntimeError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        )
+    return {"wall_s": time.monotonic() - start, "peak_rss_gb": peak / 1e9}
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            parents[int(entry.name)] = int(fields[1])
+            rss[int(entry.name)] = int(fields[21]) * PAGE
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(rss.get(p, 0) for p in tree)
