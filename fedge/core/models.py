@@ -36,8 +36,8 @@ SEPARABLE_STUDENTS: dict[str, tuple[int, int, int]] = {
     "ds-small": (16, 32, 64),
     "ds-medium": (32, 64, 128),
 }
-TEACHER_WIDTH = (32, 64, 256)
-IMAGE_TEACHER_WIDTH = (32, 64, 128)  # images of 16 x 16 and more (fmnist)
+TEACHER_WIDTH = (32, 64, 256)  # the teacher of small images (digits) and tabular data
+NORM_TEACHER_WIDTH = (32, 64, 128)  # images of 16 x 16 and more (fmnist), signals (mnist1d)
 
 
 def separable_spec(name: str, input_shape: tuple[int, ...]) -> str:
@@ -255,7 +255,10 @@ def build_teacher(
 ) -> nn.Module:
     """The federated model, seeded: one seed, one start.
 
-    `cnn`: the wide model above; `linear`; or a student architecture, federated directly.
+    `cnn`: NormTeacher for signals and images of 16 px and more (on MNIST-1D, IID, 10 clients,
+    20 rounds: 93.5 % against the wide ConvNet's 84.8 %), the wide ConvNet for small images
+    (digits: its bytes are the default run's) and an MLP for flat features; `linear`; or a
+    student architecture, federated directly.
     """
     if kind not in TEACHERS:
         raise ValueError(f"unknown teacher {kind!r}; allowed: {', '.join(TEACHERS)}")
@@ -264,8 +267,8 @@ def build_teacher(
     torch.manual_seed(seed)
     if kind == "linear":
         return Linear(math.prod(input_shape), num_classes)
-    if len(input_shape) == 3 and min(input_shape[1:]) >= 16:
-        return NormTeacher(input_shape, num_classes, IMAGE_TEACHER_WIDTH)
+    if len(input_shape) == 2 or (len(input_shape) == 3 and min(input_shape[1:]) >= 16):
+        return NormTeacher(input_shape, num_classes, NORM_TEACHER_WIDTH)
     return build_model(input_shape, num_classes, TEACHER_WIDTH)
 
 
