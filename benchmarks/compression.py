@@ -281,7 +281,8 @@ def default_run(dataset: str, work: Path, log: Path) -> dict[str, Any]:
     results = json.loads((out / "results.json").read_text())
     return {
         "run_wall_s": measured["wall_s"],
-        "peak_rss_gb": measured["peak_rss_gb"],
+        "peak_rss_gb": measured["peak_pss_gb"],  # PSS: shared pages counted once
+        "peak_rss_sum_gb": measured["peak_rss_gb"],  # each process's RSS summed: an upper bound
         "default_run": {
             "teacher_accuracy": results["teacher"]["accuracy"],
             "student_accuracy": results["student"]["accuracy"],

@@ -9,6 +9,8 @@ from torch import nn
 from fedge.compression.export import INPUT_NAME, OUTPUT_NAME
 from fedge.core.ort import make_session
 
+CHUNK = 256  # samples per onnxruntime call (its arena keeps the largest call's activations)
+
 
 class OnnxTeacher(nn.Module):
     """Forward-only teacher: logits from onnxruntime.
@@ -29,7 +31,14 @@ class OnnxTeacher(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher logits for a batch (no gradient)."""
+        """Teacher logits for a batch (no gradient), in chunks of at most CHUNK samples.
+
+        A whole public pool in one call would hold every layer's activations for every sample
+        at once (Fashion-MNIST's 17,500: 4 GB); a batch up to CHUNK is one call, as before.
+        """
         batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return torch.from_numpy(logits)
+        chunks = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + CHUNK]})[0]
+            for i in range(0, max(len(batch), 1), CHUNK)  # an empty batch: one empty call
+        ]
+        return torch.from_numpy(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
