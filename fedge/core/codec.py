@@ -140,32 +140,43 @@ def encode(
 
 
 def decode(
-    encoded: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], codec: Codec
+    encoded: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...]],
+    codec: Codec,
+    dtypes: dict[str, np.dtype] | None = None,
 ) -> dict[str, np.ndarray]:
     """Dense float32 arrays of the given shapes from `encode`'s output.
 
-    ValueError on a missing or malformed part (a reply that does not decode is rejected).
+    ValueError on a missing or malformed part (a reply that does not decode is rejected). A
+    tensor passed through unencoded must have exactly its shape (and its dtype, when `dtypes`
+    gives them): nothing is broadcast. Every part's size is checked against the shape before
+    anything is allocated for it.
     """
     if codec.mode == "none":
         return dict(encoded)
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if name in encoded:  # passed through unchanged: only what is not floating
-            plain = np.asarray(encoded[name])
-            if np.issubdtype(plain.dtype, np.floating) and plain.size:
-                raise ValueError(f"{name}: a floating tensor that was not encoded")
-            out[name] = encoded[name]
+            out[name] = _plain(encoded[name], name, shape, (dtypes or {}).get(name))
             continue
         size = int(np.prod(shape))
         if codec.int8:
             q, scale = _part(encoded, name, "q"), _part(encoded, name, "s")
-            if q.dtype != np.int8 or scale.shape != (1,) or not np.isfinite(scale).all():
+            if q.dtype != np.int8 or scale.shape != (1,) or scale.dtype != np.float32:
+                raise ValueError(f"{name}: malformed int8 part")
+            if q.size > size or not np.isfinite(scale).all():
                 raise ValueError(f"{name}: malformed int8 part")
             values = q.astype(np.float32) * scale[0]
         else:
-            values = _part(encoded, name, "v").astype(np.float32)
+            raw = _part(encoded, name, "v")
+            if raw.dtype != np.float32 or raw.size > size:
+                raise ValueError(f"{name}: {raw.dtype} values part of {raw.size} for {size}")
+            values = raw.astype(np.float32)
         if codec.topk:
-            idx = np.cumsum(unvarint(_part(encoded, name, "i")))
+            gaps = _part(encoded, name, "i")
+            if gaps.dtype != np.uint8 or gaps.ndim != 1 or gaps.size > 9 * max(values.size, 1):
+                raise ValueError(f"{name}: {gaps.size} index bytes for {values.size} values")
+            idx = np.cumsum(unvarint(gaps))
             if idx.shape != values.shape or (idx.size and (idx.min() < 0 or idx.max() >= size)):
                 raise ValueError(f"{name}: top-k indices do not fit its shape {shape}")
             dense = np.zeros(size, dtype=np.float32)
@@ -175,6 +186,20 @@ def decode(
             raise ValueError(f"{name}: {values.size} values for shape {shape}")
         out[name] = values.reshape(shape)
     return out
+
+
+def _plain(
+    value: np.ndarray, name: str, shape: tuple[int, ...], dtype: np.dtype | None
+) -> np.ndarray:
+    """A tensor sent as it is: not floating, exactly its shape and (if known) its dtype."""
+    plain = np.asarray(value)
+    if np.issubdtype(plain.dtype, np.floating) and plain.size:
+        raise ValueError(f"{name}: a floating tensor that was not encoded")
+    if plain.shape != tuple(shape) or (dtype is not None and plain.dtype != dtype):
+        raise ValueError(
+            f"{name}: {plain.dtype} {plain.shape} sent as it is, expected {dtype} {shape}"
+        )
+    return plain
 
 
 def decode_int8(encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

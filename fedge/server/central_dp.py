@@ -15,10 +15,10 @@ from flwr.serverapp.strategy import (
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.records import as_float
 from fedge.core.sampling import samples_clients, train_size
 from fedge.privacy import ledger
 from fedge.privacy.central import count_noise, next_clipping_norm
+from fedge.server.replies import BadReplyError, metrics_of, number
 
 
 class _AndrewClipping:
@@ -119,10 +119,11 @@ def round_privacy(
 
 
 def _reported(replies: dict[int, Message], key: str) -> list[float]:
-    """A metric every reply that has it reports (e.g. local DP's epsilon)."""
+    """A metric every reply that reports it well-formed reports (e.g. local DP's epsilon)."""
     values = []
     for reply in replies.values():
-        metrics = reply.content.metric_records.get(m.METRICS)
-        if metrics is not None and key in metrics:
-            values.append(as_float(metrics[key]))
+        try:
+            values.append(number(metrics_of(reply), key, 0.0, infinite=True))
+        except BadReplyError:
+            continue
     return values

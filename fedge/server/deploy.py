@@ -9,15 +9,25 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.records import as_float, as_int, config_to_record
+from fedge.core.records import config_to_record
 from fedge.pipeline.outputs.rows import ClientRow
 from fedge.server.nodes import Nodes
-from fedge.server.replies import replies_by_node
+from fedge.server.replies import (
+    MAX_PARTITION,
+    BadReplyError,
+    count,
+    metrics_of,
+    number,
+    printable,
+    replies_by_node,
+    status_of,
+    text,
+)
 
 log = logging.getLogger("fedge")
 
@@ -95,29 +105,34 @@ def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
     if reply is None:
         return _not_installed(partition_id, "no reply before round-timeout")
     if reply.has_error():
-        return _not_installed(partition_id, str(reply.error.reason))
-    metrics = reply.content.metric_records[m.METRICS]
-    installed = bool(metrics[m.INSTALLED])
-    return ClientRow(
-        partition_id=as_int(metrics[m.PARTITION_ID]),
-        installed=installed,
-        reason=str(reply.content.config_records[m.STATUS][m.REASON]),
-        accuracy=_finite(as_float(metrics[m.ACCURACY])) if installed else None,
-        # a node with install-timing off does not time the model
-        latency_us_p50=as_float(metrics[m.LATENCY_US_P50])
-        if installed and m.LATENCY_US_P50 in metrics
-        else None,
-        # a node of an older fedge does not time the bare onnxruntime call
-        onnx_us_p50=as_float(metrics[m.ONNX_US_P50])
-        if installed and m.ONNX_US_P50 in metrics
-        else None,
-        test_examples=as_int(metrics[m.NUM_EXAMPLES]),
-    )
+        return _not_installed(partition_id, printable(reply.error.reason))
+    try:
+        metrics, status = metrics_of(reply), status_of(reply)
+        installed = bool(count(metrics, m.INSTALLED, 0, 1))
+        return ClientRow(
+            partition_id=count(metrics, m.PARTITION_ID, 0, MAX_PARTITION),
+            installed=installed,
+            reason=text(status, m.REASON),
+            accuracy=_optional(metrics, m.ACCURACY) if installed else None,
+            # a node with install-timing off does not time the model, an older one the bare
+            # onnxruntime call
+            latency_us_p50=_optional(metrics, m.LATENCY_US_P50) if installed else None,
+            onnx_us_p50=_optional(metrics, m.ONNX_US_P50) if installed else None,
+            test_examples=count(metrics, m.NUM_EXAMPLES),
+        )
+    except BadReplyError as err:  # the node says nothing it can be held to: not counted installed
+        return _not_installed(partition_id, str(err))
 
 
-def _finite(value: float) -> float | None:
-    """A node that installed but could not evaluate (its data) reports NaN: no figure."""
-    return value if math.isfinite(value) else None
+def _optional(metrics: MetricRecord, key: str) -> float | None:
+    """A non-negative figure the node may leave out (None); NaN is no figure either.
+
+    A node that installed the bundle but could not evaluate it on its data reports NaN.
+    """
+    value = metrics.get(key)
+    if isinstance(value, float) and math.isnan(value) or value is None:
+        return None
+    return number(metrics, key, 0.0)
 
 
 def not_deployed(nodes: Nodes) -> list[ClientRow]:

@@ -15,9 +15,9 @@ from fedge.compression.kd import KDConfig
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.partition import PublicPool
-from fedge.core.records import as_int, config_to_record
+from fedge.core.records import config_to_record
 from fedge.pipeline.chain.teacher_source import KdSource, from_client_logits
-from fedge.server.replies import replies_by_node
+from fedge.server.replies import BadReplyError, arrays_payload, partition_of, replies_by_node
 
 
 def ensemble_source(
@@ -73,8 +73,11 @@ def query_logits(
             failures.append({"node_id": node, "reason": reason})
             continue
         assert reply is not None
-        partition = as_int(reply.content.metric_records[m.METRICS][m.PARTITION_ID])
-        answers.append((partition, reply.content.array_records[m.LOGITS_RECORD]["logits"].numpy()))
+        partition = partition_of(reply)
+        if partition is None:
+            failures.append({"node_id": node, "reason": "the reply names no valid partition-id"})
+            continue
+        answers.append((partition, arrays_payload(reply, m.LOGITS_RECORD)["logits"]))
     answers.sort(key=lambda a: a[0])  # a fixed order whatever order replies arrived in
     return answers, failures, inputs.count_bytes() * len(messages)
 
@@ -85,12 +88,15 @@ def _bad_reply(reply: Message | None, expected: tuple[int, int]) -> str | None:
         return "no reply before round-timeout"
     if reply.has_error():
         return str(reply.error.reason)
-    record = reply.content.array_records.get(m.LOGITS_RECORD)
-    if record is None or list(record) != ["logits"]:
+    try:
+        arrays = arrays_payload(reply, m.LOGITS_RECORD)
+    except BadReplyError as err:
+        return str(err)
+    if list(arrays) != ["logits"]:
         return "the reply carries no logits record"
-    logits = record["logits"].numpy()
-    if logits.shape != expected:
-        return f"logits of shape {logits.shape}, expected {expected}"
+    logits = arrays["logits"]
+    if logits.dtype != np.float32 or logits.shape != expected:
+        return f"logits of {logits.dtype} {logits.shape}, expected float32 {expected}"
     if not np.isfinite(logits).all():
         return "logits with NaN or Inf"
     return None

@@ -11,14 +11,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.superlink.grid import InMemoryGrid
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.records import as_int
-from fedge.server.replies import replies_by_node
+from fedge.server.replies import partition_of, replies_by_node
 
 log = logging.getLogger("fedge")
 
@@ -34,12 +33,10 @@ class Nodes:
         return self.partitions.get(node)
 
     def learn(self, node: int, reply: Message | None) -> None:
-        """Remember the partition a successful reply names (its metrics' partition-id)."""
-        if reply is None or reply.has_error():
-            return
-        metrics = reply.content.metric_records.get(m.METRICS)
-        if metrics is not None and m.PARTITION_ID in metrics:
-            self.partitions[node] = as_int(metrics[m.PARTITION_ID])
+        """Remember the partition a successful reply names (a valid metrics' partition-id)."""
+        partition = partition_of(reply)
+        if partition is not None:
+            self.partitions[node] = partition
 
     def discover(self, grid: Grid, cfg: RunConfig) -> None:
         """Ask every connected node whose partition is unknown which one it holds (query.info).
@@ -58,9 +55,7 @@ class Nodes:
             msg.metadata.ttl = cfg.round_timeout
         replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
         for node, reply in replies_by_node(messages, replies).items():
-            if reply is not None and not reply.has_error():
-                metrics: MetricRecord = reply.content.metric_records[m.METRICS]
-                self.partitions[node] = as_int(metrics[m.PARTITION_ID])
+            self.learn(node, reply)
         missing = len(unknown) - sum(n in self.partitions for n in unknown)
         log.info(
             "client sampling: %d nodes told their partition%s",

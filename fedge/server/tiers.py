@@ -10,10 +10,9 @@ from flwr.serverapp import Grid
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.profile import Profile, ProfileError, parse_profile
-from fedge.core.records import as_int
 from fedge.pipeline.ship.tiers import tier_of
 from fedge.server.nodes import Nodes
-from fedge.server.replies import replies_by_node
+from fedge.server.replies import BadReplyError, partition_of, replies_by_node, status_of, text
 
 log = logging.getLogger("fedge")
 
@@ -36,17 +35,23 @@ def node_tiers(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
     tiers = list(cfg.tier_budgets)
     out = {}
     for node, reply in _ask_every_node(grid, cfg, m.INFO).items():
-        device_class = ""
-        if reply is not None and not reply.has_error():
-            metrics = reply.content.metric_records.get(m.METRICS)
-            if metrics is not None and m.PARTITION_ID in metrics:
-                nodes.partitions.setdefault(node, as_int(metrics[m.PARTITION_ID]))
-            status = reply.content.config_records.get(m.STATUS)
-            device_class = str(status.get(m.NODE_DEVICE_CLASS, "")) if status else ""
-        out[node] = tier_of(nodes.partition_of(node), device_class, tiers)
+        partition = partition_of(reply)
+        if partition is not None:
+            nodes.partitions.setdefault(node, partition)
+        out[node] = tier_of(nodes.partition_of(node), _device_class(reply), tiers)
     counts = {t: sum(v == t for v in out.values()) for t in tiers}
     log.info("tiers: %s", ", ".join(f"{t} {n} nodes" for t, n in counts.items()))
     return out
+
+
+def _device_class(reply: Message | None) -> str:
+    """The device-class a query.info reply names ("" when it names none, or not as text)."""
+    if reply is None or reply.has_error():
+        return ""
+    try:
+        return text(status_of(reply), m.NODE_DEVICE_CLASS, limit=64)
+    except BadReplyError:
+        return ""
 
 
 def tier_profiles(

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -19,7 +19,6 @@ from fedge.core.faults import round_roles
 from fedge.core.partition import Split
 from fedge.core.records import (
     as_float,
-    as_int,
     config_to_record,
     record_to_weights,
     weights_to_record,
@@ -36,7 +35,14 @@ from fedge.pipeline.rundir.checkpoint import (
 )
 from fedge.server.central_dp import round_privacy
 from fedge.server.nodes import FederationError, Nodes, wait_for_nodes
-from fedge.server.replies import replies_by_node
+from fedge.server.replies import (
+    BadReplyError,
+    metrics_of,
+    number,
+    partition_of,
+    printable,
+    replies_by_node,
+)
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
 from fedge.server.update_codec import (
     DownlinkChain,
@@ -241,7 +247,8 @@ def _checked(
     undecodable = decode_updates(cfg, ok, record_to_weights(arrays))
     # Under central DP clipping bounds every update: no data-dependent norm rule before it.
     factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
-    accepted, rejected = validate_updates(ok, record_to_weights(arrays), norm_outlier_factor=factor)
+    reference = record_to_weights(arrays)
+    accepted, rejected = validate_updates(ok, reference, norm_outlier_factor=factor, cfg=cfg)
     rejected = undecodable + rejected
     for row in rejected:
         row["round"] = server_round
@@ -270,7 +277,11 @@ def _aggregate(
     """The strategy's aggregate of the accepted updates, or the old model and why it was kept."""
     if len(accepted) < cfg.min_clients:
         return arrays, f"{len(accepted)} valid updates, min-clients={cfg.min_clients}", None
-    new_arrays, metrics = strategy.aggregate_train(server_round, [c.reply for c in accepted])
+    try:
+        new_arrays, metrics = strategy.aggregate_train(server_round, [c.reply for c in accepted])
+    except Exception as err:  # noqa: BLE001  (checked replies should not get here: a round lost)
+        log.exception("round %d: aggregation failed; the model is kept", server_round)
+        return arrays, f"aggregation failed: {type(err).__name__}: {err}", None
     if new_arrays is None:
         reason = f"aggregation {cfg.aggregation!r} returned no model from {len(accepted)} updates"
         return arrays, reason, metrics
@@ -297,11 +308,16 @@ def _federated_evaluate(
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     result = {}
     for node, reply in replies_by_node(messages, replies).items():
-        if reply is not None and not reply.has_error():
-            metrics: MetricRecord = reply.content.metric_records[m.METRICS]
-            partition = as_int(metrics[m.PARTITION_ID])
-            nodes.partitions[node] = partition
-            result[partition] = as_float(metrics[m.ACCURACY])
+        partition = partition_of(reply)
+        if reply is None or partition is None:
+            continue
+        try:
+            accuracy = number(metrics_of(reply), m.ACCURACY, 0.0)
+        except BadReplyError as err:
+            log.warning("final evaluation: node %d: %s", node, err)
+            continue
+        nodes.partitions[node] = partition
+        result[partition] = min(accuracy, 1.0)
     return result
 
 
@@ -321,7 +337,7 @@ def _failures(by_node: dict[int, Message | None], nodes: Nodes) -> list[dict[str
         if reply is not None and not reply.has_error():
             nodes.learn(node, reply)
             continue
-        reason = "no reply before round-timeout" if reply is None else reply.error.reason
+        reason = "no reply before round-timeout" if reply is None else printable(reply.error.reason)
         failures.append(
             {"node_id": node, "partition_id": nodes.partition_of(node), "reason": reason}
         )

@@ -27,7 +27,8 @@ from flwr.common.serde import message_to_proto
 from fedge.core import codec
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.records import as_int, record_to_weights, weights_to_record, with_arrays
+from fedge.core.records import record_to_weights, weights_to_record, with_arrays
+from fedge.server.replies import BadReplyError, arrays_payload, partition_of
 
 DOWNLINK = codec.Codec("int8", stochastic=False)
 
@@ -95,40 +96,54 @@ def settle_chain(chain: DownlinkChain, replies: dict[int, Message | None]) -> No
 def decode_updates(
     cfg: RunConfig, replies: dict[int, Message], base: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
-    """Rewrite each reply's arrays as `base` + its update, in place; rejection rows for the rest."""
-    if cfg.update_compression == "none":
-        if cfg.downlink_compression == "int8":  # trained from the int8 model: move onto base
-            sent = codec.decode_int8(
-                codec.encode(base, DOWNLINK, np.random.default_rng(0))
-            )  # what encode_downlink sent, decoded as the clients did
-            for reply in replies.values():
-                trained = record_to_weights(reply.content.array_records[m.ARRAYS])
-                if set(trained) == set(base) and all(  # else validation rejects it as it is
-                    np.shape(trained[k]) == base[k].shape for k in base
-                ):
-                    delta = {k: _minus(trained[k], sent[k]) for k in base}
-                    moved = weights_to_record(codec.advance(base, delta))
-                    reply.content = with_arrays(reply.content, moved)
-        return []
-    shapes = {k: tuple(v.shape) for k, v in base.items()}
+    """Rewrite each reply's arrays as `base` + its update, in place; rejection rows for the rest.
+
+    A reply whose arrays do not decode to exactly the model's keys, shapes and dtypes is taken
+    out of `replies` and rejected with the reason; nothing a node sends is broadcast.
+    """
+    if cfg.update_compression == "none" and cfg.downlink_compression != "int8":
+        return []  # the arrays are the model: validation checks them as they are
+    sent = None
+    if cfg.update_compression == "none":  # trained from the int8 model: move onto base
+        sent = codec.decode_int8(codec.encode(base, DOWNLINK, np.random.default_rng(0)))
     rejected = []
     for node_id, reply in list(replies.items()):
         try:
-            encoded = record_to_weights(reply.content.array_records[m.ARRAYS])
-            delta = codec.decode(encoded, shapes, codec.of_run(cfg))
-        except (KeyError, ValueError, TypeError) as err:
+            moved = _onto_base(cfg, reply, base, sent)
+        except (BadReplyError, KeyError, ValueError, TypeError) as err:
             del replies[node_id]
-            metrics = reply.content.metric_records.get(m.METRICS)
-            partition = (
-                as_int(metrics[m.PARTITION_ID])
-                if metrics is not None and m.PARTITION_ID in metrics
-                else None
+            reason = f"the update does not decode: {err}"
+            rejected.append(
+                {"node_id": node_id, "partition_id": partition_of(reply), "reason": reason}
             )
-            reason = f"compressed update does not decode: {err}"
-            rejected.append({"node_id": node_id, "partition_id": partition, "reason": reason})
             continue
-        reply.content = with_arrays(reply.content, weights_to_record(codec.advance(base, delta)))
+        reply.content = with_arrays(reply.content, weights_to_record(moved))
     return rejected
+
+
+def _onto_base(
+    cfg: RunConfig,
+    reply: Message,
+    base: dict[str, np.ndarray],
+    sent: dict[str, np.ndarray] | None,
+) -> dict[str, np.ndarray]:
+    """The model a reply's update makes of `base` (ValueError/BadReplyError if it does not fit).
+
+    `sent`: the int8 model the clients trained from (int8 downlink, uncompressed updates).
+    """
+    arrays = arrays_payload(reply, m.ARRAYS)
+    if sent is not None:
+        if set(arrays) != set(base):
+            raise ValueError(f"keys {sorted(arrays)} are not the model's {sorted(base)}")
+        for key, value in arrays.items():
+            if value.shape != base[key].shape or value.dtype != base[key].dtype:
+                raise ValueError(f"{key}: {value.dtype} {value.shape}, expected the model's")
+        delta = {k: _minus(arrays[k], sent[k]) for k in base}
+    else:
+        shapes = {k: tuple(v.shape) for k, v in base.items()}
+        dtypes = {k: v.dtype for k, v in base.items()}
+        delta = codec.decode(arrays, shapes, codec.of_run(cfg), dtypes)
+    return codec.advance(base, delta)
 
 
 def _minus(trained: np.ndarray, sent: np.ndarray) -> np.ndarray:

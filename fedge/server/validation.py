@@ -9,7 +9,8 @@ import numpy as np
 from flwr.app import Message
 
 from fedge.core import messages as m
-from fedge.core.records import as_int, record_to_weights
+from fedge.core.config import RunConfig
+from fedge.server.replies import BadReplyError, arrays_payload, checked_train_metrics, partition_of
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,15 @@ def validate_updates(
     replies: dict[int, Message],
     reference: dict[str, np.ndarray],
     norm_outlier_factor: float,
+    cfg: RunConfig,
 ) -> tuple[list[Checked], list[dict[str, Any]]]:
     """Split successful replies (node id -> reply) into accepted updates and rejections.
 
-    Rules, in order: the reply has an `arrays` record and metrics with a positive
-    num-examples and a partition id; the same keys as the global model, each with its shape
-    and dtype; every value finite. Then the norm rule: an update whose L2 distance from the
+    Rules, in order: the reply's metrics hold exactly the keys the settings declare
+    (replies.train_metric_keys), each of its type and range (an accepted reply's record is
+    rebuilt from them, so Flower's aggregation sees the same keys in every reply); it has an
+    `arrays` record with the same keys as the global model, each with its shape and dtype;
+    every value finite. Then the norm rule: an update whose L2 distance from the
     global model exceeds `norm_outlier_factor` x the median over this round's structurally
     valid updates is rejected (0 switches the rule off). Accepted updates are sorted by
     partition id, so aggregation does not depend on the order replies arrived in.
@@ -39,13 +43,17 @@ def validate_updates(
     accepted: list[Checked] = []
     rejected: list[dict[str, Any]] = []
     for node_id, reply in replies.items():
-        partition = _partition_id(reply)
+        partition = partition_of(reply)
+        try:
+            metrics = checked_train_metrics(reply, cfg)
+        except BadReplyError as err:
+            rejected.append({"node_id": node_id, "partition_id": partition, "reason": str(err)})
+            continue
         reason, weights = _structural_problem(reply, reference)
-        if partition is None and reason is None:
-            reason = f"malformed reply: {m.PARTITION_ID!r} is not an integer"
         if reason is not None or partition is None:
             rejected.append({"node_id": node_id, "partition_id": partition, "reason": reason})
             continue
+        reply.content.metric_records[m.METRICS] = metrics
         norm = float(
             np.sqrt(
                 sum(
@@ -75,33 +83,14 @@ def validate_updates(
     return accepted, rejected
 
 
-def _partition_id(reply: Message) -> int | None:
-    metrics = reply.content.metric_records.get(m.METRICS)
-    if metrics is None or m.PARTITION_ID not in metrics:
-        return None
-    try:
-        return as_int(metrics[m.PARTITION_ID])
-    except TypeError:
-        return None
-
-
 def _structural_problem(
     reply: Message, reference: dict[str, np.ndarray]
 ) -> tuple[str | None, dict[str, np.ndarray]]:
     """Why the reply cannot be aggregated (None if it can), and its weights when it can."""
-    content = reply.content
-    if m.ARRAYS not in content.array_records:
-        return f"malformed reply: no {m.ARRAYS!r} array record", {}
-    metrics = content.metric_records.get(m.METRICS)
-    if metrics is None or m.PARTITION_ID not in metrics or m.NUM_EXAMPLES not in metrics:
-        return f"malformed reply: metrics need {m.NUM_EXAMPLES!r} and {m.PARTITION_ID!r}", {}
-    examples = metrics[m.NUM_EXAMPLES]
-    if not isinstance(examples, int | float) or not examples > 0:
-        return f"num-examples must be > 0, got {examples!r}", {}
     try:
-        weights = record_to_weights(content.array_records[m.ARRAYS])
-    except Exception as err:  # a record whose bytes do not decode to an array
-        return f"arrays do not decode: {err}", {}
+        weights = arrays_payload(reply, m.ARRAYS)
+    except BadReplyError as err:
+        return str(err), {}
     missing, unexpected = (
         sorted(set(reference) - set(weights)),
         sorted(set(weights) - set(reference)),

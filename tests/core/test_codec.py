@@ -109,3 +109,32 @@ def test_varint_gaps_take_one_byte_below_128_and_bad_bytes_are_refused(rng):
         unvarint(np.array([0xFF] * 10 + [1], dtype=np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         unvarint(data.astype(np.int64))
+
+
+def test_a_tensor_sent_unencoded_must_have_its_exact_shape_and_dtype():
+    """An int64 (1,) for a float weight would broadcast into every weight: refused."""
+    from fedge.core.codec import Codec, decode
+
+    shapes, dtypes = {"w": (3, 2)}, {"w": np.dtype(np.float32)}
+    with pytest.raises(
+        ValueError, match=r"w: int64 \(1,\) sent as it is, expected float32 \(3, 2\)"
+    ):
+        decode({"w": np.array([7], np.int64)}, shapes, Codec("int8"), dtypes)
+    steps = {"n": (1,)}
+    with pytest.raises(ValueError, match="sent as it is"):
+        decode({"n": np.array([1, 2], np.int64)}, steps, Codec("int8"), {"n": np.dtype(np.int64)})
+    assert decode({"n": np.array([5], np.int64)}, steps, Codec("int8"))["n"].tolist() == [5]
+
+
+def test_top_k_index_bytes_are_bounded_by_the_values_before_decoding():
+    """16 MB of index bytes for one value is refused before anything is allocated for it."""
+    from fedge.core.codec import Codec, decode
+
+    encoded = {
+        "w|i": np.zeros(16_000_000, np.uint8),
+        "w|v": np.zeros(1, np.float32),
+    }
+    with pytest.raises(ValueError, match="16000000 index bytes for 1 values"):
+        decode(encoded, {"w": (4,)}, Codec("topk"))
+    with pytest.raises(ValueError, match="float64 values part"):
+        decode({"w|i": np.zeros(1, np.uint8), "w|v": np.zeros(1)}, {"w": (4,)}, Codec("topk"))
