@@ -231,6 +231,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 MAX_CLASSES = 1000  # labels are class indices 0..MAX_CLASSES-1
+MIN_IMAGE_SIDE = 16  # a 3-D array with both sides this long is (N, H, W) images, else signals
 MAX_ABS_X = 1e15  # larger raw values make float statistics and float32 inputs unreliable
 
 
@@ -245,7 +246,9 @@ def dataset_from_arrays(
 ) -> Dataset:
     """Validate user arrays and choose the model family from the sample shape.
 
-    (N, D) is tabular (MLP), (N, C, L) a signal (1-D CNN), (N, C, H, W) an image (2-D CNN).
+    (N, D) is tabular (MLP), (N, C, L) a signal (1-D CNN), (N, C, H, W) an image (2-D CNN);
+    (N, H, W) with both sides at least MIN_IMAGE_SIDE is a one-channel image (as Fashion-MNIST
+    is stored), a narrower 3-D array a signal.
     Every problem is a ConfigError naming the array and what is allowed; a federation's data
     needs `min_classes` classes in each split (one device's own data may hold one). The inputs are
     standardized per feature (tabular) or per channel, from the public pool (build_federation).
@@ -253,6 +256,8 @@ def dataset_from_arrays(
     kinds = {2: "tabular", 3: "signal", 4: "image"}
     for split, xs, ys in (("train", x_train, y_train), ("test", x_test, y_test)):
         _check_split(name, split, xs, ys, min_classes)
+    if x_train.ndim == 3 and x_test.ndim == 3 and min(x_train.shape[1:]) >= MIN_IMAGE_SIDE:
+        x_train, x_test = x_train[:, None], x_test[:, None]  # (N, H, W): one channel
     if x_train.ndim not in kinds:
         raise ConfigError(
             f"{name}: x_train has shape {x_train.shape}; allowed: (N, D), (N, C, L), (N, C, H, W)"

@@ -68,7 +68,7 @@ def requested_settings(
 
 
 def build_config(settings: dict[str, Any], *, resume: Path | None = None) -> RunConfig:
-    """Defaults -> `settings`, then validation. `out` becomes an absolute path.
+    """Defaults -> `settings`, then validation. `out` and `data-dir` become absolute paths.
 
     With `resume` (a run directory), the unfinished run's own config replaces the defaults,
     and the settings may only change what a resumed run may change.
@@ -80,6 +80,8 @@ def build_config(settings: dict[str, Any], *, resume: Path | None = None) -> Run
             raise ConfigError("--resume takes the run directory; do not also give --out")
         base.update(stored_config(final).to_run_config())
     cfg = RunConfig.from_run_config({**base, **settings})
+    if cfg.data_dir and cfg.data_dir != "hub":  # the simulated nodes may run elsewhere
+        cfg = cfg.replace(data_dir=str(Path(cfg.data_dir).expanduser().resolve()))
     if resume is not None:
         cfg = cfg.replace(out=str(final), resume=True)
         check_resumable(final, cfg)

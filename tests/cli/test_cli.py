@@ -31,6 +31,15 @@ from tests.cli.conftest import one_line, written
         (["--clients", "5000", "--partition", "iid"], "clients=5000 is too many"),
         (["--scenario", "nope.toml"], "scenario file not found"),
         (["--dataset", "npz:missing.npz"], "npz file not found"),
+        (
+            ["--dataset", "fmnist", "--data-dir", "nowhere"],
+            "nowhere does not exist; install Debian's package (apt-get install",
+        ),
+        (["--data-dir", "/tmp"], "data-dir '/tmp' applies to fmnist only"),
+        (
+            ["--dataset", "fmnist", "--clients", "30000", "--partition", "iid"],
+            "clients=30000 is too many for 35500 client samples of fmnist",
+        ),
         (["--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
         (["--dp", "central", "--dp-epsilon", "1e-7"], "dp-epsilon=1e-07 at delta=1e-05 cannot"),
         (["--dp", "local", "--dp-epsilon", "1e-7"], "dp-epsilon=1e-07 at delta=1e-05 cannot"),

@@ -113,3 +113,16 @@ def test_per_channel_statistics_fold_into_the_device_model():
     expected = make_session(exported).run(["probabilities"], {"input": x})[0]
     got = make_session(device).run(["probabilities"], {"input": raw})[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_an_npz_of_n_h_w_images_takes_the_image_path_and_n_c_l_stays_a_signal():
+    from fedge.core.data import dataset_from_arrays
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (40, 28, 28)).astype(np.uint8)
+    labels = np.arange(40) % 4
+    data = dataset_from_arrays("own", images, labels, images[:8], labels[:8])
+    assert data.kind == "image" and data.preprocessing.input_shape == (1, 28, 28)
+    signals = rng.normal(size=(40, 2, 40)).astype(np.float32)
+    data = dataset_from_arrays("own", signals, labels, signals[:8], labels[:8])
+    assert data.kind == "signal" and data.preprocessing.input_shape == (2, 40)
