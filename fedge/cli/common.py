@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated
 
 import typer
@@ -47,8 +48,14 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def setup_logging(verbose: bool) -> None:
     """Rich logging for fedge; Flower's, Ray's and datasets' chatter only with --verbose."""
-    handler = RichHandler(console=console, show_path=False, markup=False)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler], force=True)
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, markup=False)
+        line = "%(message)s"
+    else:  # a file or a pipe: one line per record, never wrapped, no colour codes
+        handler = logging.StreamHandler(sys.stderr)
+        line = "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=line, handlers=[handler], force=True)
     import flwr  # noqa: F401  (importing flwr installs its own console handler; replace it)
 
     flwr_logger = logging.getLogger("flwr")

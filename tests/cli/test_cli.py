@@ -78,3 +78,14 @@ def test_every_setting_is_a_simulate_flag_and_listed(cli):
 def test_version():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"fedge {fedge.__version__}"
+
+
+def test_log_lines_to_a_file_or_pipe_are_whole_lines_without_colour(capsys):
+    import logging
+
+    from fedge.cli.common import setup_logging
+
+    setup_logging(verbose=False)  # stderr is captured: not a terminal
+    logging.getLogger("fedge").info("round 3/10  " + "x" * 200)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "round 3/10" in line]
+    assert len(lines) == 1 and lines[0].endswith("x" * 200) and "\x1b[" not in lines[0]
