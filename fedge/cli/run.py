@@ -28,6 +28,7 @@ SETTINGS_HELP = (
     "Order: defaults, then --scenario, then --run-config, then flags."
 )
 NOT_SHIPPED_EXIT = 3  # the run finished, but the quality gate stopped the student
+DEPLOY_FAILED_EXIT = 4  # the run finished, but fewer clients than min-installed installed it
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -105,6 +106,7 @@ def list_settings(
 
 def _summary(run_dir: Path) -> None:
     """The run's teacher and student(s) as a table; exit 3 when nothing shipped."""
+    from fedge.pipeline.outputs.report import not_shipped_reason
     from fedge.pipeline.outputs.results import RunResults
 
     results = RunResults.from_json(json.loads((run_dir / "results.json").read_text()))
@@ -118,7 +120,7 @@ def _summary(run_dir: Path) -> None:
     if student is None:
         Console().print(table)
         raise fail(
-            f"NOT SHIPPED: quality gate: {record.quality_gate.reason}. No client got a "
+            f"NOT SHIPPED: quality gate: {not_shipped_reason(record)}. No client got a "
             f"model. Ship it anyway: fedge compress {run_dir} --ship-anyway",
             code=NOT_SHIPPED_EXIT,
         )
@@ -136,6 +138,13 @@ def _summary(run_dir: Path) -> None:
         f"{results.timing_s['total']:.0f} s. Report: {run_dir / 'report.md'}",
         highlight=False,
     )
+    if results.deployment is not None and not results.deployment.passed:
+        reasons = sorted({c.reason for c in results.clients if not c.installed})[:3]
+        raise fail(
+            f"deployment: {results.deployment.reason} (why: {'; '.join(reasons)}). "
+            f"Each client's verdict: {run_dir / 'report.md'}",
+            code=DEPLOY_FAILED_EXIT,
+        )
 
 
 def _pct(value: float) -> str:

@@ -25,9 +25,16 @@ class CompressionSettings:
         interval="[0, 1]",
         compress=True,
     )
+    student_max_drop: float = setting(
+        2.0,
+        "quality gate: the most validation points the chosen student may lose against the "
+        "teacher and still ship",
+        interval=">= 0",
+        compress=True,
+    )
     ship_anyway: bool = setting(
         False,
-        "compress and ship even a teacher that fails the quality gate",
+        "compress and ship even a teacher or a student that fails the quality gate",
         compress=True,
         resume=True,
     )

@@ -73,6 +73,13 @@ class FederationSettings:
     round_timeout: float = setting(
         300.0, "seconds to wait for replies in one round", interval="> 0", resume=True
     )
+    min_installed: int = setting(
+        0,
+        "fewest clients that must install the bundle for the run to succeed (fedge simulate "
+        "exits 4 otherwise); 0: every client connected when the bundle is sent",
+        interval=">= 0",
+        resume=True,
+    )
     install_timing: str = setting(
         "settled",
         "how each node times the model it installed: settled (the best of three measurements "

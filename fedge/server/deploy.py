@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
 from fedge.core.records import config_to_record
+from fedge.pipeline.outputs.results import NOT_CONNECTED
 from fedge.pipeline.outputs.rows import ClientRow
 from fedge.server.nodes import Nodes
 from fedge.server.replies import (
@@ -67,7 +68,7 @@ def deploy_bundle(
     answers = _send(grid, messages, cfg.round_timeout, one_at_a_time)
     gone = [node for node in nodes.partitions if node not in answers]  # trained, then left
     clients = [_client_row(reply, nodes.partition_of(node)) for node, reply in answers.items()]
-    clients += [_not_installed(nodes.partition_of(n), "not connected at deploy time") for n in gone]
+    clients += [_not_installed(nodes.partition_of(n), NOT_CONNECTED) for n in gone]
     if tiers is not None:
         clients = [
             dataclasses.replace(row, tier=node_tier.get(node))

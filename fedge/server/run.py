@@ -116,6 +116,8 @@ def run_server(
         tiers=phase.tiers,
     )
     write_run_outputs(results, run_dir)
+    if results.deployment is not None and not results.deployment.passed:
+        log.error("deployment FAILED: %s (see report.md)", results.deployment.reason)
     return results
 
 

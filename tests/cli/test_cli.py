@@ -89,3 +89,20 @@ def test_log_lines_to_a_file_or_pipe_are_whole_lines_without_colour(capsys):
     logging.getLogger("fedge").info("round 3/10  " + "x" * 200)
     lines = [line for line in capsys.readouterr().err.splitlines() if "round 3/10" in line]
     assert len(lines) == 1 and lines[0].endswith("x" * 200) and "\x1b[" not in lines[0]
+
+
+def test_a_run_that_reached_too_few_clients_exits_4_naming_why(tmp_path):
+    import json
+
+    import typer
+
+    from fedge.cli.run import _summary
+    from fedge.pipeline.outputs.rows import Deployment
+    from tests.pipeline.test_report import results
+
+    failed = results(deployment=Deployment(installed=1, reachable=2, required=2, passed=False))
+    (tmp_path / "results.json").write_text(json.dumps(failed.to_json()))
+    with pytest.raises(typer.Exit) as exit_:
+        _summary(tmp_path)
+    assert exit_.value.exit_code == 4
+    assert json.loads((tmp_path / "results.json").read_text())["deployment"]["passed"] is False

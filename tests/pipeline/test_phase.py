@@ -112,3 +112,16 @@ def test_a_tier_is_judged_on_the_slowest_of_its_nodes_profiles_and_this_machine(
     job = make_job(TIERED.replace(tiers="board:500,server:1000000"))
     with pytest.raises(SearchError, match=r"tier 'board'.* on slow-board and this machine; the"):
         compress_tiers(job, {"board": [slow, None], "server": [None]}, KNOWN)
+
+
+def test_a_student_far_below_its_teacher_is_not_shipped_unless_asked(make_job, tmp_path):
+    strict = PHASE.replace(student_max_drop=0.0, kd_epochs=1)  # one epoch: far below
+    record = compression_phase(make_job(strict), tmp_path, unused()).record
+    assert not record.shipped and record.student is None and record.quality_gate.passed
+    gate = record.student_gate
+    assert gate is not None and not gate.passed and gate.drop_pt > 0
+    assert "more than student-max-drop 0" in gate.reason
+    assert not (tmp_path / BUNDLE_DIR).exists()  # nothing signed, nothing saved
+    anyway = compression_phase(make_job(strict.replace(ship_anyway=True)), tmp_path, unused())
+    assert anyway.record.shipped and anyway.record.student_gate is not None
+    assert not anyway.record.student_gate.passed and anyway.record.student_gate.ship_anyway

@@ -33,6 +33,7 @@ FAST = RunConfig(
     student_epochs=1,
     qat_epochs=3,
     install_timing="once",  # one latency measurement per install, not the best of three
+    student_max_drop=100.0,  # students of a few epochs: the pipeline, not their quality
 )
 # One student, public distillation only: for tests about something else.
 QUICKER = FAST.replace(student="deep-tiny", kd_source="public")
@@ -122,6 +123,14 @@ def test_a_node_whose_install_crashes_is_reported_not_installed(tmp_path):
     rows = {c.partition_id: c for c in results.clients}
     assert [rows[p].installed for p in range(4)] == [True, True, False, True]
     assert "simulated crash in query.deploy" in rows[2].reason
+    # every reachable client must install by default: the run is not a success, and says why
+    deployment = results.deployment
+    assert deployment is not None and not deployment.passed
+    assert deployment.reason == "3 of 4 reachable clients installed the bundle; min-installed 4"
+    assert "**Deployment FAILED**: 3 of 4" in (tmp_path / "run" / "report.md").read_text()
+    from fedge.pipeline.outputs.results import deployment as verdict
+
+    assert verdict(QUICKER.replace(min_installed=3), list(results.clients)).passed
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedge.core.config import RunConfig
-from fedge.pipeline.outputs.rows import ClientRow, StudentRounds, TierSummary
+from fedge.pipeline.outputs.rows import ClientRow, CompressionRecord, StudentRounds, TierSummary
 from fedge.pipeline.outputs.sections import (
     bundle_line,
     choice_lines,
@@ -38,6 +38,11 @@ def render_report(results: RunResults) -> str:
         *_tier_lines(results.tiers),
         *_robustness_lines(results),
         *_client_lines(results.clients, tiered=bool(results.tiers)),
+        *(
+            [f"**Deployment FAILED**: {results.deployment.reason}."]
+            if results.deployment is not None and not results.deployment.passed
+            else []
+        ),
         *_cost_lines(results),
     ]
     return "\n".join(lines)
@@ -179,14 +184,22 @@ def _sampling_lines(sampling: dict[str, Any]) -> list[str]:
 
 def _gate_lines(results: RunResults) -> list[str]:
     """The run that shipped nothing: why, and how to ship it anyway."""
-    gate, teacher = results.compression.quality_gate, results.compression.teacher
+    record = results.compression
+    failed = "the teacher" if not record.quality_gate.passed else "the student"
     return [
-        "## NOT SHIPPED: the teacher failed the quality gate",
+        f"## NOT SHIPPED: {failed} failed the quality gate",
         "",
-        f"{gate.reason}. No student was distilled, signed or sent to any client. Teacher "
-        f"test accuracy {pct(teacher.accuracy)}. To ship it anyway: "
+        f"{not_shipped_reason(record)}. Nothing was signed or sent to any client. Teacher test "
+        f"accuracy {pct(record.teacher.accuracy)}. To ship it anyway: "
         f"`fedge compress {results.run_id} --ship-anyway` (or run with ship-anyway true).",
     ]
+
+
+def not_shipped_reason(record: CompressionRecord) -> str:
+    """Why nothing shipped: the teacher's verdict, or the chosen student's."""
+    if record.student_gate is not None and not record.student_gate.passed:
+        return record.student_gate.reason
+    return record.quality_gate.reason
 
 
 def _student_round_lines(student_rounds: StudentRounds | None) -> list[str]:

@@ -19,6 +19,7 @@ from fedge.pipeline.outputs.report import render_compression_report, render_repo
 from fedge.pipeline.outputs.rows import (
     ClientRow,
     CompressionRecord,
+    Deployment,
     Row,
     StudentFigures,
     TeacherFigures,
@@ -29,6 +30,7 @@ from fedge.pipeline.rundir.checkpoint import TrainingLog
 from fedge.pipeline.rundir.paths import PLOT_FILE, REPORT_FILE, RESULTS_FILE
 from fedge.privacy import ledger
 
+NOT_CONNECTED = "not connected at deploy time"  # a client row's reason (server.deploy)
 COMPRESSION_KEYS = tuple(f.name for f in dataclasses.fields(CompressionRecord))
 
 
@@ -50,6 +52,7 @@ class RunResults(Row):
     communication: dict[str, Any]
     timing_s: dict[str, float]
     tiers: tuple[TierSummary, ...] | None = None  # device tiers only
+    deployment: Deployment | None = None  # None: nothing was shipped
 
     @property
     def teacher(self) -> TeacherFigures:
@@ -149,7 +152,16 @@ def run_results(
         },
         timing_s=timing,
         tiers=tuple(tier_summary(tiers, clients)) if tiers else None,
+        deployment=deployment(cfg, clients) if compression.shipped else None,
     )
+
+
+def deployment(cfg: RunConfig, clients: list[ClientRow]) -> Deployment:
+    """Whether enough clients installed the bundle (min-installed; 0: every reachable one)."""
+    reachable = [c for c in clients if c.reason != NOT_CONNECTED]
+    installed = sum(c.installed for c in clients)
+    required = cfg.min_installed or len(reachable)
+    return Deployment(installed, len(reachable), required, installed >= required)
 
 
 def write_run_outputs(results: RunResults, run_dir: Path) -> None:

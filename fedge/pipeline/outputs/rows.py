@@ -80,6 +80,20 @@ class GateVerdict(Row):
 
 
 @dataclass(frozen=True)
+class StudentVerdict(Row):
+    """The quality gate's verdict on the chosen student (results.json "student_gate")."""
+
+    passed: bool
+    student: str
+    student_val_accuracy: float
+    teacher_val_accuracy: float
+    drop_pt: float
+    max_drop_pt: float  # student-max-drop
+    ship_anyway: bool
+    reason: str
+
+
+@dataclass(frozen=True)
 class Latency(Row):
     """p50/p95 µs of one onnxruntime call (1 thread), batch 1 and 64."""
 
@@ -162,6 +176,24 @@ class ClientRow(Row):
 
 
 @dataclass(frozen=True)
+class Deployment(Row):
+    """How far the bundle reached (results.json "deployment")."""
+
+    installed: int
+    reachable: int  # clients connected when the bundle was sent
+    required: int  # min-installed, or every reachable client
+    passed: bool
+
+    @property
+    def reason(self) -> str:
+        """One line for the console and the report."""
+        return (
+            f"{self.installed} of {self.reachable} reachable clients installed the bundle; "
+            f"min-installed {self.required}"
+        )
+
+
+@dataclass(frozen=True)
 class TierSummary(Row):
     """results.json "tiers": a tier's student and what its nodes measured when installing."""
 
@@ -227,3 +259,4 @@ class CompressionRecord(Row):
     student_rounds: StudentRounds | None
     teacher: TeacherFigures
     student: StudentFigures | None
+    student_gate: StudentVerdict | None = None  # None: no student was chosen

@@ -10,15 +10,15 @@ from onnxruntime import InferenceSession
 from fedge.core.config import RunConfig
 from fedge.core.ort import session_accuracy
 from fedge.core.partition import Split
-from fedge.pipeline.outputs.rows import GateVerdict
+from fedge.pipeline.outputs.rows import CandidateRow, GateVerdict, StudentVerdict
 
 log = logging.getLogger("fedge")
 
 
 class NotShippedError(RuntimeError):
-    """The teacher failed the quality gate and `ship-anyway` is off; `gate` says why."""
+    """The teacher or the chosen student failed the quality gate, and `ship-anyway` is off."""
 
-    def __init__(self, gate: GateVerdict) -> None:
+    def __init__(self, gate: GateVerdict | StudentVerdict) -> None:
         super().__init__(gate.reason)
         self.gate = gate
 
@@ -69,3 +69,36 @@ def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> Gate
         )
         raise NotShippedError(gate)
     return gate
+
+
+def check_student(cfg: RunConfig, row: CandidateRow, teacher_val: float) -> StudentVerdict:
+    """The gate's verdict on the chosen student (NotShippedError if it fails, unless ship-anyway).
+
+    It passes at most student-max-drop validation points below the teacher.
+    """
+    passed = row.drop_pt <= cfg.student_max_drop
+    reason = (
+        f"student {row.student} validation accuracy {100 * row.val_accuracy:.2f} % is "
+        f"{row.drop_pt:.2f} points below the teacher's {100 * teacher_val:.2f} % "
+        f"({'within' if passed else 'more than'} student-max-drop {cfg.student_max_drop:g})"
+    )
+    verdict = StudentVerdict(
+        passed=passed,
+        student=row.student,
+        student_val_accuracy=row.val_accuracy,
+        teacher_val_accuracy=teacher_val,
+        drop_pt=row.drop_pt,
+        max_drop_pt=cfg.student_max_drop,
+        ship_anyway=cfg.ship_anyway,
+        reason=reason,
+    )
+    if not passed and cfg.ship_anyway:
+        log.warning("quality gate FAILED, shipping anyway (ship-anyway): %s", reason)
+    elif not passed:
+        log.error(
+            "quality gate FAILED: %s. Nothing is signed or shipped; to ship this student "
+            "anyway: fedge compress RUN --ship-anyway",
+            reason,
+        )
+        raise NotShippedError(verdict)
+    return verdict

@@ -23,6 +23,7 @@ from fedge.pipeline.outputs.rows import (
     ChoiceRecord,
     CompressionRecord,
     GateVerdict,
+    StudentVerdict,
     TeacherFigures,
 )
 from fedge.pipeline.ship.candidates import (
@@ -34,7 +35,7 @@ from fedge.pipeline.ship.candidates import (
     choose,
     compress_candidates,
 )
-from fedge.pipeline.ship.gate import gate_teacher
+from fedge.pipeline.ship.gate import check_student, gate_teacher
 from fedge.pipeline.ship.shipping import MEASURED, Shipment, Timing, ship
 
 log = logging.getLogger("fedge")
@@ -68,6 +69,7 @@ class Compressed:
     teacher_val: float
     shipment: Shipment
     gate: GateVerdict
+    student_gate: StudentVerdict
 
     @property
     def outcome(self) -> CompressionOutcome:
@@ -86,6 +88,7 @@ class Compressed:
             student_rounds=self.outcome.federated,  # federated distillation, if any
             teacher=self.shipment.teacher,
             student=self.shipment.student,
+            student_gate=self.student_gate,
         )
 
     def choice_record(self, sweep: bool) -> ChoiceRecord:
@@ -132,6 +135,7 @@ def compress_and_ship(
     chosen = choose(candidates, rule)
     if len(candidates) > 1:
         log.info("chose %s of %d candidates", chosen.row.student, len(candidates))
+    student_gate = check_student(cfg, chosen.row, teacher_val)
     shipment = ship(
         job.teacher_onnx,
         chosen.outcome,
@@ -143,16 +147,20 @@ def compress_and_ship(
         model_id=job.model_id,
         timing=job.timing,
     )
-    return Compressed(job, candidates, chosen, rule, teacher_val, shipment, gate)
+    return Compressed(job, candidates, chosen, rule, teacher_val, shipment, gate, student_gate)
 
 
-def not_shipped_record(gate: GateVerdict, job: CompressionJob) -> CompressionRecord:
+def not_shipped_record(
+    gate: GateVerdict | StudentVerdict, job: CompressionJob
+) -> CompressionRecord:
     """What results.json says about compression when the quality gate stopped it."""
-    test = job.fed.server.test
-    accuracy = session_accuracy(make_session(job.teacher_onnx), test.x, test.y)
+    test, val = job.fed.server.test, job.fed.server.val
+    session = make_session(job.teacher_onnx)
+    accuracy = session_accuracy(session, test.x, test.y)
+    teacher_gate = gate if isinstance(gate, GateVerdict) else gate_teacher(job.cfg, session, val)[1]
     return CompressionRecord(
         shipped=False,
-        quality_gate=gate,
+        quality_gate=teacher_gate,
         compression_config=None,
         ensemble=job.source.summary,
         stages=(),
@@ -160,4 +168,5 @@ def not_shipped_record(gate: GateVerdict, job: CompressionJob) -> CompressionRec
         student_rounds=None,
         teacher=TeacherFigures(accuracy, len(job.teacher_onnx)),
         student=None,
+        student_gate=gate if isinstance(gate, StudentVerdict) else None,
     )
