@@ -67,3 +67,20 @@ def test_audit_refuses_bad_input_and_writes_nothing(cli, tmp_path, finished_run,
     assert result.exit_code == 2 and message in one_line(result.output), result.output
     assert written(tmp_path) == ["empty"]
     assert sorted(p.name for p in finished_run.iterdir()) == run_before
+
+
+def test_a_sweep_that_meets_no_limit_still_writes_its_table_and_names_the_limit(
+    cli, tmp_path, finished_run
+):
+    out = tmp_path / "out"
+    result = cli(
+        "compress", finished_run, "--sweep", "--sweep-students", "deep-tiny", "--sweep-prune",
+        "0", "--sweep-quant", "fp32", "--max-accuracy-drop", "0", "--kd-source", "public",
+        "--kd-epochs", "1", "--student-max-drop", "100", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    text = one_line(result.output)
+    assert "no candidate is within max-accuracy-drop=0.0 points" in text
+    assert "a larger --max-accuracy-drop" in text and f"the sweep's table and plots: {out}" in text
+    assert {p.name for p in out.iterdir()} == {"sweep.csv", "sweep.json", "pareto.png"}
+    assert "deep-tiny" in (out / "sweep.csv").read_text()

@@ -238,6 +238,14 @@ def compress_candidates(
     return out
 
 
+class NoCandidateError(ConfigError):
+    """No compressed candidate meets the choice's limit: they are kept for the sweep's table."""
+
+    def __init__(self, message: str, candidates: list[Candidate], choice: Choice) -> None:
+        super().__init__(message)
+        self.candidates, self.choice = candidates, choice
+
+
 def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
     """The candidate the choice asks for (the first one without a limit).
 
@@ -255,11 +263,11 @@ def choose(candidates: list[Candidate], choice: Choice) -> Candidate:
         )
         limit = (
             f"no candidate is within max-accuracy-drop={choice.max_accuracy_drop} points of the "
-            "teacher on validation"
+            "teacher on validation (loosen it: a larger --max-accuracy-drop)"
             if choice.max_accuracy_drop is not None
-            else f"no candidate fits max-bytes={choice.max_bytes}"
+            else f"no candidate fits max-bytes={choice.max_bytes} (loosen it: a larger --max-bytes)"
         )
-        raise ConfigError(f"{limit} (tried: {tried})")
+        raise NoCandidateError(f"{limit} (tried: {tried})", candidates, choice)
     if choice.max_accuracy_drop is not None:
         return min(fits, key=lambda c: (c.row.bytes, -c.row.val_accuracy, c.row.b1_us))
     return max(fits, key=lambda c: (c.row.val_accuracy, -c.row.bytes))

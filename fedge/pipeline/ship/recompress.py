@@ -28,7 +28,7 @@ from fedge.pipeline.rundir.paths import (
     staged_run_dir,
     timestamped_out,
 )
-from fedge.pipeline.ship.candidates import Choice, SweepGrid, candidate_configs
+from fedge.pipeline.ship.candidates import Choice, NoCandidateError, SweepGrid, candidate_configs
 from fedge.pipeline.ship.gate import gate_teacher
 from fedge.pipeline.ship.job import Compressed, CompressionJob, compress_and_ship
 from fedge.pipeline.ship.search import SearchConfig, SearchResult, run_search, searched
@@ -82,14 +82,29 @@ def compress_into(
     if target.exists() and any(target.iterdir()):
         raise ConfigError(f"out {target} already exists and is not empty; choose a new --out")
     new_parent = not target.parent.exists()  # RUN/compress/ on the first compress of a run
+    unmet: NoCandidateError | None = None
     try:
         with staged_run_dir(target) as work:
-            results = compress_run(run_dir, cfg, work, teacher_params, request)
+            try:
+                results = compress_run(run_dir, cfg, work, teacher_params, request)
+            except NoCandidateError as err:  # a sweep keeps its table: what to loosen, by how much
+                if request.grid is None or request.search is not None:
+                    raise
+                write_sweep(work, sweep_table(err.candidates, None, err.choice, _teacher_val(err)))
+                unmet = err
     except BaseException:
         if new_parent and target.parent.is_dir() and not any(target.parent.iterdir()):
             target.parent.rmdir()
         raise
+    if unmet is not None:
+        raise ConfigError(f"{unmet}; the sweep's table and plots: {target}") from None
     return target, results
+
+
+def _teacher_val(err: NoCandidateError) -> float:
+    """The teacher's validation accuracy, as every candidate's drop was measured against it."""
+    row = err.candidates[0].row
+    return row.val_accuracy + row.drop_pt / 100
 
 
 def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, int]:
@@ -200,7 +215,10 @@ def compress_run(
         timing_s={"compression": time.monotonic() - start},
     )
     if sweep:
-        write_sweep(out, sweep_table(compressed))
+        table = sweep_table(
+            compressed.candidates, compressed.chosen, compressed.choice, compressed.teacher_val
+        )
+        write_sweep(out, table)
     if request.search is not None and found is not None:
         summary = _search_summary(compressed, request.search, found)
         results = dataclasses.replace(results, search=summary)

@@ -9,8 +9,7 @@ from typing import Any
 
 from fedge.core.io import atomic_write_bytes, atomic_write_json
 from fedge.pipeline.outputs.plots import pareto_plot
-from fedge.pipeline.ship.candidates import pareto
-from fedge.pipeline.ship.job import Compressed
+from fedge.pipeline.ship.candidates import Candidate, Choice, pareto
 
 SWEEP_CSV, SWEEP_JSON, PARETO_PLOT = "sweep.csv", "sweep.json", "pareto.png"
 COLUMNS = (
@@ -34,9 +33,13 @@ COLUMNS = (
 )
 
 
-def sweep_table(compressed: Compressed) -> dict[str, Any]:
-    """Every row with its Pareto flags and whether it was chosen, plus the rule of the choice."""
-    candidates, chosen, choice = compressed.candidates, compressed.chosen, compressed.choice
+def sweep_table(
+    candidates: list[Candidate], chosen: Candidate | None, choice: Choice, teacher_val: float
+) -> dict[str, Any]:
+    """Every row with its Pareto flags and whether it was chosen, plus the rule of the choice.
+
+    `chosen` None: no candidate met the limit (the table and plots are written all the same).
+    """
     rows = [c.row.to_json() for c in candidates]
     for name, cost in (("pareto_bytes", "bytes"), ("pareto_latency", "b1_us")):
         for row, flag in zip(rows, pareto(rows, cost), strict=True):
@@ -44,7 +47,7 @@ def sweep_table(compressed: Compressed) -> dict[str, Any]:
     for row, candidate in zip(rows, candidates, strict=True):
         row["chosen"] = candidate is chosen
     return {
-        "teacher_val_accuracy": compressed.teacher_val,
+        "teacher_val_accuracy": teacher_val,
         "max_accuracy_drop_pt": choice.max_accuracy_drop,
         "max_bytes": choice.max_bytes,
         "rule": (
