@@ -166,8 +166,8 @@ def parse_flags(args: list[str], specs: dict[str, Setting]) -> dict[str, Any]:
         if negated and (spec.kind is not bool or equals):
             raise ConfigError(f"--{key}: only true/false settings have a --no- form")
         if spec.kind is bool and not equals:
-            if rest and rest[0] in ("true", "false") and not negated:
-                value, equals = rest.pop(0), "="
+            if rest and not rest[0].startswith("--") and not negated:
+                value, equals = rest.pop(0), "="  # true, false, or a value refused below
             else:
                 out[spec.key] = not negated
                 continue

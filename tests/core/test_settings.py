@@ -95,3 +95,15 @@ def test_declared_ranges_are_checked():
         RunConfig(prune_ratio=1.0)
     with pytest.raises(ConfigError, match=r"dp-delta must be in \(0, 1\), got 0.0"):
         RunConfig(dp_delta=0.0)
+
+
+def test_a_true_false_flag_names_a_bad_value_instead_of_calling_it_an_argument():
+    from fedge.core.config import SETTINGS
+    from fedge.core.settings import ConfigError, parse_flags
+
+    with pytest.raises(ConfigError, match="quant-per-channel must be true or false, got 'maybe'"):
+        parse_flags(["--quant-per-channel", "maybe"], SETTINGS)
+    assert parse_flags(["--quant-per-channel", "--seed", "3"], SETTINGS) == {
+        "quant-per-channel": True,
+        "seed": 3,
+    }
