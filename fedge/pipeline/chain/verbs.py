@@ -74,12 +74,14 @@ def run_federate(work: Work, config: FederateConfig, inputs: Inputs) -> Work:
     if inputs.federated is None:
         raise ConfigError("kd-source federated/both needs clients; allowed here: kd-source public")
     log.info(
-        "federated distillation: %d rounds x %d epochs on the clients' own data (alpha %.2f)",
+        "federated distillation: %d rounds x %d epochs (alpha %.2f)",
         config.rounds,
         config.epochs,
         config.alpha,
     )
     model, summary = inputs.federated(copy.deepcopy(work.model), config)
+    if summary.replayed_from:  # fedge compress, the audit: the clients are gone
+        log.info("federated distillation: the run's rounds, replayed (%s)", summary.replayed_from)
     row = torch_row("federated", model, inputs.test)
     return dataclasses.replace(
         work,
