@@ -21,14 +21,13 @@ class Progress:
         if now - self.last < self.every or done >= self.total:
             return
         self.last = now
-        rate = (now - self.start) / max(done, 1)
-        left = rate * (self.total - done)
+        left = (now - self.start) / done * (self.total - done) if done else None
         log.info(
-            "%s: %d/%d%s, %.0f s so far, about %.0f s left",
+            "%s: %d/%d%s, %.0f s so far%s",
             self.what,
             done,
             self.total,
             f" ({detail})" if detail else "",
             now - self.start,
-            left,
+            "" if left is None else f", about {left:.0f} s left",
         )

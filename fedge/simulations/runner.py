@@ -166,6 +166,30 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+def _join_cluster(address: str, verbose: bool) -> None:
+    """Connect to a Ray cluster whose workers get this process's simulation environment.
+
+    A worker on a node started with `ray start` inherits that command's environment, not
+    ours, so the variables that mark a simulated node (and the driver's import path) travel in
+    Ray's runtime_env. Flower's backend only calls ray.init when Ray is not yet initialised.
+    """
+    import sys
+
+    import ray
+
+    from fedge.client.node import SIMULATION_ENV
+
+    path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**FLOWER_ENV, SIMULATION_ENV: os.environ.get(SIMULATION_ENV, "1"), "PYTHONPATH": path}
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env},
+        logging_level="ERROR",
+        log_to_driver=verbose,
+        include_dashboard=False,
+    )
+
+
 def run_engine(
     client_app: Any, server_app: Any, cfg: RunConfig, run_config: dict[str, Any], *, verbose: bool
 ) -> None:
@@ -178,6 +202,8 @@ def run_engine(
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
+    if cfg.ray_address:
+        _join_cluster(cfg.ray_address, verbose)
     context = Context(
         run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )

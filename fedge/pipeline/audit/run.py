@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -147,6 +147,30 @@ def check_shadows(shadows: int) -> None:
                           f"every record), got {shadows}")  # fmt: skip
 
 
+def _train_shadows(
+    config: dict[str, Any], shadows: int, workers: int, start: float
+) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Every shadow pipeline, `workers` at a time, with a progress line at least every 15 s."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+        pending = {ex.submit(shadow, config, i, shadows): i for i in range(shadows)}
+        done: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        while pending:
+            finished, _ = wait(pending, timeout=15.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done[pending.pop(future)] = future.result()
+            elapsed = time.monotonic() - start
+            left = f", about {elapsed / len(done) * len(pending):.0f} s left" if done else ""
+            log.info(
+                "audit: %d/%d shadow pipelines done (%d at a time), %.0f s so far%s",
+                len(done),
+                shadows,
+                workers,
+                elapsed,
+                left,
+            )
+    return [done[i] for i in range(shadows)]
+
+
 def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) -> dict[str, Any]:
     """Score the run's models with online LiRA and the loss baseline; write audit.json and plots."""
     check_shadows(shadows)
@@ -155,13 +179,7 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
     pool = candidates(build_federation(cfg), cfg)
     config = cfg.to_run_config()
     log.info("audit: %d shadow pipelines on %d candidate records", shadows, len(pool.y))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
-        results = []
-        for result in ex.map(shadow, [config] * shadows, range(shadows), [shadows] * shadows):
-            results.append(result)
-            log.info(
-                "audit: shadow %d/%d done, %.0f s", len(results), shadows, time.monotonic() - start
-            )
+    results = _train_shadows(config, shadows, workers, start)
     target_phi, accuracy, replayed = model_confidences(
         OnnxTeacher(target.teacher_onnx), cfg, pool, target.student_onnx, saved(target.run_dir)
     )

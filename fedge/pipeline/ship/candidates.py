@@ -16,6 +16,7 @@ from fedge.core.io import gzip_size
 from fedge.core.models import build_student, count_params
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Federation
+from fedge.core.progress import Progress
 from fedge.pipeline.chain.federate import FederatedTrainer
 from fedge.pipeline.chain.stages import (
     CompressionConfig,
@@ -203,7 +204,11 @@ def compress_candidates(
     )
     cache: dict[tuple[Any, ...], Work] = {}
     out: list[Candidate] = []
-    for cfg in configs:
+    progress = Progress(
+        "candidates compressed", len(configs), every=0.0 if len(configs) > 1 else 1e9
+    )
+    for index, cfg in enumerate(configs):
+        progress.step(index, f"next: {cfg.student}, prune {cfg.prune_ratio}, {quant_name(cfg)}")
         compression = CompressionConfig.from_run(cfg)
         if source.fixed_views is not None:
             compression = compression.on_fixed_views(source.fixed_views)
