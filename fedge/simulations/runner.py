@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tomllib
@@ -184,7 +185,7 @@ def _join_cluster(address: str, verbose: bool) -> None:
     ray.init(
         address=address,
         runtime_env={"env_vars": env},
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
         log_to_driver=verbose,
         include_dashboard=False,
     )
