@@ -121,3 +121,38 @@ def test_the_federated_rounds_settings_reach_clients_as_their_own_record():
     assert FederateConfig.from_run(QUICK.replace(kd_source="public")).rounds == 0
     with pytest.raises(ValueError, match="federate config.lr"):
         FederateConfig.from_wire({**config.to_wire(), "lr": "fast"})
+
+
+def _trainer(change):
+    """A federated trainer that applies `change` to the student and reports one round."""
+    from fedge.pipeline.outputs.rows import StudentRounds
+
+    def train(model, config):
+        with torch.no_grad():
+            change(model)
+        return model, StudentRounds(rounds=[], rejected=[], train_bytes=123)
+
+    return train
+
+
+def _zeroed(model):
+    for p in model.parameters():
+        p.zero_()
+
+
+@pytest.mark.parametrize(("change", "kept"), [(_zeroed, False), (lambda m: None, True)])
+def test_student_rounds_that_lower_validation_are_discarded(teacher, digits_fed, change, kept):
+    import dataclasses
+
+    base = dataclasses.replace(_inputs(teacher, digits_fed), federated=None)
+    run = QUICK.replace(kd_source="both", student_rounds=1)
+    before = compress(CompressionConfig.from_run(QUICK), base)
+    inputs = dataclasses.replace(base, federated=_trainer(change))
+    after = compress(CompressionConfig.from_run(run), inputs)
+    rounds = after.federated
+    assert rounds is not None and rounds.kept is kept and rounds.train_bytes == 123
+    assert rounds.validation_before is not None and rounds.validation_after is not None
+    assert (rounds.validation_after < rounds.validation_before) is not kept
+    assert ("federated" in [s.name for s in after.stages]) is kept
+    if not kept:  # the student ships as public distillation made it
+        assert after.student_bytes == before.student_bytes

@@ -17,6 +17,7 @@ from fedge.core.federate import FederateConfig
 from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
+from fedge.core.training import evaluate
 from fedge.pipeline.chain.work import Inputs, Work, stage_row, torch_row
 
 log = logging.getLogger("fedge")
@@ -82,6 +83,19 @@ def run_federate(work: Work, config: FederateConfig, inputs: Inputs) -> Work:
     model, summary = inputs.federated(copy.deepcopy(work.model), config)
     if summary.replayed_from:  # fedge compress, the audit: the clients are gone
         log.info("federated distillation: the run's rounds, replayed (%s)", summary.replayed_from)
+    before = evaluate(work.model, inputs.val.x, inputs.val.y)[1]
+    after = evaluate(model, inputs.val.x, inputs.val.y)[1]
+    summary = dataclasses.replace(
+        summary, validation_before=before, validation_after=after, kept=after >= before
+    )
+    if after < before:  # the rounds' cost is spent; the student they made is not shipped
+        log.warning(
+            "federated distillation lowered validation accuracy %.4f -> %.4f: its student is "
+            "discarded, the student goes on as it was before the rounds",
+            before,
+            after,
+        )
+        return dataclasses.replace(work, federated=summary)
     row = torch_row("federated", model, inputs.test)
     return dataclasses.replace(
         work,

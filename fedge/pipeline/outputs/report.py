@@ -227,6 +227,13 @@ def _student_round_lines(student_rounds: StudentRounds | None) -> list[str]:
             f"| {index} | {pct(r['accuracy'])} | {r['clients_ok']} | "
             f"{len(r['clients_failed'])} | {len(r['clients_rejected'])} | {note} |"
         )
+    if not student_rounds.kept:
+        lines += [
+            "",
+            f"**Discarded:** the rounds lowered the student's validation accuracy "
+            f"({pct(student_rounds.validation_before)} -> {pct(student_rounds.validation_after)});"
+            " the student ships as it was before them.",
+        ]
     return lines
 
 

@@ -225,6 +225,9 @@ class StudentRounds(Row):
     rejected: list[dict[str, Any]]
     train_bytes: int  # serialized messages, both ways
     replayed_from: str | None = None  # what fedge compress or the audit replayed instead
+    validation_before: float | None = None  # the student's validation accuracy before the rounds
+    validation_after: float | None = None  # ... and after them
+    kept: bool = True  # False: the rounds lowered validation accuracy and were discarded
 
 
 @dataclass(frozen=True)
