@@ -18,13 +18,32 @@ from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid
 
 
+def _row(number: int) -> dict:
+    """A round row as the training loop writes it."""
+    return {
+        "round": number,
+        "accuracy": 0.5,
+        "loss": 1.0,
+        "train_loss": 1.2,
+        "clients_ok": 3,
+        "clients_failed": [{"node_id": 7, "partition_id": 1, "reason": "timed out"}],
+        "clients_rejected": [],
+        "skipped": None,
+        "sampled": None,
+        "downlink_bytes": 10,
+        "uplink_bytes": 10,
+        "injected": {"byzantine": [], "dropped": [], "stragglers": []},
+        "seconds": 0.5,
+    }
+
+
 def _ckpt(number: int) -> Checkpoint:
     return Checkpoint(
         round=number,
         weights={"w": np.full((2, 3), number, np.float32)},
         strategy={"m_t": {"w": np.ones(3) * number}},
         log={
-            "rounds": [{"round": i} for i in range(1, number + 1)],
+            "rounds": [_row(i) for i in range(1, number + 1)],
             "rejected": [],
             "train_bytes": number,
         },
@@ -64,6 +83,16 @@ def test_round_trip_restores_weights_state_and_every_rng(tmp_path):
         lambda d: _edit_json(d, lambda m: m["config"].update(seed=1)),  # sha256 no longer fits
         lambda d: _edit_json(d, lambda m: m.pop("log")),
         lambda d: (d / "round-0003.json").write_text("[]"),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][1].update(accuracy="x")),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][0].update(accuracy=1.5)),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2].update(clients_ok=True)),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2].update(sampled=[0.5])),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2].update(skipped=3)),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2].update(note="hi")),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2].pop("injected")),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2]["clients_failed"].append(1)),
+        lambda d: _edit_json(d, lambda m: m["log"]["rounds"].pop()),  # 2 rows for round 3
+        lambda d: _edit_json(d, lambda m: m["log"]["rejected"].append({"round": "3"})),
     ],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, damage):
@@ -119,6 +148,7 @@ class CrashAt(LocalGrid):
         {"strategy": "fedavg"},
         {"strategy": "fedadam"},
         {"dp": "central", "dp_clip_mode": "adaptive", "dp_noise": 0.5, "dp_clip": 0.05},
+        {"dp": "local", "dp_noise": 1.0, "dp_clip": 1.0},  # its rows carry the clients' epsilon
     ],
 )
 def test_resume_after_a_crash_gives_the_same_final_model(tmp_path, settings):

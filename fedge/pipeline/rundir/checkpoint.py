@@ -25,6 +25,7 @@ import torch
 
 from fedge.core.config import SETTINGS, RunConfig
 from fedge.core.io import atomic_write_bytes, atomic_write_json
+from fedge.pipeline.rundir.round_rows import check_rejection, check_round_row
 
 log = logging.getLogger("fedge")
 FORMAT = 2  # 2: the run config the rounds were made with is in every checkpoint
@@ -61,14 +62,14 @@ class TrainingLog:
             raise ValueError("the round log is not an object")
         rounds, rejected = data.get("rounds"), data.get("rejected")
         train_bytes, resumed = data.get("train_bytes"), data.get("resumed_from", [])
-        if not isinstance(rounds, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("round"), int) for r in rounds
-        ):
-            raise ValueError("the round log's rounds are malformed")
-        if [r["round"] for r in rounds] != list(range(1, len(rounds) + 1)):
-            raise ValueError("the round log's rounds are not 1, 2, ...")
-        if not isinstance(rejected, list) or not all(isinstance(r, dict) for r in rejected):
-            raise ValueError("the round log's rejections are malformed")
+        if not isinstance(rounds, list):
+            raise ValueError("the round log's rounds are not a list")
+        for number, row in enumerate(rounds, start=1):
+            check_round_row(row, number)  # every field, and the rows numbered 1, 2, ...
+        if not isinstance(rejected, list):
+            raise ValueError("the round log's rejections are not a list")
+        for row in rejected:
+            check_rejection(row)
         if not isinstance(train_bytes, int) or isinstance(train_bytes, bool) or train_bytes < 0:
             raise ValueError("the round log's train_bytes is not a count")
         if not isinstance(resumed, list) or not all(isinstance(r, int) for r in resumed):
@@ -212,7 +213,8 @@ def check_meta(meta: Any, number: int) -> None:
     config = meta.get("config")
     if not isinstance(config, dict) or meta.get("config_sha256") != config_sha256(config):
         raise ValueError("the config does not match its recorded sha256")
-    TrainingLog.from_json(meta.get("log"))  # raises on a malformed round log
+    if len(TrainingLog.from_json(meta.get("log")).rounds) != number:  # raises if malformed
+        raise ValueError(f"the round log of round {number} does not hold {number} rounds")
     rng = meta.get("rng")
     if not isinstance(rng, dict) or not {"numpy", "python"} <= rng.keys():
         raise ValueError("rng lacks numpy or python state")
