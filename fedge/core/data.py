@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from fedge.core import idx
 from fedge.core.config import ConfigError
+from fedge.core.npz import checked_npz
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -212,22 +212,8 @@ def _npz(path: str, _mtime_ns: int) -> Dataset:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The four arrays of a user's npz; every problem is a ConfigError naming the file and fault."""
-    if not path.is_file():
-        raise ConfigError(f"npz file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in NPZ_KEYS if k not in npz.files]
-            if missing:
-                raise ConfigError(
-                    f"npz {path} lacks arrays {', '.join(missing)}; "
-                    f"required: {', '.join(NPZ_KEYS)} (has: {', '.join(npz.files) or 'none'})"
-                )
-            return {k: npz[k] for k in NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"cannot read npz {path}: {err}") from err
+    """The four arrays of a user's npz, headers checked first (fedge.core.npz)."""
+    return checked_npz(path, NPZ_KEYS)
 
 
 MAX_CLASSES = 1000  # labels are class indices 0..MAX_CLASSES-1
