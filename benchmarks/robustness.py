@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedge.cli.run import NOT_SHIPPED_EXIT
 from fedge.pipeline.rundir.paths import CHECKPOINT_DIR, RESULTS_FILE, RUN_CONFIG_FILE, partial_dir
 from fedge.simulations.crash import kill_when, run_simulate, start_simulate
 
@@ -38,6 +39,17 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "gaussian_fedavg": {"byzantine-fraction": 0.2, "byzantine-mode": "gaussian"},
     "dropout50": {"dropout-fraction": 0.5},
 }
+
+
+GATED = (0, NOT_SHIPPED_EXIT)  # a run the quality gate stopped finished: it collapsed
+
+
+# The rules that should hold under each variant, again, beside its own clean run.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sampled": {"clients": 50, "fraction-train": 0.2},  # 10 of 50 clients a round
+    "int8": {"update-compression": "int8"},
+}
+VARIANT_ATTACKS = ("signflip_fedavg", "signflip_median", "signflip_trimmed_mean", "dropout50")
 
 
 def base_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -66,9 +78,12 @@ def simulate(work: Path, name: str, settings: dict[str, Any]) -> dict[str, Any]:
     out = work / name
     file = scenario(work / f"{name}.toml", settings)
     start = time.monotonic()
-    run_simulate(["--scenario", str(file), "--out", str(out)], work / f"{name}.log")
+    code = run_simulate(
+        ["--scenario", str(file), "--out", str(out)], work / f"{name}.log", finished=GATED
+    )
     results: dict[str, Any] = json.loads((out / RESULTS_FILE).read_text())
     results["wall_s"] = time.monotonic() - start
+    results["exit_code"] = code  # 3: the quality gate refused the (collapsed) teacher's student
     return results
 
 
@@ -108,46 +123,61 @@ def resume_trial(work: Path, index: int, settings: dict[str, Any], at: float) ->
     }
 
 
+def attack_row(
+    name: str, seed: int, settings: dict[str, Any], res: dict[str, Any], clean: dict[str, Any]
+) -> dict[str, Any]:
+    """One run's row: its accuracy, drop against its clean run, rejections and failures."""
+    return {
+        "run": name,
+        "seed": seed,
+        "settings": settings,
+        "accuracy": res["teacher"]["accuracy"],
+        "drop_pt": (clean["teacher"]["accuracy"] - res["teacher"]["accuracy"]) * 100,
+        "rejected": len(res["rejected"]),
+        "rejected_byzantine": sum(
+            r["partition_id"] in res["faults"]["byzantine_partitions"] for r in res["rejected"]
+        ),
+        "failed": sum(len(r["clients_failed"]) for r in res["rounds"]),
+        "skipped_rounds": sum(bool(r["skipped"]) for r in res["rounds"]),
+        "byzantine_partitions": res["faults"]["byzantine_partitions"],
+        "gated": res["exit_code"] == NOT_SHIPPED_EXIT,  # the quality gate shipped nothing
+        "wall_s": res["wall_s"],
+    }
+
+
 def measure_attacks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Clean and attacked runs for every seed; drops are means over seeds of per-seed drops."""
     rows: list[dict[str, Any]] = []
     print(f"{'run':24} {'seed':>4} {'accuracy':>9} {'drop (pt)':>10} {'rejected':>9} {'failed':>7}")
     clean_runs = {}
+    plans = {"": (ATTACKS, {})} | {
+        f"_{v}": ({a: ATTACKS[a] for a in VARIANT_ATTACKS}, VARIANTS[v]) for v in args.variants
+    }
     for seed in range(args.seeds):
-        base = base_config(args, seed)
-        clean = simulate(work, f"clean-s{seed}", base)
-        clean_runs[seed] = clean
-        for name, change in {"clean": {}, **ATTACKS}.items():
-            res = (
-                clean if name == "clean" else simulate(work, f"{name}-s{seed}", {**base, **change})
-            )
-            row = {
-                "run": name,
-                "seed": seed,
-                "settings": change,
-                "accuracy": res["teacher"]["accuracy"],
-                "drop_pt": (clean["teacher"]["accuracy"] - res["teacher"]["accuracy"]) * 100,
-                "rejected": len(res["rejected"]),
-                "rejected_byzantine": sum(
-                    r["partition_id"] in res["faults"]["byzantine_partitions"]
-                    for r in res["rejected"]
-                ),
-                "failed": sum(len(r["clients_failed"]) for r in res["rounds"]),
-                "skipped_rounds": sum(bool(r["skipped"]) for r in res["rounds"]),
-                "byzantine_partitions": res["faults"]["byzantine_partitions"],
-                "wall_s": res["wall_s"],
-            }
-            rows.append(row)
-            print(
-                f"{name:24} {seed:4d} {row['accuracy'] * 100:8.2f}% {row['drop_pt']:10.2f} "
-                f"{row['rejected']:9d} {row['failed']:7d}"
-            )
+        for suffix, (attacks, variant) in plans.items():
+            base = {**base_config(args, seed), **variant}
+            clean = simulate(work, f"clean{suffix}-s{seed}", base)
+            if not suffix:
+                clean_runs[seed] = clean
+            for name, change in {"clean": {}, **attacks}.items():
+                res = (
+                    clean
+                    if name == "clean"
+                    else simulate(work, f"{name}{suffix}-s{seed}", {**base, **change})
+                )
+                name = f"{name}{suffix}"
+                row = attack_row(name, seed, {**variant, **change}, res, clean)
+                rows.append(row)
+                print(
+                    f"{name:24} {seed:4d} {row['accuracy'] * 100:8.2f}% {row['drop_pt']:10.2f} "
+                    f"{row['rejected']:9d} {row['failed']:7d}"
+                )
     out: dict[str, Any] = {
         "clean_accuracy": _mean(r["accuracy"] for r in rows if r["run"] == "clean"),
         "runs": rows,
         "clean_runs": clean_runs,
     }
-    for name in ATTACKS:
+    for name in sorted({r["run"] for r in rows} - {"clean"}):
         out[f"{name}_drop_pt"] = _mean(r["drop_pt"] for r in rows if r["run"] == name)
         out[f"{name}_accuracy"] = _mean(r["accuracy"] for r in rows if r["run"] == name)
     return out
@@ -197,7 +227,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="accuracy runs use seeds 0..N-1")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"attacks again under: {', '.join(VARIANTS)} (comma-separated; '' for none)",
+    )
     args = parser.parse_args()
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(args.variants) - VARIANTS.keys())
+    if unknown:
+        parser.error(f"--variants {','.join(unknown)}: allowed: {', '.join(VARIANTS)}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedge-robustness-") as tmp:
         work = Path(tmp)
@@ -222,8 +261,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     print()
-    for name in ATTACKS:
-        print(f"{name + '_drop_pt':32} {out[name + '_drop_pt']:7.2f}")
+    for key in (k for k in out if k.endswith("_drop_pt")):
+        print(f"{key:40} {out[key]:7.2f}")
     print(f"resume: {sum(t['identical'] for t in trials)}/{len(trials)} identical -> {args.json}")
 
 

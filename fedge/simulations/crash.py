@@ -23,15 +23,18 @@ def start_simulate(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def run_simulate(args: list[str], log: Path) -> None:
-    """`python -m fedge simulate ARGS` to the end, output appended to `log`; raises if it fails."""
+def run_simulate(args: list[str], log: Path, finished: tuple[int, ...] = (0,)) -> int:
+    """`python -m fedge simulate ARGS` to the end, output appended to `log`; its exit code.
+
+    `finished`: the exit codes of a run that finished (e.g. 3, the quality gate refused to
+    ship); any other code raises CalledProcessError.
+    """
+    command = [sys.executable, "-m", "fedge", "simulate", *args]
     with open(log, "ab") as handle:
-        subprocess.run(
-            [sys.executable, "-m", "fedge", "simulate", *args],
-            check=True,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if done.returncode not in finished:
+        raise subprocess.CalledProcessError(done.returncode, command)
+    return done.returncode
 
 
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
