@@ -58,6 +58,7 @@ def simulate(
 ) -> None:
     """Train a teacher federatedly, compress it, sign it and redistribute it to every client."""
     from fedge.simulations import runner
+    from fedge.simulations.interrupt import stop_on_signals
     from fedge.simulations.runner import build_config, preflight, requested_settings
 
     headline = {"dataset": dataset, "clients": clients, "rounds": rounds, "seed": seed}
@@ -76,7 +77,8 @@ def simulate(
         highlight=False,
     )
     try:
-        run_dir = runner.simulate(cfg, verbose=verbose)
+        with stop_on_signals(Path(cfg.out)):  # Ctrl-C: exit within seconds, resumable
+            run_dir = runner.simulate(cfg, verbose=verbose)
     except ConfigError as err:  # found by the server after training: the teacher is kept
         raise fail(str(err)) from None
     _summary(run_dir)

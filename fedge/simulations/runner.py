@@ -167,21 +167,30 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def _join_cluster(address: str, verbose: bool) -> None:
-    """Connect to a Ray cluster whose workers get this process's simulation environment.
+def _start_ray(address: str | None, verbose: bool) -> None:
+    """Start Ray (or join the cluster at `address`) before Flower's engine would.
 
     A worker on a node started with `ray start` inherits that command's environment, not
     ours, so the variables that mark a simulated node (and the driver's import path) travel in
-    Ray's runtime_env. Flower's backend only calls ray.init when Ray is not yet initialised.
+    Ray's runtime_env. ray.init also replaces the SIGTERM handler with one that raises
+    SystemExit (which hangs the engine); the caller's handler is put back. Flower's backend
+    only calls ray.init when Ray is not yet initialised.
     """
+    import signal
     import sys
+    import threading
 
     import ray
 
     from fedge.client.node import SIMULATION_ENV
 
+    if ray.is_initialized():
+        return
     path = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = path
     env = {**FLOWER_ENV, SIMULATION_ENV: os.environ.get(SIMULATION_ENV, "1"), "PYTHONPATH": path}
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(
         address=address,
         runtime_env={"env_vars": env},
@@ -189,6 +198,8 @@ def _join_cluster(address: str, verbose: bool) -> None:
         log_to_driver=verbose,
         include_dashboard=False,
     )
+    if main and sigterm is not None:
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def run_engine(
@@ -203,8 +214,7 @@ def run_engine(
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    if cfg.ray_address:
-        _join_cluster(cfg.ray_address, verbose)
+    _start_ray(cfg.ray_address or None, verbose)
     context = Context(
         run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
     )
