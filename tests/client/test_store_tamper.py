@@ -69,6 +69,12 @@ def test_tampering_with_state_and_current_does_not_serve_an_older_version(three,
     assert "versions/3/manifest.json" in message and "refusing to roll back" in message
     code, out, _ = _run("status", "--model-dir", three.store, "--trusted-key", three.public_key)
     assert code == 0 and "floor: test version 3" in out and "verified: version check failed" in out
+    (three.store.parent / "x.json").write_text(json.dumps([[0.0] * 64]))
+    code, out, _ = _run(
+        "infer", three.store.parent / "x.json", "--model-dir", three.store,
+        "--trusted-key", three.public_key,
+    )  # fmt: skip
+    assert code == 2 and out.startswith("error: version check failed") and "roll back" in out
 
 
 @pytest.mark.parametrize("tamper", sorted(STATE_TAMPERING))
