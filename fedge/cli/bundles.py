@@ -102,24 +102,27 @@ def verify(bundle_dir: BundleDir, trusted_key: TrustedKey, as_json: AsJson = Fal
 def status(
     model_dir: ModelDir,
     trusted_key: Annotated[
-        Path | None, typer.Option(help="Also verify the current bundle with this key.")
+        Path | None,
+        typer.Option(help="Also verify the current bundle and show the rollback floor."),
     ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Show a model store: current version, model line, history and the last refusal."""
+    """Show a model store: current version, model line, history, the last refusal, any damage."""
+    from dataclasses import asdict
+
     from fedge.client.runtime.store import ModelStore
     from fedge.client.runtime.verify import BundleError, load_public_key
 
     if not model_dir.is_dir():
         raise fail(f"no model store at {model_dir}")
     store = ModelStore(model_dir)
-    try:
-        report: dict[str, Any] = store.status()
-    except BundleError as err:
-        raise fail(str(err)) from None
+    report: dict[str, Any] = store.status()
     if trusted_key is not None:
         try:
-            store.load(load_public_key(trusted_key))
+            key = load_public_key(trusted_key)
+            floor = store.floor(key)
+            report["floor"] = None if floor is None else asdict(floor)
+            store.load(key)
             report["verified"] = True
         except BundleError as err:
             report["verified"] = False
@@ -135,14 +138,27 @@ def _print_status(report: dict[str, Any]) -> None:
     print(f"model store:   {report['model_dir']}")
     print(f"current:       {current if current is not None else 'none'}")
     print(f"model line:    {report['model_id'] or 'none'}")
-    print(f"highest:       {report['highest_version'] or 'none'} (CURRENT may not go below)")
+    print(f"highest:       {report['highest_version'] or 'none'} (state.json)")
+    if report.get("floor"):
+        floor = report["floor"]
+        print(
+            f"floor:         {floor['model_id']} version {floor['version']} "
+            f"(CURRENT may not go below; {floor['witness']})"
+        )
     print(f"on disk:       {', '.join(map(str, report['installed_versions'])) or 'none'}")
     if "verified" in report:
         print(f"verified:      {'yes' if report['verified'] else report['verify_error']}")
     for entry in report["history"][-5:]:
-        print(f"installed:     {entry['installed']} {entry['model_id']} version {entry['version']}")
+        if "damaged" in entry:
+            print(f"installed:     damaged: {entry['damaged']}")
+        else:
+            print(
+                f"installed:     {entry['installed']} {entry['model_id']} version {entry['version']}"
+            )
     refusal = report["last_refusal"]
-    if refusal:
+    if refusal and "damaged" not in refusal:
         print(f"last refusal:  {refusal['time']} {refusal['reason']}")
     else:
-        print("last refusal:  none")
+        print(f"last refusal:  {'damaged' if refusal else 'none'}")
+    for line in report["damaged"]:
+        print(f"damaged:       {line}")

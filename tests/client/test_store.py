@@ -219,7 +219,15 @@ def test_the_last_refusal_is_kept_in_the_store(device):
     assert "not newer" in refusal["reason"]
 
 
-def test_a_corrupt_state_fails_closed(device):
+def test_a_corrupt_state_leaves_the_floor_to_the_signed_manifests(device):
+    """A damaged state.json is reported, not trusted; the signed manifests still hold the floor."""
+    device.install(2)
     (device.store / "state.json").write_text('{"highest_version": "many"}')
-    with pytest.raises(BundleError, match="rollback floor is unknown"):
-        ModelStore(device.store).load(load_public_key(device.public_key))
+    store, key = ModelStore(device.store), load_public_key(device.public_key)
+    assert store.load(key).version == 2
+    assert store.status()["damaged"] == [
+        f"{device.store / 'state.json'} is damaged: highest_version 'many' is not a version number"
+    ]
+    (device.store / "CURRENT").write_text("1")
+    with pytest.raises(BundleError, match="refusing to roll back"):
+        store.load(key)

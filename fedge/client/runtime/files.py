@@ -1,10 +1,12 @@
-"""Bounded reads of small trusted-path files: regular files only, no symlinks, size checked first."""
+"""Store and bundle files read and locked safely: no symlink followed, sizes checked before reading."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -52,12 +54,18 @@ def read_bounded(path: Path | str, limit: int, *, exact: int | None = None) -> b
     except FileNotFoundError:
         raise UnsafeFileError(f"{path} does not exist", "missing") from None
     except OSError as err:
-        reason = "type" if err.errno in (errno.ELOOP, errno.EISDIR) else "unreadable"
+        if err.errno == errno.ELOOP:  # a symlink that appeared after the check
+            raise UnsafeFileError(f"{path} is a symlink, not a regular file", "type") from None
+        reason = "type" if err.errno == errno.EISDIR else "unreadable"
         raise UnsafeFileError(f"cannot open {path}: {err.strerror or err}", reason) from None
-    with os.fdopen(fd, "rb") as handle:
+    try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFileError(f"{path} is not a regular file", "type")
+        if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which raises for a directory
+            raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not a regular file", "type")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         if exact is not None and info.st_size != exact:
             raise UnsafeFileError(f"{path} has {info.st_size} bytes, expected {exact}", "size")
         if info.st_size > limit:
@@ -68,3 +76,91 @@ def read_bounded(path: Path | str, limit: int, *, exact: int | None = None) -> b
     if len(data) > limit or (exact is not None and len(data) != exact):
         raise UnsafeFileError(f"{path} changed size while being read", "size")
     return data
+
+
+def plain_dir(path: Path | str) -> bool:
+    """True for a real directory, False when nothing is at `path`.
+
+    Raises
+    ------
+    UnsafeFileError
+        When `path` is a symlink (never followed, even to a directory) or not a directory.
+
+    """
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise UnsafeFileError(f"cannot stat {path}: {err.strerror or err}", "unreadable") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not a directory", "type")
+    return True
+
+
+def plain_file(path: Path | str) -> bool:
+    """True for a regular file, False when nothing is at `path`.
+
+    Raises
+    ------
+    UnsafeFileError
+        When `path` is a symlink (never followed), a directory, a FIFO, a socket or a device.
+
+    """
+    path = Path(path)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise UnsafeFileError(f"cannot stat {path}: {err.strerror or err}", "unreadable") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not a regular file", "type")
+    return True
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path | str) -> Iterator[None]:
+    """Hold an advisory lock on `path`, created if missing (POSIX flock; elsewhere none).
+
+    Raises
+    ------
+    UnsafeFileError
+        When `path` is a symlink (never followed) or not a regular file.
+
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | NOFOLLOW | NONBLOCK
+    try:
+        fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafeFileError(f"{path} is a symlink, not a regular file", "type") from None
+        reason = "type" if err.errno == errno.EISDIR else "unreadable"
+        raise UnsafeFileError(f"cannot open {path}: {err.strerror or err}", reason) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafeFileError(f"{path} is {_kind(mode)}, not a regular file", "type")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    """What a file of this mode is, in words ("a symlink", "a directory", ...)."""
+    kinds = {
+        stat.S_ISLNK: "a symlink",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISREG: "a regular file",
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "a device")

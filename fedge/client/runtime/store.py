@@ -1,31 +1,41 @@
 """The model store: verified, device-checked bundles by version, an atomic switch, no way back.
 
 Layout: `versions/<version>/` (the three bundle files), `CURRENT` (the served version) and
-`state.json` (the highest version ever made current, the pinned model line, the install
-history and the last refusal). Every way in (the Flower deploy handler, `fedge install`) goes
-through `ModelStore.install`; every way out (`fedge infer`, `fedge serve`, the Predictor)
-through `ModelStore.load`, which refuses a `CURRENT` below the high-water mark.
+`state.json` (the highest version ever made current, its model line, the install history and
+the last refusal). Every way in (the Flower deploy handler, `fedge install`) goes through
+`ModelStore.install`; every way out (`fedge infer`, `fedge serve`, the Predictor) through
+`ModelStore.load`, which refuses a `CURRENT` below the rollback floor. The floor is the highest
+version state.json or a signed manifest on disk vouches for (`rollback`), so no single file
+lowers it; no symlink in the store is followed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import shutil
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedge.client.runtime import rollback
 from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
-from fedge.client.runtime.files import UnsafeFileError, read_bounded
+from fedge.client.runtime.files import UnsafeFileError, exclusive_lock, plain_dir, read_bounded
+from fedge.client.runtime.rollback import VERSION_TEXT, VERSIONS_DIR, Floor
+from fedge.client.runtime.storestate import (
+    HISTORY,
+    REFUSAL_CLAIMS,
+    STATE_FILE,
+    HistoryEntry,
+    StoreState,
+    read_state,
+)
+from fedge.client.runtime.storestatus import status_report
 from fedge.client.runtime.verify import (
     BundleError,
     VerifiedBundle,
@@ -37,23 +47,12 @@ from fedge.core.io import atomic_write_bytes
 from fedge.core.manifest import Manifest, unverified_claims
 
 CURRENT = "CURRENT"  # the current version number, replaced atomically
-VERSIONS = "versions"
-STATE = "state.json"
+VERSIONS = VERSIONS_DIR
+STATE = STATE_FILE
+DAMAGED_STATE = "state.json.damaged"  # a damaged state.json, kept when an install rebuilds it
 LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
-HISTORY = 20  # installs remembered in state.json
-VERSION_TEXT = re.compile(r"[0-9]{1,19}")
 DeviceCheck = Callable[[bytes, Manifest], None]
-
-
-@dataclass
-class StoreState:
-    """What state.json holds."""
-
-    highest_version: int | None = None  # the high-water mark: CURRENT may never go below it
-    model_id: str | None = None  # the pinned model line
-    history: list[dict[str, Any]] = field(default_factory=list)
-    last_refusal: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def parse_version(text: bytes | str, where: str) -> int:
 
 
 class ModelStore:
-    """A directory of installed bundles with a current version and a high-water mark."""
+    """A directory of installed bundles with a current version and a rollback floor."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -87,18 +86,24 @@ class ModelStore:
         return parse_version(self._read(pointer, 64), str(pointer))
 
     def state(self) -> StoreState:
-        """The store's state (empty for a new store); BundleError("store") if unreadable."""
-        path = self.root / STATE
-        if not path.exists() and not path.is_symlink():
-            return StoreState()
-        try:
-            state = StoreState(**json.loads(self._read(path, 1 << 20)))
-            _check_state(state)
-        except (ValueError, TypeError, RecursionError) as err:
-            raise BundleError(
-                "store", f"{path} is corrupt ({str(err)[:80]}); the rollback floor is unknown"
-            ) from None
+        """The store's state (empty for a new store); BundleError("store") if damaged."""
+        state, damage = self._state_witness()
+        if damage is not None:
+            raise BundleError("store", f"{damage}; the rollback floor rests on versions/ alone")
         return state
+
+    def floor(self, trusted_key: Ed25519PublicKey) -> Floor | None:
+        """The rollback floor and model line: what state.json or a signed manifest vouches for.
+
+        BundleError("store") when the store holds a symlink or a file where a directory
+        should be (`versions/`, a version directory, a file in one), or a state.json that is
+        not a regular file; None for a store nothing was ever installed in.
+        """
+        state, _ = self._state_witness()
+        return rollback.highest(
+            rollback.state_floor(state, self.root / STATE),
+            rollback.signed_floor(self.root / VERSIONS, self._version_dirs(), trusted_key),
+        )
 
     def install(
         self,
@@ -113,6 +118,8 @@ class ModelStore:
         Re-delivering the current version (same manifest) is a success that changes nothing.
         A refusal is recorded in state.json (`fedge status` shows it) and raised as BundleError.
         """
+        if self.root.exists() and not self.root.is_dir():
+            raise BundleError("store", f"{self.root} is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             try:
@@ -124,56 +131,55 @@ class ModelStore:
     def load(self, trusted_key: Ed25519PublicKey) -> VerifiedBundle:
         """The current bundle, verified again from disk (files can change after install)."""
         version = self.current_version()
+        floor = self.floor(trusted_key)
         if version is None:
-            raise BundleError("store", f"no model installed in {self.root}")
-        highest = self.state().highest_version
-        if highest is not None and version < highest:
+            if floor is None:
+                raise BundleError("store", f"no model installed in {self.root}")
+            raise BundleError(
+                "store",
+                f"{self.root / CURRENT} is missing but version {floor.version} was installed; "
+                "the store is damaged (install a bundle again)",
+            )
+        if floor is not None and version < floor.version:
             raise BundleError(
                 "version",
-                f"{self.root / CURRENT} says {version} but version {highest} was installed; "
-                "refusing to roll back (install a newer bundle)",
+                f"{self.root / CURRENT} says {version} but version {floor.version} was installed "
+                f"({floor.witness}); refusing to roll back (install version {floor.version} "
+                "again or a newer bundle)",
             )
         directory = self.root / VERSIONS / str(version)
-        if directory.is_symlink() or not directory.is_dir():
-            raise BundleError("store", f"{directory} is missing or not a plain directory")
+        if not self._plain_dir(directory):
+            raise BundleError("store", f"{directory} is missing")
         bundle = verify_bundle_dir(directory, trusted_key)
         if bundle.version != version:
             raise BundleError("version", f"store says {version}, manifest says {bundle.version}")
         return bundle
 
     def installed_versions(self) -> list[int]:
-        """Versions present on disk, oldest first."""
-        versions = self.root / VERSIONS
-        if not versions.is_dir():
-            return []
-        return sorted(int(p.name) for p in versions.iterdir() if VERSION_TEXT.fullmatch(p.name))
+        """Versions present on disk as real directories, oldest first."""
+        return rollback.scan_versions(self.root / VERSIONS).versions
 
     def record_refusal(self, err: BundleError, files: dict[str, bytes] | None = None) -> None:
-        """Remember the latest refusal in state.json (best effort: a read-only store stays so)."""
+        """Remember the latest refusal in state.json (best effort: a read-only store stays so).
+
+        A damaged state.json is left as it is: `fedge status` reports the damage.
+        """
         refusal: dict[str, Any] = {"time": _now(), "check": err.check, "reason": str(err)}
         manifest = (files or {}).get(fmt.MANIFEST_FILE)
         if manifest is not None:  # what the unverified manifest claims, if anything
-            refusal.update(unverified_claims(manifest))
+            claims = unverified_claims(manifest)
+            refusal.update({k: v for k, v in claims.items() if type(v) is REFUSAL_CLAIMS.get(k)})
         try:
             state = self.state()
         except BundleError:
-            state = StoreState()
+            return
         state.last_refusal = refusal
         with contextlib.suppress(OSError):
             self._write_state(state)
 
     def status(self) -> dict[str, Any]:
-        """Current version, model line, high-water mark, versions on disk, history, last refusal."""
-        state = self.state()
-        return {
-            "model_dir": str(self.root),
-            "current_version": self.current_version(),
-            "model_id": state.model_id,
-            "highest_version": state.highest_version,
-            "installed_versions": self.installed_versions(),
-            "history": state.history,
-            "last_refusal": state.last_refusal,
-        }
+        """What `fedge status` shows (`storestatus.status_report`); never raises for damage."""
+        return status_report(self.root, self.current_version)
 
     def _install(
         self,
@@ -183,22 +189,15 @@ class ModelStore:
         device_check: DeviceCheck,
     ) -> Installed:
         bundle = verify_bundle(files, key)
-        current, state = self.current_version(), self.state()
-        if current == bundle.version:
-            installed = self.root / VERSIONS / str(current) / fmt.MANIFEST_FILE
-            with contextlib.suppress(OSError):
-                if self._read(installed, fmt.MAX_MANIFEST_BYTES) == bundle.manifest_bytes:
-                    return Installed(self.load(key), changed=False)
-        floor = max(current or 0, state.highest_version or 0)
-        if bundle.version <= floor:
-            raise BundleError(
-                "version",
-                f"version {bundle.version} is not newer than installed {floor} (no rollback)",
-            )
-        if state.model_id not in (None, bundle.model_id) and not allow_model_switch:
+        current = self.current_version()
+        if current == bundle.version and self._is_on_disk(bundle):
+            return Installed(self.load(key), changed=False)
+        floor = self.floor(key)
+        self._check_newer(bundle, current, floor)
+        if floor is not None and floor.model_id != bundle.model_id and not allow_model_switch:
             raise BundleError(
                 "model-line",
-                f"model_id {bundle.model_id!r} is not the installed line {state.model_id!r}; "
+                f"model_id {bundle.model_id!r} is not the installed line {floor.model_id!r}; "
                 "allow a switch explicitly (allow-model-switch) to change lines",
             )
         try:
@@ -207,25 +206,75 @@ class ModelStore:
             raise BundleError("device-model", str(err)) from None
         self._write_version(bundle)
         atomic_write_bytes(self.root / CURRENT, str(bundle.version).encode())
-        state.highest_version, state.model_id = bundle.version, bundle.model_id
-        entry = {"version": bundle.version, "model_id": bundle.model_id, "installed": _now()}
-        state.history = [*state.history, {**entry, "sha256": bundle.manifest.model_sha256}]
-        state.history = state.history[-HISTORY:]
-        self._write_state(state)
+        self._record_install(bundle)
         self._drop_old(bundle.version)
         return Installed(bundle, changed=True)
 
+    def _check_newer(
+        self, bundle: VerifiedBundle, current: int | None, floor: Floor | None
+    ) -> None:
+        """BundleError("version") unless the bundle is newer than everything installed.
+
+        The one exception: the very bundle the floor's signed manifest is, which an install
+        wrote to versions/ before it stopped short of moving CURRENT: installing it again
+        finishes that install.
+        """
+        highest = max(current or 0, floor.version if floor else 0)
+        if bundle.version > highest:
+            return
+        if floor and floor.signed and bundle.version == floor.version and self._is_on_disk(bundle):
+            return
+        raise BundleError(
+            "version",
+            f"version {bundle.version} is not newer than installed {highest} (no rollback)",
+        )
+
+    def _is_on_disk(self, bundle: VerifiedBundle) -> bool:
+        """True if versions/ holds this bundle's manifest, byte for byte."""
+        installed = self.root / VERSIONS / str(bundle.version) / fmt.MANIFEST_FILE
+        with contextlib.suppress(OSError):
+            return read_bounded(installed, fmt.MAX_MANIFEST_BYTES) == bundle.manifest_bytes
+        return False
+
+    def _record_install(self, bundle: VerifiedBundle) -> None:
+        """state.json after an install; a damaged one is kept aside and rebuilt."""
+        state, damage = self._state_witness()
+        if damage is not None:
+            os.replace(self.root / STATE, self.root / DAMAGED_STATE)
+        state.highest_version, state.model_id = bundle.version, bundle.model_id
+        entry = HistoryEntry(bundle.version, bundle.model_id, _now(), bundle.manifest.model_sha256)
+        state.history = [*state.history, entry.to_json()][-HISTORY:]
+        self._write_state(state)
+
+    def _state_witness(self) -> tuple[StoreState, str | None]:
+        """state.json, or an empty state and a line saying why it is not used (`read_state`).
+
+        Damaged content is not an error: the floor then rests on the signed manifests. A
+        state.json that is a symlink, a directory or unreadable is BundleError("store").
+        """
+        try:
+            return read_state(self.root / STATE)
+        except UnsafeFileError as err:
+            raise BundleError("store", str(err)) from None
+
+    def _version_dirs(self) -> list[int]:
+        """The version directories; BundleError("store") naming the first entry that is wrong."""
+        scan = rollback.scan_versions(self.root / VERSIONS)
+        if scan.problems:
+            more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
+            raise BundleError("store", f"{scan.problems[0]}{more}; refusing to use the store")
+        return scan.versions
+
     def _write_version(self, bundle: VerifiedBundle) -> None:
         versions = self.root / VERSIONS
-        versions.mkdir(parents=True, exist_ok=True)
+        self._plain_dir(versions)
+        versions.mkdir(exist_ok=True)
         target = versions / str(bundle.version)
         tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=versions))
         try:
             for name, data in bundle.files().items():
                 _write_synced(tmp / name, data)
-            if target.is_symlink() or target.is_file():
-                target.unlink()
-            elif target.exists():  # left by an install that stopped before CURRENT moved
+            if self._plain_dir(target):  # left by an install that stopped before CURRENT moved
                 shutil.rmtree(target)
             os.replace(tmp, target)
         except BaseException:
@@ -233,8 +282,7 @@ class ModelStore:
             raise
 
     def _write_state(self, state: StoreState) -> None:
-        data = json.dumps(asdict(state), indent=1, sort_keys=True).encode()
-        atomic_write_bytes(self.root / STATE, data)
+        atomic_write_bytes(self.root / STATE, state.to_json())
 
     def _drop_old(self, current: int) -> None:
         for version in self.installed_versions()[:-KEEP]:
@@ -248,33 +296,22 @@ class ModelStore:
         except UnsafeFileError as err:
             raise BundleError("store", str(err)) from None
 
+    @staticmethod
+    def _plain_dir(path: Path) -> bool:
+        try:
+            return plain_dir(path)
+        except UnsafeFileError as err:
+            raise BundleError("store", str(err)) from None
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One install at a time per store (POSIX advisory lock; elsewhere none)."""
-        try:
-            import fcntl
-        except ImportError:
+        """One install at a time per store; BundleError("store") if the lock file is unsafe."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(exclusive_lock(self.root / LOCK))
+            except UnsafeFileError as err:
+                raise BundleError("store", str(err)) from None
             yield
-            return
-        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-
-def _check_state(state: StoreState) -> None:
-    """TypeError unless every field of a loaded state has its type."""
-    highest = state.highest_version
-    if highest is not None and (type(highest) is not int or highest < 1):
-        raise TypeError(f"highest_version {highest!r} is not a version")
-    if not (
-        isinstance(state.model_id, str | None)
-        and isinstance(state.history, list)
-        and isinstance(state.last_refusal, dict | None)
-    ):
-        raise TypeError("model_id, history or last_refusal has the wrong type")
 
 
 def _write_synced(path: Path, data: bytes) -> None:
