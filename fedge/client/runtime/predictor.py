@@ -221,10 +221,10 @@ class Predictor:
     def predict(self, batch: Any) -> Prediction:
         """Labels and probabilities for raw samples (the model applies the preprocessing).
 
-        Accepts (N, *sample_shape), (N, prod(sample_shape)), or one sample without the batch
-        axis; any integer or float dtype. More than `batch_size` samples run in chunks. NaN/Inf
-        are not checked on this hot path (they give NaN probabilities); `fedge infer` and
-        `fedge serve` refuse them when parsing input.
+        Accepts exactly (N, *sample_shape), (N, prod(sample_shape)), or one sample without the
+        batch axis (sample_shape or (prod(sample_shape),)); any integer or float dtype. More
+        than `batch_size` samples run in chunks. NaN/Inf are not checked on this hot path (they
+        give NaN probabilities); `fedge infer` and `fedge serve` refuse them when parsing input.
         """
         if time.monotonic() >= self._next_check:
             self.reload_if_newer()
@@ -253,18 +253,18 @@ class Predictor:
         x = batch if type(batch) is np.ndarray else np.asarray(batch)
         if x.dtype.kind not in "iuf":
             raise InputError(f"input dtype {x.dtype} is not numeric; expected float or int values")
-        shape = loaded.sample_shape
-        if x.shape[1:] != shape:
-            if x.size == loaded.sample_size and x.ndim <= len(shape):
-                x = x.reshape(1, *shape)  # one sample without a batch axis
-            elif x.ndim == 2 and x.shape[1] == loaded.sample_size:
-                x = x.reshape(len(x), *shape)  # flat samples
-            else:
-                raise InputError(
-                    f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
-                    f" or (N, {loaded.sample_size})"
-                )
-        return x
+        shape, size = loaded.sample_shape, loaded.sample_size
+        if x.ndim == len(shape) + 1 and x.shape[1:] == shape:
+            return x
+        if x.ndim == 2 and x.shape[1] == size:
+            return x.reshape(len(x), *shape)  # flat samples
+        if x.shape in (shape, (size,)):
+            return x.reshape(1, *shape)  # one sample without a batch axis
+        dims = ", ".join(map(str, shape))
+        raise InputError(
+            f"input shape {x.shape} does not fit: expected (N, {dims}) or (N, {size}), "
+            f"or one sample ({dims}) or ({size},)"
+        )
 
 
 def bare_session(model_dir: Path | str, trusted_key: Path | str) -> ort.InferenceSession:
