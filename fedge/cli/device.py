@@ -99,6 +99,17 @@ def serve(
     request_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds from a request's first byte to its answer.")
     ] = 30.0,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Threads that parse requests and run the model.")
+    ] = 2,
+    inference_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds a prediction may wait for a worker and run; over it: 504 and the run "
+            "is stopped.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, and KServe's v2 protocol.
 
@@ -120,9 +131,13 @@ def serve(
         raise fail(str(err)) from None
     except OSError as err:
         raise fail(f"cannot listen on {host}:{port}: {err}") from None
-    app_ = InferenceApp(
-        predictor, token=token, limits=ServiceLimits(max_body=max_body, body_budget=16 * max_body)
+    service_limits = ServiceLimits(
+        max_body=max_body,
+        body_budget=16 * max_body,
+        workers=workers,
+        inference_timeout=inference_timeout,
     )
+    app_ = InferenceApp(predictor, token=token, limits=service_limits)
     bound_port = sock.getsockname()[1]
     # One line on stdout that scripts and tests can wait for (the socket already listens).
     url_host = f"[{host}]" if ":" in host else host

@@ -186,4 +186,5 @@ def serve(app: InferenceApp, sock: socket.socket, limits: ServerLimits, **_: Any
         build_server(app, limits).run(sockets=[sock])
     finally:
         reloader.stopped.set()
+        app.close()
         sock.close()

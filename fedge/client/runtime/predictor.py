@@ -218,13 +218,15 @@ class Predictor:
             log.info("now serving %s version %d", self._loaded.model_id, self._loaded.version)
             return True
 
-    def predict(self, batch: Any) -> Prediction:
+    def predict(self, batch: Any, run_options: ort.RunOptions | None = None) -> Prediction:
         """Labels and probabilities for raw samples (the model applies the preprocessing).
 
         Accepts exactly (N, *sample_shape), (N, prod(sample_shape)), or one sample without the
         batch axis (sample_shape or (prod(sample_shape),)); any integer or float dtype. More
         than `batch_size` samples run in chunks. NaN/Inf are not checked on this hot path (they
         give NaN probabilities); `fedge infer` and `fedge serve` refuse them when parsing input.
+        `run_options` go to every onnxruntime run (`fedge serve` stops a run that outlives its
+        time limit through them).
         """
         if time.monotonic() >= self._next_check:
             self.reload_if_newer()
@@ -232,10 +234,12 @@ class Predictor:
         x = self._shaped(batch, loaded)
         if len(x) <= self.batch_size:
             feed = x if x.dtype == np.float32 else x.astype(np.float32)
-            probabilities, best = loaded.session.run(loaded.output_names, {loaded.input_name: feed})
+            probabilities, best = loaded.session.run(
+                loaded.output_names, {loaded.input_name: feed}, run_options
+            )
         else:
             parts = [
-                loaded.session.run(loaded.output_names, {loaded.input_name: chunk})
+                loaded.session.run(loaded.output_names, {loaded.input_name: chunk}, run_options)
                 for chunk in self.batches(x)
             ]
             probabilities = np.concatenate([p for p, _ in parts])
