@@ -94,8 +94,19 @@ def serve(
         int, typer.Option(min=1024, max=256 << 20, help="Bytes in one request body.")
     ] = 4 << 20,
     max_connections: Annotated[
-        int, typer.Option(min=1, help="Connections served at once; more get 503.")
+        int,
+        typer.Option(
+            min=1,
+            help="Open connections; past it a new one replaces the oldest that has not sent a "
+            "request (or is idle), or is closed.",
+        ),
     ] = 512,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds to send a request's line and headers (from connecting)."
+        ),
+    ] = 5.0,
     request_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds from a request's first byte to its answer.")
     ] = 30.0,
@@ -123,7 +134,11 @@ def serve(
     from fedge.client.runtime.verify import BundleError
 
     token = _serving_token(token_file, host, allow_no_token)
-    limits = ServerLimits(max_connections=max_connections, request_timeout=request_timeout)
+    limits = ServerLimits(
+        max_connections=max_connections,
+        header_timeout=header_timeout,
+        request_timeout=request_timeout,
+    )
     try:
         predictor = Predictor(model_dir, trusted_key, check_interval=None)
         sock = bind(host, port, limits.backlog)

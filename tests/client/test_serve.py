@@ -15,7 +15,7 @@ import uvloop
 from typer.testing import CliRunner
 
 from fedge.cli import app
-from fedge.client.runtime.httpserver import bind, is_loopback
+from fedge.client.runtime.httpserver import ConnectionGuard, bind, is_loopback
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.service import InferenceApp, ServiceLimits
 from fedge.client.runtime.store import ModelStore
@@ -212,3 +212,34 @@ def test_v2_refuses_a_shape_or_values_the_model_does_not_take(device, tensor, me
         asgi(InferenceApp(predictor), "POST", "/v2/models/test/infer", {"inputs": [good]})
     )
     assert status == 200 and body["outputs"][1]["shape"] == [1]
+
+
+class FakeConnection:
+    """What the guard touches of a connection: its count flag and its transport."""
+
+    counted = False
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.transport = self
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_past_the_cap_a_new_connection_makes_room_or_is_the_one_closed():
+    """Silent connections go first, then idle keep-alive ones; one being answered never does."""
+    guard = ConnectionGuard(2)
+    a, b, c, d, e = (FakeConnection() for _ in range(5))
+    assert guard.admit(a) and guard.admit(b)
+    guard.answering(a)
+    guard.answering(b)
+    assert not guard.admit(c)  # both are being answered: the newcomer is the excess
+    guard.release(c)  # its connection_lost: it was never counted
+    guard.resting(b)  # b was answered and waits on keep-alive
+    assert guard.admit(d) and b.closed and not a.closed  # d took b's place
+    guard.resting(a)
+    assert guard.admit(e) and d.closed and not a.closed  # silent d goes before idle a
+    guard.release(b)
+    guard.release(d)
+    assert guard.count == 2 and not a.closed and not e.closed

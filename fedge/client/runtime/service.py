@@ -159,9 +159,9 @@ class InferenceApp:
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         if not hmac.compare_digest(given, self._auth):
-            raise HttpError(
-                401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
-            )
+            # closed after the answer: without a token a client cannot hold a connection open
+            challenge = [(b"www-authenticate", b"Bearer"), *CLOSE]
+            raise HttpError(401, "missing or wrong bearer token", challenge)
 
     async def _body(self, scope: Scope, receive: Receive, reserved: list[int]) -> bytes:
         """The request body, refused (413, 503) before reading past the limits."""
