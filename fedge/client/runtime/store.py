@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
+from fedge.client.runtime.devicecheck import CheckReport, DeviceModelError, check_device_model
 from fedge.client.runtime.files import UnsafeFileError, read_bounded
 from fedge.client.runtime.verify import (
     BundleError,
@@ -43,7 +43,7 @@ LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
 HISTORY = 20  # installs remembered in state.json
 VERSION_TEXT = re.compile(r"[0-9]{1,19}")
-DeviceCheck = Callable[[bytes, Manifest], None]
+DeviceCheck = Callable[[bytes, Manifest], CheckReport | None]  # the report goes in the history
 
 
 @dataclass
@@ -202,14 +202,17 @@ class ModelStore:
                 "allow a switch explicitly (allow-model-switch) to change lines",
             )
         try:
-            device_check(bundle.model_bytes, bundle.manifest)
+            report = device_check(bundle.model_bytes, bundle.manifest)
         except DeviceModelError as err:
             raise BundleError("device-model", str(err)) from None
         self._write_version(bundle)
         atomic_write_bytes(self.root / CURRENT, str(bundle.version).encode())
         state.highest_version, state.model_id = bundle.version, bundle.model_id
         entry = {"version": bundle.version, "model_id": bundle.model_id, "installed": _now()}
-        state.history = [*state.history, {**entry, "sha256": bundle.manifest.model_sha256}]
+        entry["sha256"] = bundle.manifest.model_sha256
+        if report is not None:  # what the device check measured: run times, peak memory
+            entry["device_check"] = report.to_json()
+        state.history = [*state.history, entry]
         state.history = state.history[-HISTORY:]
         self._write_state(state)
         self._drop_old(bundle.version)
