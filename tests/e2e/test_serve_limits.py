@@ -66,11 +66,12 @@ def test_idle_connections_past_the_cap_do_not_lock_out_a_client_with_a_token(dev
 
 
 def test_only_the_excess_connections_are_closed_oldest_silent_first(device_m):
-    """With the header timeout far away only the cap closes connections: 30 silent ones and a
+    """With the timeouts far away only the cap closes connections: 30 silent ones and a
     cap of 20 close the 10 oldest, and a client's connection after them closes one more. (The
     kernel hands connections over in the order they were made, so the answer to the client
     means all 30 were taken in.)"""
-    with _serve(device_m, "--max-connections", "20", "--header-timeout", "600") as srv:
+    timeouts = ("--header-timeout", "600", "--request-timeout", "600")
+    with _serve(device_m, "--max-connections", "20", *timeouts) as srv:
         idle = [connect(srv.port) for _ in range(30)]
         try:
             assert call(srv.port, "GET", "/health", headers=AUTH)[0] == 200
