@@ -8,12 +8,14 @@ device-model check, and only then the bundle becomes current.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fedge.cli.common import app, fail
+from fedge.client.runtime.devicecheck import CheckLimits
 
 BundleDir = Annotated[
     Path, typer.Argument(metavar="BUNDLE_DIR", help="manifest.json, manifest.sig, model.onnx.")
@@ -21,6 +23,23 @@ BundleDir = Annotated[
 ModelDir = Annotated[Path, typer.Option(help="The device's model store.")]
 TrustedKey = Annotated[Path, typer.Option(help="Public key (PEM) bundles must be signed with.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+CheckMaxRunMs = Annotated[
+    float,
+    typer.Option(
+        min=1.0,
+        help="Device-model check: milliseconds one batch-1 run may take on any check input "
+        "(zeros, the manifest's mean, the mean -+ 8 standard deviations); a slower model is "
+        "refused.",
+    ),
+]
+CheckMaxMemoryMb = Annotated[
+    int,
+    typer.Option(
+        min=64,
+        help="Device-model check: peak resident MB of the check process (python and "
+        "onnxruntime take ~70 MB before the model); a model that needs more is refused.",
+    ),
+]
 
 
 @app.command()
@@ -31,15 +50,19 @@ def install(
     allow_model_switch: Annotated[
         bool, typer.Option(help="Accept a bundle of another model_id than the installed one.")
     ] = False,
+    check_max_run_ms: CheckMaxRunMs = CheckLimits.max_run_ms,
+    check_max_memory_mb: CheckMaxMemoryMb = CheckLimits.max_peak_mb,
 ) -> None:
     """Verify a bundle directory and make it the store's current model (as a Flower deploy does).
 
     Installing the version that is already current is a success that changes nothing; any
     refusal installs nothing, exits 2 and is recorded for `fedge status`.
     """
+    from fedge.client.runtime.devicecheck import check_device_model
     from fedge.client.runtime.store import ModelStore
     from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir
 
+    limits = CheckLimits(max_run_ms=check_max_run_ms, max_peak_mb=check_max_memory_mb)
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
     store = ModelStore(model_dir)
@@ -50,7 +73,12 @@ def install(
         except BundleError as err:
             store.record_refusal(err)
             raise
-        outcome = store.install(files, key, allow_model_switch=allow_model_switch)
+        outcome = store.install(
+            files,
+            key,
+            allow_model_switch=allow_model_switch,
+            device_check=partial(check_device_model, limits=limits),
+        )
     except BundleError as err:
         raise fail(str(err)) from None
     except OSError as err:
@@ -61,7 +89,13 @@ def install(
 
 
 @app.command()
-def verify(bundle_dir: BundleDir, trusted_key: TrustedKey, as_json: AsJson = False) -> None:
+def verify(
+    bundle_dir: BundleDir,
+    trusted_key: TrustedKey,
+    as_json: AsJson = False,
+    check_max_run_ms: CheckMaxRunMs = CheckLimits.max_run_ms,
+    check_max_memory_mb: CheckMaxMemoryMb = CheckLimits.max_peak_mb,
+) -> None:
     """Check a bundle directory without installing it (no store, so no version check).
 
     Runs every check `fedge install` runs on a bundle by itself: signature, manifest, size,
@@ -70,11 +104,12 @@ def verify(bundle_dir: BundleDir, trusted_key: TrustedKey, as_json: AsJson = Fal
     from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
     from fedge.client.runtime.verify import BundleError, load_public_key, verify_bundle_dir
 
+    limits = CheckLimits(max_run_ms=check_max_run_ms, max_peak_mb=check_max_memory_mb)
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
     try:
         bundle = verify_bundle_dir(bundle_dir, load_public_key(trusted_key))
-        check_device_model(bundle.model_bytes, bundle.manifest)
+        report = check_device_model(bundle.model_bytes, bundle.manifest, limits=limits)
     except DeviceModelError as err:
         raise fail(str(BundleError("device-model", str(err)))) from None
     except BundleError as err:
@@ -89,12 +124,15 @@ def verify(bundle_dir: BundleDir, trusted_key: TrustedKey, as_json: AsJson = Fal
             "model_bytes": manifest.model_bytes,
             "input_shape": shape,
             "labels": len(manifest.labels),
+            "device_check": report.to_json(),
         }
         print(json.dumps({"ok": True, **summary}))
     else:
         print(
             f"ok: {manifest.model_id} version {manifest.version}, {manifest.model_bytes} bytes, "
-            f"sha256 {manifest.model_sha256[:16]}..., input {shape}, {len(manifest.labels)} labels"
+            f"sha256 {manifest.model_sha256[:16]}..., input {shape}, {len(manifest.labels)} labels; "
+            f"device check: slowest run {max(report.runs_ms.values()):.1f} ms, peak "
+            f"{report.peak_mb:.0f} MB"
         )
 
 

@@ -72,6 +72,34 @@ def _write_json(labels: Any, probabilities: list[Any], model_id: str, version: i
     out.write(f'], "model_id": {json.dumps(model_id)}, "version": {version}}}\n')
 
 
+MaxConnections = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Open connections; past it a new one replaces the oldest that has not sent a "
+        "request (or is idle), or is closed.",
+    ),
+]
+HeaderTimeout = Annotated[
+    float,
+    typer.Option(min=0.1, help="Seconds to send a request's line and headers (from connecting)."),
+]
+RequestTimeout = Annotated[
+    float, typer.Option(min=0.1, help="Seconds from a request's first byte to its answer.")
+]
+Workers = Annotated[
+    int, typer.Option(min=1, max=64, help="Threads that parse requests and run the model.")
+]
+InferenceTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0.01,
+        help="Seconds a prediction may wait for a worker and run; over it: 504 and the run is "
+        "stopped.",
+    ),
+]
+
+
 @app.command()
 def serve(
     model_dir: Annotated[Path, typer.Option(help="The device's model store.")],
@@ -93,12 +121,11 @@ def serve(
     max_body: Annotated[
         int, typer.Option(min=1024, max=256 << 20, help="Bytes in one request body.")
     ] = 4 << 20,
-    max_connections: Annotated[
-        int, typer.Option(min=1, help="Connections served at once; more get 503.")
-    ] = 512,
-    request_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds from a request's first byte to its answer.")
-    ] = 30.0,
+    max_connections: MaxConnections = 512,
+    header_timeout: HeaderTimeout = 5.0,
+    request_timeout: RequestTimeout = 30.0,
+    workers: Workers = 2,
+    inference_timeout: InferenceTimeout = 10.0,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, and KServe's v2 protocol.
 
@@ -112,7 +139,11 @@ def serve(
     from fedge.client.runtime.verify import BundleError
 
     token = _serving_token(token_file, host, allow_no_token)
-    limits = ServerLimits(max_connections=max_connections, request_timeout=request_timeout)
+    limits = ServerLimits(
+        max_connections=max_connections,
+        header_timeout=header_timeout,
+        request_timeout=request_timeout,
+    )
     try:
         predictor = Predictor(model_dir, trusted_key, check_interval=None)
         sock = bind(host, port, limits.backlog)
@@ -120,16 +151,13 @@ def serve(
         raise fail(str(err)) from None
     except OSError as err:
         raise fail(f"cannot listen on {host}:{port}: {err}") from None
-    app_ = InferenceApp(
-        predictor, token=token, limits=ServiceLimits(max_body=max_body, body_budget=16 * max_body)
+    service = ServiceLimits(
+        max_body, 16 * max_body, workers=workers, inference_timeout=inference_timeout
     )
-    bound_port = sock.getsockname()[1]
+    app_ = InferenceApp(predictor, token=token, limits=service)
     # One line on stdout that scripts and tests can wait for (the socket already listens).
-    url_host = f"[{host}]" if ":" in host else host
-    print(
-        f"serving {predictor.model_id} version {predictor.version} on http://{url_host}:{bound_port}",
-        flush=True,
-    )
+    where = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+    print(f"serving {predictor.model_id} version {predictor.version} on {where}", flush=True)
     httpserver.serve(app_, sock, limits)
 
 

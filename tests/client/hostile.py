@@ -262,3 +262,72 @@ def memory_hog_model() -> bytes:
         helper.make_node("Cast", ["probabilities"], ["label"], to=TensorProto.INT64),
     ]
     return _contract_model(nodes, [shape]).SerializeToString()
+
+
+def _input_bomb(make_waste: list[NodeProto], waste: str, initializers: list) -> bytes:
+    """A well-behaved digits-shaped classifier on small inputs that also computes `waste` from
+    k * max|input| (k is the initializer "k"): cheap on zeros, ruinous on large values."""
+    constants = [
+        numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "start"),
+        numpy_helper.from_array(np.array([10], dtype=np.int64), "end"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "zero"),
+        *initializers,
+    ]
+    nodes = [
+        helper.make_node("Abs", ["input"], ["magnitude"]),
+        helper.make_node("ReduceMax", ["magnitude"], ["largest"], keepdims=0),
+        helper.make_node("Mul", ["largest", "k"], ["amount"]),
+        helper.make_node("Cast", ["amount"], ["count"], to=TensorProto.INT64),
+        *make_waste,
+        helper.make_node("Mul", [waste, "zero"], ["nothing"]),
+        helper.make_node("Reshape", ["input", "flat_shape"], ["flat"]),
+        helper.make_node("Slice", ["flat", "start", "end", "axes"], ["first10"]),
+        helper.make_node("Add", ["first10", "nothing"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    return _contract_model(nodes, constants).SerializeToString()
+
+
+def input_loop_model(k: float = 1e7) -> bytes:
+    """Loops k * max|input| times: nothing on zeros, about forever on an input of 100."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
+        ],
+    )
+    constants = [
+        numpy_helper.from_array(np.array(k, dtype=np.float32), "k"),
+        numpy_helper.from_array(np.array(True), "cond"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "v0"),
+        numpy_helper.from_array(np.ones(1, np.float32), "one"),
+    ]
+    loop = helper.make_node("Loop", ["count", "cond", "v0"], ["looped"], body=body)
+    return _input_bomb([loop], "looped", constants)
+
+
+def input_memory_model(k: float = 2e5) -> bytes:
+    """Fills k * max|input| floats: nothing on zeros, ~100 MB on an input of 128."""
+    nodes = [
+        helper.make_node("Reshape", ["count", "one_dim"], ["size"]),
+        helper.make_node("ConstantOfShape", ["size"], ["filled"]),
+        helper.make_node("ReduceSum", ["filled"], ["total"], keepdims=1),
+    ]
+    constants = [
+        numpy_helper.from_array(np.array(k, dtype=np.float32), "k"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "one_dim"),
+    ]
+    return _input_bomb(nodes, "total", constants)

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedge.cli import app
-from fedge.client.runtime.inputs import MAX_JSON_BYTES, read_input_parts
+from fedge.client.runtime.inputs import MAX_JSON_BYTES, from_json, read_input_parts
 from fedge.client.runtime.predictor import InputError, Predictor
 from fedge.core.data import load_dataset
 
@@ -55,7 +55,7 @@ def _refused(result, message: str) -> None:
         ("big.json", b"[[1e400]]", "input holds NaN or Inf"),
         ("nan.json", b"[[NaN]]", "NaN is not a number"),
         ("ragged.json", b"[[1, 2], [3]]", "equal-length lists of numbers"),
-        ("strings.json", b'[["a"]]', "equal-length lists of numbers"),
+        ("strings.json", b'[["a"]]', '"a" (a string) is not a number'),
         ("bad.json", b"\xff\xfe{", "is not JSON"),
         ("empty.csv", b"", "holds no samples"),
         ("letters.csv", b"a,b\n", "cannot read"),
@@ -130,3 +130,45 @@ def test_a_wrong_key_and_an_unknown_file_type_are_one_line_errors(device, tmp_pa
     _refused(wrong_key, "signature check failed")
     (tmp_path / "x.txt").write_text("1,2")
     _refused(_infer(device, str(tmp_path / "x.txt")), "allowed: .npy, .csv, .json")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'[["1", 2]]', '"1" (a string) is not a number'),
+        (b"[[1, true]]", "true (a boolean) is not a number"),
+        (b"[[false]]", "false (a boolean) is not a number"),
+        (b"[[1, null]]", "null is not a number"),
+        (b'{"inputs": [[{"a": 1}]]}', "an object is not a number"),
+        (b'{"inputs": "12"}', '"12" (a string) is not a number'),
+    ],
+)
+def test_json_strings_and_booleans_are_not_numbers(text, message):
+    """numpy reads "1" and true as 1.0: a request that sends them is refused, not answered."""
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        from_json(text, "request body")
+
+
+def test_numbers_in_json_are_read_as_floats():
+    assert from_json(b"[[1, 2.5], [-3, 1e3]]", "x").tolist() == [[1, 2.5], [-3, 1000]]
+
+
+@pytest.mark.parametrize("shape", [(64, 1), (8, 8), (2, 32), (1, 64, 1), (1, 1, 64), (4, 16)])
+def test_an_input_in_another_shape_is_refused_not_read_as_one_sample(device, shape):
+    """64 values in a shape that is neither (N, 1, 8, 8), (N, 64), (1, 8, 8) nor (64,)."""
+    predictor = Predictor(device.store, device.public_key, warmup=0)
+    with pytest.raises(InputError, match=rf"input shape \({shape[0]}, .*does not fit"):
+        predictor.predict(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("shape", "samples"), [((64,), 1), ((1, 8, 8), 1), ((3, 64), 3), ((3, 1, 8, 8), 3)]
+)
+def test_the_declared_shapes_are_predicted(device, shape, samples):
+    predictor = Predictor(device.store, device.public_key, warmup=0)
+    assert len(predictor.predict(np.zeros(shape, np.float32)).labels) == samples
+
+
+def test_a_json_file_with_strings_is_a_one_line_error(device, tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps([["1"] * 64]))
+    _refused(_infer(device, str(tmp_path / "x.json")), '"1" (a string) is not a number')

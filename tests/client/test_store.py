@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 
-from fedge.client.runtime.devicecheck import check_device_model
+from fedge.client.runtime.devicecheck import CheckLimits, check_device_model
 from fedge.client.runtime.predictor import Predictor
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import BundleError, load_public_key, verify_bundle
@@ -87,7 +87,7 @@ def test_per_feature_shift_and_scale_are_accepted(device):
     ("model", "message"),
     [
         (hostile.slow_model, "did not load and run within 1 s"),
-        (hostile.memory_hog_model, "fails on a zero input"),
+        (hostile.memory_hog_model, "fails on the zeros input"),
     ],
 )
 def test_the_device_model_check_runs_before_a_bundle_is_current(device, model, message):
@@ -97,7 +97,7 @@ def test_the_device_model_check_runs_before_a_bundle_is_current(device, model, m
         store.install(
             files,
             load_public_key(device.public_key),
-            device_check=partial(check_device_model, timeout=1),
+            device_check=partial(check_device_model, limits=CheckLimits(timeout_s=1)),
         )
     assert err.value.check == "device-model"
     assert store.current_version() == 1 and store.installed_versions() == [1]
@@ -107,7 +107,8 @@ def test_labels_that_do_not_match_the_model_are_refused_by_the_device_check(devi
     files = make_bundle(device.model_bytes, bundle_config(2), device.private_key)
     files = _resigned(files, device.private_key, _set("labels", [0, 1, 2]))
     with pytest.raises(
-        BundleError, match=r"probabilities are float32 \(1, 10\), not float32 \(1, 3\)"
+        BundleError,
+        match=r"probabilities are float32 \(1, 10\) on the zeros input, not float32 \(1, 3\)",
     ):
         ModelStore(device.store).install(files, load_public_key(device.public_key))
 

@@ -1,60 +1,114 @@
 """The device-model check: the model loads and runs as its manifest says, in a limited child process.
 
 A signed model could still exhaust memory or never finish when onnxruntime loads or runs it,
-so the check runs in `python -m fedge.client.runtime.devicecheck` under an address-space
-limit and a wall-clock timeout, before a bundle may become current. The child loads the model
-with the device's hardened session, runs it once on a zero input of the declared shape, and
-checks the input and both outputs (names, dtypes, shapes, label range).
+and it may do so only on some inputs, so the check runs in `python -m
+fedge.client.runtime.devicecheck` under an address-space limit and a wall-clock timeout, before
+a bundle may become current. The child loads the model with the device's hardened session and
+runs it at batch 1 on several inputs: zeros, the manifest's normalisation mean (`shift`) and
+8 standard deviations either side of it (`shift -+ 8 / scale`; the model sees -8 and +8), each
+run stopped at `max_run_ms`. It checks the input and both outputs (names, dtypes, shapes, label
+range) and reports each run's time and the process's peak memory, which must stay within the
+stated limits (`CheckLimits`; `fedge install --check-*`). No finite set of inputs proves a
+model harmless: `fedge serve` also stops any request's run at its time limit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedge.core.manifest import Manifest
 
-TIMEOUT_S = 60.0
-MEMORY_MB = 1024  # address space of the child (python + numpy + onnxruntime reserve ~200 MB)
-_PASSED: OrderedDict[str, None] = OrderedDict()  # (sha256, contract) that passed in this process
+SPREAD = 8.0  # the extreme inputs: the model sees -SPREAD and +SPREAD (standard deviations)
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    """What the device-model check allows a model (`fedge install` / `verify --check-*`)."""
+
+    timeout_s: float = 60.0  # wall clock of the whole check process: start, load, every run
+    memory_mb: int = (
+        1024  # address space of the child (python + numpy + onnxruntime reserve ~200 MB)
+    )
+    max_run_ms: float = 1000.0  # one batch-1 run on any check input; a run past it is stopped
+    max_peak_mb: int = 512  # peak resident memory of the child (~70 MB before the model loads)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What the check measured: each input's run time and the child's peak memory."""
+
+    runs_ms: dict[str, float] = field(default_factory=dict)  # batch-1 run time by check input
+    peak_mb: float = 0.0  # peak resident memory of the check process (python included)
+
+    def to_json(self) -> dict[str, Any]:
+        """For state.json's install history and `fedge verify --json`."""
+        return asdict(self)
 
 
 class DeviceModelError(Exception):
     """The model does not load or run as the device contract requires."""
 
 
+_PASSED: OrderedDict[str, CheckReport] = OrderedDict()  # checks that passed in this process
+
+
 def check_device_model(
-    model_bytes: bytes,
-    manifest: Manifest,
-    *,
-    timeout: float = TIMEOUT_S,
-    memory_mb: int = MEMORY_MB,
-) -> None:
+    model_bytes: bytes, manifest: Manifest, *, limits: CheckLimits | None = None
+) -> CheckReport:
     """Load and run the model in a child process with limits; DeviceModelError if it fails.
 
     The bytes must already be verified against the manifest (size, sha256, no external data).
-    A model that passed once in this process with the same contract is not checked again
-    (same bytes, same runtime, same expectations).
+    A model that passed once in this process with the same contract and limits is not checked
+    again (same bytes, same runtime, same expectations): its report is returned.
     """
+    limits = limits or CheckLimits()
+    prep = manifest.preprocessing
     contract = {
         "input": manifest.input.name,
         "shape": list(manifest.sample_shape),
         "probabilities": manifest.output.probabilities,
         "label": manifest.output.label,
         "classes": len(manifest.labels),
+        "shift": prep.shift,
+        "scale": prep.scale,
+        "max_run_ms": limits.max_run_ms,
     }
-    key = manifest.model_sha256 + json.dumps(contract, sort_keys=True)
+    key = manifest.model_sha256 + json.dumps([contract, asdict(limits)], sort_keys=True)
     if key in _PASSED:
-        return
+        return _PASSED[key]
+    verdict = _run_child(model_bytes, contract, limits)
+    if verdict.get("ok") is not True:
+        raise DeviceModelError(str(verdict.get("error"))[:500])
+    try:
+        report = CheckReport(dict(verdict["runs_ms"]), float(verdict["peak_mb"]))
+    except (KeyError, TypeError, ValueError):
+        raise DeviceModelError("the check process gave no figures") from None
+    if report.peak_mb > limits.max_peak_mb:
+        raise DeviceModelError(
+            f"the check process peaked at {report.peak_mb:.0f} MB of memory running the model; "
+            f"the limit is {limits.max_peak_mb} MB"
+        )
+    _PASSED[key] = report
+    while len(_PASSED) > 16:
+        _PASSED.popitem(last=False)
+    return report
+
+
+def _run_child(model_bytes: bytes, contract: dict[str, Any], limits: CheckLimits) -> dict:
+    """The child's verdict: {"ok": true, "runs_ms", "peak_mb"} or {"ok": false, "error"}."""
     command = [sys.executable, "-m", "fedge.client.runtime.devicecheck", json.dumps(contract)]
-    command.append(str(memory_mb))
+    command.append(str(limits.memory_mb))
     # The child imports this very fedge, wherever it came from (a Flower app directory on
     # sys.path, say, rather than an installed package).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    timeout = limits.timeout_s
     try:
         proc = subprocess.run(
             command, input=model_bytes, capture_output=True, timeout=timeout, env=env
@@ -68,23 +122,58 @@ def check_device_model(
         verdict = json.loads(lines[-1]) if lines else {}
     except ValueError:
         verdict = {}
-    if proc.returncode == 0 and verdict.get("ok") is True:
-        _PASSED[key] = None
-        while len(_PASSED) > 16:
-            _PASSED.popitem(last=False)
-        return
-    if isinstance(verdict.get("error"), str):
-        raise DeviceModelError(verdict["error"][:500])
-    raise DeviceModelError(
-        f"the check process ended with code {proc.returncode} (over {memory_mb} MB of address "
-        "space, or killed) before the model ran"
-    )
+    if not isinstance(verdict, dict):
+        verdict = {}
+    if (proc.returncode == 0 and verdict.get("ok") is True) or isinstance(
+        verdict.get("error"), str
+    ):
+        return verdict
+    return {
+        "ok": False,
+        "error": f"the check process ended with code {proc.returncode} (over {limits.memory_mb} "
+        "MB of address space, or killed) before the model ran",
+    }
 
 
-def _child_check(model_bytes: bytes, contract: dict[str, Any]) -> None:
-    """What the child runs; raises DeviceModelError naming the first mismatch."""
+def check_inputs(
+    shape: list[int], shift: float | list[float] | None, scale: float | list[float] | None
+) -> dict[str, Any]:
+    """The batch-1 inputs the check runs, by name: zeros, the mean, and the mean -+ 8 sd.
+
+    `shift` and `scale` are the manifest's (x_model = (x_raw - shift) * scale): one value, or
+    one per channel (the first axis) or per value. A statistic that fits neither is left out.
+    """
     import numpy as np
 
+    zeros = np.zeros((1, *shape), np.float32)
+    mean, factor = _statistic(shift, shape, 0.0), _statistic(scale, shape, 1.0)
+    inputs = {"zeros": zeros}
+    if mean is None or factor is None:
+        return inputs
+    step = SPREAD / np.where(factor != 0, np.abs(factor), 1.0)
+    inputs["mean"] = zeros + mean
+    with np.errstate(over="ignore"):  # a huge statistic saturates at float32's range
+        inputs[f"mean-{SPREAD:g}sd"] = (zeros + mean - step).astype(np.float32)
+        inputs[f"mean+{SPREAD:g}sd"] = (zeros + mean + step).astype(np.float32)
+    return inputs
+
+
+def _statistic(value: float | list[float] | None, shape: list[int], default: float) -> Any:
+    """A statistic as a float32 array of the sample's shape, or None if it fits no axis."""
+    import numpy as np
+
+    array = np.asarray(default if value is None else value, dtype=np.float32)
+    if array.ndim == 0:
+        return np.full(shape, array, np.float32)
+    if array.size == shape[0]:
+        return np.broadcast_to(array.reshape(-1, *[1] * (len(shape) - 1)), shape)
+    if array.size == math.prod(shape):
+        return array.reshape(shape)
+    return None
+
+
+def _open_session(model_bytes: bytes, contract: dict[str, Any]) -> Any:
+    """The hardened session, its input and outputs checked against the contract."""
     from fedge.client.runtime.session import device_session
 
     try:
@@ -107,27 +196,87 @@ def _child_check(model_bytes: bytes, contract: dict[str, Any]) -> None:
     wanted = [contract["probabilities"], contract["label"]]
     if not set(wanted) <= outputs:
         raise DeviceModelError(f"model outputs {sorted(outputs)} lack {wanted}")
+    return session
+
+
+def _timed_run(session: Any, contract: dict[str, Any], name: str, x: Any) -> tuple[Any, float]:
+    """One run, stopped at max_run_ms: (outputs, milliseconds)."""
+    import threading
+    import time
+
+    import onnxruntime as ort
+
+    limit_ms = contract["max_run_ms"]
+    options = ort.RunOptions()
+    stopper = threading.Timer(limit_ms / 1000, lambda: setattr(options, "terminate", True))
+    wanted = [contract["probabilities"], contract["label"]]
+    stopper.start()
+    start = time.perf_counter()
     try:
-        probabilities, label = session.run(
-            wanted, {contract["input"]: np.zeros((1, *shape), np.float32)}
-        )
+        outputs = session.run(wanted, {contract["input"]: x}, options)
     except Exception as err:
-        raise DeviceModelError(f"the model fails on a zero input: {_short(err)}") from None
-    classes = contract["classes"]
-    if probabilities.dtype != np.float32 or probabilities.shape != (1, classes):
+        if options.terminate:
+            outputs = None
+        else:
+            raise DeviceModelError(f"the model fails on the {name} input: {_short(err)}") from None
+    finally:
+        stopper.cancel()
+    elapsed = (time.perf_counter() - start) * 1000
+    if outputs is None or elapsed > limit_ms:
         raise DeviceModelError(
-            f"probabilities are {probabilities.dtype} {probabilities.shape}, not float32 (1, {classes})"
+            f"the model ran longer than {limit_ms:g} ms on the {name} input (the limit for one "
+            "batch-1 run); it was stopped"
         )
-    if label.dtype != np.int64 or label.shape != (1,) or not 0 <= int(label[0]) < classes:
-        raise DeviceModelError(
-            f"label is {label.dtype} {label.shape}, not int64 (1,) in 0..{classes - 1}"
-        )
+    return outputs, elapsed
+
+
+def _child_check(model_bytes: bytes, contract: dict[str, Any]) -> dict[str, float]:
+    """What the child runs: each check input's run time; DeviceModelError at the first mismatch."""
+    import numpy as np
+
+    session = _open_session(model_bytes, contract)
+    classes, runs = contract["classes"], {}
+    inputs = check_inputs(contract["shape"], contract["shift"], contract["scale"])
+    for name, x in inputs.items():
+        (probabilities, label), runs[name] = _timed_run(session, contract, name, x)
+        if probabilities.dtype != np.float32 or probabilities.shape != (1, classes):
+            raise DeviceModelError(
+                f"probabilities are {probabilities.dtype} {probabilities.shape} on the {name} "
+                f"input, not float32 (1, {classes})"
+            )
+        if label.dtype != np.int64 or label.shape != (1,) or not 0 <= int(label[0]) < classes:
+            raise DeviceModelError(
+                f"label is {label.dtype} {label.shape} on the {name} input, not int64 (1,) in "
+                f"0..{classes - 1}"
+            )
+    return {name: round(ms, 3) for name, ms in runs.items()}
 
 
 def _short(err: Exception) -> str:
     """The end of an onnxruntime message (they carry source paths and C++ signatures)."""
     text = " ".join(str(err).split())
     return text if len(text) <= 300 else "..." + text[-300:]
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process, in MB.
+
+    VmHWM on Linux (ru_maxrss there keeps the parent's peak from before exec), ru_maxrss
+    elsewhere (macOS reports bytes), else 0.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def _main() -> None:
@@ -140,13 +289,13 @@ def _main() -> None:
     except (ImportError, ValueError, OSError):  # no rlimits on this platform: the timeout holds
         pass
     try:
-        _child_check(sys.stdin.buffer.read(), contract)
+        runs = _child_check(sys.stdin.buffer.read(), contract)
     except DeviceModelError as err:
         print(json.dumps({"ok": False, "error": str(err)}))
     except MemoryError:
         print(json.dumps({"ok": False, "error": f"the model needs more than {memory_mb} MB"}))
     else:
-        print(json.dumps({"ok": True}))
+        print(json.dumps({"ok": True, "runs_ms": runs, "peak_mb": _peak_mb()}))
 
 
 if __name__ == "__main__":

@@ -78,7 +78,11 @@ def parse_json(data: bytes | str, where: str) -> Any:
 
 
 def to_samples(value: Any, where: str) -> np.ndarray:
-    """Parsed JSON samples as a finite float32 array."""
+    """Parsed JSON samples (nested lists of JSON numbers only) as a finite float32 array."""
+    try:
+        require_numbers(value, where)
+    except RecursionError:
+        raise InputError(f"{where} nests arrays too deeply") from None
     try:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,6 +93,31 @@ def to_samples(value: Any, where: str) -> np.ndarray:
             f"{where}: samples must be equal-length lists of numbers ({detail})"
         ) from None
     return require_finite(array, where)
+
+
+def require_numbers(value: Any, where: str) -> None:
+    """Refuse anything but nested lists of numbers as `parse_json` makes them (floats).
+
+    numpy would turn the string "1" and the boolean true into 1.0; a request that sends them
+    is wrong about the model's input, so it is told rather than answered.
+    """
+    if type(value) is float:
+        return
+    if type(value) is not list:
+        raise InputError(f"{where}: {_kind(value)} is not a number; samples are lists of numbers")
+    kinds = set(map(type, value))  # one pass in C over a row of values
+    if kinds <= {float}:
+        return
+    for item in value:
+        if type(item) is not float:
+            require_numbers(item, where)
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value that is not a number reads in an error message."""
+    if isinstance(value, str | bool):
+        return f"{json.dumps(value)[:40]} ({'a boolean' if type(value) is bool else 'a string'})"
+    return "null" if value is None else "an object"
 
 
 def from_json(text: bytes | str, where: str) -> np.ndarray:

@@ -218,13 +218,15 @@ class Predictor:
             log.info("now serving %s version %d", self._loaded.model_id, self._loaded.version)
             return True
 
-    def predict(self, batch: Any) -> Prediction:
+    def predict(self, batch: Any, run_options: ort.RunOptions | None = None) -> Prediction:
         """Labels and probabilities for raw samples (the model applies the preprocessing).
 
-        Accepts (N, *sample_shape), (N, prod(sample_shape)), or one sample without the batch
-        axis; any integer or float dtype. More than `batch_size` samples run in chunks. NaN/Inf
-        are not checked on this hot path (they give NaN probabilities); `fedge infer` and
-        `fedge serve` refuse them when parsing input.
+        Accepts exactly (N, *sample_shape), (N, prod(sample_shape)), or one sample without the
+        batch axis (sample_shape or (prod(sample_shape),)); any integer or float dtype. More
+        than `batch_size` samples run in chunks. NaN/Inf are not checked on this hot path (they
+        give NaN probabilities); `fedge infer` and `fedge serve` refuse them when parsing input.
+        `run_options` go to every onnxruntime run (`fedge serve` stops a run that outlives its
+        time limit through them).
         """
         if time.monotonic() >= self._next_check:
             self.reload_if_newer()
@@ -232,10 +234,12 @@ class Predictor:
         x = self._shaped(batch, loaded)
         if len(x) <= self.batch_size:
             feed = x if x.dtype == np.float32 else x.astype(np.float32)
-            probabilities, best = loaded.session.run(loaded.output_names, {loaded.input_name: feed})
+            probabilities, best = loaded.session.run(
+                loaded.output_names, {loaded.input_name: feed}, run_options
+            )
         else:
             parts = [
-                loaded.session.run(loaded.output_names, {loaded.input_name: chunk})
+                loaded.session.run(loaded.output_names, {loaded.input_name: chunk}, run_options)
                 for chunk in self.batches(x)
             ]
             probabilities = np.concatenate([p for p, _ in parts])
@@ -253,18 +257,18 @@ class Predictor:
         x = batch if type(batch) is np.ndarray else np.asarray(batch)
         if x.dtype.kind not in "iuf":
             raise InputError(f"input dtype {x.dtype} is not numeric; expected float or int values")
-        shape = loaded.sample_shape
-        if x.shape[1:] != shape:
-            if x.size == loaded.sample_size and x.ndim <= len(shape):
-                x = x.reshape(1, *shape)  # one sample without a batch axis
-            elif x.ndim == 2 and x.shape[1] == loaded.sample_size:
-                x = x.reshape(len(x), *shape)  # flat samples
-            else:
-                raise InputError(
-                    f"input shape {x.shape} does not fit: expected (N, {', '.join(map(str, shape))})"
-                    f" or (N, {loaded.sample_size})"
-                )
-        return x
+        shape, size = loaded.sample_shape, loaded.sample_size
+        if x.ndim == len(shape) + 1 and x.shape[1:] == shape:
+            return x
+        if x.ndim == 2 and x.shape[1] == size:
+            return x.reshape(len(x), *shape)  # flat samples
+        if x.shape in (shape, (size,)):
+            return x.reshape(1, *shape)  # one sample without a batch axis
+        dims = ", ".join(map(str, shape))
+        raise InputError(
+            f"input shape {x.shape} does not fit: expected (N, {dims}) or (N, {size}), "
+            f"or one sample ({dims}) or ({size},)"
+        )
 
 
 def bare_session(model_dir: Path | str, trusted_key: Path | str) -> ort.InferenceSession:

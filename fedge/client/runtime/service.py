@@ -4,13 +4,12 @@ Routes: GET /health and POST /predict (fedge's own JSON), and KServe's v2 REST p
 GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}[/versions/{v}][/ready] and
 POST /v2/models/{name}[/versions/{v}]/infer. With a token, every route but the v2 liveness and
 readiness probes needs `Authorization: Bearer <token>`. Bodies are capped per request and in
-total; small ones are answered on the event loop, large ones in a worker thread, one at a time.
-The transport (framing, timeouts, connection limits) is uvicorn's, set up in `httpserver`.
+total; parsing and inference run in a small worker pool with a time limit (`pool`), never on the
+event loop. The transport (framing, timeouts, connection limits) is set up in `httpserver`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -18,7 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import onnxruntime as ort
+
 from fedge.client.runtime.inputs import from_json, parse_json
+from fedge.client.runtime.pool import InferencePool, PoolBusyError, PoolTimeoutError
 from fedge.client.runtime.predictor import InputError, Predictor
 from fedge.client.runtime.v2 import V2_ROUTE, infer_request, metadata, v2_response
 
@@ -29,15 +31,18 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
 CLOSE = [(b"connection", b"close")]  # after a refusal the unread body is not worth reading
 OPEN_ROUTES = ("/v2/health/live", "/v2/health/ready")  # probes: no model details, no token
+RETRY = [(b"retry-after", b"1")]
 
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """Per-request and total body limits, and what counts as a large body."""
+    """Per-request and total body limits, and the inference pool's size and time limit."""
 
     max_body: int = 4 << 20  # bytes in one request body
     body_budget: int = 64 << 20  # bytes of request bodies held at once, all requests together
-    inline_body: int = 64 << 10  # bodies up to this are answered on the event loop
+    workers: int = 2  # threads that parse and run the model (onnxruntime releases the GIL)
+    waiting: int = 32  # requests that may wait for a worker; beyond them, 503 at once
+    inference_timeout: float = 10.0  # seconds a request may wait and run; then 504, run stopped
 
 
 class HttpError(Exception):
@@ -58,7 +63,20 @@ class InferenceApp:
         self.limits = limits or ServiceLimits()
         self._auth = None if token is None else f"Bearer {token}".encode()
         self._held = 0  # body bytes held by requests in flight
-        self._large: asyncio.Semaphore | None = None
+        self._pool: InferencePool | None = None  # made on the server's event loop, when needed
+
+    @property
+    def pool(self) -> InferencePool:
+        """The worker pool that parses bodies and runs the model."""
+        if self._pool is None:
+            limits = self.limits
+            self._pool = InferencePool(limits.workers, limits.waiting, limits.inference_timeout)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker pool (runs under way finish in their threads)."""
+        if self._pool is not None:
+            self._pool.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one HTTP request (other ASGI scope types are ignored)."""
@@ -105,7 +123,7 @@ class InferenceApp:
             _allow(method, "POST")
             body = await self._body(scope, receive, reserved)
             return await self._run(
-                body, lambda data: predictor.predict(from_json(data, "request body")).to_json()
+                lambda run: predictor.predict(from_json(body, "request body"), run).to_json()
             )
         if path in ("/v2/health/live", "/v2/health/ready"):
             _allow(method, "GET")
@@ -129,21 +147,21 @@ class InferenceApp:
             return {"name": name, "ready": True}
         _allow(method, "POST")
         body = await self._body(scope, receive, reserved)
-        return await self._run(body, lambda data: self._v2_infer(data))
+        return await self._run(lambda run: self._v2_infer(body, run))
 
-    def _v2_infer(self, body: bytes) -> dict[str, Any]:
+    def _v2_infer(self, body: bytes, run: ort.RunOptions) -> dict[str, Any]:
         request = parse_json(body, "request body")
         x, wanted = infer_request(request, self.predictor)
-        return v2_response(self.predictor.predict(x), self.predictor, request, wanted)
+        return v2_response(self.predictor.predict(x, run), self.predictor, request, wanted)
 
     def _authorize(self, scope: Scope) -> None:
         if self._auth is None:
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
         if not hmac.compare_digest(given, self._auth):
-            raise HttpError(
-                401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
-            )
+            # closed after the answer: without a token a client cannot hold a connection open
+            challenge = [(b"www-authenticate", b"Bearer"), *CLOSE]
+            raise HttpError(401, "missing or wrong bearer token", challenge)
 
     async def _body(self, scope: Scope, receive: Receive, reserved: list[int]) -> bytes:
         """The request body, refused (413, 503) before reading past the limits."""
@@ -173,17 +191,21 @@ class InferenceApp:
             raise HttpError(400, "the request has no body; send JSON")
         return body
 
-    async def _run(self, body: bytes, work: Callable[[bytes], Any]) -> Any:
-        """`work(body)` with InputError as 400: inline when small, else in a thread, one at a time."""
+    async def _run(self, work: Callable[[ort.RunOptions], Any]) -> Any:
+        """`work(run_options)` in the pool: InputError is 400, a full pool 503, a timeout 504."""
+        pool = self.pool
         try:
-            if len(body) <= self.limits.inline_body:
-                return work(body)
-            if self._large is None:
-                self._large = asyncio.Semaphore(1)
-            async with self._large:
-                return await asyncio.get_running_loop().run_in_executor(None, work, body)
+            return await pool.run(work)
         except InputError as err:
             raise HttpError(400, str(err)) from None
+        except PoolBusyError as err:
+            raise HttpError(503, f"the server is busy: {err}; retry later", RETRY) from None
+        except PoolTimeoutError:
+            raise HttpError(
+                504,
+                f"the model did not answer within {pool.timeout:g} s (the inference time "
+                "limit); the run was stopped",
+            ) from None
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -12,6 +12,7 @@ lowers it; no symlink in the store is followed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime import rollback
-from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
+from fedge.client.runtime.devicecheck import CheckReport, DeviceModelError, check_device_model
 from fedge.client.runtime.files import UnsafeFileError, exclusive_lock, plain_dir, read_bounded
 from fedge.client.runtime.rollback import VERSION_TEXT, VERSIONS_DIR, Floor
 from fedge.client.runtime.storestate import (
@@ -52,7 +53,7 @@ STATE = STATE_FILE
 DAMAGED_STATE = "state.json.damaged"  # a damaged state.json, kept when an install rebuilds it
 LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
-DeviceCheck = Callable[[bytes, Manifest], None]
+DeviceCheck = Callable[[bytes, Manifest], CheckReport | None]  # the report goes in the history
 
 
 @dataclass(frozen=True)
@@ -201,12 +202,12 @@ class ModelStore:
                 "allow a switch explicitly (allow-model-switch) to change lines",
             )
         try:
-            device_check(bundle.model_bytes, bundle.manifest)
+            report = device_check(bundle.model_bytes, bundle.manifest)
         except DeviceModelError as err:
             raise BundleError("device-model", str(err)) from None
         self._write_version(bundle)
         atomic_write_bytes(self.root / CURRENT, str(bundle.version).encode())
-        self._record_install(bundle)
+        self._record_install(bundle, report)
         self._drop_old(bundle.version)
         return Installed(bundle, changed=True)
 
@@ -236,13 +237,15 @@ class ModelStore:
             return read_bounded(installed, fmt.MAX_MANIFEST_BYTES) == bundle.manifest_bytes
         return False
 
-    def _record_install(self, bundle: VerifiedBundle) -> None:
+    def _record_install(self, bundle: VerifiedBundle, report: CheckReport | None) -> None:
         """state.json after an install; a damaged one is kept aside and rebuilt."""
         state, damage = self._state_witness()
         if damage is not None:
             os.replace(self.root / STATE, self.root / DAMAGED_STATE)
         state.highest_version, state.model_id = bundle.version, bundle.model_id
         entry = HistoryEntry(bundle.version, bundle.model_id, _now(), bundle.manifest.model_sha256)
+        if report is not None:  # what the device check measured: run times, peak memory
+            entry = dataclasses.replace(entry, device_check=report.to_json())
         state.history = [*state.history, entry.to_json()][-HISTORY:]
         self._write_state(state)
 

@@ -30,10 +30,14 @@ class HistoryEntry:
     model_id: str
     installed: str
     sha256: str
+    device_check: dict[str, Any] | None = None  # what the install check measured, if it ran
 
     def to_json(self) -> dict[str, Any]:
         """The entry as state.json stores it."""
-        return asdict(self)
+        entry = asdict(self)
+        if self.device_check is None:
+            del entry["device_check"]
+        return entry
 
     @classmethod
     def from_json(cls, raw: object) -> HistoryEntry:
@@ -49,7 +53,10 @@ class HistoryEntry:
         wrong = [name for name in names[1:] if not isinstance(raw[name], str)]
         if wrong:
             raise StateError(f"{', '.join(wrong)} must be text")
-        return cls(raw["version"], raw["model_id"], raw["installed"], raw["sha256"])
+        check = raw.get("device_check")
+        if check is not None and not isinstance(check, dict):
+            raise StateError(f"device_check is {_kind(check)}, not an object")
+        return cls(raw["version"], raw["model_id"], raw["installed"], raw["sha256"], check)
 
 
 @dataclass

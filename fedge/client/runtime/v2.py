@@ -68,6 +68,12 @@ def infer_request(request: Any, predictor: Predictor) -> tuple[np.ndarray, list[
     ):
         raise InputError("shape must be a list of 1 to 9 non-negative integers")
     dims = [int(d) for d in shape]
+    sample = list(predictor.sample_shape)
+    if dims[1:] not in (sample, [math.prod(sample)]):
+        raise InputError(
+            f"shape {dims} does not fit: expected [N, {', '.join(map(str, sample))}] or "
+            f"[N, {math.prod(sample)}] (N samples; the batch axis comes first)"
+        )
     data = to_samples(tensor.get("data"), "input data")
     if data.size != math.prod(dims):
         raise InputError(f"data has {data.size} values, shape {dims} needs {math.prod(dims)}")
