@@ -16,25 +16,7 @@ from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.rundir.checkpoint import Checkpoint, CheckpointDir, capture_rng, restore_rng
 from fedge.server.training_loop import train_teacher
 from tests.flower_local import LocalGrid
-
-
-def _row(number: int) -> dict:
-    """A round row as the training loop writes it."""
-    return {
-        "round": number,
-        "accuracy": 0.5,
-        "loss": 1.0,
-        "train_loss": 1.2,
-        "clients_ok": 3,
-        "clients_failed": [{"node_id": 7, "partition_id": 1, "reason": "timed out"}],
-        "clients_rejected": [],
-        "skipped": None,
-        "sampled": None,
-        "downlink_bytes": 10,
-        "uplink_bytes": 10,
-        "injected": {"byzantine": [], "dropped": [], "stragglers": []},
-        "seconds": 0.5,
-    }
+from tests.pipeline.rows import round_row
 
 
 def _ckpt(number: int) -> Checkpoint:
@@ -43,7 +25,7 @@ def _ckpt(number: int) -> Checkpoint:
         weights={"w": np.full((2, 3), number, np.float32)},
         strategy={"m_t": {"w": np.ones(3) * number}},
         log={
-            "rounds": [_row(i) for i in range(1, number + 1)],
+            "rounds": [round_row(i) for i in range(1, number + 1)],
             "rejected": [],
             "train_bytes": number,
         },

@@ -18,6 +18,7 @@ from fedge.pipeline.rundir.paths import COMPRESSED_FILE, RUN_CONFIG_FILE, staged
 from fedge.server.run import run_server
 from fedge.simulations.runner import build_config
 from tests.flower_local import LocalGrid
+from tests.pipeline.rows import round_row
 
 CFG = RunConfig(
     clients=3,
@@ -38,7 +39,7 @@ def _partial(tmp_path, cfg: RunConfig, completed: int):
     (partial / "checkpoints").mkdir(parents=True)
     (partial / RUN_CONFIG_FILE).write_text(json.dumps(cfg.to_run_config()))
     log = {
-        "rounds": [{"round": i} for i in range(1, completed + 1)],
+        "rounds": [round_row(i) for i in range(1, completed + 1)],
         "rejected": [],
         "train_bytes": 0,
     }

@@ -177,6 +177,44 @@ def check_byte_budget(configs: list[RunConfig], choice: Choice, fed: Federation)
         )
 
 
+def _candidate_row(
+    cfg: RunConfig,
+    outcome: CompressionOutcome,
+    fed: Federation,
+    teacher_val: float,
+    teacher_session: InferenceSession | None,
+    timing: Timing,
+) -> CandidateRow:
+    """One compressed candidate, measured on raw validation and test inputs, and logged."""
+    val, test, prep = fed.server.val, fed.server.test, fed.dataset.preprocessing
+    raw_val = prep.invert(val.x)
+    session = make_session(outcome.student_bytes)
+    val_acc = session_accuracy(session, raw_val, val.y)
+    row = CandidateRow(
+        student=cfg.student,
+        prune_ratio=cfg.prune_ratio,
+        quant=quant_name(cfg),
+        quantized=outcome.quantization.quantized,
+        params=outcome.student_params,
+        bytes=len(outcome.student_bytes),
+        gzip_bytes=gzip_size(outcome.student_bytes),
+        val_accuracy=val_acc,
+        drop_pt=(teacher_val - val_acc) * 100,
+        test_accuracy=session_accuracy(session, prep.invert(test.x), test.y),
+        **_latency(teacher_session, val.x, session, raw_val, timing.candidate),
+    )
+    log.info(
+        "candidate %-11s prune %.2f %-9s validation %.4f  bytes %7d  b1 %.1f us",
+        row.student,
+        row.prune_ratio,
+        row.quant,
+        val_acc,
+        row.bytes,
+        row.b1_us,
+    )
+    return row
+
+
 def compress_candidates(
     source: KdSource,
     configs: list[RunConfig],
@@ -198,7 +236,6 @@ def compress_candidates(
     both. With `stop`, candidates are compressed in order until one satisfies it.
     """
     val, test, prep = fed.server.val, fed.server.test, fed.dataset.preprocessing
-    raw_val, raw_test = prep.invert(val.x), prep.invert(test.x)
     inputs = Inputs(
         source.teacher, source.pool, val, test, prep, fed.dataset.num_classes, federated
     )
@@ -213,30 +250,7 @@ def compress_candidates(
         if source.fixed_views is not None:
             compression = compression.on_fixed_views(source.fixed_views)
         outcome = compress(compression, inputs, cache)
-        session = make_session(outcome.student_bytes)
-        val_acc = session_accuracy(session, raw_val, val.y)
-        row = CandidateRow(
-            student=cfg.student,
-            prune_ratio=cfg.prune_ratio,
-            quant=quant_name(cfg),
-            quantized=outcome.quantization.quantized,
-            params=outcome.student_params,
-            bytes=len(outcome.student_bytes),
-            gzip_bytes=gzip_size(outcome.student_bytes),
-            val_accuracy=val_acc,
-            drop_pt=(teacher_val - val_acc) * 100,
-            test_accuracy=session_accuracy(session, raw_test, test.y),
-            **_latency(teacher_session, val.x, session, raw_val, timing.candidate),
-        )
-        log.info(
-            "candidate %-11s prune %.2f %-9s validation %.4f  bytes %7d  b1 %.1f us",
-            row.student,
-            row.prune_ratio,
-            row.quant,
-            val_acc,
-            row.bytes,
-            row.b1_us,
-        )
+        row = _candidate_row(cfg, outcome, fed, teacher_val, teacher_session, timing)
         out.append(Candidate(row, cfg, compression, outcome))
         if stop is not None and stop.admits(row):
             break
