@@ -86,9 +86,11 @@ def pareto_plot(table: dict[str, Any]) -> bytes:
         for q, m in QUANT_MARKERS.items()
         if any(_ships(r) == q for r in rows)
     ]
-    axes[0].legend(handles=[*handles, *axes[0].get_legend_handles_labels()[0]], fontsize=7)
+    handles += axes[0].get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8)
     axes[0].set_ylabel("validation accuracy (%)")
-    fig.tight_layout()
+    rows_of_legend = -(-len(handles) // 6)
+    fig.tight_layout(rect=(0.0, 0.05 * rows_of_legend + 0.02, 1.0, 1.0))  # legend below the data
     return _png(fig)
 
 
@@ -101,7 +103,7 @@ def _pareto_axis(
     ax: Any, table: dict[str, Any], colours: dict[str, str], cost: str, flag: str
 ) -> None:
     """One panel: every point, the Pareto front as a step line, the choice and the limits."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = table["rows"]
     for r in rows:
@@ -118,15 +120,15 @@ def _pareto_axis(
         zorder=4,
         label="Pareto front",
     )
-    for r in (r for r in rows if r["chosen"]):
-        ax.scatter(r[cost], 100 * r["val_accuracy"], s=320, marker="*", c="red", zorder=5)
-        ax.annotate(
-            f"chosen: {r['student']}, prune {r['prune_ratio']}, {r['quant']}",
-            (r[cost], 100 * r["val_accuracy"]),
-            xytext=(0.03, 0.04),
-            textcoords="axes fraction",
-            fontsize=8,
-            arrowprops={"arrowstyle": "->", "color": "red", "lw": 0.8},
+    for r in (r for r in rows if r["chosen"]):  # named in the legend: no arrow over the data
+        ax.scatter(
+            r[cost],
+            100 * r["val_accuracy"],
+            s=320,
+            marker="*",
+            c="red",
+            zorder=5,
+            label=f"chosen: {r['student']}, prune {r['prune_ratio']}, {r['quant']}",
         )
     if table["max_accuracy_drop_pt"] is not None:
         limit = 100 * table["teacher_val_accuracy"] - table["max_accuracy_drop_pt"]
@@ -135,9 +137,10 @@ def _pareto_axis(
         ax.axvline(table["max_bytes"], color="red", lw=0.8, ls=":", label="byte budget")
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 1-2-5: never crowded
     ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.xaxis.set_minor_formatter(NullFormatter())  # unlabelled minor ticks: no overlapping text
+    ax.tick_params(axis="x", which="major", labelrotation=30, labelsize=8)
     ax.grid(alpha=0.3, which="both")
 
 
