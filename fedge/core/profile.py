@@ -63,6 +63,8 @@ def parse_profile(text: str, source: str) -> Profile:
         return _parse(json.loads(text), source)
     except json.JSONDecodeError as err:
         raise ProfileError(f"device profile {source} is not JSON: {err}") from None
+    except RecursionError:  # a hostile or broken file: [[[[...]]]]
+        raise ProfileError(f"device profile {source} nests arrays or objects too deeply") from None
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         if isinstance(err, ProfileError):
             raise

@@ -15,6 +15,7 @@ def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
         ("{not json", "is not JSON"),
         ('{"fedge_profile": 99}', "has version 99; this fedge reads version 1"),
         ('{"fedge_profile": 1, "probes": []}', "is malformed"),
+        ('{"fedge_profile": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests .* too deeply"),
     ):
         bad.write_text(text)
         with pytest.raises(ProfileError, match=message):

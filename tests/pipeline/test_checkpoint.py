@@ -65,6 +65,7 @@ def test_round_trip_restores_weights_state_and_every_rng(tmp_path):
         lambda d: _edit_json(d, lambda m: m["config"].update(seed=1)),  # sha256 no longer fits
         lambda d: _edit_json(d, lambda m: m.pop("log")),
         lambda d: (d / "round-0003.json").write_text("[]"),
+        lambda d: (d / "round-0003.json").write_text("[" * 100_000 + "]" * 100_000),
         lambda d: _edit_json(d, lambda m: m["log"]["rounds"][1].update(accuracy="x")),
         lambda d: _edit_json(d, lambda m: m["log"]["rounds"][0].update(accuracy=1.5)),
         lambda d: _edit_json(d, lambda m: m["log"]["rounds"][2].update(clients_ok=True)),

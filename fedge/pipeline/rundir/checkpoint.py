@@ -149,7 +149,7 @@ class CheckpointDir:
         for number in reversed(self._rounds()):
             try:
                 return self._load(number)
-            except (OSError, ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
                 log.warning(
                     "checkpoint round %d is damaged (%s); trying the one before", number, err
                 )
