@@ -20,6 +20,9 @@ PROBE_DIR = Path(__file__).resolve().parent.parent / "client" / "runtime" / "pro
 INDEX = PROBE_DIR / "index.json"
 
 
+PLAUSIBLE_US = (0.01, 1e6)  # a probe's p50 per sample: a probe runs in µs to ms anywhere
+
+
 class ProfileError(ValueError):
     """A profile that is malformed, from another version, or measured other probes."""
 
@@ -94,6 +97,12 @@ def _parse(data: Any, path: str) -> Profile:
         values = list(per_batch.values())
         if set(per_batch) != set(batches) or not all(math.isfinite(v) and v > 0 for v in values):
             raise ProfileError(f"device profile {path}: probe {name!r} lacks a positive latency")
+        low, high = PLAUSIBLE_US
+        if not all(low <= v <= high * b for b, v in per_batch.items()):
+            raise ProfileError(
+                f"device profile {path}: probe {name!r} claims {sorted(values)} µs; allowed: "
+                f"{low:g} µs to {high:g} µs per sample (a probe is a small model)"
+            )
     missing = sorted(set(known) - set(latency))
     if missing:  # a partial set leaves columns of the fit empty (e.g. int8 work looks free)
         raise ProfileError(

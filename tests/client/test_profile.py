@@ -42,6 +42,12 @@ def test_a_malformed_or_foreign_profile_is_refused_in_one_line(tmp_path):
         bad.write_text(json.dumps({**fresh, **change}))
         with pytest.raises(ProfileError, match=message):
             load_profile(bad)
+    absurd = json.loads(good.read_text())
+    absurd["probes"][name]["batches"]["1"]["p50_us"] = 1e12  # 11 days for a small probe
+    bad.write_text(json.dumps(absurd))
+    with pytest.raises(ProfileError, match=rf"probe '{name}' claims .* µs; allowed: 0.01 µs"):
+        load_profile(bad)
+    load_profile(good)  # the measured one is plausible
     with pytest.raises(ProfileError, match="cannot read device profile"):
         load_profile(tmp_path / "missing.json")
     refused = CliRunner().invoke(app, ["profile", "--out", str(tmp_path / "no" / "p.json")])
