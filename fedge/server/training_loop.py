@@ -193,9 +193,9 @@ def train_round(
     failures = _failures(by_node, loop.nodes)
     if samples_clients(cfg):  # every node was asked its partition: one nobody holds is lost
         failures += _unreached(chosen, messages, loop.nodes)
-    settle_chain(loop.downlink, by_node)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
     accepted, rejected = _checked(cfg, ok, arrays, server_round)
+    settle_chain(loop.downlink, by_node, {r["node_id"] for r in rejected})
     out.rejected += rejected
     loop.last_round_nodes = [c.node_id for c in accepted]
     arrays, skipped, metrics = _aggregate(cfg, strategy, server_round, accepted, arrays)

@@ -85,10 +85,18 @@ def _downlink(kind: str, view: int, base: int) -> ConfigRecord:
     return ConfigRecord({"kind": kind, "view": view, "base": base})
 
 
-def settle_chain(chain: DownlinkChain, replies: dict[int, Message | None]) -> None:
-    """After a round: the view's holders are the chain's nodes that answered without error."""
+def settle_chain(
+    chain: DownlinkChain, replies: dict[int, Message | None], rejected: set[int]
+) -> None:
+    """After a round: the view's holders are the chain's nodes whose update was accepted.
+
+    A node that failed, or whose update was rejected (a view that diverged from the server's
+    trains from the wrong model), gets the full int8 model next round: it is re-synced.
+    """
     chain.holders = {
-        n for n in chain.sent if (r := replies.get(n)) is not None and not r.has_error()
+        n
+        for n in chain.sent
+        if (r := replies.get(n)) is not None and not r.has_error() and n not in rejected
     }
     chain.sent = set()
 

@@ -144,6 +144,26 @@ def test_the_delta_downlink_keeps_node_views_identical_to_the_servers():
     assert log.rounds[-1]["accuracy"] > int8.rounds[-1]["accuracy"] - 0.05
 
 
+def test_a_node_whose_update_was_rejected_leaves_the_chain_and_is_resynced():
+    """A view that diverged (same id, other values) makes updates the server rejects: such a
+    node must get the full model next round, not another change it cannot apply."""
+    from fedge.server.update_codec import DownlinkChain, encode_downlink, settle_chain
+    from tests.server.test_robust import _reply
+
+    chain = DownlinkChain(view={"w": np.zeros(4, np.float32)}, view_id=7, sent={1, 2, 3})
+    replies = {n: _reply(np.zeros(4), n) for n in (1, 2, 3)}
+    settle_chain(chain, replies, rejected={2})
+    assert chain.holders == {1, 3}
+    grid = LocalGrid(client_app, num_nodes=3)
+    messages = [grid.create_message(RecordDict(), m.TRAIN, n, "") for n in (1, 2, 3)]
+    weights = ArrayRecord({"w": Array(np.ones(4, np.float32))})
+    encode_downlink(DELTA, messages, weights, chain)
+    kinds = {
+        msg.metadata.dst_node_id: msg.content.config_records[m.DOWNLINK]["kind"] for msg in messages
+    }
+    assert kinds[2] == m.DOWNLINK_FULL and kinds[1] == kinds[3] == m.DOWNLINK_DELTA
+
+
 def test_delta_downlink_needs_an_update_codec():
     try:
         CLEAN.replace(downlink_compression="delta")
