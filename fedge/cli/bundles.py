@@ -62,7 +62,7 @@ def install(
     from fedge.client.runtime.store import ModelStore
     from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir
 
-    limits = CheckLimits(max_run_ms=check_max_run_ms, max_peak_mb=check_max_memory_mb)
+    limits = CheckLimits.peak(check_max_run_ms, check_max_memory_mb)
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
     store = ModelStore(model_dir)
@@ -104,7 +104,7 @@ def verify(
     from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
     from fedge.client.runtime.verify import BundleError, load_public_key, verify_bundle_dir
 
-    limits = CheckLimits(max_run_ms=check_max_run_ms, max_peak_mb=check_max_memory_mb)
+    limits = CheckLimits.peak(check_max_run_ms, check_max_memory_mb)
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
     try:

@@ -1,4 +1,4 @@
-"""Server-side commands: `fedge simulate`, `fedge compress`, `fedge audit`."""
+"""Server-side commands: `fedge simulate` and `fedge settings`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,9 @@ def simulate(
     run_config: Annotated[
         str | None, typer.Option(help='Settings as "key=value key=value" (flwr run syntax).')
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="digits | mnist1d | npz:PATH")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="digits | mnist1d | fmnist | npz:PATH")
+    ] = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated clients.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for splits, init and sampling.")] = None,

@@ -1,1 +1,1 @@
-"""Compression stages (distill, prune, export, quantize, bundle): one config + one verb each; no flwr."""
+"""Compression stages (distill, prune, export, quantize, qat, minify, bundle): one config + one verb each; no flwr."""

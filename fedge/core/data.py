@@ -1,8 +1,9 @@
-"""Built-in offline datasets (digits, mnist1d) and the user's own npz, as raw arrays + preprocessing."""
+"""Built-in offline datasets (digits, mnist1d, fmnist) and the user's own npz, as raw arrays + preprocessing."""
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,8 +291,9 @@ def _check_split(name: str, split: str, xs: np.ndarray, ys: np.ndarray, min_clas
         raise ConfigError(
             f"{name}: y_{split} holds only class {low}; allowed: at least {min_classes} classes"
         )
-    values = np.asarray(xs, dtype=np.float64)
-    if not np.isfinite(values).all() or np.abs(values).max() > MAX_ABS_X:
+    finite = xs.dtype.kind in "iub" or bool(np.isfinite(xs).all())  # no float64 copy of x
+    largest = max(abs(float(xs.min())), abs(float(xs.max()))) if finite else math.inf
+    if not finite or largest > MAX_ABS_X:
         raise ConfigError(
             f"{name}: x_{split} holds NaN, Inf or values beyond +-{MAX_ABS_X:g}; allowed: "
             "finite values of at most that size"

@@ -171,7 +171,11 @@ class CompressionSettings:
         60, "KD epochs of quantization-aware training", interval=">= 1", compress=True
     )
     int8_tolerance: float = setting(
-        0.01, "validation accuracy int8 may lose against fp32", interval="[0, 1]", compress=True
+        0.01,
+        "post-training int8: share of validation and public inputs whose top class may change; "
+        "QAT: validation accuracy it may lose against fp32",
+        interval="[0, 1]",
+        compress=True,
     )
     teacher_mode: str = setting(
         "global",

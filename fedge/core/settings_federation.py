@@ -25,7 +25,8 @@ class FederationSettings:
     rounds: int = setting(10, "federated rounds of teacher training", interval=">= 1")
     teacher: str = setting(
         "cnn",
-        "federated model: cnn (wide CNN/MLP) | linear (for DP) | a student architecture "
+        "federated model: cnn (GroupNorm CNN for signals and images of 16 px and more, else a "
+        "CNN/MLP) | linear (for DP) | a student architecture "
         "(federate a small model directly, no distillation)",
         choices=choices.TEACHERS,
     )

@@ -1,1 +1,1 @@
-"""Differential privacy: accounting now; DP training modes and the membership audit build on it."""
+"""Differential privacy: accountants, central and local (DP-SGD) training, the ledger, the LiRA audit."""

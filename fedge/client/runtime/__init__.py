@@ -1,4 +1,4 @@
-"""The device runtime: bundle verification and the model store (numpy, onnxruntime, cryptography only)."""
+"""The device runtime: bundle verification, the model store, inference and serving (no torch)."""
 
 from fedge.client.runtime.predictor import InputError, Prediction, Predictor
 

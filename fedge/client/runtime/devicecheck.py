@@ -39,6 +39,13 @@ class CheckLimits:
     max_run_ms: float = 1000.0  # one batch-1 run on any check input; a run past it is stopped
     max_peak_mb: int = 512  # peak resident memory of the child (~70 MB before the model loads)
 
+    @classmethod
+    def peak(cls, max_run_ms: float, max_peak_mb: int) -> CheckLimits:
+        """Limits for a run time and a peak memory; the address space grows with the peak."""
+        return cls(
+            memory_mb=max(1024, 2 * max_peak_mb), max_run_ms=max_run_ms, max_peak_mb=max_peak_mb
+        )
+
 
 @dataclass(frozen=True)
 class CheckReport:
