@@ -176,6 +176,7 @@ def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path
     student_name = run["student"]["architecture"]
     direct_settings = [*settings, "--teacher", student_name, "--kd-source", "public"]
     direct_settings += ["--kd-epochs", "1", "--quant-mode", "none", "--qat", "off"]
+    direct_settings += ["--student-max-drop", "100"]  # only its teacher is measured
     direct = simulate(dataset, seed, direct_settings, work / f"{dataset}-{seed}-direct", log)
     teacher, student = run["teacher"]["accuracy"], run["student"]["accuracy"]
     extra: dict[str, Any] = {}
