@@ -386,8 +386,8 @@ def main() -> None:
             f"{dataset}: size_ratio {s['size_ratio']:.1f} (min {s['size_ratio_min']:.1f}), "
             f"accuracy_drop_pt {s['accuracy_drop_pt']:.2f} (worst {s['accuracy_drop_pt_max']:.2f}, "
             f"ci95 {s['accuracy_drop_pt_ci95'][0]:.2f}..{s['accuracy_drop_pt_ci95'][1]:.2f}), "
-            f"kd_gain_pt {s['kd_gain_pt']:.2f}, reproducible {s['reproducible']}/"
-            f"{s['compress_reproducible']}, student_tpr_ratio {s.get('student_tpr_ratio')}"
+            f"kd_gain_pt {s['kd_gain_pt']:.2f}, reproducible {s.get('reproducible')}/"
+            f"{s.get('compress_reproducible')}, student_tpr_ratio {s.get('student_tpr_ratio')}"
         )
 
 
