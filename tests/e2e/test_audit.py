@@ -12,13 +12,15 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
     proc = fedge("audit", str(tiny_run), "--shadows", "4", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     audit = json.loads((out / "audit.json").read_text())
-    assert set(audit["models"]) == {"teacher", "distilled", "pruned", "federated", "student"}
+    source = json.loads((tiny_run / "results.json").read_text())
+    kept = source["student_rounds"]["kept"]  # rounds that lowered validation were discarded
+    expected = {"teacher", "distilled", "pruned", "student"} | ({"federated"} if kept else set())
+    assert set(audit["models"]) == expected
     # The audit's replay of the run's compression rebuilt the shipped student byte for byte.
     assert audit["replayed_student_sha256"] == audit["shipped_student_sha256"]
     for row in audit["models"].values():
         assert 0 <= row["tpr_at_1pct_fpr"] <= 1 and 0 <= row["auc"] <= 1
         assert row["ci95"]["auc"][0] <= row["auc"] <= row["ci95"]["auc"][1]
-    source = json.loads((tiny_run / "results.json").read_text())
     assert audit["models"]["student"]["accuracy"] == pytest.approx(source["student"]["accuracy"])
     assert audit["shadows"] == 4 and (out / "roc.png").read_bytes().startswith(b"\x89PNG")
     report = (tiny_run / "report.md").read_text()

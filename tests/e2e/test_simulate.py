@@ -17,7 +17,11 @@ def test_tiny_simulation_trains_compresses_and_every_client_installs(tiny_run):
     assert results["teacher"]["accuracy"] > 0.7  # chance is 0.1
     assert results["student"]["onnx_bytes"] * 10 < results["teacher"]["onnx_bytes"]
     names = [s["name"] for s in results["stages"]]
-    assert names[:4] == ["distilled", "pruned", "federated", "onnx-fp32"]
+    rounds = results["student_rounds"]
+    assert len(rounds["rounds"]) == 2 and rounds["train_bytes"] > 0  # the student rounds ran
+    federated = ["federated"] if rounds["kept"] else []  # discarded when validation fell
+    assert names[: 3 + len(federated)] == ["distilled", "pruned", *federated, "onnx-fp32"]
+    assert rounds["kept"] == (rounds["validation_after"] >= rounds["validation_before"])
     assert len(results["clients"]) == 3 and all(c["installed"] for c in results["clients"])
     assert {"train_bytes", "deploy_bytes"} <= results["communication"].keys()
     assert {"total", "training", "compression", "deploy"} <= results["timing_s"].keys()
