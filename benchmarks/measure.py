@@ -13,21 +13,27 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 def run_measured(cmd: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> dict[str, float]:
     """Run `cmd` (output appended to `log`), sampling its process tree's RSS every half second.
 
-    Returns wall seconds and the peak of the tree's summed RSS in GB (shared pages count in
-    every process that maps them: an upper bound). RuntimeError with the log's tail if the
-    exit code is not in `ok`.
+    Returns wall seconds, the peak of the tree's summed RSS in GB (shared pages count in
+    every process that maps them: an upper bound) and of its summed PSS (shared pages divided).
+    RuntimeError with the log's tail if the exit code is not in `ok`.
     """
-    start, peak = time.monotonic(), 0
+    start, peak, peak_pss = time.monotonic(), 0, 0
     with log.open("ab") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            pids = tree_pids(proc.pid)
+            peak = max(peak, sum(_rss(p) for p in pids))
+            peak_pss = max(peak_pss, sum(_pss(p) for p in pids))
             time.sleep(0.5)
     if proc.returncode not in ok:
         raise RuntimeError(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{log.read_text()[-3000:]}"
         )
-    return {"wall_s": time.monotonic() - start, "peak_rss_gb": peak / 1e9}
+    return {
+        "wall_s": time.monotonic() - start,
+        "peak_rss_gb": peak / 1e9,
+        "peak_pss_gb": peak_pss / 1e9,  # shared pages divided among the tree's processes
+    }
 
 
 def tree_rss(pid: int) -> int:
