@@ -300,10 +300,9 @@ def default_run(dataset: str, work: Path, log: Path) -> dict[str, Any]:
     }
 
 
-def remeasure(path: Path) -> None:
-    """Speed-ups of every run in an earlier result again, side by side, and the means."""
+def remeasure(path: Path, work: Path) -> None:
+    """Speed-ups of every run in an earlier result (kept in `work`) again, and the means."""
     out = json.loads(path.read_text())
-    work = Path(out["config"]["work"])
     for dataset, summary in out["datasets"].items():
         for row in summary["seeds"]:
             row.update(latency(work / f"{dataset}-{row['seed']}"))
@@ -347,7 +346,9 @@ def main() -> None:
     args = parser.parse_args()
     REUSE["runs"] = args.reuse
     if args.latency_only:
-        remeasure(args.json)
+        if args.work is None:
+            parser.error("--latency-only needs --work: the directory that kept the runs")
+        remeasure(args.json, args.work)
         return
     settings = [
         part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])
@@ -362,7 +363,7 @@ def main() -> None:
             "federation": "10 clients, Dirichlet alpha 0.5, defaults otherwise",
             "threads": 1,
             "machine": platform.platform(),
-            "work": str(work),
+            "work": work.name,  # the runs' directory (--work), by name: no machine's path
         },
         "datasets": {},
     }

@@ -213,7 +213,7 @@ def main() -> None:
     overhead_cpu = lat["predictor_predict"]["cpu_p50"] / lat["bare_session_run"]["cpu_p50"] - 1
     result = {
         "config": {
-            "run_dir": str(args.run_dir or args.model_dir),
+            "run_dir": Path(args.run_dir or args.model_dir).name,  # by name: no machine's path
             "iters": iters,
             "quick": args.quick,
             "python": platform.python_version(),

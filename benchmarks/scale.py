@@ -223,7 +223,7 @@ def main() -> None:
     parser.add_argument("--skip-clients", action="store_true")
     parser.add_argument("--skip-bytes", action="store_true")
     args = parser.parse_args()
-    result: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}}
+    result: dict[str, Any] = {"args": vars(args) | {"json": args.json.name}}
     with tempfile.TemporaryDirectory(prefix="fedge-scale-") as tmp:
         work = Path(tmp)
         if not args.skip_clients:

@@ -270,7 +270,7 @@ def main() -> None:
                 )
         device = json.loads(profile.read_text())["device"]
     result = {
-        "args": vars(args) | {"json": str(args.json)},
+        "args": vars(args) | {"json": args.json.name},
         "device": device,
         "summary": summarize(per_run, datasets),
         "per_run": per_run,
