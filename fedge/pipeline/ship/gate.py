@@ -59,15 +59,7 @@ def check_teacher(cfg: RunConfig, teacher_val: float, val_y: np.ndarray) -> Gate
         ship_anyway=cfg.ship_anyway,
         reason=reason,
     )
-    if not passed and cfg.ship_anyway:
-        log.warning("quality gate FAILED, shipping anyway (ship-anyway): %s", reason)
-    elif not passed:
-        log.error(
-            "quality gate FAILED: %s. Nothing is compressed or shipped; to ship this teacher "
-            "anyway: fedge compress RUN --ship-anyway",
-            reason,
-        )
-        raise NotShippedError(gate)
+    _enforce(gate, "Nothing is compressed or shipped; to ship this teacher", cfg.ship_anyway)
     return gate
 
 
@@ -92,13 +84,20 @@ def check_student(cfg: RunConfig, row: CandidateRow, teacher_val: float) -> Stud
         ship_anyway=cfg.ship_anyway,
         reason=reason,
     )
-    if not passed and cfg.ship_anyway:
-        log.warning("quality gate FAILED, shipping anyway (ship-anyway): %s", reason)
-    elif not passed:
-        log.error(
-            "quality gate FAILED: %s. Nothing is signed or shipped; to ship this student "
-            "anyway: fedge compress RUN --ship-anyway",
-            reason,
-        )
-        raise NotShippedError(verdict)
+    _enforce(verdict, "Nothing is signed or shipped; to ship this student", cfg.ship_anyway)
     return verdict
+
+
+def _enforce(verdict: GateVerdict | StudentVerdict, stops: str, ship_anyway: bool) -> None:
+    """Log a failed verdict; NotShippedError unless ship-anyway. `stops`: what the failure stops."""
+    if verdict.passed:
+        return
+    if ship_anyway:
+        log.warning("quality gate FAILED, shipping anyway (ship-anyway): %s", verdict.reason)
+        return
+    log.error(
+        "quality gate FAILED: %s. %s anyway: fedge compress RUN --ship-anyway",
+        verdict.reason,
+        stops,
+    )
+    raise NotShippedError(verdict)
