@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -87,16 +87,7 @@ def plain_dir(path: Path | str) -> bool:
         When `path` is a symlink (never followed, even to a directory) or not a directory.
 
     """
-    path = Path(path)
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except OSError as err:
-        raise UnsafeFileError(f"cannot stat {path}: {err.strerror or err}", "unreadable") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not a directory", "type")
-    return True
+    return _plain(Path(path), stat.S_ISDIR, "a directory")
 
 
 def plain_file(path: Path | str) -> bool:
@@ -108,15 +99,19 @@ def plain_file(path: Path | str) -> bool:
         When `path` is a symlink (never followed), a directory, a FIFO, a socket or a device.
 
     """
-    path = Path(path)
+    return _plain(Path(path), stat.S_ISREG, "a regular file")
+
+
+def _plain(path: Path, is_kind: Callable[[int], bool], kind: str) -> bool:
+    """True when `path` (not followed) is of the kind `is_kind` accepts; False when absent."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return False
     except OSError as err:
         raise UnsafeFileError(f"cannot stat {path}: {err.strerror or err}", "unreadable") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not a regular file", "type")
+    if not is_kind(info.st_mode):
+        raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not {kind}", "type")
     return True
 
 
