@@ -154,7 +154,7 @@ def _measured(
 
 
 def install_timer(setting: str) -> LatencyTimer | None:
-    """The timer the install-timing setting names (None: off)."""
+    """The timer the install-timing setting names (None: off; auto is settled on a node)."""
     if setting == "off":
         return None
     return functools.partial(settled_latency_us, tries=1 if setting == "once" else 3)

@@ -82,10 +82,11 @@ class FederationSettings:
         resume=True,
     )
     install_timing: str = setting(
-        "settled",
+        "auto",
         "how each node times the model it installed: settled (the best of three measurements "
         "half a second apart, as tier budgets are judged) | once (one measurement) | off (not "
-        "timed; the report leaves its latency empty)",
+        "timed; the report leaves its latency empty) | auto (settled; a simulation without "
+        "tiers times only its first 10 clients, which share one machine)",
         choices=choices.INSTALL_TIMINGS,
         resume=True,
     )

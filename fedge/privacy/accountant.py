@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 from fedge.core.config import ConfigError
 
@@ -75,6 +76,16 @@ def noise_for_epsilon(
     if not target_epsilon > 0:
         raise ConfigError(f"dp-epsilon must be > 0, got {target_epsilon}")
     _accountant(accountant)
+    with warnings.catch_warnings():  # RDP: "optimal order is the largest alpha", at this noise
+        warnings.simplefilter("ignore", UserWarning)
+        at_most = epsilon(MAX_NOISE, sample_rate, steps, delta, accountant)
+    if at_most > target_epsilon:  # Opacus would double its noise past MAX_NOISE to find out
+        raise ConfigError(
+            f"dp-epsilon={target_epsilon} at delta={delta} cannot be met with {steps} steps at "
+            f"sample rate {sample_rate}: even noise multiplier {MAX_NOISE:.0f} (nothing of the "
+            f"model would survive more) gives epsilon {at_most:.3g}; raise dp-epsilon or train "
+            "fewer rounds/epochs"
+        )
     try:
         sigma = get_noise_multiplier(
             target_epsilon=target_epsilon,

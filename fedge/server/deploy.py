@@ -59,12 +59,21 @@ def deploy_bundle(
     }
     targets = list(grid.get_node_ids())
     sent = {node: node_tier.get(node, next(iter(bundles))) for node in targets}
-    contents = {tier: _content(cfg, tier_files, extra) for tier, tier_files in bundles.items()}
+    simulated = os.environ.get(m.SIMULATION_ENV) == "1"
+    timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
+    untimed_cfg = dataclasses.replace(cfg, install_timing="off")
+    contents = {
+        (tier, is_timed): _content(cfg if is_timed else untimed_cfg, tier_files, extra)
+        for tier, tier_files in bundles.items()
+        for is_timed in (True, False)
+    }
     messages = [
-        Message(content=contents[sent[node]], message_type=m.DEPLOY, dst_node_id=node)
+        Message(
+            content=contents[sent[node], node in timed], message_type=m.DEPLOY, dst_node_id=node
+        )
         for node in targets
     ]
-    one_at_a_time = tiers is not None and os.environ.get(m.SIMULATION_ENV) == "1"
+    one_at_a_time = tiers is not None and simulated
     answers = _send(grid, messages, cfg.round_timeout, one_at_a_time)
     gone = [node for node in nodes.partitions if node not in answers]  # trained, then left
     clients = [_client_row(reply, nodes.partition_of(node)) for node, reply in answers.items()]
@@ -82,6 +91,28 @@ def deploy_bundle(
     )
     sizes = {t: sum(len(f[name]) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()}
     return clients, sum(sizes[sent[node]] for node in targets)
+
+
+SIMULATION_TIMED_NODES = 10  # install-timing auto: the clients of a simulation that time
+
+
+def timed_nodes(cfg: RunConfig, targets: list[int], nodes: Nodes, *, narrow: bool) -> set[int]:
+    """The nodes asked to time the model they install.
+
+    Every node, except under install-timing auto in a simulation without tiers (`narrow`):
+    its nodes share one machine, so timing a thousand of them measures the same thing a
+    thousand times (three measurements half a second apart each) and keeps the deploy round
+    past its timeout. Then only the SIMULATION_TIMED_NODES nodes of the lowest partitions
+    time; the others install and evaluate with install-timing off (no latency in their rows).
+    """
+    if cfg.install_timing != "auto" or not narrow:
+        return set(targets)
+
+    def order(node: int) -> tuple[int, int]:
+        partition = nodes.partition_of(node)
+        return (MAX_PARTITION + 1 if partition is None else partition, node)
+
+    return set(sorted(targets, key=order)[:SIMULATION_TIMED_NODES])
 
 
 def _content(cfg: RunConfig, files: dict[str, bytes], extra: dict[str, Any]) -> RecordDict:

@@ -16,8 +16,13 @@ from fedge.core.federate import FederateConfig
 from fedge.core.ort import make_session
 from fedge.pipeline.chain.stages import STAGES, CompressionConfig, Inputs, Stage, compress
 
-QUICK = RunConfig(
-    student="small-fast", kd_source="public", kd_epochs=6, finetune_epochs=2, quant_mode="static"
+QUICK = RunConfig(  # int8 of so short a distillation falls back to QAT: a short one too
+    student="small-fast",
+    kd_source="public",
+    kd_epochs=6,
+    finetune_epochs=2,
+    quant_mode="static",
+    qat_epochs=4,
 )
 
 
@@ -26,6 +31,14 @@ def _inputs(teacher, fed):
     onnx_teacher = OnnxTeacher(export_onnx(teacher, prep.input_shape, ExportConfig()))
     server = fed.server
     return Inputs(onnx_teacher, server.public_pool, server.val, server.test, prep, 10)
+
+
+@pytest.fixture(scope="module")
+def quick(teacher, digits_fed):
+    """The inputs and a cache holding every stage of the QUICK chain on them (made once)."""
+    inputs, cache = _inputs(teacher, digits_fed), {}
+    compress(CompressionConfig.from_run(QUICK), inputs, cache)
+    return inputs, cache
 
 
 def test_the_same_settings_give_the_same_bytes_whatever_the_thread_count(teacher, digits_fed):
@@ -67,8 +80,8 @@ def test_a_cache_shares_every_common_prefix(teacher, digits_fed):
     assert calls == names + names[names.index("quantize") :]  # distil, prune, export: once
 
 
-def test_minify_keeps_outputs_bit_identical_and_the_device_names(teacher, digits_fed):
-    outcome = compress(CompressionConfig.from_run(QUICK), _inputs(teacher, digits_fed))
+def test_minify_keeps_outputs_bit_identical_and_the_device_names(quick):
+    outcome = compress(CompressionConfig.from_run(QUICK), *quick)
     small = onnx.load_from_string(outcome.student_bytes)
     assert [i.name for i in small.graph.input] == ["input"]
     assert [o.name for o in small.graph.output] == ["logits", "probabilities", "label"]
@@ -141,14 +154,18 @@ def _zeroed(model):
 
 
 @pytest.mark.parametrize(("change", "kept"), [(_zeroed, False), (lambda m: None, True)])
-def test_student_rounds_that_lower_validation_are_discarded(teacher, digits_fed, change, kept):
+def test_student_rounds_that_lower_validation_are_discarded(quick, change, kept):
     import dataclasses
 
-    base = dataclasses.replace(_inputs(teacher, digits_fed), federated=None)
+    base, shared = quick
     run = QUICK.replace(kd_source="both", student_rounds=1)
-    before = compress(CompressionConfig.from_run(QUICK), base)
+    before = compress(CompressionConfig.from_run(QUICK), base, shared)
     inputs = dataclasses.replace(base, federated=_trainer(change))
-    after = compress(CompressionConfig.from_run(run), inputs)
+    # distillation and pruning as QUICK made them; from the federated rounds on, this trainer's
+    upstream = CompressionConfig.from_run(run).through("prune")
+    cache = {key: work for key, work in shared.items() if key == upstream[: len(key)]}
+    assert len(cache) == 2
+    after = compress(CompressionConfig.from_run(run), inputs, cache)
     rounds = after.federated
     assert rounds is not None and rounds.kept is kept and rounds.train_bytes == 123
     assert rounds.validation_before is not None and rounds.validation_after is not None

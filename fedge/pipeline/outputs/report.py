@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fedge.core.config import RunConfig
-from fedge.pipeline.outputs.rows import ClientRow, CompressionRecord, StudentRounds, TierSummary
+from fedge.pipeline.outputs.rows import (
+    ClientRow,
+    CompressionRecord,
+    Deployment,
+    StudentRounds,
+    TierSummary,
+)
 from fedge.pipeline.outputs.sections import (
     bundle_line,
     choice_lines,
@@ -38,11 +44,7 @@ def render_report(results: RunResults) -> str:
         *_tier_lines(results.tiers),
         *_robustness_lines(results),
         *_client_lines(results.clients, tiered=bool(results.tiers)),
-        *(
-            [f"**Deployment FAILED**: {results.deployment.reason}."]
-            if results.deployment is not None and not results.deployment.passed
-            else []
-        ),
+        *_deployment_lines(results.deployment),
         *_cost_lines(results),
     ]
     return "\n".join(lines)
@@ -83,6 +85,21 @@ def _round_lines(results: RunResults) -> list[str]:
             f"| {r['round']} | {pct(r['accuracy'])} | {r['loss']:.4f} | {r['clients_ok']} | "
             f"{len(r['clients_failed'])} | {len(r['clients_rejected'])} | {note} |"
         )
+    return lines
+
+
+def _deployment_lines(deployment: Deployment | None) -> list[str]:
+    """Whether deployment reached enough clients, and how many timed the model."""
+    if deployment is None:
+        return []
+    lines = [] if deployment.passed else [f"**Deployment FAILED**: {deployment.reason}."]
+    if deployment.timed < deployment.installed:
+        lines += [
+            "",
+            f"b1 p50 was timed on {deployment.timed} of {deployment.installed} installed "
+            "clients: install-timing auto times the first 10 clients of a simulation (they "
+            "share this machine), off times none; `--install-timing settled` times every one.",
+        ]
     return lines
 
 

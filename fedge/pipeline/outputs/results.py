@@ -161,7 +161,8 @@ def deployment(cfg: RunConfig, clients: list[ClientRow]) -> Deployment:
     reachable = [c for c in clients if c.reason != NOT_CONNECTED]
     installed = sum(c.installed for c in clients)
     required = cfg.min_installed or len(reachable)
-    return Deployment(installed, len(reachable), required, installed >= required)
+    timed = sum(c.installed and c.latency_us_p50 is not None for c in clients)
+    return Deployment(installed, len(reachable), required, installed >= required, timed)
 
 
 def write_run_outputs(results: RunResults, run_dir: Path) -> None:

@@ -1,0 +1,68 @@
+"""install-timing auto: a simulation's deploy asks only its first 10 clients to time the model."""
+
+import pytest
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedge.core import messages as m
+from fedge.core.config import RunConfig
+from fedge.core.records import record_to_config
+from fedge.pipeline.outputs.report import _deployment_lines
+from fedge.pipeline.outputs.results import deployment
+from fedge.server.deploy import deploy_bundle
+from fedge.server.nodes import Nodes
+from tests.flower_local import LocalGrid
+
+reporter = ClientApp()
+
+
+@reporter.query(m.DEPLOY_ACTION)
+def _deploy(msg: Message, context) -> Message:
+    """A node that installs anything and times it unless told install-timing off."""
+    cfg = record_to_config(msg.content.config_records[m.CONFIG])
+    metrics = {m.PARTITION_ID: context.node_config["partition-id"], m.INSTALLED: 1}
+    metrics |= {m.NUM_EXAMPLES: 5, m.ACCURACY: 0.8}
+    if cfg.install_timing != "off":
+        metrics |= {m.LATENCY_US_P50: 20.0, m.ONNX_US_P50: 10.0}
+    content = {m.METRICS: MetricRecord(metrics), m.STATUS: ConfigRecord({m.REASON: "installed"})}
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def _deploy_to(num_nodes: int, cfg: RunConfig, tmp_path):
+    grid = LocalGrid(reporter, num_nodes=num_nodes)
+    nodes = Nodes({node: i for i, node in enumerate(sorted(grid.contexts))})
+    files = {name: b"bundle file" for name in m.BUNDLE_FILE_KEYS}
+    rows, _ = deploy_bundle(
+        grid,
+        cfg,
+        files,
+        simulation_store_root=tmp_path,
+        simulation_trusted_key=tmp_path / "key.pem",
+        nodes=nodes,
+        spec={},
+    )
+    return rows
+
+
+def test_auto_times_only_the_first_ten_clients_of_a_simulation(tmp_path, monkeypatch):
+    monkeypatch.setenv(m.SIMULATION_ENV, "1")
+    cfg = RunConfig(clients=14, install_timing="auto")
+    rows = _deploy_to(14, cfg, tmp_path)
+    assert all(r.installed for r in rows)
+    timed = [r.partition_id for r in rows if r.latency_us_p50 is not None]
+    assert timed == list(range(10))  # the lowest partitions; the others report no latency
+    summary = deployment(cfg, rows)
+    assert summary.passed and (summary.installed, summary.timed) == (14, 10)
+    assert "timed on 10 of 14 installed clients" in "\n".join(_deployment_lines(summary))
+
+
+@pytest.mark.parametrize(("simulated", "timing"), [("1", "settled"), ("", "auto")])
+def test_every_client_times_when_asked_or_when_nodes_are_real(
+    tmp_path, monkeypatch, simulated, timing
+):
+    monkeypatch.setenv(m.SIMULATION_ENV, simulated)
+    cfg = RunConfig(clients=12, install_timing=timing)
+    rows = _deploy_to(12, cfg, tmp_path)
+    assert [r.latency_us_p50 for r in rows] == [20.0] * 12
+    summary = deployment(cfg, rows)
+    assert summary.timed == 12 and _deployment_lines(summary) == []
