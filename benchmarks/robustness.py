@@ -46,7 +46,7 @@ GATED = (0, NOT_SHIPPED_EXIT)  # a run the quality gate stopped finished: it col
 
 # The rules that should hold under each variant, again, beside its own clean run.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "sampled": {"clients": 50, "fraction-train": 0.2},  # 10 of 50 clients a round
+    "sampled": {"clients": 50, "fraction-train": 0.1},  # 5 of 50 clients a round (10 %)
     "int8": {"update-compression": "int8"},
 }
 VARIANT_ATTACKS = ("signflip_fedavg", "signflip_median", "signflip_trimmed_mean", "dropout50")
