@@ -1,10 +1,14 @@
 """The sweep grid, the Pareto flags and the choice rules, on hand-made rows."""
 
+import dataclasses
+
 import pytest
 
+from fedge.compression.resources import Resources
 from fedge.core.config import ConfigError, RunConfig
 from fedge.pipeline.outputs.rows import CandidateRow
 from fedge.pipeline.ship.candidates import Candidate, Choice, SweepGrid, choose, pareto
+from fedge.pipeline.ship.sweep_output import COLUMNS, sweep_table
 
 
 def _rows() -> list[dict]:
@@ -58,3 +62,19 @@ def test_grid_covers_every_combination_with_the_settings_each_stands_for():
     }
     with pytest.raises(ConfigError, match="unknown sweep student 'huge'"):
         SweepGrid(students=("huge",))
+
+
+def test_sweep_table_has_each_candidates_macs_and_arena_and_its_front():
+    candidates = _candidates()
+    for candidate, arena in zip(candidates, (800, 500, 900, 400), strict=True):
+        resources = Resources(params=1, macs=arena * 10, flash_bytes=1, arena_bytes=arena)
+        candidate.row = dataclasses.replace(candidate.row, resources=resources)
+    table = sweep_table(candidates, candidates[1], Choice(max_accuracy_drop=2.5), 0.95)
+    rows = table["rows"]
+    assert [(r["macs"], r["arena_bytes"]) for r in rows] == [(8000, 800), (5000, 500),
+                                                             (9000, 900), (4000, 400)]  # fmt: skip
+    assert [r["pareto_arena"] for r in rows] == [True, True, False, True]
+    assert set(COLUMNS) <= set(rows[0]) and "resources" not in rows[0]
+    candidates[2].row = dataclasses.replace(candidates[2].row, resources=None)  # not measured
+    rows = sweep_table(candidates, None, Choice(max_accuracy_drop=2.5), 0.95)["rows"]
+    assert rows[2]["arena_bytes"] is None and {r["pareto_arena"] for r in rows} == {None}

@@ -80,6 +80,16 @@ def test_a_cache_shares_every_common_prefix(teacher, digits_fed):
     assert calls == names + names[names.index("quantize") :]  # distil, prune, export: once
 
 
+def test_stages_with_an_onnx_model_report_its_resources(quick):
+    inputs, cache = quick
+    stages = max(cache.values(), key=lambda work: len(work.rows)).rows
+    onnx_stages = [s for s in stages if s.resources is not None]
+    assert onnx_stages[0].name == "onnx-fp32" and onnx_stages[0].resources.macs > 0
+    assert {s.name for s in onnx_stages} <= {"onnx-fp32", "int8", "int8-qat"}
+    assert all(s.resources.flash_bytes == s.bytes for s in onnx_stages)
+    assert {s.name for s in stages} - {s.name for s in onnx_stages} == {"distilled", "pruned"}
+
+
 def test_minify_keeps_outputs_bit_identical_and_the_device_names(quick):
     outcome = compress(CompressionConfig.from_run(QUICK), *quick)
     small = onnx.load_from_string(outcome.student_bytes)

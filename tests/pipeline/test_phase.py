@@ -44,6 +44,8 @@ KNOWN = TierTools(search=params_search, time_us=lambda model, sample: 1.0)
 def test_a_resumed_phase_reuses_what_it_saved_and_redoes_what_it_did_not_finish(make_job, tmp_path):
     first = compression_phase(make_job(), tmp_path, unused())
     assert first.record.student is not None and (tmp_path / COMPRESSED_FILE).is_file()
+    assert first.record.choice is not None and first.record.choice.chosen.resources is not None
+    assert first.record.choice.chosen.resources.flash_bytes == first.record.student.onnx_bytes
     again = compression_phase(make_job(), tmp_path, unused(), resume=True)
     assert again.files == first.files and again.record == first.record  # the same version
     (tmp_path / COMPRESSED_FILE).unlink()  # killed between the bundle and its record

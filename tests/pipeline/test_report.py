@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from fedge.compression.resources import Resources
 from fedge.core.config import RunConfig
 from fedge.pipeline.outputs.plots import accuracy_plot, pareto_plot, roc_plot
 from fedge.pipeline.outputs.report import render_compression_report, render_report
@@ -133,11 +134,48 @@ def test_compression_report_lists_candidates_and_bolds_the_shipped_one():
     assert "at most 2.0 validation points below the teacher (91.50 %)" in text
 
 
+def test_reports_show_the_resources_of_each_candidate_stage_and_the_shipped_student():
+    small = Resources(params=1578, macs=16448, flash_bytes=999, arena_bytes=640)
+    row = CandidateRow(
+        student="tiny", prune_ratio=0.0, quant="qdq", quantized=True, params=10, bytes=999,
+        gzip_bytes=900, val_accuracy=0.9, drop_pt=1.5, test_accuracy=0.9, b1_us=5.0, b64_us=50.0,
+        teacher_b1_us=None, teacher_b64_us=None, resources=small,
+    )  # fmt: skip
+    unmeasured = dataclasses.replace(row, student="small", resources=None)
+    int8 = StageRow("int8", 0.93, 100, 150, 120, resources=dataclasses.replace(small, macs=9000))
+    record = dataclasses.replace(
+        RECORD,
+        stages=(StageRow("distilled", 0.94, 100, 400), int8),
+        choice=ChoiceRecord(2.0, None, 0.915, False, (row, unmeasured), row),
+    )
+    text = render_report(results(compression=record))
+    assert "| validation | drop (pt) | flash bytes | MACs | arena | batch-1 |" in text
+    assert "| **tiny** | **0.00** | **qdq** | **90.00 %** | **1.50** | **999** | **16,448** | " \
+        "**640** | **5.0 µs** |" in text  # fmt: skip
+    assert "| small | 0.00 | qdq | 90.00 % | 1.50 | 999 |  |  | 5.0 µs |" in text
+    assert "| int8 | 93.00 % | 100 | 150 | 26.7x | 9,000 | 640 |" in text
+    assert "| distilled | 94.00 % | 100 | 400 | 10.0x |  |  |" in text
+    assert "| **deployed student** | 93.00 % | 100 | 200 | 20.0x | 16,448 | 640 |" in text
+
+
+def test_results_without_resources_still_load():
+    measured = dataclasses.replace(RECORD.stages[1], resources=Resources(1, 2, 3, 4))
+    record = dataclasses.replace(RECORD, stages=(RECORD.stages[0], measured))
+    data = json.loads(json.dumps(results(compression=record).to_json()))
+    assert data["stages"][1]["resources"] == {
+        "params": 1, "macs": 2, "flash_bytes": 3, "arena_bytes": 4
+    }  # fmt: skip
+    for stage in data["stages"]:
+        del stage["resources"]  # as results.json was written before resources were measured
+    assert RunResults.from_json(data) == results()
+
+
 def test_figures_are_pngs_and_identical_roc_curves_are_both_labelled(monkeypatch):
     assert accuracy_plot(results()).startswith(PNG)
     rows = [
         {"student": s, "prune_ratio": 0.0, "quant": q, "quantized": True, "val_accuracy": a,
-         "bytes": b, "b1_us": t, "pareto_bytes": True, "pareto_latency": True, "chosen": c}
+         "bytes": b, "b1_us": t, "arena_bytes": b // 4, "pareto_bytes": True,
+         "pareto_latency": True, "pareto_arena": True, "chosen": c}
         for s, q, a, b, t, c in [("tiny", "qdq", 0.9, 900, 9.0, False),
                                  ("small", "dynamic", 0.95, 2000, 20.0, True)]
     ]  # fmt: skip

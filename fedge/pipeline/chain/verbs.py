@@ -14,11 +14,10 @@ from fedge.compression.qat import QATConfig, quantize_with_qat
 from fedge.compression.quantize import QuantizeConfig, quantize
 from fedge.core.config import ConfigError
 from fedge.core.federate import FederateConfig
-from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.ort import make_session, session_accuracy
 from fedge.core.training import evaluate
-from fedge.pipeline.chain.work import Inputs, Work, stage_row, torch_row
+from fedge.pipeline.chain.work import Inputs, Work, onnx_row, torch_row
 
 log = logging.getLogger("fedge")
 
@@ -111,7 +110,7 @@ def run_export(work: Work, config: ExportConfig, inputs: Inputs) -> Work:
     assert work.model is not None
     fp32 = export_onnx(work.model, inputs.preprocessing.input_shape, config)
     accuracy = session_accuracy(make_session(fp32), inputs.test.x, inputs.test.y)
-    row = stage_row("onnx-fp32", accuracy, count_params(work.model), len(fp32), gzip_size(fp32))
+    row = onnx_row("onnx-fp32", accuracy, count_params(work.model), fp32)
     return dataclasses.replace(work, onnx=fp32, rows=(*work.rows, row))
 
 
@@ -135,7 +134,7 @@ def run_quantize(work: Work, config: QuantizeConfig, inputs: Inputs) -> Work:
         model = quant.model_bytes
         accuracy = session_accuracy(make_session(model), inputs.test.x, inputs.test.y)
         params = count_params(work.model)
-        rows = (*rows, stage_row("int8", accuracy, params, len(model), gzip_size(model)))
+        rows = (*rows, onnx_row("int8", accuracy, params, model))
     if config.mode != "none":
         log.info("quantization: %s", quant.reason)
     return dataclasses.replace(work, onnx=quant.model_bytes, quantization=quant, rows=rows)
@@ -165,8 +164,7 @@ def run_qat(work: Work, config: QATConfig, inputs: Inputs) -> Work:
     if result.quantized:
         model = result.model_bytes
         accuracy = session_accuracy(make_session(model), inputs.test.x, inputs.test.y)
-        size, gz = len(model), gzip_size(model)
-        rows = (*rows, stage_row("int8-qat", accuracy, count_params(work.model), size, gz))
+        rows = (*rows, onnx_row("int8-qat", accuracy, count_params(work.model), model))
     log.info("quantization: %s", result.reason)
     return dataclasses.replace(work, onnx=result.model_bytes, quantization=result, rows=rows)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from torch import nn
 
 from fedge.compression.quantize import QuantizeResult
+from fedge.compression.resources import measured
 from fedge.core.data import Preprocessing
+from fedge.core.io import gzip_size
 from fedge.core.models import count_params
 from fedge.core.partition import PublicPool, Split
 from fedge.core.training import evaluate
@@ -49,6 +52,12 @@ def stage_row(
     """One stage's figures (bytes: raw fp32 weights for torch stages, the file size after)."""
     log.info("stage %-9s accuracy %.4f  params %7d  bytes %8d", name, accuracy, params, size)
     return StageRow(name, accuracy, params, size, gz)
+
+
+def onnx_row(name: str, accuracy: float, params: int, model: bytes) -> StageRow:
+    """The row of a stage that made an ONNX model: its file, gzip size and device resources."""
+    row = stage_row(name, accuracy, params, len(model), gzip_size(model))
+    return dataclasses.replace(row, resources=measured(model, f"stage {name}"))
 
 
 def torch_row(name: str, model: nn.Module, test: Split) -> StageRow:

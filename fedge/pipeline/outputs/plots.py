@@ -64,19 +64,25 @@ def accuracy_plot(results: RunResults) -> bytes:
 
 
 def pareto_plot(table: dict[str, Any]) -> bytes:
-    """Validation accuracy against bytes and against batch-1 latency, fronts and choice marked.
+    """Validation accuracy against flash bytes, batch-1 latency and the activation arena.
 
-    Colour = student, marker = what ships (a refused int8 point ships fp32).
+    Colour = student, marker = what ships (a refused int8 point ships fp32). The arena panel
+    is drawn when every row has one (older tables lack it).
     """
     plt = _pyplot()
     rows = table["rows"]
     students = list(dict.fromkeys(r["student"] for r in rows))
     colours = {s: f"C{i}" for i, s in enumerate(students)}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for ax, cost, flag, label in (
-        (axes[0], "bytes", "pareto_bytes", "shipped bytes (log)"),
-        (axes[1], "b1_us", "pareto_latency", "batch-1 latency, onnxruntime 1 thread (µs, log)"),
-    ):
+    panels = [
+        ("bytes", "pareto_bytes", "flash: shipped bytes (log)"),
+        ("b1_us", "pareto_latency", "batch-1 latency, onnxruntime 1 thread (µs, log)"),
+    ]
+    if all(r.get("pareto_arena") is not None for r in rows):
+        panels.append(
+            ("arena_bytes", "pareto_arena", "peak activation memory, batch 1 (bytes, log)")
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), sharey=True)
+    for ax, (cost, flag, label) in zip(axes, panels, strict=True):
         _pareto_axis(ax, table, colours, cost, flag)
         ax.set_xlabel(label)
     handles = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
+from fedge.compression.resources import Resources
 from fedge.core.plain import from_plain, to_plain
 
 
@@ -30,7 +31,8 @@ class Row:
 class StageRow(Row):
     """One compression stage's figures on the test split.
 
-    Bytes: raw fp32 weights for the torch stages, the ONNX file from export on.
+    Bytes: raw fp32 weights for the torch stages, the ONNX file from export on. Resources:
+    measured on the stage's ONNX model at batch 1 (None for torch stages and older results).
     """
 
     name: str
@@ -38,6 +40,7 @@ class StageRow(Row):
     params: int
     bytes: int
     gzip_bytes: int | None = None
+    resources: Resources | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class CandidateRow(Row):
     b64_us: float
     teacher_b1_us: float | None
     teacher_b64_us: float | None
+    resources: Resources | None = None  # the device model at batch 1 (None: older results)
 
     @property
     def label(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedge.compression.resources import Resources
 from fedge.pipeline.outputs.rows import (
     ChoiceRecord,
     CompressionRecord,
@@ -18,19 +19,29 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
     assert student is not None and teacher.latency_us is not None
     gate = record.quality_gate
     size = teacher.onnx_bytes
+    shipped = record.choice.chosen.resources if record.choice is not None else None
     lines = [
         "## Teacher and compression stages (central test split)",
         "",
         *([] if gate.passed else [f"**Shipped despite the quality gate**: {gate.reason}.", ""]),
         distilled_from(record.ensemble),
         "",
-        "| model | accuracy | params | bytes | vs teacher ONNX |",
-        "|---|---:|---:|---:|---:|",
+        "| model | accuracy | params | bytes | vs teacher ONNX | MACs | arena |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         _row("teacher (fp32 ONNX)", teacher.accuracy, teacher.params or 0, size, size),
-        *(_row(s.name, s.accuracy, s.params, s.bytes, size) for s in record.stages),
-        _row("**deployed student**", student.accuracy, student.params, student.onnx_bytes, size),
+        *(_row(s.name, s.accuracy, s.params, s.bytes, size, s.resources) for s in record.stages),
+        _row(
+            "**deployed student**",
+            student.accuracy,
+            student.params,
+            student.onnx_bytes,
+            size,
+            shipped,
+        ),
         "",
-        "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files.",
+        "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files, "
+        "the flash they take. MACs and arena (peak activation memory, batch 1) are read from "
+        "each ONNX graph.",
         f"Shipped file gzip-compressed: {student.gzip_bytes:,} bytes"
         + (
             f" (magnitude sparsity {sparsity:.0%}: zeros shrink the gzip size, not the raw file "
@@ -118,8 +129,9 @@ def choice_lines(choice: ChoiceRecord) -> list[str]:
         f"Rule: {limit}."
         + (" Table: `sweep.csv`, `sweep.json`; plots: `pareto.png`." if choice.sweep else ""),
         "",
-        "| student | prune | quant | validation | drop (pt) | bytes | batch-1 | batch-64 |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| student | prune | quant | validation | drop (pt) | flash bytes | MACs | arena | "
+        "batch-1 | batch-64 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in choice.candidates:
         refused = not row.quantized and row.quant != "fp32"
@@ -130,6 +142,7 @@ def choice_lines(choice: ChoiceRecord) -> list[str]:
             pct(row.val_accuracy),
             f"{row.drop_pt:.2f}",
             f"{row.bytes:,}",
+            *resource_cells(row.resources),
             us(row.b1_us),
             us(row.b64_us),
         ]
@@ -146,8 +159,24 @@ def bundle_line(student: StudentFigures | None) -> str:
     return f"- Bundle: `bundle/` signed with Ed25519; model sha256 `{student.sha256[:16]}...`."
 
 
-def _row(name: str, accuracy: float, params: int, size: int, teacher_bytes: int) -> str:
-    return f"| {name} | {pct(accuracy)} | {params:,} | {size:,} | {teacher_bytes / size:.1f}x |"
+def _row(
+    name: str,
+    accuracy: float,
+    params: int,
+    size: int,
+    teacher_bytes: int,
+    resources: Resources | None = None,
+) -> str:
+    macs, arena = resource_cells(resources)
+    ratio = f"{teacher_bytes / size:.1f}x"
+    return f"| {name} | {pct(accuracy)} | {params:,} | {size:,} | {ratio} | {macs} | {arena} |"
+
+
+def resource_cells(resources: Resources | None) -> tuple[str, str]:
+    """MACs and arena bytes as table cells ('' where not measured)."""
+    if resources is None:
+        return "", ""
+    return f"{resources.macs:,}", f"{resources.arena_bytes:,}"
 
 
 def pct(value: float | None) -> str:

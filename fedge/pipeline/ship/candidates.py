@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from onnxruntime import InferenceSession
 
+from fedge.compression.resources import measured
 from fedge.core.archspec import is_arch
 from fedge.core.choices import STUDENTS
 from fedge.core.config import ConfigError, RunConfig
@@ -202,6 +203,7 @@ def _candidate_row(
         drop_pt=(teacher_val - val_acc) * 100,
         test_accuracy=session_accuracy(session, prep.invert(test.x), test.y),
         **_latency(teacher_session, val.x, session, raw_val, timing.candidate),
+        resources=measured(outcome.student_bytes, f"candidate {cfg.student}"),
     )
     log.info(
         "candidate %-11s prune %.2f %-9s validation %.4f  bytes %7d  b1 %.1f us",

@@ -84,6 +84,8 @@ class Trial:
     latency_us: float  # what the budget is checked against (predicted, else measured)
     graph: dict[str, Any]  # compression.latency.Graph: to predict it on other profiles
     seconds: float
+    macs: int | None = None  # the shipped graph at batch 1 (compression.resources)
+    arena_bytes: int | None = None  # its peak activation memory at batch 1
     trial: int = -1  # Optuna's trial number
     feasible: bool = False  # within every budget
     finalist: bool = False  # distilled fully after the search
@@ -238,6 +240,8 @@ def _evaluate(
         latency_us=predicted if predicted is not None else row.b1_us,
         graph=asdict(graph),
         seconds=time.monotonic() - start,
+        macs=row.resources.macs if row.resources else None,
+        arena_bytes=row.resources.arena_bytes if row.resources else None,
     )
     log.info(
         "trial %-40s %-5s validation %.4f  %6d bytes  %.1f µs",

@@ -22,6 +22,8 @@ COLUMNS = (
     "test_accuracy",
     "bytes",
     "params",
+    "macs",
+    "arena_bytes",
     "quantized",
     "latency_us",
     "predicted_b1_us",

@@ -27,8 +27,11 @@ COLUMNS = (
     "b64_us",
     "teacher_b1_us",
     "teacher_b64_us",
+    "macs",
+    "arena_bytes",
     "pareto_bytes",
     "pareto_latency",
+    "pareto_arena",
     "chosen",
 )
 
@@ -38,11 +41,21 @@ def sweep_table(
 ) -> dict[str, Any]:
     """Every row with its Pareto flags and whether it was chosen, plus the rule of the choice.
 
+    `bytes` is the flash the shipped artifact takes; `macs` and `arena_bytes` (peak activation
+    memory at batch 1) come from its graph, None where the graph could not be measured.
+
     `chosen` None: no candidate met the limit (the table and plots are written all the same).
     """
-    rows = [c.row.to_json() for c in candidates]
-    for name, cost in (("pareto_bytes", "bytes"), ("pareto_latency", "b1_us")):
-        for row, flag in zip(rows, pareto(rows, cost), strict=True):
+    rows = [_flat(c.row.to_json()) for c in candidates]
+    costs = [
+        ("pareto_bytes", "bytes"),
+        ("pareto_latency", "b1_us"),
+        ("pareto_arena", "arena_bytes"),
+    ]
+    for name, cost in costs:
+        measured = all(row[cost] is not None for row in rows)
+        flags = pareto(rows, cost) if measured else [None] * len(rows)
+        for row, flag in zip(rows, flags, strict=True):
             row[name] = flag
     for row, candidate in zip(rows, candidates, strict=True):
         row["chosen"] = candidate is chosen
@@ -57,6 +70,12 @@ def sweep_table(
         ),
         "rows": rows,
     }
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's row with its MACs and arena as columns (None: not measured)."""
+    resources = row.pop("resources", None) or {}
+    return {**row, "macs": resources.get("macs"), "arena_bytes": resources.get("arena_bytes")}
 
 
 def write_sweep(out: Path, table: dict[str, Any]) -> None:
