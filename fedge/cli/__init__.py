@@ -4,6 +4,7 @@ from fedge.cli import run  # isort: skip  # noqa: F401  (registers the subcomman
 from fedge.cli import compress  # isort: skip  # noqa: F401
 from fedge.cli import audit  # isort: skip  # noqa: F401
 from fedge.cli import device  # isort: skip  # noqa: F401
+from fedge.cli import targets  # isort: skip  # noqa: F401
 from fedge.cli.common import app
 
 

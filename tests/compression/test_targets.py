@@ -3,13 +3,17 @@
 import contextlib
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
+from typer.testing import CliRunner
 
+from fedge.cli import app
+from fedge.compression.bundle import BundleConfig, generate_keypair, load_private_key, make_bundle
 from fedge.compression.export import ExportConfig, export_onnx, fold_device_ops
 from fedge.compression.quantize import quantize_int8
 from fedge.compression.targets import TargetError, fix_batch, nnapi_verdict, ort_artifact
@@ -166,3 +170,65 @@ def test_a_fixed_batch_of_one_is_kept():
     fixed, name, shape = fix_batch(_model([[1, 4]]))
     assert (name, shape) == ("x0", (1, 4))
     assert ort_artifact(fixed).input_shape == (1, 4)
+
+
+@pytest.fixture()
+def signed_bundle(tmp_path, shipped) -> tuple[Path, Path]:
+    """A bundle directory of the shipped model and the public key it is signed with."""
+    private, public = generate_keypair(tmp_path / "keys")
+    config = BundleConfig(
+        model_id="test",
+        version=1,
+        input_name="input",
+        input_shape=(None, *SHAPE),
+        output_name="logits",
+        probabilities_name="probabilities",
+        label_name="label",
+        preprocessing={"input_shape": list(SHAPE), "in_model": True, "scale": 0.0625},
+        labels=tuple(range(10)),
+        metrics={},
+        compression={},
+        quantized=True,
+    )
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name, data in make_bundle(shipped, config, load_private_key(private)).items():
+        (bundle / name).write_bytes(data)
+    return bundle, public
+
+
+def target_ort(*args: object):
+    return CliRunner().invoke(app, ["target", "ort", *map(str, args)])
+
+
+def test_cli_writes_the_ort_of_a_verified_bundle(signed_bundle, tmp_path, shipped):
+    bundle, key = signed_bundle
+    out = tmp_path / "model.ort"
+    result = target_ort(bundle, "--trusted-key", key, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "NNAPI as is: YES" in result.output
+    x = np.zeros((1, *SHAPE), np.float32)
+    session = ort.InferenceSession(out.read_bytes(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        session.run(None, {"input": x})[1],
+        make_session(shipped).run(None, {"input": x})[1],
+        atol=1e-6,
+    )
+    again = target_ort(bundle, "--trusted-key", key, "--out", out)
+    assert again.exit_code == 2 and "exists; pass --force" in again.output
+    assert target_ort(bundle, "--trusted-key", key, "--out", out, "--force").exit_code == 0
+
+
+@pytest.mark.parametrize("tamper", ["weight", "manifest"])
+def test_cli_refuses_a_tampered_bundle_and_writes_nothing(signed_bundle, tmp_path, tamper):
+    bundle, key = signed_bundle
+    name = "model.onnx" if tamper == "weight" else "manifest.json"
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit: in a weight, or in the signed manifest
+    (bundle / name).write_bytes(bytes(data))
+    out = tmp_path / "model.ort"
+    result = target_ort(bundle, "--trusted-key", key, "--out", out)
+    assert result.exit_code == 2
+    assert ("sha256 check failed" if tamper == "weight" else "check failed") in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".model.ort-*"))
