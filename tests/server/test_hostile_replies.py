@@ -127,7 +127,7 @@ CODECS = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(content=st.one_of(st.none(), contents()), changes=CODECS)
 def test_a_hostile_train_reply_fails_its_node_and_the_round_goes_on(content, changes):
     cfg = RunConfig(clients=3, min_clients=1, norm_outlier_factor=0.0, **changes)
