@@ -106,11 +106,11 @@ def resume_trial(work: Path, index: int, settings: dict[str, Any], at: float) ->
         how = "finished before the kill"
     elif (partial / RUN_CONFIG_FILE).is_file():
         how = "resumed"
-        run_simulate(["--resume", str(out)], log)
+        run_simulate(["--resume", str(out)], log, finished=GATED)
     else:  # killed before the run wrote anything: nothing was completed, start again
         how = "restarted (killed before the run directory existed)"
         shutil.rmtree(partial, ignore_errors=True)
-        run_simulate(fresh, log)
+        run_simulate(fresh, log, finished=GATED)
     results = json.loads((out / RESULTS_FILE).read_text())
     return {
         "kill_at_s": round(at, 2),
@@ -213,6 +213,12 @@ def measure_resume(
     return trials
 
 
+def write(path: Path, out: dict[str, Any]) -> None:
+    """The results so far, as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
 def _mean(values: Any) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -224,7 +230,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--local-epochs", type=int, default=5)
-    parser.add_argument("--seeds", type=int, default=3, help="accuracy runs use seeds 0..N-1")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="accuracy runs use seeds 0..N-1 (0: resume only)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill moments")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument(
@@ -250,16 +258,19 @@ def main() -> None:
                 "norm-outlier-factor": 10.0,
                 "attacks": ATTACKS,
             },
-            **measure_attacks(work, args),
         }
-        clean = out.pop("clean_runs")[0]
+        if args.seeds:
+            out |= measure_attacks(work, args)
+            clean = out.pop("clean_runs")[0]
+            write(args.json, out)  # kept if the resume trials fail
+        else:  # --seeds 0: only the resume trials, against one clean seed-0 run
+            clean = simulate(work, "clean-s0", base_config(args, 0))
         trials = measure_resume(work, args, clean)
     out["resume_trials"] = trials
     out["resume_identical"] = all(t["identical"] for t in trials)
     out["clean_final_model_sha256"] = clean["final_model_sha256"]
     out["benchmark_wall_s"] = time.monotonic() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    write(args.json, out)
     print()
     for key in (k for k in out if k.endswith("_drop_pt")):
         print(f"{key:40} {out[key]:7.2f}")
