@@ -171,10 +171,17 @@ def _connect(port: int) -> socket.socket:
     return sock
 
 
-def _phase(port: int, request: bytes, requests: int, fresh: bool) -> dict[str, Any]:
-    """`requests` round trips, one at a time, on one keep-alive connection or fresh ones."""
+def _phase(
+    port: int, request: bytes, requests: int, fresh: bool, sock: socket.socket | None = None
+) -> dict[str, Any]:
+    """`requests` round trips, one at a time, on one keep-alive connection or fresh ones.
+
+    A kept-alive connection the server closed is opened again for the next request (the
+    failed one counts, with status 0 or -1).
+    """
     times, statuses = [], []
-    sock = None if fresh else _connect(port)
+    if not fresh and sock is None:
+        sock = _connect(port)
     for _ in range(requests):
         try:
             if fresh:
@@ -188,6 +195,8 @@ def _phase(port: int, request: bytes, requests: int, fresh: bool) -> dict[str, A
         except OSError:
             elapsed, status = float("nan"), -1
         if status != 200 and not fresh:  # reconnect for the next request
+            if sock is not None:
+                sock.close()
             sock = _connect(port)
         times.append(elapsed)
         statuses.append(status)
@@ -208,23 +217,15 @@ def _measure(port: int, args: argparse.Namespace, sample: list[float]) -> dict[s
     request = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     _phase(port, request, 50, fresh=False)  # warm up
     result = {"baseline": _phase(port, request, args.requests, fresh=False)}
-    keep_alive = _connect(port)  # opened before the flood
-    try:
-        with _flood(port, args.connections) as flood:
-            time.sleep(args.settle)  # let the server take in the flood
-            times = []
-            for _ in range(args.requests):
-                times.append(_round_trip(keep_alive, request))
-            ms = np.asarray([t for t, _ in times]) * 1e3
-            result["flood_keep_alive"] = {
-                "requests": args.requests,
-                "statuses": {str(s): sum(1 for _, x in times if x == s) for s in {x for _, x in times}},
-                **{f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)},
-            }  # fmt: skip
-            result["flood_fresh_connections"] = _phase(port, request, args.requests, fresh=True)
-            result["flood"] = _stop_flood(flood)
-    finally:
-        keep_alive.close()
+    keep_alive = _connect(port)  # opened before the flood, by a client that has spoken
+    _round_trip(keep_alive, request)
+    with _flood(port, args.connections) as flood:
+        time.sleep(args.settle)  # let the server take in the flood
+        result["flood_keep_alive"] = _phase(
+            port, request, args.requests, fresh=False, sock=keep_alive
+        )
+        result["flood_fresh_connections"] = _phase(port, request, args.requests, fresh=True)
+        result["flood"] = _stop_flood(flood)
     return result
 
 
