@@ -49,7 +49,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # 20 of 200 clients a round (10 %): fewer per round and the sampled attacker share often
     # passes every rule's breakdown point (5 of 50 broke median on 2 of 3 seeds); digits cannot
     # give 200 clients data, so this variant is mnist1d.
-    "sampled": {"dataset": "mnist1d", "dataset-size": 40000, "clients": 200, "fraction-train": 0.1},
+    # 40 rounds: a sampled round holds fewer updates, so 20 rounds leave every row unconverged
+    # (20 rounds, seed 0: clean 92.99 %, median 87.55 %, 50 % dropout 89.34 %).
+    "sampled": {
+        "dataset": "mnist1d",
+        "dataset-size": 40000,
+        "clients": 200,
+        "fraction-train": 0.1,
+        "rounds": 40,
+    },
     "int8": {"update-compression": "int8"},
 }
 VARIANT_ATTACKS = ("signflip_fedavg", "signflip_median", "signflip_trimmed_mean", "dropout50")
@@ -182,13 +190,13 @@ def measure_attacks(work: Path, args: argparse.Namespace) -> dict[str, Any]:
                     f"{name:24} {seed:4d} {row['accuracy'] * 100:8.2f}% {row['drop_pt']:10.2f} "
                     f"{row['rejected']:9d} {row['failed']:7d}"
                 )
-    out: dict[str, Any] = {
-        "clean_accuracy": _mean(r["accuracy"] for r in rows if r["run"] == "clean"),
-        "runs": rows,
-        "clean_runs": clean_runs,
-    }
+    out: dict[str, Any] = {"runs": rows, "clean_runs": clean_runs}
+    if clean_runs:  # the base plan ran (not --no-base)
+        out["clean_accuracy"] = _mean(r["accuracy"] for r in rows if r["run"] == "clean")
     for name in sorted({r["run"] for r in rows} - {"clean"}):
-        out[f"{name}_drop_pt"] = _mean(r["drop_pt"] for r in rows if r["run"] == name)
+        drops = [r["drop_pt"] for r in rows if r["run"] == name]
+        out[f"{name}_drop_pt"] = _mean(drops)
+        out[f"{name}_drop_pt_worst"] = max(drops)
         out[f"{name}_accuracy"] = _mean(r["accuracy"] for r in rows if r["run"] == name)
     return out
 
@@ -257,6 +265,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
+    if args.no_base and not args.seeds:
+        parser.error("--no-base needs --seeds >= 1 (it runs only the variants' attack runs)")
     unknown = sorted(set(args.variants) - VARIANTS.keys())
     if unknown:
         parser.error(f"--variants {','.join(unknown)}: allowed: {', '.join(VARIANTS)}")
@@ -272,6 +282,9 @@ def main() -> None:
                 "byzantine-scale": 5.0,
                 "norm-outlier-factor": 10.0,
                 "attacks": ATTACKS,
+                "variants": {v: VARIANTS[v] for v in args.variants},
+                "variant_attacks": VARIANT_ATTACKS,
+                "variant_changes": {v: VARIANT_CHANGES.get(v, {}) for v in args.variants},
             },
         }
         if args.seeds:
