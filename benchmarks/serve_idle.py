@@ -190,14 +190,17 @@ def _phase(
                     _, status = _round_trip(one, request)
                 elapsed = time.perf_counter() - start  # connecting counts
             else:
-                assert sock is not None
+                sock = sock or _connect(port)
                 elapsed, status = _round_trip(sock, request)
         except OSError:
             elapsed, status = float("nan"), -1
         if status != 200 and not fresh:  # reconnect for the next request
             if sock is not None:
                 sock.close()
-            sock = _connect(port)
+            try:
+                sock = _connect(port)
+            except OSError:  # counted with the next request (status -1)
+                sock = None
         times.append(elapsed)
         statuses.append(status)
     if sock is not None:

@@ -34,7 +34,10 @@ def ort_target(
     from fedge.core.io import atomic_write_bytes
 
     if not bundle_dir.is_dir():
-        raise fail(f"no bundle directory at {bundle_dir}")
+        raise fail(
+            f"BUNDLE_DIR {bundle_dir} is not a directory; give the directory holding "
+            "manifest.json, manifest.sig and model.onnx (e.g. RUN/bundle)"
+        )
     if out.is_dir():
         raise fail(f"--out {out} is a directory; give a file name")
     if out.exists() and not force:

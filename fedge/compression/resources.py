@@ -65,8 +65,8 @@ def measured(model: bytes, what: str) -> Resources | None:
     """
     try:
         return measure(model)
-    except (ValueError, shape_inference.InferenceError) as error:
-        log.warning("resources of %s not measured: %s", what, error)
+    except Exception as error:  # noqa: BLE001  (any graph it cannot read: a figure, not a stop)
+        log.warning("resources of %s not measured: %s: %s", what, type(error).__name__, error)
         return None
 
 

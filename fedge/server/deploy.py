@@ -60,7 +60,8 @@ def deploy_bundle(
     targets = list(grid.get_node_ids())
     sent = {node: node_tier.get(node, next(iter(bundles))) for node in targets}
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
-    timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
+    narrow = simulated and tiers is None
+    timed = timed_nodes(cfg, targets, nodes, narrow=narrow)
     untimed_cfg = dataclasses.replace(cfg, install_timing="off")
     contents = {
         (tier, is_timed): _content(cfg if is_timed else untimed_cfg, tier_files, extra)
@@ -73,8 +74,15 @@ def deploy_bundle(
         )
         for node in targets
     ]
-    one_at_a_time = tiers is not None and simulated
-    answers = _send(grid, messages, cfg.round_timeout, one_at_a_time)
+    if narrow and len(timed) < len(targets):
+        # The untimed nodes install together, then each timed one alone (as tiers do), so the
+        # figures are not taken while the others install on the same cores.
+        rest = [msg for msg in messages if msg.metadata.dst_node_id not in timed]
+        alone = [msg for msg in messages if msg.metadata.dst_node_id in timed]
+        answers = _send(grid, rest, cfg.round_timeout, False)
+        answers |= _send(grid, alone, cfg.round_timeout, True)
+    else:
+        answers = _send(grid, messages, cfg.round_timeout, tiers is not None and simulated)
     gone = [node for node in nodes.partitions if node not in answers]  # trained, then left
     clients = [_client_row(reply, nodes.partition_of(node)) for node, reply in answers.items()]
     clients += [_not_installed(nodes.partition_of(n), NOT_CONNECTED) for n in gone]

@@ -181,7 +181,7 @@ def test_a_model_bomb_is_stopped_and_its_worker_serves_the_next_request(device):
     predictor = Predictor(device.store, device.public_key, warmup=1, check_interval=None)
 
     async def scenario() -> list[int]:
-        limits = ServiceLimits(workers=1, waiting=4, inference_timeout=0.5)
+        limits = ServiceLimits(workers=1, waiting=4, inference_timeout=1.0)
         service = InferenceApp(predictor, limits=limits)
         bomb = (await asgi(service, "POST", "/predict", np.full((1, 64), 100.0).tolist()))[0]
         return [bomb, (await asgi(service, "POST", "/predict", ZEROS))[0]]

@@ -28,10 +28,20 @@ def _deploy(msg: Message, context) -> Message:
     return Message(RecordDict(content), reply_to=msg)
 
 
-def _deploy_to(num_nodes: int, cfg: RunConfig, tmp_path):
+def _deploy_to(num_nodes: int, cfg: RunConfig, tmp_path, tiered: bool = False, batches=None):
     grid = LocalGrid(reporter, num_nodes=num_nodes)
+    if batches is not None:  # record how many messages each send carries
+        send = grid.send_and_receive
+
+        def recording(messages, *, timeout=None):
+            messages = list(messages)
+            batches.append(len(messages))
+            return send(messages, timeout=timeout)
+
+        grid.send_and_receive = recording
     nodes = Nodes({node: i for i, node in enumerate(sorted(grid.contexts))})
     files = {name: b"bundle file" for name in m.BUNDLE_FILE_KEYS}
+    tiers = ({"a": files, "b": files}, {n: "ab"[i % 2] for i, n in enumerate(nodes.partitions)})
     rows, _ = deploy_bundle(
         grid,
         cfg,
@@ -40,6 +50,7 @@ def _deploy_to(num_nodes: int, cfg: RunConfig, tmp_path):
         simulation_trusted_key=tmp_path / "key.pem",
         nodes=nodes,
         spec={},
+        tiers=tiers if tiered else None,
     )
     return rows
 
@@ -47,7 +58,9 @@ def _deploy_to(num_nodes: int, cfg: RunConfig, tmp_path):
 def test_auto_times_only_the_first_ten_clients_of_a_simulation(tmp_path, monkeypatch):
     monkeypatch.setenv(m.SIMULATION_ENV, "1")
     cfg = RunConfig(clients=14, install_timing="auto")
-    rows = _deploy_to(14, cfg, tmp_path)
+    batches: list[int] = []
+    rows = _deploy_to(14, cfg, tmp_path, batches=batches)
+    assert batches == [4] + [1] * 10  # the untimed together, then each timed node alone
     assert all(r.installed for r in rows)
     timed = [r.partition_id for r in rows if r.latency_us_p50 is not None]
     assert timed == list(range(10))  # the lowest partitions; the others report no latency
@@ -66,3 +79,12 @@ def test_every_client_times_when_asked_or_when_nodes_are_real(
     assert [r.latency_us_p50 for r in rows] == [20.0] * 12
     summary = deployment(cfg, rows)
     assert summary.timed == 12 and _deployment_lines(summary) == []
+
+
+def test_with_tiers_every_simulated_client_times_its_tiers_model(tmp_path, monkeypatch):
+    """A tier's budget is judged on each of its nodes, so auto narrows nothing there."""
+    monkeypatch.setenv(m.SIMULATION_ENV, "1")
+    cfg = RunConfig(clients=12, install_timing="auto")
+    rows = _deploy_to(12, cfg, tmp_path, tiered=True)
+    assert [r.latency_us_p50 for r in rows] == [20.0] * 12
+    assert {r.tier for r in rows} == {"a", "b"}

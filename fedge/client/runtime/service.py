@@ -41,7 +41,7 @@ class ServiceLimits:
     max_body: int = 4 << 20  # bytes in one request body
     body_budget: int = 64 << 20  # bytes of request bodies held at once, all requests together
     workers: int = 2  # threads that parse and run the model (onnxruntime releases the GIL)
-    waiting: int = 254  # requests that may wait for a worker (256 in all); beyond, 503 at once
+    waiting: int = 254  # requests that may wait for a worker; beyond them, 503 at once
     inference_timeout: float = 10.0  # seconds a request may wait and run; then 504, run stopped
 
 

@@ -93,12 +93,13 @@ def _deployment_lines(deployment: Deployment | None) -> list[str]:
     if deployment is None:
         return []
     lines = [] if deployment.passed else [f"**Deployment FAILED**: {deployment.reason}."]
-    if deployment.timed < deployment.installed:
+    if deployment.timed is not None and deployment.timed < deployment.installed:
         lines += [
             "",
             f"b1 p50 was timed on {deployment.timed} of {deployment.installed} installed "
-            "clients: install-timing auto times the first 10 clients of a simulation (they "
-            "share this machine), off times none; `--install-timing settled` times every one.",
+            "clients: install-timing auto times only the first 10 clients of a simulation "
+            "without tiers (they share this machine), off times none, and a node that sends no "
+            "figure is not counted; `--install-timing settled` asks every one.",
         ]
     return lines
 

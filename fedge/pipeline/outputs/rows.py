@@ -187,7 +187,7 @@ class Deployment(Row):
     reachable: int  # clients connected when the bundle was sent
     required: int  # min-installed, or every reachable client
     passed: bool
-    timed: int = 0  # installed clients that timed the model (install-timing)
+    timed: int | None = None  # installed clients that timed the model (None: not recorded)
 
     @property
     def reason(self) -> str:

@@ -39,9 +39,9 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
             shipped,
         ),
         "",
-        "Bytes of `distilled` and `pruned` are their raw fp32 weights; the others are ONNX files, "
-        "the flash they take. MACs and arena (peak activation memory, batch 1) are read from "
-        "each ONNX graph.",
+        "Bytes of `distilled`, `pruned` and `federated` are their raw fp32 weights; the others "
+        "are ONNX files, the flash they take. MACs and arena (peak activation memory, batch 1) "
+        "are read from each student ONNX graph.",
         f"Shipped file gzip-compressed: {student.gzip_bytes:,} bytes"
         + (
             f" (magnitude sparsity {sparsity:.0%}: zeros shrink the gzip size, not the raw file "
