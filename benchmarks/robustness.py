@@ -9,6 +9,12 @@ fedavg, median, trimmed-mean, krum and multi-krum; 20 % Gaussian-noise clients u
 teacher's on the central test split. Then `--trials` times: start the clean seed-0 configuration,
 SIGKILL its whole process tree at a random moment, resume it with `fedge simulate --resume`,
 and compare `final_model_sha256` with the uninterrupted clean run.
+
+`--variants sampled,int8` repeats the clean run, sign-flip under fedavg, median and trimmed mean,
+and 50 % dropout under each variant, beside its own clean run: `int8` with int8 updates,
+`sampled` with 20 of 200 mnist1d clients a round for 40 rounds (trimmed mean at trim-beta 0.45).
+`--no-base` runs only the variants; `--seeds 0` only the resume trials. A run the quality gate
+stopped (exit 3) counts as finished: the collapse it is. Results are written before the trials.
 """
 
 from __future__ import annotations
