@@ -60,8 +60,7 @@ def deploy_bundle(
     targets = list(grid.get_node_ids())
     sent = {node: node_tier.get(node, next(iter(bundles))) for node in targets}
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
-    narrow = simulated and tiers is None
-    timed = timed_nodes(cfg, targets, nodes, narrow=narrow)
+    timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
     untimed_cfg = dataclasses.replace(cfg, install_timing="off")
     contents = {
         (tier, is_timed): _content(cfg if is_timed else untimed_cfg, tier_files, extra)
@@ -74,15 +73,10 @@ def deploy_bundle(
         )
         for node in targets
     ]
-    if narrow and len(timed) < len(targets):
-        # The untimed nodes install together, then each timed one alone (as tiers do), so the
-        # figures are not taken while the others install on the same cores.
-        rest = [msg for msg in messages if msg.metadata.dst_node_id not in timed]
-        alone = [msg for msg in messages if msg.metadata.dst_node_id in timed]
-        answers = _send(grid, rest, cfg.round_timeout, False)
-        answers |= _send(grid, alone, cfg.round_timeout, True)
-    else:
-        answers = _send(grid, messages, cfg.round_timeout, tiers is not None and simulated)
+    # Simulated nodes whose figure is used (a tier's budget) or singled out (auto) install one
+    # at a time after the others, so the latency they time is not taken under the others' load.
+    alone = timed if simulated and (tiers is not None or len(timed) < len(targets)) else set()
+    answers = _send(grid, messages, cfg.round_timeout, alone)
     gone = [node for node in nodes.partitions if node not in answers]  # trained, then left
     clients = [_client_row(reply, nodes.partition_of(node)) for node, reply in answers.items()]
     clients += [_not_installed(nodes.partition_of(n), NOT_CONNECTED) for n in gone]
@@ -130,13 +124,17 @@ def _content(cfg: RunConfig, files: dict[str, bytes], extra: dict[str, Any]) -> 
 
 
 def _send(
-    grid: Grid, messages: list[Message], timeout: float, one_at_a_time: bool
+    grid: Grid, messages: list[Message], timeout: float, alone: set[int]
 ) -> dict[int, Message | None]:
-    """Each addressed node's reply (None: none before the timeout)."""
-    if one_at_a_time:  # simulated nodes share the cores, and each times its model alone
-        replies = [r for msg in messages for r in grid.send_and_receive([msg], timeout=timeout)]
-    else:
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+    """Each addressed node's reply (None: none before the timeout).
+
+    The messages to nodes in `alone` go after the others, one at a time.
+    """
+    together = [msg for msg in messages if msg.metadata.dst_node_id not in alone]
+    replies = list(grid.send_and_receive(together, timeout=timeout)) if together else []
+    for msg in messages:
+        if msg.metadata.dst_node_id in alone:
+            replies += grid.send_and_receive([msg], timeout=timeout)
     return replies_by_node(messages, replies)
 
 
