@@ -25,6 +25,7 @@ import onnxruntime as ort
 from onnx import shape_inference
 from scipy.optimize import nnls
 
+from fedge.compression.resources import batch_one_copy
 from fedge.core.profile import PROBE_DIR, Profile, probe_index
 
 FEATURES = ("session", "nodes", "macs_fp32", "macs_int8", "elements")
@@ -50,7 +51,7 @@ def graph_of(model: bytes) -> Graph:
     """Node count after onnxruntime's optimisations; MACs and activation elements at batch 1."""
     proto = onnx.load_from_string(model)
     int8 = any(node.op_type in QUANTIZED for node in proto.graph.node)
-    inferred = shape_inference.infer_shapes(_batch_one(proto))
+    inferred = shape_inference.infer_shapes(batch_one_copy(proto))
     shapes = {v.name: _dims(v) for v in inferred.graph.value_info}
     shapes |= {v.name: _dims(v) for v in (*inferred.graph.input, *inferred.graph.output)}
     shapes |= {t.name: list(t.dims) for t in inferred.graph.initializer}
@@ -68,16 +69,6 @@ def graph_of(model: bytes) -> Graph:
         elif node.op_type in ("Gemm", "MatMul") and weight and len(weight) == 2:
             macs += math.prod(out) * (weight[1] if _trans_b(node) else weight[0])
     return Graph(_optimized_nodes(model), macs, elements, int8)
-
-
-def _batch_one(proto: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    for value in (*copy.graph.input, *copy.graph.output):
-        dim = value.type.tensor_type.shape.dim
-        if dim and dim[0].dim_param:
-            dim[0].dim_value = 1
-    return copy
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int]:

@@ -70,6 +70,17 @@ def measured(model: bytes, what: str) -> Resources | None:
         return None
 
 
+def batch_one_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` whose inputs' and outputs' unfixed leading dimension is 1."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for value in (*copy.graph.input, *copy.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    return copy
+
+
 def at_batch_one(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `proto` with a symbolic leading input/output dimension set to 1, shapes inferred.
 
@@ -77,13 +88,7 @@ def at_batch_one(proto: onnx.ModelProto) -> onnx.ModelProto:
     QOperator graph holds (QGemm, and unary ops keeping their input's shape) are filled in here,
     then inference runs on from them.
     """
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    for value in (*copy.graph.input, *copy.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
-    inferred = shape_inference.infer_shapes(copy, data_prop=True)
+    inferred = shape_inference.infer_shapes(batch_one_copy(proto), data_prop=True)
     for _ in range(len(inferred.graph.node)):
         known = _known_values(inferred.graph)
         missing = [n for n in inferred.graph.node if n.output and n.output[0] not in known]

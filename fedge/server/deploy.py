@@ -62,10 +62,9 @@ def deploy_bundle(
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
     timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
     untimed_cfg = dataclasses.replace(cfg, install_timing="off")
-    contents = {
-        (tier, is_timed): _content(cfg if is_timed else untimed_cfg, tier_files, extra)
-        for tier, tier_files in bundles.items()
-        for is_timed in (True, False)
+    contents = {  # one per (tier, timed) pair some node gets
+        (tier, is_timed): _content(cfg if is_timed else untimed_cfg, bundles[tier], extra)
+        for tier, is_timed in {(sent[node], node in timed) for node in targets}
     }
     messages = [
         Message(
