@@ -52,6 +52,13 @@ def install(
     ] = False,
     check_max_run_ms: CheckMaxRunMs = CheckLimits.max_run_ms,
     check_max_memory_mb: CheckMaxMemoryMb = CheckLimits.max_peak_mb,
+    tier: Annotated[
+        str,
+        typer.Option(
+            help="This device's tier (a name of the run's tiers setting): a bundle made for "
+            "another tier is refused. Empty: any bundle."
+        ),
+    ] = "",
 ) -> None:
     """Verify a bundle directory and make it the store's current model (as a Flower deploy does).
 
@@ -61,8 +68,11 @@ def install(
     from fedge.client.runtime.devicecheck import check_device_model
     from fedge.client.runtime.store import ModelStore
     from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir
+    from fedge.core.bundle_format import TIER_NAME
 
     limits = CheckLimits.peak(check_max_run_ms, check_max_memory_mb)
+    if tier and not TIER_NAME.fullmatch(tier):
+        raise fail(f"--tier {tier[:40]!r} is not a tier name; allowed: {TIER_NAME.pattern}")
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
     store = ModelStore(model_dir)
@@ -78,6 +88,7 @@ def install(
             key,
             allow_model_switch=allow_model_switch,
             device_check=partial(check_device_model, limits=limits),
+            tier=tier,
         )
     except BundleError as err:
         raise fail(str(err)) from None
@@ -124,13 +135,15 @@ def verify(
             "model_bytes": manifest.model_bytes,
             "input_shape": shape,
             "labels": len(manifest.labels),
+            "tier": manifest.tier,  # "": for any device
             "device_check": report.to_json(),
         }
         print(json.dumps({"ok": True, **summary}))
     else:
         print(
             f"ok: {manifest.model_id} version {manifest.version}, {manifest.model_bytes} bytes, "
-            f"sha256 {manifest.model_sha256[:16]}..., input {shape}, {len(manifest.labels)} labels; "
+            f"sha256 {manifest.model_sha256[:16]}..., input {shape}, {len(manifest.labels)} labels"
+            f"{f', for tier {manifest.tier}' if manifest.tier else ''}; "
             f"device check: slowest run {max(report.runs_ms.values()):.1f} ms, peak "
             f"{report.peak_mb:.0f} MB"
         )

@@ -80,6 +80,7 @@ def install(
         files,
         allow_model_switch=target.allow_model_switch,
         device_check=device_check,
+        tier=target.tier,
     )
 
 

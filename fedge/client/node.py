@@ -32,6 +32,7 @@ class DeployTarget:
     trusted_key: Path | None
     allow_model_switch: bool = False
     refusal: str | None = None  # set when the node must refuse every bundle
+    tier: str = ""  # the node's device tier: a bundle for another tier is refused ("": any)
 
 
 def is_simulated(environ: Mapping[str, str] | None = None) -> bool:
@@ -57,9 +58,11 @@ def deploy_target(
     Parameters
     ----------
     node_config
-        The node's own configuration (`model-store`, `trusted-key`, `allow-model-switch`).
+        The node's own configuration (`model-store`, `trusted-key`, `allow-model-switch`,
+        `device-class`).
     message
-        The deploy message's config record (it may carry the simulation's root and key).
+        The deploy message's config record (it may carry the simulation's root and key, and
+        the tier the server assigned this node).
     partition_id
         The node's partition, which names its store in simulation.
     simulated
@@ -67,6 +70,7 @@ def deploy_target(
 
     """
     allow = _truthy(node_config.get(m.NODE_ALLOW_MODEL_SWITCH, False))
+    tier = node_tier(node_config, message)
     store: Path | None = None
     if m.NODE_MODEL_STORE in node_config:
         store = Path(str(node_config[m.NODE_MODEL_STORE]))
@@ -77,19 +81,27 @@ def deploy_target(
     elif simulated and m.SIMULATION_TRUSTED_KEY in message:
         key = Path(str(message[m.SIMULATION_TRUSTED_KEY]))
     else:
-        return DeployTarget(
-            store,
-            None,
-            allow,
+        refusal = (
             f"this node has no {m.NODE_TRUSTED_KEY!r} in its node config and is not simulated, "
             "so it trusts no key and refuses every bundle (a key sent with a bundle is never "
-            "trusted outside simulation)",
+            "trusted outside simulation)"
         )
+        return DeployTarget(store, None, allow, refusal, tier)
     if store is None:
-        return DeployTarget(
-            None, key, allow, f"this node has no {m.NODE_MODEL_STORE!r} in its node config"
-        )
-    return DeployTarget(store, key, allow)
+        refusal = f"this node has no {m.NODE_MODEL_STORE!r} in its node config"
+        return DeployTarget(None, key, allow, refusal, tier)
+    return DeployTarget(store, key, allow, tier=tier)
+
+
+def node_tier(node_config: Mapping[str, Any], message: Mapping[str, Any]) -> str:
+    """The device tier this node holds bundles to: its own device-class, else the server's word.
+
+    A node that declares its class is bound to it whatever the server sends; one that does not
+    is held to the tier the server assigned it (partition modulo the tiers), which catches a
+    bundle sent to the wrong tier. "": no tier (an untiered run), any bundle.
+    """
+    own = str(node_config.get(m.NODE_DEVICE_CLASS, ""))
+    return own if own else str(message.get(m.DEPLOY_TIER, ""))
 
 
 def _truthy(value: Any) -> bool:

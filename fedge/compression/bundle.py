@@ -47,6 +47,7 @@ class BundleConfig:
     # The student's architecture: a family name (deep-small) or a searched spec
     # (arch:c16k3p-c32k3-h64-relu, fedge.core.archspec), so a device knows what it runs.
     architecture: str = ""
+    tier: str = ""  # the device tier this bundle is for ("": any device)
 
 
 def build_manifest(
@@ -89,6 +90,7 @@ def build_manifest(
         metrics=config.metrics,
         compression=config.compression,
         architecture=config.architecture,
+        tier=config.tier,
     )
     try:
         return manifest.to_json()

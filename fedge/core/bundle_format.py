@@ -28,6 +28,8 @@ MAX_VERSION = 2**63 - 1  # versions are int64 on every platform
 MAX_NAME = 200  # characters in model_id and tensor names
 INT64 = (-(2**63), 2**63 - 1)
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# A device tier's name, as the tiers setting allows it (fedge.core.config_rules.parse_tiers).
+TIER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 # key -> required type(s); bool is never accepted where int is asked for
 MANIFEST_SCHEMA: dict[str, type | tuple[type, ...]] = {
@@ -76,6 +78,11 @@ def schema_errors(manifest: Any) -> list[str]:
     errors += prep_errors + _input_errors(manifest["input"], shape)
     errors += _output_errors(manifest["output"])
     errors += _label_errors(manifest["labels"])
+    tier = manifest.get("tier", "")  # optional: a bundle for one device tier only
+    if not (isinstance(tier, str) and (tier == "" or TIER_NAME.fullmatch(tier))):
+        errors.append(
+            f"tier must be a tier name ({TIER_NAME.pattern}) or absent, got {str(tier)[:40]!r}"
+        )
     return errors
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING
 
 from fedge.core.archspec import is_arch, parse
+from fedge.core.bundle_format import TIER_NAME
 from fedge.core.choices import STUDENTS
 from fedge.core.sampling import poisson, train_size
 from fedge.core.settings import ConfigError
@@ -165,7 +165,7 @@ def parse_tiers(text: str) -> dict[str, float]:
         except ValueError:
             value = math.nan
         ok = value > 0 and math.isfinite(value)
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name) or not ok or name in out:
+        if not TIER_NAME.fullmatch(name) or not ok or name in out:
             raise ConfigError(
                 f"bad tier {part!r} in tiers; format: name:budget-us,... with distinct lowercase "
                 "names and finite budgets > 0, e.g. mcu:15,phone:30,gateway:100"

@@ -109,6 +109,8 @@ class Manifest:
         The student's family name or searched spec (not read by the device).
     format
         The bundle format and its version.
+    tier
+        The device tier the bundle is for ("": any device); a device of another tier refuses it.
 
     """
 
@@ -126,6 +128,7 @@ class Manifest:
     compression: dict[str, Any] = field(default_factory=dict)
     architecture: str = ""
     format: str = fmt.FORMAT
+    tier: str = ""
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -149,6 +152,7 @@ class Manifest:
             "architecture": self.architecture,
             "model_bytes": self.model_bytes,
             "model_sha256": self.model_sha256,
+            **({"tier": self.tier} if self.tier else {}),  # untiered bundles: as before
         }
 
     def to_json(self) -> bytes:
@@ -200,6 +204,7 @@ class Manifest:
             compression=dict(value["compression"]),
             architecture=architecture if isinstance(architecture, str) else "",
             format=value["format"],
+            tier=value.get("tier", ""),
         )
 
     @classmethod

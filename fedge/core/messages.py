@@ -68,6 +68,9 @@ BUNDLE_FILE_KEYS = {
 # where the node keeps its store under the root is the node's business, not the server's.
 SIMULATION_STORE_ROOT = "simulation-store-root"
 SIMULATION_TRUSTED_KEY = "simulation-trusted-key"  # the run's public key
+# The tier the server assigned a node (device tiers): the tier it holds the bundle to when its
+# own node config names no device-class.
+DEPLOY_TIER = "deploy-tier"
 REASON = "reason"
 PROFILE_JSON = "profile-json"  # query.profile reply: the profile file's text ("" if none)
 

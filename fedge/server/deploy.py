@@ -62,8 +62,12 @@ def deploy_bundle(
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
     timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
     untimed_cfg = dataclasses.replace(cfg, install_timing="off")
-    contents = {  # one per (tier, timed) pair some node gets
-        (tier, is_timed): _content(cfg if is_timed else untimed_cfg, bundles[tier], extra)
+    contents = {  # one per (tier, timed) pair some node gets; a node is told its tier
+        (tier, is_timed): _content(
+            cfg if is_timed else untimed_cfg,
+            bundles[tier],
+            {**extra, m.DEPLOY_TIER: tier} if tier else extra,
+        )
         for tier, is_timed in {(sent[node], node in timed) for node in targets}
     }
     messages = [

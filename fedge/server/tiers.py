@@ -38,7 +38,17 @@ def node_tiers(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
         partition = partition_of(reply)
         if partition is not None:
             nodes.partitions.setdefault(node, partition)
-        out[node] = tier_of(nodes.partition_of(node), _device_class(reply), tiers)
+        declared = _device_class(reply)
+        out[node] = tier_of(nodes.partition_of(node), declared, tiers)
+        if declared and declared not in tiers:  # it will refuse the bundle of any other tier
+            log.warning(
+                "tiers: node %d declares device-class %r, which is none of the tiers (%s); "
+                "it gets tier %s's bundle and will refuse it",
+                node,
+                declared,
+                ", ".join(tiers),
+                out[node],
+            )
     counts = {t: sum(v == t for v in out.values()) for t in tiers}
     log.info("tiers: %s", ", ".join(f"{t} {n} nodes" for t, n in counts.items()))
     return out

@@ -90,6 +90,21 @@ def test_older_versions_and_other_lines_are_refused(device, tmp_path):
     assert _status(device)["model_id"] == "next-run"
 
 
+def test_a_device_of_one_tier_refuses_another_tiers_bundle(device, tmp_path):
+    big = _bundle(device, tmp_path, 2, "big", tier="big")
+    code, out = _install(device, big, "--tier", "small")
+    assert code == 2 and "for device tier 'big', this device is tier 'small'" in out, out
+    assert _status(device)["current_version"] == 1
+    code, out = _install(device, big, "--tier", "Big Tier")
+    assert code == 2 and "--tier 'Big Tier' is not a tier name" in out, out
+    assert (
+        _install(device, _bundle(device, tmp_path, 2, "small", tier="small"), "--tier", "small")[0]
+        == 0
+    )
+    code, out = _run("verify", big, "--trusted-key", device.public_key, "--json")
+    assert code == 0 and json.loads(out)["tier"] == "big"
+
+
 def test_verify_runs_every_check_without_a_store(device, tmp_path):
     bundle = _bundle(device, tmp_path)
     code, out = _run("verify", bundle, "--trusted-key", device.public_key)

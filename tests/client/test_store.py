@@ -3,6 +3,7 @@ no rollback by editing CURRENT, a pinned model line, bounded reads, idempotent r
 
 import json
 import os
+from dataclasses import replace
 from functools import partial
 
 import pytest
@@ -58,6 +59,8 @@ BAD_MANIFESTS = {
     "not in_model": ("preprocessing.in_model", False, "in_model"),
     "shift of text": ("preprocessing.shift", "abc", "preprocessing.shift"),
     "uppercase sha": ("model_sha256", "A" * 64, "lowercase hex"),
+    "tier of capitals": ("tier", "MCU", "tier must be a tier name"),
+    "tier as a number": ("tier", 3, "tier must be a tier name"),
 }
 
 
@@ -145,6 +148,30 @@ def test_the_model_line_is_pinned_unless_a_switch_is_allowed(device):
     assert err.value.check == "model-line" and store.current_version() == 1
     assert store.install(other, key, allow_model_switch=True).changed
     assert store.status()["model_id"] == "another-run"
+
+
+def test_a_bundle_for_another_tier_is_refused_and_the_current_model_keeps_serving(device):
+    """Every tier shares the release's version: a wrong-tier install would block the right one."""
+    store, key = ModelStore(device.store), load_public_key(device.public_key)
+    config = bundle_config(2)
+    big = make_bundle(device.model_bytes, replace(config, tier="big"), device.private_key)
+    small = make_bundle(device.model_bytes, replace(config, tier="small"), device.private_key)
+    with pytest.raises(
+        BundleError, match="for device tier 'big', this device is tier 'small'"
+    ) as err:
+        store.install(big, key, tier="small")
+    assert err.value.check == "tier"
+    assert store.current_version() == 1 and store.installed_versions() == [1]
+    assert Predictor(device.store, device.public_key).version == 1
+    assert store.status()["last_refusal"]["check"] == "tier"
+    assert store.install(small, key, tier="small").changed  # its own tier's, same version
+    assert store.load(key).manifest.tier == "small"
+    untiered = make_bundle(device.model_bytes, bundle_config(3), device.private_key)
+    assert store.install(untiered, key, tier="small").changed  # a bundle for any device
+    newer_big = make_bundle(
+        device.model_bytes, replace(bundle_config(4), tier="big"), device.private_key
+    )
+    assert store.install(newer_big, key).changed  # a device that names no tier takes any
 
 
 @pytest.mark.parametrize("text", ["²", "9" * 5000, "-1", "", "0", "1e3", "12 34"])

@@ -2,18 +2,26 @@
 
 import contextlib
 import json
+from dataclasses import replace
 
 import pytest
 
 from fedge.client.app import app as client_app
+from fedge.client.node import simulated_store
 from fedge.client.runtime.store import ModelStore
+from fedge.client.runtime.verify import load_public_key
+from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
 from fedge.compression.latency import fit, probe_graphs
+from fedge.core import messages as m
 from fedge.core.config import ConfigError
 from fedge.core.profile import load_profile, probe_index
 from fedge.pipeline.rundir.paths import staged_run_dir
 from fedge.pipeline.ship.search import SearchError, run_search
 from fedge.pipeline.ship.tiers import TierTools, tier_of
+from fedge.server.deploy import deploy_bundle
+from fedge.server.nodes import Nodes
 from fedge.server.run import run_server
+from tests.client.conftest import bundle_config, device_model
 from tests.flower_local import LocalGrid
 from tests.server.test_server import QUICKER
 
@@ -53,6 +61,9 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_pa
     assert list(tiers) == ["small", "big"]
     for name, tier in tiers.items():
         assert tier["bytes"] > 0 and (run / "bundles" / name / "model.onnx").is_file()
+        manifest = json.loads((run / "bundles" / name / "manifest.json").read_text())
+        assert manifest["tier"] == name  # signed for its tier only
+    assert json.loads((run / "bundle" / "manifest.json").read_text())["tier"] == "big"
     saved = {r["tier"]: r["search_trial"] for r in json.loads((run / "tiers.json").read_text())}
     assert saved["small"]["latency_us"] <= 10000 and saved["big"]["latency_us"] <= 1000000
     assert saved["big"]["val_accuracy"] >= saved["small"]["val_accuracy"]  # it had more to pick
@@ -62,6 +73,8 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_pa
         assert rows[partition]["tier"] == tier and rows[partition]["installed"]
         store = ModelStore(run / "nodes" / f"partition-{partition}" / "model-store")
         assert store.current_version() == tiers[tier]["version"]
+        installed = store.root / "versions" / str(store.current_version()) / "manifest.json"
+        assert json.loads(installed.read_text())["tier"] == tier
     assert tiers["small"]["nodes"] == 1 and tiers["big"]["nodes"] == 3
     assert "## Device tiers" in (run / "report.md").read_text()
 
@@ -175,3 +188,46 @@ def test_a_deploy_reply_from_an_older_node_without_the_onnx_timing_is_read():
     del content["metrics"]["latency-us-p50"]  # install-timing off: the node timed nothing
     row = _client_row(Message(content, dst_node_id=1, message_type="query.deploy"), 3)
     assert row.installed and row.accuracy == 0.9 and row.latency_us_p50 is None
+
+
+def test_a_bundle_sent_to_the_wrong_tier_is_refused_by_the_node(tmp_path, monkeypatch):
+    """A server that routes tiers wrongly (a bug) installs nothing on the misrouted nodes.
+
+    Node 100 declares device-class small; node 101 declares nothing and is told its tier.
+    The server's table swaps the tiers' bundles: both nodes get the other tier's bundle.
+    """
+    monkeypatch.setenv(m.SIMULATION_ENV, "1")
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    key = load_private_key(private_path)
+    _, model = device_model("tiny")
+    signed = {
+        tier: make_bundle(model, replace(bundle_config(7), tier=tier), key)
+        for tier in ("small", "big")
+    }
+    grid = LocalGrid(client_app, num_nodes=2)
+    grid.contexts[100].node_config["device-class"] = "small"
+    nodes = Nodes({100: 0, 101: 1})
+    swapped = {"small": signed["big"], "big": signed["small"]}
+
+    def deploy(bundles, node_tier):
+        rows, _ = deploy_bundle(
+            grid,
+            QUICKER.replace(install_timing="off"),
+            signed["small"],
+            simulation_store_root=tmp_path / "nodes",
+            simulation_trusted_key=public_path,
+            nodes=nodes,
+            spec={},
+            tiers=(bundles, node_tier),
+        )
+        return {r.partition_id: r for r in rows}
+
+    rows = deploy(swapped, {100: "small", 101: "big"})
+    for partition, (made, own) in {0: ("big", "small"), 1: ("small", "big")}.items():
+        assert not rows[partition].installed
+        assert f"for device tier '{made}', this device is tier '{own}'" in rows[partition].reason
+        assert ModelStore(simulated_store(tmp_path / "nodes", partition)).current_version() is None
+    rows = deploy(signed, {100: "small", 101: "big"})  # routed right: the same version installs
+    assert rows[0].installed and rows[1].installed
+    store = ModelStore(simulated_store(tmp_path / "nodes", 1))
+    assert store.load(load_public_key(public_path)).manifest.tier == "big"

@@ -113,10 +113,12 @@ class ModelStore:
         *,
         allow_model_switch: bool = False,
         device_check: DeviceCheck = check_device_model,
+        tier: str = "",
     ) -> Installed:
         """Verify, device-check, then install atomically; a refused bundle installs nothing.
 
         Re-delivering the current version (same manifest) is a success that changes nothing.
+        `tier`: this device's tier; a bundle made for another tier is refused ("": any bundle).
         A refusal is recorded in state.json (`fedge status` shows it) and raised as BundleError.
         """
         if self.root.exists() and not self.root.is_dir():
@@ -124,7 +126,7 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             try:
-                return self._install(files, trusted_key, allow_model_switch, device_check)
+                return self._install(files, trusted_key, allow_model_switch, device_check, tier)
             except BundleError as err:
                 self.record_refusal(err, files)
                 raise
@@ -188,8 +190,16 @@ class ModelStore:
         key: Ed25519PublicKey,
         allow_model_switch: bool,
         device_check: DeviceCheck,
+        tier: str,
     ) -> Installed:
         bundle = verify_bundle(files, key)
+        made_for = bundle.manifest.tier
+        if made_for and tier and made_for != tier:
+            raise BundleError(
+                "tier",
+                f"the bundle is for device tier {made_for!r}, this device is tier {tier[:40]!r}; "
+                "install the bundle of its own tier (bundles/<tier>/ of the run)",
+            )
         current = self.current_version()
         if current == bundle.version and self._is_on_disk(bundle):
             return Installed(self.load(key), changed=False)

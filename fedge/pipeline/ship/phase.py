@@ -73,9 +73,8 @@ def compression_phase(
     try:
         if job.cfg.tiers:
             tiers = compress_tiers(job, calls.node_profiles(), tools)
-            result = PhaseResult(
-                tiers.last.record(), tiers.last.shipment.files, tiers.records, tiers.bundles
-            )
+            last = tiers.bundles[tiers.records[-1].tier]  # bundle/: the last tier's
+            result = PhaseResult(tiers.last.record(), last, tiers.records, tiers.bundles)
         else:
             trainer = calls.student_rounds() if job.cfg.distill_from != "public" else None
             compressed = compress_and_ship(job, federated=trainer)

@@ -5,8 +5,9 @@ takes the most accurate trial within its batch-1 latency budget, which is then d
 checked against the budget again and shipped through the usual stages. A tier's latency is
 predicted on its nodes' device profiles (query.profile) and, for nodes without one, measured on
 this machine (the same CPU as simulated nodes). Tiers that choose the same architecture share
-its bundle. `bundle/` holds the last tier's bundle (results.json "student" describes it),
-`bundles/<tier>/` every tier's.
+its student. Each tier's bundle names the tier in its signed manifest, so a device of another
+tier refuses it: `bundles/<tier>/` holds every tier's, `bundle/` the last tier's (results.json
+"student" describes it).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedge.compression.bundle import make_bundle
 from fedge.compression.latency import Graph, LatencyModel, fit, graph_of
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import RunConfig
@@ -106,12 +109,21 @@ def compress_tiers(
         trial, latency = _pick(name, budget, judge, found.trials, shipped, sample)
         done = shipped(trial)
         records.append(_record(name, budget, trial, latency, judge, done))
-        bundles[name] = done.shipment.files
+        bundles[name] = for_tier(done, name, job.key)
     log.info(
         "tiers: %s", "; ".join(f"{r.tier} ({r.budget_us:g} µs) -> {r.student}" for r in records)
     )
     last = made[records[-1].student, records[-1].quant]
     return Tiers(last, records, bundles)
+
+
+def for_tier(done: Compressed, tier: str, key: Ed25519PrivateKey) -> dict[str, bytes]:
+    """The student's bundle signed for one tier (tiers that share a student get one each).
+
+    Its manifest names the tier, so a device of another tier refuses it.
+    """
+    shipment = done.shipment
+    return make_bundle(shipment.files[MODEL_FILE], replace(shipment.manifest, tier=tier), key)
 
 
 def _pick(
