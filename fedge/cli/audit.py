@@ -10,6 +10,8 @@ import typer
 from fedge.cli.common import app, console, fail, setup_logging
 from fedge.core.config import ConfigError
 
+ACCOUNTANT_FAILED_EXIT = 5  # the audit proved more epsilon than the run's accountant claims
+
 
 @app.command()
 def audit(
@@ -21,8 +23,12 @@ def audit(
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Show debug logs.")] = False,
 ) -> None:
-    """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student."""
-    from fedge.pipeline.audit.report import add_to_report
+    """Membership-inference audit (online LiRA) of the teacher, each compression stage, the student.
+
+    Also an empirical lower bound on epsilon per model; on a DP run, a bound above the
+    accountant's epsilon is reported in red and exits 5.
+    """
+    from fedge.pipeline.audit.report import accountant_line, add_to_report
     from fedge.pipeline.audit.run import check_shadows, load_target, run_audit
     from fedge.pipeline.rundir.paths import staged_run_dir, timestamped_out
 
@@ -46,4 +52,10 @@ def audit(
             f"TPR@1%FPR {100 * row['tpr_at_1pct_fpr']:5.2f} %",
             highlight=False,
         )
+    check = result["accountant_check"]
+    colour = {None: "", True: "green", False: "bold red"}[check["passed"]]
+    line = accountant_line(check).replace("**", "")
+    console.print(f"[{colour}]{line}[/]" if colour else line, highlight=False, soft_wrap=True)
     console.print(f"{result['seconds']:.0f} s -> {target}", highlight=False)
+    if check["passed"] is False:
+        raise typer.Exit(ACCOUNTANT_FAILED_EXIT)

@@ -19,15 +19,18 @@ def render_audit(audit: dict[str, Any]) -> str:
         f"{audit['attack']}, {audit['shadows']} shadow pipelines; {audit['candidates']['members']} "
         f"member and {audit['candidates']['non_members']} non-member records. Chance: TPR = FPR.",
         "",
-        "| model | test accuracy | AUC | TPR @ 1 % FPR (95 % CI) | TPR @ 0.1 % FPR | loss-threshold AUC |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | test accuracy | AUC | TPR @ 1 % FPR (95 % CI) | TPR @ 0.1 % FPR | "
+        "loss-threshold AUC | epsilon >= (95 %) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in audit["models"].items():
         low, high = m["ci95"]["tpr_at_1pct_fpr"]
+        bound = m.get("epsilon_lower_bound", {}).get("epsilon_lower")
         lines.append(
             f"| {name} | {100 * m['accuracy']:.2f} % | {m['auc']:.3f} | "
             f"{100 * m['tpr_at_1pct_fpr']:.2f} % ({100 * low:.2f} to {100 * high:.2f}) | "
-            f"{100 * m['tpr_at_0_1pct_fpr']:.2f} % | {m['loss_threshold']['auc']:.3f} |"
+            f"{100 * m['tpr_at_0_1pct_fpr']:.2f} % | {m['loss_threshold']['auc']:.3f} | "
+            f"{'-' if bound is None else f'{bound:.2f}'} |"
         )
     teacher, student = audit["models"]["teacher"], audit["models"]["student"]
     if teacher["tpr_at_1pct_fpr"] > 0:
@@ -59,7 +62,27 @@ def render_audit(audit: dict[str, Any]) -> str:
             f"Trained with DP ({privacy['mode']}): epsilon {privacy['epsilon']:.2f} at delta "
             f"{privacy['delta']:g}.",
         ]
+    if "accountant_check" in audit:
+        lines += ["", accountant_line(audit["accountant_check"])]
     return "\n".join(lines) + "\n"
+
+
+def accountant_line(check: dict[str, Any]) -> str:
+    """The accountant check in one sentence; a failure starts with FAILED in bold."""
+    bound = (
+        f"the largest empirical lower bound on epsilon ({check['model']}, "
+        f"{100 * check['confidence']:.0f} % confidence, delta {check['delta']:g}: Clopper-Pearson "
+        "limits of the attack's error rates on held-out candidates) is "
+        f"{check['largest_lower_bound']:.2f}"
+    )
+    if check["passed"] is None:
+        return f"No DP claim to check: {bound}."
+    if check["passed"]:
+        return f"Accountant check passed: {bound}, at most the accountant's {check['epsilon']:.2f}."
+    return (
+        f"**FAILED accountant check**: {bound}, above the accountant's epsilon "
+        f"{check['epsilon']:.2f}; the noise calibration or the accounting is wrong."
+    )
 
 
 def add_to_report(run_dir: Path, audit_dir: Path) -> None:

@@ -4,8 +4,9 @@ Shadow pipelines replay the run's own pipeline (federated training with the run'
 random half of the candidate records, then the run's stage chain) in worker processes; the
 target's stages are replayed from its teacher, its student is the shipped bundle. The
 orchestration lives here, in the pipeline, because it walks the same stage chain as the run;
-the pure scoring (LiRA, ROC, bootstrap) stays in fedge.privacy.lira, which imports nothing of
-the pipeline, so the imports stay one-way.
+the pure scoring (LiRA, ROC, bootstrap; the empirical epsilon bound in
+fedge.privacy.epsilon_bound) stays in fedge.privacy, which imports nothing of the pipeline, so
+the imports stay one-way.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ from fedge.pipeline.chain.stages import CompressionConfig, Inputs, compress
 from fedge.pipeline.outputs.plots import roc_plot
 from fedge.pipeline.rundir.paths import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE, FinishedRun
 from fedge.privacy import lira
+from fedge.privacy.epsilon_bound import epsilon_lower_bound
 
 log = logging.getLogger("fedge")
 MODELS = ("teacher", "distilled", "pruned", "federated", "student")  # federated: if it ran
 MIN_SHADOWS = 4
+NO_DP_DELTA = 1e-5  # the delta of the lower bound when the run claims no guarantee
 
 
 def model_confidences(
@@ -73,6 +76,18 @@ def model_confidences(
         (session_logits(device, prep.invert(test.x)).argmax(1) == test.y).mean()
     )
     return phi, accuracy, outcome.student_bytes
+
+
+def stage_phi(phi: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A pipeline's phi for model `name`; a stage that kept nothing passes on the model before it.
+
+    A shadow whose federated student rounds all lowered validation discards them (as the run
+    would have), so its "federated" model is its pruned one.
+    """
+    for earlier in reversed(MODELS[: MODELS.index(name) + 1]):
+        if earlier in phi:
+            return phi[earlier]
+    raise KeyError(f"no model up to {name!r} in {sorted(phi)}")
 
 
 def shadow_masks(records: int, shadows: int, seed: int) -> np.ndarray:
@@ -140,6 +155,28 @@ def load_target(run_dir: Path) -> AuditTarget:
     )
 
 
+def accountant_check(
+    models: dict[str, Any], privacy: dict[str, Any] | None, delta: float
+) -> dict[str, Any]:
+    """The largest empirical lower bound on epsilon beside the accountant's epsilon.
+
+    Every model is the DP-trained teacher or post-processing of it, so none may prove more
+    than the accountant's epsilon (a record-level bound is also below a client-level epsilon).
+    `passed` is None without DP (there is no claim to check).
+    """
+    name = max(models, key=lambda n: models[n]["epsilon_lower_bound"]["epsilon_lower"])
+    bound = models[name]["epsilon_lower_bound"]
+    claimed = (privacy or {}).get("epsilon")
+    return {
+        "epsilon": claimed,
+        "delta": delta,
+        "largest_lower_bound": bound["epsilon_lower"],
+        "model": name,
+        "confidence": bound["confidence"],
+        "passed": None if claimed is None else bound["epsilon_lower"] <= claimed,
+    }
+
+
 def check_shadows(shadows: int) -> None:
     """ConfigError unless there are enough shadows for every record to be in and out."""
     if shadows < MIN_SHADOWS:
@@ -186,8 +223,9 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
     shadow_in = np.stack([r[0] for r in results])
     models: dict[str, Any] = {}
     curves = {}
+    delta = (target.privacy or {}).get("delta") or NO_DP_DELTA
     for name in (name for name in MODELS if name in target_phi):
-        shadow_phi = np.stack([r[1][name] for r in results])
+        shadow_phi = np.stack([stage_phi(r[1], name) for r in results])
         scores = lira.lira_scores(target_phi[name], shadow_phi, shadow_in)
         attack, baseline = lira.roc(scores, pool.members), lira.roc(target_phi[name], pool.members)
         models[name] = {
@@ -195,6 +233,7 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
             "tpr_at_1pct_fpr": attack.tpr_at_1pct_fpr,
             "tpr_at_0_1pct_fpr": attack.tpr_at_0_1pct_fpr,
             "ci95": lira.bootstrap(scores, pool.members),
+            "epsilon_lower_bound": epsilon_lower_bound(scores, pool.members, delta).to_json(),
             "accuracy": accuracy[name],
             "loss_threshold": {
                 "auc": baseline.auc,
@@ -214,6 +253,7 @@ def run_audit(target: AuditTarget, shadows: int, out: Path, workers: int = 2) ->
             "non_members": int((~pool.members).sum()),
         },
         "privacy": target.privacy,
+        "accountant_check": accountant_check(models, target.privacy, delta),
         # The replayed chain on the target's teacher: byte-identical to what was shipped when
         # the compression is reproducible (the stage rows above come from this replay).
         "replayed_student_sha256": hashlib.sha256(replayed).hexdigest(),
