@@ -37,6 +37,7 @@ import torch
 from measure import run_measured
 from scipy import stats
 
+from fedge.core.augment import teacher_view
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.ort import interleaved_latency_us, make_session, session_call
@@ -131,8 +132,8 @@ def centralized(run: Path) -> dict[str, Any]:
     """The teacher's architecture trained in one process on every client's training data.
 
     As many samples as the federated teacher's clients trained in all, with their optimizer
-    (SGD, momentum 0.9, the run's lr and batch size) and a cosine-decayed learning rate (how a
-    model is trained centrally): what federation costs, side by side.
+    (SGD, momentum 0.9, the run's lr and batch size) and augmentation, and a cosine-decayed
+    learning rate (how a model is trained centrally): what federation costs, side by side.
     """
     cfg = RunConfig.from_run_config(json.loads((run / "results.json").read_text())["config"])
     fed = build_federation(cfg)
@@ -153,12 +154,14 @@ def centralized(run: Path) -> dict[str, Any]:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(cfg.seed)
+    view = teacher_view(cfg.augment, cfg.dataset)  # the clients' augmentation
     start, done = time.monotonic(), 0
     model.train()
     while done < steps:
         for batch in torch.randperm(len(y), generator=generator).split(cfg.batch_size):
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            inputs = x[batch] if view is None else view(x[batch], generator)
+            torch.nn.functional.cross_entropy(model(inputs), y[batch]).backward()
             optimizer.step()
             schedule.step()
             done += 1

@@ -26,6 +26,7 @@ from fedge.client.node import deploy_target, is_simulated
 from fedge.client.update_codec import update_codec_mod
 from fedge.core import messages as m
 from fedge.core import training
+from fedge.core.augment import teacher_view
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import ClientData, build_federation, client_data, node_data
@@ -95,6 +96,7 @@ def _teacher_fit(
                 model, x, labels, epochs=cfg.local_epochs, lr=cfg.lr,
                 batch_size=cfg.batch_size, seed=seed, proximal_mu=mu,
                 sample_budget=cfg.local_sample_budget,
+                view=teacher_view(cfg.augment, cfg.dataset),
             )  # fmt: skip
         loss = dp_sgd.dp_sgd_train(
             model, x, labels, schedule=schedule, epochs=cfg.local_epochs, lr=cfg.lr,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from fedge.core.augment import random_shift
 from fedge.core.choices import KD_LABELS, KD_QUERIES
 from fedge.core.config import RunConfig
 from fedge.core.progress import Progress
@@ -181,24 +182,3 @@ def augment(
     if noise > 0:
         batch = batch + noise * torch.randn(batch.shape, generator=generator)
     return batch
-
-
-def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each sample by up to `max_shift` steps along every spatial axis (zero padding).
-
-    Only for images (N, C, H, W) and signals (N, C, L); flat features are returned unchanged.
-    """
-    spatial = batch.dim() - 2
-    if spatial < 1:
-        return batch
-    pad = [max_shift] * (2 * spatial)
-    padded = F.pad(batch, pad)
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(batch), spatial), generator=generator)
-    out = torch.empty_like(batch)
-    sizes = batch.shape[2:]
-    for i in range(len(batch)):
-        sample = padded[i]
-        for axis, (start, size) in enumerate(zip(offsets[i].tolist(), sizes, strict=True)):
-            sample = sample.narrow(axis + 1, start, size)
-        out[i] = sample
-    return out

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from fedge.core.augment import View
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -158,10 +160,12 @@ def train(
     seed: int,
     proximal_mu: float = 0.0,
     sample_budget: int = 0,
+    view: View | None = None,
 ) -> TrainResult:
     """SGD with momentum on (x, y); with proximal_mu > 0 adds FedProx's term to the start point.
 
     `sample_budget` > 0: at most that many samples (epochs x samples, the last epoch cut short).
+    `view`: a random view of each batch (fedge.core.augment), drawn from the same generator.
     """
     generator = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -169,7 +173,8 @@ def train(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
     def batch_loss(batch: Tensor) -> tuple[Tensor, int]:
-        loss = F.cross_entropy(model(xt[batch]), yt[batch])
+        inputs = xt[batch] if view is None else view(xt[batch], generator)
+        loss = F.cross_entropy(model(inputs), yt[batch])
         if anchor:
             drift = sum(
                 ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedge.core.augment import teacher_view
 from fedge.core.config import RunConfig
 from fedge.core.federate import FederateConfig
 from fedge.core.models import build_teacher
@@ -131,7 +132,8 @@ def _teacher_fit(cfg: RunConfig, seed: int, server_round: int) -> LocalFit:
         else:
             mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
             train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                  seed=local_seed, proximal_mu=mu, sample_budget=cfg.local_sample_budget)  # fmt: skip
+                  seed=local_seed, proximal_mu=mu, sample_budget=cfg.local_sample_budget,
+                  view=teacher_view(cfg.augment, cfg.dataset))  # fmt: skip
 
     return fit
 
