@@ -61,6 +61,11 @@ DeviceProfile = Annotated[
 MaxLatency = Annotated[
     float | None, typer.Option(help="--search: batch-1 latency budget on the target (µs).")
 ]
+MaxRam = Annotated[
+    int | None,
+    typer.Option(help="--search: activation arena budget at batch 1 (bytes; memory-aware)."),
+]
+MaxMacs = Annotated[int | None, typer.Option(help="--search: multiply-accumulates budget.")]
 Trials = Annotated[int, typer.Option(help="--search: architectures to try.")]
 TimeBudget = Annotated[float, typer.Option(help="--search: seconds the trials may take in all.")]
 Out = Annotated[
@@ -88,6 +93,8 @@ def compress(
     search: Search = False,
     device_profile: DeviceProfile = None,
     max_latency_us: MaxLatency = None,
+    max_ram_bytes: MaxRam = None,
+    max_macs: MaxMacs = None,
     trials: Trials = 30,
     time_budget: TimeBudget = 480.0,
     out: Out = None,
@@ -100,7 +107,8 @@ def compress(
 
     try:
         changes = requested_settings(scenario, run_config, ctx.args, {"student": student})
-        finder = _search(search, device_profile, max_latency_us, max_bytes, trials, time_budget)
+        limits = (max_latency_us, max_bytes, max_ram_bytes, max_macs)
+        finder = _search(search, device_profile, limits, trials, time_budget)
         grid = _grid(sweep_students, sweep_prune, sweep_quant) if sweep else None
         if not sweep and (sweep_students or sweep_prune or sweep_quant):
             raise ConfigError("--sweep-students/--sweep-prune/--sweep-quant need --sweep")
@@ -145,17 +153,22 @@ def _request(
 def _search(
     search: bool,
     profile: Path | None,
-    max_latency_us: float | None,
-    max_bytes: int | None,
+    limits: tuple[float | None, int | None, int | None, int | None],
     trials: int,
     time_budget: float,
 ) -> SearchConfig | None:
-    """The search `fedge compress` asks for (ConfigError/ProfileError on a bad option)."""
+    """The search `fedge compress` asks for (ConfigError/ProfileError on a bad option).
+
+    `limits`: --max-latency-us, --max-bytes, --max-ram-bytes, --max-macs.
+    """
     from fedge.pipeline.ship.search import SearchConfig
 
+    max_latency_us, max_bytes, max_ram_bytes, max_macs = limits
     if not search:
         if profile is not None or max_latency_us is not None:
             raise ConfigError("--device-profile and --max-latency-us need --search")
+        if max_ram_bytes is not None or max_macs is not None:
+            raise ConfigError("--max-ram-bytes and --max-macs need --search")
         return None
     model = None
     if profile is not None:
@@ -168,6 +181,8 @@ def _search(
         time_budget_s=time_budget,
         max_latency_us=max_latency_us,
         max_bytes=max_bytes,
+        max_ram_bytes=max_ram_bytes,
+        max_macs=max_macs,
         model=model,
     )
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedge.cli.common import app, console, fail, setup_logging
+from fedge.core.budgets import Budget
 from fedge.core.config import ConfigError
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ def _summary(run_dir: Path) -> None:
             code=NOT_SHIPPED_EXIT,
         )
     for tier in results.tiers or ():  # device tiers: a student each
-        name = f"student, tier {tier.tier} (<= {tier.budget_us:g} µs)"
+        name = f"student, tier {tier.tier} ({Budget.from_json(tier.budget).describe()})"
         table.add_row(name, _pct(tier.test_accuracy), "", f"{tier.bytes:,}")
     if not results.tiers:
         size = f"{student.onnx_bytes:,}"

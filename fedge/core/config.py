@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core import choices, config_rules
+from fedge.core.budgets import Budget
 from fedge.core.settings import ConfigError, coerce, kebab, lookup, settings_of
 from fedge.core.settings_compression import CompressionSettings
 from fedge.core.settings_federation import FederationSettings
@@ -70,8 +71,8 @@ class RunConfig(CompressionSettings, FederationSettings):
         return self.replace(kd_source="public", tiers="")
 
     @property
-    def tier_budgets(self) -> dict[str, float]:
-        """The tiers setting as name -> batch-1 latency budget (µs), in the order given."""
+    def tier_budgets(self) -> dict[str, Budget]:
+        """The tiers setting as name -> budget (latency and resources), in the order given."""
         return config_rules.parse_tiers(self.tiers)
 
     @property

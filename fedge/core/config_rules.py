@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from fedge.core.archspec import is_arch, parse
+from fedge.core.budgets import Budget, BudgetError, parse_budget
 from fedge.core.bundle_format import TIER_NAME
 from fedge.core.choices import STUDENTS
 from fedge.core.sampling import poisson, train_size
@@ -155,20 +155,22 @@ def _sampling(cfg: RunConfig) -> None:
             )
 
 
-def parse_tiers(text: str) -> dict[str, float]:
-    """`name:budget-us,...` as name -> budget (ConfigError naming the bad part)."""
-    out: dict[str, float] = {}
+def parse_tiers(text: str) -> dict[str, Budget]:
+    """`name:budget,...` as name -> Budget (fedge.core.budgets; ConfigError naming the part)."""
+    out: dict[str, Budget] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, _, budget = part.partition(":")
         try:
-            value = float(budget)
-        except ValueError:
-            value = math.nan
-        ok = value > 0 and math.isfinite(value)
-        if not TIER_NAME.fullmatch(name) or not ok or name in out:
+            value = parse_budget(budget)
+        except BudgetError as err:
+            why = str(err)
+        else:
+            why = "" if TIER_NAME.fullmatch(name) and name not in out else "names"
+        if why:
             raise ConfigError(
-                f"bad tier {part!r} in tiers; format: name:budget-us,... with distinct lowercase "
-                "names and finite budgets > 0, e.g. mcu:15,phone:30,gateway:100"
+                f"bad tier {part!r} in tiers ({why}); format: name:budget,... with distinct "
+                "lowercase names, a budget being a latency in µs or limits joined by +, e.g. "
+                "mcu:flash=64k+ram=64k,phone:latency=2000,gateway:100"
             )
         out[name] = value
     if len(out) > 8:

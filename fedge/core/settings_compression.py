@@ -49,9 +49,11 @@ class CompressionSettings:
     )
     tiers: str = setting(
         "",
-        "device tiers, name:budget-us,... (e.g. mcu:15,phone:30,gateway:100): one searched "
-        "student per tier within its batch-1 latency budget; a node's tier is its device-class "
-        "node config, else partition id modulo the tiers; empty: one student for all",
+        "device tiers, name:budget,... (e.g. mcu:flash=64k+ram=64k,phone:latency=2000,"
+        "gateway:100): one searched student per tier within its budget, a batch-1 latency in µs "
+        "and/or exact limits on flash (model bytes), ram (activation arena) and macs; a node's "
+        "tier is its device-class node config, else partition id modulo the tiers; empty: one "
+        "student for all",
         resume=True,
     )
     search_trials: int = setting(

@@ -61,14 +61,9 @@ def deploy_bundle(
     sent = {node: node_tier.get(node, next(iter(bundles))) for node in targets}
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
     timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
-    untimed_cfg = dataclasses.replace(cfg, install_timing="off")
-    contents = {  # one per (tier, timed) pair some node gets; a node is told its tier
-        (tier, is_timed): _content(
-            cfg if is_timed else untimed_cfg,
-            bundles[tier],
-            {**extra, m.DEPLOY_TIER: tier} if tier else extra,
-        )
-        for tier, is_timed in {(sent[node], node in timed) for node in targets}
+    contents = {  # one per (tier, timed) pair some node gets
+        pair: _content(cfg, bundles[pair[0]], extra, *pair)
+        for pair in {(sent[node], node in timed) for node in targets}
     }
     messages = [
         Message(
@@ -120,10 +115,17 @@ def timed_nodes(cfg: RunConfig, targets: list[int], nodes: Nodes, *, narrow: boo
     return set(sorted(targets, key=order)[:SIMULATION_TIMED_NODES])
 
 
-def _content(cfg: RunConfig, files: dict[str, bytes], extra: dict[str, Any]) -> RecordDict:
-    """A deploy message's content: the bundle's files and the run's settings."""
+def _content(
+    cfg: RunConfig, files: dict[str, bytes], extra: dict[str, Any], tier: str, timed: bool
+) -> RecordDict:
+    """A deploy message's content: the bundle's files and the run's settings.
+
+    A node that is not to time the model gets install-timing off; a node of a tier is told it.
+    """
     bundle = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
-    return RecordDict({m.CONFIG: config_to_record(cfg, **bundle, **extra)})
+    settings = cfg if timed else dataclasses.replace(cfg, install_timing="off")
+    told = {m.DEPLOY_TIER: tier} if tier else {}
+    return RecordDict({m.CONFIG: config_to_record(settings, **bundle, **extra, **told)})
 
 
 def _send(

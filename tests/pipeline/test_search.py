@@ -39,7 +39,8 @@ def _compress(run, *args):
 
 def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
     out = tmp_path / "o"
-    result = _compress(run, "--search", "--trials", "3", "--max-bytes", "16000", "--out", str(out))
+    limits = ("--max-bytes", "16000", "--max-ram-bytes", "3000")  # flash and activation memory
+    result = _compress(run, "--search", "--trials", "3", *limits, "--out", str(out))
     assert result.exit_code == 0, result.output
     table = json.loads((out / "search" / "trials.json").read_text())
     rows = table["rows"]
@@ -47,7 +48,9 @@ def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
     assert (out / "search" / "trials.csv").read_text().count("\n") == 4
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["bytes"] <= 16000 and chosen[0]["finalist"]
-    assert [r["feasible"] for r in rows] == [r["bytes"] <= 16000 for r in rows]
+    assert [r["feasible"] for r in rows] == [
+        r["bytes"] <= 16000 and r["arena_bytes"] <= 3000 for r in rows
+    ]
     fits = sorted((r for r in rows if r["feasible"]), key=lambda r: -r["val_accuracy"])
     results = json.loads((out / "results.json").read_text())
     search = results["search"]
@@ -58,7 +61,7 @@ def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
     shipped = next(f for f in full if _pair(f) == (search["chosen"], search["chosen_quant"]))
     assert shipped["val_accuracy"] == max(f["val_accuracy"] for f in full)
     assert search["chosen"] == chosen[0]["student"]
-    assert search["shipped"]["bytes"] <= 16000
+    assert search["shipped"]["bytes"] <= 16000 and search["shipped"]["arena_bytes"] <= 3000
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
     assert manifest["architecture"] == chosen[0]["student"] == results["search"]["chosen"]
     assert manifest["architecture"].startswith("arch:")

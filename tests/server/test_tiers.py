@@ -40,7 +40,8 @@ PARAMS_AS_LATENCY = TierTools(search=params_search)  # trial latencies known bef
 @pytest.mark.slow
 def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDGE_SIMULATION", "1")  # simulated nodes install one at a time
-    cfg = QUICKER.replace(tiers="small:10000,big:1000000", search_trials=3, student="auto")
+    tiers = "small:latency=10000+flash=64k+ram=16k,big:1000000"  # latency and exact resources
+    cfg = QUICKER.replace(tiers=tiers, search_trials=3, student="auto")
     grid = LocalGrid(client_app, num_nodes=4)
     grid.contexts[100].node_config["device-class"] = "big"  # partition 0 would be "small"
     batches = []
@@ -64,6 +65,10 @@ def test_each_node_gets_the_most_accurate_student_within_its_tiers_budget(tmp_pa
         manifest = json.loads((run / "bundles" / name / "manifest.json").read_text())
         assert manifest["tier"] == name  # signed for its tier only
     assert json.loads((run / "bundle" / "manifest.json").read_text())["tier"] == "big"
+    small = tiers["small"]  # measured on the shipped model.onnx before it was signed
+    assert small["bytes"] <= 65536 and 0 < small["arena_bytes"] <= 16384 and small["macs"] > 0
+    assert small["budget"] == {"latency_us": 10000.0, "flash_bytes": 65536, "ram_bytes": 16384,
+                               "macs": None}  # fmt: skip
     saved = {r["tier"]: r["search_trial"] for r in json.loads((run / "tiers.json").read_text())}
     assert saved["small"]["latency_us"] <= 10000 and saved["big"]["latency_us"] <= 1000000
     assert saved["big"]["val_accuracy"] >= saved["small"]["val_accuracy"]  # it had more to pick
@@ -231,3 +236,33 @@ def test_a_bundle_sent_to_the_wrong_tier_is_refused_by_the_node(tmp_path, monkey
     assert rows[0].installed and rows[1].installed
     store = ModelStore(simulated_store(tmp_path / "nodes", 1))
     assert store.load(load_public_key(public_path)).manifest.tier == "big"
+
+
+def _trial(student, accuracy, flash, arena, latency=10.0):
+    from fedge.pipeline.ship.search import Trial
+
+    return Trial(student, "qdq", accuracy, accuracy, flash, 100, True, latency, None, latency,
+                 {}, 1.0, macs=1000, arena_bytes=arena)  # fmt: skip
+
+
+def test_resource_budgets_keep_the_trials_within_every_limit_and_name_the_closest():
+    from fedge.core.budgets import parse_budget
+    from fedge.pipeline.ship.search import SearchError
+    from fedge.pipeline.ship.tiers import Judge
+
+    trials = [
+        _trial("big", 0.95, 90_000, 4_000),
+        _trial("wide", 0.93, 30_000, 70_000),  # fits flash, not the arena
+        _trial("small", 0.90, 20_000, 3_000),
+        _trial("unmeasured", 0.99, 10_000, None),  # an unknown arena fits no ram limit
+    ]
+    judge = Judge.of([])  # latency: the trials' own (measured here)
+    mcu = parse_budget("flash=64k+ram=64k")
+    assert [t.student for t in judge.within(trials, mcu, "mcu")] == ["small"]
+    assert judge.within(trials, parse_budget("1000"), "gw")[0].student == "unmeasured"
+    with pytest.raises(SearchError) as err:
+        judge.within(trials, parse_budget("flash=16k+ram=2k"), "tiny")
+    assert "no architecture of 4 tried meets its budget (flash 16 KiB, ram 2 KiB)" in str(err.value)
+    assert "the closest was small: flash 20,000 B > 16,384 B; ram 3,000 B > 2,048 B" in str(
+        err.value
+    )

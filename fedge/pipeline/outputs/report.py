@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from fedge.core.budgets import Budget
 from fedge.core.config import RunConfig
 from fedge.pipeline.outputs.rows import (
     ClientRow,
@@ -179,12 +180,19 @@ def _tier_lines(tiers: tuple[TierSummary, ...] | None) -> list[str]:
     ]
     for t in tiers:
         lines.append(
-            f"| {t.tier} | {t.budget_us:g} µs | `{t.student}` | {pct(t.test_accuracy)} | "
+            f"| {t.tier} | {_budget(t)} | `{t.student}` | {pct(t.test_accuracy)} | "
             f"{t.bytes:,} | {us(t.latency_us)} | {t.judged_on} | "
             f"{us(t.node_latency_us_max)} | {us(t.node_predict_us_max)} | "
             f"{t.installed}/{t.nodes} | {'yes' if t.meets_budget_on_nodes else 'no'} |"
         )
     return lines
+
+
+def _budget(tier: TierSummary) -> str:
+    """A tier's limits in words (older runs: the latency alone)."""
+    if tier.budget:
+        return Budget.from_json(tier.budget).describe()
+    return "-" if tier.budget_us is None else f"latency {tier.budget_us:g} µs"
 
 
 def _sampling_lines(sampling: dict[str, Any]) -> list[str]:

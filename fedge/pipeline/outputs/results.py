@@ -195,12 +195,22 @@ def tier_summary(records: list[TierRecord], clients: list[ClientRow]) -> list[Ti
                 node_latency_us_max=max(latency) if latency else None,
                 node_latency_us_median=float(np.median(latency)) if latency else None,
                 node_predict_us_max=max(predict) if predict else None,
-                meets_budget_on_nodes=bool(latency)
-                and len(latency) == len(nodes)
-                and max(latency) <= record.budget_us,
+                meets_budget_on_nodes=_within_on_nodes(record, nodes, latency),
             )
         )
     return out
+
+
+def _within_on_nodes(record: TierRecord, nodes: list[ClientRow], latency: list[float]) -> bool:
+    """Every node of the tier installed its bundle and, under a latency limit, timed it within.
+
+    The resource limits were checked exactly on the shipped model before it was sent.
+    """
+    if not nodes or not all(c.installed for c in nodes):
+        return False
+    if record.budget_us is None:
+        return True
+    return len(latency) == len(nodes) and max(latency) <= record.budget_us
 
 
 def sampling_summary(cfg: RunConfig) -> dict[str, Any]:

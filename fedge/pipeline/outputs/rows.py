@@ -6,7 +6,7 @@ field by field), so a key typo is a mypy error, not a silent None in the report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from fedge.compression.resources import Resources
@@ -150,7 +150,7 @@ class TierRecord(Row):
     """One device tier's student as compression made it (tiers.json)."""
 
     tier: str
-    budget_us: float
+    budget_us: float | None  # the batch-1 latency limit (None: resources only)
     student: str
     quant: str  # as distilled; `quantized`: whether int8 shipped
     search_trial: dict[str, Any]
@@ -162,6 +162,9 @@ class TierRecord(Row):
     latency_us: float  # as the tier is judged (its nodes' profiles and/or this machine)
     judged_on: str
     version: int
+    budget: dict[str, Any] = field(default_factory=dict)  # fedge.core.budgets.Budget, all limits
+    arena_bytes: int | None = None  # the shipped model's activation arena at batch 1
+    macs: int | None = None  # ... and its multiply-accumulates
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ class TierSummary(Row):
     """results.json "tiers": a tier's student and what its nodes measured when installing."""
 
     tier: str
-    budget_us: float
+    budget_us: float | None
     student: str
     quant: str
     val_accuracy: float
@@ -220,6 +223,9 @@ class TierSummary(Row):
     node_latency_us_median: float | None
     node_predict_us_max: float | None  # Predictor.predict around it
     meets_budget_on_nodes: bool
+    budget: dict[str, Any] = field(default_factory=dict)  # every limit (older runs: none)
+    arena_bytes: int | None = None
+    macs: int | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedge.compression.bundle import write_bundle
+from fedge.core.budgets import Budget
 from fedge.core.bundle_format import FILES
 from fedge.core.io import atomic_write_json
 from fedge.core.profile import Profile
@@ -114,7 +115,8 @@ def load_saved(run_dir: Path, job: CompressionJob) -> PhaseResult | None:
         return None
     if bool(job.cfg.tiers) != (run_dir / TIERS_FILE).is_file():
         return None  # tiers asked for now and not then, or the other way round
-    if {t.tier: t.budget_us for t in tiers} != job.cfg.tier_budgets:
+    made_for = {t.tier: Budget.from_json(t.budget or {"latency_us": t.budget_us}) for t in tiers}
+    if made_for != job.cfg.tier_budgets:
         log.info("tiers changed since the bundles were made: compressing again")
         return None
     return PhaseResult(record, files, tiers, bundles)

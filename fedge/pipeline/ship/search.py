@@ -5,9 +5,9 @@ from the teacher on the public pool and runs it through the run's own compressio
 (quantization guard, device ops, minify), so its bytes are what would ship. Latency is
 predicted on the target device's profile (fedge.compression.latency) or, without a profile,
 measured here. Optuna's multi-objective TPE sampler (Ozaki et al. 2022) proposes the next
-trial; budgets are its constraints. A short distillation ranks architectures only roughly, so
-the few most accurate trials within the budgets (finalists) are distilled fully by the caller,
-and the one most accurate on validation ships through the usual stages.
+trial; budgets (latency, flash, activation RAM, MACs: memory-aware as MCUNet's search) are its
+constraints. The few most accurate trials within them (finalists) are distilled fully by the
+caller, and the one most accurate on validation ships through the usual stages.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fedge.compression.latency import LatencyModel, graph_of
+from fedge.compression.resources import measure
 from fedge.core import archspec
+from fedge.core.budgets import Budget
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.partition import Federation
@@ -43,6 +45,8 @@ class SearchConfig:
     time_budget_s: float = 480.0
     max_latency_us: float | None = None
     max_bytes: int | None = None
+    max_ram_bytes: int | None = None  # the activation arena at batch 1 (memory-aware, MCUNet)
+    max_macs: int | None = None
     trial_epochs: int = 25  # short distillation per trial (the final student gets kd-epochs)
     finalists: int = 3  # the most accurate trials within budget, distilled fully to choose
     model: LatencyModel | None = None  # the target device; None: measured on this machine
@@ -55,8 +59,13 @@ class SearchConfig:
             raise ConfigError(f"--time-budget must be > 0 seconds, got {self.time_budget_s}")
         if self.max_latency_us is not None and not self.max_latency_us > 0:
             raise ConfigError(f"--max-latency-us must be > 0, got {self.max_latency_us}")
-        if self.max_bytes is not None and self.max_bytes < 1:
-            raise ConfigError(f"--max-bytes must be >= 1, got {self.max_bytes}")
+        for flag, value in (
+            ("--max-bytes", self.max_bytes),
+            ("--max-ram-bytes", self.max_ram_bytes),
+            ("--max-macs", self.max_macs),
+        ):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
         if self.finalists < 1:
             raise ConfigError(f"finalists must be >= 1, got {self.finalists}")
         if self.trial_epochs < 1:
@@ -147,7 +156,6 @@ def run_search(
     result = SearchResult()
     started = time.monotonic()
     evaluated: dict[str, Trial] = {}
-
     quants = quant_choices(cfg)
 
     def objective(trial: Any) -> tuple[float, float, float]:
@@ -163,7 +171,8 @@ def run_search(
             evaluated[key].trial = trial.number
             result.trials.append(evaluated[key])
         row = evaluated[key]
-        for name, value in zip(("latency", "bytes"), _violations(row, config), strict=True):
+        names = ("latency", "bytes", "ram", "macs")
+        for name, value in zip(names, _violations(row, config), strict=True):
             trial.set_constraint(name, value)
         return row.val_accuracy, row.latency_us, float(row.bytes)
 
@@ -277,7 +286,14 @@ def _violations(row: Trial, config: SearchConfig) -> list[float]:
     return [
         row.latency_us - config.max_latency_us if config.max_latency_us else -1.0,
         float(row.bytes - config.max_bytes) if config.max_bytes else -1.0,
+        _over(row.arena_bytes, config.max_ram_bytes),
+        _over(row.macs, config.max_macs),
     ]
+
+
+def _over(value: int | None, limit: int | None) -> float:
+    """How far a resource exceeds its limit (-1: no limit; an unknown figure exceeds any)."""
+    return -1.0 if limit is None else 1.0 if value is None else float(value - limit)
 
 
 def _budget(config: SearchConfig) -> str:
@@ -286,6 +302,10 @@ def _budget(config: SearchConfig) -> str:
         parts.append(f"max-latency-us {config.max_latency_us:g}")
     if config.max_bytes:
         parts.append(f"max-bytes {config.max_bytes}")
+    if config.max_ram_bytes:
+        parts.append(f"max-ram-bytes {config.max_ram_bytes}")
+    if config.max_macs:
+        parts.append(f"max-macs {config.max_macs}")
     return ", ".join(parts) or "none"
 
 
@@ -308,14 +328,22 @@ def searched(
     measured = shipment.student.latency_us.b1_p50
     predicted = config.model.predict_us(model, 1) if config.model else None
     latency = predicted or measured
-    over_latency = config.max_latency_us is not None and latency > config.max_latency_us
-    if over_latency or (config.max_bytes is not None and len(model) > config.max_bytes):
+    used = measure(model)
+    misses = Budget(
+        config.max_latency_us, config.max_bytes, config.max_ram_bytes, config.max_macs
+    ).misses(latency, len(model), used.arena_bytes, used.macs)
+    if misses:
         raise SearchError(
             f"the fully distilled {found.chosen} misses the budget ({_budget(config)}): "
-            f"{latency:.1f} µs, {len(model)} bytes (quantized: "
-            f"{shipment.student.quantized}). Nothing shipped."
+            f"{'; '.join(misses)} (quantized: {shipment.student.quantized}). Nothing shipped."
         )
-    shipped = {"bytes": len(model), "measured_b1_us": measured, "predicted_b1_us": predicted}
+    shipped = {
+        "bytes": len(model),
+        "measured_b1_us": measured,
+        "predicted_b1_us": predicted,
+        "arena_bytes": used.arena_bytes,
+        "macs": used.macs,
+    }
     keep = ("student", "quant", "val_accuracy", "test_accuracy", "bytes", "b1_us")
     full = [{k: row.to_json()[k] for k in keep} for row in finalists]
     return {**found.summary(config), "finalists_distilled": full, "shipped": shipped}

@@ -1,8 +1,10 @@
 """Device tiers: one architecture search, then one student and one signed bundle per tier.
 
 The search's trials do not depend on a budget, so one search serves every tier: each tier
-takes the most accurate trial within its batch-1 latency budget, which is then distilled fully,
-checked against the budget again and shipped through the usual stages. A tier's latency is
+takes the most accurate trial within its budget (fedge.core.budgets: a batch-1 latency and/or
+exact limits on flash, activation RAM and MACs), which is then distilled fully, checked against
+the budget again (the resources measured on the shipped model.onnx) and shipped through the
+usual stages. A tier's latency is
 predicted on its nodes' device profiles (query.profile) and, for nodes without one, measured on
 this machine (the same CPU as simulated nodes). Tiers that choose the same architecture share
 its student. Each tier's bundle names the tier in its signed manifest, so a device of another
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.compression.bundle import make_bundle
 from fedge.compression.latency import Graph, LatencyModel, fit, graph_of
+from fedge.compression.resources import Resources, measure
+from fedge.core.budgets import Budget
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import RunConfig
 from fedge.core.ort import make_session, session_call, settled_latency_us
@@ -106,12 +111,15 @@ def compress_tiers(
     records, bundles = [], {}
     for name, budget in budgets.items():
         judge = Judge.of((profiles or {}).get(name, []), tools.time_us)
-        trial, latency = _pick(name, budget, judge, found.trials, shipped, sample)
+        trial, latency, used = _pick(name, budget, judge, found.trials, shipped, sample)
         done = shipped(trial)
-        records.append(_record(name, budget, trial, latency, judge, done))
+        records.append(_record(name, budget, trial, latency, judge, done, used))
         bundles[name] = for_tier(done, name, job.key)
     log.info(
-        "tiers: %s", "; ".join(f"{r.tier} ({r.budget_us:g} µs) -> {r.student}" for r in records)
+        "tiers: %s",
+        "; ".join(
+            f"{r.tier} ({Budget.from_json(r.budget).describe()}) -> {r.student}" for r in records
+        ),
     )
     last = made[records[-1].student, records[-1].quant]
     return Tiers(last, records, bundles)
@@ -128,37 +136,54 @@ def for_tier(done: Compressed, tier: str, key: Ed25519PrivateKey) -> dict[str, b
 
 def _pick(
     name: str,
-    budget: float,
+    budget: Budget,
     judge: Judge,
     trials: list[Trial],
     shipped: Callable[[Trial], Compressed],
     sample: np.ndarray,
-) -> tuple[Trial, float]:
-    """The tier's trial whose fully distilled student meets the budget, and its latency."""
+) -> tuple[Trial, float, Resources]:
+    """The tier's trial whose fully distilled student meets the budget: it, latency, resources.
+
+    The resources are exact (the shipped model.onnx, measured); the latency is the judge's.
+    """
     fits = judge.within(trials, budget, name)
     distinct = list({(t.student, t.as_trialled): t for t in reversed(fits)}.values())
     distinct.reverse()  # one try per model: trials (spec, qdq refused) and (spec, fp32) are one
     tried = []
     for trial in distinct[:ATTEMPTS]:
         done = shipped(trial)  # the guard may keep or refuse int8 unlike in the trial
-        latency = judge.shipped_us(done.shipment.files[MODEL_FILE], sample)
-        if latency <= budget:
-            return trial, latency
-        tried.append(f"{trial.student} {trial.as_trialled} {latency:.1f} µs")
+        model = done.shipment.files[MODEL_FILE]
+        latency = judge.shipped_us(model, sample)
+        used = measure(model)
+        misses = budget.misses(
+            None if budget.latency_us is None else latency,
+            used.flash_bytes,
+            used.arena_bytes,
+            used.macs,
+        )
+        if not misses:
+            return trial, latency, used
+        tried.append(f"{trial.student} {trial.as_trialled}: {'; '.join(misses)}")
     raise SearchError(
-        f"tier {name!r}: no architecture distilled fully met its budget of {budget:g} µs "
-        f"on {judge.where} ({'; '.join(tried)}). Nothing shipped; the trained teacher "
+        f"tier {name!r}: no architecture distilled fully met its budget ({budget.describe()}) "
+        f"on {judge.where} ({' / '.join(tried)}). Nothing shipped; the trained teacher "
         "is kept: fedge simulate --resume RUN --tiers with other budgets"
     )
 
 
 def _record(
-    name: str, budget: float, trial: Trial, latency: float, judge: Judge, done: Compressed
+    name: str,
+    budget: Budget,
+    trial: Trial,
+    latency: float,
+    judge: Judge,
+    done: Compressed,
+    used: Resources,
 ) -> TierRecord:
     student = done.shipment.student
     return TierRecord(
         tier=name,
-        budget_us=budget,
+        budget_us=budget.latency_us,
         student=trial.student,
         quant=trial.as_trialled,
         search_trial=trial.to_json(),
@@ -170,6 +195,9 @@ def _record(
         latency_us=latency,
         judged_on=judge.where,
         version=student.version,
+        budget=budget.to_json(),
+        arena_bytes=used.arena_bytes,
+        macs=used.macs,
     )
 
 
@@ -193,22 +221,41 @@ class Judge:
 
     def trial_us(self, trial: Trial) -> float:
         """A search trial's batch-1 latency on the slowest of the tier's devices."""
-        graph = Graph(**trial.graph)
-        figures = [model.predict_us(graph, 1) for model in self.models]
+        figures = [model.predict_us(Graph(**trial.graph), 1) for model in self.models]
         return max([*figures, *([trial.latency_us] if self.on_server else [])])
 
-    def within(self, trials: list[Trial], budget: float, tier: str) -> list[Trial]:
-        """The trials within `budget`, most accurate first; SearchError if there are none."""
-        fits = [t for t in trials if self.trial_us(t) <= budget]
+    def within(self, trials: list[Trial], budget: Budget, tier: str) -> list[Trial]:
+        """The trials within `budget`, most accurate first; SearchError if there are none.
+
+        The error names the closest trial: the one whose worst figure is the smallest
+        multiple of its limit.
+        """
+        fits = [t for t in trials if not self.misses(t, budget)]
         if not fits:
-            fastest = min(trials, key=self.trial_us)
+            closest = min(trials, key=lambda t: self._excess(t, budget))
             raise SearchError(
                 f"tier {tier!r}: no architecture of {len(trials)} tried meets its budget "
-                f"of {budget:g} µs on {self.where}; the fastest was {fastest.student} at "
-                f"{self.trial_us(fastest):.1f} µs. Nothing shipped; the trained teacher is kept: "
-                "fedge simulate --resume RUN --tiers with other budgets"
+                f"({budget.describe()}) on {self.where}; the closest was {closest.student}: "
+                f"{'; '.join(self.misses(closest, budget))}. Nothing shipped; the trained "
+                "teacher is kept: fedge simulate --resume RUN --tiers with other budgets"
             )
         return sorted(fits, key=lambda t: (-t.val_accuracy, self.trial_us(t)))
+
+    def misses(self, trial: Trial, budget: Budget) -> list[str]:
+        """The limits of `budget` a search trial exceeds (its latency on the tier's devices)."""
+        latency = None if budget.latency_us is None else self.trial_us(trial)
+        return budget.misses(latency, trial.bytes, trial.arena_bytes, trial.macs)
+
+    def _excess(self, trial: Trial, budget: Budget) -> float:
+        """The largest figure / limit over the limits set (inf for an unknown figure)."""
+        pairs = [
+            (None if budget.latency_us is None else self.trial_us(trial), budget.latency_us),
+            (trial.bytes, budget.flash_bytes),
+            (trial.arena_bytes, budget.ram_bytes),
+            (trial.macs, budget.macs),
+        ]
+        ratios = [math.inf if v is None else v / limit for v, limit in pairs if limit is not None]
+        return max(ratios, default=0.0)
 
     def shipped_us(self, model: bytes, sample: np.ndarray) -> float:
         """The shipped model's p50 for its budget check: the slowest of the estimates.
