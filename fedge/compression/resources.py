@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 log = logging.getLogger("fedge")
 
@@ -36,6 +36,8 @@ class Resources:
     macs: int  # multiply-accumulates of one inference
     flash_bytes: int  # the serialized model, as shipped
     arena_bytes: int  # peak bytes of live activations: what a static planner allocates
+    traffic_bytes: int = 0  # bytes one inference moves: weights read once, activations each
+    # written once and read by every consumer (0: not measured, an older row)
 
 
 def measure(model: bytes) -> Resources:
@@ -54,6 +56,7 @@ def measure(model: bytes) -> Resources:
         macs=count_macs(proto),
         flash_bytes=len(model),
         arena_bytes=arena_bytes(proto),
+        traffic_bytes=traffic_bytes(proto),
     )
 
 
@@ -219,6 +222,23 @@ def arena_bytes(proto: onnx.ModelProto) -> int:
     for step in range(len(graph.node)):
         peak = max(peak, sum(sizes[b] for b, (lo, hi) in live.items() if lo <= step <= hi))
     return peak
+
+
+def traffic_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes one inference moves at batch 1 (an energy estimate's memory term).
+
+    Every weight is read once; every activation buffer (QDQ pairs fused) is written once and
+    read once per consuming node.
+    """
+    graph = proto.graph
+    sizes = tensor_bytes(proto)
+    buffers = storage(graph, set(sizes))
+    weights = sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
+    moved = sum(
+        sizes[buffers[name]] for node in graph.node for name in (*node.input, *node.output)
+        if name in buffers
+    )  # fmt: skip
+    return weights + moved
 
 
 def count_macs(proto: onnx.ModelProto) -> int:

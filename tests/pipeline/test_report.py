@@ -159,12 +159,14 @@ def test_reports_show_the_resources_of_each_candidate_stage_and_the_shipped_stud
 
 
 def test_results_without_resources_still_load():
-    measured = dataclasses.replace(RECORD.stages[1], resources=Resources(1, 2, 3, 4))
+    measured = dataclasses.replace(RECORD.stages[1], resources=Resources(1, 2, 3, 4, 5))
     record = dataclasses.replace(RECORD, stages=(RECORD.stages[0], measured))
     data = json.loads(json.dumps(results(compression=record).to_json()))
     assert data["stages"][1]["resources"] == {
-        "params": 1, "macs": 2, "flash_bytes": 3, "arena_bytes": 4
+        "params": 1, "macs": 2, "flash_bytes": 3, "arena_bytes": 4, "traffic_bytes": 5
     }  # fmt: skip
+    del data["stages"][1]["resources"]["traffic_bytes"]  # written before traffic was measured
+    assert RunResults.from_json(data).compression.stages[1].resources == Resources(1, 2, 3, 4, 0)
     for stage in data["stages"]:
         del stage["resources"]  # as results.json was written before resources were measured
     assert RunResults.from_json(data) == results()

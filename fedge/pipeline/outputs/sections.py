@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedge.compression.energy import DEFAULT
 from fedge.compression.resources import Resources
 from fedge.pipeline.outputs.rows import (
     ChoiceRecord,
@@ -127,11 +128,12 @@ def choice_lines(choice: ChoiceRecord) -> list[str]:
         "## Candidates (validation split; the shipped one in bold)",
         "",
         f"Rule: {limit}."
-        + (" Table: `sweep.csv`, `sweep.json`; plots: `pareto.png`." if choice.sweep else ""),
+        + (" Table: `sweep.csv`, `sweep.json`; plots: `pareto.png`." if choice.sweep else "")
+        + f" Energy per batch-1 inference is an estimate: {ENERGY_NOTE}.",
         "",
         "| student | prune | quant | validation | drop (pt) | flash bytes | MACs | arena | "
-        "batch-1 | batch-64 |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "batch-1 | energy (est.) | batch-64 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in choice.candidates:
         refused = not row.quantized and row.quant != "fp32"
@@ -144,12 +146,25 @@ def choice_lines(choice: ChoiceRecord) -> list[str]:
             f"{row.bytes:,}",
             *resource_cells(row.resources),
             us(row.b1_us),
+            _energy(row.resources, row.quantized),
             us(row.b64_us),
         ]
         if row == choice.chosen:
             cells = [f"**{cell}**" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+ENERGY_NOTE = (
+    f"MACs x pJ per MAC + bytes moved x pJ per byte, {DEFAULT.source}; devices differ several "
+    "times over"
+)
+
+
+def _energy(resources: Resources | None, int8: bool) -> str:
+    """The energy estimate of a batch-1 inference as a cell ('' without measured traffic)."""
+    value = None if resources is None else DEFAULT.microjoules(resources, int8)
+    return "" if value is None else f"{value:.3f} µJ"
 
 
 def bundle_line(student: StudentFigures | None) -> str:
