@@ -172,10 +172,15 @@ def _search(
         return None
     model = None
     if profile is not None:
+        from fedge.compression.energy import energy_model
         from fedge.compression.latency import fit
         from fedge.core.profile import load_profile
 
         model = fit(load_profile(profile))
+        try:  # its energy coefficients, if it states any, are read now rather than mid-search
+            energy_model(model)
+        except ValueError as err:
+            raise ConfigError(f"device profile {profile}: {err}") from None
     return SearchConfig(
         trials=trials,
         time_budget_s=time_budget,

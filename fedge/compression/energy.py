@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from fedge.compression.latency import LatencyModel
 from fedge.compression.resources import Resources
 
 
@@ -58,3 +59,15 @@ class EnergyModel:
 
 
 DEFAULT = EnergyModel()
+
+
+def energy_model(target: LatencyModel | None) -> EnergyModel:
+    """The coefficients of a search target's device profile (the defaults without one)."""
+    return DEFAULT if target is None else EnergyModel.from_device(target.profile.device)
+
+
+def estimate_uj(
+    resources: Resources | None, int8: bool, target: LatencyModel | None = None
+) -> float | None:
+    """The estimate on the target's coefficients (None without measured resources)."""
+    return None if resources is None else energy_model(target).microjoules(resources, int8)

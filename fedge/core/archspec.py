@@ -116,3 +116,12 @@ def check_student(student: str, input_shape: tuple[int, ...]) -> None:
     """ValueError if `student` is a spec that cannot take inputs of this shape (else nothing)."""
     if is_arch(student):
         check_input(parse(student), input_shape)
+
+
+def fits(student: str, input_shape: tuple[int, ...]) -> bool:
+    """Whether `student` can take inputs of this shape (`check_student` without the reason)."""
+    try:
+        check_student(student, input_shape)
+    except ValueError:
+        return False
+    return True

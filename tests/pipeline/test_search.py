@@ -45,6 +45,7 @@ def test_a_search_ships_the_most_accurate_trial_within_max_bytes(run, tmp_path):
     table = json.loads((out / "search" / "trials.json").read_text())
     rows = table["rows"]
     assert len(rows) == 3 and (out / "search" / "pareto.png").stat().st_size > 10_000
+    assert all(r["energy_uj"] > 0 for r in rows) and "Horowitz" in table["energy_model"]
     assert (out / "search" / "trials.csv").read_text().count("\n") == 4
     chosen = [r for r in rows if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["bytes"] <= 16000 and chosen[0]["finalist"]
@@ -80,10 +81,17 @@ def test_a_budget_nothing_meets_exits_2_naming_it_and_the_fastest(run, tmp_path)
 
 
 def test_bad_search_options_exit_2_before_any_work(run, tmp_path):
+    from tests.server.test_tiers import slow_device_profile
+
     bad = tmp_path / "bad.json"
     bad.write_text('{"fedge_profile": 7}')
+    energy = slow_device_profile(tmp_path / "energy.json")
+    profile = json.loads(energy.read_text())
+    profile["device"]["energy"] = {"pj_per_byte": -1}
+    energy.write_text(json.dumps(profile))
     for args, message in (
         (["--search", "--device-profile", str(bad)], "has version 7"),
+        (["--search", "--device-profile", str(energy)], "device.energy.pj_per_byte must be finite"),
         (["--max-latency-us", "20"], "need --search"),
         (["--search", "--sweep"], "--search chooses the student"),
         (["--search", "--trials", "0"], "--trials must be >= 1"),

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedge.compression.energy import energy_model, estimate_uj
 from fedge.compression.latency import LatencyModel, graph_of
 from fedge.compression.resources import measure
 from fedge.core import archspec
@@ -95,6 +96,7 @@ class Trial:
     seconds: float
     macs: int | None = None  # the shipped graph at batch 1 (compression.resources)
     arena_bytes: int | None = None  # its peak activation memory at batch 1
+    energy_uj: float | None = None  # an estimate per inference (compression.energy)
     trial: int = -1  # Optuna's trial number
     feasible: bool = False  # within every budget
     finalist: bool = False  # distilled fully after the search
@@ -133,6 +135,7 @@ class SearchResult:
             "target": search.target,
             "max_latency_us": search.max_latency_us,
             "max_bytes": search.max_bytes,
+            "energy_model": energy_model(search.model).source,
             "trial_epochs": search.trial_epochs,
             "finalists": self.finalists,
             "chosen": self.chosen,
@@ -178,7 +181,7 @@ def run_search(
 
     sampler = optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, config.trials))
     study = optuna.create_study(directions=("maximize", "minimize", "minimize"), sampler=sampler)
-    seeds = [spec for spec in seed_specs(shape) if _fits(spec, shape)]
+    seeds = [spec for spec in seed_specs(shape) if archspec.fits(spec, shape)]
     for spec in seeds[: config.trials]:
         study.enqueue_trial({}, user_attrs={"spec": spec, "quant": quants[0]})
     study.optimize(objective, n_trials=config.trials, timeout=config.time_budget_s)
@@ -251,6 +254,7 @@ def _evaluate(
         seconds=time.monotonic() - start,
         macs=row.resources.macs if row.resources else None,
         arena_bytes=row.resources.arena_bytes if row.resources else None,
+        energy_uj=estimate_uj(row.resources, row.quantized, config.model),
     )
     log.info(
         "trial %-40s %-5s validation %.4f  %6d bytes  %.1f µs",
@@ -271,14 +275,6 @@ def quant_choices(cfg: RunConfig) -> list[str]:
     """
     run = quant_name(cfg)
     return [run] if run == "fp32" else [run, "fp32"]
-
-
-def _fits(spec: str, shape: tuple[int, ...]) -> bool:
-    try:
-        archspec.check_student(spec, shape)
-    except ValueError:
-        return False
-    return True
 
 
 def _violations(row: Trial, config: SearchConfig) -> list[float]:

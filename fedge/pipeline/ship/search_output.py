@@ -24,6 +24,7 @@ COLUMNS = (
     "params",
     "macs",
     "arena_bytes",
+    "energy_uj",
     "quantized",
     "latency_us",
     "predicted_b1_us",
