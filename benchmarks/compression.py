@@ -154,7 +154,7 @@ def centralized(run: Path) -> dict[str, Any]:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(cfg.seed)
-    view = teacher_view(cfg.augment, cfg.dataset)  # the clients' augmentation
+    view = teacher_view(cfg.augment)  # the clients' augmentation
     start, done = time.monotonic(), 0
     model.train()
     while done < steps:

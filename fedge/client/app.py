@@ -96,7 +96,7 @@ def _teacher_fit(
                 model, x, labels, epochs=cfg.local_epochs, lr=cfg.lr,
                 batch_size=cfg.batch_size, seed=seed, proximal_mu=mu,
                 sample_budget=cfg.local_sample_budget,
-                view=teacher_view(cfg.augment, cfg.dataset),
+                view=teacher_view(cfg.augment),
             )  # fmt: skip
         loss = dp_sgd.dp_sgd_train(
             model, x, labels, schedule=schedule, epochs=cfg.local_epochs, lr=cfg.lr,

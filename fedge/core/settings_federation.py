@@ -50,9 +50,9 @@ class FederationSettings:
     lr: float = setting(0.05, "client SGD learning rate", interval="> 0")
     batch_size: int = setting(16, "client batch size", interval=">= 1")
     augment: str = setting(
-        "auto",
-        "random views in the teacher's local SGD (not DP-SGD): auto (flip-shift for fmnist, "
-        "none elsewhere) | none | shift (up to 2 px or steps) | flip-shift (mirror, then shift)",
+        "none",
+        "random views in the teacher's local SGD (not DP-SGD): none | shift (up to 2 px or "
+        "steps) | flip-shift (mirror left-right, then shift; images whose class survives it)",
         choices=choices.AUGMENTS,
     )
     client_test_fraction: float = setting(

@@ -23,13 +23,8 @@ def test_views_are_seeded_shape_keeping_and_move_pixels():
     assert torch.equal(random_shift(flat, 2, torch.Generator()), flat)
 
 
-def test_auto_augments_fmnist_only_and_training_uses_the_view():
-    assert teacher_view("auto", "fmnist") is flip_shift
-    assert teacher_view("auto", "digits") is None and teacher_view("auto", "mnist1d") is None
-    assert (
-        teacher_view("none", "fmnist") is None
-        and teacher_view("flip-shift", "digits") is flip_shift
-    )
+def test_the_setting_names_the_view_and_training_uses_it():
+    assert teacher_view("none") is None and teacher_view("flip-shift") is flip_shift
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 64)

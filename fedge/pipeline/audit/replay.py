@@ -133,7 +133,7 @@ def _teacher_fit(cfg: RunConfig, seed: int, server_round: int) -> LocalFit:
             mu = cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0
             train(local, x, y, epochs=cfg.local_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                   seed=local_seed, proximal_mu=mu, sample_budget=cfg.local_sample_budget,
-                  view=teacher_view(cfg.augment, cfg.dataset))  # fmt: skip
+                  view=teacher_view(cfg.augment))  # fmt: skip
 
     return fit
 
