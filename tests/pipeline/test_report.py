@@ -135,7 +135,7 @@ def test_compression_report_lists_candidates_and_bolds_the_shipped_one():
 
 
 def test_reports_show_the_resources_of_each_candidate_stage_and_the_shipped_student():
-    small = Resources(params=1578, macs=16448, flash_bytes=999, arena_bytes=640)
+    small = Resources(params=1578, macs=16448, flash_bytes=999, arena_bytes=640, traffic_bytes=8000)
     row = CandidateRow(
         student="tiny", prune_ratio=0.0, quant="qdq", quantized=True, params=10, bytes=999,
         gzip_bytes=900, val_accuracy=0.9, drop_pt=1.5, test_accuracy=0.9, b1_us=5.0, b64_us=50.0,
@@ -150,9 +150,12 @@ def test_reports_show_the_resources_of_each_candidate_stage_and_the_shipped_stud
     )
     text = render_report(results(compression=record))
     assert "| validation | drop (pt) | flash bytes | MACs | arena | batch-1 |" in text
+    energy = (16448 * 0.23 + 8000 * 1.25) / 1e6  # int8 MACs and the bytes moved, in µJ
     assert "| **tiny** | **0.00** | **qdq** | **90.00 %** | **1.50** | **999** | **16,448** | " \
-        "**640** | **5.0 µs** |" in text  # fmt: skip
-    assert "| small | 0.00 | qdq | 90.00 % | 1.50 | 999 |  |  | 5.0 µs |" in text
+        f"**640** | **5.0 µs** | **{energy:.3f} µJ** |" in text  # fmt: skip
+    assert "| small | 0.00 | qdq | 90.00 % | 1.50 | 999 |  |  | 5.0 µs |  |" in text
+    assert f"| deployed student | 10.0 µs | 100.0 µs | {energy:.3f} µJ |" in text  # its row
+    assert text.count("is an estimate") == 2 and "Horowitz ISSCC 2014" in text
     assert "| int8 | 93.00 % | 100 | 150 | 26.7x | 9,000 | 640 |" in text
     assert "| distilled | 94.00 % | 100 | 400 | 10.0x |  |  |" in text
     assert "| **deployed student** | 93.00 % | 100 | 200 | 20.0x | 16,448 | 640 |" in text

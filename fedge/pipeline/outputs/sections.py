@@ -52,11 +52,13 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
         ),
         f"Quantization: {student.quantization_reason}.",
         "",
-        "| latency, onnxruntime 1 thread | batch 1 p50 | batch 64 p50 |",
-        "|---|---:|---:|",
-        f"| teacher fp32 | {teacher.latency_us.b1_p50:.1f} µs | {teacher.latency_us.b64_p50:.1f} µs |",
+        "| latency, onnxruntime 1 thread | batch 1 p50 | batch 64 p50 | energy, batch 1 (est.) |",
+        "|---|---:|---:|---:|",
+        f"| teacher fp32 | {teacher.latency_us.b1_p50:.1f} µs | {teacher.latency_us.b64_p50:.1f} µs | |",
         f"| deployed student | {student.latency_us.b1_p50:.1f} µs | "
-        f"{student.latency_us.b64_p50:.1f} µs |",
+        f"{student.latency_us.b64_p50:.1f} µs | {_energy(shipped, student.quantized)} |",
+        "",
+        f"Energy is an estimate, not a measurement: {ENERGY_NOTE}.",
         "",
         f"Size ratio {student.size_ratio:.1f}x, accuracy change "
         f"{100 * (student.accuracy - teacher.accuracy):+.2f} points.",
