@@ -3,9 +3,12 @@
     python benchmarks/tiers.py --json OUT.json [--seeds 3] [--scenario simulations/tiers.toml]
 
 Per seed, one real `fedge simulate --scenario simulations/tiers.toml --seed S` (a Flower
-simulation: 9 SuperNodes, three tiers of batch-1 budgets on this machine). Each node installs
+simulation: 9 SuperNodes, a resource-budget tier and two batch-1 latency tiers). Each node installs
 its tier's bundle and times the installed model's onnxruntime call on one sample (p50, blocks of
-consecutive calls, nodes one at a time), and Predictor.predict around it. A run whose budget no
+consecutive calls, nodes one at a time), and Predictor.predict around it. A node is within
+budget when it installed its tier's model, the model meets the tier's resource limits exactly
+(flash, activation arena, MACs) and the node's own p50 meets the latency budget, if any (the
+server judged it with tier-latency-margin's headroom). A run whose budget no
 architecture meets (exit 2) is recorded with its message. The summary per tier: nodes within
 budget over all seeds, the mean and spread over seeds of the slowest node, and the students.
 """
@@ -19,8 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
+from math import inf
 from pathlib import Path
 from typing import Any
+
+from fedge.core.budgets import Budget
 
 
 def simulate(scenario: str, seed: int, out: Path) -> dict[str, Any]:
@@ -51,6 +58,21 @@ def simulate(scenario: str, seed: int, out: Path) -> dict[str, Any]:
     }
 
 
+def _within(tier: dict[str, Any], client: dict[str, Any]) -> bool:
+    """Whether a node is within its tier's budget.
+
+    It installed its tier's model, the model meets every resource limit exactly, and the
+    node's own timing meets the latency budget (when the tier has one).
+    """
+    budget = Budget.from_json(tier.get("budget") or {"latency_us": tier["budget_us"]})
+    resources = replace(budget, latency_us=None)
+    if not client["installed"] or resources.misses(
+        None, tier["bytes"], tier.get("arena_bytes"), tier.get("macs")
+    ):
+        return False
+    return budget.latency_us is None or (client["onnx_us_p50"] or inf) <= budget.latency_us
+
+
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per tier, over the runs that shipped."""
     done = [r for r in runs if r["exit"] == 0]
@@ -58,13 +80,18 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in names:
         tiers = [next(t for t in r["tiers"] if t["tier"] == name) for r in done]
-        nodes = [c for r in done for c in r["clients"] if c["tier"] == name]
-        within = [c for c in nodes if (c["onnx_us_p50"] or float("inf")) <= tiers[0]["budget_us"]]
+        nodes = [(r["seed"], c) for r in done for c in r["clients"] if c["tier"] == name]
+        shipped = {r["seed"]: next(t for t in r["tiers"] if t["tier"] == name) for r in done}
+        within = [c for seed, c in nodes if _within(shipped[seed], c)]
         slowest = [t["node_latency_us_max"] for t in tiers if t["node_latency_us_max"] is not None]
         out.append(
             {
                 "tier": name,
                 "budget_us": tiers[0]["budget_us"],
+                "budget": tiers[0].get("budget"),
+                "latency_margin": tiers[0].get("latency_margin", 1.0),
+                "flash_bytes_max": max(t["bytes"] for t in tiers),
+                "arena_bytes_max": max(t.get("arena_bytes") or 0 for t in tiers),
                 "nodes_within_budget": f"{len(within)}/{len(nodes)}",
                 "node_latency_us_max_mean": statistics.mean(slowest) if slowest else None,
                 "node_latency_us_max_stdev": statistics.stdev(slowest) if len(slowest) > 1 else 0,
@@ -97,6 +124,10 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")  # the runs, whatever follows
     result["summary"] = summary(runs)
+    counts = [s["nodes_within_budget"].split("/") for s in result["summary"]]
+    result["tiers_nodes_within_budget"] = (
+        f"{sum(int(k) for k, _ in counts)}/{sum(int(n) for _, n in counts)}"
+    )
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
 

@@ -32,6 +32,7 @@ class Budget:
     flash_bytes: int | None = None  # model.onnx as shipped
     ram_bytes: int | None = None  # peak live activations at batch 1 (the tensor arena)
     macs: int | None = None  # multiply-accumulates of one inference
+    margin: float = 1.0  # latency_us is a budget divided by this (the server's headroom)
 
     def misses(
         self, latency_us: float | None, flash: int | None, ram: int | None, macs: int | None
@@ -63,7 +64,10 @@ class Budget:
     def describe(self) -> str:
         """The limits in words, e.g. "flash 64 KiB, ram 64 KiB" or "latency 2000 µs"."""
         parts = []
-        if self.latency_us is not None:
+        if self.latency_us is not None and self.margin != 1.0:
+            given = self.latency_us * self.margin
+            parts.append(f"latency {given:g} µs / margin {self.margin:g} = {self.latency_us:g} µs")
+        elif self.latency_us is not None:
             parts.append(f"latency {self.latency_us:g} µs")
         for name, value in (("flash", self.flash_bytes), ("ram", self.ram_bytes)):
             if value is not None:
@@ -79,7 +83,8 @@ class Budget:
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> Budget:
         """The budget to_json wrote."""
-        return cls(**{k: value.get(k) for k in ("latency_us", "flash_bytes", "ram_bytes", "macs")})
+        keys = ("latency_us", "flash_bytes", "ram_bytes", "macs")
+        return cls(**{k: value.get(k) for k in keys}, margin=value.get("margin", 1.0))
 
 
 def parse_budget(text: str) -> Budget:

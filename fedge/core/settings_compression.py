@@ -56,6 +56,13 @@ class CompressionSettings:
         "student for all",
         resume=True,
     )
+    tier_latency_margin: float = setting(
+        1.5,
+        "tiers: a latency budget is met on the server (predicted or timed) with this headroom "
+        "(judged <= budget / margin), so nodes that time it themselves stay within the budget",
+        interval=">= 1",
+        resume=True,
+    )
     search_trials: int = setting(
         30,
         "tiers: architectures the search tries (shared by every tier)",

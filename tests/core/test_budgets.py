@@ -50,3 +50,15 @@ def test_the_tiers_setting_takes_resource_budgets():
     }
     with pytest.raises(ConfigError, match=r"bad tier 'mcu:disk=1' in tiers \(budget part"):
         RunConfig(tiers="mcu:disk=1", student="auto")
+
+
+def test_the_server_judges_a_latency_budget_with_its_margin():
+    from fedge.pipeline.ship.tiers import with_margin
+
+    judged = with_margin(parse_budget("latency=30+ram=2k"), 1.5)
+    assert judged.latency_us == 20.0 and judged.ram_bytes == 2048  # resources stay exact
+    assert judged.describe() == "latency 30 µs / margin 1.5 = 20 µs, ram 2 KiB"
+    assert judged.misses(25.0, None, 100, None) == ["latency 25 µs > 20 µs"]
+    assert with_margin(parse_budget("flash=1k"), 1.5) == parse_budget("flash=1k")
+    with pytest.raises(ConfigError, match="tier-latency-margin"):
+        RunConfig(tier_latency_margin=0.5)

@@ -93,7 +93,7 @@ def test_a_student_that_misses_its_budget_after_full_distillation_is_replaced(ma
         found.append(params_search(*args, **kwargs))
         return found[-1]
 
-    job = make_job(TIERED.replace(tiers="small:10000"))
+    job = make_job(TIERED.replace(tiers="small:10000", tier_latency_margin=1.0))
     tiers = compress_tiers(job, None, TierTools(search=recorded, time_us=first_too_slow))
     fits = sorted(
         (t for t in found[0].trials if t.latency_us <= 10000),

@@ -169,10 +169,11 @@ def _tier_lines(tiers: tuple[TierSummary, ...] | None) -> list[str]:
         "## Device tiers",
         "",
         "One architecture search; each tier ships the most accurate architecture within its "
-        "batch-1 budget, distilled fully and checked again (judged on: the nodes' device "
-        "profiles, else this machine's p50, best of three tries). Nodes: each node's onnxruntime "
-        "call, p50, timed when it installed the bundle (nodes install one at a time), and "
-        "Predictor.predict around it.",
+        "budget, distilled fully and checked again: flash, RAM (activation arena) and MACs "
+        "exactly on the shipped model, a batch-1 latency with the stated margin (judged on: the "
+        "nodes' device profiles, else this machine's p50, best of three tries). Nodes: each "
+        "node's onnxruntime call, p50, timed when it installed the bundle (nodes install one at "
+        "a time), held to the budget itself, and Predictor.predict around it.",
         "",
         "| tier | budget | student | test accuracy | bytes | judged | judged on | b1 p50 nodes "
         "(max) | predict p50 nodes (max) | installed | within budget on nodes |",
@@ -191,7 +192,9 @@ def _tier_lines(tiers: tuple[TierSummary, ...] | None) -> list[str]:
 def _budget(tier: TierSummary) -> str:
     """A tier's limits in words (older runs: the latency alone)."""
     if tier.budget:
-        return Budget.from_json(tier.budget).describe()
+        budget = Budget.from_json(tier.budget)
+        margin = f" (judged with margin {tier.latency_margin:g})" if budget.latency_us else ""
+        return budget.describe() + margin
     return "-" if tier.budget_us is None else f"latency {tier.budget_us:g} µs"
 
 

@@ -165,6 +165,7 @@ class TierRecord(Row):
     budget: dict[str, Any] = field(default_factory=dict)  # fedge.core.budgets.Budget, all limits
     arena_bytes: int | None = None  # the shipped model's activation arena at batch 1
     macs: int | None = None  # ... and its multiply-accumulates
+    latency_margin: float = 1.0  # judged latency <= budget_us / this
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class TierSummary(Row):
     budget: dict[str, Any] = field(default_factory=dict)  # every limit (older runs: none)
     arena_bytes: int | None = None
     macs: int | None = None
+    latency_margin: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,12 @@ def compress_tiers(
     records, bundles = [], {}
     for name, budget in budgets.items():
         judge = Judge.of((profiles or {}).get(name, []), tools.time_us)
-        trial, latency, used = _pick(name, budget, judge, found.trials, shipped, sample)
+        judged = with_margin(budget, job.cfg.tier_latency_margin)
+        trial, latency, used = _pick(name, judged, judge, found.trials, shipped, sample)
         done = shipped(trial)
-        records.append(_record(name, budget, trial, latency, judge, done, used))
+        records.append(
+            _record(name, budget, trial, latency, judge, done, used, job.cfg.tier_latency_margin)
+        )
         bundles[name] = for_tier(done, name, job.key)
     log.info(
         "tiers: %s",
@@ -123,6 +126,17 @@ def compress_tiers(
     )
     last = made[records[-1].student, records[-1].quant]
     return Tiers(last, records, bundles)
+
+
+def with_margin(budget: Budget, margin: float) -> Budget:
+    """The budget the server judges by: its latency limit divided by the margin (resources exact).
+
+    A node times its own install on its own load; the server's figure (predicted on a profile or
+    timed here) must leave that much headroom for the node's to stay within the budget.
+    """
+    if budget.latency_us is None:
+        return budget
+    return replace(budget, latency_us=budget.latency_us / margin, margin=margin)
 
 
 def for_tier(done: Compressed, tier: str, key: Ed25519PrivateKey) -> dict[str, bytes]:
@@ -179,6 +193,7 @@ def _record(
     judge: Judge,
     done: Compressed,
     used: Resources,
+    margin: float,
 ) -> TierRecord:
     student = done.shipment.student
     return TierRecord(
@@ -196,6 +211,7 @@ def _record(
         judged_on=judge.where,
         version=student.version,
         budget=budget.to_json(),
+        latency_margin=margin,
         arena_bytes=used.arena_bytes,
         macs=used.macs,
     )
