@@ -12,7 +12,7 @@ and compare `final_model_sha256` with the uninterrupted clean run.
 
 `--variants sampled,int8` repeats the clean run, sign-flip under fedavg, median and trimmed mean,
 and 50 % dropout under each variant, beside its own clean run: `int8` with int8 updates,
-`sampled` with 20 of 200 mnist1d clients a round for 40 rounds (trimmed mean at trim-beta 0.45).
+`sampled` with 20 of 200 mnist1d clients a round for 60 rounds (trimmed mean at trim-beta 0.45).
 `--no-base` runs only the variants; `--seeds 0` only the resume trials. A run the quality gate
 stopped (exit 3) counts as finished: the collapse it is. Results are written before the trials.
 """
@@ -55,14 +55,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # 20 of 200 clients a round (10 %): fewer per round and the sampled attacker share often
     # passes every rule's breakdown point (5 of 50 broke median on 2 of 3 seeds); digits cannot
     # give 200 clients data, so this variant is mnist1d.
-    # 40 rounds: a sampled round holds fewer updates, so 20 rounds leave every row unconverged
-    # (20 rounds, seed 0: clean 92.99 %, median 87.55 %, 50 % dropout 89.34 %).
+    # 60 rounds: a sampled round holds fewer updates, and the robust rules converge slower than
+    # the clean mean (seed 0, clean vs median: 92.99 vs 87.55 % after 20 rounds; over 3 seeds
+    # 96.28 vs 94.03 % after 40, a 2.25-point gap that the target of 2 does not allow).
     "sampled": {
         "dataset": "mnist1d",
         "dataset-size": 40000,
         "clients": 200,
         "fraction-train": 0.1,
-        "rounds": 40,
+        "rounds": 60,
     },
     "int8": {"update-compression": "int8"},
 }
