@@ -33,7 +33,13 @@ def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator
 
 
 def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror each image left to right with probability 1/2 (the last axis)."""
+    """Mirror each image (N, C, H, W) left to right with probability 1/2.
+
+    Signals and flat features are returned unchanged: reversed in time or in feature order
+    they are other data, not another view.
+    """
+    if batch.dim() != 4:
+        return batch
     flip = torch.rand(len(batch), generator=generator) < 0.5
     mask = flip.view(-1, *([1] * (batch.dim() - 1)))
     return torch.where(mask, batch.flip(-1), batch)

@@ -40,6 +40,7 @@ def check(cfg: RunConfig) -> None:
             raise ConfigError(
                 f"unknown student {name!r} in auto-students; allowed: {', '.join(STUDENTS)}"
             )
+    _check_augment(cfg)
     if cfg.kd_source in ("federated", "both") and cfg.dp != "none":
         raise ConfigError(
             f"kd-source {cfg.kd_source!r} trains the student on client data, and its rounds "
@@ -153,6 +154,20 @@ def _sampling(cfg: RunConfig) -> None:
                 f"aggregation {cfg.aggregation!r} needs >= {need} updates per round, but "
                 f"fraction-train samples {train_size(cfg)}; raise fraction-train"
             )
+
+
+def _check_augment(cfg: RunConfig) -> None:
+    """ConfigError for augmentation that would damage the data or be silently ignored."""
+    if cfg.augment == "flip-shift" and cfg.dataset == "mnist1d":
+        raise ConfigError(
+            "augment 'flip-shift' mirrors images; mnist1d is signals, which a flip reverses in "
+            "time; allowed for mnist1d: augment none or shift"
+        )
+    if cfg.augment != "none" and cfg.dp == "local":
+        raise ConfigError(
+            f"augment {cfg.augment!r} applies to plain local SGD, not dp local's DP-SGD; "
+            "allowed with dp local: augment none"
+        )
 
 
 def parse_tiers(text: str) -> dict[str, Budget]:

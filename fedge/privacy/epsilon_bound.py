@@ -7,10 +7,13 @@ so a test with rates (FPR, FNR) proves
     eps >= max(ln((1 - delta - FPR) / FNR), ln((1 - delta - FNR) / FPR)).
 
 Measured rates are estimates; as in Jagielski et al. 2020 and Nasr et al. 2021 the bound uses
-Clopper-Pearson upper limits of both rates, so it holds with the stated confidence. The
-threshold is chosen on one half of the candidates (the one whose rates prove the most there) and
-the rates are counted on the other half, so choosing it costs no confidence. A bound above
-the accountant's epsilon means the noise calibration or the accounting is wrong.
+Clopper-Pearson upper limits of both rates. The threshold is chosen on one half of the
+candidates (the one whose rates prove the most there) and the rates are counted on the other
+half, so choosing it costs no confidence. Caveat: Clopper-Pearson takes the candidates as
+independent trials, while here they all come from one training run with a fixed split (the
+papers train a model per trial; a one-run audit is rigorous only with each record included at
+random, Steinke, Nasr and Jagielski 2023), so the confidence is nominal. A bound above the
+run's record-level epsilon points at the noise calibration or the accounting.
 
 Pure numpy/scipy: no torch, no run directory.
 """
@@ -25,6 +28,7 @@ import numpy as np
 from scipy.stats import beta
 
 CONFIDENCE = 0.95
+NO_DP_DELTA = 1e-5  # the delta of a bound when the run claims no guarantee
 MAX_THRESHOLDS = 512  # distinct scores tried on the choosing half (quantiles beyond that)
 
 
@@ -43,6 +47,22 @@ class EpsilonBound:
     def to_json(self) -> dict[str, Any]:
         """audit.json's "epsilon_lower_bound" object."""
         return asdict(self)
+
+
+def record_level(privacy: dict[str, Any] | None) -> tuple[float | None, float]:
+    """The (epsilon, delta) a run's guarantee gives one training record: what an attack tests.
+
+    local (DP-SGD, add/remove one record): as stated. central (add/remove one client): a record
+    changes its client's data, which is removing that client and adding another, so group
+    privacy for 2 gives 2 eps and (1 + e^eps) delta. none: no epsilon, delta 1e-5.
+    """
+    privacy = privacy or {}
+    epsilon, delta = privacy.get("epsilon"), privacy.get("delta")
+    if epsilon is None or delta is None:
+        return None, NO_DP_DELTA
+    if privacy.get("mode") == "central":
+        return 2 * epsilon, min((1 + math.exp(epsilon)) * delta, 0.5)
+    return epsilon, delta
 
 
 def upper_limit(errors: int, trials: int, alpha: float) -> float:

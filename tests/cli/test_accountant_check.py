@@ -1,5 +1,6 @@
 """The audit checks the accountant: the largest empirical epsilon bound against the claimed one."""
 
+import math
 import shutil
 
 import pytest
@@ -20,14 +21,18 @@ def _models(bounds: dict[str, float]) -> dict:
 
 def test_the_largest_bound_is_held_against_the_accountants_epsilon():
     models = _models({"teacher": 0.4, "student": 1.3})
-    failed = audit_run.accountant_check(models, {"epsilon": 1.0, "delta": 1e-5}, 1e-5)
+    failed = audit_run.accountant_check(models, {"mode": "local", "epsilon": 1.0, "delta": 1e-5})
     assert failed["passed"] is False and failed["model"] == "student"
-    assert failed["largest_lower_bound"] == 1.3
-    assert audit_run.accountant_check(models, {"epsilon": 2.0}, 1e-5)["passed"] is True
-    assert (
-        audit_run.accountant_check(models, {"mode": "none", "epsilon": None}, 1e-5)["passed"]
-        is None
-    )
+    assert failed["largest_lower_bound"] == 1.3 and failed["delta"] == 1e-5
+    local = {"mode": "local", "epsilon": 2.0, "delta": 1e-5}
+    assert audit_run.accountant_check(models, local)["passed"] is True
+    none = audit_run.accountant_check(models, {"mode": "none", "epsilon": None, "delta": None})
+    assert none["passed"] is None and none["delta"] == 1e-5
+    # central DP is client-level: one record may move its client's data, so 2 x epsilon
+    central = audit_run.accountant_check(models, {"mode": "central", "epsilon": 0.7, "delta": 1e-5})
+    assert central["passed"] is True and central["epsilon"] == 1.4
+    assert central["delta"] == pytest.approx((1 + math.exp(0.7)) * 1e-5)
+    assert "(client-level 0.70, doubled" in accountant_line(central)
     audit = {
         "attack": "online LiRA",
         "shadows": 4,
@@ -38,8 +43,8 @@ def test_the_largest_bound_is_held_against_the_accountants_epsilon():
     text = render_audit(audit)
     assert "| teacher | 90.00 % | 0.600 | 2.00 % (1.00 to 3.00) | 0.00 % | 0.550 | 0.40 |" in text
     assert "**FAILED accountant check**" in text and "(student, 95 % confidence" in text
-    assert "above the accountant's epsilon 1.00" in text
-    passed = audit_run.accountant_check(models, {"epsilon": 2.0}, 1e-5)
+    assert "above the accountant's 1.00 for one record" in text
+    passed = audit_run.accountant_check(models, local)
     assert accountant_line(passed).startswith("Accountant check passed")
 
 
@@ -58,7 +63,9 @@ def test_a_failed_check_exits_5_and_says_so(
             "candidates": {"members": 10, "non_members": 10},
             "models": models,
             "seconds": 1.0,
-            "accountant_check": audit_run.accountant_check(models, {"epsilon": claimed}, 1e-5),
+            "accountant_check": audit_run.accountant_check(
+                models, {"mode": "local", "epsilon": claimed, "delta": 1e-5}
+            ),
         }
         (out / "audit.md").write_text(render_audit(audit))
         return audit

@@ -168,10 +168,16 @@ def test_a_bundle_for_another_tier_is_refused_and_the_current_model_keeps_servin
     assert store.load(key).manifest.tier == "small"
     untiered = make_bundle(device.model_bytes, bundle_config(3), device.private_key)
     assert store.install(untiered, key, tier="small").changed  # a bundle for any device
-    newer_big = make_bundle(
-        device.model_bytes, replace(bundle_config(4), tier="big"), device.private_key
+    newer_small = make_bundle(
+        device.model_bytes, replace(bundle_config(4), tier="small"), device.private_key
     )
-    assert store.install(newer_big, key).changed  # a device that names no tier takes any
+    assert store.install(newer_small, key).changed  # a device naming no tier: any tier first
+    newer_big = make_bundle(
+        device.model_bytes, replace(bundle_config(5), tier="big"), device.private_key
+    )
+    with pytest.raises(BundleError, match="for device tier 'big', the installed model for 'small'"):
+        store.install(newer_big, key)  # ... then held to the tier it serves
+    assert store.install(newer_big, key, allow_model_switch=True).changed
 
 
 @pytest.mark.parametrize("text", ["²", "9" * 5000, "-1", "", "0", "1e3", "12 34"])

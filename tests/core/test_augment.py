@@ -1,6 +1,7 @@
-"""Teacher augmentation: seeded views of the right shape, on for fmnist only, used in training."""
+"""Teacher augmentation: seeded views of the right shape, images only mirrored, used in training."""
 
 import numpy as np
+import pytest
 import torch
 
 from fedge.core.augment import flip_shift, random_flip, random_shift, teacher_view
@@ -21,6 +22,19 @@ def test_views_are_seeded_shape_keeping_and_move_pixels():
     assert not torch.equal(shifted, batch) and (shifted == 0).any()  # zero padding came in
     flat = torch.ones(4, 8)
     assert torch.equal(random_shift(flat, 2, torch.Generator()), flat)
+    signals = torch.arange(40.0).view(4, 1, 10)  # never reversed in time
+    assert all(torch.equal(random_flip(signals, torch.Generator().manual_seed(s)), signals)
+               for s in range(10))  # fmt: skip
+
+
+def test_augment_settings_that_would_damage_the_data_or_be_ignored_are_refused():
+    from fedge.core.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match="mnist1d is signals"):
+        RunConfig(dataset="mnist1d", augment="flip-shift")
+    with pytest.raises(ConfigError, match="not dp local's DP-SGD"):
+        RunConfig(augment="shift", dp="local", teacher="linear")
+    assert RunConfig(dataset="mnist1d", augment="shift").augment == "shift"
 
 
 def test_the_setting_names_the_view_and_training_uses_it():

@@ -22,10 +22,11 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
         assert 0 <= row["tpr_at_1pct_fpr"] <= 1 and 0 <= row["auc"] <= 1
         assert row["ci95"]["auc"][0] <= row["auc"] <= row["ci95"]["auc"][1]
         bound = row["epsilon_lower_bound"]  # counted on the held-out half of the candidates
-        assert bound["epsilon_lower"] >= 0 and bound["confidence"] == 0.95
+        assert bound["epsilon_lower"] >= 0 and bound["confidence"] >= 1 - 0.05 / 4  # Bonferroni
         assert bound["members"] + bound["non_members"] <= sum(audit["candidates"].values())
     check = audit["accountant_check"]  # no DP: nothing claimed, the bound is still reported
     assert check["passed"] is None and check["epsilon"] is None and check["delta"] == 1e-5
+    assert check["confidence"] == 0.95
     assert audit["models"]["student"]["accuracy"] == pytest.approx(source["student"]["accuracy"])
     assert audit["shadows"] == 4 and (out / "roc.png").read_bytes().startswith(b"\x89PNG")
     report = (tiny_run / "report.md").read_text()

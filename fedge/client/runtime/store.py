@@ -37,6 +37,7 @@ from fedge.client.runtime.storestate import (
     read_state,
 )
 from fedge.client.runtime.storestatus import status_report
+from fedge.client.runtime.tiers import check_tier
 from fedge.client.runtime.verify import (
     BundleError,
     VerifiedBundle,
@@ -193,13 +194,9 @@ class ModelStore:
         tier: str,
     ) -> Installed:
         bundle = verify_bundle(files, key)
-        made_for = bundle.manifest.tier
-        if made_for and tier and made_for != tier:
-            raise BundleError(
-                "tier",
-                f"the bundle is for device tier {made_for!r}, this device is tier {tier[:40]!r}; "
-                "install the bundle of its own tier (bundles/<tier>/ of the run)",
-            )
+        check_tier(
+            bundle.manifest.tier, tier, lambda: self._installed_tier(key), allow_model_switch
+        )
         current = self.current_version()
         if current == bundle.version and self._is_on_disk(bundle):
             return Installed(self.load(key), changed=False)
@@ -220,6 +217,13 @@ class ModelStore:
         self._record_install(bundle, report)
         self._drop_old(bundle.version)
         return Installed(bundle, changed=True)
+
+    def _installed_tier(self, key: Ed25519PublicKey) -> str:
+        """The tier of the model being served ("": none, or nothing readable installed)."""
+        try:
+            return self.load(key).manifest.tier
+        except BundleError:
+            return ""
 
     def _check_newer(
         self, bundle: VerifiedBundle, current: int | None, floor: Floor | None

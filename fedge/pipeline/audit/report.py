@@ -71,17 +71,21 @@ def accountant_line(check: dict[str, Any]) -> str:
     """The accountant check in one sentence; a failure starts with FAILED in bold."""
     bound = (
         f"the largest empirical lower bound on epsilon ({check['model']}, "
-        f"{100 * check['confidence']:.0f} % confidence, delta {check['delta']:g}: Clopper-Pearson "
-        "limits of the attack's error rates on held-out candidates) is "
-        f"{check['largest_lower_bound']:.2f}"
+        f"{100 * check['confidence']:.0f} % confidence over all models, delta "
+        f"{check['delta']:.3g}: Clopper-Pearson limits of the attack's error rates on held-out "
+        f"candidates, taken as independent trials) is {check['largest_lower_bound']:.2f}"
     )
     if check["passed"] is None:
         return f"No DP claim to check: {bound}."
+    claim = f"the accountant's {check['epsilon']:.2f} for one record"
+    given = check.get("accountant_epsilon")
+    if given is not None and abs(given - check["epsilon"]) > 1e-12:
+        claim += f" (client-level {given:.2f}, doubled: a record changes its client's data)"
     if check["passed"]:
-        return f"Accountant check passed: {bound}, at most the accountant's {check['epsilon']:.2f}."
+        return f"Accountant check passed: {bound}, at most {claim}."
     return (
-        f"**FAILED accountant check**: {bound}, above the accountant's epsilon "
-        f"{check['epsilon']:.2f}; the noise calibration or the accounting is wrong."
+        f"**FAILED accountant check**: {bound}, above {claim}; the noise calibration or the "
+        "accounting is wrong."
     )
 
 

@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedge.compression import resources
 from fedge.compression.energy import energy_model, estimate_uj
 from fedge.compression.latency import LatencyModel, graph_of
-from fedge.compression.resources import measure
 from fedge.core import archspec
 from fedge.core.budgets import Budget
 from fedge.core.bundle_format import MODEL_FILE
@@ -135,6 +135,8 @@ class SearchResult:
             "target": search.target,
             "max_latency_us": search.max_latency_us,
             "max_bytes": search.max_bytes,
+            "max_ram_bytes": search.max_ram_bytes,
+            "max_macs": search.max_macs,
             "energy_model": energy_model(search.model).source,
             "trial_epochs": search.trial_epochs,
             "finalists": self.finalists,
@@ -324,10 +326,11 @@ def searched(
     measured = shipment.student.latency_us.b1_p50
     predicted = config.model.predict_us(model, 1) if config.model else None
     latency = predicted or measured
-    used = measure(model)
+    used = resources.measured(model, "the shipped student")  # None: a miss only under a limit
+    arena, macs = (None, None) if used is None else (used.arena_bytes, used.macs)
     misses = Budget(
         config.max_latency_us, config.max_bytes, config.max_ram_bytes, config.max_macs
-    ).misses(latency, len(model), used.arena_bytes, used.macs)
+    ).misses(latency, len(model), arena, macs)
     if misses:
         raise SearchError(
             f"the fully distilled {found.chosen} misses the budget ({_budget(config)}): "
@@ -337,8 +340,8 @@ def searched(
         "bytes": len(model),
         "measured_b1_us": measured,
         "predicted_b1_us": predicted,
-        "arena_bytes": used.arena_bytes,
-        "macs": used.macs,
+        "arena_bytes": arena,
+        "macs": macs,
     }
     keep = ("student", "quant", "val_accuracy", "test_accuracy", "bytes", "b1_us")
     full = [{k: row.to_json()[k] for k in keep} for row in finalists]

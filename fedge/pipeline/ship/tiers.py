@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.compression.bundle import make_bundle
 from fedge.compression.latency import Graph, LatencyModel, fit, graph_of
-from fedge.compression.resources import Resources, measure
+from fedge.compression.resources import Resources, measured
 from fedge.core.budgets import Budget
 from fedge.core.bundle_format import MODEL_FILE
 from fedge.core.config import RunConfig
@@ -155,7 +155,7 @@ def _pick(
     trials: list[Trial],
     shipped: Callable[[Trial], Compressed],
     sample: np.ndarray,
-) -> tuple[Trial, float, Resources]:
+) -> tuple[Trial, float, Resources | None]:
     """The tier's trial whose fully distilled student meets the budget: it, latency, resources.
 
     The resources are exact (the shipped model.onnx, measured); the latency is the judge's.
@@ -168,12 +168,10 @@ def _pick(
         done = shipped(trial)  # the guard may keep or refuse int8 unlike in the trial
         model = done.shipment.files[MODEL_FILE]
         latency = judge.shipped_us(model, sample)
-        used = measure(model)
+        used = measured(model, f"tier {name}'s student")  # None: a miss only under a limit
+        arena, macs = (None, None) if used is None else (used.arena_bytes, used.macs)
         misses = budget.misses(
-            None if budget.latency_us is None else latency,
-            used.flash_bytes,
-            used.arena_bytes,
-            used.macs,
+            None if budget.latency_us is None else latency, len(model), arena, macs
         )
         if not misses:
             return trial, latency, used
@@ -192,7 +190,7 @@ def _record(
     latency: float,
     judge: Judge,
     done: Compressed,
-    used: Resources,
+    used: Resources | None,
     margin: float,
 ) -> TierRecord:
     student = done.shipment.student
@@ -212,8 +210,8 @@ def _record(
         version=student.version,
         budget=budget.to_json(),
         latency_margin=margin,
-        arena_bytes=used.arena_bytes,
-        macs=used.macs,
+        arena_bytes=None if used is None else used.arena_bytes,
+        macs=None if used is None else used.macs,
     )
 
 
