@@ -26,6 +26,7 @@ CONV_OPS = ("Conv", "ConvInteger", "QLinearConv")
 BIAS_INPUT = {"Conv": 2, "QLinearConv": 8, "Gemm": 2, "QGemm": 6}  # parameters too
 # onnxruntime contrib ops whose output has their first input's shape and type.
 SAME_SHAPE = ("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @dataclass(frozen=True)
@@ -227,17 +228,19 @@ def arena_bytes(proto: onnx.ModelProto) -> int:
 def traffic_bytes(proto: onnx.ModelProto) -> int:
     """Bytes one inference moves at batch 1 (an energy estimate's memory term).
 
-    Every weight is read once; every activation buffer (QDQ pairs fused) is written once and
-    read once per consuming node.
+    Every weight is read once; every activation buffer (QDQ pairs fused, `storage`) is written
+    once and read once per consuming node; a fused quantize or dequantize step moves nothing.
     """
     graph = proto.graph
     sizes = tensor_bytes(proto)
     buffers = storage(graph, set(sizes))
     weights = sum(numpy_helper.to_array(t).nbytes for t in graph.initializer)
-    moved = sum(
-        sizes[buffers[name]] for node in graph.node for name in (*node.input, *node.output)
-        if name in buffers
-    )  # fmt: skip
+    moved = 0
+    for node in graph.node:
+        names = [name for name in (*node.input, *node.output) if name in buffers]
+        if node.op_type in QDQ and len({buffers[name] for name in names}) == 1:
+            continue  # a fused quantize/dequantize step: the int8 runtime moves nothing here
+        moved += sum(sizes[buffers[name]] for name in names)
     return weights + moved
 
 

@@ -33,3 +33,30 @@ def test_a_profile_brings_its_own_coefficients():
     for bad in ({"energy": 3}, {"energy": {"pj_per_byte": -1}}, {"energy": {"pj_per_byte": "1"}}):
         with pytest.raises(ValueError, match="device.energy"):
             EnergyModel.from_device(bad)
+
+
+def test_a_fused_quantize_dequantize_pair_moves_no_extra_bytes():
+    """x (graph input) -> Q -> DQ -> Relu -> y: the int8 buffer is written once and read once."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fedge.compression.resources import at_batch_one, traffic_bytes
+
+    n = 64
+    scale = numpy_helper.from_array(np.array(0.1, dtype=np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int8), "zero")
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"]),
+            helper.make_node("Relu", ["dq"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+        [scale, zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    weights = 4 + 1  # the scale and the zero point
+    # Q reads x (4n) and writes q (n); DQ is fused (nothing); Relu reads q (n) and writes y (4n)
+    assert traffic_bytes(at_batch_one(model)) == weights + 4 * n + n + n + 4 * n
