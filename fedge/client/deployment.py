@@ -81,6 +81,7 @@ def install(
         allow_model_switch=target.allow_model_switch,
         device_check=device_check,
         tier=target.tier,
+        assigned=target.assigned,
     )
 
 

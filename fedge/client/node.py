@@ -32,7 +32,8 @@ class DeployTarget:
     trusted_key: Path | None
     allow_model_switch: bool = False
     refusal: str | None = None  # set when the node must refuse every bundle
-    tier: str = ""  # the node's device tier: a bundle for another tier is refused ("": any)
+    tier: str = ""  # the node's own device tier (device-class): only its bundles ("": any)
+    assigned: str = ""  # the tier the deploy message says the server assigned it
 
 
 def is_simulated(environ: Mapping[str, str] | None = None) -> bool:
@@ -70,7 +71,8 @@ def deploy_target(
 
     """
     allow = _truthy(node_config.get(m.NODE_ALLOW_MODEL_SWITCH, False))
-    tier = node_tier(node_config, message)
+    tier = str(node_config.get(m.NODE_DEVICE_CLASS, ""))
+    assigned = str(message.get(m.DEPLOY_TIER, ""))
     store: Path | None = None
     if m.NODE_MODEL_STORE in node_config:
         store = Path(str(node_config[m.NODE_MODEL_STORE]))
@@ -86,22 +88,11 @@ def deploy_target(
             "so it trusts no key and refuses every bundle (a key sent with a bundle is never "
             "trusted outside simulation)"
         )
-        return DeployTarget(store, None, allow, refusal, tier)
+        return DeployTarget(store, None, allow, refusal, tier, assigned)
     if store is None:
         refusal = f"this node has no {m.NODE_MODEL_STORE!r} in its node config"
-        return DeployTarget(None, key, allow, refusal, tier)
-    return DeployTarget(store, key, allow, tier=tier)
-
-
-def node_tier(node_config: Mapping[str, Any], message: Mapping[str, Any]) -> str:
-    """The device tier this node holds bundles to: its own device-class, else the server's word.
-
-    A node that declares its class is bound to it whatever the server sends; one that does not
-    is held to the tier the server assigned it (partition modulo the tiers), which catches a
-    bundle sent to the wrong tier. "": no tier (an untiered run), any bundle.
-    """
-    own = str(node_config.get(m.NODE_DEVICE_CLASS, ""))
-    return own if own else str(message.get(m.DEPLOY_TIER, ""))
+        return DeployTarget(None, key, allow, refusal, tier, assigned)
+    return DeployTarget(store, key, allow, tier=tier, assigned=assigned)
 
 
 def _truthy(value: Any) -> bool:

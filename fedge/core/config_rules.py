@@ -158,10 +158,10 @@ def _sampling(cfg: RunConfig) -> None:
 
 def _check_augment(cfg: RunConfig) -> None:
     """ConfigError for augmentation that would damage the data or be silently ignored."""
-    if cfg.augment == "flip-shift" and cfg.dataset == "mnist1d":
+    if cfg.augment == "flip-shift" and cfg.dataset in ("digits", "mnist1d"):
         raise ConfigError(
-            "augment 'flip-shift' mirrors images; mnist1d is signals, which a flip reverses in "
-            "time; allowed for mnist1d: augment none or shift"
+            f"augment 'flip-shift' mirrors images; {cfg.dataset} would change meaning (a mirrored "
+            f"digit, a signal reversed in time); allowed for {cfg.dataset}: augment none or shift"
         )
     if cfg.augment != "none" and cfg.dp == "local":
         raise ConfigError(

@@ -54,14 +54,16 @@ def record_level(privacy: dict[str, Any] | None) -> tuple[float | None, float]:
 
     local (DP-SGD, add/remove one record): as stated. central (add/remove one client): a record
     changes its client's data, which is removing that client and adding another, so group
-    privacy for 2 gives 2 eps and (1 + e^eps) delta. none: no epsilon, delta 1e-5.
+    privacy for 2 gives 2 eps and (1 + e^eps) delta. none, or a central guarantee whose
+    record-level delta reaches 1 (it then says nothing): no epsilon, delta 1e-5.
     """
     privacy = privacy or {}
     epsilon, delta = privacy.get("epsilon"), privacy.get("delta")
     if epsilon is None or delta is None:
         return None, NO_DP_DELTA
     if privacy.get("mode") == "central":
-        return 2 * epsilon, min((1 + math.exp(epsilon)) * delta, 0.5)
+        grouped = math.inf if epsilon > 700 else (1 + math.exp(epsilon)) * delta
+        return (None, NO_DP_DELTA) if grouped >= 1 else (2 * epsilon, grouped)
     return epsilon, delta
 
 

@@ -33,6 +33,12 @@ def test_the_largest_bound_is_held_against_the_accountants_epsilon():
     assert central["passed"] is True and central["epsilon"] == 1.4
     assert central["delta"] == pytest.approx((1 + math.exp(0.7)) * 1e-5)
     assert "(client-level 0.70, doubled" in accountant_line(central)
+    # a central guarantee whose record-level delta reaches 1 says nothing: no overflow, no claim
+    vacuous = audit_run.accountant_check(
+        models, {"mode": "central", "epsilon": 2312.0, "delta": 1e-5}
+    )
+    assert vacuous["passed"] is None and vacuous["vacuous"] and vacuous["epsilon"] is None
+    assert accountant_line(vacuous).startswith("No claim to check: central DP's epsilon 2.31e+03")
     audit = {
         "attack": "online LiRA",
         "shadows": 4,

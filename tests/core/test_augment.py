@@ -30,8 +30,9 @@ def test_views_are_seeded_shape_keeping_and_move_pixels():
 def test_augment_settings_that_would_damage_the_data_or_be_ignored_are_refused():
     from fedge.core.config import ConfigError, RunConfig
 
-    with pytest.raises(ConfigError, match="mnist1d is signals"):
-        RunConfig(dataset="mnist1d", augment="flip-shift")
+    for dataset in ("mnist1d", "digits"):
+        with pytest.raises(ConfigError, match=f"mirrors images; {dataset} would change meaning"):
+            RunConfig(dataset=dataset, augment="flip-shift")
     with pytest.raises(ConfigError, match="not dp local's DP-SGD"):
         RunConfig(augment="shift", dp="local", teacher="linear")
     assert RunConfig(dataset="mnist1d", augment="shift").augment == "shift"

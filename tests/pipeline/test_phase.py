@@ -69,6 +69,9 @@ def test_tiers_are_saved_reused_and_redone_when_their_budgets_change(make_job, t
     other = TIERED.replace(tiers="small:20000,big:1000000")
     redone = compression_phase(make_job(other), tmp_path, no_profiles(), resume=True, tools=KNOWN)
     assert [t.budget_us for t in redone.tiers] == [20000, 1000000]
+    margin = other.replace(tier_latency_margin=1.0)  # judged otherwise: compressed again
+    again = compression_phase(make_job(margin), tmp_path, no_profiles(), resume=True, tools=KNOWN)
+    assert [t.latency_margin for t in again.tiers] == [1.0, 1.0]
     one = compression_phase(make_job(PHASE), tmp_path, unused(), resume=True)  # tiers dropped
     assert not one.tiers and not (tmp_path / TIERS_FILE).exists()
 

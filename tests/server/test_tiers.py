@@ -230,14 +230,22 @@ def test_a_bundle_sent_to_the_wrong_tier_is_refused_by_the_node(tmp_path, monkey
         return {r.partition_id: r for r in rows}
 
     rows = deploy(swapped, {100: "small", 101: "big"})
-    for partition, (made, own) in {0: ("big", "small"), 1: ("small", "big")}.items():
+    assert "for device tier 'big', this device is tier 'small'" in rows[0].reason  # its own
+    assert "for device tier 'small', but the server assigned this device tier 'big'" in (
+        rows[1].reason  # the server's word
+    )
+    for partition in (0, 1):
         assert not rows[partition].installed
-        assert f"for device tier '{made}', this device is tier '{own}'" in rows[partition].reason
         assert ModelStore(simulated_store(tmp_path / "nodes", partition)).current_version() is None
     rows = deploy(signed, {100: "small", 101: "big"})  # routed right: the same version installs
     assert rows[0].installed and rows[1].installed
     store = ModelStore(simulated_store(tmp_path / "nodes", 1))
     assert store.load(load_public_key(public_path)).manifest.tier == "big"
+    # Reassigned to another tier later (e.g. a resume with other tiers): held to what it serves.
+    later = make_bundle(model, replace(bundle_config(8), tier="small"), key)
+    rows = deploy({"small": later, "big": later}, {100: "small", 101: "small"})
+    assert rows[0].installed and not rows[1].installed
+    assert "the installed model for 'big'; allow a switch explicitly" in rows[1].reason
 
 
 def _trial(student, accuracy, flash, arena, latency=10.0):

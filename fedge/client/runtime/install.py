@@ -41,6 +41,7 @@ def install_and_load(
     allow_model_switch: bool = False,
     device_check: DeviceCheck = check_device_model,
     tier: str = "",
+    assigned: str = "",
 ) -> Deployed:
     """Verify and install `files` in `store`, then serve the verified bundle.
 
@@ -56,8 +57,8 @@ def install_and_load(
         Accept a bundle of another model line than the installed one.
     device_check
         Loads and runs the model before it becomes current (a limited child process).
-    tier
-        This device's tier: a bundle made for another tier is refused ("": any bundle).
+    tier, assigned
+        This device's own tier and the one a server assigned it (`runtime.tiers.check_tier`).
 
     Returns
     -------
@@ -78,7 +79,12 @@ def install_and_load(
         store.record_refusal(err, files)
         raise
     outcome = store.install(
-        files, key, allow_model_switch=allow_model_switch, device_check=device_check, tier=tier
+        files,
+        key,
+        allow_model_switch=allow_model_switch,
+        device_check=device_check,
+        tier=tier,
+        assigned=assigned,
     )
     predictor = Predictor.from_bundle(store, key, outcome.bundle, warmup=0, check_interval=None)
     return Deployed(predictor, outcome.changed)

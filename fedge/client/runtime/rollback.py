@@ -30,6 +30,7 @@ class Floor:
     model_id: str
     witness: str  # state.json, or the path of a signed manifest.json
     signed: bool  # the witness is a manifest signed by the trusted key
+    tier: str = ""  # the device tier its signed manifest names ("": none, or not signed)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def signed_floor(versions: Path, found: list[int], key: Ed25519PublicKey) -> Flo
             continue
         if best is None or manifest.version > best.version:
             witness = str(directory / fmt.MANIFEST_FILE)
-            best = Floor(manifest.version, manifest.model_id, witness, signed=True)
+            best = Floor(manifest.version, manifest.model_id, witness, True, manifest.tier)
     return best
 
 

@@ -115,11 +115,12 @@ class ModelStore:
         allow_model_switch: bool = False,
         device_check: DeviceCheck = check_device_model,
         tier: str = "",
+        assigned: str = "",
     ) -> Installed:
         """Verify, device-check, then install atomically; a refused bundle installs nothing.
 
         Re-delivering the current version (same manifest) is a success that changes nothing.
-        `tier`: this device's tier; a bundle made for another tier is refused ("": any bundle).
+        `tier`: this device's own tier, `assigned`: the one a server assigned it (`check_tier`).
         A refusal is recorded in state.json (`fedge status` shows it) and raised as BundleError.
         """
         if self.root.exists() and not self.root.is_dir():
@@ -127,7 +128,9 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             try:
-                return self._install(files, trusted_key, allow_model_switch, device_check, tier)
+                return self._install(
+                    files, trusted_key, allow_model_switch, device_check, tier, assigned
+                )
             except BundleError as err:
                 self.record_refusal(err, files)
                 raise
@@ -192,11 +195,11 @@ class ModelStore:
         allow_model_switch: bool,
         device_check: DeviceCheck,
         tier: str,
+        assigned: str,
     ) -> Installed:
         bundle = verify_bundle(files, key)
-        check_tier(
-            bundle.manifest.tier, tier, lambda: self._installed_tier(key), allow_model_switch
-        )
+        made_for = bundle.manifest.tier
+        check_tier(made_for, tier, assigned, lambda: self._installed_tier(key), allow_model_switch)
         current = self.current_version()
         if current == bundle.version and self._is_on_disk(bundle):
             return Installed(self.load(key), changed=False)
@@ -219,11 +222,9 @@ class ModelStore:
         return Installed(bundle, changed=True)
 
     def _installed_tier(self, key: Ed25519PublicKey) -> str:
-        """The tier of the model being served ("": none, or nothing readable installed)."""
-        try:
-            return self.load(key).manifest.tier
-        except BundleError:
-            return ""
+        """The tier the highest installed version's signed manifest names ("": none)."""
+        floor = self.floor(key)
+        return floor.tier if floor is not None else ""
 
     def _check_newer(
         self, bundle: VerifiedBundle, current: int | None, floor: Floor | None

@@ -75,6 +75,11 @@ def accountant_line(check: dict[str, Any]) -> str:
         f"{check['delta']:.3g}: Clopper-Pearson limits of the attack's error rates on held-out "
         f"candidates, taken as independent trials) is {check['largest_lower_bound']:.2f}"
     )
+    if check.get("vacuous"):
+        return (
+            f"No claim to check: central DP's epsilon {check['accountant_epsilon']:.3g} says "
+            f"nothing about one record (doubled, its delta reaches 1); {bound}."
+        )
     if check["passed"] is None:
         return f"No DP claim to check: {bound}."
     claim = f"the accountant's {check['epsilon']:.2f} for one record"

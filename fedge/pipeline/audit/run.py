@@ -159,7 +159,7 @@ def accountant_check(models: dict[str, Any], privacy: dict[str, Any] | None) -> 
 
     Every model is the DP-trained teacher or post-processing of it, so none may prove more than
     the run's record-level epsilon (`record_level`: central DP's client-level epsilon doubled).
-    `passed` is None without DP (there is no claim to check).
+    `passed` is None without DP, or when the guarantee says nothing about one record.
     """
     name = max(models, key=lambda n: models[n]["epsilon_lower_bound"]["epsilon_lower"])
     bound = models[name]["epsilon_lower_bound"]
@@ -167,6 +167,7 @@ def accountant_check(models: dict[str, Any], privacy: dict[str, Any] | None) -> 
     return {
         "epsilon": claimed,
         "accountant_epsilon": (privacy or {}).get("epsilon"),
+        "vacuous": claimed is None and (privacy or {}).get("epsilon") is not None,
         "delta": delta,
         "largest_lower_bound": bound["epsilon_lower"],
         "model": name,

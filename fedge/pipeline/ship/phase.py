@@ -116,7 +116,8 @@ def load_saved(run_dir: Path, job: CompressionJob) -> PhaseResult | None:
     if bool(job.cfg.tiers) != (run_dir / TIERS_FILE).is_file():
         return None  # tiers asked for now and not then, or the other way round
     made_for = {t.tier: Budget.from_json(t.budget or {"latency_us": t.budget_us}) for t in tiers}
-    if made_for != job.cfg.tier_budgets:
+    margins = {t.latency_margin for t in tiers}
+    if made_for != job.cfg.tier_budgets or margins - {job.cfg.tier_latency_margin}:
         log.info("tiers changed since the bundles were made: compressing again")
         return None
     return PhaseResult(record, files, tiers, bundles)
