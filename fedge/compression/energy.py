@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedge.compression.latency import LatencyModel
 from fedge.compression.resources import Resources
+
+if TYPE_CHECKING:  # the estimate needs only a profile's numbers, not the predictor's imports
+    from fedge.compression.latency import LatencyModel
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,7 @@ class Budget:
         An unknown figure (None) misses any limit set on it.
         """
         out = []
-        for name, limit, value, unit in (
-            ("latency", self.latency_us, latency_us, "µs"),
-            ("flash", self.flash_bytes, flash, "B"),
-            ("ram", self.ram_bytes, ram, "B"),
-            ("macs", self.macs, macs, ""),
-        ):
+        for name, limit, value, unit in self._limits(latency_us, flash, ram, macs):
             if limit is None:
                 continue
             if value is None:
@@ -55,6 +50,40 @@ class Budget:
             elif value > limit:
                 out.append(f"{name} {value:,.0f} {unit} > {limit:,.0f} {unit}".replace("  ", " "))
         return out
+
+    def excess(
+        self, latency_us: float | None, flash: int | None, ram: int | None, macs: int | None
+    ) -> float:
+        """The largest figure / limit over the limits set (inf for an unknown figure; 0: none)."""
+        ratios = [
+            math.inf if value is None else value / limit
+            for _, limit, value, _ in self._limits(latency_us, flash, ram, macs)
+            if limit is not None
+        ]
+        return max(ratios, default=0.0)
+
+    def overs(
+        self, latency_us: float | None, flash: int | None, ram: int | None, macs: int | None
+    ) -> list[float]:
+        """Per limit, in KEYS order, how far the figure exceeds it (> 0: infeasible).
+
+        Optuna's constraints: -1 where no limit is set, 1 for an unknown figure.
+        """
+        return [
+            -1.0 if limit is None else 1.0 if value is None else float(value - limit)
+            for _, limit, value, _ in self._limits(latency_us, flash, ram, macs)
+        ]
+
+    def _limits(
+        self, latency_us: float | None, flash: int | None, ram: int | None, macs: int | None
+    ) -> list[tuple[str, float | None, float | None, str]]:
+        """(name, limit, figure, unit) for every key, in KEYS order."""
+        return [
+            ("latency", self.latency_us, latency_us, "µs"),
+            ("flash", self.flash_bytes, flash, "B"),
+            ("ram", self.ram_bytes, ram, "B"),
+            ("macs", self.macs, macs, ""),
+        ]
 
     @property
     def resources_only(self) -> bool:

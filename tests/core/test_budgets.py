@@ -62,3 +62,11 @@ def test_the_server_judges_a_latency_budget_with_its_margin():
     assert with_margin(parse_budget("flash=1k"), 1.5) == parse_budget("flash=1k")
     with pytest.raises(ConfigError, match="tier-latency-margin"):
         RunConfig(tier_latency_margin=0.5)
+
+
+def test_one_budget_gives_the_misses_the_distance_and_optunas_constraints():
+    budget = Budget(latency_us=100.0, flash_bytes=1000, ram_bytes=500)
+    assert budget.excess(50.0, 2000, 250, 10**9) == 2.0  # flash is twice its limit; no macs limit
+    assert budget.excess(50.0, 500, None, None) == float("inf")  # the arena is unknown
+    assert Budget().excess(1e9, 1, 1, 1) == 0.0
+    assert budget.overs(120.0, 900, None, 5) == [20.0, -100.0, 1.0, -1.0]

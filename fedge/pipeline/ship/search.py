@@ -73,6 +73,11 @@ class SearchConfig:
             raise ConfigError(f"trial epochs must be >= 1, got {self.trial_epochs}")
 
     @property
+    def budget(self) -> Budget:
+        """The limits as a Budget (fedge.core.budgets): what trials and the shipped model meet."""
+        return Budget(self.max_latency_us, self.max_bytes, self.max_ram_bytes, self.max_macs)
+
+    @property
     def target(self) -> str:
         """Where latency is judged."""
         return f"profile {self.model.profile.name}" if self.model else "this machine (measured)"
@@ -281,17 +286,7 @@ def quant_choices(cfg: RunConfig) -> list[str]:
 
 def _violations(row: Trial, config: SearchConfig) -> list[float]:
     """Optuna constraints: > 0 where a budget is exceeded."""
-    return [
-        row.latency_us - config.max_latency_us if config.max_latency_us else -1.0,
-        float(row.bytes - config.max_bytes) if config.max_bytes else -1.0,
-        _over(row.arena_bytes, config.max_ram_bytes),
-        _over(row.macs, config.max_macs),
-    ]
-
-
-def _over(value: int | None, limit: int | None) -> float:
-    """How far a resource exceeds its limit (-1: no limit; an unknown figure exceeds any)."""
-    return -1.0 if limit is None else 1.0 if value is None else float(value - limit)
+    return config.budget.overs(row.latency_us, row.bytes, row.arena_bytes, row.macs)
 
 
 def _budget(config: SearchConfig) -> str:
@@ -328,9 +323,7 @@ def searched(
     latency = predicted or measured
     used = resources.measured(model, "the shipped student")  # None: a miss only under a limit
     arena, macs = (None, None) if used is None else (used.arena_bytes, used.macs)
-    misses = Budget(
-        config.max_latency_us, config.max_bytes, config.max_ram_bytes, config.max_macs
-    ).misses(latency, len(model), arena, macs)
+    misses = config.budget.misses(latency, len(model), arena, macs)
     if misses:
         raise SearchError(
             f"the fully distilled {found.chosen} misses the budget ({_budget(config)}): "

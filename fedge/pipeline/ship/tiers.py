@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -261,15 +260,9 @@ class Judge:
         return budget.misses(latency, trial.bytes, trial.arena_bytes, trial.macs)
 
     def _excess(self, trial: Trial, budget: Budget) -> float:
-        """The largest figure / limit over the limits set (inf for an unknown figure)."""
-        pairs = [
-            (None if budget.latency_us is None else self.trial_us(trial), budget.latency_us),
-            (trial.bytes, budget.flash_bytes),
-            (trial.arena_bytes, budget.ram_bytes),
-            (trial.macs, budget.macs),
-        ]
-        ratios = [math.inf if v is None else v / limit for v, limit in pairs if limit is not None]
-        return max(ratios, default=0.0)
+        """How far a trial is from fitting: its worst figure / limit."""
+        latency = None if budget.latency_us is None else self.trial_us(trial)
+        return budget.excess(latency, trial.bytes, trial.arena_bytes, trial.macs)
 
     def shipped_us(self, model: bytes, sample: np.ndarray) -> float:
         """The shipped model's p50 for its budget check: the slowest of the estimates.
