@@ -99,7 +99,7 @@ def _teacher_fit(
                 view=teacher_view(cfg.augment),
             )  # fmt: skip
         loss = dp_sgd.dp_sgd_train(
-            model, x, labels, schedule=schedule, epochs=cfg.local_epochs, lr=cfg.lr,
+            model, x, labels, noise=schedule.noise, epochs=cfg.local_epochs, lr=cfg.lr,
             batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=seed,
         )  # fmt: skip
         return training.TrainResult(loss=loss, num_examples=len(labels))
@@ -122,7 +122,26 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({m.METRICS: metrics}), reply_to=msg)
 
 
-@app.train(m.STUDENT_ACTION, mods=[update_codec_mod])
+def _clip_student_when_asked(
+    msg: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """_clip_when_asked for a student round, whose second config record Flower's mods refuse.
+
+    The mod sees the model and the run config only; the handler gets the whole message.
+    """
+    config = msg.content.config_records.get(m.CONFIG)
+    if config is None or KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    arrays = msg.content.array_records[m.ARRAYS]
+    view = Message(
+        RecordDict({m.ARRAYS: arrays, m.CONFIG: config}),
+        dst_node_id=msg.metadata.dst_node_id,
+        message_type=msg.metadata.message_type,
+    )
+    return _clip_when_asked(view, context, lambda _view, ctx: call_next(msg, ctx))
+
+
+@app.train(m.STUDENT_ACTION, mods=[update_codec_mod, _clip_student_when_asked])
 def train_student(msg: Message, context: Context) -> Message:
     """Federated distillation: train the received student on this client's private partition."""
     torch.set_num_threads(1)

@@ -11,7 +11,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from torch import nn
 
-from fedge.client.local_round import train_round
+from fedge.client.local_round import Fit, train_round
 from fedge.core import messages as m
 from fedge.core import training
 from fedge.core.config import RunConfig
@@ -19,6 +19,7 @@ from fedge.core.federate import FederateConfig
 from fedge.core.models import student_from_weights
 from fedge.core.partition import ClientData
 from fedge.core.records import as_int, record_to_spec, record_to_weights
+from fedge.privacy import dp_sgd
 
 
 def keep_teacher_logits(
@@ -43,25 +44,60 @@ def train_student(
     prep, num_classes = record_to_spec(config)
     weights = record_to_weights(msg.content.array_records[m.ARRAYS])
     model = student_from_weights(prep.input_shape, num_classes, stage.student, weights)
-
-    def fit(labels: np.ndarray, seed: int) -> training.TrainResult:
-        return training.kd_local_train(
-            model, data.train.x, labels, logits, epochs=stage.epochs, lr=stage.lr,
-            batch_size=stage.batch_size, seed=seed, temperature=stage.temperature,
-            alpha=stage.alpha, soft=stage.soft, sample_budget=stage.sample_budget,
-        )  # fmt: skip
-
+    server_round = as_int(config["server-round"])
+    schedule = _dp_schedule(cfg, stage, len(data.train)) if cfg.dp == "local" else None
     update = train_round(
         cfg,
         model,
         data.train.y,
-        fit,
+        _student_fit(cfg, model, data.train.x, logits, stage, schedule),
         partition_id=pid,
-        server_round=as_int(config["server-round"]),
+        server_round=server_round,
         num_classes=num_classes,
         stragglers_wait=False,
     )
-    return update.reply(msg)
+    if schedule is None:
+        return update.reply(msg)
+    done = as_int(config.get(m.STUDENT_ROUNDS_BEFORE, 0)) + server_round - cfg.rounds
+    epsilon = schedule.epsilon_after(cfg.rounds, cfg, student_rounds=done)
+    return update.reply(msg, **{m.DP_EPSILON: epsilon, m.DP_NOISE: schedule.student_noise})
+
+
+def _dp_schedule(cfg: RunConfig, stage: FederateConfig, records: int) -> dp_sgd.LocalPlan:
+    """Local DP's schedule, which the rounds' settings must match (it was planned from them)."""
+    if stage.epochs != cfg.student_epochs or stage.batch_size != cfg.batch_size:
+        raise ValueError(
+            f"student rounds of {stage.epochs} epochs at batch {stage.batch_size} are not the "
+            f"ones local DP planned ({cfg.student_epochs} at {cfg.batch_size})"
+        )
+    return dp_sgd.plan(records, cfg)
+
+
+def _student_fit(
+    cfg: RunConfig,
+    model: nn.Module,
+    x: np.ndarray,
+    logits: np.ndarray,
+    stage: FederateConfig,
+    schedule: dp_sgd.LocalPlan | None,
+) -> Fit:
+    """A student round's local training: SGD on the distillation loss, DP-SGD under local DP."""
+
+    def fit(labels: np.ndarray, seed: int) -> training.TrainResult:
+        if schedule is None:
+            return training.kd_local_train(
+                model, x, labels, logits, epochs=stage.epochs, lr=stage.lr,
+                batch_size=stage.batch_size, seed=seed, temperature=stage.temperature,
+                alpha=stage.alpha, soft=stage.soft, sample_budget=stage.sample_budget,
+            )  # fmt: skip
+        loss = dp_sgd.dp_sgd_train(
+            model, x, labels, noise=schedule.student_noise, epochs=stage.epochs, lr=stage.lr,
+            batch_size=stage.batch_size, clip=cfg.dp_clip, seed=seed, extra=logits,
+            objective=dp_sgd.distillation(stage),
+        )  # fmt: skip
+        return training.TrainResult(loss=loss, num_examples=len(labels))
+
+    return fit
 
 
 def kept_teacher_logits(context: Context, wanted: str) -> np.ndarray:

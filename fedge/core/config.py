@@ -58,10 +58,14 @@ class RunConfig(CompressionSettings, FederationSettings):
 
     @property
     def distill_from(self) -> str:
-        """kd-source with auto resolved: both, or public under DP."""
+        """kd-source with auto resolved: both (public under DP without dp-teacher-epsilon).
+
+        Under DP, auto trains the student's rounds only when dp-teacher-epsilon leaves them
+        part of the budget.
+        """
         if self.kd_source != "auto":
             return self.kd_source
-        return "both" if self.dp == "none" else "public"
+        return "both" if self.dp == "none" or self.dp_teacher_epsilon > 0 else "public"
 
     def one_public_student(self) -> RunConfig:
         """These settings for one student distilled on the public pool: no tiers.

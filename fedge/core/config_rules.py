@@ -41,12 +41,7 @@ def check(cfg: RunConfig) -> None:
                 f"unknown student {name!r} in auto-students; allowed: {', '.join(STUDENTS)}"
             )
     _check_augment(cfg)
-    if cfg.kd_source in ("federated", "both") and cfg.dp != "none":
-        raise ConfigError(
-            f"kd-source {cfg.kd_source!r} trains the student on client data, and its rounds "
-            f"are not covered by dp {cfg.dp!r}'s accounting; allowed with dp: kd-source "
-            "public or auto (the student is then post-processing of the DP teacher)"
-        )
+    _check_teacher_epsilon(cfg)
     if cfg.qat == "always" and cfg.quant_mode != "static":
         raise ConfigError(
             f"qat always trains for static int8, but quant-mode is {cfg.quant_mode!r}; "
@@ -191,3 +186,28 @@ def parse_tiers(text: str) -> dict[str, Budget]:
     if len(out) > 8:
         raise ConfigError(f"at most 8 tiers, got {len(out)}")
     return out
+
+
+def _check_teacher_epsilon(cfg: RunConfig) -> None:
+    """dp-teacher-epsilon: a part of dp-epsilon, with student rounds to spend the rest on."""
+    value = cfg.dp_teacher_epsilon
+    if value <= 0:
+        return
+    if cfg.dp == "none" or cfg.dp_epsilon <= 0:
+        raise ConfigError(
+            f"dp-teacher-epsilon={value} is a part of dp-epsilon, which is not set (dp "
+            f"{cfg.dp!r}, dp-epsilon {cfg.dp_epsilon}); allowed: dp central or local with "
+            "dp-epsilon > dp-teacher-epsilon, or dp-teacher-epsilon 0"
+        )
+    if value >= cfg.dp_epsilon:
+        raise ConfigError(
+            f"dp-teacher-epsilon={value} leaves nothing of dp-epsilon={cfg.dp_epsilon} to the "
+            "student's rounds; allowed: 0 < dp-teacher-epsilon < dp-epsilon, or 0"
+        )
+    if cfg.distill_from == "public" or cfg.tiers:
+        has_none = f"tiers {cfg.tiers!r}" if cfg.tiers else f"kd-source {cfg.kd_source!r}"
+        raise ConfigError(
+            f"dp-teacher-epsilon={value} keeps part of the budget for the student's federated "
+            f"rounds, but {has_none} has none; allowed: kd-source auto, federated or both "
+            "without tiers, or dp-teacher-epsilon 0"
+        )

@@ -40,6 +40,7 @@ STATE_ROUND = "fedge.local-round"
 STATE_TEACHER_LOGITS = "fedge.teacher-logits"
 STATE_TEACHER = "fedge.teacher"
 TEACHER_SHA256 = "teacher-sha256"
+STUDENT_ROUNDS_BEFORE = "student-rounds-before"  # train.student: earlier students' rounds (DP)
 
 # MetricRecord keys.
 NUM_EXAMPLES = "num-examples"

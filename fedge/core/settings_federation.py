@@ -191,7 +191,16 @@ class FederationSettings:
         0.0, "adaptive: clipped-count noise std; 0: max(clients/20, noise)", interval=">= 0"
     )
     dp_epsilon: float = setting(
-        0.0, "> 0: derive the noise that spends exactly this epsilon over the run", interval=">= 0"
+        0.0,
+        "> 0: derive the noise that spends exactly this epsilon over the run (every release: "
+        "the teacher's rounds and the student's federated rounds)",
+        interval=">= 0",
+    )
+    dp_teacher_epsilon: float = setting(
+        0.0,
+        "> 0: the part of dp-epsilon the teacher's rounds spend alone, the rest left to the "
+        "student's federated rounds (kd-source auto then trains them); 0: every round at one noise",
+        interval=">= 0",
     )
     dp_delta: float = setting(1e-5, "delta of the reported (epsilon, delta)", interval="(0, 1)")
     dp_accountant: str = setting("rdp", "Opacus accountant", choices=choices.DP_ACCOUNTANTS)

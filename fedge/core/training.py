@@ -232,14 +232,8 @@ def kd_local_train(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
     def batch_loss(batch: Tensor) -> tuple[Tensor, int]:
-        logits = model(xt[batch])
-        teacher = targets[batch]
-        kd = (
-            kd_loss(logits, teacher, temperature)
-            if soft
-            else F.cross_entropy(logits, teacher.argmax(1))
-        )
-        return alpha * kd + (1 - alpha) * F.cross_entropy(logits, yt[batch]), len(batch)
+        loss = kd_objective(model(xt[batch]), yt[batch], targets[batch], temperature, alpha, soft)
+        return loss, len(batch)
 
     model.train()
     running = RunningLoss()
@@ -252,6 +246,21 @@ def kd_local_train(
             f"student training diverged (loss {running.total}); lower student-lr={lr}"
         )
     return TrainResult(loss=running.mean, num_examples=len(yt))
+
+
+def kd_objective(
+    logits: Tensor, labels: Tensor, teacher: Tensor, temperature: float, alpha: float, soft: bool
+) -> Tensor:
+    """Federated distillation's loss: alpha x KD to the teacher's logits + (1 - alpha) x CE.
+
+    KD is Hinton's KL at `temperature` (`soft`), or cross-entropy to the teacher's top class.
+    """
+    kd = (
+        kd_loss(logits, teacher, temperature)
+        if soft
+        else F.cross_entropy(logits, teacher.argmax(1))
+    )
+    return alpha * kd + (1 - alpha) * F.cross_entropy(logits, labels)
 
 
 @torch.no_grad()

@@ -121,3 +121,48 @@ def noise_for_epsilon(
             "model would survive); raise dp-epsilon or train fewer rounds/epochs"
         )
     return float(sigma)
+
+
+@functools.lru_cache(maxsize=256)
+def noise_after(
+    prior: tuple[tuple[float, float, int], ...],
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = "rdp",
+) -> float:
+    """The smallest noise for `steps` more steps that keeps `prior` + them within `target_epsilon`.
+
+    `prior`: phases already planned, each (noise, sample rate, steps). A bisection on the
+    noise (epsilon falls as it rises) to 0.2 % of the noise; ConfigError when the prior
+    phases alone spend the target or no noise up to MAX_NOISE meets it.
+    """
+    _check(sample_rate, steps, delta)
+    spent = epsilon_of_history(list(prior), delta, accountant)
+    if spent >= target_epsilon:
+        raise ConfigError(
+            f"the earlier releases already spend epsilon {spent:.3g} of the budget "
+            f"{target_epsilon} at delta={delta}: nothing is left for {steps} more steps"
+        )
+
+    def total(noise: float) -> float:
+        return epsilon_of_history([*prior, (noise, sample_rate, steps)], delta, accountant)
+
+    low, high = 0.0, 1.0
+    while total(high) > target_epsilon:
+        low, high = high, high * 2
+        if high > MAX_NOISE:
+            raise ConfigError(
+                f"epsilon budget {target_epsilon} at delta={delta} leaves too little for {steps} "
+                f"more steps at sample rate {sample_rate} after epsilon {spent:.3g}: even noise "
+                f"multiplier {MAX_NOISE:.0f} does not meet it; raise the budget or train fewer "
+                "rounds/epochs"
+            )
+    while high - low > 2e-3 * high:
+        middle = (low + high) / 2
+        if total(middle) <= target_epsilon:
+            high = middle
+        else:
+            low = middle
+    return float(high)

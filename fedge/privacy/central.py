@@ -9,19 +9,20 @@ import math
 
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.sampling import sample_rate, train_size
-from fedge.privacy.accountant import epsilon_of_history, noise_for_epsilon
+from fedge.privacy.accountant import epsilon_of_history
+from fedge.privacy.budget import phase_noise, student_trainings
 
 
-def central_noise(cfg: RunConfig) -> float:
-    """The noise multiplier of every round: dp-noise, or the one dp-epsilon asks for.
+def central_noise(cfg: RunConfig, phase: str = "teacher") -> float:
+    """The noise multiplier of each round of `phase` (teacher | student): dp-noise, or dp-epsilon's.
 
-    `rounds` Gaussian releases at the client sample rate (1 without sampling; fraction-train
-    under Poisson sampling, which amplifies privacy) must spend at most dp-epsilon.
+    The teacher's `rounds` and every student's `student-rounds` Gaussian releases at the
+    client sample rate (1 without sampling; fraction-train under Poisson sampling, which
+    amplifies privacy) must spend at most dp-epsilon together (fedge.privacy.budget).
     """
-    noise = cfg.dp_noise
-    if cfg.dp_epsilon > 0:
-        rate = sample_rate(cfg)
-        noise = noise_for_epsilon(cfg.dp_epsilon, rate, cfg.rounds, cfg.dp_delta, cfg.dp_accountant)
+    steps = student_trainings(cfg) * cfg.student_rounds
+    noises = phase_noise(cfg, sample_rate(cfg), cfg.rounds, steps)
+    noise = noises.student if phase == "student" else noises.teacher
     if cfg.dp_clip_mode == "adaptive" and noise > 0 and noise >= 2 * count_noise(cfg, noise):
         raise ConfigError(
             f"dp-count-noise={cfg.dp_count_noise} is too small for noise multiplier {noise:.3f}: "

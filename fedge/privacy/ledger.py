@@ -13,13 +13,16 @@ def round_entry(
     cfg: RunConfig,
     rows: list[dict[str, Any]],
     *,
+    phase: str = "teacher",
     released: bool,
     aggregated: int,
     sampled: int,
     client_epsilons: list[float],
     client_noises: list[float],
 ) -> dict[str, Any]:
-    """The privacy fields of a round, given the rows of the rounds before it.
+    """The privacy fields of a round of `phase`, given the rows of every round before it.
+
+    The rows are the teacher's, then any student's: the ledger composes all of them.
 
     central: a released aggregate spends one Gaussian step at its effective noise (lower when
     fewer than the `sampled` clients' updates were averaged); a skipped round releases nothing,
@@ -29,7 +32,7 @@ def round_entry(
     round so far, an upper bound).
     """
     if cfg.dp == "central":
-        noise = central_noise(cfg)
+        noise = central_noise(cfg, phase)
         count_std = count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
         effective = (
             effective_noise(noise, aggregated, max(1, sampled), count_std) if released else None
@@ -48,10 +51,22 @@ def round_entry(
     return {}
 
 
-def summary(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json "privacy": {mode, epsilon, delta, noise_multiplier, clipping_norm, ...}."""
+Release = tuple[str, list[dict[str, Any]]]  # (what was released, its rounds' rows)
+TEACHER_RELEASE = "teacher rounds"
+
+
+def summary(
+    cfg: RunConfig, rows: list[dict[str, Any]], students: list[Release] | None = None
+) -> dict[str, Any]:
+    """results.json "privacy": {mode, epsilon, delta, noise_multiplier, clipping_norm, ...}.
+
+    `rows`: the teacher's rounds; `students`: each student's federated rounds, in the order
+    they ran. "epsilon" is the total over all of them ("releases" lists each).
+    """
     if cfg.dp == "none":
         return {"mode": "none", "epsilon": None, "delta": None}
+    phases = [(TEACHER_RELEASE, rows), *(students or [])]
+    every = [r.get("dp_epsilon") for _, phase in phases for r in phase]
     per_round = [r.get("dp_epsilon") for r in rows]
     noise = (
         central_noise(cfg)
@@ -60,7 +75,8 @@ def summary(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     )
     return {
         "mode": cfg.dp,
-        "epsilon": max((e for e in per_round if e is not None), default=0.0),
+        "epsilon": max((e for e in every if e is not None), default=0.0),
+        "releases": [_release(cfg, name, phase) for name, phase in phases],
         "delta": cfg.dp_delta,
         "noise_multiplier": noise,
         "clipping_norm": cfg.dp_clip,
@@ -77,4 +93,20 @@ def summary(cfg: RunConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
             if cfg.dp == "central"
             else {}
         ),
+    }
+
+
+def _release(cfg: RunConfig, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One release in the ledger: its rounds, their noise and the total epsilon after it."""
+    spent = [r["dp_epsilon"] for r in rows if r.get("dp_epsilon") is not None]
+    noise = (
+        central_noise(cfg, "student" if name != TEACHER_RELEASE else "teacher")
+        if cfg.dp == "central"
+        else min((r["dp_noise_min"] for r in rows if r.get("dp_noise_min")), default=None)
+    )
+    return {
+        "release": name,
+        "rounds": len(rows),
+        "noise_multiplier": noise,
+        "epsilon_after": max(spent, default=None),
     }

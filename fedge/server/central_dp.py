@@ -96,8 +96,12 @@ def round_privacy(
     ok: dict[int, Message],
     aggregated: int,
     skipped: str | None,
+    phase: str = "teacher",
 ) -> dict[str, Any]:
-    """A round's DP bookkeeping (its row in results.json): the clipping norm and the ledger's entry."""
+    """A round's DP bookkeeping (its row in results.json): the clipping norm and the ledger's entry.
+
+    `rounds`: the rows of every earlier round of the run, whichever phase (teacher | student).
+    """
     entry: dict[str, Any] = {}
     if cfg.dp == "central":  # the norm the next round clips to (adaptive: just updated)
         entry["dp_clipping_norm"] = float(strategy.clipping_norm)
@@ -108,6 +112,7 @@ def round_privacy(
         ledger.round_entry(
             cfg,
             rounds,
+            phase=phase,
             released=released,
             aggregated=aggregated,
             sampled=train_size(cfg) if samples_clients(cfg) else cfg.clients,

@@ -42,6 +42,7 @@ from fedge.pipeline.ship.job import CompressionJob
 from fedge.pipeline.ship.keys import signing_key, write_teacher
 from fedge.pipeline.ship.phase import ClientCalls, PhaseResult, compression_phase
 from fedge.pipeline.ship.tiers import MEASURED, TierTools
+from fedge.privacy.ledger import TEACHER_RELEASE, Release
 from fedge.server.deploy import deploy_bundle, not_deployed
 from fedge.server.ensemble import ensemble_source
 from fedge.server.nodes import Nodes
@@ -92,9 +93,12 @@ def run_server(
         teacher_onnx = write_teacher(teacher, prep.input_shape, run_dir)
         source = _kd_source(grid, cfg, fed, teacher_onnx, loop, spec, run_dir)
         job = CompressionJob(cfg, source, fed, teacher_onnx, key, final_dir(run_dir).name)
+        releases: list[Release] = [(TEACHER_RELEASE, training.rounds)]  # the privacy ledger's
         calls = ClientCalls(
             student_rounds=lambda: recording(
-                flower_trainer(grid, cfg, spec, final_sha256, fed.server.test, scalars, loop),
+                flower_trainer(
+                    grid, cfg, spec, final_sha256, fed.server.test, scalars, loop, releases
+                ),
                 run_dir,
             ),
             node_profiles=lambda: tier_profiles(grid, cfg, node_tiers(grid, cfg, loop.nodes)),
@@ -114,6 +118,7 @@ def run_server(
         deploy_bytes=deploy_bytes,
         timing={"total": t3 - t0, "training": t1 - t0, "compression": t2 - t1, "deploy": t3 - t2},
         tiers=phase.tiers,
+        student_releases=releases[1:],
     )
     write_run_outputs(results, run_dir)
     if results.deployment is not None and not results.deployment.passed:

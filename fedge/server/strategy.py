@@ -26,8 +26,8 @@ from fedge.server import central_dp
 STATEFUL_ATTRIBUTES = ("m_t", "v_t")
 
 
-def make_strategy(cfg: RunConfig) -> Any:
-    """The Flower strategy for `strategy` x `aggregation`.
+def make_strategy(cfg: RunConfig, phase: str = "teacher") -> Any:
+    """The Flower strategy for `strategy` x `aggregation` in `phase` (teacher | student rounds).
 
     fedprox differs from fedavg only on the client (the proximal term), so it combines with
     every robust aggregation; fedadam keeps server-side moments and only aggregates by mean.
@@ -64,7 +64,7 @@ def make_strategy(cfg: RunConfig) -> Any:
         else FedAvg(**common)
     )
     if cfg.dp == "central":
-        return central_dp.wrap(base, cfg, central_noise(cfg))
+        return central_dp.wrap(base, cfg, central_noise(cfg, phase))
     return base
 
 

@@ -67,6 +67,7 @@ class RoundLoop:
     sampling_secret: int | None = None  # central DP's Poisson sample: only the server knows it
     downlink: DownlinkChain = field(default_factory=DownlinkChain)  # delta downlink's view
     last_round_nodes: list[int] = field(default_factory=list)  # whose update was aggregated
+    earlier: list[dict[str, Any]] = field(default_factory=list)  # earlier loops' rows (DP ledger)
 
 
 def train_teacher(
@@ -216,7 +217,9 @@ def train_round(
         "injected": _injected(cfg, server_round),
         "seconds": time.monotonic() - start,
     }
-    row.update(round_privacy(cfg, strategy, out.rounds, ok, len(accepted), skipped))
+    phase = "student" if message_type == m.TRAIN_STUDENT else "teacher"
+    history = loop.earlier + out.rounds
+    row.update(round_privacy(cfg, strategy, history, ok, len(accepted), skipped, phase))
     return arrays, row
 
 

@@ -131,6 +131,7 @@ def preflight(cfg: RunConfig) -> None:
     _check_student(cfg, fed.dataset.preprocessing.input_shape)
     if cfg.dp == "central":
         central_noise(cfg)  # a dp-epsilon no noise can meet fails here, before training
+        central_noise(cfg, "student")
     if cfg.dp == "local" and cfg.dp_epsilon > 0:
         for pid in range(cfg.clients):
             plan(len(client_data(fed, pid, cfg).train), cfg)

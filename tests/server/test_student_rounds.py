@@ -73,10 +73,45 @@ def test_compress_without_the_runs_clients_is_refused(tmp_path):
         saved(tmp_path)(start, ROUNDS)
 
 
-def test_federated_distillation_and_dp_conflict_is_named():
-    from fedge.core.config import ConfigError
-
-    with pytest.raises(ConfigError, match="kd-source 'both' trains the student on client data"):
-        RunConfig(kd_source="both", dp="central")
+def test_kd_source_auto_under_dp_is_public_unless_the_budget_leaves_the_student_a_share():
     assert RunConfig(dp="central").distill_from == "public"  # auto: free post-processing
+    shared = RunConfig(dp="central", dp_epsilon=3.0, dp_teacher_epsilon=2.0)
+    assert shared.distill_from == "both"
     assert RunConfig().distill_from == "both"
+
+
+@pytest.mark.parametrize("dp", ["central", "local"])
+def test_the_audits_replay_takes_the_runs_dp_on_student_rounds(federation, dp):
+    grid, fed, teacher, spec = federation
+    cfg = CFG.replace(
+        dp=dp,
+        dp_noise=0.0,
+        dp_clip=1e6,
+        kd_source="both",
+        batch_size=16,
+        student_epochs=2,
+        student_rounds=2,
+    )  # the rounds local DP plans for are ROUNDS
+    sha = weights_sha256(get_weights(teacher))
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    real, summary = flower_trainer(grid, cfg, spec, sha, fed.server.test)(
+        copy.deepcopy(start), ROUNDS
+    )
+    assert [r["clients_ok"] for r in summary.rounds] == [3, 3]
+    sets = [(client_data(fed, p, cfg).train.x, client_data(fed, p, cfg).train.y) for p in range(3)]
+    replayed, _ = student_replay(cfg, sets, teacher)(copy.deepcopy(start), ROUNDS)
+    for name, value in get_weights(real).items():  # central: unweighted; local: DP-SGD's steps
+        np.testing.assert_allclose(value, get_weights(replayed)[name], atol=1e-4)
+    plain, _ = student_replay(CFG, sets, teacher)(copy.deepcopy(start), ROUNDS)
+    noisy, _ = student_replay(cfg.replace(dp_noise=5.0, dp_clip=1.0), sets, teacher)(
+        copy.deepcopy(start), ROUNDS
+    )
+    assert _distance(noisy, replayed) > 1e-3  # the replay noises the student's rounds
+    if dp == "local":  # DP-SGD's Poisson batches and clipping, not the plain local SGD
+        assert _distance(replayed, plain) > 1e-3
+
+
+def _distance(a, b) -> float:
+    """Largest absolute difference between two models' weights."""
+    wa, wb = get_weights(a), get_weights(b)
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)

@@ -68,36 +68,54 @@ def replay_training(
     fed = build_federation(cfg)
     shape, classes = fed.dataset.preprocessing.input_shape, fed.dataset.num_classes
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     model = build_teacher(shape, classes, seed, cfg.teacher)
+    server = ServerMean(cfg, "teacher", np.random.default_rng(seed))
     global_w: dict[str, np.ndarray] = dict(get_weights(model))
-    clip = cfg.dp_clip
-    noise = central.central_noise(cfg) if cfg.dp == "central" else 0.0
-    count_std = central.count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
     for server_round in range(1, cfg.rounds + 1):
-        updates, weights = [], []
         fit = _teacher_fit(cfg, seed, server_round)
-        for new, count in local_models(model, global_w, client_sets, fit):
-            updates.append({k: new[k] - global_w[k] for k in global_w})
-            weights.append(1.0 if cfg.dp == "central" else float(count))
-        if cfg.dp == "central":
-            clipped = sum(_norm(u) > clip for u in updates)
-            updates = [_clip(u, clip) for u in updates]
+        global_w = server.step(global_w, list(local_models(model, global_w, client_sets, fit)))
+    set_weights(model, global_w)
+    return model.eval()
+
+
+class ServerMean:
+    """The server's step of a round, as the run's strategy takes it.
+
+    FedAvg weighted by samples, or central DP's unweighted mean of clipped updates plus the
+    wrapper's noise (the noise of `phase`: teacher | student).
+    """
+
+    def __init__(self, cfg: RunConfig, phase: str, rng: np.random.Generator) -> None:
+        self.cfg, self.rng, self.clip = cfg, rng, cfg.dp_clip
+        self.noise = central.central_noise(cfg, phase) if cfg.dp == "central" else 0.0
+        adaptive = cfg.dp_clip_mode == "adaptive"
+        self.count_std = central.count_noise(cfg, self.noise) if adaptive else None
+
+    def step(
+        self, global_w: dict[str, np.ndarray], trained: list[tuple[dict[str, np.ndarray], int]]
+    ) -> dict[str, np.ndarray]:
+        """The next global weights from each client's (weights, sample count)."""
+        cfg, dp = self.cfg, self.cfg.dp == "central"
+        updates = [{k: new[k] - global_w[k] for k in global_w} for new, _ in trained]
+        weights = [1.0 if dp else float(count) for _, count in trained]
+        if dp:
+            clipped = sum(_norm(u) > self.clip for u in updates)
+            updates = [_clip(u, self.clip) for u in updates]
         total = sum(weights)
         mean = {k: sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total
                 for k in global_w}  # fmt: skip
-        if cfg.dp == "central":
-            next_clip, on_model = clip, noise
-            if count_std is not None:  # as central's wrappers: count, noise, then move the norm
-                fraction = float(rng.normal(clipped, count_std)) / len(updates)
-                next_clip = central.next_clipping_norm(clip, fraction, cfg)
-                on_model = central.model_noise(noise, count_std)
-            std = on_model * clip / cfg.clients
-            mean = {k: v + rng.normal(0, std, v.shape).astype(v.dtype) for k, v in mean.items()}
-            clip = next_clip
-        global_w = {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
-    set_weights(model, global_w)
-    return model.eval()
+        if dp:
+            next_clip, on_model = self.clip, self.noise
+            if self.count_std is not None:  # as central's wrappers: count, noise, then the norm
+                fraction = float(self.rng.normal(clipped, self.count_std)) / len(updates)
+                next_clip = central.next_clipping_norm(self.clip, fraction, cfg)
+                on_model = central.model_noise(self.noise, self.count_std)
+            std = on_model * self.clip / cfg.clients
+            mean = {
+                k: v + self.rng.normal(0, std, v.shape).astype(v.dtype) for k, v in mean.items()
+            }
+            self.clip = next_clip
+        return {k: (global_w[k] + mean[k]).astype(global_w[k].dtype) for k in global_w}
 
 
 LocalFit = Callable[[nn.Module, int, np.ndarray, np.ndarray], None]
@@ -126,7 +144,7 @@ def _teacher_fit(cfg: RunConfig, seed: int, server_round: int) -> LocalFit:
         local_seed = client_seed(seed, server_round, pid)
         if cfg.dp == "local":
             dp_sgd.dp_sgd_train(
-                local, x, y, schedule=dp_sgd.plan(len(y), cfg), epochs=cfg.local_epochs,
+                local, x, y, noise=dp_sgd.plan(len(y), cfg).noise, epochs=cfg.local_epochs,
                 lr=cfg.lr, batch_size=cfg.batch_size, clip=cfg.dp_clip, seed=local_seed,
             )  # fmt: skip
         else:
@@ -150,39 +168,45 @@ def _clip(update: dict[str, np.ndarray], norm: float) -> dict[str, np.ndarray]:
 def student_replay(
     cfg: RunConfig, client_sets: list[tuple[np.ndarray, np.ndarray]], teacher: nn.Module
 ) -> FederatedTrainer:
-    """The run's student rounds without Flower: each client's KD + label training, then FedAvg.
+    """The run's student rounds without Flower: each client's KD + label training, then the mean.
 
     Clients label their own samples with `teacher`, seed as the ClientApp does (rounds are
-    numbered after the teacher's), and the mean is weighted by sample count.
+    numbered after the teacher's); the server's step is the run's (ServerMean, with its DP);
+    under local DP the clients train with DP-SGD at the student phase's noise.
     """
 
     def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, StudentRounds]:
         empty = np.zeros((0, 1), dtype=np.float32)
         logits = [predict_logits(teacher, x) if len(x) else empty for x, _ in client_sets]
+        server = ServerMean(cfg, "student", np.random.default_rng(cfg.seed + 1))
         global_w = dict(get_weights(model))
         for index in range(1, config.rounds + 1):
-            server_round = cfg.rounds + index
-
-            def fit(local: nn.Module, pid: int, x: np.ndarray, y: np.ndarray) -> None:
-                kd_local_train(
-                    local, x, y, logits[pid], epochs=config.epochs, lr=config.lr,
-                    batch_size=config.batch_size, seed=client_seed(cfg.seed, server_round, pid),  # noqa: B023
-                    temperature=config.temperature, alpha=config.alpha, soft=config.soft,
-                    sample_budget=config.sample_budget,
-                )  # fmt: skip
-
-            trained = list(local_models(model, global_w, client_sets, fit))
-            updates = [new for new, _ in trained]
-            weights = [float(count) for _, count in trained]
-            total = sum(weights)
-            global_w = {
-                k: np.asarray(
-                    sum(w * u[k] for w, u in zip(weights, updates, strict=True)) / total,
-                    dtype=global_w[k].dtype,
-                )
-                for k in global_w
-            }
+            fit = _student_fit(cfg, config, logits, cfg.rounds + index)
+            global_w = server.step(global_w, list(local_models(model, global_w, client_sets, fit)))
         set_weights(model, global_w)
         return model.eval(), StudentRounds([], [], 0, replayed_from="the audit's replay")
 
     return train
+
+
+def _student_fit(
+    cfg: RunConfig, config: FederateConfig, logits: list[np.ndarray], server_round: int
+) -> LocalFit:
+    """One client's training in a student round, as the ClientApp does it."""
+
+    def fit(local: nn.Module, pid: int, x: np.ndarray, y: np.ndarray) -> None:
+        seed = client_seed(cfg.seed, server_round, pid)
+        if cfg.dp == "local":
+            dp_sgd.dp_sgd_train(
+                local, x, y, noise=dp_sgd.plan(len(y), cfg).student_noise, epochs=config.epochs,
+                lr=config.lr, batch_size=config.batch_size, clip=cfg.dp_clip, seed=seed,
+                extra=logits[pid], objective=dp_sgd.distillation(config),
+            )  # fmt: skip
+            return
+        kd_local_train(
+            local, x, y, logits[pid], epochs=config.epochs, lr=config.lr,
+            batch_size=config.batch_size, seed=seed, temperature=config.temperature,
+            alpha=config.alpha, soft=config.soft, sample_budget=config.sample_budget,
+        )  # fmt: skip
+
+    return fit

@@ -29,6 +29,7 @@ from fedge.pipeline.outputs.rows import (
 from fedge.pipeline.rundir.checkpoint import TrainingLog
 from fedge.pipeline.rundir.paths import PLOT_FILE, REPORT_FILE, RESULTS_FILE
 from fedge.privacy import ledger
+from fedge.privacy.ledger import Release
 
 NOT_CONNECTED = "not connected at deploy time"  # a client row's reason (server.deploy)
 COMPRESSION_KEYS = tuple(f.name for f in dataclasses.fields(CompressionRecord))
@@ -125,10 +126,17 @@ def run_results(
     deploy_bytes: int,
     timing: dict[str, float],
     tiers: list[TierRecord] | None = None,
+    student_releases: list[Release] | None = None,
 ) -> RunResults:
-    """The results of one `fedge simulate` / ServerApp run."""
+    """The results of one `fedge simulate` / ServerApp run.
+
+    `student_releases`: each student's federated rounds as they ran (the privacy ledger's);
+    none recorded (a resumed compression): the chosen student's rounds from its record.
+    """
     teacher = dataclasses.replace(compression.teacher, params=teacher_params)
     rounds = compression.student_rounds
+    if not student_releases and rounds is not None and rounds.replayed_from is None:
+        student_releases = [("student rounds", rounds.rounds)]
     return RunResults(
         run_id=model_id,
         config=cfg.to_run_config(),
@@ -137,7 +145,7 @@ def run_results(
         rejected=training.rejected,
         faults=faults_summary(cfg),
         sampling=sampling_summary(cfg),
-        privacy=ledger.summary(cfg, training.rounds),
+        privacy=ledger.summary(cfg, training.rounds, student_releases),
         resumed_from=training.resumed_from,
         final_model_sha256=final_sha256,
         clients=tuple(clients),

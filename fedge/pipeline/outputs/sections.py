@@ -86,9 +86,33 @@ def privacy_lines(privacy: dict[str, Any]) -> list[str]:
         + (f"; target {privacy['target_epsilon']}" if privacy["target_epsilon"] else "")
         + "). A round that averaged fewer clients is counted at the smaller noise it really gave.",
         "",
-        "Compression trains only on the server's public pool (enforced in code), so the deployed "
-        "student is post-processing of the DP teacher and inherits the same (epsilon, delta).",
+        *_releases(privacy.get("releases") or []),
     ]
+
+
+def _releases(releases: list[dict[str, Any]]) -> list[str]:
+    """What the epsilon above covers: the teacher's rounds only, or each release in order."""
+    if len(releases) <= 1:
+        return [
+            "Compression trains only on the server's public pool (enforced in code), so the "
+            "deployed student is post-processing of the DP teacher and inherits the same "
+            "(epsilon, delta)."
+        ]
+    lines = [
+        "The student's federated rounds ran under the same DP, and one accountant composes "
+        "every release (the epsilon above is the total; the shipped student inherits it):",
+        "",
+        "| release | rounds | noise multiplier | epsilon after it |",
+        "|---|---:|---:|---:|",
+    ]
+    for item in releases:
+        noise, after = item.get("noise_multiplier"), item.get("epsilon_after")
+        lines.append(
+            f"| {item['release']} | {item['rounds']} | "
+            f"{'-' if noise is None else f'{noise:.3f}'} | "
+            f"{'-' if after is None else f'{after:.3f}'} |"
+        )
+    return lines
 
 
 def distilled_from(ensemble: EnsembleSummary) -> str:
