@@ -74,13 +74,7 @@ def run_server(
     fed = build_federation(cfg)
     key = _start(cfg, run_dir)
     prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
-    teacher = build_teacher(prep.input_shape, classes, cfg.seed, cfg.teacher)
-    log.info(
-        "training a %d-parameter teacher: %d clients x %d rounds",
-        count_params(teacher),
-        cfg.clients,
-        cfg.rounds,
-    )
+    teacher = _teacher(cfg, prep.input_shape, classes)
     spec = model_spec(prep, classes)
     loop = RoundLoop(Nodes(), sampling_secret(key))
     with closing(RoundScalars(run_dir)) as scalars:  # per-round TensorBoard curves
@@ -124,6 +118,14 @@ def run_server(
     if results.deployment is not None and not results.deployment.passed:
         log.error("deployment FAILED: %s (see report.md)", results.deployment.reason)
     return results
+
+
+def _teacher(cfg: RunConfig, input_shape: tuple[int, ...], classes: int) -> torch.nn.Module:
+    """The teacher the rounds start from (logged with its size)."""
+    teacher = build_teacher(input_shape, classes, cfg.seed, cfg.teacher)
+    shape = (count_params(teacher), cfg.clients, cfg.rounds)
+    log.info("training a %d-parameter teacher: %d clients x %d rounds", *shape)
+    return teacher
 
 
 def _start(cfg: RunConfig, run_dir: Path) -> Ed25519PrivateKey:

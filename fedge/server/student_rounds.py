@@ -63,7 +63,7 @@ def flower_trainer(
         strategy = make_strategy(cfg, "student")
         out = TrainingLog()
         rounds = RoundLoop(Nodes()) if loop is None else RoundLoop(loop.nodes, loop.sampling_secret)
-        rounds.earlier = [row for _, rows in released for row in rows]
+        rounds.earlier, rounds.phase = [row for _, rows in released for row in rows], "student"
         before = sum(len(rows) for name, rows in released if name != TEACHER_RELEASE)
         arrays = weights_to_record(get_weights(model))
         wire = {**spec, m.TEACHER_SHA256: teacher_sha256, m.STUDENT_ROUNDS_BEFORE: before}

@@ -68,6 +68,7 @@ class RoundLoop:
     downlink: DownlinkChain = field(default_factory=DownlinkChain)  # delta downlink's view
     last_round_nodes: list[int] = field(default_factory=list)  # whose update was aggregated
     earlier: list[dict[str, Any]] = field(default_factory=list)  # earlier loops' rows (DP ledger)
+    phase: str = "teacher"  # whose rounds: teacher | student (the DP noise of that phase)
 
 
 def train_teacher(
@@ -217,9 +218,8 @@ def train_round(
         "injected": _injected(cfg, server_round),
         "seconds": time.monotonic() - start,
     }
-    phase = "student" if message_type == m.TRAIN_STUDENT else "teacher"
-    history = loop.earlier + out.rounds
-    row.update(round_privacy(cfg, strategy, history, ok, len(accepted), skipped, phase))
+    prior = loop.earlier + out.rounds  # every earlier round of the run, whichever phase
+    row.update(round_privacy(cfg, strategy, prior, ok, len(accepted), skipped, loop.phase))
     return arrays, row
 
 
