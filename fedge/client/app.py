@@ -127,18 +127,23 @@ def _clip_student_when_asked(
 ) -> Message:
     """_clip_when_asked for a student round, whose second config record Flower's mods refuse.
 
-    The mod sees the model and the run config only; the handler gets the whole message.
+    The mod sees the message without the rounds' settings (`federate`), which are put back
+    before the handler runs.
     """
     config = msg.content.config_records.get(m.CONFIG)
-    if config is None or KEY_CLIPPING_NORM not in config:
+    if config is None or KEY_CLIPPING_NORM not in config or m.FEDERATE not in msg.content:
         return call_next(msg, context)
-    arrays = msg.content.array_records[m.ARRAYS]
-    view = Message(
-        RecordDict({m.ARRAYS: arrays, m.CONFIG: config}),
-        dst_node_id=msg.metadata.dst_node_id,
-        message_type=msg.metadata.message_type,
-    )
-    return _clip_when_asked(view, context, lambda _view, ctx: call_next(msg, ctx))
+    federate = msg.content.config_records[m.FEDERATE]
+    del msg.content[m.FEDERATE]
+
+    def handler(seen: Message, ctx: Context) -> Message:
+        seen.content[m.FEDERATE] = federate
+        return call_next(seen, ctx)
+
+    try:
+        return _clip_when_asked(msg, context, handler)
+    finally:
+        msg.content[m.FEDERATE] = federate  # also when the mod refused the message
 
 
 @app.train(m.STUDENT_ACTION, mods=[update_codec_mod, _clip_student_when_asked])
