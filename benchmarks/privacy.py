@@ -6,8 +6,7 @@
 for each seed, twice in one process each: as the scenario is (the student learns on the
 public pool only; the teacher spends the whole budget) and with the student's federated rounds
 (`kd-source both`, `student-rounds` x `student-epochs` below) under the same total epsilon:
-every step at one noise, composed by the accountant. Both at `student-max-drop 4` (the
-scenario's own): its validation split is 90 samples, one sample 1.1 points. Writes per run the
+every step at one noise, composed by the accountant. Writes per run the
 teacher's and the shipped student's test accuracy, the total epsilon and the ledger's releases,
 and `dp_student_accuracy` / `dp_total_epsilon` (means over seeds of the federated variant)
 beside `public_student_accuracy`.
@@ -74,10 +73,12 @@ def students(work: Path, seeds: int) -> dict[str, Any]:
     """digits-dp with and without the student's federated rounds, per seed."""
     rows: dict[str, list[dict[str, Any]]] = {"public": [], "federated": []}
     for seed in range(seeds):
-        base = ["--scenario", str(SCENARIO), "--seed", str(seed), "--student-max-drop", "4"]
+        base = ["--scenario", str(SCENARIO), "--seed", str(seed)]
         rows["public"].append(simulate(work, f"public-{seed}", base))
         rows["federated"].append(simulate(work, f"federated-{seed}", base + _flags(FEDERATED)))
-        print(seed, rows["public"][-1]["student_accuracy"], rows["federated"][-1]["student_accuracy"])
+        print(
+            seed, rows["public"][-1]["student_accuracy"], rows["federated"][-1]["student_accuracy"]
+        )
     summary: dict[str, Any] = {}
     for name, runs in rows.items():
         shipped = [r["student_accuracy"] for r in runs if r["student_accuracy"] is not None]
@@ -107,6 +108,7 @@ def scale(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.scale_clients,
         "fraction-train": 0.1,
         "rounds": args.scale_rounds,
+        "teacher": args.scale_teacher,
         "student-max-drop": 100,  # the teacher is what this measures; ship whatever comes
     }
     points: dict[str, dict[str, Any]] = {}
@@ -132,10 +134,9 @@ def main() -> None:
     parser.add_argument("--scale-size", type=int, default=100_000)
     parser.add_argument("--scale-clients", type=int, default=1000)
     parser.add_argument("--scale-rounds", type=int, default=40)
+    parser.add_argument("--scale-teacher", default="cnn")
     args = parser.parse_args()
-    out: dict[str, Any] = {"command": "python benchmarks/privacy.py " + " ".join(
-        f"--parts {args.parts} --seeds {args.seeds}".split()
-    )}  # fmt: skip
+    out: dict[str, Any] = {"arguments": vars(args) | {"json": str(args.json)}}
     with tempfile.TemporaryDirectory(prefix="fedge-privacy-") as tmp:
         for part in args.parts.split(","):
             out[part] = students(Path(tmp), args.seeds) if part == "students" else scale(
