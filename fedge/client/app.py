@@ -23,6 +23,8 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from fedge.client import deployment, student
 from fedge.client.local_round import Fit, train_round
 from fedge.client.node import deploy_target, is_simulated
+from fedge.client.secagg import key_stage as secagg_key_stage
+from fedge.client.secagg import secagg_mod
 from fedge.client.update_codec import update_codec_mod
 from fedge.core import messages as m
 from fedge.core import training
@@ -56,7 +58,7 @@ def _clip_when_asked(msg: Message, context: Context, call_next: ClientAppCallabl
     return fixedclipping_mod(msg, context, call_next)
 
 
-@app.train(mods=[update_codec_mod, _clip_when_asked])
+@app.train(mods=[secagg_mod, update_codec_mod, _clip_when_asked])
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this client's private partition."""
     torch.set_num_threads(1)
@@ -146,13 +148,19 @@ def _clip_student_when_asked(
         msg.content[m.FEDERATE] = federate  # also when the mod refused the message
 
 
-@app.train(m.STUDENT_ACTION, mods=[update_codec_mod, _clip_student_when_asked])
+@app.train(m.STUDENT_ACTION, mods=[secagg_mod, update_codec_mod, _clip_student_when_asked])
 def train_student(msg: Message, context: Context) -> Message:
     """Federated distillation: train the received student on this client's private partition."""
     torch.set_num_threads(1)
     cfg = record_to_config(msg.content.config_records[m.CONFIG])
     pid, data = _local_data(cfg, context, msg.content.config_records[m.CONFIG])
     return student.train_student(cfg, pid, data, msg, context)
+
+
+@app.query(m.SECAGG_ACTION)
+def secagg(msg: Message, context: Context) -> Message:
+    """Secure aggregation's key stages (fedge.client.secagg)."""
+    return secagg_key_stage(msg, context)
 
 
 @app.query(m.INFO_ACTION)

@@ -35,6 +35,7 @@ DP_ACCOUNTANTS = ("rdp", "prv")
 UPDATE_CODECS = ("none", "int8", "topk", "topk+int8")  # training updates, fedge.core.codec
 ROUNDINGS = ("stochastic", "deterministic")
 DOWNLINKS = ("none", "int8", "delta")
+SECURE_AGGREGATIONS = ("off", "secagg+")  # Flower's SecAgg+ protocol (fedge.server.secagg)
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 AUGMENTS = ("none", "shift", "flip-shift")  # the teacher's local training (core.augment)

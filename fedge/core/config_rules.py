@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 def check(cfg: RunConfig) -> None:
     """ConfigError naming the first conflict between settings and what is allowed."""
     _robustness(cfg)
+    _secure_aggregation(cfg)
     _privacy(cfg)
     tiers = parse_tiers(cfg.tiers)
     if tiers and cfg.student != "auto":
@@ -210,4 +211,45 @@ def _check_teacher_epsilon(cfg: RunConfig) -> None:
             f"dp-teacher-epsilon={value} keeps part of the budget for the student's federated "
             f"rounds, but {has_none} has none; allowed: kd-source auto, federated or both "
             "without tiers, or dp-teacher-epsilon 0"
+        )
+
+
+def secagg_threshold(cfg: RunConfig) -> int:
+    """Shares that recover a client's mask: secagg-threshold, or a majority of a round's clients."""
+    return cfg.secagg_threshold or train_size(cfg) // 2 + 1
+
+
+def _secure_aggregation(cfg: RunConfig) -> None:
+    """secagg+: only what sums the updates without seeing one (the README has the matrix)."""
+    if cfg.secure_aggregation == "off":
+        return
+    needs_each = {
+        "aggregation": (cfg.aggregation, "fedavg"),
+        "update-compression": (cfg.update_compression, "none"),
+        "downlink-compression": (cfg.downlink_compression, "none"),
+        "teacher-mode": (cfg.teacher_mode, "global"),
+    }
+    for key, (value, allowed) in needs_each.items():
+        if value != allowed:
+            raise ConfigError(
+                f"secure-aggregation secagg+ hides each update, and {key} {value!r} needs "
+                f"them one by one; allowed with secagg+: {key} {allowed}"
+            )
+    if cfg.dp == "central":
+        raise ConfigError(
+            "secure-aggregation secagg+ with dp central is not built: Flower's DP wrapper clips "
+            "and counts each update before it noises their mean; allowed with secagg+: dp "
+            "none or local"
+        )
+    sampled, threshold = train_size(cfg), secagg_threshold(cfg)
+    if not sampled / 2 <= threshold <= sampled:
+        raise ConfigError(
+            f"secagg-threshold={threshold} for {sampled} clients a round: allowed "
+            f"{-(-sampled // 2)} to {sampled} (at least half, at most every sampled client)"
+        )
+    if sampled * cfg.secagg_quantization >= cfg.secagg_modulus:
+        raise ConfigError(
+            f"secagg-modulus={cfg.secagg_modulus} cannot hold the sum of {sampled} clients' "
+            f"values of up to secagg-quantization={cfg.secagg_quantization}: allowed "
+            f"secagg-modulus > {sampled * cfg.secagg_quantization}"
         )

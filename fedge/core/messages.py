@@ -17,6 +17,8 @@ LOGITS_ACTION = "logits"  # ensemble distillation: the client's logits on public
 LOGITS = f"query.{LOGITS_ACTION}"
 PROFILE_ACTION = "profile"  # device tiers: the node's device profile (fedge profile's JSON)
 PROFILE = f"query.{PROFILE_ACTION}"
+SECAGG_ACTION = "secagg"  # secure aggregation's key stages (setup, share keys, unmask)
+SECAGG_QUERY = f"query.{SECAGG_ACTION}"
 
 # RecordDict keys.
 ARRAYS = "arrays"
@@ -28,6 +30,8 @@ METRICS = "metrics"
 BUNDLE = "bundle"
 STATUS = "status"
 INPUTS = "inputs"  # query.logits: the public transfer inputs (ArrayRecord, one array "x")
+SECAGG = "secagg"  # ConfigRecord of a SecAgg+ stage (Flower's keys, plus "round" and "kind")
+SECAGG_MASKED = "secagg-masked"  # collect stage reply: the masked vector, int64 arrays "0".."n"
 LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, classes)
 
 # context.state keys: the model the server's downlink deltas apply to (+ message type), and
@@ -39,6 +43,8 @@ STATE_ROUND = "fedge.local-round"
 # the sha256 of the teacher they came from (student rounds name the teacher they expect).
 STATE_TEACHER_LOGITS = "fedge.teacher-logits"
 STATE_TEACHER = "fedge.teacher"
+STATE_SECAGG = "fedge.secagg"  # the node's SecAgg+ state (keys, shares) of the current round
+STATE_SECAGG_ROUND = "fedge.secagg.round"  # which round and train type it was set up for
 TEACHER_SHA256 = "teacher-sha256"
 STUDENT_ROUNDS_BEFORE = "student-rounds-before"  # train.student: earlier students' rounds (DP)
 

@@ -138,6 +138,27 @@ class FederationSettings:
     norm_outlier_factor: float = setting(
         10.0, "reject updates whose norm > factor x round median (0: off)", interval=">= 0"
     )
+    secure_aggregation: str = setting(
+        "off",
+        "secagg+: the server learns only the weighted sum of each round's updates (Flower's "
+        "SecAgg+ protocol; off: it sees every update)",
+        choices=choices.SECURE_AGGREGATIONS,
+    )
+    secagg_threshold: int = setting(
+        0, "secagg+: shares that recover a dropped client's mask (0: a majority)", interval=">= 0"
+    )
+    secagg_clip: float = setting(
+        8.0, "secagg+: |weight share x parameter| a client may mask", interval="> 0"
+    )
+    secagg_quantization: int = setting(
+        1 << 22, "secagg+: integer levels over [-clip, clip]", interval=">= 2"
+    )
+    secagg_modulus: int = setting(1 << 32, "secagg+: modulus of the masked sums", interval=">= 2")
+    secagg_max_weight: int = setting(
+        0,
+        "secagg+: most training records of one client (0: from the run's partitions)",
+        interval=">= 0",
+    )
     byzantine_fraction: float = setting(
         0.0, "simulation: share of clients that attack every round", interval="[0, 1)"
     )

@@ -34,6 +34,7 @@ from fedge.pipeline.rundir.checkpoint import (
     resume_fingerprint,
 )
 from fedge.server.central_dp import round_privacy
+from fedge.server.exchange import Collected, plain_exchange
 from fedge.server.nodes import FederationError, Nodes, wait_for_nodes
 from fedge.server.replies import (
     BadReplyError,
@@ -43,15 +44,13 @@ from fedge.server.replies import (
     printable,
     replies_by_node,
 )
+from fedge.server.secagg import secure_exchange
 from fedge.server.strategy import make_strategy, restore_strategy_state, strategy_state
 from fedge.server.update_codec import (
     DownlinkChain,
-    decode_updates,
     encode_downlink,
     settle_chain,
-    wire_bytes,
 )
-from fedge.server.validation import validate_updates
 
 log = logging.getLogger("fedge")
 
@@ -188,38 +187,37 @@ def train_round(
         msg.metadata.ttl, msg.metadata.message_type = cfg.round_timeout, message_type
         msg.content.update(records or {})
     encode_downlink(cfg, messages, arrays, loop.downlink)
-    replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
-    downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent: with message ids
-    out.train_bytes += downlink + uplink
-    by_node = replies_by_node(messages, replies)
-    failures = _failures(by_node, loop.nodes)
+    exchange = secure_exchange if cfg.secure_aggregation != "off" else plain_exchange
+    got = exchange(grid, cfg, messages, arrays, server_round)
+    out.train_bytes += got.downlink + got.uplink
+    failures = _failures(got.by_node, loop.nodes, got.errors)
     if samples_clients(cfg):  # every node was asked its partition: one nobody holds is lost
         failures += _unreached(chosen, messages, loop.nodes)
-    ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
-    accepted, rejected = _checked(cfg, ok, arrays, server_round)
-    settle_chain(loop.downlink, by_node, {r["node_id"] for r in rejected})
-    out.rejected += rejected
-    loop.last_round_nodes = [c.node_id for c in accepted]
-    arrays, skipped, metrics = _aggregate(cfg, strategy, server_round, accepted, arrays)
+    settle_chain(loop.downlink, got.by_node, {r["node_id"] for r in got.rejected})
+    out.rejected += got.rejected
+    loop.last_round_nodes = got.contributors
+    arrays, skipped, metrics = _aggregate(cfg, strategy, server_round, got, arrays)
     row = {
         "round": server_round,
         "train_loss": as_float(metrics[m.TRAIN_LOSS])
         if metrics and m.TRAIN_LOSS in metrics
         else None,
-        "clients_ok": len(accepted),
+        "clients_ok": len(got.contributors),
         "clients_failed": failures,
         "clients_rejected": sorted(
-            r["partition_id"] for r in rejected if r["partition_id"] is not None
+            r["partition_id"] for r in got.rejected if r["partition_id"] is not None
         ),
         "skipped": skipped,
         "sampled": chosen if samples_clients(cfg) else None,
-        "downlink_bytes": downlink,
-        "uplink_bytes": uplink,
+        "downlink_bytes": got.downlink,
+        "uplink_bytes": got.uplink,
         "injected": _injected(cfg, server_round),
         "seconds": time.monotonic() - start,
+        **({"secagg": got.secagg} if got.secagg is not None else {}),
     }
     prior = loop.earlier + out.rounds  # every earlier round of the run, whichever phase
-    row.update(round_privacy(cfg, strategy, prior, ok, len(accepted), skipped, loop.phase))
+    count = len(got.contributors)
+    row.update(round_privacy(cfg, strategy, prior, got.ok, count, skipped, loop.phase))
     return arrays, row
 
 
@@ -243,27 +241,6 @@ def _round_messages(
     return messages
 
 
-def _checked(
-    cfg: RunConfig, ok: dict[int, Message], arrays: ArrayRecord, server_round: int
-) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Decode and validate the replies: the accepted updates, and each rejection with why."""
-    undecodable = decode_updates(cfg, ok, record_to_weights(arrays))
-    # Under central DP clipping bounds every update: no data-dependent norm rule before it.
-    factor = 0.0 if cfg.dp == "central" else cfg.norm_outlier_factor
-    reference = record_to_weights(arrays)
-    accepted, rejected = validate_updates(ok, reference, norm_outlier_factor=factor, cfg=cfg)
-    rejected = undecodable + rejected
-    for row in rejected:
-        row["round"] = server_round
-        log.warning(
-            "round %d: rejected the update of partition %s: %s",
-            server_round,
-            row["partition_id"],
-            row["reason"],
-        )
-    return accepted, rejected
-
-
 def _injected(cfg: RunConfig, server_round: int) -> dict[str, list[int]]:
     """The partitions the simulation made misbehave in this round (results.json)."""
     roles = round_roles(cfg, server_round)
@@ -275,11 +252,14 @@ def _injected(cfg: RunConfig, server_round: int) -> dict[str, list[int]]:
 
 
 def _aggregate(
-    cfg: RunConfig, strategy: Any, server_round: int, accepted: list[Any], arrays: ArrayRecord
+    cfg: RunConfig, strategy: Any, server_round: int, got: Collected, arrays: ArrayRecord
 ) -> tuple[ArrayRecord, str | None, Any]:
     """The strategy's aggregate of the accepted updates, or the old model and why it was kept."""
-    if len(accepted) < cfg.min_clients:
-        return arrays, f"{len(accepted)} valid updates, min-clients={cfg.min_clients}", None
+    accepted = got.accepted
+    if got.failed is not None:
+        return arrays, got.failed, None
+    if len(got.contributors) < cfg.min_clients:
+        return arrays, f"{len(got.contributors)} valid updates, min-clients={cfg.min_clients}", None
     try:
         new_arrays, metrics = strategy.aggregate_train(server_round, [c.reply for c in accepted])
     except Exception as err:  # noqa: BLE001  (checked replies should not get here: a round lost)
@@ -333,14 +313,20 @@ def _unreached(chosen: list[int], messages: list[Message], nodes: Nodes) -> list
     ]
 
 
-def _failures(by_node: dict[int, Message | None], nodes: Nodes) -> list[dict[str, Any]]:
-    """Error replies and missing replies, each with node id, partition id (when known) and reason."""
+def _failures(
+    by_node: dict[int, Message | None], nodes: Nodes, errors: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """Error replies and missing replies, each with node id, partition id (when known) and reason.
+
+    `errors`: reasons known otherwise (a secure aggregation stage the node failed).
+    """
     failures = []
     for node, reply in by_node.items():
         if reply is not None and not reply.has_error():
             nodes.learn(node, reply)
             continue
         reason = "no reply before round-timeout" if reply is None else printable(reply.error.reason)
+        reason = (errors or {}).get(node, reason)
         failures.append(
             {"node_id": node, "partition_id": nodes.partition_of(node), "reason": reason}
         )

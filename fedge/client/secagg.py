@@ -1,0 +1,143 @@
+"""Secure aggregation on the node: Flower's SecAgg+ stages, run from fedge's own handlers.
+
+The key stages (setup, share keys, unmask) arrive as `query.secagg`; the masked vector is the
+reply to the round's own train message (teacher or student), made by `secagg_mod` from what
+the handler trained: the update never leaves the node unmasked. Every stage is Flower's own
+function (flwr.client.mod.secure_aggregation.secaggplus_mod); fedge writes no cryptography.
+State (keys, shares) lives in `context.state` between the stages of one round.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import bytes_to_ndarray, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+
+from fedge.core import messages as m
+from fedge.core.records import as_float, as_int
+
+# Flower's stage functions: not exported, so imported by module path (flwr is pinned).
+_FLOWER = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+_GLOBAL_RNG = threading.Lock()  # nodes in threads of one process (tests) share numpy's RNG
+ROUND = "round"
+KIND = "kind"  # the train message type the round's masked vector answers
+CLEAR_METRICS = (m.PARTITION_ID, m.DP_EPSILON, m.DP_NOISE)  # sent beside the masked vector
+
+
+def _state(context: Context, configs: ConfigRecord, kind: str) -> Any:
+    """The node's state for the stage in `configs` (popping "round"); a new one at setup."""
+    server_round = as_int(configs.pop(ROUND))
+    saved = context.state.config_records.get(m.STATE_SECAGG)
+    if configs.get(Key.STAGE) == Stage.SETUP:
+        context.state[m.STATE_SECAGG_ROUND] = ConfigRecord({ROUND: server_round, KIND: kind})
+        return _FLOWER.SecAggPlusState()
+    mine = context.state.config_records.get(m.STATE_SECAGG_ROUND)
+    if saved is None or mine is None or (mine[ROUND], mine[KIND]) != (server_round, kind):
+        raise ValueError(
+            f"secagg stage {configs.get(Key.STAGE)!r} of round {server_round} ({kind}), but "
+            "this node set up no such round"
+        )
+    return _FLOWER.SecAggPlusState(**dict(saved))
+
+
+def _advance(state: Any, configs: ConfigRecord) -> str:
+    """Flower's checks that this stage follows the last and carries its keys; the stage."""
+    _FLOWER.check_stage(state.current_stage, configs)
+    state.current_stage = str(configs.pop(Key.STAGE))
+    _FLOWER.check_configs(state.current_stage, configs)
+    return state.current_stage
+
+
+def key_stage(msg: Message, context: Context) -> Message:
+    """query.secagg: setup (key pairs), share keys (encrypted shares), unmask (shares)."""
+    configs = ConfigRecord(dict(msg.content.config_records[m.SECAGG]))  # a copy: never pop sent
+    kind = str(configs.pop(KIND))
+    state = _state(context, configs, kind)
+    stage = _advance(state, configs)
+    if stage == Stage.SETUP:
+        state.nid = msg.metadata.dst_node_id
+        result = _FLOWER._setup(state, configs)
+    elif stage == Stage.SHARE_KEYS:
+        result = _FLOWER._share_keys(state, configs)
+    elif stage == Stage.UNMASK:
+        active = {int(n) for n in configs[Key.ACTIVE_NODE_ID_LIST]}  # type: ignore[union-attr]
+        dead = {int(n) for n in configs[Key.DEAD_NODE_ID_LIST]}  # type: ignore[union-attr]
+        if active & dead or state.nid not in active:  # never reveal both secrets of a node
+            raise ValueError("secagg unmask: a node both active and dropped, or this one dropped")
+        result = _FLOWER._unmask(state, configs)
+    else:
+        raise ValueError(f"secagg stage {stage!r} comes with the train message, not a query")
+    context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
+    return Message(RecordDict({m.SECAGG: ConfigRecord(result)}), reply_to=msg)
+
+
+def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The collect stage: train as asked, then reply with the masked update only.
+
+    The masked vector is [weight factor, each array, the training loss]; an update that is not
+    finite, or outside the clipping range, is not masked (an error: the round recovers this
+    node as dropped).
+    """
+    if m.SECAGG not in msg.content.config_records:
+        return call_next(msg, context)
+    sent = msg.content.config_records[m.SECAGG]
+    configs = ConfigRecord(dict(sent))
+    kind = str(configs.pop(KIND))
+    state = _state(context, configs, kind)
+    if (
+        _advance(state, configs) != Stage.COLLECT_MASKED_VECTORS
+        or kind != msg.metadata.message_type
+    ):
+        raise ValueError("secagg: a train message must carry the collect stage of its own kind")
+    del msg.content[m.SECAGG]  # the handler and the inner mods see the usual train message
+    try:
+        reply = call_next(msg, context)
+    finally:
+        msg.content[m.SECAGG] = sent
+    if reply.has_error():
+        return reply  # a drop after key sharing: the others' shares recover its masks
+    masked = _masked(state, configs, reply, as_int(sent[ROUND]))
+    context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
+    metrics = reply.content.metric_records[m.METRICS]
+    clear = MetricRecord({k: metrics[k] for k in CLEAR_METRICS if k in metrics})
+    content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+        m.SECAGG_MASKED: masked,
+        m.METRICS: clear,
+        m.SECAGG: ConfigRecord({}),
+    }
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def _masked(state: Any, configs: ConfigRecord, reply: Message, server_round: int) -> ArrayRecord:
+    """The reply's arrays and loss, weighted, quantized and masked by Flower's stage function."""
+    arrays = reply.content.array_records[m.ARRAYS]
+    metrics = reply.content.metric_records[m.METRICS]
+    vector = [np.asarray(arrays[k].numpy(), dtype=np.float64) for k in arrays]
+    vector.append(np.array([as_float(metrics[m.TRAIN_LOSS])]))
+    weight = as_float(metrics[m.NUM_EXAMPLES])
+    if not all(np.isfinite(v).all() for v in vector):
+        raise ValueError("secagg: the update is not finite; it is not masked")
+    if weight > state.max_weight:
+        raise ValueError(f"secagg: {weight:.0f} records > secagg-max-weight {state.max_weight}")
+    largest = max(float(np.abs(v).max(initial=0.0)) for v in vector) * weight / state.max_weight
+    if largest > state.clipping_range:
+        raise ValueError(
+            f"secagg: a weighted value {largest:.3g} is outside secagg-clip {state.clipping_range}"
+        )
+    with _GLOBAL_RNG:  # Flower's stochastic rounding draws from numpy's global RNG: seed it
+        rounding = np.random.get_state()
+        np.random.seed([as_int(metrics[m.PARTITION_ID]), server_round])
+        try:
+            result = _FLOWER._collect_masked_vectors(
+                state, configs, weight, ndarrays_to_parameters(vector)
+            )
+        finally:
+            np.random.set_state(rounding)
+    vectors = [bytes_to_ndarray(b) for b in result[Key.MASKED_PARAMETERS]]
+    return ArrayRecord({str(i): Array(v) for i, v in enumerate(vectors)})

@@ -1,0 +1,288 @@
+"""Secure aggregation on the server: Flower's SecAgg+ stages on fedge's own round loop.
+
+Four exchanges a round: setup (each node's two public keys), share keys (each node's shares
+of its secrets, encrypted to the others), collect (the train message; each node replies with
+its update masked, summed here mod M as it arrives), unmask (the survivors' shares: the
+survivors' own masks, and the pairwise masks of those that dropped after sharing keys, are
+removed). The server holds public keys, ciphertexts it cannot read, the running masked sum and
+then the weighted mean of the survivors; never one client's update. Primitives are Flower's
+(flwr.common.secure_aggregation); the neighbour graph is complete (every node shares with
+every other), as Flower's SecAgg+ is with share-num = the round's clients.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_extract,
+    get_parameters_shape,
+    parameters_addition,
+    parameters_mod,
+    parameters_subtraction,
+)
+from flwr.common.secure_aggregation.quantization import dequantize
+from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+from flwr.serverapp import Grid
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+
+from fedge.core import messages as m
+from fedge.core.config import RunConfig
+from fedge.core.config_rules import secagg_threshold
+from fedge.core.partition import build_federation, client_data
+from fedge.core.records import record_to_weights
+from fedge.server.exchange import Collected
+from fedge.server.replies import printable, replies_by_node
+from fedge.server.update_codec import wire_bytes
+from fedge.server.validation import Checked
+
+log = logging.getLogger("fedge")
+
+Vector = list[np.ndarray]
+
+
+class SecAggError(RuntimeError):
+    """A round the protocol cannot finish (too few nodes or shares): the reason is the text."""
+
+
+@functools.lru_cache(maxsize=8)
+def max_weight(cfg: RunConfig) -> int:
+    """secagg-max-weight, or the most training records any partition of the run holds."""
+    if cfg.secagg_max_weight:
+        return cfg.secagg_max_weight
+    fed = build_federation(cfg)
+    return max(len(client_data(fed, pid, cfg).train) for pid in range(cfg.clients))
+
+
+class _Exchange:
+    """One round's protocol state on the server, stage by stage."""
+
+    def __init__(self, grid: Grid, cfg: RunConfig, messages: list[Message], server_round: int):
+        self.grid, self.cfg, self.round = grid, cfg, server_round
+        self.train = {msg.metadata.dst_node_id: msg for msg in messages}
+        self.kind = messages[0].metadata.message_type if messages else m.TRAIN
+        self.failed: dict[int, str] = {}  # node -> stage and reason
+        self.downlink = self.uplink = 0  # serialized bytes, as sent and received
+        self.public_keys: dict[int, list[bytes]] = {}
+
+    def ask(self, stage: str, nodes: list[int], records: dict[int, dict[str, Any]]) -> dict:
+        """Send `stage` to `nodes` (each its record); the replies of those that answered."""
+        messages = []
+        for node in nodes:
+            values = {"round": self.round, "kind": self.kind, Key.STAGE: stage, **records[node]}
+            if stage == Stage.COLLECT_MASKED_VECTORS:
+                content = RecordDict(dict(self.train[node].content.items()))
+                content[m.SECAGG] = ConfigRecord(values)
+                msg = Message(content, dst_node_id=node, message_type=self.kind)
+            else:
+                content = RecordDict({m.SECAGG: ConfigRecord(values)})
+                msg = Message(content, dst_node_id=node, message_type=m.SECAGG_QUERY)
+            msg.metadata.ttl = self.cfg.round_timeout
+            messages.append(msg)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        self.downlink += wire_bytes(messages)
+        self.uplink += wire_bytes(replies)  # before the masked vectors are summed and dropped
+        answered = {}
+        for node, reply in replies_by_node(messages, replies).items():
+            if reply is None or reply.has_error():
+                why = "no reply" if reply is None else printable(reply.error.reason)
+                self.failed.setdefault(node, f"secagg {stage}: {why}")
+            else:
+                answered[node] = reply
+        return answered
+
+    def setup(self, nodes: list[int]) -> list[int]:
+        """Each node makes its key pairs; the nodes that sent both public keys."""
+        cfg = self.cfg
+        config = {
+            Key.SAMPLE_NUMBER: len(nodes),
+            Key.SHARE_NUMBER: len(nodes),
+            Key.THRESHOLD: secagg_threshold(cfg),
+            Key.CLIPPING_RANGE: cfg.secagg_clip,
+            Key.TARGET_RANGE: cfg.secagg_quantization,
+            Key.MOD_RANGE: cfg.secagg_modulus,
+            Key.MAX_WEIGHT: float(max_weight(cfg)),
+        }
+        replies = self.ask(Stage.SETUP, nodes, dict.fromkeys(nodes, config))
+        for node, reply in replies.items():
+            keys = self._read(node, Stage.SETUP, reply, Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2)
+            if keys is not None and all(isinstance(k, bytes) for k in keys):
+                self.public_keys[node] = [bytes(k) for k in keys]
+        return sorted(self.public_keys)
+
+    def _read(self, node: int, stage: str, reply: Message, *keys: str) -> list[Any] | None:
+        """The values of `keys` in the reply's secagg record; None (the node failed) if absent."""
+        try:
+            record = reply.content.config_records[m.SECAGG]
+            return [record[key] for key in keys]
+        except (KeyError, TypeError):
+            self.failed[node] = f"secagg {stage}: the reply lacks {', '.join(keys)}"
+            return None
+
+    def _pairs(self, node: int, stage: str, reply: Message, ids: str, values: str) -> list:
+        """(node id, bytes) pairs of two parallel lists in the reply; [] if malformed."""
+        read = self._read(node, stage, reply, ids, values)
+        if read is None:
+            return []
+        try:
+            pairs = [(int(i), v) for i, v in zip(read[0], read[1], strict=True)]
+        except (TypeError, ValueError):
+            pairs = []
+        if not all(isinstance(v, bytes) for _, v in pairs):
+            pairs = []
+        if not pairs:
+            self.failed[node] = f"secagg {stage}: malformed {ids} / {values}"
+        return pairs
+
+    def share_keys(self, nodes: list[int]) -> tuple[list[int], dict[int, tuple[list, list]]]:
+        """Each node's shares, encrypted to each other node; who shared, and what goes to whom."""
+        keys = {str(n): self.public_keys[n] for n in nodes}
+        replies = self.ask(Stage.SHARE_KEYS, nodes, dict.fromkeys(nodes, keys))
+        forward: dict[int, tuple[list, list]] = {n: ([], []) for n in replies}
+        for source, reply in replies.items():
+            pairs = self._pairs(
+                source, Stage.SHARE_KEYS, reply, Key.DESTINATION_LIST, Key.CIPHERTEXT_LIST
+            )
+            if not pairs:
+                forward.pop(source, None)
+            for dst, text in pairs:
+                if dst in forward:
+                    forward[dst][0].append(source)
+                    forward[dst][1].append(text)
+        return sorted(forward), forward
+
+    def collect(self, nodes: list[int], forward: dict, shapes: list[tuple]) -> tuple[dict, Vector]:
+        """The train messages with the collect stage; the replies, and their masked sum mod M."""
+        records = {
+            n: {Key.SOURCE_LIST: forward[n][0], Key.CIPHERTEXT_LIST: forward[n][1]} for n in nodes
+        }
+        replies = self.ask(Stage.COLLECT_MASKED_VECTORS, nodes, records)
+        total: Vector | None = None
+        good = {}
+        for node, reply in replies.items():
+            vector = self._masked(node, reply, shapes)
+            if vector is None:
+                continue
+            total = vector if total is None else parameters_addition(total, vector)
+            good[node] = reply
+            del reply.content[m.SECAGG_MASKED]  # only the sum is kept
+        if total is None:
+            raise SecAggError("secagg: no node sent a masked update")
+        return good, parameters_mod(total, self.cfg.secagg_modulus)
+
+    def _masked(self, node: int, reply: Message, shapes: list[tuple]) -> Vector | None:
+        """The node's masked vector if it is what the protocol sends, else None (it failed)."""
+        record = reply.content.array_records.get(m.SECAGG_MASKED)
+        vector = [] if record is None else [record[k].numpy() for k in record]
+        well_formed = [tuple(v.shape) for v in vector] == shapes and all(
+            v.dtype == np.int64
+            and v.min(initial=0) >= 0
+            and v.max(initial=0) < self.cfg.secagg_modulus
+            for v in vector
+        )
+        if not well_formed:
+            self.failed[node] = "secagg collect: not a masked vector of the model's shapes"
+            return None
+        return vector
+
+    def unmask(self, survivors: list[int], dropped: list[int], total: Vector) -> Vector:
+        """Remove the survivors' own masks and the dropped nodes' pairwise masks from `total`."""
+        record = {Key.ACTIVE_NODE_ID_LIST: survivors, Key.DEAD_NODE_ID_LIST: dropped}
+        replies = self.ask(Stage.UNMASK, survivors, dict.fromkeys(survivors, record))
+        shares: dict[int, list[bytes]] = {n: [] for n in survivors + dropped}
+        for node, reply in replies.items():
+            for owner, share in self._pairs(
+                node, Stage.UNMASK, reply, Key.NODE_ID_LIST, Key.SHARE_LIST
+            ):
+                if owner in shares:
+                    shares[owner].append(share)
+        threshold, dims = secagg_threshold(self.cfg), get_parameters_shape(total)
+        for node, pieces in shares.items():
+            if len(pieces) < threshold:
+                raise SecAggError(
+                    f"secagg: {len(pieces)} shares of node {node}'s secret, fewer than "
+                    f"secagg-threshold={threshold}"
+                )
+            try:
+                secret = combine_shares(pieces)
+            except ValueError as err:
+                raise SecAggError(f"secagg: node {node}'s shares do not combine: {err}") from None
+            if node in survivors:  # its own mask
+                total = parameters_subtraction(total, self._prg(secret, dims))
+                continue
+            for other in survivors:  # the pairwise masks it shared with each survivor
+                shared = generate_shared_key(
+                    bytes_to_private_key(secret), bytes_to_public_key(self.public_keys[other][0])
+                )
+                mask = self._prg(shared, dims)
+                op = parameters_addition if node > other else parameters_subtraction
+                total = op(total, mask)
+        return parameters_mod(total, self.cfg.secagg_modulus)
+
+    def _prg(self, seed: bytes, dims: list[tuple[int, ...]]) -> Vector:
+        return pseudo_rand_gen(seed, self.cfg.secagg_modulus, dims)
+
+    def mean(self, total: Vector, survivors: int) -> tuple[Vector, float]:
+        """The weighted mean of the survivors' vectors, from the unmasked sum; its weight."""
+        cfg = self.cfg
+        weight, summed = factor_extract(total)
+        if weight == 0:
+            raise SecAggError("secagg: the survivors' total weight is 0")
+        values = dequantize(summed, cfg.secagg_clip, cfg.secagg_quantization)
+        shift = (survivors - 1) * cfg.secagg_clip  # each survivor's values were shifted by clip
+        scale = cfg.secagg_quantization / weight
+        return [(v - shift) * scale for v in values], weight / cfg.secagg_quantization
+
+
+def secure_exchange(
+    grid: Grid, cfg: RunConfig, messages: list[Message], arrays: ArrayRecord, server_round: int
+) -> Collected:
+    """The round's exchange under SecAgg+: the survivors' weighted mean as the one update."""
+    run = _Exchange(grid, cfg, messages, server_round)
+    reference = record_to_weights(arrays)
+    shapes = [(1,), *(tuple(v.shape) for v in reference.values()), (1,)]
+    counts: dict[str, Any] = {"asked": len(messages)}
+    accepted: list[Checked] = []
+    survivors: list[int] = []
+    failed = None
+    good: dict[int, Message] = {}
+    try:
+        keyed = run.setup(sorted(run.train))
+        shared, forward = run.share_keys(keyed)
+        good, total = run.collect(shared, forward, shapes)
+        survivors, dropped = sorted(good), sorted(set(shared) - set(good))
+        counts.update(keys=len(keyed), shared=len(shared), masked=len(survivors))
+        counts["recovered"] = len(dropped)
+        values, _ = run.mean(run.unmask(survivors, dropped, total), len(survivors))
+        accepted = [_synthetic(reference, values, run.kind, survivors)]
+    except SecAggError as err:
+        failed, survivors = str(err), []
+        log.warning("round %d: %s", server_round, failed)
+    by_node: dict[int, Message | None] = dict.fromkeys(run.train)
+    by_node.update(good)
+    errors = {node: why for node, why in run.failed.items() if node not in good}
+    return Collected(
+        by_node, accepted, [], survivors, run.downlink, run.uplink,
+        failed=failed, secagg=counts, errors=errors,
+    )  # fmt: skip
+
+
+def _synthetic(
+    reference: dict[str, np.ndarray], values: Vector, kind: str, survivors: list[int]
+) -> Checked:
+    """The secure mean as the one update the strategy aggregates (its weight: 1)."""
+    arrays = {
+        name: Array(np.asarray(value, dtype=reference[name].dtype).reshape(reference[name].shape))
+        for name, value in zip(reference, values[:-1], strict=True)
+    }
+    metrics = MetricRecord({m.NUM_EXAMPLES: 1, m.TRAIN_LOSS: float(values[-1][0])})
+    content = RecordDict({m.ARRAYS: ArrayRecord(arrays), m.METRICS: metrics})
+    reply = Message(content, dst_node_id=survivors[0], message_type=kind)
+    return Checked(reply, node_id=survivors[0], partition_id=-1, norm=0.0)

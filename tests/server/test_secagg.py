@@ -1,0 +1,101 @@
+"""Secure aggregation (SecAgg+): the server gets the survivors' mean, and never one update."""
+
+import numpy as np
+import pytest
+
+from fedge.client.app import app as client_app
+from fedge.core import messages as m
+from fedge.core.config import ConfigError, RunConfig
+from fedge.core.models import build_teacher
+from fedge.core.partition import build_federation
+from fedge.core.records import model_spec
+from fedge.core.training import get_weights
+from fedge.server.nodes import FederationError
+from fedge.server.secagg import max_weight
+from fedge.server.training_loop import train_teacher
+from tests.flower_local import LocalGrid
+
+CFG = RunConfig(
+    clients=10, rounds=1, partition="iid", teacher="linear", local_epochs=1, batch_size=32,
+    dropout_fraction=0.2, norm_outlier_factor=0.0,
+)  # fmt: skip
+
+
+def _train(cfg: RunConfig, grid: LocalGrid | None = None):
+    fed = build_federation(cfg)
+    teacher = build_teacher((1, 8, 8), 10, cfg.seed, cfg.teacher)
+    grid = grid or LocalGrid(client_app, num_nodes=cfg.clients)
+    spec = model_spec(fed.dataset.preprocessing, 10)
+    log = train_teacher(grid, cfg, teacher, fed.server.test, spec)
+    return get_weights(teacher), log, grid
+
+
+def test_two_dropped_after_key_sharing_the_aggregate_is_fedavg_over_the_survivors():
+    secure, log, grid = _train(CFG.replace(secure_aggregation="secagg+"))
+    plain, plain_log, _ = _train(CFG)
+    row = log.rounds[0]
+    assert row["clients_ok"] == plain_log.rounds[0]["clients_ok"] == 8
+    assert row["secagg"] == {
+        "asked": 10, "keys": 10, "shared": 10, "masked": 8, "recovered": 2
+    }  # fmt: skip
+    dropped = sorted(f["node_id"] - 100 for f in row["clients_failed"])  # LocalGrid: 100 + pid
+    assert dropped == sorted(f["node_id"] - 100 for f in plain_log.rounds[0]["clients_failed"])
+    assert all("secagg collect" in f["reason"] for f in row["clients_failed"])
+    # within the quantization error: 8 values each off by < 2 clip / T, over the total weight
+    sizes = [len(r) for r in _survivor_sizes(CFG, dropped)]
+    bound = 8 * (2 * CFG.secagg_clip / CFG.secagg_quantization) / (sum(sizes) / max_weight(CFG))
+    for name, value in plain.items():
+        assert np.abs(secure[name] - value).max() <= bound + 1e-6, name
+    assert not all(np.array_equal(secure[k], plain[k]) for k in plain)  # really a different path
+    # the server never held one client's update: no train reply carried the model's arrays
+    replies = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
+    assert replies and all(m.SECAGG in msg.content.config_records for msg in replies)
+
+
+def _survivor_sizes(cfg: RunConfig, dropped: list[int]) -> list[np.ndarray]:
+    from fedge.core.partition import client_data
+
+    fed = build_federation(cfg)
+    return [client_data(fed, p, cfg).train.y for p in range(cfg.clients) if p not in dropped]
+
+
+def test_no_train_reply_holds_an_unmasked_update():
+    cfg = CFG.replace(secure_aggregation="secagg+")
+    grid = LocalGrid(client_app, num_nodes=cfg.clients)
+    seen = []
+    send = grid.send_and_receive
+
+    def spy(messages, *, timeout=None):
+        replies = send(messages, timeout=timeout)
+        seen.extend(r for r in replies if not r.has_error())
+        return replies
+
+    grid.send_and_receive = spy
+    _train(cfg, grid)
+    train_replies = [r for r in seen if r.metadata.message_type == m.TRAIN]
+    assert len(train_replies) >= 8
+    for reply in train_replies:
+        assert m.ARRAYS not in reply.content.array_records
+        assert set(reply.content.metric_records[m.METRICS]) == {m.PARTITION_ID}
+    masked = [r.content.array_records for r in train_replies]
+    assert all(m.SECAGG_MASKED not in records for records in masked)  # dropped once summed
+
+
+def test_too_few_survivors_fail_the_round_with_the_reason():
+    cfg = CFG.replace(secure_aggregation="secagg+", dropout_fraction=0.5, secagg_threshold=6)
+    with pytest.raises(FederationError, match="fewer than secagg-threshold=6"):
+        _train(cfg)  # every round lost: the run says why
+
+
+def test_secure_aggregation_refuses_what_needs_each_update():
+    for kwargs, match in (
+        ({"aggregation": "median"}, "aggregation 'median' needs them one by one"),
+        ({"update_compression": "int8"}, "update-compression 'int8'"),
+        ({"teacher_mode": "ensemble"}, "teacher-mode 'ensemble'"),
+        ({"dp": "central"}, "dp central is not built"),
+        ({"secagg_threshold": 4}, "allowed 5 to 10"),
+        ({"secagg_threshold": 11}, "allowed 5 to 10"),
+        ({"secagg_modulus": 1 << 24}, "cannot hold the sum of 10"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            RunConfig(clients=10, secure_aggregation="secagg+", **kwargs)
