@@ -99,3 +99,41 @@ def test_secure_aggregation_refuses_what_needs_each_update():
     ):
         with pytest.raises(ConfigError, match=match):
             RunConfig(clients=10, secure_aggregation="secagg+", **kwargs)
+
+
+def test_a_clipping_range_that_cannot_hold_the_update_masks_nothing_and_says_so():
+    cfg = CFG.replace(secure_aggregation="secagg+", dropout_fraction=0.0, secagg_clip=1e-4)
+    with pytest.raises(FederationError, match="no node sent a masked update"):
+        _train(cfg)
+
+
+def test_the_students_rounds_are_aggregated_securely_too():
+    import copy
+
+    from fedge.core.federate import FederateConfig
+    from fedge.core.models import build_student
+    from fedge.core.training import weights_sha256
+    from fedge.server.student_rounds import flower_trainer
+
+    cfg = CFG.replace(dropout_fraction=0.0, kd_source="both", student="deep-tiny")
+    fed = build_federation(cfg)
+    teacher = build_teacher((1, 8, 8), 10, cfg.seed, cfg.teacher)
+    grid = LocalGrid(client_app, num_nodes=cfg.clients)
+    spec = model_spec(fed.dataset.preprocessing, 10)
+    train_teacher(grid, cfg, teacher, fed.server.test, spec)  # the clients keep its logits
+    sha = weights_sha256(get_weights(teacher))
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    rounds = FederateConfig("deep-tiny", 1, 1, 0.02, 0.5, 4.0, False, 32)
+    trained = {}
+    for mode in ("off", "secagg+"):
+        mine = cfg.replace(secure_aggregation=mode)
+        model, summary = flower_trainer(grid, mine, spec, sha, fed.server.test)(
+            copy.deepcopy(start), rounds
+        )
+        trained[mode] = get_weights(model)
+        assert summary.rounds[0]["clients_ok"] == 10
+    assert "secagg" in summary.rounds[0]
+    for name, value in trained["off"].items():
+        np.testing.assert_allclose(trained["secagg+"][name], value, atol=1e-5)
+    sent = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN_STUDENT]
+    assert any(m.SECAGG in msg.content.config_records for msg in sent)

@@ -1,0 +1,131 @@
+"""Secure aggregation: the aggregate against plain FedAvg, and what SecAgg+ costs a round.
+
+    python benchmarks/secagg.py --json OUT.json [--rounds 4] [--repeats 2]
+
+`matches`: in one process (the real ClientApp, an in-process grid), 10 clients on digits with
+the linear teacher, 2 of them dropping out after key sharing; the secure aggregate against
+FedAvg over the same 8 survivors, with the bound the quantization allows
+(survivors x 2 secagg-clip / secagg-quantization over the survivors' weight share), as
+`secagg_matches_plain` and `secagg_max_abs_error`.
+
+`timing`: `fedge simulate` (Flower's simulation engine, Ray) with and without
+`--secure-aggregation secagg+`, interleaved `--repeats` times, on 10 and 100 IID digits clients
+and on 10 fmnist clients; a round's time is the median of its `rounds[].seconds` without the
+first round (Ray's actors start in it). `secagg_round_time_ratio_10` / `_100` are digits';
+fmnist's, where local training is a real cost, is `secagg_round_time_ratio_fmnist_10`.
+Run it on a quiet machine: nothing else may share the two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fedge.pipeline.rundir.paths import RESULTS_FILE  # noqa: E402
+from fedge.simulations.crash import run_simulate  # noqa: E402
+
+SETUPS = {
+    "10": {"clients": 10, "partition": "iid"},
+    "100": {"clients": 100, "partition": "iid", "val-fraction": 0.05, "public-fraction": 0.1},
+    "fmnist_10": {"dataset": "fmnist", "clients": 10, "partition": "iid"},
+}
+
+
+def matches() -> dict[str, Any]:
+    """The differential run: secure aggregate vs FedAvg over the same survivors."""
+    from fedge.core.partition import build_federation, client_data
+    from fedge.server.secagg import max_weight
+    from tests.server.test_secagg import CFG, _train
+
+    secure, log, _ = _train(CFG.replace(secure_aggregation="secagg+"))
+    plain, plain_log, _ = _train(CFG)
+    dropped = {f["node_id"] - 100 for f in log.rounds[0]["clients_failed"]}
+    fed = build_federation(CFG)
+    weight = sum(len(client_data(fed, p, CFG).train) for p in range(10) if p not in dropped)
+    survivors = log.rounds[0]["clients_ok"]
+    quantum = 2 * CFG.secagg_clip / CFG.secagg_quantization
+    bound = survivors * quantum / (weight / max_weight(CFG))
+    error = max(float(np.abs(secure[k] - plain[k]).max()) for k in plain)
+    return {
+        "clients": 10,
+        "dropped_after_key_sharing": sorted(dropped),
+        "survivors": survivors,
+        "plain_survivors": plain_log.rounds[0]["clients_ok"],
+        "secagg": log.rounds[0]["secagg"],
+        "secagg_max_abs_error": error,
+        "quantization_bound": bound,
+        "secagg_matches_plain": error <= bound and survivors == 8,
+    }
+
+
+def _round_seconds(work: Path, name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    out = work / name
+    flags = [part for k, v in settings.items() for part in (f"--{k}", str(v))]
+    run_simulate([*flags, "--out", str(out)], work / f"{name}.log", finished=(0, 3))
+    results = json.loads((out / RESULTS_FILE).read_text())
+    seconds = [r["seconds"] for r in results["rounds"]][1:]
+    return {
+        "round_seconds_median": statistics.median(seconds),
+        "round_seconds": seconds,
+        "train_bytes": results["communication"]["train_bytes"],
+        "teacher_accuracy": 100 * results["teacher"]["accuracy"],
+    }
+
+
+def timing(work: Path, rounds: int, repeats: int) -> dict[str, Any]:
+    """Plain and secure runs of each setup, interleaved; the ratio of median round times."""
+    rows: dict[str, Any] = {}
+    for name, setup in SETUPS.items():
+        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "secagg": []}
+        for repeat in range(repeats):
+            for mode in ("plain", "secagg"):
+                settings = {
+                    **setup,
+                    "rounds": rounds,
+                    "kd-source": "public",
+                    "student": "deep-tiny",
+                }
+                if mode == "secagg":
+                    settings["secure-aggregation"] = "secagg+"
+                runs[mode].append(_round_seconds(work, f"{name}-{mode}-{repeat}", settings))
+                print(name, mode, repeat, runs[mode][-1]["round_seconds_median"], flush=True)
+        plain = statistics.median(r["round_seconds_median"] for r in runs["plain"])
+        secure = statistics.median(r["round_seconds_median"] for r in runs["secagg"])
+        rows[name] = {"runs": runs, "plain_s": plain, "secagg_s": secure, "ratio": secure / plain}
+    return rows
+
+
+def main() -> None:
+    """Both parts; the JSON after each."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--parts", default="matches,timing")
+    args = parser.parse_args()
+    out: dict[str, Any] = {"arguments": {"rounds": args.rounds, "repeats": args.repeats}}
+    if "matches" in args.parts:
+        out["matches"] = matches()
+        out["secagg_matches_plain"] = out["matches"]["secagg_matches_plain"]
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if "timing" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="fedge-secagg-") as tmp:
+            rows = timing(Path(tmp), args.rounds, args.repeats)
+        out["timing"] = rows
+        for name, row in rows.items():
+            out[f"secagg_round_time_ratio_{name}"] = row["ratio"]
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
