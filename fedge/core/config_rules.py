@@ -214,9 +214,19 @@ def _check_teacher_epsilon(cfg: RunConfig) -> None:
         )
 
 
+SECAGG_AUTO_SHARES = 21  # Bell et al. 2020: O(log n) neighbours suffice; 21 covers 10-1,000
+
+
+def secagg_shares(cfg: RunConfig) -> int:
+    """Clients each client shares with (itself included): odd, at most a round's clients."""
+    clients = train_size(cfg)
+    shares = min(cfg.secagg_shares or SECAGG_AUTO_SHARES, clients)
+    return shares + 1 if shares < clients and shares % 2 == 0 else shares  # a ring: odd
+
+
 def secagg_threshold(cfg: RunConfig) -> int:
-    """Shares that recover a client's mask: secagg-threshold, or a majority of a round's clients."""
-    return cfg.secagg_threshold or train_size(cfg) // 2 + 1
+    """Shares that recover a client's mask: secagg-threshold, or a majority of its shares."""
+    return cfg.secagg_threshold or secagg_shares(cfg) // 2 + 1
 
 
 def _secure_aggregation(cfg: RunConfig) -> None:
@@ -241,11 +251,15 @@ def _secure_aggregation(cfg: RunConfig) -> None:
             "and counts each update before it noises their mean; allowed with secagg+: dp "
             "none or local"
         )
-    sampled, threshold = train_size(cfg), secagg_threshold(cfg)
-    if not sampled / 2 <= threshold <= sampled:
+    sampled, shares, threshold = train_size(cfg), secagg_shares(cfg), secagg_threshold(cfg)
+    if shares < 3:
         raise ConfigError(
-            f"secagg-threshold={threshold} for {sampled} clients a round: allowed "
-            f"{-(-sampled // 2)} to {sampled} (at least half, at most every sampled client)"
+            f"secagg+ needs at least 3 clients a round to share secrets among, got {shares}"
+        )
+    if not shares / 2 <= threshold <= shares:
+        raise ConfigError(
+            f"secagg-threshold={threshold} for {shares} shares a client ({sampled} clients a "
+            f"round): allowed {-(-shares // 2)} to {shares} (at least half, at most all shares)"
         )
     if sampled * cfg.secagg_quantization >= cfg.secagg_modulus:
         raise ConfigError(

@@ -144,6 +144,12 @@ class FederationSettings:
         "SecAgg+ protocol; off: it sees every update)",
         choices=choices.SECURE_AGGREGATIONS,
     )
+    secagg_shares: int = setting(
+        0,
+        "secagg+: clients each client shares its secrets with, itself included (0: every one "
+        "up to 21, else 21)",
+        interval=">= 0",
+    )
     secagg_threshold: int = setting(
         0, "secagg+: shares that recover a dropped client's mask (0: a majority)", interval=">= 0"
     )

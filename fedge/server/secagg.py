@@ -6,14 +6,16 @@ its update masked, summed here mod M as it arrives), unmask (the survivors' shar
 survivors' own masks, and the pairwise masks of those that dropped after sharing keys, are
 removed). The server holds public keys, ciphertexts it cannot read, the running masked sum and
 then the weighted mean of the survivors; never one client's update. Primitives are Flower's
-(flwr.common.secure_aggregation); the neighbour graph is complete (every node shares with
-every other), as Flower's SecAgg+ is with share-num = the round's clients.
+(flwr.common.secure_aggregation). As in Flower's SecAgg+, each node masks and shares only with
+its neighbours on a shuffled ring (secagg-shares of them, itself included; every node when the
+round is small), so a round's work grows with clients x shares, not clients squared.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import random
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.config_rules import secagg_threshold
+from fedge.core.config_rules import secagg_shares, secagg_threshold
 from fedge.core.partition import build_federation, client_data
 from fedge.core.records import record_to_weights
 from fedge.server.exchange import Collected
@@ -71,6 +73,7 @@ class _Exchange:
         self.failed: dict[int, str] = {}  # node -> stage and reason
         self.downlink = self.uplink = 0  # serialized bytes, as sent and received
         self.public_keys: dict[int, list[bytes]] = {}
+        self.neighbours: dict[int, set[int]] = {}  # each node's share group, itself included
 
     def ask(self, stage: str, nodes: list[int], records: dict[int, dict[str, Any]]) -> dict:
         """Send `stage` to `nodes` (each its record); the replies of those that answered."""
@@ -101,9 +104,11 @@ class _Exchange:
     def setup(self, nodes: list[int]) -> list[int]:
         """Each node makes its key pairs; the nodes that sent both public keys."""
         cfg = self.cfg
+        shares = min(secagg_shares(cfg), len(nodes))
+        self.neighbours = _ring(nodes, shares, random.Random(self.round))
         config = {
             Key.SAMPLE_NUMBER: len(nodes),
-            Key.SHARE_NUMBER: len(nodes),
+            Key.SHARE_NUMBER: shares,
             Key.THRESHOLD: secagg_threshold(cfg),
             Key.CLIPPING_RANGE: cfg.secagg_clip,
             Key.TARGET_RANGE: cfg.secagg_quantization,
@@ -143,8 +148,9 @@ class _Exchange:
 
     def share_keys(self, nodes: list[int]) -> tuple[list[int], dict[int, tuple[list, list]]]:
         """Each node's shares, encrypted to each other node; who shared, and what goes to whom."""
-        keys = {str(n): self.public_keys[n] for n in nodes}
-        replies = self.ask(Stage.SHARE_KEYS, nodes, dict.fromkeys(nodes, keys))
+        keyed = set(nodes)
+        keys = {n: {str(v): self.public_keys[v] for v in self.neighbours[n] & keyed} for n in nodes}
+        replies = self.ask(Stage.SHARE_KEYS, nodes, keys)
         forward: dict[int, tuple[list, list]] = {n: ([], []) for n in replies}
         for source, reply in replies.items():
             pairs = self._pairs(
@@ -194,8 +200,15 @@ class _Exchange:
 
     def unmask(self, survivors: list[int], dropped: list[int], total: Vector) -> Vector:
         """Remove the survivors' own masks and the dropped nodes' pairwise masks from `total`."""
-        record = {Key.ACTIVE_NODE_ID_LIST: survivors, Key.DEAD_NODE_ID_LIST: dropped}
-        replies = self.ask(Stage.UNMASK, survivors, dict.fromkeys(survivors, record))
+        alive, dead = set(survivors), set(dropped)
+        records = {
+            n: {
+                Key.ACTIVE_NODE_ID_LIST: sorted(self.neighbours[n] & alive),
+                Key.DEAD_NODE_ID_LIST: sorted(self.neighbours[n] & dead),
+            }
+            for n in survivors
+        }
+        replies = self.ask(Stage.UNMASK, survivors, records)
         shares: dict[int, list[bytes]] = {n: [] for n in survivors + dropped}
         for node, reply in replies.items():
             for owner, share in self._pairs(
@@ -217,7 +230,7 @@ class _Exchange:
             if node in survivors:  # its own mask
                 total = parameters_subtraction(total, self._prg(secret, dims))
                 continue
-            for other in survivors:  # the pairwise masks it shared with each survivor
+            for other in sorted(self.neighbours[node] & alive):  # its masks with each survivor
                 shared = generate_shared_key(
                     bytes_to_private_key(secret), bytes_to_public_key(self.public_keys[other][0])
                 )
@@ -239,6 +252,19 @@ class _Exchange:
         shift = (survivors - 1) * cfg.secagg_clip  # each survivor's values were shifted by clip
         scale = cfg.secagg_quantization / weight
         return [(v - shift) * scale for v in values], weight / cfg.secagg_quantization
+
+
+def _ring(nodes: list[int], shares: int, rng: random.Random) -> dict[int, set[int]]:
+    """SecAgg+'s graph: nodes on a shuffled ring, each with the `shares` nearest (itself too)."""
+    order = list(nodes)
+    rng.shuffle(order)
+    half = shares // 2
+    return {
+        node: {order[(i + offset) % len(order)] for offset in range(-half, half + 1)}
+        if shares < len(order)
+        else set(order)
+        for i, node in enumerate(order)
+    }
 
 
 def secure_exchange(

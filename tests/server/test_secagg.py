@@ -30,8 +30,9 @@ def _train(cfg: RunConfig, grid: LocalGrid | None = None):
     return get_weights(teacher), log, grid
 
 
-def test_two_dropped_after_key_sharing_the_aggregate_is_fedavg_over_the_survivors():
-    secure, log, grid = _train(CFG.replace(secure_aggregation="secagg+"))
+@pytest.mark.parametrize("shares", [0, 5])  # every node, or a ring of 5 (SecAgg+)
+def test_two_dropped_after_key_sharing_the_aggregate_is_fedavg_over_the_survivors(shares):
+    secure, log, grid = _train(CFG.replace(secure_aggregation="secagg+", secagg_shares=shares))
     plain, plain_log, _ = _train(CFG)
     row = log.rounds[0]
     assert row["clients_ok"] == plain_log.rounds[0]["clients_ok"] == 8
@@ -47,6 +48,9 @@ def test_two_dropped_after_key_sharing_the_aggregate_is_fedavg_over_the_survivor
     for name, value in plain.items():
         assert np.abs(secure[name] - value).max() <= bound + 1e-6, name
     assert not all(np.array_equal(secure[k], plain[k]) for k in plain)  # really a different path
+    stage = [msg.content.config_records[m.SECAGG] for msg in grid.sent if m.SECAGG in msg.content]
+    groups = [sum(k.isdigit() for k in r) for r in stage if r.get("stage") == "share_keys"]
+    assert groups == [shares or 10] * 10  # each node's keys go to its share group only
     # the server never held one client's update: no train reply carried the model's arrays
     replies = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
     assert replies and all(m.SECAGG in msg.content.config_records for msg in replies)
