@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--scale-rounds", type=int, default=40)
     parser.add_argument("--scale-teacher", default="cnn")
     args = parser.parse_args()
-    out: dict[str, Any] = {"arguments": vars(args) | {"json": str(args.json)}}
+    out: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "json"}}
     with tempfile.TemporaryDirectory(prefix="fedge-privacy-") as tmp:
         for part in args.parts.split(","):
             out[part] = students(Path(tmp), args.seeds) if part == "students" else scale(

@@ -61,6 +61,9 @@ def key_stage(msg: Message, context: Context) -> Message:
     state = _state(context, configs, kind)
     stage = _advance(state, configs)
     if stage == Stage.SETUP:
+        threshold, shares = as_int(configs[Key.THRESHOLD]), as_int(configs[Key.SHARE_NUMBER])
+        if 2 * threshold < shares:  # fewer could rebuild a secret without a majority's shares
+            raise ValueError(f"secagg setup: threshold {threshold} is under half of {shares}")
         state.nid = msg.metadata.dst_node_id
         result = _FLOWER._setup(state, configs)
     elif stage == Stage.SHARE_KEYS:

@@ -48,17 +48,11 @@ def plain_exchange(
 ) -> Collected:
     """Send the round's messages; decode and validate each reply."""
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent, before decoding
     by_node = replies_by_node(messages, replies)
     ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
-    accepted, rejected = checked(cfg, ok, arrays, server_round)
-    return Collected(
-        by_node,
-        accepted,
-        rejected,
-        [c.node_id for c in accepted],
-        wire_bytes(messages),  # as sent: with message ids
-        wire_bytes(replies),
-    )
+    accepted, rejected = checked(cfg, ok, arrays, server_round)  # decodes the replies in place
+    return Collected(by_node, accepted, rejected, [c.node_id for c in accepted], downlink, uplink)
 
 
 def checked(

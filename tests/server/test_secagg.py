@@ -141,3 +141,26 @@ def test_the_students_rounds_are_aggregated_securely_too():
         np.testing.assert_allclose(trained["secagg+"][name], value, atol=1e-5)
     sent = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN_STUDENT]
     assert any(m.SECAGG in msg.content.config_records for msg in sent)
+
+
+def test_a_node_refuses_a_threshold_under_half_its_shares():
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+
+    grid = LocalGrid(client_app, num_nodes=3)
+    setup = {
+        "round": 1, "kind": m.TRAIN, Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 10,
+        Key.SHARE_NUMBER: 10, Key.THRESHOLD: 4, Key.CLIPPING_RANGE: 8.0,
+        Key.TARGET_RANGE: 1 << 22, Key.MOD_RANGE: 1 << 32, Key.MAX_WEIGHT: 100.0,
+    }  # fmt: skip
+    msg = Message(
+        RecordDict({m.SECAGG: ConfigRecord(setup)}), dst_node_id=100, message_type=m.SECAGG_QUERY
+    )
+    (reply,) = grid.send_and_receive([msg])
+    assert reply.has_error() and "threshold 4 is under half of 10" in reply.error.reason
+    setup[Key.THRESHOLD] = 6
+    msg = Message(
+        RecordDict({m.SECAGG: ConfigRecord(setup)}), dst_node_id=100, message_type=m.SECAGG_QUERY
+    )
+    (reply,) = grid.send_and_receive([msg])
+    assert not reply.has_error() and Key.PUBLIC_KEY_1 in reply.content.config_records[m.SECAGG]
