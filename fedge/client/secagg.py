@@ -62,8 +62,8 @@ def key_stage(msg: Message, context: Context) -> Message:
     stage = _advance(state, configs)
     if stage == Stage.SETUP:
         threshold, shares = as_int(configs[Key.THRESHOLD]), as_int(configs[Key.SHARE_NUMBER])
-        if 2 * threshold < shares:  # fewer could rebuild a secret without a majority's shares
-            raise ValueError(f"secagg setup: threshold {threshold} is under half of {shares}")
+        if 2 * threshold <= shares or threshold < 2:  # a majority, or a server could rebuild both
+            raise ValueError(f"secagg setup: threshold {threshold} is not over half of {shares}")
         state.nid = msg.metadata.dst_node_id
         result = _FLOWER._setup(state, configs)
     elif stage == Stage.SHARE_KEYS:

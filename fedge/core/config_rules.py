@@ -256,10 +256,17 @@ def _secure_aggregation(cfg: RunConfig) -> None:
         raise ConfigError(
             f"secagg+ needs at least 3 clients a round to share secrets among, got {shares}"
         )
-    if not shares / 2 <= threshold <= shares:
+    if not shares / 2 < threshold <= shares:
         raise ConfigError(
             f"secagg-threshold={threshold} for {shares} shares a client ({sampled} clients a "
-            f"round): allowed {-(-shares // 2)} to {shares} (at least half, at most all shares)"
+            f"round): allowed {shares // 2 + 1} to {shares} (more than half: fewer would let a "
+            "server that lies about who dropped rebuild both of a client's secrets)"
+        )
+    if cfg.secagg_quantization >= 1 << 31 or sampled * cfg.secagg_modulus >= 1 << 63:
+        raise ConfigError(
+            f"secagg-quantization={cfg.secagg_quantization} must be below 2^31 (Flower rounds "
+            f"to int32) and {sampled} x secagg-modulus={cfg.secagg_modulus} below 2^63 (the "
+            "server's int64 sum)"
         )
     if sampled * cfg.secagg_quantization >= cfg.secagg_modulus:
         raise ConfigError(

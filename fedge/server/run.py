@@ -61,6 +61,15 @@ def sampling_secret(key: Ed25519PrivateKey) -> int:
     return int.from_bytes(hashlib.sha256(b"fedge client sampling" + raw).digest()[:8], "big")
 
 
+def noise_secret(key: Ed25519PrivateKey) -> list[int]:
+    """256 secret bits for central DP's noise (from the signing key; the same after a resume)."""
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    digest = hashlib.sha256(b"fedge central dp noise" + raw).digest()
+    return [int.from_bytes(digest[i : i + 4], "big") for i in range(0, 32, 4)]
+
+
 def run_server(
     grid: Grid, cfg: RunConfig, run_dir: Path, tools: TierTools = MEASURED
 ) -> RunResults:
@@ -70,9 +79,11 @@ def run_server(
     """
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)  # Flower's DP wrappers draw their noise from numpy's global RNG
+    np.random.seed(cfg.seed)
     fed = build_federation(cfg)
     key = _start(cfg, run_dir)
+    if cfg.dp == "central":  # Flower's DP wrappers draw their noise from numpy's global RNG:
+        np.random.seed(noise_secret(key))  # from a secret, not the seed every client knows
     prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
     teacher = _teacher(cfg, prep.input_shape, classes)
     spec = model_spec(prep, classes)

@@ -2,7 +2,7 @@
 
 Four exchanges a round: setup (each node's two public keys), share keys (each node's shares
 of its secrets, encrypted to the others), collect (the train message; each node replies with
-its update masked, summed here mod M as it arrives), unmask (the survivors' shares: the
+its update masked; the server sums them mod M and deletes each), unmask (the survivors' shares: the
 survivors' own masks, and the pairwise masks of those that dropped after sharing keys, are
 removed). The server holds public keys, ciphertexts it cannot read, the running masked sum and
 then the weighted mean of the survivors; never one client's update. Primitives are Flower's
@@ -105,12 +105,12 @@ class _Exchange:
         """Each node makes its key pairs; the nodes that sent both public keys."""
         cfg = self.cfg
         shares = min(secagg_shares(cfg), len(nodes))
-        self.neighbours = _ring(nodes, shares, random.Random(self.round))
+        self.neighbours = _ring(nodes, shares, random.SystemRandom())
         config = {
             Key.SAMPLE_NUMBER: len(nodes),
             Key.SHARE_NUMBER: shares,
             Key.THRESHOLD: secagg_threshold(cfg),
-            Key.CLIPPING_RANGE: cfg.secagg_clip,
+            Key.CLIPPING_RANGE: float(cfg.secagg_clip),
             Key.TARGET_RANGE: cfg.secagg_quantization,
             Key.MOD_RANGE: cfg.secagg_modulus,
             Key.MAX_WEIGHT: float(max_weight(cfg)),
@@ -118,8 +118,10 @@ class _Exchange:
         replies = self.ask(Stage.SETUP, nodes, dict.fromkeys(nodes, config))
         for node, reply in replies.items():
             keys = self._read(node, Stage.SETUP, reply, Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2)
-            if keys is not None and all(isinstance(k, bytes) for k in keys):
+            if keys is not None and _valid_keys(keys, self.public_keys):
                 self.public_keys[node] = [bytes(k) for k in keys]
+            elif keys is not None:
+                self.failed[node] = "secagg setup: public keys that do not load, or repeat others'"
         return sorted(self.public_keys)
 
     def _read(self, node: int, stage: str, reply: Message, *keys: str) -> list[Any] | None:
@@ -186,7 +188,10 @@ class _Exchange:
     def _masked(self, node: int, reply: Message, shapes: list[tuple]) -> Vector | None:
         """The node's masked vector if it is what the protocol sends, else None (it failed)."""
         record = reply.content.array_records.get(m.SECAGG_MASKED)
-        vector = [] if record is None else [record[k].numpy() for k in record]
+        try:
+            vector = [] if record is None else [record[k].numpy() for k in record]
+        except (ValueError, TypeError):  # bytes that are not an array: as a missing vector
+            vector = []
         well_formed = [tuple(v.shape) for v in vector] == shapes and all(
             v.dtype == np.int64
             and v.min(initial=0) >= 0
@@ -224,20 +229,23 @@ class _Exchange:
                     f"secagg-threshold={threshold}"
                 )
             try:
-                secret = combine_shares(pieces)
-            except ValueError as err:
-                raise SecAggError(f"secagg: node {node}'s shares do not combine: {err}") from None
-            if node in survivors:  # its own mask
-                total = parameters_subtraction(total, self._prg(secret, dims))
-                continue
-            for other in sorted(self.neighbours[node] & alive):  # its masks with each survivor
-                shared = generate_shared_key(
-                    bytes_to_private_key(secret), bytes_to_public_key(self.public_keys[other][0])
-                )
-                mask = self._prg(shared, dims)
-                op = parameters_addition if node > other else parameters_subtraction
-                total = op(total, mask)
+                total = self._remove(node, combine_shares(pieces), alive, total, dims)
+            except (ValueError, TypeError) as err:  # shares of no key, or of a malformed one
+                raise SecAggError(f"secagg: node {node}'s masks cannot be removed: {err}") from None
         return parameters_mod(total, self.cfg.secagg_modulus)
+
+    def _remove(
+        self, node: int, secret: bytes, alive: set[int], total: Vector, dims: list[tuple[int, ...]]
+    ) -> Vector:
+        """`total` without a survivor's own mask, or a dropped node's masks with the survivors."""
+        if node in alive:
+            return parameters_subtraction(total, self._prg(secret, dims))
+        private = bytes_to_private_key(secret)
+        for other in sorted(self.neighbours[node] & alive):
+            shared = generate_shared_key(private, bytes_to_public_key(self.public_keys[other][0]))
+            op = parameters_addition if node > other else parameters_subtraction
+            total = op(total, self._prg(shared, dims))
+        return total
 
     def _prg(self, seed: bytes, dims: list[tuple[int, ...]]) -> Vector:
         return pseudo_rand_gen(seed, self.cfg.secagg_modulus, dims)
@@ -252,6 +260,19 @@ class _Exchange:
         shift = (survivors - 1) * cfg.secagg_clip  # each survivor's values were shifted by clip
         scale = cfg.secagg_quantization / weight
         return [(v - shift) * scale for v in values], weight / cfg.secagg_quantization
+
+
+def _valid_keys(keys: list[Any], known: dict[int, list[bytes]]) -> bool:
+    """Two distinct public keys that load, neither one another node already sent."""
+    if not all(isinstance(k, bytes) for k in keys) or keys[0] == keys[1]:
+        return False
+    taken = {k for pair in known.values() for k in pair}
+    try:
+        for k in keys:
+            bytes_to_public_key(k)
+    except (ValueError, TypeError):
+        return False
+    return not taken & set(keys)
 
 
 def _ring(nodes: list[int], shares: int, rng: random.Random) -> dict[int, set[int]]:
@@ -286,6 +307,10 @@ def secure_exchange(
         survivors, dropped = sorted(good), sorted(set(shared) - set(good))
         counts.update(keys=len(keyed), shared=len(shared), masked=len(survivors))
         counts["recovered"] = len(dropped)
+        if len(survivors) < cfg.min_clients:  # decided before anything is unmasked
+            raise SecAggError(
+                f"secagg: {len(survivors)} masked updates, min-clients={cfg.min_clients}"
+            )
         values, _ = run.mean(run.unmask(survivors, dropped, total), len(survivors))
         accepted = [_synthetic(reference, values, run.kind, survivors)]
     except SecAggError as err:

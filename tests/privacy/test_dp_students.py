@@ -184,3 +184,15 @@ def test_the_report_lists_every_release_the_total_covers():
     assert f"| student deep-tiny rounds | 1 | 2.000 | {student[0]['dp_epsilon']:.3f} |" in text
     alone = "\n".join(privacy_lines(ledger.summary(cfg, teacher)))
     assert "post-processing of the DP teacher" in alone and "| release |" not in alone
+
+
+def test_each_phase_is_noised_at_its_own_planned_noise():
+    from fedge.server.strategy import make_strategy
+
+    cfg = RunConfig(
+        rounds=5, dp="central", dp_epsilon=3.0, dp_teacher_epsilon=2.0, student="deep-tiny"
+    )
+    teacher, student = make_strategy(cfg), make_strategy(cfg, "student")
+    assert teacher.noise_multiplier == central_noise(cfg, "teacher")
+    assert student.noise_multiplier == central_noise(cfg, "student")
+    assert student.noise_multiplier > teacher.noise_multiplier  # the smaller share, more noise

@@ -51,9 +51,9 @@ def test_two_dropped_after_key_sharing_the_aggregate_is_fedavg_over_the_survivor
     stage = [msg.content.config_records[m.SECAGG] for msg in grid.sent if m.SECAGG in msg.content]
     groups = [sum(k.isdigit() for k in r) for r in stage if r.get("stage") == "share_keys"]
     assert groups == [shares or 10] * 10  # each node's keys go to its share group only
-    # the server never held one client's update: no train reply carried the model's arrays
-    replies = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
-    assert replies and all(m.SECAGG in msg.content.config_records for msg in replies)
+    # every train message the server sent asked for a masked reply (the replies: next test)
+    trains = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN]
+    assert trains and all(m.SECAGG in msg.content.config_records for msg in trains)
 
 
 def _survivor_sizes(cfg: RunConfig, dropped: list[int]) -> list[np.ndarray]:
@@ -97,8 +97,9 @@ def test_secure_aggregation_refuses_what_needs_each_update():
         ({"update_compression": "int8"}, "update-compression 'int8'"),
         ({"teacher_mode": "ensemble"}, "teacher-mode 'ensemble'"),
         ({"dp": "central"}, "dp central is not built"),
-        ({"secagg_threshold": 4}, "allowed 5 to 10"),
-        ({"secagg_threshold": 11}, "allowed 5 to 10"),
+        ({"secagg_threshold": 5}, "allowed 6 to 10"),  # exactly half is not a majority
+        ({"secagg_threshold": 11}, "allowed 6 to 10"),
+        ({"secagg_quantization": 1 << 31}, "below 2\\^31"),
         ({"secagg_modulus": 1 << 24}, "cannot hold the sum of 10"),
     ):
         with pytest.raises(ConfigError, match=match):
@@ -157,10 +158,56 @@ def test_a_node_refuses_a_threshold_under_half_its_shares():
         RecordDict({m.SECAGG: ConfigRecord(setup)}), dst_node_id=100, message_type=m.SECAGG_QUERY
     )
     (reply,) = grid.send_and_receive([msg])
-    assert reply.has_error() and "threshold 4 is under half of 10" in reply.error.reason
+    assert reply.has_error() and "threshold 4 is not over half of 10" in reply.error.reason
     setup[Key.THRESHOLD] = 6
     msg = Message(
         RecordDict({m.SECAGG: ConfigRecord(setup)}), dst_node_id=100, message_type=m.SECAGG_QUERY
     )
     (reply,) = grid.send_and_receive([msg])
     assert not reply.has_error() and Key.PUBLIC_KEY_1 in reply.content.config_records[m.SECAGG]
+
+
+class TamperingGrid(LocalGrid):
+    """A grid on which one node's replies of one SecAgg stage are replaced by `tamper(reply)`."""
+
+    def __init__(self, stage: str, tamper, node: int = 104, **kwargs) -> None:
+        super().__init__(client_app, **kwargs)
+        self.stage, self.tamper, self.node = stage, tamper, node
+
+    def _handle(self, msg):
+        reply = super()._handle(msg)
+        record = msg.content.config_records.get(m.SECAGG)
+        if msg.metadata.dst_node_id == self.node and record and record["stage"] == self.stage:
+            self.tamper(reply)
+        return reply
+
+
+def _garbage_keys(reply):
+    record = reply.content.config_records[m.SECAGG]
+    record["pk1"], record["pk2"] = b"not a key", b"nor this"
+
+
+def _garbage_vector(reply):
+    from flwr.app import Array
+
+    masked = reply.content.array_records[m.SECAGG_MASKED]
+    first = next(iter(masked))
+    masked[first] = Array(np.full(3, -5, dtype=np.int64))  # wrong shape, out of range
+
+
+@pytest.mark.parametrize(
+    ("stage", "tamper", "where"),
+    [
+        ("setup", _garbage_keys, "secagg setup"),
+        ("collect_masked_vectors", _garbage_vector, "collect"),
+    ],
+)
+def test_a_malformed_reply_fails_that_node_only(stage, tamper, where):
+    cfg = CFG.replace(secure_aggregation="secagg+", dropout_fraction=0.0)
+    grid = TamperingGrid(stage, tamper, num_nodes=cfg.clients)
+    secure, log, _ = _train(cfg, grid)
+    row = log.rounds[0]
+    assert row["clients_ok"] == 9 and row["skipped"] is None
+    (failed,) = row["clients_failed"]
+    assert failed["node_id"] == 104 and where in failed["reason"]
+    assert all(np.isfinite(v).all() for v in secure.values())
