@@ -196,3 +196,17 @@ def test_each_phase_is_noised_at_its_own_planned_noise():
     assert teacher.noise_multiplier == central_noise(cfg, "teacher")
     assert student.noise_multiplier == central_noise(cfg, "student")
     assert student.noise_multiplier > teacher.noise_multiplier  # the smaller share, more noise
+
+
+def test_central_noise_is_seeded_from_the_servers_key_not_the_run_seed():
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fedge.server.run import noise_secret
+
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    assert noise_secret(key) == noise_secret(key) != noise_secret(other)  # a resume: the same
+    assert len(noise_secret(key)) == 8 and all(0 <= w < 2**32 for w in noise_secret(key))
+    np.random.seed(noise_secret(key))
+    draw = np.random.normal(size=4)
+    np.random.seed(0)  # what a client could compute from the run's seed
+    assert not np.allclose(draw, np.random.normal(size=4))
