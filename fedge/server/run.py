@@ -24,7 +24,7 @@ from fedge.core.models import build_teacher, count_params
 from fedge.core.partition import Federation, build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights, weights_sha256
-from fedge.pipeline.chain.federate import recording
+from fedge.pipeline.chain.federate import FederatedTrainer, once_under_dp, recording
 from fedge.pipeline.chain.teacher_source import KdSource, global_source
 from fedge.pipeline.outputs.results import RunResults, run_results, write_run_outputs
 from fedge.pipeline.outputs.rows import ClientRow
@@ -82,8 +82,6 @@ def run_server(
     np.random.seed(cfg.seed)
     fed = build_federation(cfg)
     key = _start(cfg, run_dir)
-    if cfg.dp == "central":  # Flower's DP wrappers draw their noise from numpy's global RNG:
-        np.random.seed(noise_secret(key))  # from a secret, not the seed every client knows
     prep, classes = fed.dataset.preprocessing, fed.dataset.num_classes
     teacher = _teacher(cfg, prep.input_shape, classes)
     spec = model_spec(prep, classes)
@@ -100,11 +98,13 @@ def run_server(
         job = CompressionJob(cfg, source, fed, teacher_onnx, key, final_dir(run_dir).name)
         releases: list[Release] = [(TEACHER_RELEASE, training.rounds)]  # the privacy ledger's
         calls = ClientCalls(
-            student_rounds=lambda: recording(
+            student_rounds=lambda: _student_rounds(
                 flower_trainer(
                     grid, cfg, spec, final_sha256, fed.server.test, scalars, loop, releases
                 ),
+                cfg,
                 run_dir,
+                releases,
             ),
             node_profiles=lambda: tier_profiles(grid, cfg, node_tiers(grid, cfg, loop.nodes)),
         )
@@ -131,6 +131,17 @@ def run_server(
     return results
 
 
+def _student_rounds(
+    trainer: FederatedTrainer, cfg: RunConfig, run_dir: Path, releases: list[Release]
+) -> FederatedTrainer:
+    """The student's rounds as the run trains them: under DP, once per run (resumes included).
+
+    Each result is saved for `fedge compress` and the audit.
+    """
+    saving = recording(trainer, run_dir)
+    return saving if cfg.dp == "none" else once_under_dp(saving, run_dir, releases)
+
+
 def _teacher(cfg: RunConfig, input_shape: tuple[int, ...], classes: int) -> torch.nn.Module:
     """The teacher the rounds start from (logged with its size)."""
     teacher = build_teacher(input_shape, classes, cfg.seed, cfg.teacher)
@@ -140,12 +151,19 @@ def _teacher(cfg: RunConfig, input_shape: tuple[int, ...], classes: int) -> torc
 
 
 def _start(cfg: RunConfig, run_dir: Path) -> Ed25519PrivateKey:
-    """Check a resume against its checkpoints, or record the settings; the run's signing key."""
+    """Check a resume against its checkpoints, or record the settings; the run's signing key.
+
+    Under central DP numpy's global generator, which Flower's DP wrappers draw their noise
+    from, is seeded from a secret of that key, not from the seed every client knows.
+    """
     if cfg.resume:
         check_resumable(final_dir(run_dir), cfg)
     else:
         atomic_write_json(run_dir / RUN_CONFIG_FILE, cfg.to_run_config())
-    return signing_key(cfg, run_dir)
+    key = signing_key(cfg, run_dir)
+    if cfg.dp == "central":
+        np.random.seed(noise_secret(key))
+    return key
 
 
 def _kd_source(

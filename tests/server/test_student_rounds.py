@@ -115,3 +115,32 @@ def _distance(a, b) -> float:
     """Largest absolute difference between two models' weights."""
     wa, wb = get_weights(a), get_weights(b)
     return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
+def test_under_dp_a_resume_reuses_finished_student_rounds_and_refuses_started_ones(tmp_path):
+    from fedge.core.config import ConfigError
+    from fedge.pipeline.chain.federate import once_under_dp
+    from fedge.pipeline.outputs.rows import StudentRounds
+
+    calls = []
+    rows = [{"round": 3, "dp_epsilon": 2.5}]
+
+    def trainer(model, config):
+        calls.append(config.student)
+        return model, StudentRounds(rows, [], 10)
+
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    releases = []
+    first = once_under_dp(recording(trainer, tmp_path), tmp_path, releases)
+    first(copy.deepcopy(start), ROUNDS)  # trains, saves
+    assert not list((tmp_path / "federated").glob("*.started"))  # finished: only the result
+    resumed_releases = []
+    again = once_under_dp(recording(trainer, tmp_path), tmp_path, resumed_releases)
+    _, summary = again(copy.deepcopy(start), ROUNDS)  # a resume: reused, not trained again
+    assert calls == ["deep-tiny"] and summary.rounds == rows
+    assert resumed_releases == [("student deep-tiny rounds (an earlier try)", rows)]
+    other = FederateConfig("deep-tiny", 3, 2, 0.02, 0.5, 4.0, False, 16)
+    (tmp_path / "federated" / f"{result_key(start, other)}.started").write_bytes(b"")
+    with pytest.raises(ConfigError, match="started the student's federated rounds"):
+        again(copy.deepcopy(start), other)  # started, never finished: released, not again
+    assert calls == ["deep-tiny"]

@@ -15,6 +15,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -78,6 +79,39 @@ def saved(run_dir: Path) -> FederatedTrainer:
         return trained.eval(), dataclasses.replace(
             summary, replayed_from=f"{FEDERATED_DIR}/{path.name}"
         )
+
+    return train
+
+
+def once_under_dp(
+    trainer: FederatedTrainer, run_dir: Path, releases: list[tuple[str, list[dict[str, Any]]]]
+) -> FederatedTrainer:
+    """Under DP, each student's rounds run once per run, whatever resumes follow.
+
+    A resume reuses what an earlier try trained (its rounds join `releases`, the ledger's),
+    and refuses to train again rounds that started and did not finish: they were released,
+    and running them again would spend more than dp-epsilon.
+    """
+    reuse = saved(run_dir)
+
+    def train(model: nn.Module, config: FederateConfig) -> tuple[nn.Module, StudentRounds]:
+        key = result_key(model, config)
+        if (Path(run_dir) / FEDERATED_DIR / f"{key}.npz").is_file():
+            trained, summary = reuse(model, config)
+            releases.append((f"student {config.student} rounds (an earlier try)", summary.rounds))
+            return trained, summary
+        started = Path(run_dir) / FEDERATED_DIR / f"{key}.started"
+        if started.exists():
+            raise ConfigError(
+                f"an earlier try of this run started the student's federated rounds "
+                f"({config.student}) and did not finish them: under DP they were released, and "
+                "training them again would spend more than dp-epsilon; allowed: fedge compress "
+                "RUN --kd-source public (the trained teacher is kept), or a new run"
+            )
+        atomic_write_bytes(started, b"")
+        result = trainer(model, config)  # `recording` saved it: a resume reuses it
+        started.unlink(missing_ok=True)
+        return result
 
     return train
 
