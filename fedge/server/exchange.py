@@ -7,6 +7,7 @@ secure aggregation the server never sees one update: fedge.server.secagg gives t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,10 +50,12 @@ def plain_exchange(
     """Send the round's messages; decode and validate each reply."""
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     downlink, uplink = wire_bytes(messages), wire_bytes(replies)  # as sent, before decoding
-    by_node = replies_by_node(messages, replies)
-    ok = {n: r for n, r in by_node.items() if r is not None and not r.has_error()}
-    accepted, rejected = checked(cfg, ok, arrays, server_round)  # decodes the replies in place
-    return Collected(by_node, accepted, rejected, [c.node_id for c in accepted], downlink, uplink)
+    replied = Collected(replies_by_node(messages, replies), [], [], [], downlink, uplink)
+    accepted, rejected = checked(cfg, replied.ok, arrays, server_round)  # decodes in place
+    contributors = [c.node_id for c in accepted]
+    return dataclasses.replace(
+        replied, accepted=accepted, rejected=rejected, contributors=contributors
+    )
 
 
 def checked(
