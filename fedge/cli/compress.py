@@ -44,7 +44,8 @@ SweepPrune = Annotated[
     str | None, typer.Option(help="Sweep prune ratios, comma-separated (default 0,0.3,0.5).")
 ]
 SweepQuant = Annotated[
-    str | None, typer.Option(help="Sweep quantization: fp32,qdq,qoperator,dynamic (default: all).")
+    str | None,
+    typer.Option(help="Sweep quantization: fp32,qdq,qoperator,dynamic,weights (default: all)."),
 ]
 Search = Annotated[
     bool,

@@ -20,6 +20,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fedge.compression.distill import require_public_pool
 from fedge.compression.minify import minified_size
+from fedge.compression.weights import weight_only_int8
 from fedge.core.choices import QUANT_MODES
 from fedge.core.config import RunConfig
 from fedge.core.ort import make_session, session_accuracy, session_logits
@@ -37,7 +38,7 @@ CALIBRATIONS = {
 class QuantizeConfig:
     """How to quantize, and when to refuse int8 (built from the run's settings)."""
 
-    mode: str  # static (weights, activations) | dynamic (MatMul weights) | none (quant-mode)
+    mode: str  # static | weights (int8 weights only) | dynamic (MatMul weights) | none (quant-mode)
     format: str  # qdq | qoperator, static mode (quant-format)
     per_channel: bool  # per-output-channel weight scales, else one per tensor (quant-per-channel)
     calibration: str  # minmax | entropy | percentile, static mode (quant-calibration)
@@ -96,8 +97,10 @@ class _PoolReader(CalibrationDataReader):
 
 
 def quantize_int8(model_bytes: bytes, public_pool: PublicPool, config: QuantizeConfig) -> bytes:
-    """Static int8 quantization calibrated on the public pool; returns the int8 ONNX bytes."""
+    """int8 as `config.mode` asks (static: calibrated on the public pool); the int8 ONNX bytes."""
     require_public_pool(public_pool)
+    if config.mode == "weights":  # no activation ranges: the pool is not needed
+        return weight_only_int8(model_bytes, config.per_channel)
     calib = np.ascontiguousarray(public_pool.x[: config.calibration_samples], dtype=np.float32)
     input_name = make_session(model_bytes).get_inputs()[0].name
     with tempfile.TemporaryDirectory(prefix="fedge-quant-") as tmp:

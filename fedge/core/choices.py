@@ -21,7 +21,7 @@ STUDENTS = (
 # directly (the baseline distillation has to beat).
 TEACHERS = ("cnn", "linear", *STUDENTS)
 QUANT_FORMATS = ("qdq", "qoperator")
-QUANT_MODES = ("static", "dynamic", "none")
+QUANT_MODES = ("static", "weights", "dynamic", "none")
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 QAT_MODES = ("off", "fallback", "always")
 TEACHER_MODES = ("global", "ensemble")

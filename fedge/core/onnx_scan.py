@@ -45,6 +45,7 @@ CONTAINS: dict[str, dict[int, tuple[str, str]]] = {
     TENSOR: {},
 }
 TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 13, 14
+NODE_OP_TYPE = 4  # NodeProto.op_type
 NAMES = {GRAPH: 2, NODE: 3, ATTRIBUTE: 1, FUNCTION: 1}  # the `name` field, for error messages
 
 
@@ -145,3 +146,18 @@ def external_data_refs(model: bytes) -> list[str]:
 def has_graph(model: bytes) -> bool:
     """Whether the bytes hold a ModelProto with a graph (what onnxruntime needs to run it)."""
     return any(field == 7 and wire == 2 for field, wire, _ in _fields(memoryview(model)))
+
+
+def op_types(model: bytes) -> set[str]:
+    """The op types of the main graph's nodes (ModelProto.graph.node[*].op_type)."""
+    ops: set[str] = set()
+    for field, wire, graph in _fields(memoryview(model)):
+        if field != 7 or wire != 2 or not isinstance(graph, memoryview):
+            continue
+        for g_field, g_wire, node in _fields(graph):
+            if g_field != 1 or g_wire != 2 or not isinstance(node, memoryview):
+                continue
+            for n_field, n_wire, value in _fields(node):
+                if n_field == NODE_OP_TYPE and n_wire == 2 and isinstance(value, memoryview):
+                    ops.add(bytes(value[:128]).decode(errors="replace"))
+    return ops

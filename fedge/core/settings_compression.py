@@ -156,7 +156,8 @@ class CompressionSettings:
     )
     quant_mode: str = setting(
         "static",
-        "dynamic (MatMul weights only) | static | none (fp32)",
+        "static (int8 weights and activations) | weights (int8 weights, dequantized when the "
+        "model loads: int8's size, fp32's kernels) | dynamic (MatMul weights only) | none (fp32)",
         choices=choices.QUANT_MODES,
         compress=True,
     )

@@ -10,7 +10,7 @@ COMPRESS_CASES = [
     (["{empty}"], "is not a finished fedge run with a teacher: results.json is missing"),
     (["{missing}"], "is not a finished fedge run with a teacher: results.json is missing"),
     ([RUN, "--prune-ratio", "1.5"], "prune-ratio must be in [0, 1), got 1.5"),
-    ([RUN, "--quant-mode", "fp16"], "unknown quant-mode 'fp16'; allowed: static, dynamic"),
+    ([RUN, "--quant-mode", "fp16"], "unknown quant-mode 'fp16'; allowed: static, weights, dynamic"),
     ([RUN, "--sparsity", "1"], "sparsity must be in [0, 1), got 1.0"),
     (
         [RUN, "--sweep", "--sweep-quant", "fp32,int4"],

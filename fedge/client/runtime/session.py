@@ -7,6 +7,8 @@ import tempfile
 
 import onnxruntime as ort
 
+from fedge.core.ort import cpu_options
+
 # onnxruntime has no switch that turns external data off. Loaded from bytes, it resolves
 # external-data paths against the working directory, `../` included (checked with 1.32). This
 # entry points it at a fresh empty directory instead; onnxruntime (>= 1.24) refuses paths that
@@ -23,11 +25,7 @@ def device_session(model_bytes: bytes) -> ort.InferenceSession:
     external data resolved in an empty private directory, so any reference fails to load.
     Raises onnxruntime's own exceptions when the model does not load.
     """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = cpu_options(model_bytes)
     options.log_severity_level = 4  # errors reach the caller as exceptions
     options.add_session_config_entry(LOAD_FORMAT, "ONNX")
     empty = tempfile.mkdtemp(prefix="fedge-no-external-data-")

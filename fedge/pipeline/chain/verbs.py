@@ -120,12 +120,15 @@ def run_quantize(work: Work, config: QuantizeConfig, inputs: Inputs) -> Work:
     if config.mode == "none":
         log.info("quantization: none requested (quant-mode none); the student ships fp32")
     else:
+        what = {
+            "static": f" ({config.format}, calibration {config.calibration})",
+            "weights": " (Conv/Gemm/MatMul weights, dequantized when the model loads)",
+            "dynamic": " (MatMul weights)",
+        }
         log.info(
             "quantization: %s int8%s, per-channel=%s",
             config.mode,
-            f" ({config.format}, calibration {config.calibration})"
-            if config.mode == "static"
-            else " (MatMul weights)",
+            what[config.mode],
             config.per_channel,
         )
     quant = quantize(work.onnx, inputs.public_pool, inputs.val, config)

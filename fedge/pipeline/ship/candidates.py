@@ -37,6 +37,7 @@ QUANT_CHOICES: dict[str, dict[str, Any]] = {
     "qdq": {"quant-mode": "static", "quant-format": "qdq"},
     "qoperator": {"quant-mode": "static", "quant-format": "qoperator"},
     "dynamic": {"quant-mode": "dynamic"},
+    "weights": {"quant-mode": "weights"},
 }
 DEFAULT_SWEEP_DROP = 1.0  # points: the limit a sweep chooses under when none is given
 

@@ -1,0 +1,122 @@
+"""Weight-only int8 (quant-mode weights): differential against fp32, folded when sessions load."""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from fedge.client.runtime.session import device_session
+from fedge.compression.export import ExportConfig, export_onnx
+from fedge.compression.quantize import quantize
+from fedge.compression.weights import weight_only_int8
+from fedge.core import onnx_scan
+from fedge.core.models import build_student
+from fedge.core.ort import FOLD_QDQ, cpu_options, make_session, session_accuracy, weight_only
+from tests.compression.configs import SHAPE, STATIC
+
+WEIGHTS = dataclasses.replace(STATIC, mode="weights")
+
+
+@pytest.fixture(scope="module")
+def fp32(teacher) -> bytes:
+    return export_onnx(teacher, SHAPE, ExportConfig())
+
+
+def test_weight_only_model_is_int8_sized_and_answers_as_fp32(fp32, digits_fed):
+    int8 = weight_only_int8(fp32)
+    assert len(int8) < len(fp32) / 3
+    x = digits_fed.server.test.x
+    logits = make_session(fp32).run(None, {"input": x})[0]
+    int8_logits = make_session(int8).run(None, {"input": x})[0]
+    # Only weights are rounded (to 1/254 of each channel's range): logits move a little, the
+    # classes of the test split almost never.
+    assert np.abs(logits - int8_logits).max() < 0.05 * np.abs(logits).max()
+    assert (logits.argmax(1) != int8_logits.argmax(1)).mean() <= 0.01
+
+
+def test_only_weights_are_int8_and_activations_stay_float(fp32):
+    proto = onnx.load_from_string(weight_only_int8(fp32))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 4  # 2 convs, 2 linears
+    int8 = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    weights = [numpy_helper.to_array(t) for t in int8 if t.name.endswith("_int8")]
+    assert len(weights) == 4 and all(
+        np.abs(w).max() == 127 for w in weights
+    )  # symmetric, full range
+    floats = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    assert all(numpy_helper.to_array(t).ndim <= 1 for t in floats)  # biases and scales only
+
+
+def test_per_channel_scales_have_one_scale_per_output_channel(fp32):
+    def scales(model: bytes) -> list[int]:
+        proto = onnx.load_from_string(model)
+        return [
+            numpy_helper.to_array(t).size
+            for t in proto.graph.initializer
+            if t.name.endswith("_scale")
+        ]
+
+    assert scales(weight_only_int8(fp32, per_channel=True)) == [32, 64, 256, 10]
+    assert scales(weight_only_int8(fp32, per_channel=False)) == [1, 1, 1, 1]
+
+
+def test_sessions_fold_weight_only_models_and_no_other(fp32, digits_fed):
+    int8 = weight_only_int8(fp32)
+    static = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val, STATIC)
+    assert static.quantized
+    static = static.model_bytes
+    assert weight_only(int8) and not weight_only(fp32) and not weight_only(static)
+    assert cpu_options(int8).get_session_config_entry(FOLD_QDQ) == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        cpu_options(static).get_session_config_entry(FOLD_QDQ)
+    assert not weight_only(b"\xff not a protobuf")  # onnxruntime refuses such bytes itself
+
+
+def test_folding_leaves_no_dequantize_node_at_run_time(fp32, tmp_path):
+    import onnxruntime as ort
+
+    int8 = weight_only_int8(fp32)
+
+    def optimized_ops(options: ort.SessionOptions) -> set[str]:
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(int8, options, providers=["CPUExecutionProvider"])
+        return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert "DequantizeLinear" not in optimized_ops(cpu_options(int8))  # fp32 weights, fp32 kernels
+    unfolded = ort.SessionOptions()
+    unfolded.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert "DequantizeLinear" in optimized_ops(unfolded)  # what onnxruntime does by default
+
+
+def test_device_session_gives_the_servers_answers(fp32, digits_fed):
+    int8 = weight_only_int8(fp32)
+    x = digits_fed.server.test.x
+    server = make_session(int8).run(None, {"input": x})[0]
+    device = device_session(int8).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(server, device)
+
+
+def test_quantize_ships_weights_mode_through_the_same_guard(fp32, digits_fed):
+    result = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val, WEIGHTS)
+    assert result.quantized and "int8 accepted" in result.reason
+    assert weight_only(result.model_bytes)
+    test = digits_fed.server.test
+    fp32_acc = session_accuracy(make_session(fp32), test.x, test.y)
+    assert (
+        abs(session_accuracy(make_session(result.model_bytes), test.x, test.y) - fp32_acc) <= 0.01
+    )
+
+
+def test_a_model_without_weights_is_refused():
+    student = build_student((16,), 10, "tiny", 0)
+    fp32 = export_onnx(student, (16,), ExportConfig())
+    proto = onnx.load_from_string(weight_only_int8(fp32))  # an MLP: Gemm weights
+    assert {n.op_type for n in proto.graph.node} >= {"DequantizeLinear", "Gemm"}
+    with pytest.raises(ValueError, match="no Conv, Gemm or MatMul weight"):
+        weight_only_int8(weight_only_int8(fp32))  # already int8: nothing float left
+
+
+def test_op_types_reads_the_main_graph(fp32):
+    assert onnx_scan.op_types(fp32) == {n.op_type for n in onnx.load_from_string(fp32).graph.node}
