@@ -33,25 +33,37 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from measure import run_measured
 from scipy import stats
 
+from fedge.compression.minify import minified_size
+from fedge.compression.quantize import QuantizeConfig, quantize
 from fedge.core.augment import teacher_view
 from fedge.core.config import RunConfig
 from fedge.core.models import build_teacher
-from fedge.core.ort import interleaved_latency_us, make_session, session_call
-from fedge.core.partition import build_federation, client_data
+from fedge.core.ort import (
+    cpu_options,
+    interleaved_latency_us,
+    make_session,
+    session_accuracy,
+    session_call,
+)
+from fedge.core.partition import PublicPool, Split, build_federation, client_data
 from fedge.core.training import epochs_of_batches, evaluate
 
-# The fmnist federation: more rounds than the default run's 10 (FedAvg on Dirichlet 0.5 was at
-# 86 % after 10 rounds, 89 % after 30), the separable student first among the candidates (the
-# microcontroller-sized one: its row says what it reaches even when another ships).
-MCU_STUDENT = "ds-small"
-DATASET_SETTINGS = {
-    "fmnist": ["--rounds", "40", "--auto-students", f"{MCU_STUDENT},deep-small,deep-medium"],
-}
-FMNIST_MEANS = ("centralized_accuracy", "mcu_student_accuracy", "mcu_student_bytes")
+# The fmnist federation and recipe: simulations/fmnist.toml (40 rounds; the separable student
+# in weight-only int8). Its microcontroller figure is the shipped student with int8
+# activations too (mcu_student).
+FMNIST_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "fmnist.toml"
+DATASET_SETTINGS = {"fmnist": ["--scenario", str(FMNIST_SCENARIO)]}
+FMNIST_MEANS = (
+    "centralized_accuracy",
+    "centralized_flip_shift_accuracy",
+    "mcu_student_accuracy",
+    "mcu_student_bytes",
+)
 MEANS = (
     "size_ratio",
     "accuracy_drop_pt",
@@ -79,7 +91,26 @@ def fedge(*args: str, log: Path) -> None:
         raise RuntimeError(f"fedge {' '.join(args)} failed:\n{log.read_text()[-3000:]}")
 
 
-REUSE = {"runs": False}  # --reuse: a finished run kept in --work is read, not run again
+REUSE = {"runs": False, "teachers": False}  # --reuse, --reuse-teachers
+SKIP: set[str] = set()  # --skip: parts not measured this time (direct, default-run)
+
+
+def recompress(kept: Path, settings: list[str], out: Path, log: Path) -> dict[str, Any]:
+    """`fedge compress` of a kept run's teacher with `settings`: the run's figures, new student.
+
+    The teacher, its training traffic and training time are the kept run's; the student, its
+    bytes and the compression time are new. `wall_s`: the kept training plus this compression.
+    """
+    start = time.monotonic()
+    if not (REUSE["runs"] and (out / "results.json").is_file()):
+        fedge("compress", str(kept), *settings, "--out", str(out), log=log)
+    results = json.loads((out / "results.json").read_text())
+    source = json.loads((kept / "results.json").read_text())
+    results["communication"] = {**source["communication"], "student_train_bytes": 0}
+    results["wall_s"] = source["timing_s"]["training"] + (time.monotonic() - start)
+    if results.get("student_rounds"):
+        raise ValueError("--reuse-teachers measures students distilled on the public pool only")
+    return results
 
 
 def simulate(dataset: str, seed: int, settings: list[str], out: Path, log: Path) -> dict[str, Any]:
@@ -95,15 +126,19 @@ def simulate(dataset: str, seed: int, settings: list[str], out: Path, log: Path)
     return results
 
 
-def latency(run: Path) -> dict[str, float]:
-    """Teacher in torch eager and onnxruntime vs the shipped student, interleaved, one thread."""
+def latency(run: Path, teacher_onnx: Path | None = None) -> dict[str, float]:
+    """Teacher in torch eager and onnxruntime vs the shipped student, interleaved, one thread.
+
+    `teacher_onnx`: where the teacher is when `run` is a `fedge compress` output (default:
+    the run's own teacher.onnx).
+    """
     cfg = RunConfig.from_run_config(json.loads((run / "results.json").read_text())["config"])
     fed = build_federation(cfg)
     prep = fed.dataset.preprocessing
     torch.set_num_threads(1)
     # Latency does not depend on the weights' values: an untrained teacher of the same shape.
     teacher = build_teacher(prep.input_shape, fed.dataset.num_classes, cfg.seed, cfg.teacher).eval()
-    teacher_ort = make_session((run / "teacher.onnx").read_bytes())
+    teacher_ort = make_session((teacher_onnx or run / "teacher.onnx").read_bytes())
     student = make_session((run / "bundle" / "model.onnx").read_bytes())
     x = fed.server.test.x
     figures = {}
@@ -128,12 +163,13 @@ def latency(run: Path) -> dict[str, float]:
     return figures
 
 
-def centralized(run: Path) -> dict[str, Any]:
+def centralized(run: Path, views: str | None = None) -> float:
     """The teacher's architecture trained in one process on every client's training data.
 
     As many samples as the federated teacher's clients trained in all, with their optimizer
-    (SGD, momentum 0.9, the run's lr and batch size) and augmentation, and a cosine-decayed
-    learning rate (how a model is trained centrally): what federation costs, side by side.
+    (SGD, momentum 0.9, the run's lr and batch size) and augmentation (or `views`, an
+    `augment` value), and a cosine-decayed learning rate (how a model is trained centrally):
+    what federation costs, side by side. Returns its test accuracy.
     """
     cfg = RunConfig.from_run_config(json.loads((run / "results.json").read_text())["config"])
     fed = build_federation(cfg)
@@ -154,7 +190,7 @@ def centralized(run: Path) -> dict[str, Any]:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(cfg.seed)
-    view = teacher_view(cfg.augment)  # the clients' augmentation
+    view = teacher_view(views or cfg.augment)  # the clients' augmentation, unless told
     start, done = time.monotonic(), 0
     model.train()
     while done < steps:
@@ -167,35 +203,67 @@ def centralized(run: Path) -> dict[str, Any]:
             done += 1
             if done == steps:
                 break
+    accuracy = evaluate(model, fed.server.test.x, fed.server.test.y)[1]
+    print(f"centralized ({views or cfg.augment}, {samples} samples): {100 * accuracy:.2f} % in "
+          f"{time.monotonic() - start:.0f} s", flush=True)  # fmt: skip
+    return float(accuracy)
+
+
+def mcu_student(run: Path) -> dict[str, Any]:
+    """The shipped student with int8 activations too: what a microcontroller's int8 kernels run.
+
+    The shipped weight-only int8 model is folded to fp32 by onnxruntime (its weights already on
+    the int8 grid), then quantized static (QDQ, per channel, calibrated on the raw public pool,
+    as `quant-mode static` does) and measured on the raw test split.
+    """
+    cfg = RunConfig.from_run_config(json.loads((run / "results.json").read_text())["config"])
+    fed = build_federation(cfg)
+    prep = fed.dataset.preprocessing
+    options = cpu_options(shipped := (run / "bundle" / "model.onnx").read_bytes())
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with tempfile.TemporaryDirectory(prefix="fedge-mcu-") as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "fp32.onnx")
+        ort.InferenceSession(shipped, options, providers=["CPUExecutionProvider"])
+        fp32 = Path(options.optimized_model_filepath).read_bytes()
+    pool = PublicPool(x=prep.invert(fed.server.public_pool.x))
+    val = Split(x=prep.invert(fed.server.val.x), y=fed.server.val.y)
+    static = QuantizeConfig.from_run(cfg.replace(quant_mode="static", quant_format="qdq"))
+    result = quantize(fp32, pool, val, static)
+    test = fed.server.test
     return {
-        "centralized_accuracy": evaluate(model, fed.server.test.x, fed.server.test.y)[1],
-        "centralized_samples": samples,
-        "centralized_seconds": time.monotonic() - start,
+        "mcu_student_accuracy": session_accuracy(
+            make_session(result.model_bytes), prep.invert(test.x), test.y
+        ),
+        "mcu_student_bytes": minified_size(result.model_bytes),
+        "mcu_student_int8": result.quantized,
+        "mcu_student_reason": result.reason,
     }
-
-
-def candidate(run: dict[str, Any], student: str) -> dict[str, Any] | None:
-    """A candidate's row in the run's choice (its test accuracy and bytes), if it was tried."""
-    rows = (run.get("choice") or {}).get("candidates", [])
-    return next((row for row in rows if row["student"] == student), None)
 
 
 def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path) -> dict[str, Any]:
     settings = [*DATASET_SETTINGS.get(dataset, []), *settings]
-    run = simulate(dataset, seed, settings, work / f"{dataset}-{seed}", log)
+    kept, teacher_onnx = work / f"{dataset}-{seed}", None
+    if REUSE["teachers"]:
+        run_dir = work / f"{dataset}-{seed}-recompressed"
+        run = recompress(kept, settings, run_dir, log)
+        teacher_onnx = kept / "teacher.onnx"
+    else:
+        run_dir = kept
+        run = simulate(dataset, seed, settings, run_dir, log)
     student_name = run["student"]["architecture"]
-    direct_settings = [*settings, "--teacher", student_name, "--kd-source", "public"]
-    direct_settings += ["--kd-epochs", "1", "--quant-mode", "none", "--qat", "off"]
-    direct_settings += ["--student-max-drop", "100"]  # only its teacher is measured
-    direct = simulate(dataset, seed, direct_settings, work / f"{dataset}-{seed}-direct", log)
+    direct_dir = work / f"{dataset}-{seed}-direct"
+    direct = None
+    if "direct" not in SKIP:
+        direct_settings = [*settings, "--teacher", student_name, "--kd-source", "public"]
+        direct_settings += ["--kd-epochs", "1", "--quant-mode", "none", "--qat", "off"]
+        direct_settings += ["--student-max-drop", "100"]  # only its teacher is measured
+        direct = simulate(dataset, seed, direct_settings, direct_dir, log)
     teacher, student = run["teacher"]["accuracy"], run["student"]["accuracy"]
     extra: dict[str, Any] = {}
     if dataset == "fmnist":
-        extra.update(centralized(work / f"{dataset}-{seed}"))
-        mcu = candidate(run, MCU_STUDENT)
-        extra["mcu_student"] = MCU_STUDENT
-        extra["mcu_student_accuracy"] = mcu["test_accuracy"] if mcu else None
-        extra["mcu_student_bytes"] = mcu["bytes"] if mcu else None
+        extra["centralized_accuracy"] = centralized(kept)
+        extra["centralized_flip_shift_accuracy"] = centralized(kept, "flip-shift")
+        extra.update(mcu_student(run_dir))
     return {
         **extra,
         "dataset": dataset,
@@ -218,11 +286,13 @@ def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path
         "choice": run.get("choice"),
         "train_bytes": run["communication"]["train_bytes"],
         "student_train_bytes": run["communication"].get("student_train_bytes", 0),
-        "direct_student_accuracy": direct["teacher"]["accuracy"],
-        "direct_train_bytes": direct["communication"]["train_bytes"],
-        "kd_gain_pt": 100 * (student - direct["teacher"]["accuracy"]),
+        "direct_student_accuracy": direct["teacher"]["accuracy"] if direct else None,
+        "direct_train_bytes": direct["communication"]["train_bytes"] if direct else None,
+        "kd_gain_pt": 100 * (student - direct["teacher"]["accuracy"]) if direct else None,
         "wall_s": run["wall_s"],
-        **latency(work / f"{dataset}-{seed}"),
+        "run": run_dir.name,  # where latency is re-measured (--latency-only)
+        "teacher_run": kept.name,
+        **latency(run_dir, teacher_onnx),
     }
 
 
@@ -308,7 +378,9 @@ def remeasure(path: Path, work: Path) -> None:
     out = json.loads(path.read_text())
     for dataset, summary in out["datasets"].items():
         for row in summary["seeds"]:
-            row.update(latency(work / f"{dataset}-{row['seed']}"))
+            kept = work / row.get("teacher_run", f"{dataset}-{row['seed']}")
+            run = work / row.get("run", kept.name)
+            row.update(latency(run, kept / "teacher.onnx"))
         for key in (k for k in MEANS if k.startswith("speedup")):
             summary[key] = float(np.mean([r[key] for r in summary["seeds"]]))
         print(
@@ -346,8 +418,28 @@ def main() -> None:
         help="read the finished runs an interrupted benchmark kept in --work instead of running "
         "them again (the centralized reference, latency and the default run are measured anew)",
     )
+    parser.add_argument(
+        "--reuse-teachers",
+        action="store_true",
+        help="compress anew (fedge compress, this benchmark's settings) the teachers of the runs "
+        "an earlier benchmark kept in --work, instead of training them again: for a change that "
+        "moves compression only (say in the note how you checked the teachers are still what "
+        "fedge simulate trains)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts not to measure: direct (the student federated directly), "
+        "default-run (fmnist's default fedge simulate)",
+    )
     args = parser.parse_args()
     REUSE["runs"] = args.reuse
+    REUSE["teachers"] = args.reuse_teachers
+    SKIP.update(part for part in args.skip.split(",") if part)
+    if SKIP - {"direct", "default-run"}:
+        parser.error(f"--skip {args.skip!r}; allowed: direct, default-run")
+    if args.reuse_teachers and args.work is None:
+        parser.error("--reuse-teachers needs --work: the directory that kept the runs")
     if args.latency_only:
         if args.work is None:
             parser.error("--latency-only needs --work: the directory that kept the runs")
@@ -363,7 +455,12 @@ def main() -> None:
         "config": {
             "settings": args.set,
             "seeds": args.seeds,
-            "federation": "10 clients, Dirichlet alpha 0.5, defaults otherwise",
+            "federation": "10 clients, Dirichlet alpha 0.5, defaults otherwise (fmnist: "
+            "simulations/fmnist.toml)",
+            "teachers": "reused: fedge compress of the kept runs' teachers"
+            if args.reuse_teachers
+            else "trained",
+            "skipped": sorted(SKIP),
             "threads": 1,
             "machine": platform.platform(),
             "work": work.name,  # the runs' directory (--work), by name: no machine's path
@@ -378,10 +475,12 @@ def main() -> None:
         for seed in range(args.seeds):
             row = one_seed(dataset, seed, settings, work, log)
             rows.append(row)
+            direct = row["direct_student_accuracy"]
             print(
                 f"{dataset:8} {seed:4d} {100 * row['teacher_accuracy']:7.2f}% "
-                f"{100 * row['student_accuracy']:7.2f}% {100 * row['direct_student_accuracy']:7.2f}% "
-                f"{row['student_bytes']:7d} {row['size_ratio']:6.1f} {row['accuracy_drop_pt']:6.2f}",
+                f"{100 * row['student_accuracy']:7.2f}% "
+                + (f"{100 * direct:7.2f}% " if direct is not None else "      - ")
+                + f"{row['student_bytes']:7d} {row['size_ratio']:6.1f} {row['accuracy_drop_pt']:6.2f}",
                 flush=True,
             )
         reproduced = (
@@ -392,7 +491,7 @@ def main() -> None:
             )
         )
         summary = {**summarize(rows), **reproduced}
-        if dataset == "fmnist":  # the 10-minute, 4 GB goal of a default run, on its own
+        if dataset == "fmnist" and "default-run" not in SKIP:  # the 10-minute, 4 GB goal
             summary.update(default_run(dataset, work, log))
         if args.audit_seed >= 0:
             summary.update(leakage(dataset, args.audit_seed, args.shadows, work, log))
@@ -404,7 +503,7 @@ def main() -> None:
             f"{dataset}: size_ratio {s['size_ratio']:.1f} (min {s['size_ratio_min']:.1f}), "
             f"accuracy_drop_pt {s['accuracy_drop_pt']:.2f} (worst {s['accuracy_drop_pt_max']:.2f}, "
             f"ci95 {s['accuracy_drop_pt_ci95'][0]:.2f}..{s['accuracy_drop_pt_ci95'][1]:.2f}), "
-            f"kd_gain_pt {s['kd_gain_pt']:.2f}, reproducible {s.get('reproducible')}/"
+            f"kd_gain_pt {s.get('kd_gain_pt')}, reproducible {s.get('reproducible')}/"
             f"{s.get('compress_reproducible')}, student_tpr_ratio {s.get('student_tpr_ratio')}"
         )
 
