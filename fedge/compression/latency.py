@@ -26,6 +26,7 @@ from onnx import shape_inference
 from scipy.optimize import nnls
 
 from fedge.compression.resources import batch_one_copy
+from fedge.core.ort import cpu_options, weight_only
 from fedge.core.profile import PROBE_DIR, Profile, probe_index
 
 FEATURES = ("session", "nodes", "macs_fp32", "macs_int8", "elements")
@@ -50,7 +51,8 @@ class Graph:
 def graph_of(model: bytes) -> Graph:
     """Node count after onnxruntime's optimisations; MACs and activation elements at batch 1."""
     proto = onnx.load_from_string(model)
-    int8 = any(node.op_type in QUANTIZED for node in proto.graph.node)
+    # Weight-only int8 runs fp32 kernels: its weights are folded when the session loads.
+    int8 = not weight_only(model) and any(n.op_type in QUANTIZED for n in proto.graph.node)
     inferred = shape_inference.infer_shapes(batch_one_copy(proto))
     shapes = {v.name: _dims(v) for v in inferred.graph.value_info}
     shapes |= {v.name: _dims(v) for v in (*inferred.graph.input, *inferred.graph.output)}
@@ -82,7 +84,7 @@ def _trans_b(node: onnx.NodeProto) -> bool:
 
 
 def _optimized_nodes(model: bytes) -> int:
-    options = ort.SessionOptions()
+    options = cpu_options(model)  # as sessions load it (weight-only int8: folded)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.log_severity_level = 3
     with tempfile.TemporaryDirectory(prefix="fedge-latency-") as tmp:

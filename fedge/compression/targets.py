@@ -16,6 +16,8 @@ from onnxruntime.tools.onnx_model_utils import (
     optimize_model,
 )
 
+from fedge.core.ort import FOLD_QDQ, weight_only
+
 # Phones are ARM: int8 QDQ fusions allowed, no x86-only NCHWc layout (the converter's "arm").
 ORT_SAVE_OPTIONS = {
     "session.save_model_format": "ORT",
@@ -129,6 +131,8 @@ def to_ort(model_bytes: bytes) -> bytes:
     options.log_severity_level = 3  # errors only: the exception carries the reason
     for key, value in ORT_SAVE_OPTIONS.items():
         options.add_session_config_entry(key, value)
+    if weight_only(model_bytes):  # saved folded: fp32 weights (larger), no dequantize per call
+        options.add_session_config_entry(FOLD_QDQ, "1")
     with tempfile.TemporaryDirectory(prefix="fedge-ort-") as tmp:
         out = Path(tmp) / "model.ort"
         options.optimized_model_filepath = str(out)

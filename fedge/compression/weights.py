@@ -12,12 +12,20 @@ WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 INT8 = onnx.TensorProto.INT8
 
 
-def _channel_axis(node: onnx.NodeProto) -> int:
-    """Conv (out, in, k...) and Gemm with transB (out, in): 0; MatMul and plain Gemm (in, out): 1."""
+MIN_OPSET = 13  # DequantizeLinear's `axis` (per-channel scales)
+
+
+def _channel_axis(node: onnx.NodeProto, ndim: int) -> int:
+    """The output channels' axis of a weight with `ndim` dimensions.
+
+    Conv (out, in, k...) and Gemm with transB (out, in): 0; plain Gemm (in, out): 1; MatMul
+    (..., in, out): the last.
+    """
     if node.op_type == "Conv":
         return 0
-    trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-    return 0 if node.op_type == "Gemm" and trans_b else 1
+    if node.op_type == "Gemm":
+        return 0 if any(a.name == "transB" and a.i == 1 for a in node.attribute) else 1
+    return ndim - 1
 
 
 def _quantize(weight: np.ndarray, axis: int, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +55,12 @@ def weight_only_int8(model_bytes: bytes, per_channel: bool = True) -> bytes:
     """
     proto = onnx.load_from_string(model_bytes)
     graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ValueError(f"weight-only int8 needs opset >= {MIN_OPSET}, the model has {opset}")
     initializers = {t.name: t for t in graph.initializer}
+    inputs = {i.name for i in graph.input}  # an initializer that is also an input is a default
+    taken = _names(graph)
     dequantize: list[onnx.NodeProto] = []
     done: set[str] = set()
     for node in graph.node:
@@ -55,27 +68,27 @@ def weight_only_int8(model_bytes: bytes, per_channel: bool = True) -> bytes:
             continue
         name = node.input[1]
         tensor = initializers.get(name)
-        if name in done or tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+        if name in done or name in inputs or tensor is None:
+            continue
+        if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
         weight = numpy_helper.to_array(tensor)
         if weight.ndim < 2:
             continue
-        axis = _channel_axis(node)
+        axis = _channel_axis(node, weight.ndim)
         values, scales = _quantize(weight, axis, per_channel)
+        q_name, s_name, z_name, node_name = (
+            _fresh(f"{name}_{part}", taken) for part in ("int8", "scale", "zero", "dequantize")
+        )
         graph.initializer.remove(tensor)
         graph.initializer.extend(
             [
-                numpy_helper.from_array(values, f"{name}_int8"),
-                numpy_helper.from_array(scales, f"{name}_scale"),
-                numpy_helper.from_array(np.zeros_like(scales, dtype=np.int8), f"{name}_zero"),
+                numpy_helper.from_array(values, q_name),
+                numpy_helper.from_array(scales, s_name),
+                numpy_helper.from_array(np.zeros_like(scales, dtype=np.int8), z_name),
             ]
         )
-        dq = helper.make_node(
-            "DequantizeLinear",
-            [f"{name}_int8", f"{name}_scale", f"{name}_zero"],
-            [name],
-            name=f"{name}_dequantize",
-        )
+        dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [name], name=node_name)
         if per_channel:
             dq.attribute.append(helper.make_attribute("axis", axis))
         dequantize.append(dq)
@@ -85,5 +98,27 @@ def weight_only_int8(model_bytes: bytes, per_channel: bool = True) -> bytes:
     nodes = [*dequantize, *graph.node]  # the weights first: the graph stays topologically sorted
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.checker.check_model(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:  # the caller ships fp32 on ValueError
+        raise ValueError(f"weight-only int8 made an invalid graph: {err}") from None
     return proto.SerializeToString()
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name the graph uses."""
+    names = {t.name for t in graph.initializer} | {v.name for v in graph.input}
+    names |= {v.name for v in graph.output} | {v.name for v in graph.value_info}
+    for node in graph.node:
+        names |= {node.name, *node.input, *node.output}
+    return names
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """`name`, or `name_2`, `name_3`, ...: the first the graph does not use yet (then taken)."""
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    taken.add(candidate)
+    return candidate

@@ -120,3 +120,109 @@ def test_a_model_without_weights_is_refused():
 
 def test_op_types_reads_the_main_graph(fp32):
     assert onnx_scan.op_types(fp32) == {n.op_type for n in onnx.load_from_string(fp32).graph.node}
+
+
+def _graph(nodes, inputs, initializers, opset: int = 17) -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None])
+    graph = helper.make_graph(nodes, "g", [x, *inputs], [y], initializer=initializers)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)]
+    ).SerializeToString()
+
+
+def _weight(shape, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    # Each output column on its own scale: a wrong channel axis shows as a large error.
+    return (rng.normal(size=shape) * np.logspace(-2, 1, shape[-1])).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "shape"),
+    [("Gemm", {}, (4, 5)), ("Gemm", {"transB": 1}, (5, 4)), ("MatMul", {}, (4, 5))],
+)
+def test_every_weight_layout_keeps_each_output_channel_within_its_rounding(op, attrs, shape):
+    from onnx import helper
+
+    w = _weight(shape)
+    model = _graph(
+        [helper.make_node(op, ["x", "w"], ["y"], **attrs)], [], [numpy_helper.from_array(w, "w")]
+    )
+    x = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    exact = make_session(model).run(None, {"x": x})[0]
+    rounded = make_session(weight_only_int8(model)).run(None, {"x": x})[0]
+    # Per output column, the error is a rounding of that column's own scale (1/254 of its range).
+    col = np.abs(exact).max(0) + 1e-6
+    assert (np.abs(rounded - exact).max(0) / col).max() < 0.05
+
+
+def test_a_shared_weight_is_stored_once_and_a_weight_that_is_an_input_is_left_alone():
+    from onnx import TensorProto, helper
+
+    w = _weight((4, 4))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("MatMul", ["h", "w"], ["h2"]),  # the same weight again
+        helper.make_node("MatMul", ["h2", "v"], ["y"]),  # v: an input with a default
+    ]
+    v_input = helper.make_tensor_value_info("v", TensorProto.FLOAT, [4, 4])
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w, "v")]
+    proto = onnx.load_from_string(weight_only_int8(_graph(nodes, [v_input], inits)))
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert [n.output[0] for n in dq] == ["w"]  # once, for w only
+    assert {t.name for t in proto.graph.initializer} >= {"v", "w_int8"}
+
+
+def test_names_the_graph_already_uses_are_not_reused():
+    from onnx import helper
+
+    w = _weight((4, 4))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["w_int8"]),  # a tensor already named w_int8
+        helper.make_node("Relu", ["w_int8"], ["y"]),
+    ]
+    model = weight_only_int8(_graph(nodes, [], [numpy_helper.from_array(w, "w")]))
+    onnx.checker.check_model(onnx.load_from_string(model))
+    assert "w_int8_2" in {t.name for t in onnx.load_from_string(model).graph.initializer}
+
+
+def test_a_graph_it_cannot_rewrite_ships_fp32_with_the_reason():
+    from onnx import helper
+
+    from fedge.core.partition import PublicPool, Split
+
+    w = _weight((4, 4))
+    old = _graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [],
+        [numpy_helper.from_array(w, "w")],
+        opset=11,
+    )
+    with pytest.raises(ValueError, match="needs opset >= 13"):
+        weight_only_int8(old)
+    x = np.random.default_rng(0).normal(size=(2, 4)).astype(np.float32)
+    result = quantize(old, PublicPool(x=x), Split(x=x, y=np.array([0, 1])), WEIGHTS)
+    assert result.model_bytes == old and not result.quantized
+    assert "could not quantize (ValueError: weight-only int8 needs opset >= 13" in result.reason
+
+
+def test_the_device_session_is_told_to_fold(fp32):
+    int8 = weight_only_int8(fp32)
+    options = device_session(int8).get_session_options()
+    assert options.get_session_config_entry(FOLD_QDQ) == "1"
+
+
+def test_the_latency_model_sees_fp32_kernels(fp32):
+    from fedge.compression.latency import graph_of
+
+    folded, plain = graph_of(weight_only_int8(fp32)), graph_of(fp32)
+    assert not folded.int8 and (folded.nodes, folded.macs) == (plain.nodes, plain.macs)
+
+
+def test_the_phone_artifact_is_saved_folded(fp32):
+    from fedge.compression.targets import to_ort
+
+    int8 = weight_only_int8(fp32)
+    assert len(to_ort(int8)) > 3 * len(int8)  # fp32 weights inside: no dequantize per call

@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:  # results.py draws with these functions
     from fedge.pipeline.outputs.results import RunResults
 
-QUANT_MARKERS = {"fp32": "o", "qdq": "s", "qoperator": "D", "dynamic": "^"}
+QUANT_MARKERS = {"fp32": "o", "qdq": "s", "qoperator": "D", "dynamic": "^", "weights": "v"}
 # Distinct line styles, so that two models with identical curves are both visible.
 ROC_STYLES = (
     {"ls": "-", "lw": 2.6},

@@ -49,7 +49,7 @@ class CandidateRow(Row):
 
     student: str
     prune_ratio: float
-    quant: str  # fp32 | qdq | qoperator | dynamic (what was asked)
+    quant: str  # fp32 | qdq | qoperator | dynamic | weights (what was asked)
     quantized: bool  # whether int8 shipped (the guard may refuse it)
     params: int
     bytes: int
@@ -67,6 +67,11 @@ class CandidateRow(Row):
     def label(self) -> str:
         """student/prune/quant, as messages name a candidate."""
         return f"{self.student}/{self.prune_ratio}/{self.quant}"
+
+    @property
+    def int8_kernels(self) -> bool:
+        """Whether it runs int8 kernels (weight-only int8 is folded to fp32 when it loads)."""
+        return self.quantized and self.quant != "weights"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
     assert student is not None and teacher.latency_us is not None
     gate = record.quality_gate
     size = teacher.onnx_bytes
-    shipped = record.choice.chosen.resources if record.choice is not None else None
+    chosen = record.choice.chosen if record.choice is not None else None
+    shipped = chosen.resources if chosen is not None else None
     lines = [
         "## Teacher and compression stages (central test split)",
         "",
@@ -56,7 +57,7 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
         "|---|---:|---:|---:|",
         f"| teacher fp32 | {teacher.latency_us.b1_p50:.1f} µs | {teacher.latency_us.b64_p50:.1f} µs | |",
         f"| deployed student | {student.latency_us.b1_p50:.1f} µs | "
-        f"{student.latency_us.b64_p50:.1f} µs | {_energy(shipped, student.quantized)} |",
+        f"{student.latency_us.b64_p50:.1f} µs | {_energy(shipped, chosen.int8_kernels if chosen else student.quantized)} |",
         "",
         f"Energy is an estimate, not a measurement: {ENERGY_NOTE}.",
         "",
@@ -172,7 +173,7 @@ def choice_lines(choice: ChoiceRecord) -> list[str]:
             f"{row.bytes:,}",
             *resource_cells(row.resources),
             us(row.b1_us),
-            _energy(row.resources, row.quantized),
+            _energy(row.resources, row.int8_kernels),
             us(row.b64_us),
         ]
         if row == choice.chosen:

@@ -261,7 +261,7 @@ def _evaluate(
         seconds=time.monotonic() - start,
         macs=row.resources.macs if row.resources else None,
         arena_bytes=row.resources.arena_bytes if row.resources else None,
-        energy_uj=estimate_uj(row.resources, row.quantized, config.model),
+        energy_uj=estimate_uj(row.resources, row.int8_kernels, config.model),
     )
     log.info(
         "trial %-40s %-5s validation %.4f  %6d bytes  %.1f µs",
