@@ -2,6 +2,7 @@
 
     python benchmarks/compression.py --json OUT.json [--datasets digits,mnist1d] [--seeds 5]
         [--set KEY=VALUE ...] [--audit-seed 0] [--shadows 16] [--work DIR]
+        [--reuse | --reuse-teachers] [--skip direct,default-run] [--latency-only]
 
 Per dataset and seed, the real pipeline: `fedge simulate` (Dirichlet alpha 0.5, 10 clients,
 the default recipe unless --set changes it), then from its results: teacher and shipped student

@@ -7,11 +7,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnxruntime.quantization.quant_utils import quantize_data
 
-# The weight input of each op and the axis of its output channels (per-channel scales).
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # ops whose second input is a weight
 INT8 = onnx.TensorProto.INT8
-
-
 MIN_OPSET = 13  # DequantizeLinear's `axis` (per-channel scales)
 
 
@@ -68,9 +65,12 @@ def weight_only_int8(model_bytes: bytes, per_channel: bool = True) -> bytes:
             continue
         name = node.input[1]
         tensor = initializers.get(name)
-        if name in done or name in inputs or tensor is None:
-            continue
-        if tensor.data_type != onnx.TensorProto.FLOAT:
+        if (
+            name in done
+            or name in inputs
+            or tensor is None
+            or tensor.data_type != onnx.TensorProto.FLOAT
+        ):
             continue
         weight = numpy_helper.to_array(tensor)
         if weight.ndim < 2:

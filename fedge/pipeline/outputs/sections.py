@@ -22,6 +22,7 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
     size = teacher.onnx_bytes
     chosen = record.choice.chosen if record.choice is not None else None
     shipped = chosen.resources if chosen is not None else None
+    int8 = chosen.int8_kernels if chosen is not None else student.quantized  # for the energy
     lines = [
         "## Teacher and compression stages (central test split)",
         "",
@@ -57,7 +58,7 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
         "|---|---:|---:|---:|",
         f"| teacher fp32 | {teacher.latency_us.b1_p50:.1f} µs | {teacher.latency_us.b64_p50:.1f} µs | |",
         f"| deployed student | {student.latency_us.b1_p50:.1f} µs | "
-        f"{student.latency_us.b64_p50:.1f} µs | {_energy(shipped, chosen.int8_kernels if chosen else student.quantized)} |",
+        f"{student.latency_us.b64_p50:.1f} µs | {_energy(shipped, int8)} |",
         "",
         f"Energy is an estimate, not a measurement: {ENERGY_NOTE}.",
         "",
