@@ -1,0 +1,207 @@
+"""The `tflite` device artifact: a fedge student's ONNX graph as a full-integer int8 LiteRT model.
+
+Each ONNX node becomes the TensorFlow op that computes the same thing (channels-last inside,
+the ONNX input contract outside), and TensorFlow's own TFLiteConverter quantizes the result with
+a representative set of raw inputs. The op set is what fedge's students export: Conv (1-D/2-D,
+grouped as depthwise), pooling, Gemm/MatMul, ReLU/Clip/HardSwish, Flatten/Reshape, Softmax and the
+folded preprocessing; int8 weights behind DequantizeLinear are read as the floats they stand for,
+and an activation's QuantizeLinear/DequantizeLinear pair as the clip its int8 range applies.
+Anything else is refused by name (`TargetError`). TensorFlow comes with the `litert` extra.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from fedge.compression.targets import TargetError
+from fedge.compression.tflite_ops import Ops, Value
+from fedge.core.litert import (
+    Arena,
+    LiteRtError,
+    capture_stderr,
+    litert_logits,
+    planned_arena,
+    tflm_arena,
+)
+
+EXTRA_HINT = "the tflite target needs TensorFlow: pip install -e '.[litert]'"
+LOGITS = "logits"
+
+
+@dataclass(frozen=True)
+class TfliteArtifact:
+    """A LiteRT flatbuffer and the contract a device needs to feed it."""
+
+    tflite_bytes: bytes
+    input_shape: tuple[int, ...]  # batch 1 first, the ONNX model's layout (raw samples)
+    int8: bool  # full-integer: int8 input and output, no float tensor
+
+
+def to_tflite(model_bytes: bytes, calibration: np.ndarray | None) -> TfliteArtifact:
+    """Convert a fedge device ONNX model (raw input in, `logits` out) to a LiteRT model.
+
+    `calibration` (raw samples, the model's input shape) makes it full-integer int8, as
+    microcontrollers run it; None keeps it float32 (used to check the graph mapping exactly).
+    The LiteRT model has one input (batch 1) and one output, the logits.
+    """
+    tf = _tensorflow()
+    graph = _Graph(_parse(model_bytes))
+    spec = tf.TensorSpec([1, *graph.input_shape[1:]], tf.float32)
+    func = tf.function(graph.build(tf), input_signature=[spec], autograph=False)
+    concrete = func.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], func)
+    if calibration is not None:
+        samples = np.asarray(calibration, dtype=np.float32)
+        if samples.ndim != len(graph.input_shape) or samples.shape[1:] != graph.input_shape[1:]:
+            raise TargetError(
+                f"calibration samples have shape {samples.shape[1:]}; the model takes "
+                f"{graph.input_shape[1:]}"
+            )
+
+        def representative() -> Any:
+            for sample in samples:
+                yield [sample[None]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    blobs: list[bytes] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Statistics for quantized inputs ..." and kin
+            capture_stderr(lambda: blobs.append(converter.convert()))  # its C++ log lines
+    except Exception as err:  # noqa: BLE001 - the converter raises many types; one line out
+        raise TargetError(f"TFLiteConverter failed: {_first_line(err)}") from None
+    blob = blobs[0]
+    return TfliteArtifact(bytes(blob), (1, *graph.input_shape[1:]), calibration is not None)
+
+
+def _tensorflow() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter
+    modules: list[Any] = []
+
+    def load() -> None:
+        import tensorflow as tf  # noqa: PLC0415 - heavy, optional: only for this target
+
+        modules.append(tf)
+
+    try:
+        capture_stderr(load)  # its absl/oneDNN notices go to the C stderr
+    except ImportError:
+        raise TargetError(EXTRA_HINT) from None
+    return modules[0]
+
+
+def _parse(model_bytes: bytes) -> onnx.ModelProto:
+    try:
+        return onnx.load_from_string(model_bytes)
+    except Exception as err:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise TargetError(f"not an ONNX model: {err}") from None
+
+
+class _Graph:
+    """The ONNX graph read once: constants folded, nodes in order, the input's shape."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        graph = proto.graph
+        self.consts: dict[str, np.ndarray] = {
+            init.name: numpy_helper.to_array(init) for init in graph.initializer
+        }
+        inputs = [i for i in graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise TargetError(f"the model has {len(inputs)} inputs; the tflite target takes one")
+        self.input_name = inputs[0].name
+        dims = inputs[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+        if len(shape) not in (2, 3, 4) or min(shape[1:]) < 1:
+            raise TargetError(f"input shape {shape} is not (N, D), (N, C, L) or (N, C, H, W)")
+        self.input_shape = tuple(shape)
+        outputs = [o.name for o in graph.output]
+        if LOGITS not in outputs:
+            raise TargetError(f"the model has no {LOGITS!r} output (outputs: {outputs})")
+        self.nodes = list(graph.node)
+
+    def build(self, tf: Any) -> Callable[[Any], Any]:
+        """A function from a raw NCHW-style batch to logits, made of TensorFlow ops."""
+        ops = Ops(tf, self.consts)
+
+        def forward(x: Any) -> Any:
+            values: dict[str, Value] = {self.input_name: ops.from_onnx_layout(x)}
+            for node in self.nodes:
+                if node.op_type in ("ArgMax",):  # the label: the device takes argmax of logits
+                    continue
+                if all(name in self.consts for name in node.input if name):
+                    ops.fold(node)
+                    continue
+                args = [values.get(n) for n in node.input]
+                values[node.output[0]] = ops.apply(node, args)
+                if node.output[0] == LOGITS:
+                    break
+            if LOGITS not in values:
+                raise TargetError(f"no node computes {LOGITS!r}")
+            return ops.to_onnx_layout(values[LOGITS])
+
+        return forward
+
+
+@dataclass(frozen=True)
+class TfliteReport:
+    """A tflite artifact measured against the ONNX model it came from, on given samples."""
+
+    flash_bytes: int
+    planned_arena_bytes: int  # fedge's planner on the tflite graph (activations only)
+    tflm_arena: Arena | None  # TFLM's own report; None when tflite-micro is not installed
+    agreement: float  # share of samples whose LiteRT label equals onnxruntime's
+    samples: int
+
+    def summary(self) -> str:
+        """One line: flash, arenas, label agreement."""
+        tflm = (
+            f"TFLM arena {self.tflm_arena.total} bytes ({self.tflm_arena.head} activations + "
+            f"{self.tflm_arena.tail} persistent)"
+            if self.tflm_arena is not None
+            else "TFLM arena not measured (tflite-micro not installed)"
+        )
+        return (
+            f"{self.flash_bytes} bytes flash, planned activation arena "
+            f"{self.planned_arena_bytes} bytes, {tflm}; labels agree with ONNX on "
+            f"{self.agreement:.2%} of {self.samples} samples (LiteRT)"
+        )
+
+
+def tflite_report(artifact: TfliteArtifact, onnx_bytes: bytes, samples: np.ndarray) -> TfliteReport:
+    """Flash, planned and TFLM arenas, and LiteRT's label agreement with onnxruntime's."""
+    from fedge.core.ort import make_session  # noqa: PLC0415 - onnxruntime only when measuring
+
+    x = np.asarray(samples, dtype=np.float32).reshape(-1, *artifact.input_shape[1:])
+    session = make_session(onnx_bytes)
+    expected = session.run([LOGITS], {session.get_inputs()[0].name: x})[0].argmax(axis=1)
+    try:
+        got = litert_logits(artifact.tflite_bytes, x).argmax(axis=1)
+        planned = planned_arena(artifact.tflite_bytes)
+    except LiteRtError as err:
+        raise TargetError(str(err)) from None
+    arena = None
+    if importlib.util.find_spec("tflite_micro") is not None:
+        try:
+            arena = tflm_arena(artifact.tflite_bytes)
+        except LiteRtError as err:
+            raise TargetError(str(err)) from None
+    agreement = float((got == expected).mean()) if len(x) else 1.0
+    return TfliteReport(len(artifact.tflite_bytes), planned, arena, agreement, len(x))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
