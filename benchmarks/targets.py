@@ -33,7 +33,6 @@ from fedge.compression.tflite import to_tflite
 from fedge.core.config import RunConfig
 from fedge.core.litert import (
     litert_logits,
-    planned_arena,
     tflm_arena,
     tflm_logits,
     tflm_min_arena,
@@ -41,6 +40,7 @@ from fedge.core.litert import (
 from fedge.core.models import SEPARABLE_STUDENTS, STUDENT_WIDTHS, build_student
 from fedge.core.ort import make_session
 from fedge.core.partition import build_federation
+from fedge.core.tflite_plan import planned_arena
 
 CALIBRATION = 256
 TIERS_JSON = Path(__file__).parent / "results" / "tiers.json"

@@ -22,6 +22,13 @@ BundleDir = Annotated[
 ]
 ModelDir = Annotated[Path, typer.Option(help="The device's model store.")]
 TrustedKey = Annotated[Path, typer.Option(help="Public key (PEM) bundles must be signed with.")]
+Runtime = Annotated[
+    str,
+    typer.Option(
+        help="What this device runs: onnx (model.onnx in onnxruntime) | tflite (the bundle's "
+        "model.tflite in LiteRT; needs ai-edge-litert).",
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 CheckMaxRunMs = Annotated[
     float,
@@ -59,6 +66,7 @@ def install(
             "another tier is refused. Empty: any bundle."
         ),
     ] = "",
+    runtime: Runtime = "onnx",
 ) -> None:
     """Verify a bundle directory and make it the store's current model (as a Flower deploy does).
 
@@ -73,6 +81,7 @@ def install(
     limits = CheckLimits.peak(check_max_run_ms, check_max_memory_mb)
     if tier and not TIER_NAME.fullmatch(tier):
         raise fail(f"--tier {tier[:40]!r} is not a tier name; allowed: {TIER_NAME.pattern}")
+    check_runtime(runtime)
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
     store = ModelStore(model_dir)
@@ -89,6 +98,7 @@ def install(
             allow_model_switch=allow_model_switch,
             device_check=partial(check_device_model, limits=limits),
             tier=tier,
+            runtime=runtime,
         )
     except BundleError as err:
         raise fail(str(err)) from None
@@ -136,6 +146,7 @@ def verify(
             "input_shape": shape,
             "labels": len(manifest.labels),
             "tier": manifest.tier,  # "": for any device
+            "artifacts": {r: len(data) for r, data in sorted(bundle.artifacts.items())},
             "device_check": report.to_json(),
         }
         print(json.dumps({"ok": True, **summary}))
@@ -146,6 +157,7 @@ def verify(
             f"{f', for tier {manifest.tier}' if manifest.tier else ''}; "
             f"device check: slowest run {max(report.runs_ms.values()):.1f} ms, peak "
             f"{report.peak_mb:.0f} MB"
+            + "".join(f"; {r} artifact {len(d)} bytes" for r, d in sorted(bundle.artifacts.items()))
         )
 
 
@@ -213,3 +225,11 @@ def _print_status(report: dict[str, Any]) -> None:
         print(f"last refusal:  {'damaged' if refusal else 'none'}")
     for line in report["damaged"]:
         print(f"damaged:       {line}")
+
+
+def check_runtime(runtime: str) -> None:
+    """Exit 2 naming the allowed runtimes when `runtime` is not one."""
+    from fedge.core.bundle_format import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise fail(f"--runtime {runtime[:40]!r} is not a runtime; allowed: {', '.join(RUNTIMES)}")

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fedge.cli.bundles import Runtime, check_runtime
 from fedge.cli.common import app, console, fail, keys_app
 
 
@@ -29,6 +30,7 @@ def infer(
     batch_size: Annotated[
         int, typer.Option(min=1, max=65536, help="Samples per onnxruntime run.")
     ] = 1024,
+    runtime: Runtime = "onnx",
 ) -> None:
     """Predict with the model store's current verified bundle (needs no torch, no network).
 
@@ -41,9 +43,12 @@ def infer(
     from fedge.client.runtime.predictor import InputError, Predictor
     from fedge.client.runtime.verify import BundleError
 
+    check_runtime(runtime)
     labels, probabilities = [], []
     try:
-        predictor = Predictor(model_dir, trusted_key, warmup=0, check_interval=None)
+        predictor = Predictor(
+            model_dir, trusted_key, warmup=0, check_interval=None, runtime=runtime
+        )
         size = math.prod(predictor.sample_shape)
         for part in read_input_parts(input_path, size, rows=batch_size):
             for chunk in predictor.batches(part, batch_size):
@@ -126,6 +131,7 @@ def serve(
     request_timeout: RequestTimeout = 30.0,
     workers: Workers = 2,
     inference_timeout: InferenceTimeout = 10.0,
+    runtime: Runtime = "onnx",
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, and KServe's v2 protocol.
 
@@ -138,6 +144,7 @@ def serve(
     from fedge.client.runtime.service import InferenceApp, ServiceLimits
     from fedge.client.runtime.verify import BundleError
 
+    check_runtime(runtime)
     token = _serving_token(token_file, host, allow_no_token)
     limits = ServerLimits(
         max_connections=max_connections,
@@ -145,7 +152,7 @@ def serve(
         request_timeout=request_timeout,
     )
     try:
-        predictor = Predictor(model_dir, trusted_key, check_interval=None)
+        predictor = Predictor(model_dir, trusted_key, check_interval=None, runtime=runtime)
         sock = bind(host, port, limits.backlog)
     except BundleError as err:
         raise fail(str(err)) from None

@@ -82,6 +82,7 @@ def install(
         device_check=device_check,
         tier=target.tier,
         assigned=target.assigned,
+        runtime=target.runtime,
     )
 
 

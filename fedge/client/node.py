@@ -34,6 +34,7 @@ class DeployTarget:
     refusal: str | None = None  # set when the node must refuse every bundle
     tier: str = ""  # the node's own device tier (device-class): only its bundles ("": any)
     assigned: str = ""  # the tier the deploy message says the server assigned it
+    runtime: str = "onnx"  # what the node runs (node config `runtime`): onnx or tflite
 
 
 def is_simulated(environ: Mapping[str, str] | None = None) -> bool:
@@ -60,7 +61,7 @@ def deploy_target(
     ----------
     node_config
         The node's own configuration (`model-store`, `trusted-key`, `allow-model-switch`,
-        `device-class`).
+        `device-class`, `runtime`).
     message
         The deploy message's config record (it may carry the simulation's root and key, and
         the tier the server assigned this node).
@@ -73,6 +74,7 @@ def deploy_target(
     allow = _truthy(node_config.get(m.NODE_ALLOW_MODEL_SWITCH, False))
     tier = str(node_config.get(m.NODE_DEVICE_CLASS, ""))
     assigned = str(message.get(m.DEPLOY_TIER, ""))
+    runtime = str(node_config.get(m.NODE_RUNTIME, "onnx"))
     store: Path | None = None
     if m.NODE_MODEL_STORE in node_config:
         store = Path(str(node_config[m.NODE_MODEL_STORE]))
@@ -88,11 +90,11 @@ def deploy_target(
             "so it trusts no key and refuses every bundle (a key sent with a bundle is never "
             "trusted outside simulation)"
         )
-        return DeployTarget(store, None, allow, refusal, tier, assigned)
+        return DeployTarget(store, None, allow, refusal, tier, assigned, runtime)
     if store is None:
         refusal = f"this node has no {m.NODE_MODEL_STORE!r} in its node config"
-        return DeployTarget(None, key, allow, refusal, tier, assigned)
-    return DeployTarget(store, key, allow, tier=tier, assigned=assigned)
+        return DeployTarget(None, key, allow, refusal, tier, assigned, runtime)
+    return DeployTarget(store, key, allow, tier=tier, assigned=assigned, runtime=runtime)
 
 
 def _truthy(value: Any) -> bool:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedge.core import bundle_format as fmt
 from fedge.core.manifest import (
     PREPROCESSING_KEYS,
+    Artifact,
     InputSpec,
     Manifest,
     ManifestError,
@@ -51,7 +52,11 @@ class BundleConfig:
 
 
 def build_manifest(
-    model_bytes: bytes, config: BundleConfig, *, created: str | None = None
+    model_bytes: bytes,
+    config: BundleConfig,
+    *,
+    created: str | None = None,
+    artifacts: dict[str, tuple[bytes, tuple[int, ...]]] | None = None,
 ) -> bytes:
     """The manifest.json bytes (canonical: sorted keys) binding metadata to the model's hash.
 
@@ -63,6 +68,8 @@ def build_manifest(
         What the manifest says about the model.
     created
         The signing time to state (default: now, UTC, to the second).
+    artifacts
+        runtime -> (file bytes, fixed input shape) of the same model for other runtimes.
 
     Raises
     ------
@@ -91,6 +98,7 @@ def build_manifest(
         compression=config.compression,
         architecture=config.architecture,
         tier=config.tier,
+        artifacts=tuple(_artifact(r, *a) for r, a in sorted((artifacts or {}).items())),
     )
     try:
         return manifest.to_json()
@@ -98,15 +106,25 @@ def build_manifest(
         raise ValueError(f"invalid manifest: {err}") from None
 
 
+def _artifact(runtime: str, data: bytes, shape: tuple[int, ...]) -> Artifact:
+    return Artifact(
+        runtime, fmt.ARTIFACTS[runtime][0], len(data), hashlib.sha256(data).hexdigest(), shape
+    )
+
+
 def make_bundle(
-    model_bytes: bytes, config: BundleConfig, key: Ed25519PrivateKey
+    model_bytes: bytes,
+    config: BundleConfig,
+    key: Ed25519PrivateKey,
+    artifacts: dict[str, tuple[bytes, tuple[int, ...]]] | None = None,
 ) -> dict[str, bytes]:
-    """The three bundle files as bytes, keyed by file name."""
-    manifest = build_manifest(model_bytes, config)
+    """The bundle files as bytes, keyed by file name: the three, then any other runtime's."""
+    manifest = build_manifest(model_bytes, config, artifacts=artifacts)
     return {
         fmt.MODEL_FILE: model_bytes,
         fmt.MANIFEST_FILE: manifest,
         fmt.SIGNATURE_FILE: key.sign(manifest),
+        **{fmt.ARTIFACTS[runtime][0]: data for runtime, (data, _) in (artifacts or {}).items()},
     }
 
 

@@ -28,10 +28,11 @@ from fedge.core.litert import (
     Arena,
     LiteRtError,
     capture_stderr,
+    first_line,
     litert_logits,
-    planned_arena,
     tflm_arena,
 )
+from fedge.core.tflite_plan import planned_arena
 
 EXTRA_HINT = "the tflite target needs TensorFlow: pip install -e '.[litert]'"
 LOGITS = "logits"
@@ -82,7 +83,7 @@ def to_tflite(model_bytes: bytes, calibration: np.ndarray | None) -> TfliteArtif
             warnings.simplefilter("ignore")  # "Statistics for quantized inputs ..." and kin
             capture_stderr(lambda: blobs.append(converter.convert()))  # its C++ log lines
     except Exception as err:  # noqa: BLE001 - the converter raises many types; one line out
-        raise TargetError(f"TFLiteConverter failed: {_first_line(err)}") from None
+        raise TargetError(f"TFLiteConverter failed: {first_line(err)}") from None
     blob = blobs[0]
     return TfliteArtifact(bytes(blob), (1, *graph.input_shape[1:]), calibration is not None)
 
@@ -164,6 +165,7 @@ class TfliteReport:
     tflm_arena: Arena | None  # TFLM's own report; None when tflite-micro is not installed
     agreement: float  # share of samples whose LiteRT label equals onnxruntime's
     samples: int
+    labels: np.ndarray  # LiteRT's label of each sample
 
     def summary(self) -> str:
         """One line: flash, arenas, label agreement."""
@@ -199,9 +201,4 @@ def tflite_report(artifact: TfliteArtifact, onnx_bytes: bytes, samples: np.ndarr
         except LiteRtError as err:
             raise TargetError(str(err)) from None
     agreement = float((got == expected).mean()) if len(x) else 1.0
-    return TfliteReport(len(artifact.tflite_bytes), planned, arena, agreement, len(x))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+    return TfliteReport(len(artifact.tflite_bytes), planned, arena, agreement, len(x), got)

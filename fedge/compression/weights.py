@@ -65,12 +65,7 @@ def weight_only_int8(model_bytes: bytes, per_channel: bool = True) -> bytes:
             continue
         name = node.input[1]
         tensor = initializers.get(name)
-        if (
-            name in done
-            or name in inputs
-            or tensor is None
-            or tensor.data_type != onnx.TensorProto.FLOAT
-        ):
+        if name in done | inputs or tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
             continue
         weight = numpy_helper.to_array(tensor)
         if weight.ndim < 2:

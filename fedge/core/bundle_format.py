@@ -17,6 +17,10 @@ MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 FILES = (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE)
+# Artifacts for other runtimes, beside model.onnx: runtime -> (file name, magic bytes at 4..8).
+# Each is listed in the signed manifest ("artifacts": runtime, file, bytes, sha256, input_shape).
+ARTIFACTS = {"tflite": ("model.tflite", b"TFL3")}
+RUNTIMES = ("onnx", *ARTIFACTS)  # what a node can declare it runs
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURE_BYTES = 1024  # an Ed25519 signature has 64
@@ -83,6 +87,39 @@ def schema_errors(manifest: Any) -> list[str]:
         errors.append(
             f"tier must be a tier name ({TIER_NAME.pattern}) or absent, got {str(tier)[:40]!r}"
         )
+    errors += artifact_errors(manifest.get("artifacts", []))
+    return errors
+
+
+def artifact_errors(artifacts: Any) -> list[str]:
+    """What is wrong with the optional "artifacts" list (one entry per non-ONNX runtime)."""
+    if not isinstance(artifacts, list) or len(artifacts) > len(ARTIFACTS):
+        return [f"artifacts must be a list of at most {len(ARTIFACTS)} entries"]
+    errors, seen = [], set()
+    for entry in artifacts:
+        if not isinstance(entry, dict):
+            return ["each artifact must be a JSON object"]
+        runtime = entry.get("runtime")
+        if runtime not in ARTIFACTS or runtime in seen:
+            errors.append(
+                f"artifact runtime {str(runtime)[:40]!r} is not one of {sorted(ARTIFACTS)} "
+                "listed once"
+            )
+            continue
+        seen.add(runtime)
+        if entry.get("file") != ARTIFACTS[runtime][0]:
+            errors.append(f"the {runtime} artifact's file must be {ARTIFACTS[runtime][0]!r}")
+        size, digest, shape = entry.get("bytes"), entry.get("sha256"), entry.get("input_shape")
+        if not (isinstance(size, int) and _is_int(size) and 1 <= size <= MAX_MODEL_BYTES):
+            errors.append(f"the {runtime} artifact's bytes must be 1..{MAX_MODEL_BYTES}")
+        if not (isinstance(digest, str) and SHA256.fullmatch(digest)):
+            errors.append(f"the {runtime} artifact's sha256 must be 64 lowercase hex digits")
+        if not (
+            isinstance(shape, list)
+            and 2 <= len(shape) <= MAX_RANK + 1
+            and all(_is_int(d) and d >= 1 for d in shape)
+        ):
+            errors.append(f"the {runtime} artifact's input_shape must list positive integers")
     return errors
 
 

@@ -22,6 +22,7 @@ STUDENTS = (
 TEACHERS = ("cnn", "linear", *STUDENTS)
 QUANT_FORMATS = ("qdq", "qoperator")
 QUANT_MODES = ("static", "weights", "dynamic", "none")
+DEVICE_TARGETS = ("onnx", "onnx,tflite")  # the artifacts a bundle carries
 QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 QAT_MODES = ("off", "fallback", "always")
 TEACHER_MODES = ("global", "ensemble")

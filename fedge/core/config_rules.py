@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 from fedge.core.archspec import is_arch, parse
@@ -47,6 +48,11 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(
             f"qat always trains for static int8, but quant-mode is {cfg.quant_mode!r}; "
             "allowed with qat always: quant-mode static"
+        )
+    if "tflite" in cfg.device_targets and importlib.util.find_spec("tensorflow") is None:
+        raise ConfigError(
+            f"device-targets {cfg.device_targets} converts with TensorFlow, which is not "
+            "installed: pip install -e '.[litert]', or device-targets onnx"
         )
     if cfg.data_dir and cfg.dataset != "fmnist":
         raise ConfigError(

@@ -21,8 +21,6 @@ from typing import Any
 import numpy as np
 
 EXTRA_HINT = "pip install -e '.[litert]'"
-# LiteRT's TensorType codes -> bytes per element (schema.fbs).
-TFLITE_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 16: 2, 17: 1}
 ARENA_PATTERN = {
     "total": r"Arena allocation total (\d+) bytes",
     "head": r"Arena allocation head (\d+) bytes",
@@ -84,7 +82,7 @@ def litert_logits(model: bytes, samples: np.ndarray) -> np.ndarray:
         capture_stderr(load)  # "INFO: Created TensorFlow Lite XNNPACK delegate"
         interpreter = made[0]
     except (ValueError, RuntimeError) as err:
-        raise LiteRtError(f"LiteRT cannot load the model: {_first_line(err)}") from None
+        raise LiteRtError(f"LiteRT cannot load the model: {first_line(err)}") from None
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     q_in, q_out = _litert_quantization(inp), _litert_quantization(out)
 
@@ -121,64 +119,6 @@ def tflm_arena(model: bytes, arena_size: int = 1 << 20) -> Arena:
             raise LiteRtError(f"TFLM's allocation report has no {key!r} figure")
         figures[key] = int(match.group(1))
     return Arena(**figures)
-
-
-def planned_arena(model: bytes) -> int:
-    """Bytes of the activation arena a tflite graph needs, planned as TFLM plans it.
-
-    A tensor is live from the operator that writes it (inputs: from the start) to the last
-    that reads it (outputs: to the end); constants are flash. Buffers are placed greedily,
-    largest first, each at the lowest 16-byte-aligned offset free for its whole lifetime
-    (TFLM's GreedyMemoryPlanner), which can exceed the peak of live bytes when the arena
-    fragments. Read from the flatbuffer with LiteRT's schema.
-    """
-    try:
-        from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415 - optional
-    except ImportError:
-        raise LiteRtError(f"reading a tflite model needs ai-edge-litert: {EXTRA_HINT}") from None
-    try:
-        graph = schema.Model.GetRootAs(model, 0).Subgraphs(0)
-        operators = [graph.Operators(i) for i in range(graph.OperatorsLength())]
-        steps = [(list(op.InputsAsNumpy()), list(op.OutputsAsNumpy())) for op in operators]
-        inputs, outputs = list(graph.InputsAsNumpy()), list(graph.OutputsAsNumpy())
-        written = set(inputs) | {t for _, outs in steps for t in outs}
-        sizes = {t: _tensor_bytes(graph.Tensors(t)) for t in written if t >= 0}
-    except Exception as err:  # noqa: BLE001 - a corrupt flatbuffer raises anything
-        raise LiteRtError(f"not a readable tflite model: {_first_line(err)}") from None
-    live = {t: [0, 0] for t in inputs}
-    for step, (ins, outs) in enumerate(steps):
-        for t in (*ins, *outs):
-            if t in sizes:
-                span = live.setdefault(t, [step, step])
-                span[1] = step
-    for t in outputs:
-        live[t][1] = len(steps) - 1
-    return _greedy_arena({t: (-(-sizes[t] // 16) * 16, lo, hi) for t, (lo, hi) in live.items()})
-
-
-def _greedy_arena(buffers: dict[int, tuple[int, int, int]]) -> int:
-    """Arena end after placing (size, first step, last step) buffers largest first.
-
-    Among equal sizes the higher tensor index goes first, as TFLM's planner orders them.
-    """
-    placed: list[tuple[int, int, int, int]] = []  # offset, size, first, last
-    order = sorted(buffers, key=lambda t: (-buffers[t][0], -t))
-    for size, first, last in (buffers[t] for t in order):
-        busy = sorted((o, s) for o, s, f, la in placed if f <= last and first <= la)
-        offset = 0
-        for start, length in busy:
-            if offset + size <= start:
-                break
-            offset = max(offset, start + length)
-        placed.append((offset, size, first, last))
-    return max((o + s for o, s, _, _ in placed), default=0)
-
-
-def _tensor_bytes(tensor: Any) -> int:
-    itemsize = TFLITE_ITEMSIZE.get(tensor.Type())
-    if itemsize is None:
-        raise LiteRtError(f"tensor type {tensor.Type()} has no known size")
-    return itemsize * int(np.prod(tensor.ShapeAsNumpy()))
 
 
 def tflm_min_arena(model: bytes, high: int = 1 << 20) -> int:
@@ -230,7 +170,8 @@ def _samples(x: np.ndarray, per_sample: int) -> Iterator[np.ndarray]:
 
 def _litert_quantization(detail: dict[str, Any]) -> Quantization:
     scale, zero = detail.get("quantization", (0.0, 0))
-    return Quantization(detail["dtype"], tuple(detail["shape"][1:]), float(scale), int(zero))
+    shape = tuple(int(v) for v in detail["shape"][1:])
+    return Quantization(detail["dtype"], shape, float(scale), int(zero))
 
 
 def _tflm_quantization(detail: dict[str, Any]) -> Quantization:
@@ -253,7 +194,7 @@ def _tflm_interpreter(model: bytes, arena_size: int) -> Any:
         try:
             return runtime.Interpreter.from_bytes(model, arena_size=arena_size)
         except (RuntimeError, ValueError) as err:
-            errors.append(_first_line(err))
+            errors.append(first_line(err))
             return None
 
     holder: list[Any] = []
@@ -279,6 +220,96 @@ def capture_stderr(fn: Callable[[], Any]) -> str:
         return tmp.read().decode(errors="replace")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An error's first line (its type name when it has no text)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What onnxruntime's NodeArg tells about an input or output: name, shape, type."""
+
+    name: str
+    shape: list[int | str]
+    type: str
+
+
+class LiteRtSession:
+    """A tflite model behind the slice of onnxruntime's InferenceSession the device uses.
+
+    One input (raw samples, any batch: run one sample at a time, as LiteRT and TFLM take
+    batch 1) and the device contract's two outputs, `probabilities` (softmax of the dequantized
+    logits) and `label` (their argmax), under the manifest's names.
+    """
+
+    def __init__(self, model: bytes, input_name: str, probabilities: str, label: str) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - optional
+        except ImportError:
+            raise LiteRtError(f"a tflite artifact needs ai-edge-litert: {EXTRA_HINT}") from None
+        made: list[Any] = []
+
+        def load() -> None:
+            made.append(Interpreter(model_content=model, num_threads=1))
+            made[0].allocate_tensors()
+
+        try:
+            capture_stderr(load)
+        except (ValueError, RuntimeError) as err:
+            raise LiteRtError(f"LiteRT cannot load the model: {first_line(err)}") from None
+        self._interpreter = made[0]
+        inp = self._interpreter.get_input_details()
+        out = self._interpreter.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise LiteRtError(
+                f"a tflite artifact has one input and one output, not {len(inp)}/{len(out)}"
+            )
+        self._in, self._out = inp[0], out[0]
+        self._q_in, self._q_out = _litert_quantization(inp[0]), _litert_quantization(out[0])
+        self._names = (input_name, probabilities, label)
+        self.classes = int(np.prod(self._q_out.shape))
+
+    def get_inputs(self) -> list[TensorInfo]:
+        """The one input: raw float samples, a free batch axis."""
+        return [TensorInfo(self._names[0], ["batch", *self._q_in.shape], "tensor(float)")]
+
+    def get_outputs(self) -> list[TensorInfo]:
+        """Probabilities (float) and label (int64), as fedge's ONNX models name them."""
+        return [
+            TensorInfo(self._names[1], ["batch", self.classes], "tensor(float)"),
+            TensorInfo(self._names[2], ["batch"], "tensor(int64)"),
+        ]
+
+    def run(
+        self,
+        output_names: list[str] | None,
+        feed: dict[str, np.ndarray],
+        run_options: Any = None,
+    ) -> list[np.ndarray]:
+        """The asked outputs for the batch in `feed`, computed one sample at a time.
+
+        `run_options` (onnxruntime's, to stop a run) is accepted and ignored: LiteRT cannot
+        stop an invoke; the device check times each run and its child process has a timeout.
+        """
+        if set(feed) != {self._names[0]}:
+            raise LiteRtError(f"the model's one input is {self._names[0]!r}, got {sorted(feed)}")
+        x = np.asarray(feed[self._names[0]], dtype=np.float32)
+        if x.shape[1:] != self._q_in.shape:
+            raise LiteRtError(f"input shape {x.shape[1:]} is not {self._q_in.shape}")
+        it = self._interpreter
+        rows = []
+        for sample in x:
+            it.set_tensor(self._in["index"], self._q_in.quantize(sample))
+            it.invoke()
+            rows.append(self._q_out.dequantize(it.get_tensor(self._out["index"])).reshape(-1))
+        logits = np.stack(rows) if rows else np.zeros((0, self.classes), np.float32)
+        values = {
+            self._names[1]: softmax(logits),
+            self._names[2]: logits.argmax(axis=1).astype(np.int64),
+        }
+        names = output_names or [self._names[1], self._names[2]]
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise LiteRtError(f"the model has no outputs {missing}; it has {sorted(values)}")
+        return [values[n] for n in names]

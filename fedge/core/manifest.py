@@ -82,6 +82,38 @@ class PreprocessingSpec:
 
 
 @dataclass(frozen=True)
+class Artifact:
+    """A model file for another runtime than onnxruntime, bound to the manifest by its hash."""
+
+    runtime: str  # a key of bundle_format.ARTIFACTS ("tflite")
+    file: str  # its file name in the bundle
+    bytes: int
+    sha256: str
+    input_shape: tuple[int, ...]  # fixed, batch first (LiteRT and TFLM take batch 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's entry for this artifact."""
+        return {
+            "runtime": self.runtime,
+            "file": self.file,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "input_shape": list(self.input_shape),
+        }
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Artifact:
+        """An entry that `bundle_format.artifact_errors` found nothing wrong with."""
+        return cls(
+            value["runtime"],
+            value["file"],
+            value["bytes"],
+            value["sha256"],
+            tuple(value["input_shape"]),
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """manifest.json: what the model is, what it expects, and the hash that binds it.
 
@@ -111,6 +143,8 @@ class Manifest:
         The bundle format and its version.
     tier
         The device tier the bundle is for ("": any device); a device of another tier refuses it.
+    artifacts
+        The same model for other runtimes (a `tflite` file), each with its size and sha256.
 
     """
 
@@ -129,6 +163,11 @@ class Manifest:
     architecture: str = ""
     format: str = fmt.FORMAT
     tier: str = ""
+    artifacts: tuple[Artifact, ...] = ()
+
+    def artifact(self, runtime: str) -> Artifact | None:
+        """The listed artifact for `runtime`, or None."""
+        return next((a for a in self.artifacts if a.runtime == runtime), None)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -153,6 +192,7 @@ class Manifest:
             "model_bytes": self.model_bytes,
             "model_sha256": self.model_sha256,
             **({"tier": self.tier} if self.tier else {}),  # untiered bundles: as before
+            **({"artifacts": [a.to_dict() for a in self.artifacts]} if self.artifacts else {}),
         }
 
     def to_json(self) -> bytes:
@@ -205,6 +245,7 @@ class Manifest:
             architecture=architecture if isinstance(architecture, str) else "",
             format=value["format"],
             tier=value.get("tier", ""),
+            artifacts=tuple(Artifact.from_dict(a) for a in value.get("artifacts", [])),
         )
 
     @classmethod

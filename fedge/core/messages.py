@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedge.core.bundle_format import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+from fedge.core.bundle_format import ARTIFACTS, MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 
 # Message types (Flower: train | evaluate | query, or "<type>.<identifier>").
 TRAIN = "train"
@@ -66,10 +66,12 @@ DP_NOISE = "dp-noise"  # local DP: the client's noise multiplier
 BUNDLE_MODEL = "bundle-model"
 BUNDLE_MANIFEST = "bundle-manifest"
 BUNDLE_SIGNATURE = "bundle-signature"
+BUNDLE_TFLITE = "bundle-tflite"
 BUNDLE_FILE_KEYS = {
     MODEL_FILE: BUNDLE_MODEL,
     MANIFEST_FILE: BUNDLE_MANIFEST,
     SIGNATURE_FILE: BUNDLE_SIGNATURE,
+    ARTIFACTS["tflite"][0]: BUNDLE_TFLITE,
 }
 # Simulation only: a node uses these only when it knows it is simulated (fedge.client.node);
 # where the node keeps its store under the root is the node's business, not the server's.
@@ -97,5 +99,6 @@ NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
 NODE_ALLOW_MODEL_SWITCH = "allow-model-switch"  # true: accept bundles of another model_id
 NODE_DEVICE_CLASS = "device-class"  # a device tier's name (tiers setting)
+NODE_RUNTIME = "runtime"  # node config: what the node runs (onnx | tflite)
 NODE_DEVICE_PROFILE = "device-profile"  # path of the node's fedge profile JSON (device tiers)
 NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition

@@ -161,6 +161,13 @@ class CompressionSettings:
         choices=choices.QUANT_MODES,
         compress=True,
     )
+    device_targets: str = setting(
+        "onnx",
+        "artifacts in the signed bundle: onnx (model.onnx) | onnx,tflite (also model.tflite, "
+        "full-integer int8 for LiteRT and TensorFlow Lite Micro; needs the litert extra)",
+        choices=choices.DEVICE_TARGETS,
+        compress=True,
+    )
     quant_calibration: str = setting(
         "minmax",
         "static mode: activation range calibration",

@@ -89,7 +89,9 @@ def deploy_bundle(
         sum(r.installed for r in clients),
         len(clients),
     )
-    sizes = {t: sum(len(f[name]) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()}
+    sizes = {
+        t: sum(len(f.get(name, b"")) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()
+    }
     return clients, sum(sizes[sent[node]] for node in targets)
 
 
@@ -122,7 +124,7 @@ def _content(
 
     A node that is not to time the model gets install-timing off; a node of a tier is told it.
     """
-    bundle = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
+    bundle = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items() if name in files}
     settings = cfg if timed else dataclasses.replace(cfg, install_timing="off")
     told = {m.DEPLOY_TIER: tier} if tier else {}
     return RecordDict({m.CONFIG: config_to_record(settings, **bundle, **extra, **told)})

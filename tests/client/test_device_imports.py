@@ -7,8 +7,10 @@ from pathlib import Path
 import fedge
 
 PACKAGE = Path(fedge.__file__).parent
-THIRD_PARTY = {"numpy", "onnxruntime", "cryptography", "uvicorn"}
-DEVICE_SAFE_CORE = {"bundle_format", "manifest", "onnx_scan", "ort", "profile", "io"}
+# ai_edge_litert and tflite_micro: a tflite node's interpreters (the litert extra), imported
+# only inside the functions that run a tflite artifact.
+THIRD_PARTY = {"numpy", "onnxruntime", "cryptography", "uvicorn", "ai_edge_litert", "tflite_micro"}
+DEVICE_SAFE_CORE = {"bundle_format", "manifest", "onnx_scan", "ort", "profile", "io", "litert"}
 
 
 def _imports(path: Path) -> set[str]:

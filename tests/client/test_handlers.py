@@ -83,7 +83,7 @@ def test_evaluate_reports_local_accuracy():
 
 
 def _deploy_message(files: dict[str, bytes], store_root, key_path, **extra) -> Message:
-    payload = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items()}
+    payload = {key: files[name] for name, key in m.BUNDLE_FILE_KEYS.items() if name in files}
     payload.update(
         {m.SIMULATION_STORE_ROOT: str(store_root), m.SIMULATION_TRUSTED_KEY: str(key_path)}
     )
@@ -122,6 +122,28 @@ def test_deploy_installs_a_verified_bundle_and_evaluates_it(tmp_path, signed, si
         installed
         == tmp_path / "nodes" / "partition-3" / "model-store" / "versions" / "1" / "model.onnx"
     )
+
+
+def test_a_node_that_runs_tflite_installs_the_artifact_and_says_so(tmp_path, signed, simulated):
+    pytest.importorskip("ai_edge_litert", reason="a tflite node needs the litert extra")
+    from fedge.compression.tflite import to_tflite
+
+    files, public_path, private = signed
+    model = files["model.onnx"]
+    raw = load_dataset("digits").x[:64].reshape(-1, 1, 8, 8).astype("float32")
+    artifact = to_tflite(model, raw).tflite_bytes
+    with_tflite = make_bundle(model, bundle_config(), private, {"tflite": (artifact, (1, 1, 8, 8))})
+    node = node_context(7, 3, 4, runtime="tflite")
+    reply = app(_deploy_message(with_tflite, tmp_path / "nodes", public_path), node)
+    installed, reason = _verdict(reply)
+    assert installed == 1, reason
+    assert 0 <= reply.content.metric_records[m.METRICS][m.ACCURACY] <= 1
+    stored = simulated_store(tmp_path / "nodes", 3) / "versions" / "1" / "model.tflite"
+    assert stored.read_bytes() == artifact
+    # the same node refuses a bundle that carries no model for its runtime
+    reply = app(_deploy_message(files, tmp_path / "other", public_path), node)
+    installed, reason = _verdict(reply)
+    assert installed == 0 and "the bundle has no tflite artifact (it has: onnx)" in reason
 
 
 def test_install_timing_off_installs_and_evaluates_without_timing(tmp_path, signed, simulated):
@@ -217,7 +239,12 @@ def test_message_keys_are_not_file_names(tmp_path, signed, simulated):
     message = _message(RecordDict({m.CONFIG: config_to_record(CFG, **payload, **SPEC)}), m.DEPLOY)
     installed, reason = _verdict(app(message, node_context(7, 0, 4)))
     assert installed == 0 and "bundle lacks model.onnx, manifest.json, manifest.sig" in reason
-    assert set(m.BUNDLE_FILE_KEYS) == {"model.onnx", "manifest.json", "manifest.sig"}
+    assert set(m.BUNDLE_FILE_KEYS) == {
+        "model.onnx",
+        "manifest.json",
+        "manifest.sig",
+        "model.tflite",
+    }
     assert not set(m.BUNDLE_FILE_KEYS.values()) & set(m.BUNDLE_FILE_KEYS)
 
 

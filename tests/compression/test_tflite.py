@@ -1,6 +1,7 @@
 """The `tflite` device target: LiteRT and TensorFlow Lite Micro against the ONNX student."""
 
 import builtins
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,13 @@ from fedge.core.data import Preprocessing
 from fedge.core.litert import (
     LiteRtError,
     litert_logits,
-    planned_arena,
     tflm_arena,
     tflm_logits,
     tflm_min_arena,
 )
 from fedge.core.models import build_student
 from fedge.core.ort import make_session
+from fedge.core.tflite_plan import planned_arena
 from tests.compression.configs import SHAPE
 
 pytest.importorskip("tensorflow", reason="the tflite target needs the litert extra")
@@ -272,3 +273,105 @@ def test_the_planned_arena_is_tflms_also_where_the_arena_fragments(student, shap
     calibration = np.random.default_rng(0).uniform(0, 1, (32, *shape)).astype(np.float32)
     model = to_tflite(device_model(student, shape), calibration).tflite_bytes
     assert planned_arena(model) == tflm_arena(model).head
+
+
+# The device side: a node that runs tflite installs, checks and serves the bundle's artifact.
+
+
+@pytest.fixture()
+def tflite_bundle(tmp_path, shipped, int8_tflite) -> tuple[Path, Path]:
+    """A bundle directory carrying model.tflite beside model.onnx, and its public key."""
+    from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
+    from tests.client.conftest import bundle_config
+
+    private, public = generate_keypair(tmp_path / "tflite-keys")
+    files = make_bundle(
+        shipped,
+        bundle_config(),
+        load_private_key(private),
+        {"tflite": (int8_tflite, (1, *SHAPE))},
+    )
+    bundle = tmp_path / "tflite-bundle"
+    bundle.mkdir()
+    for name, data in files.items():
+        (bundle / name).write_bytes(data)
+    return bundle, public
+
+
+def device(*args: object):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+def test_a_tflite_node_installs_checks_and_serves_the_artifact(
+    tflite_bundle, tmp_path, int8_tflite, digits_fed
+):
+    bundle, key = tflite_bundle
+    store = tmp_path / "store"
+    common = ["--model-dir", store, "--trusted-key", key, "--runtime", "tflite"]
+    installed = device("install", bundle, *common)
+    assert installed.exit_code == 0, installed.output
+    x = raw_test(digits_fed)[:50]
+    np.save(tmp_path / "x.npy", x)
+    result = device("infer", tmp_path / "x.npy", *common, "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["labels"] == litert_logits(int8_tflite, x).argmax(axis=1).tolist()
+    assert np.allclose(np.asarray(answer["probabilities"]).sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_the_session_gives_the_device_contract(int8_tflite, shipped, digits_fed):
+    from fedge.core.litert import LiteRtSession
+
+    session = LiteRtSession(int8_tflite, "input", "probabilities", "label")
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "label"]
+    assert session.get_inputs()[0].shape == ["batch", *SHAPE]
+    x = raw_test(digits_fed)[:20]
+    probabilities, label = session.run(None, {"input": x})
+    assert probabilities.dtype == np.float32 and probabilities.shape == (20, 10)
+    assert label.dtype == np.int64 and (label == probabilities.argmax(axis=1)).all()
+    with pytest.raises(LiteRtError, match="the model's one input is 'input'"):
+        session.run(None, {"x": x})
+    with pytest.raises(LiteRtError, match=r"input shape \(1, 9, 9\) is not \(1, 8, 8\)"):
+        session.run(None, {"input": np.zeros((1, 1, 9, 9), np.float32)})
+
+
+def test_a_tflite_node_refuses_a_bundle_without_its_artifact(signed_bundle, tmp_path):
+    bundle, key = signed_bundle
+    store = tmp_path / "store"
+    result = device(
+        "install", bundle, "--model-dir", store, "--trusted-key", key, "--runtime", "tflite"
+    )
+    assert result.exit_code == 2
+    assert "runtime check failed: the bundle has no tflite artifact (it has: onnx)" in result.output
+    from fedge.client.runtime.store import ModelStore
+
+    assert ModelStore(store).current_version() is None
+
+
+def test_a_tflite_node_refuses_an_artifact_litert_cannot_load(tmp_path, shipped):
+    from fedge.client.runtime.store import ModelStore
+    from fedge.client.runtime.verify import BundleError, load_public_key
+    from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
+    from tests.client.conftest import bundle_config
+
+    private, public = generate_keypair(tmp_path / "keys2")
+    garbage = b"\x00\x00\x00\x00TFL3" + b"\xff" * 200  # signed, marked, but not a flatbuffer
+    files = make_bundle(
+        shipped, bundle_config(), load_private_key(private), {"tflite": (garbage, (1, *SHAPE))}
+    )
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(BundleError, match="device-model check failed: LiteRT cannot load"):
+        store.install(files, load_public_key(public), runtime="tflite")
+    assert store.current_version() is None
+    store.install(files, load_public_key(public))  # an onnx node takes the same bundle
+
+
+@pytest.mark.parametrize("command", ["install", "infer", "serve"])
+def test_an_unknown_runtime_is_one_line(tflite_bundle, tmp_path, command):
+    bundle, key = tflite_bundle
+    first = [bundle] if command == "install" else ["x.npy"] if command == "infer" else []
+    result = device(
+        command, *first, "--model-dir", tmp_path, "--trusted-key", key, "--runtime", "coreml"
+    )
+    assert result.exit_code == 2
+    assert "--runtime 'coreml' is not a runtime; allowed: onnx, tflite" in result.output

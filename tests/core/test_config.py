@@ -54,3 +54,15 @@ def test_the_config_knows_every_student_the_model_zoo_builds():
     from fedge.core.models import SEPARABLE_STUDENTS, STUDENT_WIDTHS
 
     assert set(STUDENTS) == set(STUDENT_WIDTHS) | set(SEPARABLE_STUDENTS)
+
+
+def test_device_targets_tflite_without_tensorflow_is_refused_before_training(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name)
+    )
+    with pytest.raises(ConfigError, match=r"device-targets onnx,tflite converts with TensorFlow"):
+        RunConfig().replace(device_targets="onnx,tflite")
+    assert RunConfig().replace(device_targets="onnx").device_targets == "onnx"

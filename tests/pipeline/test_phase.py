@@ -130,3 +130,32 @@ def test_a_student_far_below_its_teacher_is_not_shipped_unless_asked(make_job, t
     anyway = compression_phase(make_job(strict.replace(ship_anyway=True)), tmp_path, unused())
     assert anyway.record.shipped and anyway.record.student_gate is not None
     assert not anyway.record.student_gate.passed and anyway.record.student_gate.ship_anyway
+
+
+def test_device_targets_tflite_signs_model_tflite_into_the_bundle_and_measures_it(
+    make_job, tmp_path
+):
+    pytest.importorskip("tensorflow", reason="device-targets onnx,tflite needs the litert extra")
+    from fedge.client.runtime.verify import verify_bundle
+    from fedge.core.litert import litert_logits
+
+    job = make_job(PHASE.replace(device_targets="onnx,tflite"))
+    result = compression_phase(job, tmp_path, unused())
+    student = result.record.student
+    assert student is not None and student.tflite is not None and student.tflite_reason == ""
+    tflite = result.files["model.tflite"]
+    assert student.tflite.bytes == len(tflite) and student.tflite.label_agreement >= 0.97
+    bundle = verify_bundle(result.files, job.key.public_key())
+    assert bundle.artifacts == {"tflite": tflite}
+    entry = bundle.manifest.artifact("tflite")
+    assert entry is not None and entry.input_shape == (
+        1,
+        *job.fed.dataset.preprocessing.input_shape,
+    )
+    raw = job.fed.raw_server.x_test.reshape(-1, *entry.input_shape[1:])
+    labels = litert_logits(tflite, raw).argmax(axis=1)
+    assert student.tflite.accuracy == pytest.approx((labels == job.fed.raw_server.y_test).mean())
+    # the ONNX student is the one the same settings ship without tflite
+    plain = compression_phase(make_job(), tmp_path / "plain", unused())
+    assert plain.files["model.onnx"] == result.files["model.onnx"]
+    assert "model.tflite" not in plain.files and plain.record.student.tflite is None

@@ -67,17 +67,25 @@ _PASSED: OrderedDict[str, CheckReport] = OrderedDict()  # checks that passed in 
 
 
 def check_device_model(
-    model_bytes: bytes, manifest: Manifest, *, limits: CheckLimits | None = None
+    model_bytes: bytes,
+    manifest: Manifest,
+    *,
+    limits: CheckLimits | None = None,
+    runtime: str = "onnx",
 ) -> CheckReport:
     """Load and run the model in a child process with limits; DeviceModelError if it fails.
 
-    The bytes must already be verified against the manifest (size, sha256, no external data).
+    The bytes must already be verified against the manifest (size, sha256, no external data):
+    model.onnx, or with `runtime` "tflite" the bundle's model.tflite, run in LiteRT.
     A model that passed once in this process with the same contract and limits is not checked
     again (same bytes, same runtime, same expectations): its report is returned.
     """
     limits = limits or CheckLimits()
     prep = manifest.preprocessing
+    artifact = manifest.artifact(runtime)
+    digest = artifact.sha256 if artifact is not None else manifest.model_sha256
     contract = {
+        "runtime": runtime,
         "input": manifest.input.name,
         "shape": list(manifest.sample_shape),
         "probabilities": manifest.output.probabilities,
@@ -87,7 +95,7 @@ def check_device_model(
         "scale": prep.scale,
         "max_run_ms": limits.max_run_ms,
     }
-    key = manifest.model_sha256 + json.dumps([contract, asdict(limits)], sort_keys=True)
+    key = digest + json.dumps([contract, asdict(limits)], sort_keys=True)
     if key in _PASSED:
         return _PASSED[key]
     verdict = _run_child(model_bytes, contract, limits)
@@ -182,9 +190,16 @@ def _statistic(value: float | list[float] | None, shape: list[int], default: flo
 def _open_session(model_bytes: bytes, contract: dict[str, Any]) -> Any:
     """The hardened session, its input and outputs checked against the contract."""
     from fedge.client.runtime.session import device_session
+    from fedge.core.litert import LiteRtError, LiteRtSession
 
     try:
-        session = device_session(model_bytes)
+        if contract.get("runtime") == "tflite":
+            contract_names = (contract["input"], contract["probabilities"], contract["label"])
+            session: Any = LiteRtSession(model_bytes, *contract_names)
+        else:
+            session = device_session(model_bytes)
+    except LiteRtError as err:
+        raise DeviceModelError(str(err)) from None
     except Exception as err:  # onnxruntime raises its own exception types
         raise DeviceModelError(f"onnxruntime cannot load the model: {_short(err)}") from None
     inputs = session.get_inputs()

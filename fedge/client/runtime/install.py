@@ -42,6 +42,7 @@ def install_and_load(
     device_check: DeviceCheck = check_device_model,
     tier: str = "",
     assigned: str = "",
+    runtime: str = "onnx",
 ) -> Deployed:
     """Verify and install `files` in `store`, then serve the verified bundle.
 
@@ -57,8 +58,9 @@ def install_and_load(
         Accept a bundle of another model line than the installed one.
     device_check
         Loads and runs the model before it becomes current (a limited child process).
-    tier, assigned
-        This device's own tier and the one a server assigned it (`runtime.tiers.check_tier`).
+    tier, assigned, runtime
+        This device's own tier, the one a server assigned it (`runtime.tiers.check_tier`), and
+        what it runs: onnx, or tflite (the bundle's model.tflite in LiteRT).
 
     Returns
     -------
@@ -85,8 +87,11 @@ def install_and_load(
         device_check=device_check,
         tier=tier,
         assigned=assigned,
+        runtime=runtime,
     )
-    predictor = Predictor.from_bundle(store, key, outcome.bundle, warmup=0, check_interval=None)
+    predictor = Predictor.from_bundle(
+        store, key, outcome.bundle, warmup=0, check_interval=None, runtime=runtime
+    )
     return Deployed(predictor, outcome.changed)
 
 

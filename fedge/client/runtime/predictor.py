@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.session import device_session
 from fedge.client.runtime.store import ModelStore
-from fedge.client.runtime.verify import BundleError, VerifiedBundle, load_public_key
+from fedge.client.runtime.verify import (
+    BundleError,
+    VerifiedBundle,
+    load_public_key,
+    missing_artifact,
+)
+from fedge.core.litert import LiteRtError, LiteRtSession
 
 log = logging.getLogger("fedge.runtime")
 BATCH_SIZE = 512  # samples per onnxruntime run: bounds the memory of large inputs
@@ -49,7 +55,7 @@ class Prediction:
 class _Loaded:
     """One verified bundle turned into a session, with what predict needs at hand."""
 
-    def __init__(self, bundle: VerifiedBundle, warmup: int) -> None:
+    def __init__(self, bundle: VerifiedBundle, warmup: int, runtime: str = "onnx") -> None:
         manifest = bundle.manifest
         self.model_id = manifest.model_id
         self.version = manifest.version
@@ -62,7 +68,7 @@ class _Loaded:
         # checks and casts, and probability and label outputs, so it computes nothing.
         self.output_names = [manifest.output.probabilities, manifest.output.label]
         try:
-            self.session = device_session(bundle.model_bytes)
+            self.session = _session(bundle, runtime, self.input_name, self.output_names)
             inputs = [i.name for i in self.session.get_inputs()]
             outputs = {o.name for o in self.session.get_outputs()}
             if inputs != [self.input_name] or not set(self.output_names) <= outputs:
@@ -81,8 +87,20 @@ class _Loaded:
             raise BundleError("device-model", f"onnxruntime cannot run the model: {text}") from None
 
 
+def _session(bundle: VerifiedBundle, runtime: str, input_name: str, outputs: list[str]) -> Any:
+    """Onnxruntime's session on model.onnx, or LiteRT's on the bundle's artifact for `runtime`."""
+    if runtime == "onnx":
+        return device_session(bundle.model_bytes)
+    if runtime not in bundle.artifacts:
+        raise BundleError("runtime", missing_artifact(bundle, runtime))
+    try:
+        return LiteRtSession(bundle.artifacts[runtime], input_name, *outputs)
+    except LiteRtError as err:
+        raise BundleError("device-model", str(err)) from None
+
+
 class Predictor:
-    """Run the model store's current bundle with onnxruntime.
+    """Run the model store's current bundle with onnxruntime (or LiteRT: runtime tflite).
 
     Every bundle is verified (signature, manifest, sha256) when loaded; a newer verified
     version is picked up without a restart (checked at most every `check_interval` seconds
@@ -98,9 +116,11 @@ class Predictor:
         warmup: int = 50,
         check_interval: float | None = 1.0,
         batch_size: int = BATCH_SIZE,
+        runtime: str = "onnx",
     ) -> None:
         store = ModelStore(model_dir)
         key = load_public_key(trusted_key)
+        self.runtime = runtime
         self._start(store, key, store.load(key), warmup, check_interval, batch_size)
 
     @classmethod
@@ -113,6 +133,7 @@ class Predictor:
         warmup: int = 50,
         check_interval: float | None = 1.0,
         batch_size: int = BATCH_SIZE,
+        runtime: str = "onnx",
     ) -> Predictor:
         """Serve a bundle that was just verified (what `ModelStore.install` returns).
 
@@ -121,6 +142,7 @@ class Predictor:
         loaded from `store` and verified with `key`, as for a Predictor opened on a store.
         """
         predictor = cls.__new__(cls)
+        predictor.runtime = runtime
         predictor._start(store, key, bundle, warmup, check_interval, batch_size)
         return predictor
 
@@ -141,7 +163,7 @@ class Predictor:
         self.last_error: str | None = None  # why the latest newer bundle was refused
         self._refused: int | None = None  # that bundle's version: not tried again
         self._lock = threading.Lock()
-        self._loaded = _Loaded(bundle, warmup)
+        self._loaded = _Loaded(bundle, warmup, self.runtime)
         self._next_check = self._after(check_interval)
 
     @property
@@ -208,7 +230,7 @@ class Predictor:
             if version is None or version <= self._loaded.version or version == self._refused:
                 return False
             try:
-                self._loaded = _Loaded(self.store.load(self.key), self.warmup)
+                self._loaded = _Loaded(self.store.load(self.key), self.warmup, self.runtime)
             except BundleError as err:
                 self._refused = version
                 self.last_error = f"version {version} refused: {err}"

@@ -41,12 +41,13 @@ from fedge.client.runtime.tiers import check_tier
 from fedge.client.runtime.verify import (
     BundleError,
     VerifiedBundle,
+    missing_artifact,
     verify_bundle,
     verify_bundle_dir,
 )
 from fedge.core import bundle_format as fmt
 from fedge.core.io import atomic_write_bytes
-from fedge.core.manifest import Manifest, unverified_claims
+from fedge.core.manifest import unverified_claims
 
 CURRENT = "CURRENT"  # the current version number, replaced atomically
 VERSIONS = VERSIONS_DIR
@@ -54,7 +55,8 @@ STATE = STATE_FILE
 DAMAGED_STATE = "state.json.damaged"  # a damaged state.json, kept when an install rebuilds it
 LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
-DeviceCheck = Callable[[bytes, Manifest], CheckReport | None]  # the report goes in the history
+# (model bytes, manifest[, runtime=...]) -> the report that goes in the history
+DeviceCheck = Callable[..., CheckReport | None]
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,13 @@ class ModelStore:
         device_check: DeviceCheck = check_device_model,
         tier: str = "",
         assigned: str = "",
+        runtime: str = "onnx",
     ) -> Installed:
         """Verify, device-check, then install atomically; a refused bundle installs nothing.
 
         Re-delivering the current version (same manifest) is a success that changes nothing.
         `tier`: this device's own tier, `assigned`: the one a server assigned it (`check_tier`).
+        `runtime`: what this device runs; the device check runs the bundle's model for it.
         A refusal is recorded in state.json (`fedge status` shows it) and raised as BundleError.
         """
         if self.root.exists() and not self.root.is_dir():
@@ -128,9 +132,8 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
             try:
-                return self._install(
-                    files, trusted_key, allow_model_switch, device_check, tier, assigned
-                )
+                node = (tier, assigned, runtime)
+                return self._install(files, trusted_key, allow_model_switch, device_check, node)
             except BundleError as err:
                 self.record_refusal(err, files)
                 raise
@@ -194,12 +197,13 @@ class ModelStore:
         key: Ed25519PublicKey,
         allow_model_switch: bool,
         device_check: DeviceCheck,
-        tier: str,
-        assigned: str,
+        node: tuple[str, str, str],  # its tier, the tier it was assigned, its runtime
     ) -> Installed:
         bundle = verify_bundle(files, key)
-        made_for = bundle.manifest.tier
+        made_for, (tier, assigned, runtime) = bundle.manifest.tier, node
         check_tier(made_for, tier, assigned, lambda: self._installed_tier(key), allow_model_switch)
+        if runtime != "onnx" and runtime not in bundle.artifacts:
+            raise BundleError("runtime", missing_artifact(bundle, runtime))
         current = self.current_version()
         if current == bundle.version and self._is_on_disk(bundle):
             return Installed(self.load(key), changed=False)
@@ -212,7 +216,10 @@ class ModelStore:
                 "allow a switch explicitly (allow-model-switch) to change lines",
             )
         try:
-            report = device_check(bundle.model_bytes, bundle.manifest)
+            on = {} if runtime == "onnx" else {"runtime": runtime}  # fakes need not take it
+            report = device_check(
+                bundle.artifacts.get(runtime, bundle.model_bytes), bundle.manifest, **on
+            )
         except DeviceModelError as err:
             raise BundleError("device-model", str(err)) from None
         self._write_version(bundle)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -34,6 +34,7 @@ class VerifiedBundle:
     manifest_bytes: bytes
     signature: bytes
     manifest: Manifest
+    artifacts: dict[str, bytes] = field(default_factory=dict)  # runtime -> verified file
 
     @property
     def version(self) -> int:
@@ -46,11 +47,12 @@ class VerifiedBundle:
         return self.manifest.model_id
 
     def files(self) -> dict[str, bytes]:
-        """The three files by name."""
+        """The files by name: the three, then the verified artifacts for other runtimes."""
         return {
             fmt.MODEL_FILE: self.model_bytes,
             fmt.MANIFEST_FILE: self.manifest_bytes,
             fmt.SIGNATURE_FILE: self.signature,
+            **{fmt.ARTIFACTS[r][0]: data for r, data in sorted(self.artifacts.items())},
         }
 
 
@@ -119,13 +121,42 @@ def verify_bundle(files: dict[str, bytes], trusted_key: Ed25519PublicKey) -> Ver
         raise BundleError("external-data", f"model.onnx stores tensors in files: {refs[:3]}")
     if not graph:
         raise BundleError("onnx", "model.onnx has no graph")
-    return VerifiedBundle(model_bytes, manifest_bytes, signature, manifest)
+    artifacts = verify_artifacts(files, manifest)
+    return VerifiedBundle(model_bytes, manifest_bytes, signature, manifest, artifacts)
+
+
+def verify_artifacts(files: dict[str, bytes], manifest: Manifest) -> dict[str, bytes]:
+    """The other runtimes' files that came with the bundle, each checked against the manifest.
+
+    A listed artifact may be absent (a node gets the files for its own runtime); one that is
+    present must have the signed size, sha256 and its format's magic bytes, and a file the
+    manifest does not list is refused.
+    """
+    verified = {}
+    for runtime, (name, magic) in fmt.ARTIFACTS.items():
+        if name not in files:
+            continue
+        entry = manifest.artifact(runtime)
+        if entry is None:
+            raise BundleError("files", f"{name} is not listed in the signed manifest")
+        data = files[name]
+        if len(data) != entry.bytes:
+            raise BundleError("size", f"{name} has {len(data)} bytes, manifest says {entry.bytes}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256:
+            raise BundleError(
+                "sha256", f"{name} hashes to {digest[:16]}..., manifest says {entry.sha256[:16]}..."
+            )
+        if data[4:8] != magic:
+            raise BundleError("files", f"{name} is not a {runtime} file (no {magic!r} marker)")
+        verified[runtime] = data
+    return verified
 
 
 def read_bundle_dir(
     directory: Path | str, trusted_key: Ed25519PublicKey | None = None
 ) -> dict[str, bytes]:
-    """The three bundle files, read with bounds (missing files simply absent).
+    """The bundle files, read with bounds (missing files simply absent).
 
     Every file must be a regular file (no symlinks) within its size limit. With the trusted
     key, the manifest is verified first and model.onnx is read only if it has the size the
@@ -141,13 +172,18 @@ def read_bundle_dir(
         data = _read_file(directory / name, limit, None)
         if data is not None:
             files[name] = data
-    exact = None
+    manifest = None
     if trusted_key is not None and len(files) == 2:
         manifest = verify_manifest(files[fmt.MANIFEST_FILE], files[fmt.SIGNATURE_FILE], trusted_key)
-        exact = manifest.model_bytes
+    exact = manifest.model_bytes if manifest else None
     model = _read_file(directory / fmt.MODEL_FILE, fmt.MAX_MODEL_BYTES, exact)
     if model is not None:
         files[fmt.MODEL_FILE] = model
+    for runtime, (name, _) in fmt.ARTIFACTS.items():
+        entry = manifest.artifact(runtime) if manifest else None
+        data = _read_file(directory / name, fmt.MAX_MODEL_BYTES, entry.bytes if entry else None)
+        if data is not None:
+            files[name] = data
     return files
 
 
@@ -164,3 +200,12 @@ def _read_file(path: Path, limit: int, exact: int | None) -> bytes | None:
         if err.reason == "missing" and not path.is_symlink():
             return None
         raise BundleError("size" if err.reason == "size" else "files", str(err)) from None
+
+
+def missing_artifact(bundle: VerifiedBundle, runtime: str) -> str:
+    """Why a bundle cannot serve a device of `runtime`, in one line."""
+    has = ", ".join(["onnx", *sorted(bundle.artifacts)])
+    return (
+        f"the bundle has no {runtime} artifact (it has: {has}); this device runs {runtime}: "
+        f"ship one with device-targets onnx,{runtime}"
+    )

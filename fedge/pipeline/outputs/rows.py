@@ -122,6 +122,18 @@ class TeacherFigures(Row):
 
 
 @dataclass(frozen=True)
+class TfliteFigures(Row):
+    """The bundle's model.tflite (device-targets onnx,tflite), measured on the test split."""
+
+    bytes: int  # flash: the file as shipped
+    sha256: str
+    planned_arena_bytes: int  # activations, as TFLM's greedy planner places them
+    tflm_arena_bytes: int | None  # TFLM's reported total (None: tflite-micro not installed)
+    accuracy: float  # LiteRT, one sample at a time
+    label_agreement: float  # share of test samples whose label equals the ONNX model's
+
+
+@dataclass(frozen=True)
 class StudentFigures(Row):
     """The shipped student: the signed device model, measured on the test split."""
 
@@ -136,6 +148,8 @@ class StudentFigures(Row):
     version: int
     latency_us: Latency
     architecture: str
+    tflite: TfliteFigures | None = None  # device-targets onnx,tflite; None otherwise
+    tflite_reason: str = ""  # why a tflite asked for is not in the bundle
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,25 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
         "",
         f"Size ratio {student.size_ratio:.1f}x, accuracy change "
         f"{100 * (student.accuracy - teacher.accuracy):+.2f} points.",
+        *_tflite_lines(student),
     ]
     return lines
+
+
+def _tflite_lines(student: StudentFigures) -> list[str]:
+    """The bundle's model.tflite, when the run asked for one."""
+    t = student.tflite
+    if t is None:
+        reason = student.tflite_reason
+        return ["", f"model.tflite was asked for but not made: {reason}"] if reason else []
+    tflm = f"{t.tflm_arena_bytes:,} bytes" if t.tflm_arena_bytes else "not measured"
+    return [
+        "",
+        f"model.tflite (full-integer int8, LiteRT and TensorFlow Lite Micro): {t.bytes:,} bytes "
+        f"flash, activation arena {t.planned_arena_bytes:,} bytes (TFLM's total: {tflm}), "
+        f"accuracy {100 * t.accuracy:.2f} % in LiteRT, labels agreeing with model.onnx on "
+        f"{100 * t.label_agreement:.2f} % of the test split.",
+    ]
 
 
 def privacy_lines(privacy: dict[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.core.config import RunConfig
@@ -146,8 +147,17 @@ def compress_and_ship(
         key=job.key,
         model_id=job.model_id,
         timing=job.timing,
+        tflite_calibration=tflite_calibration(cfg, fed),
     )
     return Compressed(job, candidates, chosen, rule, teacher_val, shipment, gate, student_gate)
+
+
+def tflite_calibration(cfg: RunConfig, fed: Federation) -> np.ndarray | None:
+    """Raw public-pool samples to calibrate model.tflite with, when the run asks for one."""
+    if "tflite" not in cfg.device_targets:
+        return None
+    pool = fed.server.public_pool.x[: cfg.quant_calibration_samples]
+    return fed.dataset.preprocessing.invert(pool)
 
 
 def not_shipped_record(

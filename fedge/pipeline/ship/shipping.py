@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -12,12 +13,13 @@ from onnxruntime import InferenceSession
 
 from fedge.compression.bundle import BundleConfig, make_bundle
 from fedge.compression.export import INPUT_NAME, LABEL_NAME, OUTPUT_NAME, PROBABILITIES_NAME
+from fedge.core.bundle_format import ARTIFACTS
 from fedge.core.data import Preprocessing
 from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Split
 from fedge.pipeline.chain.stages import CompressionConfig, CompressionOutcome
-from fedge.pipeline.outputs.rows import Latency, StudentFigures, TeacherFigures
+from fedge.pipeline.outputs.rows import Latency, StudentFigures, TeacherFigures, TfliteFigures
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Timing:
     candidate: tuple[int, int, int] = (50, 500, 100)
 
 
+log = logging.getLogger("fedge")
 MEASURED = Timing()  # what runs, compress and the search use
 
 
@@ -43,6 +46,15 @@ class Shipment:
     manifest: BundleConfig
     teacher: TeacherFigures
     student: StudentFigures
+
+    def artifacts(self) -> dict[str, tuple[bytes, tuple[int, ...]]]:
+        """The other runtimes' files in the bundle, with their fixed input shape (batch 1)."""
+        shape = (1, *(int(d or 1) for d in self.manifest.input_shape[1:]))
+        return {
+            runtime: (self.files[name], shape)
+            for runtime, (name, _) in ARTIFACTS.items()
+            if name in self.files
+        }
 
 
 def ship(
@@ -56,8 +68,13 @@ def ship(
     key: Ed25519PrivateKey,
     model_id: str,
     timing: Timing = MEASURED,
+    tflite_calibration: np.ndarray | None = None,
 ) -> Shipment:
-    """Measure teacher and shipped student on the test split (student on raw input), then sign."""
+    """Measure teacher and shipped student on the test split (student on raw input), then sign.
+
+    With `tflite_calibration` (raw samples) the bundle also carries model.tflite, converted from
+    the shipped model and measured; one the converter refuses ships without it (the reason).
+    """
     student_bytes = outcome.student_bytes
     raw_test = preprocessing.invert(test.x)
     teacher_session, student_session = make_session(teacher_onnx), make_session(student_bytes)
@@ -93,7 +110,39 @@ def ship(
         latency_us=latency["student"],
         architecture=manifest.architecture,
     )
-    return Shipment(make_bundle(student_bytes, manifest, key), manifest, teacher, student)
+    artifacts: dict[str, tuple[bytes, tuple[int, ...]]] = {}
+    if tflite_calibration is not None:
+        tflite, figures, reason = _tflite(student_bytes, tflite_calibration, raw_test, test.y)
+        student, artifacts = replace(student, tflite=figures, tflite_reason=reason), tflite
+    return Shipment(
+        make_bundle(student_bytes, manifest, key, artifacts), manifest, teacher, student
+    )
+
+
+def _tflite(
+    model: bytes, calibration: np.ndarray, raw_test: np.ndarray, labels: np.ndarray
+) -> tuple[dict[str, tuple[bytes, tuple[int, ...]]], TfliteFigures | None, str]:
+    """{"tflite": (model.tflite, its input shape)} and its figures, or {} and the reason."""
+    from fedge.compression.targets import TargetError  # noqa: PLC0415 - TensorFlow inside
+    from fedge.compression.tflite import tflite_report, to_tflite  # noqa: PLC0415
+
+    try:
+        artifact = to_tflite(model, calibration)
+        report = tflite_report(artifact, model, raw_test)
+        accuracy = float((report.labels == labels).mean())
+    except TargetError as err:
+        log.warning("model.tflite not made: %s", err)
+        return {}, None, str(err)
+    data = artifact.tflite_bytes
+    figures = TfliteFigures(
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        planned_arena_bytes=report.planned_arena_bytes,
+        tflm_arena_bytes=report.tflm_arena.total if report.tflm_arena else None,
+        accuracy=accuracy,
+        label_agreement=report.agreement,
+    )
+    return {"tflite": (data, artifact.input_shape)}, figures, ""
 
 
 def _latency(

@@ -144,7 +144,8 @@ def for_tier(done: Compressed, tier: str, key: Ed25519PrivateKey) -> dict[str, b
     Its manifest names the tier, so a device of another tier refuses it.
     """
     shipment = done.shipment
-    return make_bundle(shipment.files[MODEL_FILE], replace(shipment.manifest, tier=tier), key)
+    config = replace(shipment.manifest, tier=tier)
+    return make_bundle(shipment.files[MODEL_FILE], config, key, shipment.artifacts())
 
 
 def _pick(
