@@ -165,13 +165,14 @@ def secagg(msg: Message, context: Context) -> Message:
 
 @app.query(m.INFO_ACTION)
 def info(msg: Message, context: Context) -> Message:
-    """Which partition this node holds (client sampling) and its device-class (device tiers)."""
+    """Which partition this node holds (client sampling), its device-class and its runtime."""
     pid = as_int(context.node_config[m.NODE_PARTITION_ID])
     device_class = str(context.node_config.get(m.NODE_DEVICE_CLASS, ""))  # device tiers
+    runtime = str(context.node_config.get(m.NODE_RUNTIME, "onnx"))  # which artifact it runs
     content = RecordDict(
         {
             m.METRICS: MetricRecord({m.PARTITION_ID: pid}),
-            m.STATUS: ConfigRecord({m.NODE_DEVICE_CLASS: device_class}),
+            m.STATUS: ConfigRecord({m.NODE_DEVICE_CLASS: device_class, m.NODE_RUNTIME: runtime}),
         }
     )
     return Message(content, reply_to=msg)

@@ -13,6 +13,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedge.core import messages as m
+from fedge.core.bundle_format import ARTIFACTS
 from fedge.core.config import RunConfig
 from fedge.core.records import config_to_record
 from fedge.pipeline.outputs.results import NOT_CONNECTED
@@ -29,6 +30,7 @@ from fedge.server.replies import (
     status_of,
     text,
 )
+from fedge.server.tiers import node_runtimes
 
 log = logging.getLogger("fedge")
 
@@ -48,7 +50,8 @@ def deploy_bundle(
 
     With `tiers` (each tier's bundle files, each node's tier), a node gets its tier's bundle
     and its row names the tier; simulated nodes then install one at a time, so the latency each
-    times for its budget is not slowed by the others installing on the same cores.
+    times for its budget is not slowed by the others installing on the same cores. Artifacts
+    for other runtimes go only to the nodes that declare that runtime (query.info).
     """
     bundles, node_tier = tiers if tiers is not None else ({"": files}, {})
     extra: dict[str, Any] = {
@@ -58,17 +61,17 @@ def deploy_bundle(
         **spec,
     }
     targets = list(grid.get_node_ids())
-    sent = {node: node_tier.get(node, next(iter(bundles))) for node in targets}
+    runtimes = node_runtimes(grid, cfg) if _has_artifacts(bundles) else {}
+    first = next(iter(bundles))
+    sent = {node: (node_tier.get(node, first), runtimes.get(node, "")) for node in targets}
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
     timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
-    contents = {  # one per (tier, timed) pair some node gets
-        pair: _content(cfg, bundles[pair[0]], extra, *pair)
-        for pair in {(sent[node], node in timed) for node in targets}
+    contents = {  # one per (tier, runtime, timed) some node gets
+        (tier, runtime, t): _content(cfg, _for(bundles[tier], runtime), extra, tier, t)
+        for (tier, runtime), t in {(sent[node], node in timed) for node in targets}
     }
     messages = [
-        Message(
-            content=contents[sent[node], node in timed], message_type=m.DEPLOY, dst_node_id=node
-        )
+        Message(contents[*sent[node], node in timed], message_type=m.DEPLOY, dst_node_id=node)
         for node in targets
     ]
     # Simulated nodes whose figure is used (a tier's budget) or singled out (auto) install one
@@ -90,9 +93,19 @@ def deploy_bundle(
         len(clients),
     )
     sizes = {
-        t: sum(len(f.get(name, b"")) for name in m.BUNDLE_FILE_KEYS) for t, f in bundles.items()
+        pair: sum(map(len, _for(bundles[pair[0]], pair[1]).values())) for pair in {*sent.values()}
     }
     return clients, sum(sizes[sent[node]] for node in targets)
+
+
+def _has_artifacts(bundles: dict[str, dict[str, bytes]]) -> bool:
+    return any(name in files for files in bundles.values() for name, _ in ARTIFACTS.values())
+
+
+def _for(files: dict[str, bytes], runtime: str) -> dict[str, bytes]:
+    """The bundle files a node of `runtime` gets: all but other runtimes' ("": unknown, all)."""
+    others = {name for r, (name, _) in ARTIFACTS.items() if runtime and r != runtime}
+    return {name: data for name, data in files.items() if name not in others}
 
 
 SIMULATION_TIMED_NODES = 10  # install-timing auto: the clients of a simulation that time

@@ -8,6 +8,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedge.core import messages as m
+from fedge.core.bundle_format import RUNTIMES
 from fedge.core.config import RunConfig
 from fedge.core.profile import Profile, ProfileError, parse_profile
 from fedge.pipeline.ship.tiers import tier_of
@@ -51,6 +52,21 @@ def node_tiers(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
             )
     counts = {t: sum(v == t for v in out.values()) for t in tiers}
     log.info("tiers: %s", ", ".join(f"{t} {n} nodes" for t, n in counts.items()))
+    return out
+
+
+def node_runtimes(grid: Grid, cfg: RunConfig) -> dict[int, str]:
+    """Each answering node's declared runtime (query.info); a node that says none is left out."""
+    out = {}
+    for node, reply in _ask_every_node(grid, cfg, m.INFO).items():
+        if reply is None or reply.has_error():
+            continue
+        try:
+            runtime = text(status_of(reply), m.NODE_RUNTIME, limit=16)
+        except BadReplyError:
+            continue
+        if runtime in RUNTIMES:
+            out[node] = runtime
     return out
 
 

@@ -40,7 +40,7 @@ def _deploy_to(num_nodes: int, cfg: RunConfig, tmp_path, tiered: bool = False, b
 
         grid.send_and_receive = recording
     nodes = Nodes({node: i for i, node in enumerate(sorted(grid.contexts))})
-    files = {name: b"bundle file" for name in m.BUNDLE_FILE_KEYS}
+    files = {name: b"bundle file" for name in ("model.onnx", "manifest.json", "manifest.sig")}
     tiers = ({"a": files, "b": files}, {n: "ab"[i % 2] for i, n in enumerate(nodes.partitions)})
     rows, _ = deploy_bundle(
         grid,
@@ -88,3 +88,47 @@ def test_with_tiers_every_simulated_client_times_its_tiers_model(tmp_path, monke
     rows = _deploy_to(12, cfg, tmp_path, tiered=True)
     assert [r.latency_us_p50 for r in rows] == [20.0] * 12
     assert {r.tier for r in rows} == {"a", "b"}
+
+
+runtimes_app = ClientApp()
+
+
+@runtimes_app.query(m.INFO_ACTION)
+def _info(msg: Message, context) -> Message:
+    runtime = context.node_config.get(m.NODE_RUNTIME)
+    status = {m.NODE_RUNTIME: runtime} if runtime else {}  # an older node says nothing
+    content = {m.METRICS: MetricRecord({m.PARTITION_ID: 0}), m.STATUS: ConfigRecord(status)}
+    return Message(RecordDict(content), reply_to=msg)
+
+
+@runtimes_app.query(m.DEPLOY_ACTION)
+def _deploy_keys(msg: Message, context) -> Message:
+    """Reports which bundle files it was sent (1 per file key), as an accuracy-free install."""
+    got = [k for k in m.BUNDLE_FILE_KEYS.values() if k in msg.content.config_records[m.CONFIG]]
+    metrics = {m.PARTITION_ID: context.node_config["partition-id"], m.INSTALLED: 1}
+    metrics |= {m.NUM_EXAMPLES: len(got), m.ACCURACY: float(m.BUNDLE_TFLITE in got)}
+    content = {m.METRICS: MetricRecord(metrics), m.STATUS: ConfigRecord({m.REASON: "installed"})}
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def test_a_tflite_artifact_goes_only_to_nodes_that_run_tflite(tmp_path):
+    grid = LocalGrid(runtimes_app, num_nodes=4)
+    declared = ["tflite", "onnx", None, "coreml"]  # None: says nothing; coreml: unknown
+    for (_, context), runtime in zip(sorted(grid.contexts.items()), declared, strict=True):
+        if runtime:
+            context.node_config[m.NODE_RUNTIME] = runtime
+    nodes = Nodes({node: i for i, node in enumerate(sorted(grid.contexts))})
+    files = {"model.onnx": b"o" * 10, "manifest.json": b"j", "manifest.sig": b"s"}
+    files["model.tflite"] = b"t" * 100
+    rows, sent = deploy_bundle(
+        grid,
+        RunConfig(clients=4, install_timing="off"),
+        files,
+        simulation_store_root=tmp_path,
+        simulation_trusted_key=tmp_path / "key.pem",
+        nodes=nodes,
+        spec={},
+    )
+    got_tflite = [row.accuracy == 1.0 for row in sorted(rows, key=lambda r: r.partition_id)]
+    assert got_tflite == [True, False, True, True]  # unknown or unsaid: every file, to be safe
+    assert sent == 4 * 12 + 3 * 100
