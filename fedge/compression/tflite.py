@@ -112,7 +112,7 @@ def narrow_logits(model: bytes, floor: float) -> bytes:
     scales, zeros = quantization.ScaleAsNumpy(), quantization.ZeroPointAsNumpy()  # views
     scale, zero = float(scales[0]), int(zeros[0])
     low, high = (-128 - zero) * scale, (127 - zero) * scale
-    if not low < floor < 0.0 < high:
+    if not low + scale < floor < 0.0 < high:  # narrows by less than a step, or drops 0
         return model
     scales[0] = (high - floor) / 255.0
     zeros[0] = round(-128 - floor / float(scales[0]))

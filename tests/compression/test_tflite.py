@@ -375,3 +375,17 @@ def test_an_unknown_runtime_is_one_line(tflite_bundle, tmp_path, command):
     )
     assert result.exit_code == 2
     assert "--runtime 'coreml' is not a runtime; allowed: onnx, tflite" in result.output
+
+
+def test_the_logits_range_starts_just_below_the_lowest_top_logit(shipped, digits_fed):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from fedge.compression.tflite import LOGIT_MARGIN, narrow_logits
+
+    samples = raw_public(digits_fed)
+    model = to_tflite(shipped, samples).tflite_bytes
+    scale, zero = Interpreter(model_content=model).get_output_details()[0]["quantization"]
+    top = onnx_logits(shipped, samples).max(axis=1).min()
+    assert (-128 - zero) * scale == pytest.approx(top - LOGIT_MARGIN, abs=scale)
+    assert narrow_logits(model, top - LOGIT_MARGIN) == model  # already there: unchanged
+    assert narrow_logits(model, 1.0) == model  # a floor above zero would drop 0: refused
