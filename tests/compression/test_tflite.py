@@ -389,3 +389,26 @@ def test_the_logits_range_starts_just_below_the_lowest_top_logit(shipped, digits
     assert (-128 - zero) * scale == pytest.approx(top - LOGIT_MARGIN, abs=scale)
     assert narrow_logits(model, top - LOGIT_MARGIN) == model  # already there: unchanged
     assert narrow_logits(model, 1.0) == model  # a floor above zero would drop 0: refused
+
+
+def test_a_tflite_node_without_litert_refuses_and_keeps_what_it_serves(
+    tflite_bundle, tmp_path, monkeypatch
+):
+    from fedge.client.runtime.predictor import Predictor
+    from fedge.client.runtime.store import ModelStore
+    from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir
+
+    bundle, key = tflite_bundle
+    store = ModelStore(tmp_path / "store")
+    store.install(read_bundle_dir(bundle), load_public_key(key))  # as an onnx node
+    real_import = builtins.__import__
+
+    def no_litert(name, *args, **kwargs):
+        if name.startswith("ai_edge_litert"):
+            raise ImportError("No module named 'ai_edge_litert'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_litert)
+    with pytest.raises(BundleError, match=r"needs ai-edge-litert: pip install -e '\.\[litert\]'"):
+        Predictor(tmp_path / "store", key, runtime="tflite")
+    assert Predictor(tmp_path / "store", key, warmup=0).version == 1  # onnx still serves
