@@ -68,10 +68,16 @@ class Arena:
 
 def litert_logits(model: bytes, samples: np.ndarray) -> np.ndarray:
     """Logits (float32, one row per sample) of `model` in LiteRT's interpreter."""
+    interpreter, inp, out = _litert_interpreter(model)
+    return _invoke_each(interpreter, inp, out, samples)
+
+
+def _litert_interpreter(model: bytes) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """LiteRT's interpreter on `model` (one thread), with its input's and output's details."""
     try:
         from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - optional
     except ImportError:
-        raise LiteRtError(f"running a tflite model needs ai-edge-litert: {EXTRA_HINT}") from None
+        raise LiteRtError(f"a tflite model needs ai-edge-litert: {EXTRA_HINT}") from None
     made: list[Any] = []
 
     def load() -> None:
@@ -80,10 +86,20 @@ def litert_logits(model: bytes, samples: np.ndarray) -> np.ndarray:
 
     try:
         capture_stderr(load)  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-        interpreter = made[0]
     except (ValueError, RuntimeError) as err:
         raise LiteRtError(f"LiteRT cannot load the model: {first_line(err)}") from None
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inputs, outputs = made[0].get_input_details(), made[0].get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise LiteRtError(
+            f"a tflite model here has one input and one output, not {len(inputs)}/{len(outputs)}"
+        )
+    return made[0], inputs[0], outputs[0]
+
+
+def _invoke_each(
+    interpreter: Any, inp: dict[str, Any], out: dict[str, Any], samples: np.ndarray
+) -> np.ndarray:
+    """Dequantized outputs of `samples`, invoked one at a time (batch 1)."""
     q_in, q_out = _litert_quantization(inp), _litert_quantization(out)
 
     def one(sample: np.ndarray) -> np.ndarray:
@@ -244,31 +260,10 @@ class LiteRtSession:
     """
 
     def __init__(self, model: bytes, input_name: str, probabilities: str, label: str) -> None:
-        try:
-            from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 - optional
-        except ImportError:
-            raise LiteRtError(f"a tflite artifact needs ai-edge-litert: {EXTRA_HINT}") from None
-        made: list[Any] = []
-
-        def load() -> None:
-            made.append(Interpreter(model_content=model, num_threads=1))
-            made[0].allocate_tensors()
-
-        try:
-            capture_stderr(load)
-        except (ValueError, RuntimeError) as err:
-            raise LiteRtError(f"LiteRT cannot load the model: {first_line(err)}") from None
-        self._interpreter = made[0]
-        inp = self._interpreter.get_input_details()
-        out = self._interpreter.get_output_details()
-        if len(inp) != 1 or len(out) != 1:
-            raise LiteRtError(
-                f"a tflite artifact has one input and one output, not {len(inp)}/{len(out)}"
-            )
-        self._in, self._out = inp[0], out[0]
-        self._q_in, self._q_out = _litert_quantization(inp[0]), _litert_quantization(out[0])
+        self._interpreter, self._in, self._out = _litert_interpreter(model)
+        self._q_in, q_out = _litert_quantization(self._in), _litert_quantization(self._out)
         self._names = (input_name, probabilities, label)
-        self.classes = int(np.prod(self._q_out.shape))
+        self.classes = int(np.prod(q_out.shape))
 
     def get_inputs(self) -> list[TensorInfo]:
         """The one input: raw float samples, a free batch axis."""
@@ -297,13 +292,7 @@ class LiteRtSession:
         x = np.asarray(feed[self._names[0]], dtype=np.float32)
         if x.shape[1:] != self._q_in.shape:
             raise LiteRtError(f"input shape {x.shape[1:]} is not {self._q_in.shape}")
-        it = self._interpreter
-        rows = []
-        for sample in x:
-            it.set_tensor(self._in["index"], self._q_in.quantize(sample))
-            it.invoke()
-            rows.append(self._q_out.dequantize(it.get_tensor(self._out["index"])).reshape(-1))
-        logits = np.stack(rows) if rows else np.zeros((0, self.classes), np.float32)
+        logits = _invoke_each(self._interpreter, self._in, self._out, x)
         values = {
             self._names[1]: softmax(logits),
             self._names[2]: logits.argmax(axis=1).astype(np.int64),

@@ -73,3 +73,16 @@ def device(tmp_path, student_models) -> Device:
     )
     dev.install(1)
     return dev
+
+
+@pytest.fixture(scope="module")
+def model_bytes() -> bytes:
+    """The tiny student as shipped to devices (the bundle tests' model)."""
+    return device_model("tiny")[1]
+
+
+@pytest.fixture()
+def keys(tmp_path):
+    """A fresh (private key, public key) pair, written under tmp_path/keys."""
+    private_path, public_path = generate_keypair(tmp_path / "keys")
+    return load_private_key(private_path), load_public_key(public_path)

@@ -9,29 +9,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.client.runtime.store import ModelStore
-from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir, verify_bundle
+from fedge.client.runtime.verify import BundleError, read_bundle_dir, verify_bundle
 from fedge.compression.bundle import (
     build_manifest,
-    generate_keypair,
-    load_private_key,
     make_bundle,
     write_bundle,
 )
 from fedge.core.bundle_format import schema_errors
 from fedge.core.manifest import Manifest
 from fedge.core.ort import make_session
-from tests.client.conftest import bundle_config, device_model
-
-
-@pytest.fixture(scope="module")
-def model_bytes() -> bytes:
-    return device_model("tiny")[1]
-
-
-@pytest.fixture()
-def keys(tmp_path):
-    private_path, public_path = generate_keypair(tmp_path / "keys")
-    return load_private_key(private_path), load_public_key(public_path)
+from tests.client.conftest import bundle_config
 
 
 @pytest.fixture()

@@ -6,27 +6,16 @@ import json
 import pytest
 
 from fedge.client.runtime.store import ModelStore
-from fedge.client.runtime.verify import BundleError, load_public_key, read_bundle_dir, verify_bundle
-from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle, write_bundle
+from fedge.client.runtime.verify import BundleError, read_bundle_dir, verify_bundle
+from fedge.compression.bundle import make_bundle, write_bundle
 from fedge.core.bundle_format import artifact_errors, schema_errors
 from fedge.core.manifest import Manifest
-from tests.client.conftest import bundle_config, device_model
+from tests.client.conftest import bundle_config
 
 # A stand-in flatbuffer: only its identifier (bytes 4..8) and its hash are checked here; the
 # real conversion and its runtimes are tested in tests/compression/test_tflite.py.
 TFLITE = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4
 SHAPE = (1, 1, 8, 8)
-
-
-@pytest.fixture(scope="module")
-def model_bytes() -> bytes:
-    return device_model("tiny")[1]
-
-
-@pytest.fixture()
-def keys(tmp_path):
-    private_path, public_path = generate_keypair(tmp_path / "keys")
-    return load_private_key(private_path), load_public_key(public_path)
 
 
 def bundle(model_bytes, private, tflite=TFLITE):
