@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fedge.cli.common import app, fail
 from fedge.client.runtime.devicecheck import CheckLimits
+
+if TYPE_CHECKING:
+    from fedge.client.runtime.devicecheck import CheckReport
+    from fedge.client.runtime.verify import VerifiedBundle
 
 BundleDir = Annotated[
     Path, typer.Argument(metavar="BUNDLE_DIR", help="manifest.json, manifest.sig, model.onnx.")
@@ -116,25 +120,18 @@ def verify(
     as_json: AsJson = False,
     check_max_run_ms: CheckMaxRunMs = CheckLimits.max_run_ms,
     check_max_memory_mb: CheckMaxMemoryMb = CheckLimits.max_peak_mb,
+    runtime: Runtime = "onnx",
 ) -> None:
     """Check a bundle directory without installing it (no store, so no version check).
 
-    Runs every check `fedge install` runs on a bundle by itself: signature, manifest, size,
-    sha256, external data, and the device-model check.
+    Every check `fedge install` runs on a bundle by itself; the device-model check runs the
+    model `--runtime` names.
     """
-    from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
-    from fedge.client.runtime.verify import BundleError, load_public_key, verify_bundle_dir
-
     limits = CheckLimits.peak(check_max_run_ms, check_max_memory_mb)
+    check_runtime(runtime)
     if not bundle_dir.is_dir():
         raise fail(f"no bundle directory at {bundle_dir}")
-    try:
-        bundle = verify_bundle_dir(bundle_dir, load_public_key(trusted_key))
-        report = check_device_model(bundle.model_bytes, bundle.manifest, limits=limits)
-    except DeviceModelError as err:
-        raise fail(str(BundleError("device-model", str(err)))) from None
-    except BundleError as err:
-        raise fail(str(err)) from None
+    bundle, report = _checked(bundle_dir, trusted_key, runtime, limits)
     manifest = bundle.manifest
     shape = list(manifest.sample_shape)
     if as_json:
@@ -157,7 +154,13 @@ def verify(
             f"{f', for tier {manifest.tier}' if manifest.tier else ''}; "
             f"device check: slowest run {max(report.runs_ms.values()):.1f} ms, peak "
             f"{report.peak_mb:.0f} MB"
-            + "".join(f"; {r} artifact {len(d)} bytes" for r, d in sorted(bundle.artifacts.items()))
+            + "".join(f"; {a.runtime} artifact {a.bytes} bytes" for a in manifest.artifacts)
+            + "".join(
+                f" ({a.file} absent)"
+                for a in manifest.artifacts
+                if a.runtime not in bundle.artifacts
+            )
+            + (f"; checked in {runtime}" if runtime != "onnx" else "")
         )
 
 
@@ -233,3 +236,28 @@ def check_runtime(runtime: str) -> None:
 
     if runtime not in RUNTIMES:
         raise fail(f"--runtime {runtime[:40]!r} is not a runtime; allowed: {', '.join(RUNTIMES)}")
+
+
+def _checked(
+    bundle_dir: Path, trusted_key: Path, runtime: str, limits: CheckLimits
+) -> tuple[VerifiedBundle, CheckReport]:
+    """The verified bundle and the device-model check of `runtime`'s model; exit 2 if refused."""
+    from fedge.client.runtime.devicecheck import DeviceModelError, check_device_model
+    from fedge.client.runtime.verify import (
+        BundleError,
+        load_public_key,
+        missing_artifact,
+        verify_bundle_dir,
+    )
+
+    try:
+        bundle = verify_bundle_dir(bundle_dir, load_public_key(trusted_key))
+        if runtime != "onnx" and runtime not in bundle.artifacts:
+            raise BundleError("runtime", missing_artifact(bundle, runtime))
+        on = {} if runtime == "onnx" else {"runtime": runtime}
+        model = bundle.artifacts.get(runtime, bundle.model_bytes)
+        return bundle, check_device_model(model, bundle.manifest, limits=limits, **on)
+    except DeviceModelError as err:
+        raise fail(str(BundleError("device-model", str(err)))) from None
+    except BundleError as err:
+        raise fail(str(err)) from None

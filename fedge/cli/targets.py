@@ -73,7 +73,7 @@ def tflite_target(
     min_agreement: Annotated[
         float,
         typer.Option(help="Least share of calibration samples whose label must match ONNX's."),
-    ] = 0.99,
+    ] = 0.99,  # fedge.compression.tflite.MIN_AGREEMENT, as runs require
     force: Force = False,
 ) -> None:
     """Convert a verified bundle's model to a full-integer int8 LiteRT model (.tflite).

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core import messages as m
+from fedge.core.bundle_format import RUNTIMES
 
 SIMULATION_ENV = m.SIMULATION_ENV
 STORE_LAYOUT = ("partition-{pid}", "model-store")  # a simulated node's store under the root
@@ -75,6 +76,11 @@ def deploy_target(
     tier = str(node_config.get(m.NODE_DEVICE_CLASS, ""))
     assigned = str(message.get(m.DEPLOY_TIER, ""))
     runtime = str(node_config.get(m.NODE_RUNTIME, "onnx"))
+    if runtime not in RUNTIMES:  # a typo would otherwise refuse every bundle for its artifact
+        refusal = (
+            f"this node's {m.NODE_RUNTIME!r} is {runtime[:40]!r}, not one of {', '.join(RUNTIMES)}"
+        )
+        return DeployTarget(None, None, allow, refusal, tier, assigned)
     store: Path | None = None
     if m.NODE_MODEL_STORE in node_config:
         store = Path(str(node_config[m.NODE_MODEL_STORE]))

@@ -35,6 +35,7 @@ from fedge.core.litert import (
 from fedge.core.tflite_plan import planned_arena
 
 EXTRA_HINT = "the tflite target needs TensorFlow: pip install -e '.[litert]'"
+MIN_AGREEMENT = 0.99  # least share of labels a tflite must share with its ONNX model to ship
 LOGIT_MARGIN = 8.0  # int8 logits saturate this far below the lowest top logit calibration saw
 LOGITS = "logits"
 
@@ -59,7 +60,12 @@ def to_tflite(model_bytes: bytes, calibration: np.ndarray | None) -> TfliteArtif
     graph = _Graph(_parse(model_bytes))
     spec = tf.TensorSpec([1, *graph.input_shape[1:]], tf.float32)
     func = tf.function(graph.build(tf), input_signature=[spec], autograph=False)
-    concrete = func.get_concrete_function()
+    try:
+        concrete = func.get_concrete_function()
+    except TargetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TensorFlow refusing a shape or a value
+        raise TargetError(f"TensorFlow cannot build the graph: {first_line(err)}") from None
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], func)
     if calibration is not None:
         samples = np.asarray(calibration, dtype=np.float32)
@@ -102,12 +108,25 @@ def narrow_logits(model: bytes, floor: float) -> bytes:
     class's, and the steps halve. Only the output tensor's scale and zero point change; both
     runtimes derive the last layer's requantization from them when they load the model.
     """
-    from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415 - optional
+    try:
+        from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415 - optional
+    except ImportError:
+        raise TargetError(EXTRA_HINT) from None
 
     buffer = bytearray(model)
-    graph = schema.Model.GetRootAs(buffer, 0).Subgraphs(0)
-    quantization = graph.Tensors(int(graph.OutputsAsNumpy()[0])).Quantization()
-    if quantization is None or quantization.ScaleLength() != 1:
+    root = schema.Model.GetRootAs(buffer, 0)
+    graph = root.Subgraphs(0)
+    output = int(graph.OutputsAsNumpy()[0])
+    writers = [
+        graph.Operators(i)
+        for i in range(graph.OperatorsLength())
+        if output in graph.Operators(i).OutputsAsNumpy()
+    ]
+    codes = {root.OperatorCodes(op.OpcodeIndex()).BuiltinCode() for op in writers}
+    # Only a layer that requantizes its result (FULLY_CONNECTED 9, CONV_2D 3) takes a new
+    # output scale; ops that copy int8 values (MINIMUM/MAXIMUM of a QDQ clip) would not.
+    quantization = graph.Tensors(output).Quantization()
+    if codes - {3, 9} or not codes or quantization is None or quantization.ScaleLength() != 1:
         return model
     scales, zeros = quantization.ScaleAsNumpy(), quantization.ZeroPointAsNumpy()  # views
     scale, zero = float(scales[0]), int(zeros[0])

@@ -111,7 +111,10 @@ class Ops:
 
     def _quantizelinear(self, node: onnx.NodeProto, x: Value) -> Value:
         """An activation's Q (its DQ follows): the clip its int8/uint8 range applies."""
-        scale = float(self.const(node, 1))
+        scales = self.const(node, 1)
+        if np.size(scales) != 1:
+            raise TargetError(f"QuantizeLinear {node.name}: per-channel activations")
+        scale = float(np.ravel(scales)[0])
         zero = self.const(node, 2) if len(node.input) > 2 else np.uint8(0)
         info = np.iinfo(zero.dtype)
         low, high = (info.min - int(zero)) * scale, (info.max - int(zero)) * scale

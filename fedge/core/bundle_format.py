@@ -100,7 +100,7 @@ def artifact_errors(artifacts: Any) -> list[str]:
         if not isinstance(entry, dict):
             return ["each artifact must be a JSON object"]
         runtime = entry.get("runtime")
-        if runtime not in ARTIFACTS or runtime in seen:
+        if not isinstance(runtime, str) or runtime not in ARTIFACTS or runtime in seen:
             errors.append(
                 f"artifact runtime {str(runtime)[:40]!r} is not one of {sorted(ARTIFACTS)} "
                 "listed once"

@@ -49,11 +49,7 @@ def check(cfg: RunConfig) -> None:
             f"qat always trains for static int8, but quant-mode is {cfg.quant_mode!r}; "
             "allowed with qat always: quant-mode static"
         )
-    if "tflite" in cfg.device_targets and importlib.util.find_spec("tensorflow") is None:
-        raise ConfigError(
-            f"device-targets {cfg.device_targets} converts with TensorFlow, which is not "
-            "installed: pip install -e '.[litert]', or device-targets onnx"
-        )
+    _device_targets(cfg)
     if cfg.data_dir and cfg.dataset != "fmnist":
         raise ConfigError(
             f"data-dir {cfg.data_dir!r} applies to fmnist only, not dataset {cfg.dataset!r}; "
@@ -74,6 +70,16 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(
             f"test-fraction + val-fraction + public-fraction = {server_share:.2f} leaves "
             "clients less than 10 % of the data; allowed: a sum below 0.9"
+        )
+
+
+def _device_targets(cfg: RunConfig) -> None:
+    missing = [p for p in ("tensorflow", "ai_edge_litert") if importlib.util.find_spec(p) is None]
+    if "tflite" in cfg.device_targets and missing:
+        raise ConfigError(
+            f"device-targets {cfg.device_targets} converts with TensorFlow and checks with "
+            f"LiteRT; not installed: {', '.join(missing)}: pip install -e '.[litert]', or "
+            "device-targets onnx"
         )
 
 

@@ -14,13 +14,14 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-EXTRA_HINT = "pip install -e '.[litert]'"
+EXTRA_HINT = "pip install ai-edge-litert tflite-micro (on a server: pip install -e '.[litert]')"
 ARENA_PATTERN = {
     "total": r"Arena allocation total (\d+) bytes",
     "head": r"Arena allocation head (\d+) bytes",
@@ -261,6 +262,7 @@ class LiteRtSession:
 
     def __init__(self, model: bytes, input_name: str, probabilities: str, label: str) -> None:
         self._interpreter, self._in, self._out = _litert_interpreter(model)
+        self._lock = threading.Lock()  # one interpreter: fedge serve's workers take turns
         self._q_in, q_out = _litert_quantization(self._in), _litert_quantization(self._out)
         self._names = (input_name, probabilities, label)
         self.classes = int(np.prod(q_out.shape))
@@ -292,7 +294,8 @@ class LiteRtSession:
         x = np.asarray(feed[self._names[0]], dtype=np.float32)
         if x.shape[1:] != self._q_in.shape:
             raise LiteRtError(f"input shape {x.shape[1:]} is not {self._q_in.shape}")
-        logits = _invoke_each(self._interpreter, self._in, self._out, x)
+        with self._lock:
+            logits = _invoke_each(self._interpreter, self._in, self._out, x)
         values = {
             self._names[1]: softmax(logits),
             self._names[2]: logits.argmax(axis=1).astype(np.int64),

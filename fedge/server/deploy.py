@@ -50,8 +50,8 @@ def deploy_bundle(
 
     With `tiers` (each tier's bundle files, each node's tier), a node gets its tier's bundle
     and its row names the tier; simulated nodes then install one at a time, so the latency each
-    times for its budget is not slowed by the others installing on the same cores. Artifacts
-    for other runtimes go only to the nodes that declare that runtime (query.info).
+    times for its budget is not slowed by the others installing on the same cores; artifacts
+    for other runtimes go only to nodes that declare that runtime (query.info).
     """
     bundles, node_tier = tiers if tiers is not None else ({"": files}, {})
     extra: dict[str, Any] = {
@@ -61,9 +61,7 @@ def deploy_bundle(
         **spec,
     }
     targets = list(grid.get_node_ids())
-    runtimes = node_runtimes(grid, cfg) if _has_artifacts(bundles) else {}
-    first = next(iter(bundles))
-    sent = {node: (node_tier.get(node, first), runtimes.get(node, "")) for node in targets}
+    sent = _destinations(grid, cfg, bundles, node_tier, targets)
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
     timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
     contents = {  # one per (tier, runtime, timed) some node gets
@@ -96,6 +94,19 @@ def deploy_bundle(
         pair: sum(map(len, _for(bundles[pair[0]], pair[1]).values())) for pair in {*sent.values()}
     }
     return clients, sum(sizes[sent[node]] for node in targets)
+
+
+def _destinations(
+    grid: Grid,
+    cfg: RunConfig,
+    bundles: dict[str, dict[str, bytes]],
+    node_tier: dict[int, str],
+    targets: list[int],
+) -> dict[int, tuple[str, str]]:
+    """Each node's (tier, runtime): the bundle it gets and whose artifacts ("": every file)."""
+    runtimes = node_runtimes(grid, cfg) if _has_artifacts(bundles) else {}
+    first = next(iter(bundles))
+    return {node: (node_tier.get(node, first), runtimes.get(node, "")) for node in targets}
 
 
 def _has_artifacts(bundles: dict[str, dict[str, bytes]]) -> bool:

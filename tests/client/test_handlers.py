@@ -146,6 +146,15 @@ def test_a_node_that_runs_tflite_installs_the_artifact_and_says_so(tmp_path, sig
     assert installed == 0 and "the bundle has no tflite artifact (it has: onnx)" in reason
 
 
+def test_a_node_whose_runtime_is_a_typo_refuses_and_says_what_is_allowed(
+    tmp_path, signed, simulated
+):
+    files, public_path, _ = signed
+    node = node_context(7, 3, 4, runtime="tflte")
+    installed, reason = _verdict(app(_deploy_message(files, tmp_path / "n", public_path), node))
+    assert installed == 0 and "'runtime' is 'tflte', not one of onnx, tflite" in reason
+
+
 def test_install_timing_off_installs_and_evaluates_without_timing(tmp_path, signed, simulated):
     files, public_path, _ = signed
     message = _deploy_message(files, tmp_path / "nodes", public_path, **{"install-timing": "off"})

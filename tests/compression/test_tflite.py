@@ -19,6 +19,7 @@ from fedge.core.data import Preprocessing
 from fedge.core.litert import (
     LiteRtError,
     litert_logits,
+    softmax,
     tflm_arena,
     tflm_logits,
     tflm_min_arena,
@@ -315,8 +316,9 @@ def test_a_tflite_node_installs_checks_and_serves_the_artifact(
     result = device("infer", tmp_path / "x.npy", *common, "--json")
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
-    assert answer["labels"] == litert_logits(int8_tflite, x).argmax(axis=1).tolist()
-    assert np.allclose(np.asarray(answer["probabilities"]).sum(axis=1), 1.0, atol=1e-4)
+    logits = litert_logits(int8_tflite, x)
+    assert answer["labels"] == logits.argmax(axis=1).tolist()
+    np.testing.assert_allclose(answer["probabilities"], softmax(logits), atol=1e-5)
 
 
 def test_the_session_gives_the_device_contract(int8_tflite, shipped, digits_fed):
@@ -377,18 +379,25 @@ def test_an_unknown_runtime_is_one_line(tflite_bundle, tmp_path, command):
     assert "--runtime 'coreml' is not a runtime; allowed: onnx, tflite" in result.output
 
 
-def test_the_logits_range_starts_just_below_the_lowest_top_logit(shipped, digits_fed):
+def test_the_logits_range_starts_just_below_the_lowest_top_logit(
+    shipped, shipped_weights, digits_fed
+):
     from ai_edge_litert.interpreter import Interpreter
 
     from fedge.compression.tflite import LOGIT_MARGIN, narrow_logits
 
+    def output_floor(model: bytes) -> float:
+        scale, zero = Interpreter(model_content=model).get_output_details()[0]["quantization"]
+        return (-128 - zero) * scale
+
     samples = raw_public(digits_fed)
-    model = to_tflite(shipped, samples).tflite_bytes
-    scale, zero = Interpreter(model_content=model).get_output_details()[0]["quantization"]
-    top = onnx_logits(shipped, samples).max(axis=1).min()
-    assert (-128 - zero) * scale == pytest.approx(top - LOGIT_MARGIN, abs=scale)
+    model = to_tflite(shipped_weights, samples).tflite_bytes
+    top = onnx_logits(shipped_weights, samples).max(axis=1).min()
+    assert output_floor(model) == pytest.approx(top - LOGIT_MARGIN, abs=0.05)
     assert narrow_logits(model, top - LOGIT_MARGIN) == model  # already there: unchanged
     assert narrow_logits(model, 1.0) == model  # a floor above zero would drop 0: refused
+    static = to_tflite(shipped, samples).tflite_bytes  # a QDQ clip writes the logits
+    assert narrow_logits(static, output_floor(static) + 1.0) == static
 
 
 def test_a_tflite_node_without_litert_refuses_and_keeps_what_it_serves(
@@ -409,6 +418,58 @@ def test_a_tflite_node_without_litert_refuses_and_keeps_what_it_serves(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_litert)
-    with pytest.raises(BundleError, match=r"needs ai-edge-litert: pip install -e '\.\[litert\]'"):
+    with pytest.raises(BundleError, match=r"needs ai-edge-litert: pip install ai-edge-litert"):
         Predictor(tmp_path / "store", key, runtime="tflite")
     assert Predictor(tmp_path / "store", key, warmup=0).version == 1  # onnx still serves
+
+
+@pytest.mark.parametrize("quant", ["static", "weights"])
+def test_int8_logits_stay_close_to_the_onnx_logits(quant, shipped, shipped_weights, digits_fed):
+    # static: the logits come out of a QDQ clip (MINIMUM/MAXIMUM ops copy int8 values), so
+    # their range must not be narrowed; weights: a fully connected layer writes them.
+    model = shipped if quant == "static" else shipped_weights
+    samples, x = raw_public(digits_fed), raw_test(digits_fed)
+    want = onnx_logits(model, x)
+    got = litert_logits(to_tflite(model, samples).tflite_bytes, x)
+    near = want > want.max(axis=1, keepdims=True) - 4  # what decides label and probabilities
+    error = np.abs(got - want)[near].max()
+    assert error < 0.05 * (want.max() - want.min()), error
+
+
+def test_concurrent_runs_each_get_their_own_answer(int8_tflite, digits_fed):
+    import threading
+
+    from fedge.core.litert import LiteRtSession
+
+    session = LiteRtSession(int8_tflite, "input", "probabilities", "label")
+    x = raw_test(digits_fed)[:64]
+    want = [session.run(None, {"input": x[i : i + 16]})[1] for i in range(0, 64, 16)]
+    got: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        for _ in range(20):
+            got[i] = session.run(None, {"input": x[16 * i : 16 * i + 16]})[1]
+            assert (got[i] == want[i]).all()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all((got[i] == want[i]).all() for i in range(4))
+
+
+def test_the_same_version_with_the_artifact_completes_a_copy_sent_without_it(
+    tflite_bundle, tmp_path
+):
+    from fedge.client.runtime.store import ModelStore
+    from fedge.client.runtime.verify import load_public_key, read_bundle_dir
+
+    bundle, key = tflite_bundle
+    files = read_bundle_dir(bundle)
+    store, public = ModelStore(tmp_path / "store"), load_public_key(key)
+    store.install({k: v for k, v in files.items() if k != "model.tflite"}, public)  # onnx copy
+    assert store.load(public).artifacts == {}
+    again = store.install(files, public, runtime="tflite")
+    assert again.changed and store.load(public).artifacts == {"tflite": files["model.tflite"]}
+    assert not store.install(files, public, runtime="tflite").changed  # now it is there

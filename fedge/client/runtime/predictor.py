@@ -82,9 +82,10 @@ class _Loaded:
                 self.session.run(self.output_names, {self.input_name: zeros})
         except BundleError:
             raise
-        except Exception as err:  # onnxruntime's own exception types
+        except Exception as err:  # onnxruntime's (or LiteRT's) own exception types
             text = " ".join(str(err).split())[-300:]
-            raise BundleError("device-model", f"onnxruntime cannot run the model: {text}") from None
+            engine = "onnxruntime" if runtime == "onnx" else "LiteRT"
+            raise BundleError("device-model", f"{engine} cannot run the model: {text}") from None
 
 
 def _session(bundle: VerifiedBundle, runtime: str, input_name: str, outputs: list[str]) -> Any:

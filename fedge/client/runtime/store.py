@@ -1,12 +1,11 @@
 """The model store: verified, device-checked bundles by version, an atomic switch, no way back.
 
-Layout: `versions/<version>/` (the three bundle files), `CURRENT` (the served version) and
-`state.json` (the highest version ever made current, its model line, the install history and
-the last refusal). Every way in (the Flower deploy handler, `fedge install`) goes through
-`ModelStore.install`; every way out (`fedge infer`, `fedge serve`, the Predictor) through
-`ModelStore.load`, which refuses a `CURRENT` below the rollback floor. The floor is the highest
-version state.json or a signed manifest on disk vouches for (`rollback`), so no single file
-lowers it; no symlink in the store is followed.
+Layout: `versions/<version>/` (the bundle files), `CURRENT` (the served version), `state.json`
+(the highest version made current, its model line, the install history, the last refusal).
+Every way in (the Flower deploy handler, `fedge install`) goes through `ModelStore.install`;
+every way out (`fedge infer`, `fedge serve`, the Predictor) through `ModelStore.load`, which
+refuses a `CURRENT` below the rollback floor: the highest version state.json or a signed
+manifest on disk vouches for (`rollback`), so no single file lowers it. No symlink is followed.
 """
 
 from __future__ import annotations
@@ -55,8 +54,7 @@ STATE = STATE_FILE
 DAMAGED_STATE = "state.json.damaged"  # a damaged state.json, kept when an install rebuilds it
 LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
-# (model bytes, manifest[, runtime=...]) -> the report that goes in the history
-DeviceCheck = Callable[..., CheckReport | None]
+DeviceCheck = Callable[..., CheckReport | None]  # (model, manifest[, runtime=]) -> its report
 
 
 @dataclass(frozen=True)
@@ -123,16 +121,16 @@ class ModelStore:
         """Verify, device-check, then install atomically; a refused bundle installs nothing.
 
         Re-delivering the current version (same manifest) is a success that changes nothing.
-        `tier`: this device's own tier, `assigned`: the one a server assigned it (`check_tier`).
-        `runtime`: what this device runs; the device check runs the bundle's model for it.
+        `tier`: this device's own tier, `assigned`: the one a server assigned it (`check_tier`),
+        `runtime`: what it runs (the device check runs the bundle's model for it).
         A refusal is recorded in state.json (`fedge status` shows it) and raised as BundleError.
         """
         if self.root.exists() and not self.root.is_dir():
             raise BundleError("store", f"{self.root} is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         with self._locked():
+            node = (tier, assigned, runtime)
             try:
-                node = (tier, assigned, runtime)
                 return self._install(files, trusted_key, allow_model_switch, device_check, node)
             except BundleError as err:
                 self.record_refusal(err, files)
@@ -206,7 +204,9 @@ class ModelStore:
             raise BundleError("runtime", missing_artifact(bundle, runtime))
         current = self.current_version()
         if current == bundle.version and self._is_on_disk(bundle):
-            return Installed(self.load(key), changed=False)
+            installed = self.load(key)  # a copy sent without this runtime's model is redone
+            if runtime == "onnx" or runtime in installed.artifacts:
+                return Installed(installed, changed=False)
         floor = self.floor(key)
         self._check_newer(bundle, current, floor)
         if floor is not None and floor.model_id != bundle.model_id and not allow_model_switch:
@@ -215,8 +215,8 @@ class ModelStore:
                 f"model_id {bundle.model_id!r} is not the installed line {floor.model_id!r}; "
                 "allow a switch explicitly (allow-model-switch) to change lines",
             )
+        on = {} if runtime == "onnx" else {"runtime": runtime}  # fakes need not take it
         try:
-            on = {} if runtime == "onnx" else {"runtime": runtime}  # fakes need not take it
             report = device_check(
                 bundle.artifacts.get(runtime, bundle.model_bytes), bundle.manifest, **on
             )

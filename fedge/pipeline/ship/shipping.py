@@ -124,12 +124,17 @@ def _tflite(
 ) -> tuple[dict[str, tuple[bytes, tuple[int, ...]]], TfliteFigures | None, str]:
     """{"tflite": (model.tflite, its input shape)} and its figures, or {} and the reason."""
     from fedge.compression.targets import TargetError  # noqa: PLC0415 - TensorFlow inside
-    from fedge.compression.tflite import tflite_report, to_tflite  # noqa: PLC0415
+    from fedge.compression.tflite import MIN_AGREEMENT, tflite_report, to_tflite  # noqa: PLC0415
 
     try:
         artifact = to_tflite(model, calibration)
         report = tflite_report(artifact, model, raw_test)
         accuracy = float((report.labels == labels).mean())
+        if report.agreement < MIN_AGREEMENT:
+            raise TargetError(
+                f"its labels agree with model.onnx on {report.agreement:.2%} of the test split, "
+                f"below {MIN_AGREEMENT:.0%}"
+            )
     except TargetError as err:
         log.warning("model.tflite not made: %s", err)
         return {}, None, str(err)
