@@ -19,7 +19,7 @@ SIGNATURE_FILE = "manifest.sig"
 FILES = (MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE)
 # Artifacts for other runtimes, beside model.onnx: runtime -> (file name, magic bytes at 4..8).
 # Each is listed in the signed manifest ("artifacts": runtime, file, bytes, sha256, input_shape).
-ARTIFACTS = {"tflite": ("model.tflite", b"TFL3")}
+ARTIFACTS = {"ort": ("model.ort", b"ORTM"), "tflite": ("model.tflite", b"TFL3")}
 RUNTIMES = ("onnx", *ARTIFACTS)  # what a node can declare it runs
 
 MAX_MANIFEST_BYTES = 1 << 20

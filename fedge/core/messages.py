@@ -67,11 +67,13 @@ BUNDLE_MODEL = "bundle-model"
 BUNDLE_MANIFEST = "bundle-manifest"
 BUNDLE_SIGNATURE = "bundle-signature"
 BUNDLE_TFLITE = "bundle-tflite"
+BUNDLE_ORT = "bundle-ort"
 BUNDLE_FILE_KEYS = {
     MODEL_FILE: BUNDLE_MODEL,
     MANIFEST_FILE: BUNDLE_MANIFEST,
     SIGNATURE_FILE: BUNDLE_SIGNATURE,
     ARTIFACTS["tflite"][0]: BUNDLE_TFLITE,
+    ARTIFACTS["ort"][0]: BUNDLE_ORT,
 }
 # Simulation only: a node uses these only when it knows it is simulated (fedge.client.node);
 # where the node keeps its store under the root is the node's business, not the server's.

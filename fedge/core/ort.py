@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -169,3 +170,50 @@ def session_call(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], o
     """A zero-argument closure that runs `session` on a fixed input (for latency timing)."""
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
     return lambda: session.run(None, feed)
+
+
+def ort_format_session(model_bytes: bytes) -> ort.InferenceSession:
+    """A session on an ORT-format model (ORT Mobile's), as a phone's onnxruntime loads it.
+
+    One thread, sequential; the runtime optimizations saved in the file are replayed. The ORT
+    format holds no external data. Raises onnxruntime's own exceptions when it does not load.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 4
+    options.add_session_config_entry("session.load_model_format", "ORT")
+    options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+class BatchOne:
+    """A session whose model takes batch 1 only (an ORT artifact), run one sample at a time.
+
+    Offers the slice of InferenceSession the device uses (get_inputs, get_outputs, run), so
+    the predictor and the device-model check treat it like any other session.
+    """
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+
+    def get_inputs(self) -> list[Any]:
+        """The model's inputs (their batch axis is 1)."""
+        return list(self._session.get_inputs())
+
+    def get_outputs(self) -> list[Any]:
+        """The model's outputs."""
+        return list(self._session.get_outputs())
+
+    def run(
+        self, output_names: list[str] | None, feed: dict[str, Any], run_options: Any = None
+    ) -> list[Any]:
+        """The outputs for the whole batch, concatenated from one run per sample."""
+        name, batch = next(iter(feed.items()))
+        parts = [self._session.run(output_names, {name: batch[i : i + 1]}, run_options)
+                 for i in range(len(batch))]  # fmt: skip
+        if not parts:  # no samples: the outputs' shapes, with no rows
+            zero = np.zeros((1, *batch.shape[1:]), batch.dtype)
+            return [out[:0] for out in self._session.run(output_names, {name: zero}, run_options)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]

@@ -163,8 +163,9 @@ class CompressionSettings:
     )
     device_targets: str = setting(
         "onnx",
-        "artifacts in the signed bundle: onnx (model.onnx) | onnx,tflite (also model.tflite, "
-        "full-integer int8 for LiteRT and TensorFlow Lite Micro; needs the litert extra)",
+        "artifacts in the signed bundle: onnx (model.onnx), and with ort model.ort (ORT Mobile, "
+        "batch 1) and with tflite model.tflite (full-integer int8 for LiteRT and TensorFlow Lite "
+        "Micro; needs the litert extra)",
         choices=choices.DEVICE_TARGETS,
         compress=True,
     )

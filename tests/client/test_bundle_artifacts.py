@@ -90,9 +90,9 @@ def _manifest(model_bytes, private) -> dict:
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        ({"runtime": "coreml"}, "artifact runtime 'coreml' is not one of ['tflite']"),
-        ({"runtime": []}, "artifact runtime '[]' is not one of ['tflite']"),  # unhashable
-        ({"runtime": {}}, "artifact runtime '{}' is not one of ['tflite']"),
+        ({"runtime": "coreml"}, "artifact runtime 'coreml' is not one of ['ort', 'tflite']"),
+        ({"runtime": []}, "artifact runtime '[]' is not one of ['ort', 'tflite']"),  # unhashable
+        ({"runtime": {}}, "artifact runtime '{}' is not one of ['ort', 'tflite']"),
         ({"file": "../model.tflite"}, "file must be 'model.tflite'"),
         ({"bytes": 0}, "bytes must be 1.."),
         ({"bytes": True}, "bytes must be 1.."),

@@ -152,7 +152,7 @@ def test_a_node_whose_runtime_is_a_typo_refuses_and_says_what_is_allowed(
     files, public_path, _ = signed
     node = node_context(7, 3, 4, runtime="tflte")
     installed, reason = _verdict(app(_deploy_message(files, tmp_path / "n", public_path), node))
-    assert installed == 0 and "'runtime' is 'tflte', not one of onnx, tflite" in reason
+    assert installed == 0 and "'runtime' is 'tflte', not one of onnx, ort, tflite" in reason
 
 
 def test_install_timing_off_installs_and_evaluates_without_timing(tmp_path, signed, simulated):
@@ -253,6 +253,7 @@ def test_message_keys_are_not_file_names(tmp_path, signed, simulated):
         "manifest.json",
         "manifest.sig",
         "model.tflite",
+        "model.ort",
     }
     assert not set(m.BUNDLE_FILE_KEYS.values()) & set(m.BUNDLE_FILE_KEYS)
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import logging
 
 import numpy as np
@@ -189,3 +190,37 @@ def test_cli_refuses_a_tampered_bundle_and_writes_nothing(signed_bundle, tmp_pat
     assert ("sha256 check failed" if tamper == "weight" else "check failed") in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".model.ort-*"))
+
+
+def test_an_ort_node_installs_checks_and_serves_the_signed_ort(tmp_path, shipped, digits_fed):
+    from fedge.compression.bundle import generate_keypair, load_private_key, make_bundle
+    from fedge.core.ort import BatchOne, ort_format_session
+    from tests.client.conftest import bundle_config
+
+    artifact = ort_artifact(shipped)
+    private, public = generate_keypair(tmp_path / "keys")
+    files = make_bundle(
+        shipped,
+        bundle_config(),
+        load_private_key(private),
+        {"ort": (artifact.ort_bytes, (1, *SHAPE))},
+    )
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name, data in files.items():
+        (bundle / name).write_bytes(data)
+    common = ["--model-dir", tmp_path / "store", "--trusted-key", public, "--runtime", "ort"]
+    runner = CliRunner()
+    installed = runner.invoke(app, ["install", str(bundle), *map(str, common)])
+    assert installed.exit_code == 0, installed.output
+    x = raw_test(digits_fed)[:40]
+    np.save(tmp_path / "x.npy", x)
+    result = runner.invoke(app, ["infer", str(tmp_path / "x.npy"), *map(str, common), "--json"])
+    assert result.exit_code == 0, result.output
+    session = BatchOne(ort_format_session(artifact.ort_bytes))
+    probabilities, labels = session.run(["probabilities", "label"], {"input": x})
+    answer = json.loads(result.output)
+    assert answer["labels"] == labels.tolist()
+    np.testing.assert_allclose(answer["probabilities"], probabilities, atol=1e-6)
+    empty = session.run(["probabilities", "label"], {"input": x[:0]})
+    assert empty[0].shape == (0, 10) and empty[1].shape == (0,)

@@ -376,7 +376,7 @@ def test_an_unknown_runtime_is_one_line(tflite_bundle, tmp_path, command):
         command, *first, "--model-dir", tmp_path, "--trusted-key", key, "--runtime", "coreml"
     )
     assert result.exit_code == 2
-    assert "--runtime 'coreml' is not a runtime; allowed: onnx, tflite" in result.output
+    assert "--runtime 'coreml' is not a runtime; allowed: onnx, ort, tflite" in result.output
 
 
 def test_the_logits_range_starts_just_below_the_lowest_top_logit(

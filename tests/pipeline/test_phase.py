@@ -159,3 +159,22 @@ def test_device_targets_tflite_signs_model_tflite_into_the_bundle_and_measures_i
     plain = compression_phase(make_job(), tmp_path / "plain", unused())
     assert plain.files["model.onnx"] == result.files["model.onnx"]
     assert "model.tflite" not in plain.files and plain.record.student.tflite is None
+
+
+def test_device_targets_ort_signs_model_ort_rated_for_nnapi(make_job, tmp_path):
+    from fedge.client.runtime.verify import verify_bundle
+    from fedge.core.ort import BatchOne, make_session, ort_format_session
+
+    job = make_job(PHASE.replace(device_targets="onnx,ort"))
+    result = compression_phase(job, tmp_path, unused())
+    student = result.record.student
+    assert student is not None and student.ort is not None and student.ort_reason == ""
+    assert student.ort.nnapi_as_is and student.ort.label_agreement >= 0.99
+    bundle = verify_bundle(result.files, job.key.public_key())
+    assert set(bundle.artifacts) == {"ort"} and "model.tflite" not in result.files
+    raw = job.fed.raw_server.x_test.reshape(-1, *job.fed.dataset.preprocessing.input_shape)
+    raw = raw.astype("float32")
+    got = BatchOne(ort_format_session(bundle.artifacts["ort"])).run(["label"], {"input": raw})[0]
+    want = make_session(bundle.model_bytes).run(["label"], {"input": raw})[0]
+    assert (got == want).mean() == student.ort.label_agreement
+    assert student.ort.accuracy == pytest.approx((got == job.fed.raw_server.y_test).mean())

@@ -103,32 +103,33 @@ def _info(msg: Message, context) -> Message:
 
 @runtimes_app.query(m.DEPLOY_ACTION)
 def _deploy_keys(msg: Message, context) -> Message:
-    """Reports which bundle files it was sent (1 per file key), as an accuracy-free install."""
-    got = [k for k in m.BUNDLE_FILE_KEYS.values() if k in msg.content.config_records[m.CONFIG]]
+    """Reports which artifacts it was sent, as accuracy: 1 for model.tflite + 2 for model.ort."""
+    config = msg.content.config_records[m.CONFIG]
+    got = (m.BUNDLE_TFLITE in config) + 2 * (m.BUNDLE_ORT in config)
     metrics = {m.PARTITION_ID: context.node_config["partition-id"], m.INSTALLED: 1}
-    metrics |= {m.NUM_EXAMPLES: len(got), m.ACCURACY: float(m.BUNDLE_TFLITE in got)}
+    metrics |= {m.NUM_EXAMPLES: 1, m.ACCURACY: float(got)}
     content = {m.METRICS: MetricRecord(metrics), m.STATUS: ConfigRecord({m.REASON: "installed"})}
     return Message(RecordDict(content), reply_to=msg)
 
 
-def test_a_tflite_artifact_goes_only_to_nodes_that_run_tflite(tmp_path):
-    grid = LocalGrid(runtimes_app, num_nodes=4)
-    declared = ["tflite", "onnx", None, "coreml"]  # None: says nothing; coreml: unknown
+def test_an_artifact_goes_only_to_nodes_that_run_its_runtime(tmp_path):
+    grid = LocalGrid(runtimes_app, num_nodes=5)
+    declared = ["tflite", "onnx", None, "coreml", "ort"]  # None: says nothing; coreml: unknown
     for (_, context), runtime in zip(sorted(grid.contexts.items()), declared, strict=True):
         if runtime:
             context.node_config[m.NODE_RUNTIME] = runtime
     nodes = Nodes({node: i for i, node in enumerate(sorted(grid.contexts))})
     files = {"model.onnx": b"o" * 10, "manifest.json": b"j", "manifest.sig": b"s"}
-    files["model.tflite"] = b"t" * 100
+    files |= {"model.tflite": b"t" * 100, "model.ort": b"r" * 1000}
     rows, sent = deploy_bundle(
         grid,
-        RunConfig(clients=4, install_timing="off"),
+        RunConfig(clients=5, install_timing="off"),
         files,
         simulation_store_root=tmp_path,
         simulation_trusted_key=tmp_path / "key.pem",
         nodes=nodes,
         spec={},
     )
-    got_tflite = [row.accuracy == 1.0 for row in sorted(rows, key=lambda r: r.partition_id)]
-    assert got_tflite == [True, False, True, True]  # unknown or unsaid: every file, to be safe
-    assert sent == 4 * 12 + 3 * 100
+    got = [row.accuracy for row in sorted(rows, key=lambda r: r.partition_id)]
+    assert got == [1.0, 0.0, 3.0, 3.0, 2.0]  # unknown or unsaid: every file, to be safe
+    assert sent == 5 * 12 + 100 + 1100 + 1100 + 1000

@@ -191,11 +191,14 @@ def _open_session(model_bytes: bytes, contract: dict[str, Any]) -> Any:
     """The hardened session, its input and outputs checked against the contract."""
     from fedge.client.runtime.session import device_session
     from fedge.core.litert import LiteRtError, LiteRtSession
+    from fedge.core.ort import BatchOne, ort_format_session
 
     try:
         if contract.get("runtime") == "tflite":
             contract_names = (contract["input"], contract["probabilities"], contract["label"])
             session: Any = LiteRtSession(model_bytes, *contract_names)
+        elif contract.get("runtime") == "ort":
+            session = BatchOne(ort_format_session(model_bytes))
         else:
             session = device_session(model_bytes)
     except LiteRtError as err:

@@ -24,6 +24,7 @@ from fedge.client.runtime.verify import (
     missing_artifact,
 )
 from fedge.core.litert import LiteRtError, LiteRtSession
+from fedge.core.ort import BatchOne, ort_format_session
 
 log = logging.getLogger("fedge.runtime")
 BATCH_SIZE = 512  # samples per onnxruntime run: bounds the memory of large inputs
@@ -84,7 +85,7 @@ class _Loaded:
             raise
         except Exception as err:  # onnxruntime's (or LiteRT's) own exception types
             text = " ".join(str(err).split())[-300:]
-            engine = "onnxruntime" if runtime == "onnx" else "LiteRT"
+            engine = "LiteRT" if runtime == "tflite" else "onnxruntime"
             raise BundleError("device-model", f"{engine} cannot run the model: {text}") from None
 
 
@@ -94,6 +95,8 @@ def _session(bundle: VerifiedBundle, runtime: str, input_name: str, outputs: lis
         return device_session(bundle.model_bytes)
     if runtime not in bundle.artifacts:
         raise BundleError("runtime", missing_artifact(bundle, runtime))
+    if runtime == "ort":
+        return BatchOne(ort_format_session(bundle.artifacts[runtime]))
     try:
         return LiteRtSession(bundle.artifacts[runtime], input_name, *outputs)
     except LiteRtError as err:

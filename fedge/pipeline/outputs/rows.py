@@ -134,6 +134,17 @@ class TfliteFigures(Row):
 
 
 @dataclass(frozen=True)
+class OrtFigures(Row):
+    """The bundle's model.ort (device-targets with ort), measured on the test split."""
+
+    bytes: int
+    sha256: str
+    nnapi_as_is: bool  # onnxruntime's checker: "should perform well with NNAPI as is: YES"
+    accuracy: float  # onnxruntime on the ORT file, one sample at a time
+    label_agreement: float  # share of test samples whose label equals the ONNX model's
+
+
+@dataclass(frozen=True)
 class StudentFigures(Row):
     """The shipped student: the signed device model, measured on the test split."""
 
@@ -150,6 +161,8 @@ class StudentFigures(Row):
     architecture: str
     tflite: TfliteFigures | None = None  # device-targets onnx,tflite; None otherwise
     tflite_reason: str = ""  # why a tflite asked for is not in the bundle
+    ort: OrtFigures | None = None  # device-targets with ort; None otherwise
+    ort_reason: str = ""  # why an ort asked for is not in the bundle
 
 
 @dataclass(frozen=True)

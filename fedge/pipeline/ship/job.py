@@ -27,6 +27,7 @@ from fedge.pipeline.outputs.rows import (
     StudentVerdict,
     TeacherFigures,
 )
+from fedge.pipeline.ship.artifacts import DeviceTargets
 from fedge.pipeline.ship.candidates import (
     Candidate,
     Choice,
@@ -147,7 +148,7 @@ def compress_and_ship(
         key=job.key,
         model_id=job.model_id,
         timing=job.timing,
-        tflite_calibration=tflite_calibration(cfg, fed),
+        targets=DeviceTargets("ort" in cfg.device_targets, tflite_calibration(cfg, fed)),
     )
     return Compressed(job, candidates, chosen, rule, teacher_val, shipment, gate, student_gate)
 

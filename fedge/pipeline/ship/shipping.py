@@ -19,7 +19,8 @@ from fedge.core.io import gzip_size
 from fedge.core.ort import interleaved_latency_us, make_session, session_accuracy, session_call
 from fedge.core.partition import Split
 from fedge.pipeline.chain.stages import CompressionConfig, CompressionOutcome
-from fedge.pipeline.outputs.rows import Latency, StudentFigures, TeacherFigures, TfliteFigures
+from fedge.pipeline.outputs.rows import Latency, StudentFigures, TeacherFigures
+from fedge.pipeline.ship.artifacts import DeviceTargets, device_artifacts
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,12 @@ def ship(
     key: Ed25519PrivateKey,
     model_id: str,
     timing: Timing = MEASURED,
-    tflite_calibration: np.ndarray | None = None,
+    targets: DeviceTargets | None = None,
 ) -> Shipment:
     """Measure teacher and shipped student on the test split (student on raw input), then sign.
 
-    With `tflite_calibration` (raw samples) the bundle also carries model.tflite, converted from
-    the shipped model and measured; one the converter refuses ships without it (the reason).
+    `targets`: other runtimes' artifacts to sign in beside model.onnx, each converted from the
+    shipped model and measured; one that cannot be made ships without it (the reason).
     """
     student_bytes = outcome.student_bytes
     raw_test = preprocessing.invert(test.x)
@@ -110,44 +111,11 @@ def ship(
         latency_us=latency["student"],
         architecture=manifest.architecture,
     )
-    artifacts: dict[str, tuple[bytes, tuple[int, ...]]] = {}
-    if tflite_calibration is not None:
-        tflite, figures, reason = _tflite(student_bytes, tflite_calibration, raw_test, test.y)
-        student, artifacts = replace(student, tflite=figures, tflite_reason=reason), tflite
+    artifacts, figures = device_artifacts(student_bytes, targets, raw_test, test.y)
+    student = replace(student, **figures)
     return Shipment(
         make_bundle(student_bytes, manifest, key, artifacts), manifest, teacher, student
     )
-
-
-def _tflite(
-    model: bytes, calibration: np.ndarray, raw_test: np.ndarray, labels: np.ndarray
-) -> tuple[dict[str, tuple[bytes, tuple[int, ...]]], TfliteFigures | None, str]:
-    """{"tflite": (model.tflite, its input shape)} and its figures, or {} and the reason."""
-    from fedge.compression.targets import TargetError  # noqa: PLC0415 - TensorFlow inside
-    from fedge.compression.tflite import MIN_AGREEMENT, tflite_report, to_tflite  # noqa: PLC0415
-
-    try:
-        artifact = to_tflite(model, calibration)
-        report = tflite_report(artifact, model, raw_test)
-        accuracy = float((report.labels == labels).mean())
-        if report.agreement < MIN_AGREEMENT:
-            raise TargetError(
-                f"its labels agree with model.onnx on {report.agreement:.2%} of the test split, "
-                f"below {MIN_AGREEMENT:.0%}"
-            )
-    except TargetError as err:
-        log.warning("model.tflite not made: %s", err)
-        return {}, None, str(err)
-    data = artifact.tflite_bytes
-    figures = TfliteFigures(
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        planned_arena_bytes=report.planned_arena_bytes,
-        tflm_arena_bytes=report.tflm_arena.total if report.tflm_arena else None,
-        accuracy=accuracy,
-        label_agreement=report.agreement,
-    )
-    return {"tflite": (data, artifact.input_shape)}, figures, ""
 
 
 def _latency(
