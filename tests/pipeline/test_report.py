@@ -201,3 +201,24 @@ def test_figures_are_pngs_and_identical_roc_curves_are_both_labelled(monkeypatch
     monkeypatch.setattr(plt.Axes, "legend", spy)
     assert roc_plot({"distilled": curve, "pruned": curve}, models).startswith(PNG)
     assert "pruned (AUC 0.550, same as distilled)" in labels
+
+
+def test_the_report_and_results_carry_the_bundles_artifacts_or_why_they_are_absent():
+    from fedge.pipeline.outputs.rows import OrtFigures, TfliteFigures
+
+    assert RECORD.student is not None
+    tflite = TfliteFigures(23256, "a" * 64, 15680, 20496, 0.8815, 0.9956)
+    ort = OrtFigures(69192, "b" * 64, True, 0.8827, 1.0)
+    student = dataclasses.replace(RECORD.student, tflite=tflite, ort=ort)
+    made = results(compression=dataclasses.replace(RECORD, student=student))
+    text = render_report(made)
+    assert "model.ort (ORT Mobile, batch 1): 69,192 bytes, NNAPI as is: YES" in text
+    assert (
+        "model.tflite (full-integer int8, LiteRT and TensorFlow Lite Micro): 23,256 bytes" in text
+    )
+    assert "TFLM's total: 20,496 bytes" in text and "99.56 % of the test split" in text
+    assert RunResults.from_json(json.loads(json.dumps(made.to_json()))) == made
+    refused = dataclasses.replace(RECORD.student, tflite_reason="TFLiteConverter failed: x")
+    text = render_report(results(compression=dataclasses.replace(RECORD, student=refused)))
+    assert "model.tflite was asked for but not made: TFLiteConverter failed: x" in text
+    assert "model.ort" not in text  # not asked for: nothing said

@@ -64,9 +64,24 @@ def compression_lines(record: CompressionRecord, sparsity: float) -> list[str]:
         "",
         f"Size ratio {student.size_ratio:.1f}x, accuracy change "
         f"{100 * (student.accuracy - teacher.accuracy):+.2f} points.",
+        *_ort_lines(student),
         *_tflite_lines(student),
     ]
     return lines
+
+
+def _ort_lines(student: StudentFigures) -> list[str]:
+    """The bundle's model.ort, when the run asked for one."""
+    o = student.ort
+    if o is None:
+        reason = student.ort_reason
+        return ["", f"model.ort was asked for but not made: {reason}"] if reason else []
+    return [
+        "",
+        f"model.ort (ORT Mobile, batch 1): {o.bytes:,} bytes, NNAPI as is: "
+        f"{'YES' if o.nnapi_as_is else 'NO'}, accuracy {100 * o.accuracy:.2f} %, labels "
+        f"agreeing with model.onnx on {100 * o.label_agreement:.2f} % of the test split.",
+    ]
 
 
 def _tflite_lines(student: StudentFigures) -> list[str]:
