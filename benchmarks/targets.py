@@ -31,6 +31,7 @@ from fedge.compression.resources import measure
 from fedge.compression.targets import ort_artifact
 from fedge.compression.tflite import to_tflite
 from fedge.core.config import RunConfig
+from fedge.core.data import Preprocessing
 from fedge.core.litert import (
     litert_logits,
     tflm_arena,
@@ -96,8 +97,6 @@ def family_arenas(shape: tuple[int, ...]) -> list[dict[str, Any]]:
     rows = []
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 1, (64, *shape)).astype(np.float32)
-    from fedge.core.data import Preprocessing
-
     prep = Preprocessing(shift=(0.5,) * shape[0], scale=(2.0,) * shape[0], input_shape=shape)
     for name in [*STUDENT_WIDTHS, *SEPARABLE_STUDENTS]:
         student = build_student(shape, 10, name, seed=0)

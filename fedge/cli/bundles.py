@@ -246,17 +246,13 @@ def _checked(
     from fedge.client.runtime.verify import (
         BundleError,
         load_public_key,
-        missing_artifact,
         verify_bundle_dir,
     )
 
     try:
         bundle = verify_bundle_dir(bundle_dir, load_public_key(trusted_key))
-        if runtime != "onnx" and runtime not in bundle.artifacts:
-            raise BundleError("runtime", missing_artifact(bundle, runtime))
-        on = {} if runtime == "onnx" else {"runtime": runtime}
-        model = bundle.artifacts.get(runtime, bundle.model_bytes)
-        return bundle, check_device_model(model, bundle.manifest, limits=limits, **on)
+        model = bundle.model_for(runtime)
+        return bundle, check_device_model(model, bundle.manifest, limits=limits, runtime=runtime)
     except DeviceModelError as err:
         raise fail(str(BundleError("device-model", str(err)))) from None
     except BundleError as err:

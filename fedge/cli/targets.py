@@ -73,7 +73,7 @@ def tflite_target(
     min_agreement: Annotated[
         float,
         typer.Option(help="Least share of calibration samples whose label must match ONNX's."),
-    ] = 0.99,  # fedge.compression.tflite.MIN_AGREEMENT, as runs require
+    ] = 0.99,  # fedge.compression.targets.MIN_AGREEMENT, as runs require
     force: Force = False,
 ) -> None:
     """Convert a verified bundle's model to a full-integer int8 LiteRT model (.tflite).
@@ -89,6 +89,7 @@ def tflite_target(
     try:
         from fedge.compression.tflite import TargetError, tflite_report, to_tflite
         from fedge.core.npz import checked_npz
+        from fedge.core.ort import make_session, session_logits
         from fedge.core.settings import ConfigError
     except ImportError as err:
         raise fail(f"fedge target tflite needs {err.name}: pip install -e '.[litert]'") from None
@@ -96,7 +97,8 @@ def tflite_target(
     try:
         samples = checked_npz(calibration, ("x",))["x"]
         artifact = to_tflite(bundle.model_bytes, samples)
-        report = tflite_report(artifact, bundle.model_bytes, samples)
+        expected = session_logits(make_session(bundle.model_bytes), samples).argmax(axis=1)
+        report = tflite_report(artifact, expected, samples)
     except (ConfigError, TargetError) as err:
         raise fail(str(err)) from None
     if report.agreement < min_agreement:

@@ -26,6 +26,7 @@ ORT_SAVE_OPTIONS = {
     "optimization.minimal_build_optimizations": "save",
     "session.qdqisint8allowed": "1",
 }
+MIN_AGREEMENT = 0.99  # least share of labels an artifact must share with model.onnx to ship
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]  # x86-specific layouts; would not run on a phone
 
 

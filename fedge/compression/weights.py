@@ -9,6 +9,7 @@ from onnxruntime.quantization.quant_utils import quantize_data
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # ops whose second input is a weight
 INT8 = onnx.TensorProto.INT8
+FLOAT = onnx.TensorProto.FLOAT
 MIN_OPSET = 13  # DequantizeLinear's `axis` (per-channel scales)
 
 
@@ -65,7 +66,7 @@ def weight_only_int8(model_bytes: bytes, per_channel: bool = True) -> bytes:
             continue
         name = node.input[1]
         tensor = initializers.get(name)
-        if name in done | inputs or tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+        if name in done or name in inputs or tensor is None or tensor.data_type != FLOAT:
             continue
         weight = numpy_helper.to_array(tensor)
         if weight.ndim < 2:

@@ -37,14 +37,20 @@ def cpu_options(model_bytes: bytes) -> ort.SessionOptions:
     A weight-only int8 model's weights are dequantized once, at load (FOLD_QDQ): int8 in
     flash and on the wire, fp32 kernels at run time.
     """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options = _one_thread()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if weight_only(model_bytes):
         options.add_session_config_entry(FOLD_QDQ, "1")
+    return options
+
+
+def _one_thread() -> ort.SessionOptions:
+    """One intra-op and one inter-op thread, sequential execution."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
 
 
@@ -178,10 +184,7 @@ def ort_format_session(model_bytes: bytes) -> ort.InferenceSession:
     One thread, sequential; the runtime optimizations saved in the file are replayed. The ORT
     format holds no external data. Raises onnxruntime's own exceptions when it does not load.
     """
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options = _one_thread()
     options.log_severity_level = 4
     options.add_session_config_entry("session.load_model_format", "ORT")
     options.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")

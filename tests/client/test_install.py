@@ -24,9 +24,9 @@ class NoReadBack(ModelStore):
 
 
 def _checks(calls: list):
-    def check(model_bytes: bytes, manifest: Manifest) -> None:
+    def check(model_bytes: bytes, manifest: Manifest, runtime: str = "onnx") -> None:
         calls.append(manifest.version)
-        check_device_model(model_bytes, manifest)
+        check_device_model(model_bytes, manifest, runtime=runtime)
 
     return check
 

@@ -177,7 +177,7 @@ def test_a_model_bomb_is_stopped_and_its_worker_serves_the_next_request(device):
     stopped at the time limit, so the pool's one worker is free for the next request."""
     files = make_bundle(hostile.input_loop_model(), bundle_config(2), device.private_key)
     key = load_public_key(device.public_key)
-    ModelStore(device.store).install(files, key, device_check=lambda *_: None)
+    ModelStore(device.store).install(files, key, device_check=lambda *_, **__: None)
     predictor = Predictor(device.store, device.public_key, warmup=1, check_interval=None)
 
     async def scenario() -> list[int]:

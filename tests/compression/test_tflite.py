@@ -128,7 +128,7 @@ def test_tflm_runs_it_in_the_arena_fedge_plans(int8_tflite, digits_fed):
 def test_the_report_measures_flash_arena_and_agreement(shipped, digits_fed):
     samples = raw_public(digits_fed)
     artifact = to_tflite(shipped, samples)
-    report = tflite_report(artifact, shipped, samples)
+    report = tflite_report(artifact, onnx_logits(shipped, samples).argmax(axis=1), samples)
     assert report.flash_bytes == len(artifact.tflite_bytes)
     assert report.tflm_arena is not None
     assert report.planned_arena_bytes == report.tflm_arena.head

@@ -189,18 +189,12 @@ def _statistic(value: float | list[float] | None, shape: list[int], default: flo
 
 def _open_session(model_bytes: bytes, contract: dict[str, Any]) -> Any:
     """The hardened session, its input and outputs checked against the contract."""
-    from fedge.client.runtime.session import device_session
-    from fedge.core.litert import LiteRtError, LiteRtSession
-    from fedge.core.ort import BatchOne, ort_format_session
+    from fedge.client.runtime.session import runtime_session
+    from fedge.core.litert import LiteRtError
 
+    contract_names = (contract["input"], contract["probabilities"], contract["label"])
     try:
-        if contract.get("runtime") == "tflite":
-            contract_names = (contract["input"], contract["probabilities"], contract["label"])
-            session: Any = LiteRtSession(model_bytes, *contract_names)
-        elif contract.get("runtime") == "ort":
-            session = BatchOne(ort_format_session(model_bytes))
-        else:
-            session = device_session(model_bytes)
+        session = runtime_session(model_bytes, contract.get("runtime", "onnx"), contract_names)
     except LiteRtError as err:
         raise DeviceModelError(str(err)) from None
     except Exception as err:  # onnxruntime raises its own exception types

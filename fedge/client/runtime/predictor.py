@@ -15,16 +15,14 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedge.client.runtime.session import device_session
+from fedge.client.runtime.session import device_session, runtime_session
 from fedge.client.runtime.store import ModelStore
 from fedge.client.runtime.verify import (
     BundleError,
     VerifiedBundle,
     load_public_key,
-    missing_artifact,
 )
-from fedge.core.litert import LiteRtError, LiteRtSession
-from fedge.core.ort import BatchOne, ort_format_session
+from fedge.core.litert import LiteRtError
 
 log = logging.getLogger("fedge.runtime")
 BATCH_SIZE = 512  # samples per onnxruntime run: bounds the memory of large inputs
@@ -90,15 +88,12 @@ class _Loaded:
 
 
 def _session(bundle: VerifiedBundle, runtime: str, input_name: str, outputs: list[str]) -> Any:
-    """Onnxruntime's session on model.onnx, or LiteRT's on the bundle's artifact for `runtime`."""
-    if runtime == "onnx":
-        return device_session(bundle.model_bytes)
-    if runtime not in bundle.artifacts:
-        raise BundleError("runtime", missing_artifact(bundle, runtime))
-    if runtime == "ort":
-        return BatchOne(ort_format_session(bundle.artifacts[runtime]))
+    """The session on the bundle's model for `runtime` (BundleError when it has none)."""
+    probabilities, label = outputs
     try:
-        return LiteRtSession(bundle.artifacts[runtime], input_name, *outputs)
+        return runtime_session(
+            bundle.model_for(runtime), runtime, (input_name, probabilities, label)
+        )
     except LiteRtError as err:
         raise BundleError("device-model", str(err)) from None
 

@@ -1,13 +1,15 @@
-"""The device's onnxruntime session: from bytes, ONNX format only, external data locked out."""
+"""The device's sessions: ONNX from bytes with external data locked out; ORT format; LiteRT."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from typing import Any
 
 import onnxruntime as ort
 
-from fedge.core.ort import cpu_options
+from fedge.core.litert import LiteRtSession
+from fedge.core.ort import BatchOne, cpu_options, ort_format_session
 
 # onnxruntime has no switch that turns external data off. Loaded from bytes, it resolves
 # external-data paths against the working directory, `../` included (checked with 1.32). This
@@ -34,3 +36,17 @@ def device_session(model_bytes: bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     finally:
         shutil.rmtree(empty, ignore_errors=True)
+
+
+def runtime_session(model: bytes, runtime: str, names: tuple[str, str, str]) -> Any:
+    """The session a device of `runtime` runs `model` in, behind InferenceSession's interface.
+
+    onnx: `device_session`; ort: the ORT format, one sample per run; tflite: LiteRT, with the
+    device contract's (input, probabilities, label) `names`. Raises LiteRtError or
+    onnxruntime's own exceptions when the model does not load.
+    """
+    if runtime == "ort":
+        return BatchOne(ort_format_session(model))
+    if runtime == "tflite":
+        return LiteRtSession(model, *names)
+    return device_session(model)

@@ -40,7 +40,6 @@ from fedge.client.runtime.tiers import check_tier
 from fedge.client.runtime.verify import (
     BundleError,
     VerifiedBundle,
-    missing_artifact,
     verify_bundle,
     verify_bundle_dir,
 )
@@ -54,7 +53,7 @@ STATE = STATE_FILE
 DAMAGED_STATE = "state.json.damaged"  # a damaged state.json, kept when an install rebuilds it
 LOCK = ".lock"
 KEEP = 2  # the current version and the one before it
-DeviceCheck = Callable[..., CheckReport | None]  # (model, manifest[, runtime=]) -> its report
+DeviceCheck = Callable[..., CheckReport | None]  # (model, manifest, runtime=) -> its report
 
 
 @dataclass(frozen=True)
@@ -200,8 +199,7 @@ class ModelStore:
         bundle = verify_bundle(files, key)
         made_for, (tier, assigned, runtime) = bundle.manifest.tier, node
         check_tier(made_for, tier, assigned, lambda: self._installed_tier(key), allow_model_switch)
-        if runtime != "onnx" and runtime not in bundle.artifacts:
-            raise BundleError("runtime", missing_artifact(bundle, runtime))
+        model = bundle.model_for(runtime)  # BundleError("runtime") when the bundle lacks it
         current = self.current_version()
         if current == bundle.version and self._is_on_disk(bundle):
             installed = self.load(key)  # a copy sent without this runtime's model is redone
@@ -215,11 +213,8 @@ class ModelStore:
                 f"model_id {bundle.model_id!r} is not the installed line {floor.model_id!r}; "
                 "allow a switch explicitly (allow-model-switch) to change lines",
             )
-        on = {} if runtime == "onnx" else {"runtime": runtime}  # fakes need not take it
         try:
-            report = device_check(
-                bundle.artifacts.get(runtime, bundle.model_bytes), bundle.manifest, **on
-            )
+            report = device_check(model, bundle.manifest, runtime=runtime)
         except DeviceModelError as err:
             raise BundleError("device-model", str(err)) from None
         self._write_version(bundle)

@@ -46,6 +46,14 @@ class VerifiedBundle:
         """The model line this bundle belongs to."""
         return self.manifest.model_id
 
+    def model_for(self, runtime: str) -> bytes:
+        """The model a device of `runtime` runs; BundleError("runtime") when it is not here."""
+        if runtime == "onnx":
+            return self.model_bytes
+        if runtime not in self.artifacts:
+            raise BundleError("runtime", _missing_artifact(self, runtime))
+        return self.artifacts[runtime]
+
     def files(self) -> dict[str, bytes]:
         """The files by name: the three, then the verified artifacts for other runtimes."""
         return {
@@ -202,7 +210,7 @@ def _read_file(path: Path, limit: int, exact: int | None) -> bytes | None:
         raise BundleError("size" if err.reason == "size" else "files", str(err)) from None
 
 
-def missing_artifact(bundle: VerifiedBundle, runtime: str) -> str:
+def _missing_artifact(bundle: VerifiedBundle, runtime: str) -> str:
     """Why a bundle cannot serve a device of `runtime`, in one line."""
     has = ", ".join(["onnx", *sorted(bundle.artifacts)])
     return (
