@@ -5,7 +5,8 @@ the ONNX input contract outside), and TensorFlow's own TFLiteConverter quantizes
 a representative set of raw inputs. The op set is what fedge's students export: Conv (1-D/2-D,
 grouped as depthwise), pooling, Gemm/MatMul, ReLU/Clip/HardSwish, Flatten/Reshape, Softmax and the
 folded preprocessing; int8 weights behind DequantizeLinear are read as the floats they stand for,
-and an activation's QuantizeLinear/DequantizeLinear pair as the clip its int8 range applies.
+and an activation's QuantizeLinear/DequantizeLinear pair as TensorFlow's fake quantization on the
+same grid, which the converter keeps: a static int8 model becomes the same integer model.
 Anything else is refused by name (`TargetError`). TensorFlow comes with the `litert` extra.
 """
 
@@ -91,7 +92,7 @@ def to_tflite(model_bytes: bytes, calibration: np.ndarray | None) -> TfliteArtif
     except Exception as err:  # noqa: BLE001 - the converter raises many types; one line out
         raise TargetError(f"TFLiteConverter failed: {first_line(err)}") from None
     blob = bytes(blobs[0])
-    if calibration is not None:
+    if calibration is not None and not graph.logits_on_grid:
         top = min(float(np.max(concrete(tf.constant(s[None])))) for s in samples)
         blob = narrow_logits(blob, top - LOGIT_MARGIN)
     return TfliteArtifact(blob, (1, *graph.input_shape[1:]), calibration is not None)
@@ -181,6 +182,11 @@ class _Graph:
         if LOGITS not in outputs:
             raise TargetError(f"the model has no {LOGITS!r} output (outputs: {outputs})")
         self.nodes = list(graph.node)
+        # A static (QDQ) model's logits come out of a DequantizeLinear: their int8 grid is the
+        # model's own (fake-quantized here), so the converter keeps it and nothing narrows it.
+        self.logits_on_grid = any(
+            LOGITS in n.output and n.op_type == "DequantizeLinear" for n in self.nodes
+        )
 
     def build(self, tf: Any) -> Callable[[Any], Any]:
         """A function from a raw NCHW-style batch to logits, made of TensorFlow ops."""
@@ -188,8 +194,15 @@ class _Graph:
 
         def forward(x: Any) -> Any:
             values: dict[str, Value] = {self.input_name: ops.from_onnx_layout(x)}
+            affine = self._affine_pairs()
+            paired = {add.output[0] for add in affine.values()}
             for node in self.nodes:
-                if node.op_type in ("ArgMax",):  # the label: the device takes argmax of logits
+                if node.op_type in ("ArgMax",) or node.output[0] in paired:
+                    continue  # the label (the device takes argmax), an Add done with its Mul
+                if node.output[0] in affine:  # Mul then Add of constants: one op
+                    add = affine[node.output[0]]
+                    a, b = self.consts[node.input[1]], self.consts[add.input[1]]
+                    values[add.output[0]] = ops.affine(values[node.input[0]], a, b)
                     continue
                 if all(name in self.consts for name in node.input if name):
                     ops.fold(node)
@@ -203,6 +216,28 @@ class _Graph:
             return ops.to_onnx_layout(values[LOGITS])
 
         return forward
+
+    def _affine_pairs(self) -> dict[str, onnx.NodeProto]:
+        """Mul-by-constant outputs whose only reader adds a constant: Mul output -> that Add."""
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.nodes:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        pairs = {}
+        for node in self.nodes:
+            if node.op_type != "Mul" or len(node.input) != 2:
+                continue
+            if node.input[0] in self.consts or node.input[1] not in self.consts:
+                continue
+            after = readers.get(node.output[0], [])
+            if (
+                len(after) == 1
+                and after[0].op_type == "Add"
+                and after[0].input[0] == node.output[0]
+                and after[0].input[1] in self.consts
+            ):
+                pairs[node.output[0]] = after[0]
+        return pairs
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,12 @@ class Ops:
         return t if high is None else self.tf.minimum(t, high)
 
     def _quantizelinear(self, node: onnx.NodeProto, x: Value) -> Value:
-        """An activation's Q (its DQ follows): the clip its int8/uint8 range applies."""
+        """An activation's Q (its DQ follows): TensorFlow's fake quantization on the same grid.
+
+        The converter takes a fake-quantized tensor's range as given (as for a QAT model)
+        instead of calibrating it, so the int8 tensor gets the ONNX model's own scale and zero
+        point: TFLM and onnxruntime then round the same integer model.
+        """
         scales = self.const(node, 1)
         if np.size(scales) != 1:
             raise TargetError(f"QuantizeLinear {node.name}: per-channel activations")
@@ -118,10 +123,13 @@ class Ops:
         zero = self.const(node, 2) if len(node.input) > 2 else np.uint8(0)
         info = np.iinfo(zero.dtype)
         low, high = (info.min - int(zero)) * scale, (info.max - int(zero)) * scale
-        return Value(self._clamp(x.tensor, low, high), x.channels_last)
+        if info.max - info.min != 255 or not low <= 0.0 <= high:
+            raise TargetError(f"QuantizeLinear {node.name}: not an 8-bit range holding 0")
+        fake = self.tf.quantization.fake_quant_with_min_max_vars
+        return Value(fake(x.tensor, min=low, max=high, num_bits=8), x.channels_last)
 
     def _dequantizelinear(self, node: onnx.NodeProto, x: Value) -> Value:
-        return x  # the clip was applied by its QuantizeLinear
+        return x  # the grid was applied by its QuantizeLinear
 
     def _binary(self, x: Value, const: np.ndarray, op: Callable[[Any, Any], Any]) -> Value:
         rank = len(x.tensor.shape)
@@ -142,6 +150,27 @@ class Ops:
 
     def _div(self, node: onnx.NodeProto, x: Value) -> Value:
         return self._binary(x, self.const(node, 1), lambda a, b: a / b)
+
+    def affine(self, x: Value, scale: np.ndarray, offset: np.ndarray) -> Value:
+        """The folded preprocessing, x * scale + offset per channel, as one 1x1 depthwise conv.
+
+        One op rounds once: as Mul then Add, the converter puts the product on a grid of its
+        own, and rounding twice moved the first layer's int8 input off onnxruntime's.
+        """
+        tf, t = self.tf, x.tensor
+        shape = t.shape
+        if x.channels_last:
+            channels = int(shape[-1])
+            a, b = per_channel(scale, channels), per_channel(offset, channels)
+            t4 = t if len(shape) == 4 else tf.expand_dims(t, 1)
+        else:  # flat features: one channel per feature
+            channels = int(np.prod(shape[1:]))
+            a, b = per_channel(scale, channels), per_channel(offset, channels)
+            t4 = tf.reshape(t, [-1, 1, 1, channels])
+        kernel = tf.constant(a.reshape(1, 1, channels, 1))
+        out = tf.nn.depthwise_conv2d(t4, kernel, strides=[1, 1, 1, 1], padding="VALID")
+        out = tf.nn.bias_add(out, tf.constant(b))
+        return Value(tf.reshape(out, [-1, *shape[1:]]), x.channels_last)
 
     # Layers.
     def _conv(self, node: onnx.NodeProto, x: Value) -> Value:
@@ -245,6 +274,14 @@ SUPPORTED = (
     "GlobalAveragePool", "Gemm", "HardSwish", "Identity", "MatMul", "MaxPool", "Mul",
     "QuantizeLinear", "Relu", "Reshape", "Sigmoid", "Softmax", "Sub",
 )  # fmt: skip
+
+
+def per_channel(const: np.ndarray, channels: int) -> np.ndarray:
+    """A broadcastable ONNX constant (scalar, per channel or per feature) as `channels` values."""
+    c = np.asarray(const, dtype=np.float32)
+    if c.size not in (1, channels):
+        raise TargetError(f"a preprocessing constant of {c.size} values for {channels} channels")
+    return np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float32).copy()
 
 
 def _dequantize(ins: list[np.ndarray], axis: int) -> np.ndarray:
