@@ -22,6 +22,7 @@ from fedge.core.federate import FederateConfig
 from fedge.core.training import RunningLoss, kd_objective, sgd_epoch
 from fedge.privacy.accountant import epsilon_of_history
 from fedge.privacy.budget import phase_noise, student_trainings
+from fedge.privacy.fault import applied_noise
 
 # (logits, labels, the batch's extra tensor or None) -> mean loss over the batch
 Objective = Callable[[Tensor, Tensor, Tensor | None], Tensor]
@@ -110,7 +111,7 @@ def dp_sgd_train(
         module=model,
         optimizer=optimizer,
         data_loader=loader,
-        noise_multiplier=noise,
+        noise_multiplier=applied_noise(noise),  # as calibrated, except under the test fault
         max_grad_norm=clip,
         poisson_sampling=True,
         noise_generator=torch.Generator().manual_seed(seed + 1),

@@ -18,6 +18,7 @@ from fedge.core.config import RunConfig
 from fedge.core.sampling import samples_clients, train_size
 from fedge.privacy import ledger
 from fedge.privacy.central import count_noise, next_clipping_norm
+from fedge.privacy.fault import applied_noise
 from fedge.server.replies import BadReplyError, metrics_of, number
 
 
@@ -64,6 +65,7 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
     client sampling). Clipping happens on the server or, with
     dp-clipping client, in each client's `fixedclipping_mod` before the update leaves the node.
     """
+    noise = applied_noise(noise)  # as calibrated, except under the test-only fault
     if cfg.dp_clip_mode == "adaptive":
         adaptive = (
             ServerSideAdaptiveClipping

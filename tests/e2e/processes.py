@@ -24,10 +24,15 @@ main()
 """
 
 
-def fedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python -m fedge ARGS` in `cwd`, whose HOME and FLWR_HOME lie inside `cwd`."""
+def fedge(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m fedge ARGS` in `cwd`, whose HOME and FLWR_HOME lie inside `cwd`; `env`: more."""
     # HOME inside the test's directory: the default run directory (~/fedge-runs) lands there.
-    env = {**os.environ, "FLWR_HOME": str(cwd / "flwr-home"), "HOME": str(cwd / "home")}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(cwd / "flwr-home"),
+        "HOME": str(cwd / "home"),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "fedge", *args],
         cwd=cwd,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fedge.privacy.fault import ENV as FAULT
 from tests.e2e.processes import fedge, one_line
 
 
@@ -39,3 +40,38 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
     )
     assert proc.returncode == 2 and "--shadows must be >= 4" in one_line(proc.stderr), proc.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+
+
+# Local DP at a claimed epsilon of 0.2 on a small MNIST-1D federation whose teacher, trained
+# without noise, memorises its records (train far above test accuracy).
+DP_RUN = (
+    "--dataset", "mnist1d", "--dataset-size", "1000", "--clients", "2", "--rounds", "3",
+    "--partition", "iid", "--local-epochs", "30", "--lr", "0.3", "--batch-size", "32",
+    "--dp", "local", "--dp-epsilon", "0.2", "--student", "deep-tiny", "--kd-epochs", "5",
+    "--quant-mode", "none", "--qat", "off", "--student-max-drop", "100", "--ship-anyway", "true",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("under_calibrated", [True, False])
+def test_the_audit_catches_noise_below_what_the_accountant_was_told(tmp_path, under_calibrated):
+    # The test-only fault applies 1/1000 of the calibrated noise while the accountant, the
+    # ledger and results.json still claim epsilon 0.2: the audit's empirical lower bound must
+    # exceed it, say so in red and exit 5. The same run with the real noise passes.
+    env = {FAULT: "0.001"} if under_calibrated else {}
+    run, out = tmp_path / "run", tmp_path / "audit"
+    proc = fedge("simulate", *DP_RUN, "--out", str(run), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    claimed = json.loads((run / "results.json").read_text())["privacy"]
+    assert claimed["mode"] == "local" and claimed["epsilon"] <= 0.2  # the same claim either way
+    proc = fedge("audit", str(run), "--shadows", "4", "--out", str(out), cwd=tmp_path, env=env)
+    check = json.loads((out / "audit.json").read_text())["accountant_check"]
+    assert check["epsilon"] == pytest.approx(claimed["epsilon"])
+    text = (out / "audit.md").read_text()
+    if under_calibrated:
+        assert proc.returncode == 5, proc.stderr[-3000:]
+        assert check["passed"] is False and check["largest_lower_bound"] > 5 * check["epsilon"]
+        assert "**FAILED accountant check**" in text
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert check["passed"] is True and check["largest_lower_bound"] <= check["epsilon"]
+        assert "Accountant check passed" in text

@@ -29,6 +29,7 @@ from fedge.core.training import (
 from fedge.pipeline.chain.federate import FederatedTrainer
 from fedge.pipeline.outputs.rows import StudentRounds
 from fedge.privacy import central, dp_sgd
+from fedge.privacy.fault import applied_noise
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class ServerMean:
 
     def __init__(self, cfg: RunConfig, phase: str, rng: np.random.Generator) -> None:
         self.cfg, self.rng, self.clip = cfg, rng, cfg.dp_clip
-        self.noise = central.central_noise(cfg, phase) if cfg.dp == "central" else 0.0
+        central_dp = cfg.dp == "central"  # the noise the run applied (the test-only fault too)
+        self.noise = applied_noise(central.central_noise(cfg, phase)) if central_dp else 0.0
         adaptive = cfg.dp_clip_mode == "adaptive"
         self.count_std = central.count_noise(cfg, self.noise) if adaptive else None
 
