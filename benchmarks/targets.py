@@ -1,15 +1,21 @@
 """Device targets of shipped students: tflite in LiteRT and TensorFlow Lite Micro, ort for NNAPI.
 
-For each kept run (RUN/results.json and RUN/bundle/model.onnx, e.g. the fmnist benchmark's
-`--work` runs), the shipped ONNX model becomes a full-integer int8 tflite (calibrated on 256 raw
-public-pool samples, as `quant-mode static` calibrates), run on the whole test split in LiteRT
-and in TFLM at the smallest arena TFLM accepts; the ORT artifact's NNAPI verdict comes from
-onnxruntime's checker. Over the student family (untrained: arenas depend on shapes only), the
-arena fedge plans on each tflite graph is compared with TFLM's own figure. `tiers_nodes_within_
-budget` is read from benchmarks/results/tiers.json (benchmarks/tiers.py measures it).
+For each kept run (RUN/results.json and RUN/bundle/model.onnx), the shipped ONNX model becomes a
+full-integer int8 tflite, run on the whole test split in LiteRT and in TFLM at the smallest
+arena TFLM accepts; the ORT artifact's NNAPI verdict comes from onnxruntime's checker. A static
+int8 model (quant-mode static: what a microcontroller tier ships) keeps its own activation grids
+in the tflite; a weight-only or fp32 model's activations are calibrated on 256 raw public-pool
+samples. Over the student family (untrained: arenas depend on shapes only), the arena fedge
+plans on each tflite graph is compared with TFLM's own figure. `tiers_nodes_within_budget` is
+read from benchmarks/results/tiers.json (benchmarks/tiers.py measures it).
 
-Usage: python benchmarks/targets.py --runs W/fmnist-0-recompressed W/fmnist-1-recompressed \
-           W/fmnist-2-recompressed --json benchmarks/results/targets-fmnist.json
+Usage, on the fmnist benchmark's runs (W/fmnist-S from `fedge simulate --scenario
+simulations/fmnist.toml --seed S`, W/fmnist-S-static from `fedge compress W/fmnist-S
+--quant-mode static --device-targets onnx,tflite`):
+    python benchmarks/targets.py --runs W/fmnist-0-static W/fmnist-1-static W/fmnist-2-static \
+        --json benchmarks/results/targets-fmnist.json
+    python benchmarks/targets.py --runs W/fmnist-0 W/fmnist-1 W/fmnist-2 \
+        --json benchmarks/results/targets-fmnist-weights.json
 Needs the litert extra: pip install -e ".[litert]".
 """
 
@@ -72,6 +78,7 @@ def one_run(run: Path) -> dict[str, Any]:
         "student": json.loads((run / "results.json").read_text())
         .get("student", {})
         .get("architecture"),
+        "quant_mode": cfg.quant_mode,
         "onnx_bytes": len(shipped),
         "onnx_accuracy": float((onnx_labels == y).mean()),
         "tflite_accuracy": float((lite == y).mean()),
