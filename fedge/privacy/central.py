@@ -59,25 +59,6 @@ def next_clipping_norm(norm: float, clipped_fraction: float, cfg: RunConfig) -> 
     return norm * math.exp(-cfg.dp_clip_lr * (unclipped - cfg.dp_clip_quantile))
 
 
-def effective_noise(
-    noise: float, aggregated: int, clients: int, count_std: float | None = None
-) -> float:
-    """The noise a round really gave one client's update.
-
-    The wrapper's noise is calibrated to a mean over `clients` updates; a mean over fewer has
-    a larger sensitivity (clip / aggregated), so the same noise protects less. With adaptive
-    clipping (`count_std`: the clipped-count noise) only the model part shrinks; the count's
-    sensitivity does not depend on how many replied.
-    """
-    share = min(aggregated, clients) / clients
-    if count_std is None:
-        return noise * share
-    on_model = model_noise(noise, count_std) * share
-    if on_model <= 0:
-        return 0.0
-    return float((on_model**-2 + (2 * count_std) ** -2) ** -0.5)
-
-
 def central_epsilon(effective: list[float], cfg: RunConfig) -> float:
     """Epsilon spent by the released rounds, each at its effective noise and the sample rate."""
     rate = sample_rate(cfg)

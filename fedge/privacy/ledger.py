@@ -6,7 +6,7 @@ from typing import Any
 
 from fedge.core.config import RunConfig
 from fedge.core.sampling import poisson
-from fedge.privacy.central import central_epsilon, central_noise, count_noise, effective_noise
+from fedge.privacy.central import central_epsilon, central_noise
 
 
 def round_entry(
@@ -16,7 +16,6 @@ def round_entry(
     phase: str = "teacher",
     released: bool,
     aggregated: int,
-    sampled: int,
     client_epsilons: list[float],
     client_noises: list[float],
 ) -> dict[str, Any]:
@@ -24,8 +23,9 @@ def round_entry(
 
     The rows are the teacher's, then any student's: the ledger composes all of them.
 
-    central: a released aggregate spends one Gaussian step at its effective noise (lower when
-    fewer than the `sampled` clients' updates were averaged); a skipped round releases nothing,
+    central: a released aggregate spends one Gaussian step at the calibrated noise (the server
+    divides the clipped sum by the expected count, so a round that lost clients gives each the
+    same protection: fedge.server.central_dp); a skipped round releases nothing,
     except under Poisson client sampling, where every round counts in full (whether a round
     happened at all depends on who was sampled). local: the
     largest epsilon any replying client reports (each computes it as if it had trained in every
@@ -33,10 +33,7 @@ def round_entry(
     """
     if cfg.dp == "central":
         noise = central_noise(cfg, phase)
-        count_std = count_noise(cfg, noise) if cfg.dp_clip_mode == "adaptive" else None
-        effective = (
-            effective_noise(noise, aggregated, max(1, sampled), count_std) if released else None
-        )
+        effective = noise if released else None
         if poisson(cfg) and (effective is None or aggregated == 0):
             effective = noise  # a skipped round still counts, at the round's nominal noise
         history = [r["dp_noise_effective"] for r in rows if r.get("dp_noise_effective")]

@@ -1,11 +1,12 @@
-"""Flower's central-DP wrappers around a strategy, with fedge's corrections to adaptive clipping."""
+"""Flower's central-DP wrappers around a strategy, with fedge's corrections (clipping, estimator)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Message
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
@@ -15,7 +16,7 @@ from flwr.serverapp.strategy import (
 
 from fedge.core import messages as m
 from fedge.core.config import RunConfig
-from fedge.core.sampling import samples_clients, train_size
+from fedge.core.sampling import train_size
 from fedge.privacy import ledger
 from fedge.privacy.central import count_noise, next_clipping_norm
 from fedge.privacy.fault import applied_noise
@@ -50,12 +51,80 @@ class _AndrewClipping:
         return result
 
 
-class ServerSideAdaptiveClipping(_AndrewClipping, DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping with the corrections of _AndrewClipping."""
+class _FixedDenominator:
+    """The clipped updates' sum over the round's expected number of clients, not its replies.
+
+    Under Poisson sampling the number of clients in a round varies, and whether one client
+    took part changes it. Flower's FedAvg inside the wrapper averages over the replies: it
+    divides by a count the accountant does not cover, and when fewer clients came than
+    expected the noise, calibrated to clip / expected, is too small for that round's
+    sensitivity, clip / replies. DP-FedAvg's fixed-denominator estimator (McMahan et al. 2018)
+    moves the model by the sum of clipped updates / expected clients, the sensitivity the noise
+    is calibrated to. When every expected client replies (no sampling, no failure), nothing
+    changes.
+    """
+
+    num_sampled_clients: int
+    _round_start: ArrayRecord | None = None
+    _replies = 0
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, *args: Any) -> Any:
+        """The round's starting model, kept to rescale its update; then the wrapper's own."""
+        self._round_start = arrays
+        return super().configure_train(server_round, arrays, *args)  # type: ignore[misc]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+        """Count the replies with content, then the wrapper's aggregation."""
+        replies = list(replies)
+        self._replies = sum(1 for reply in replies if reply.has_content())
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+    def _noisy_fraction(self, count: int, total: int) -> float:
+        """Adaptive clipping's noisy clipped share, over the expected count too (Andrew et al.)."""
+        share: float = super()._noisy_fraction(count, self.num_sampled_clients)  # type: ignore[misc]
+        return share
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        noised: ArrayRecord = super()._add_noise_to_aggregated_arrays(  # type: ignore[misc]
+            fixed_denominator(
+                aggregated, self._round_start, self._replies, self.num_sampled_clients
+            )
+        )
+        return noised
 
 
-class ClientSideAdaptiveClipping(_AndrewClipping, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive clipping with the corrections of _AndrewClipping."""
+def fixed_denominator(
+    mean: ArrayRecord, start: ArrayRecord | None, replies: int, expected: int
+) -> ArrayRecord:
+    """The update's sum over `expected` clients: start + (mean - start) x replies / expected."""
+    if start is None or replies in (0, expected):
+        return mean
+    share = replies / expected
+    moved = {}
+    for key, array in mean.items():
+        new, old = array.numpy(), start[key].numpy()
+        moved[key] = Array(np.asarray(old + share * (new - old), dtype=new.dtype))
+    return ArrayRecord(moved)
+
+
+class ServerSideAdaptiveClipping(
+    _AndrewClipping, _FixedDenominator, DifferentialPrivacyServerSideAdaptiveClipping
+):
+    """Flower's server-side adaptive clipping with fedge's corrections."""
+
+
+class ClientSideAdaptiveClipping(
+    _AndrewClipping, _FixedDenominator, DifferentialPrivacyClientSideAdaptiveClipping
+):
+    """Flower's client-side adaptive clipping with fedge's corrections."""
+
+
+class ServerSideFixedClipping(_FixedDenominator, DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping with the fixed-denominator estimator."""
+
+
+class ClientSideFixedClipping(_FixedDenominator, DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed clipping with the fixed-denominator estimator."""
 
 
 def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
@@ -83,11 +152,7 @@ def wrap(strategy: Any, cfg: RunConfig, noise: float) -> Any:
         )
         wrapper.cfg = cfg  # the update rule reads dp-clip-lr and dp-clip-quantile from it
         return wrapper
-    fixed = (
-        DifferentialPrivacyServerSideFixedClipping
-        if cfg.dp_clipping == "server"
-        else DifferentialPrivacyClientSideFixedClipping
-    )
+    fixed = ServerSideFixedClipping if cfg.dp_clipping == "server" else ClientSideFixedClipping
     return fixed(strategy, noise, cfg.dp_clip, num_sampled_clients=train_size(cfg))
 
 
@@ -117,7 +182,6 @@ def round_privacy(
             phase=phase,
             released=released,
             aggregated=aggregated,
-            sampled=train_size(cfg) if samples_clients(cfg) else cfg.clients,
             client_epsilons=_reported(ok, m.DP_EPSILON),
             client_noises=_reported(ok, m.DP_NOISE),
         )
