@@ -92,6 +92,9 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     sent = msg.content.config_records[m.SECAGG]
     configs = ConfigRecord(dict(sent))
     kind = str(configs.pop(KIND))
+    weight_key = str(configs.pop(m.SECAGG_WEIGHT, m.NUM_EXAMPLES))
+    if weight_key not in m.SECAGG_WEIGHTS:
+        raise ValueError(f"secagg: weight {weight_key!r}; allowed: {', '.join(m.SECAGG_WEIGHTS)}")
     state = _state(context, configs, kind)
     if (
         _advance(state, configs) != Stage.COLLECT_MASKED_VECTORS
@@ -105,7 +108,7 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         msg.content[m.SECAGG] = sent
     if reply.has_error():
         return reply  # a drop after key sharing: the others' shares recover its masks
-    masked = _masked(state, configs, reply, as_int(sent[ROUND]))
+    masked = _masked(state, configs, reply, as_int(sent[ROUND]), weight_key)
     context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
     metrics = reply.content.metric_records[m.METRICS]
     clear = MetricRecord({k: metrics[k] for k in CLEAR_METRICS if k in metrics})
@@ -117,13 +120,15 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     return Message(RecordDict(content), reply_to=msg)
 
 
-def _masked(state: Any, configs: ConfigRecord, reply: Message, server_round: int) -> ArrayRecord:
-    """The reply's arrays and loss, weighted, quantized and masked by Flower's stage function."""
+def _masked(
+    state: Any, configs: ConfigRecord, reply: Message, server_round: int, weight_key: str
+) -> ArrayRecord:
+    """The reply's arrays and loss, weighted (by `weight_key`), quantized and masked by Flower."""
     arrays = reply.content.array_records[m.ARRAYS]
     metrics = reply.content.metric_records[m.METRICS]
     vector = [np.asarray(arrays[k].numpy(), dtype=np.float64) for k in arrays]
     vector.append(np.array([as_float(metrics[m.TRAIN_LOSS])]))
-    weight = as_float(metrics[m.NUM_EXAMPLES])
+    weight = as_float(metrics[weight_key])
     if not all(np.isfinite(v).all() for v in vector):
         raise ValueError("secagg: the update is not finite; it is not masked")
     if weight > state.max_weight:

@@ -257,11 +257,12 @@ def _secure_aggregation(cfg: RunConfig) -> None:
                 f"secure-aggregation secagg+ hides each update, and {key} {value!r} needs "
                 f"them one by one; allowed with secagg+: {key} {allowed}"
             )
-    if cfg.dp == "central":
+    if cfg.dp == "central" and (cfg.dp_clipping, cfg.dp_clip_mode) != ("client", "fixed"):
         raise ConfigError(
-            "secure-aggregation secagg+ with dp central is not built: Flower's DP wrapper clips "
-            "and counts each update before it noises their mean; allowed with secagg+: dp "
-            "none or local"
+            f"secure-aggregation secagg+ with dp central needs each client to clip its own "
+            f"update (the server sees only the sum), and adaptive clipping counts each "
+            f"clipped update; got dp-clipping {cfg.dp_clipping!r}, dp-clip-mode "
+            f"{cfg.dp_clip_mode!r}; allowed with secagg+: dp-clipping client, dp-clip-mode fixed"
         )
     sampled, shares, threshold = train_size(cfg), secagg_shares(cfg), secagg_threshold(cfg)
     if shares < 3:

@@ -31,6 +31,7 @@ BUNDLE = "bundle"
 STATUS = "status"
 INPUTS = "inputs"  # query.logits: the public transfer inputs (ArrayRecord, one array "x")
 SECAGG = "secagg"  # ConfigRecord of a SecAgg+ stage (Flower's keys, plus "round" and "kind")
+SECAGG_WEIGHT = "weight"  # ... and in the collect stage, the metric that weighs the update
 SECAGG_MASKED = "secagg-masked"  # collect stage reply: the masked vector, int64 arrays "0".."n"
 LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, classes)
 
@@ -58,6 +59,8 @@ INSTALLED = "installed"
 LATENCY_US_P50 = "latency-us-p50"  # Predictor.predict on one sample, p50 µs
 ONNX_US_P50 = "onnx-us-p50"  # the installed model's onnxruntime call on one sample, p50 µs
 UNIT_WEIGHT = "unit-weight"  # 1 from every client: the weight of central DP's uniform mean
+CONTRIBUTORS = "contributors"  # SecAgg+'s one aggregate reply: how many updates it sums
+SECAGG_WEIGHTS = (NUM_EXAMPLES, UNIT_WEIGHT)  # what may weigh a masked update (collect stage)
 DP_EPSILON = "dp-epsilon"  # local DP: the client's epsilon after this round (upper bound)
 DP_NOISE = "dp-noise"  # local DP: the client's noise multiplier
 

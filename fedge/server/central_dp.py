@@ -74,9 +74,13 @@ class _FixedDenominator:
         return super().configure_train(server_round, arrays, *args)  # type: ignore[misc]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
-        """Count the replies with content, then the wrapper's aggregation."""
+        """Count the updates the replies hold, then the wrapper's aggregation.
+
+        A reply is one update, except SecAgg+'s one aggregate reply, which says how many it
+        sums (clients' replies cannot: their metrics are rebuilt from the declared keys).
+        """
         replies = list(replies)
-        self._replies = sum(1 for reply in replies if reply.has_content())
+        self._replies = sum(_updates_in(reply) for reply in replies if reply.has_content())
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def _noisy_fraction(self, count: int, total: int) -> float:
@@ -91,6 +95,12 @@ class _FixedDenominator:
             )
         )
         return noised
+
+
+def _updates_in(reply: Message) -> int:
+    metrics = reply.content.metric_records.get(m.METRICS)
+    value = metrics.get(m.CONTRIBUTORS, 1) if metrics is not None else 1
+    return int(value) if isinstance(value, int) and value > 0 else 1
 
 
 def fixed_denominator(

@@ -56,7 +56,12 @@ class SecAggError(RuntimeError):
 
 @functools.lru_cache(maxsize=8)
 def max_weight(cfg: RunConfig) -> int:
-    """secagg-max-weight, or the most training records any partition of the run holds."""
+    """secagg-max-weight, or the most training records any partition of the run holds.
+
+    1 under central DP: each update weighs 1 (its uniform mean over clipped updates).
+    """
+    if cfg.dp == "central":
+        return 1
     if cfg.secagg_max_weight:
         return cfg.secagg_max_weight
     fed = build_federation(cfg)
@@ -168,8 +173,14 @@ class _Exchange:
 
     def collect(self, nodes: list[int], forward: dict, shapes: list[tuple]) -> tuple[dict, Vector]:
         """The train messages with the collect stage; the replies, and their masked sum mod M."""
+        weight = m.UNIT_WEIGHT if self.cfg.dp == "central" else m.NUM_EXAMPLES
         records = {
-            n: {Key.SOURCE_LIST: forward[n][0], Key.CIPHERTEXT_LIST: forward[n][1]} for n in nodes
+            n: {
+                Key.SOURCE_LIST: forward[n][0],
+                Key.CIPHERTEXT_LIST: forward[n][1],
+                m.SECAGG_WEIGHT: weight,
+            }
+            for n in nodes
         }
         replies = self.ask(Stage.COLLECT_MASKED_VECTORS, nodes, records)
         total: Vector | None = None
@@ -328,12 +339,19 @@ def secure_exchange(
 def _synthetic(
     reference: dict[str, np.ndarray], values: Vector, kind: str, survivors: list[int]
 ) -> Checked:
-    """The secure mean as the one update the strategy aggregates (its weight: 1)."""
+    """The secure mean as the one update the strategy aggregates (weight 1, and how many)."""
     arrays = {
         name: Array(np.asarray(value, dtype=reference[name].dtype).reshape(reference[name].shape))
         for name, value in zip(reference, values[:-1], strict=True)
     }
-    metrics = MetricRecord({m.NUM_EXAMPLES: 1, m.TRAIN_LOSS: float(values[-1][0])})
+    metrics = MetricRecord(
+        {
+            m.NUM_EXAMPLES: 1,
+            m.UNIT_WEIGHT: 1,
+            m.CONTRIBUTORS: len(survivors),
+            m.TRAIN_LOSS: float(values[-1][0]),
+        }
+    )
     content = RecordDict({m.ARRAYS: ArrayRecord(arrays), m.METRICS: metrics})
     reply = Message(content, dst_node_id=survivors[0], message_type=kind)
     return Checked(reply, node_id=survivors[0], partition_id=-1, norm=0.0)

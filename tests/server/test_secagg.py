@@ -10,9 +10,9 @@ from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation
 from fedge.core.records import model_spec
 from fedge.core.training import get_weights
-from fedge.server.nodes import FederationError
+from fedge.server.nodes import FederationError, Nodes
 from fedge.server.secagg import max_weight
-from fedge.server.training_loop import train_teacher
+from fedge.server.training_loop import RoundLoop, train_teacher
 from tests.flower_local import LocalGrid
 
 CFG = RunConfig(
@@ -26,7 +26,8 @@ def _train(cfg: RunConfig, grid: LocalGrid | None = None):
     teacher = build_teacher((1, 8, 8), 10, cfg.seed, cfg.teacher)
     grid = grid or LocalGrid(client_app, num_nodes=cfg.clients)
     spec = model_spec(fed.dataset.preprocessing, 10)
-    log = train_teacher(grid, cfg, teacher, fed.server.test, spec)
+    loop = RoundLoop(Nodes(), sampling_secret=7)  # central DP's Poisson sample: the server's
+    log = train_teacher(grid, cfg, teacher, fed.server.test, spec, loop=loop)
     return get_weights(teacher), log, grid
 
 
@@ -96,7 +97,11 @@ def test_secure_aggregation_refuses_what_needs_each_update():
         ({"aggregation": "median"}, "aggregation 'median' needs them one by one"),
         ({"update_compression": "int8"}, "update-compression 'int8'"),
         ({"teacher_mode": "ensemble"}, "teacher-mode 'ensemble'"),
-        ({"dp": "central"}, "dp central is not built"),
+        ({"dp": "central"}, "got dp-clipping 'server'"),  # the server never sees an update
+        (
+            {"dp": "central", "dp_clipping": "client", "dp_clip_mode": "adaptive"},
+            "allowed with secagg\\+: dp-clipping client, dp-clip-mode fixed",
+        ),
         ({"secagg_threshold": 5}, "allowed 6 to 10"),  # exactly half is not a majority
         ({"secagg_threshold": 11}, "allowed 6 to 10"),
         ({"secagg_quantization": 1 << 31}, "below 2\\^31"),
@@ -104,6 +109,33 @@ def test_secure_aggregation_refuses_what_needs_each_update():
     ):
         with pytest.raises(ConfigError, match=match):
             RunConfig(clients=10, secure_aggregation="secagg+", **kwargs)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.6])  # every client, or Poisson sampling
+def test_central_dp_noises_the_secure_sum_as_it_noises_the_plain_one(fraction):
+    # Each client clips its own update (Flower's fixedclipping_mod) before it is masked; the
+    # server unmasks the survivors' unweighted sum, divides it by the clients it expected and
+    # adds the noise. Without noise: plain central DP's aggregate within the quantization
+    # error; with it: the same noise scale.
+    base = CFG.replace(
+        dp="central", dp_clipping="client", dp_clip=0.05, dp_noise=0.0, fraction_train=fraction
+    )
+    secure, log, _ = _train(base.replace(secure_aggregation="secagg+"))
+    plain, plain_log, _ = _train(base)
+    start = get_weights(build_teacher((1, 8, 8), 10, base.seed, base.teacher))
+    assert log.rounds[0]["clients_ok"] == plain_log.rounds[0]["clients_ok"]
+    assert log.rounds[0]["sampled"] == plain_log.rounds[0]["sampled"]
+    survivors = log.rounds[0]["clients_ok"]
+    bound = survivors * 2 * base.secagg_clip / base.secagg_quantization / survivors
+    moved = 0.0
+    for name, value in plain.items():
+        assert np.abs(secure[name] - value).max() <= bound + 1e-6, name
+        moved += float(((value - start[name]) ** 2).sum())
+    expected = 10 * fraction  # the fixed denominator: the clipped sum over the expected count
+    assert np.sqrt(moved) <= base.dp_clip * survivors / expected + 1e-4
+    noisy, _, _ = _train(base.replace(secure_aggregation="secagg+", dp_noise=1.0))
+    noise = np.concatenate([(noisy[k] - secure[k]).ravel() for k in secure])
+    assert np.std(noise) == pytest.approx(1.0 * base.dp_clip / expected, rel=0.1)
 
 
 def test_a_clipping_range_that_cannot_hold_the_update_masks_nothing_and_says_so():
