@@ -13,8 +13,10 @@ from typing import Any
 from fedge.core.config import SETTINGS, ConfigError, RunConfig
 from fedge.core.settings import parse_flags, parse_pairs
 from fedge.pipeline.rundir.paths import check_resumable, default_run_dir, final_dir, stored_config
+from fedge.simulations.flower_import import import_flower_simulation
 
 # Flower and Ray: no telemetry, no update checks, no runtime dependency installs.
+WORKER_SETUP = "fedge.simulations.flower_import.import_flower_simulation"  # each Ray worker
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -194,7 +196,7 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(
         address=address,
-        runtime_env={"env_vars": env},
+        runtime_env={"env_vars": env, "worker_process_setup_hook": WORKER_SETUP},
         logging_level=logging.ERROR,
         log_to_driver=verbose,
         include_dashboard=False,
@@ -212,6 +214,8 @@ def run_engine(
     point (what `flwr run` uses) takes a Context, so we call that with `run_config`.
     """
     from flwr.app import Context, RecordDict
+
+    import_flower_simulation()
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
