@@ -45,8 +45,8 @@ def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
 # Local DP at a claimed epsilon of 0.2 on a small MNIST-1D federation whose teacher, trained
 # without noise, memorises its records (train far above test accuracy).
 DP_RUN = (
-    "--dataset", "mnist1d", "--dataset-size", "1000", "--clients", "2", "--rounds", "3",
-    "--partition", "iid", "--local-epochs", "30", "--lr", "0.3", "--batch-size", "32",
+    "--dataset", "mnist1d", "--dataset-size", "1000", "--clients", "2", "--rounds", "1",
+    "--partition", "iid", "--local-epochs", "20", "--lr", "0.3", "--batch-size", "32",
     "--dp", "local", "--dp-epsilon", "0.2", "--student", "deep-tiny", "--kd-epochs", "5",
     "--quant-mode", "none", "--qat", "off", "--student-max-drop", "100", "--ship-anyway", "true",
 )  # fmt: skip
@@ -69,7 +69,7 @@ def test_the_audit_catches_noise_below_what_the_accountant_was_told(tmp_path, un
     text = (out / "audit.md").read_text()
     if under_calibrated:
         assert proc.returncode == 5, proc.stderr[-3000:]
-        assert check["passed"] is False and check["largest_lower_bound"] > 5 * check["epsilon"]
+        assert check["passed"] is False and check["largest_lower_bound"] > 2 * check["epsilon"]
         assert "**FAILED accountant check**" in text
     else:
         assert proc.returncode == 0, proc.stderr[-3000:]
