@@ -56,10 +56,7 @@ class SecAggError(RuntimeError):
 
 @functools.lru_cache(maxsize=8)
 def max_weight(cfg: RunConfig) -> int:
-    """secagg-max-weight, or the most training records any partition of the run holds.
-
-    1 under central DP: each update weighs 1 (its uniform mean over clipped updates).
-    """
+    """secagg-max-weight, or the most records a partition holds; 1 under central DP (unweighted)."""
     if cfg.dp == "central":
         return 1
     if cfg.secagg_max_weight:
@@ -344,14 +341,8 @@ def _synthetic(
         name: Array(np.asarray(value, dtype=reference[name].dtype).reshape(reference[name].shape))
         for name, value in zip(reference, values[:-1], strict=True)
     }
-    metrics = MetricRecord(
-        {
-            m.NUM_EXAMPLES: 1,
-            m.UNIT_WEIGHT: 1,
-            m.CONTRIBUTORS: len(survivors),
-            m.TRAIN_LOSS: float(values[-1][0]),
-        }
-    )
+    counts = {m.NUM_EXAMPLES: 1, m.UNIT_WEIGHT: 1, m.CONTRIBUTORS: len(survivors)}
+    metrics = MetricRecord({**counts, m.TRAIN_LOSS: float(values[-1][0])})
     content = RecordDict({m.ARRAYS: ArrayRecord(arrays), m.METRICS: metrics})
     reply = Message(content, dst_node_id=survivors[0], message_type=kind)
     return Checked(reply, node_id=survivors[0], partition_id=-1, norm=0.0)
