@@ -61,7 +61,7 @@ def deploy_bundle(
         **spec,
     }
     targets = list(grid.get_node_ids())
-    sent = _destinations(grid, cfg, bundles, node_tier, targets)
+    sent = _destinations(grid, cfg, bundles, node_tier, nodes, targets)
     simulated = os.environ.get(m.SIMULATION_ENV) == "1"
     timed = timed_nodes(cfg, targets, nodes, narrow=simulated and tiers is None)
     contents = {  # one per (tier, runtime, timed) some node gets
@@ -101,10 +101,11 @@ def _destinations(
     cfg: RunConfig,
     bundles: dict[str, dict[str, bytes]],
     node_tier: dict[int, str],
+    nodes: Nodes,
     targets: list[int],
 ) -> dict[int, tuple[str, str]]:
     """Each node's (tier, runtime): the bundle it gets and whose artifacts ("": every file)."""
-    runtimes = node_runtimes(grid, cfg) if _has_artifacts(bundles) else {}
+    runtimes = node_runtimes(grid, cfg, nodes) if _has_artifacts(bundles) else {}
     first = next(iter(bundles))
     return {node: (node_tier.get(node, first), runtimes.get(node, "")) for node in targets}
 

@@ -24,9 +24,14 @@ log = logging.getLogger("fedge")
 
 @dataclass
 class Nodes:
-    """node id -> partition id, for every node that said which partition it holds."""
+    """node id -> partition id, for every node that said which partition it holds.
+
+    `runtimes`: node id -> the runtime its query.info reply declared ("" when it named none),
+    kept so that the deploy does not ask again the nodes a tier lookup just asked.
+    """
 
     partitions: dict[int, int] = field(default_factory=dict)
+    runtimes: dict[int, str] = field(default_factory=dict)
 
     def partition_of(self, node: int) -> int | None:
         """The node's partition, if known."""

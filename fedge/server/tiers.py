@@ -18,11 +18,13 @@ from fedge.server.replies import BadReplyError, partition_of, replies_by_node, s
 log = logging.getLogger("fedge")
 
 
-def _ask_every_node(grid: Grid, cfg: RunConfig, message_type: str) -> dict[int, Message | None]:
-    """Send an empty query to every connected node; each node's reply (None: none came)."""
+def _ask_every_node(
+    grid: Grid, cfg: RunConfig, message_type: str, only: list[int] | None = None
+) -> dict[int, Message | None]:
+    """Send an empty query to every connected node (or `only` these); each reply (None: none)."""
     messages = [
         Message(RecordDict({m.CONFIG: ConfigRecord()}), message_type=message_type, dst_node_id=n)
-        for n in grid.get_node_ids()
+        for n in (grid.get_node_ids() if only is None else only)
     ]
     for msg in messages:
         msg.metadata.ttl = cfg.round_timeout
@@ -39,6 +41,8 @@ def node_tiers(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
         partition = partition_of(reply)
         if partition is not None:
             nodes.partitions.setdefault(node, partition)
+        if reply is not None and not reply.has_error():
+            nodes.runtimes[node] = _runtime(reply)  # the deploy reads it: no second query
         declared = _device_class(reply)
         out[node] = tier_of(nodes.partition_of(node), declared, tiers)
         if declared and declared not in tiers:  # it will refuse the bundle of any other tier
@@ -55,19 +59,27 @@ def node_tiers(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
     return out
 
 
-def node_runtimes(grid: Grid, cfg: RunConfig) -> dict[int, str]:
-    """Each answering node's declared runtime (query.info); a node that says none is left out."""
-    out = {}
-    for node, reply in _ask_every_node(grid, cfg, m.INFO).items():
-        if reply is None or reply.has_error():
-            continue
-        try:
-            runtime = text(status_of(reply), m.NODE_RUNTIME, limit=16)
-        except BadReplyError:
-            continue
-        if runtime in RUNTIMES:
-            out[node] = runtime
-    return out
+def node_runtimes(grid: Grid, cfg: RunConfig, nodes: Nodes) -> dict[int, str]:
+    """Each answering node's declared runtime (query.info); a node that says none is left out.
+
+    Nodes whose reply `nodes` already holds (a tier lookup asked them) are not asked again.
+    """
+    unknown = [n for n in grid.get_node_ids() if n not in nodes.runtimes]
+    if unknown:
+        for node, reply in _ask_every_node(grid, cfg, m.INFO, unknown).items():
+            if reply is not None and not reply.has_error():
+                nodes.runtimes[node] = _runtime(reply)
+    connected = set(grid.get_node_ids())
+    return {n: r for n, r in nodes.runtimes.items() if r and n in connected}
+
+
+def _runtime(reply: Message) -> str:
+    """The runtime a successful query.info reply declares ("" when none, or not a runtime)."""
+    try:
+        runtime = text(status_of(reply), m.NODE_RUNTIME, limit=16)
+    except BadReplyError:
+        return ""
+    return runtime if runtime in RUNTIMES else ""
 
 
 def _device_class(reply: Message | None) -> str:

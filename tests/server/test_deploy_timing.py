@@ -133,3 +133,35 @@ def test_an_artifact_goes_only_to_nodes_that_run_its_runtime(tmp_path):
     got = [row.accuracy for row in sorted(rows, key=lambda r: r.partition_id)]
     assert got == [1.0, 0.0, 3.0, 3.0, 2.0]  # unknown or unsaid: every file, to be safe
     assert sent == 5 * 12 + 100 + 1100 + 1100 + 1000
+
+
+def test_the_deploy_asks_no_node_twice_for_what_it_runs(tmp_path):
+    # A tier lookup (node_tiers) asks every node query.info and keeps the runtime each
+    # declares; the deploy that follows sends artifacts by it without asking again.
+    from fedge.server.tiers import node_tiers
+
+    grid = LocalGrid(runtimes_app, num_nodes=3)
+    declared = ["tflite", "ort", None]
+    for (_, context), runtime in zip(sorted(grid.contexts.items()), declared, strict=True):
+        if runtime:
+            context.node_config[m.NODE_RUNTIME] = runtime
+    asked: list[str] = []
+    send = grid.send_and_receive
+
+    def counting(messages, *, timeout=None):
+        messages = list(messages)
+        asked.extend(msg.metadata.message_type for msg in messages)
+        return send(messages, timeout=timeout)
+
+    grid.send_and_receive = counting
+    cfg = RunConfig(clients=3, install_timing="off", tiers="a:100,b:200")
+    nodes = Nodes({node: i for i, node in enumerate(sorted(grid.contexts))})
+    files = {"model.onnx": b"o", "manifest.json": b"j", "manifest.sig": b"s", "model.tflite": b"t"}
+    tiers = ({"a": files, "b": files}, node_tiers(grid, cfg, nodes))
+    rows, _ = deploy_bundle(
+        grid, cfg, files, simulation_store_root=tmp_path,
+        simulation_trusted_key=tmp_path / "key.pem", nodes=nodes, spec={}, tiers=tiers,
+    )  # fmt: skip
+    assert asked.count(m.INFO) == 3  # once per node, by the tier lookup
+    got = [row.accuracy for row in sorted(rows, key=lambda r: r.partition_id)]
+    assert got == [1.0, 0.0, 1.0]  # tflite node: its file; ort: not tflite's; unsaid: all
