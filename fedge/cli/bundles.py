@@ -29,8 +29,9 @@ TrustedKey = Annotated[Path, typer.Option(help="Public key (PEM) bundles must be
 Runtime = Annotated[
     str,
     typer.Option(
-        help="What this device runs: onnx (model.onnx in onnxruntime) | tflite (the bundle's "
-        "model.tflite in LiteRT; needs ai-edge-litert).",
+        help="What this device runs: onnx (model.onnx in onnxruntime) | ort (the bundle's "
+        "model.ort, ORT Mobile's format) | tflite (the bundle's model.tflite in LiteRT; needs "
+        "ai-edge-litert).",
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]

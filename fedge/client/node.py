@@ -35,7 +35,7 @@ class DeployTarget:
     refusal: str | None = None  # set when the node must refuse every bundle
     tier: str = ""  # the node's own device tier (device-class): only its bundles ("": any)
     assigned: str = ""  # the tier the deploy message says the server assigned it
-    runtime: str = "onnx"  # what the node runs (node config `runtime`): onnx or tflite
+    runtime: str = "onnx"  # what the node runs (node config `runtime`): onnx, ort or tflite
 
 
 def is_simulated(environ: Mapping[str, str] | None = None) -> bool:

@@ -10,6 +10,7 @@ because the device cannot import the torch-side configs it describes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,24 +94,13 @@ class Artifact:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's entry for this artifact."""
-        return {
-            "runtime": self.runtime,
-            "file": self.file,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "input_shape": list(self.input_shape),
-        }
+        return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> Artifact:
         """An entry that `bundle_format.artifact_errors` found nothing wrong with."""
-        return cls(
-            value["runtime"],
-            value["file"],
-            value["bytes"],
-            value["sha256"],
-            tuple(value["input_shape"]),
-        )
+        known = {f.name: value[f.name] for f in dataclasses.fields(cls)}
+        return cls(**{**known, "input_shape": tuple(value["input_shape"])})
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,6 @@ NODE_MODEL_STORE = "model-store"
 NODE_TRUSTED_KEY = "trusted-key"
 NODE_ALLOW_MODEL_SWITCH = "allow-model-switch"  # true: accept bundles of another model_id
 NODE_DEVICE_CLASS = "device-class"  # a device tier's name (tiers setting)
-NODE_RUNTIME = "runtime"  # node config: what the node runs (onnx | tflite)
+NODE_RUNTIME = "runtime"  # node config: what the node runs (onnx | ort | tflite)
 NODE_DEVICE_PROFILE = "device-profile"  # path of the node's fedge profile JSON (device tiers)
 NODE_DATA_FILE = "data-file"  # a real device's own npz; replaces the simulated partition

@@ -60,7 +60,7 @@ def install_and_load(
         Loads and runs the model before it becomes current (a limited child process).
     tier, assigned, runtime
         This device's own tier, the one a server assigned it (`runtime.tiers.check_tier`), and
-        what it runs: onnx, or tflite (the bundle's model.tflite in LiteRT).
+        what it runs: onnx, ort (model.ort) or tflite (model.tflite in LiteRT).
 
     Returns
     -------

@@ -17,11 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.session import device_session, runtime_session
 from fedge.client.runtime.store import ModelStore
-from fedge.client.runtime.verify import (
-    BundleError,
-    VerifiedBundle,
-    load_public_key,
-)
+from fedge.client.runtime.verify import BundleError, VerifiedBundle, load_public_key
 from fedge.core.litert import LiteRtError
 
 log = logging.getLogger("fedge.runtime")
@@ -99,7 +95,7 @@ def _session(bundle: VerifiedBundle, runtime: str, input_name: str, outputs: lis
 
 
 class Predictor:
-    """Run the model store's current bundle with onnxruntime (or LiteRT: runtime tflite).
+    """Run the model store's current bundle with onnxruntime (model.onnx or model.ort) or LiteRT.
 
     Every bundle is verified (signature, manifest, sha256) when loaded; a newer verified
     version is picked up without a restart (checked at most every `check_interval` seconds
