@@ -124,7 +124,7 @@ def narrow_logits(model: bytes, floor: float) -> bytes:
     ]
     codes = {root.OperatorCodes(op.OpcodeIndex()).BuiltinCode() for op in writers}
     # Only a layer that requantizes its result (FULLY_CONNECTED 9, CONV_2D 3) takes a new
-    # output scale; ops that copy int8 values (MINIMUM/MAXIMUM of a QDQ clip) would not.
+    # output scale; ops that copy int8 values (MINIMUM/MAXIMUM of a Clip) would not.
     quantization = graph.Tensors(output).Quantization()
     if codes - {3, 9} or not codes or quantization is None or quantization.ScaleLength() != 1:
         return model
@@ -187,6 +187,7 @@ class _Graph:
         self.logits_on_grid = any(
             LOGITS in n.output and n.op_type == "DequantizeLinear" for n in self.nodes
         )
+        self.affine = self._affine_pairs()  # Mul output -> its Add: one op (Ops.affine)
 
     def build(self, tf: Any) -> Callable[[Any], Any]:
         """A function from a raw NCHW-style batch to logits, made of TensorFlow ops."""
@@ -194,7 +195,7 @@ class _Graph:
 
         def forward(x: Any) -> Any:
             values: dict[str, Value] = {self.input_name: ops.from_onnx_layout(x)}
-            affine = self._affine_pairs()
+            affine = self.affine
             paired = {add.output[0] for add in affine.values()}
             for node in self.nodes:
                 if node.op_type in ("ArgMax",) or node.output[0] in paired:

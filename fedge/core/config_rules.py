@@ -74,8 +74,10 @@ def check(cfg: RunConfig) -> None:
 
 
 def _device_targets(cfg: RunConfig) -> None:
+    if "tflite" not in cfg.device_targets:
+        return
     missing = [p for p in ("tensorflow", "ai_edge_litert") if importlib.util.find_spec(p) is None]
-    if "tflite" in cfg.device_targets and missing:
+    if missing:
         raise ConfigError(
             f"device-targets {cfg.device_targets} converts with TensorFlow and checks with "
             f"LiteRT; not installed: {', '.join(missing)}: pip install -e '.[litert]', or "

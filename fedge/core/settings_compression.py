@@ -165,7 +165,8 @@ class CompressionSettings:
         "onnx",
         "artifacts in the signed bundle: onnx (model.onnx), and with ort model.ort (ORT Mobile, "
         "batch 1) and with tflite model.tflite (full-integer int8 for LiteRT and TensorFlow Lite "
-        "Micro; needs the litert extra)",
+        "Micro; needs the litert extra; from a quant-mode static model it is that same integer "
+        "model, from others its activations are calibrated)",
         choices=choices.DEVICE_TARGETS,
         compress=True,
     )
