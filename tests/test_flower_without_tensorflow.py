@@ -1,5 +1,6 @@
 """Flower's simulation engine is imported without TensorFlow, which stays importable after."""
 
+import os
 import subprocess
 import sys
 
@@ -25,10 +26,19 @@ def test_the_engine_loads_without_tensorflow_and_leaves_it_importable():
     assert proc.stdout.split() == ["False", "tensorflow"]
 
 
-def test_ray_workers_run_the_same_import_first():
+def test_ray_workers_run_the_same_import_first(monkeypatch):
+    # fedge starts Ray itself; every worker runs the hook before any actor is unpickled.
+    import importlib
+
+    import ray
+
     from fedge.simulations import runner
     from fedge.simulations.flower_import import import_flower_simulation
 
-    module, name = runner.WORKER_SETUP.rsplit(".", 1)
-    assert f"{module}.{name}" == f"{import_flower_simulation.__module__}.{name}"
-    assert name == import_flower_simulation.__name__
+    started: dict = {}
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # _start_ray extends it
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.update(kwargs))
+    runner._start_ray(None, verbose=False)
+    module, name = started["runtime_env"]["worker_process_setup_hook"].rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is import_flower_simulation
