@@ -52,6 +52,7 @@ SETUPS = {
 def matches() -> dict[str, Any]:
     """The differential run: secure aggregate vs FedAvg over the same survivors."""
     from fedge.core.partition import build_federation, client_data
+    from fedge.core import secagg_grid as sg
     from fedge.server.secagg import max_weight
     from tests.server.test_secagg import CFG, _train
 
@@ -61,7 +62,7 @@ def matches() -> dict[str, Any]:
     fed = build_federation(CFG)
     weight = sum(len(client_data(fed, p, CFG).train) for p in range(10) if p not in dropped)
     survivors = log.rounds[0]["clients_ok"]
-    quantum = 2 * CFG.secagg_clip / CFG.secagg_quantization
+    quantum = 2 * sg.clip(CFG) / sg.levels(CFG)
     bound = survivors * quantum / (weight / max_weight(CFG))
     error = max(float(np.abs(secure[k] - plain[k]).max()) for k in plain)
     return {

@@ -19,8 +19,10 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 
+from fedge.client.update_codec import keep_residual, with_residual
 from fedge.core import messages as m
-from fedge.core.records import as_float, as_int
+from fedge.core import secagg_grid as sg
+from fedge.core.records import as_float, as_int, record_to_config
 
 # Flower's stage functions: not exported, so imported by module path (flwr is pinned).
 _FLOWER = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
@@ -83,9 +85,9 @@ def key_stage(msg: Message, context: Context) -> Message:
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """The collect stage: train as asked, then reply with the masked update only.
 
-    The masked vector is [weight factor, each array, the training loss]; an update that is not
-    finite, or outside the clipping range, is not masked (an error: the round recovers this
-    node as dropped).
+    The masked vector is [weight factor, each array, the training loss]. A model that is not
+    finite or outside the clipping range is not masked (an error: the round recovers this
+    node as dropped); an int8 update beyond it is saturated, the excess carried over.
     """
     if m.SECAGG not in msg.content.config_records:
         return call_next(msg, context)
@@ -93,6 +95,7 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     configs = ConfigRecord(dict(sent))
     kind = str(configs.pop(KIND))
     weight_key = str(configs.pop(m.SECAGG_WEIGHT, m.NUM_EXAMPLES))
+    delta = bool(configs.pop(m.SECAGG_DELTA, 0))
     if weight_key not in m.SECAGG_WEIGHTS:
         raise ValueError(f"secagg: weight {weight_key!r}; allowed: {', '.join(m.SECAGG_WEIGHTS)}")
     state = _state(context, configs, kind)
@@ -102,13 +105,19 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     ):
         raise ValueError("secagg: a train message must carry the collect stage of its own kind")
     del msg.content[m.SECAGG]  # the handler and the inner mods see the usual train message
+    received = msg.content.array_records.get(m.ARRAYS) if delta else None
     try:
         reply = call_next(msg, context)
     finally:
         msg.content[m.SECAGG] = sent
     if reply.has_error():
         return reply  # a drop after key sharing: the others' shares recover its masks
-    masked = _masked(state, configs, reply, as_int(sent[ROUND]), weight_key)
+    if received is None:
+        vector = _model_vector(reply)
+    else:
+        weight = as_float(reply.content.metric_records[m.METRICS][weight_key])
+        vector = _update_vector(msg, context, reply, received, (weight / state.max_weight, state))
+    masked = _masked(state, configs, vector, reply, (as_int(sent[ROUND]), weight_key))
     context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
     metrics = reply.content.metric_records[m.METRICS]
     clear = MetricRecord({k: metrics[k] for k in CLEAR_METRICS if k in metrics})
@@ -120,21 +129,63 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     return Message(RecordDict(content), reply_to=msg)
 
 
-def _masked(
-    state: Any, configs: ConfigRecord, reply: Message, server_round: int, weight_key: str
-) -> ArrayRecord:
-    """The reply's arrays and loss, weighted (by `weight_key`), quantized and masked by Flower."""
+def _model_vector(reply: Message) -> list[np.ndarray]:
+    """What a node masks of uncompressed training: the trained arrays, then the loss."""
     arrays = reply.content.array_records[m.ARRAYS]
+    loss = as_float(reply.content.metric_records[m.METRICS][m.TRAIN_LOSS])
+    return [*(np.asarray(arrays[k].numpy(), dtype=np.float64) for k in arrays), np.array([loss])]
+
+
+def _update_vector(
+    msg: Message, context: Context, reply: Message, received: ArrayRecord, share: tuple
+) -> list[np.ndarray]:
+    """What a node masks of int8 training: its update, saturated to the grid's range; the loss.
+
+    The update is trained minus `received` (plus, with error-feedback, what saturation left
+    out of the last round's); `share` is (weight share, SecAgg state): a weighted value
+    beyond the clip is saturated and the excess kept for the next round. The loss is sent as
+    min(loss, cap) / cap x clip.
+    """
+    ratio, state = share
+    config = msg.content.config_records[m.CONFIG]
+    cfg, server_round = record_to_config(config), as_int(config.get("server-round", 0))
+    arrays = reply.content.array_records[m.ARRAYS]
+    if list(received) != list(arrays):
+        raise ValueError("secagg: the trained arrays are not the received model's")
+    delta = {
+        k: np.asarray(arrays[k].numpy(), dtype=np.float64) - received[k].numpy() for k in arrays
+    }
+    if not all(np.isfinite(v).all() for v in delta.values()):
+        raise ValueError("secagg: the update is not finite; it is not masked")
+    kind = msg.metadata.message_type
+    if cfg.error_feedback:
+        delta = with_residual(context, kind, server_round, delta)
+    limit = state.clipping_range / ratio if ratio > 0 else np.inf
+    sent = {k: np.clip(v, -limit, limit) for k, v in delta.items()}
+    if cfg.error_feedback:
+        left = {k: (delta[k] - sent[k]).astype(np.float32) for k in delta}
+        keep_residual(context, kind, server_round, left)
+    loss = as_float(reply.content.metric_records[m.METRICS][m.TRAIN_LOSS])
+    scaled = min(loss, sg.LOSS_CAP) / sg.LOSS_CAP * state.clipping_range
+    return [*sent.values(), np.array([scaled])]
+
+
+def _masked(
+    state: Any, configs: ConfigRecord, vector: list[np.ndarray], reply: Message, how: tuple
+) -> ArrayRecord:
+    """`vector` weighted (how: the round, the weight's metric), quantized and masked by Flower.
+
+    Masked values lie in [0, modulus): they are sent in the narrowest unsigned type.
+    """
+    server_round, weight_key = how
     metrics = reply.content.metric_records[m.METRICS]
-    vector = [np.asarray(arrays[k].numpy(), dtype=np.float64) for k in arrays]
-    vector.append(np.array([as_float(metrics[m.TRAIN_LOSS])]))
     weight = as_float(metrics[weight_key])
     if not all(np.isfinite(v).all() for v in vector):
         raise ValueError("secagg: the update is not finite; it is not masked")
     if weight > state.max_weight:
         raise ValueError(f"secagg: {weight:.0f} records > secagg-max-weight {state.max_weight}")
     largest = max(float(np.abs(v).max(initial=0.0)) for v in vector) * weight / state.max_weight
-    if largest > state.clipping_range:
+    if largest > state.clipping_range * (1 + 1e-9):  # a saturated value may round up
         raise ValueError(
             f"secagg: a weighted value {largest:.3g} is outside secagg-clip {state.clipping_range}"
         )
@@ -147,5 +198,6 @@ def _masked(
             )
         finally:
             np.random.set_state(rounding)
-    vectors = [bytes_to_ndarray(b) for b in result[Key.MASKED_PARAMETERS]]
+    dtype = sg.wire_dtype(state.mod_range)
+    vectors = [bytes_to_ndarray(b).astype(dtype) for b in result[Key.MASKED_PARAMETERS]]
     return ArrayRecord({str(i): Array(v) for i, v in enumerate(vectors)})

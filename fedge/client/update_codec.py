@@ -47,33 +47,60 @@ def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallabl
         msg.content = arrived
     if cfg.update_compression == "none" or reply.has_error():
         return reply
+    if cfg.secure_aggregation != "off":  # secagg_mod masks the update on the int8 grid itself
+        return reply
     trained = record_to_weights(reply.content.array_records[m.ARRAYS])
     delta = {
         k: np.asarray(v, dtype=np.float32) - base[k] if np.issubdtype(v.dtype, np.floating) else v
         for k, v in trained.items()
     }
     server_round = as_int(config.get("server-round", 0))
-    key = RESIDUAL + msg.metadata.message_type
-    residual = context.state.array_records.get(key) if cfg.error_feedback else None
-    follows = context.state.config_records.get(key + ROUND)  # the residual's round
-    if residual is not None and follows is not None and follows["round"] == server_round - 1:
-        carried = record_to_weights(residual)
-        if {k: v.shape for k, v in carried.items()} == {k: v.shape for k, v in delta.items()}:
-            delta = {k: v + carried[k] if k in carried else v for k, v in delta.items()}
+    kind = msg.metadata.message_type
+    if cfg.error_feedback:
+        delta = with_residual(context, kind, server_round, delta)
     partition = as_int(context.node_config.get(m.NODE_PARTITION_ID, 0))
     rng = np.random.default_rng([cfg.seed, server_round, partition, CODEC_STREAM])
     try:
         encoded, decoded = codec.roundtrip(delta, codec.of_run(cfg), rng)
     except ValueError:  # NaN/Inf: sent as trained, the server's validation rejects it
-        if key in context.state:
-            del context.state[key]
+        keep_residual(context, kind, server_round, None)
         return reply
     if cfg.error_feedback:
         floating = [k for k in delta if np.issubdtype(delta[k].dtype, np.floating)]
-        context.state[key] = weights_to_record({k: delta[k] - decoded[k] for k in floating})
-        context.state[key + ROUND] = ConfigRecord({"round": server_round})
+        keep_residual(context, kind, server_round, {k: delta[k] - decoded[k] for k in floating})
     reply.content = with_arrays(reply.content, weights_to_record(encoded))
     return reply
+
+
+def with_residual(
+    context: Context, kind: str, server_round: int, delta: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """`delta` plus what compression left out of this node's last update of `kind`.
+
+    Only the residual of the round just before counts: a node that sat rounds out starts anew.
+    """
+    key = RESIDUAL + kind
+    residual = context.state.array_records.get(key)
+    follows = context.state.config_records.get(key + ROUND)  # the residual's round
+    if residual is None or follows is None or follows["round"] != server_round - 1:
+        return delta
+    carried = record_to_weights(residual)
+    if {k: v.shape for k, v in carried.items()} != {k: v.shape for k, v in delta.items()}:
+        return delta
+    return {k: v + carried[k] if k in carried else v for k, v in delta.items()}
+
+
+def keep_residual(
+    context: Context, kind: str, server_round: int, residual: dict[str, np.ndarray] | None
+) -> None:
+    """Keep what compression left out of this round's update (None: forget the last one)."""
+    key = RESIDUAL + kind
+    if residual is None:
+        if key in context.state:
+            del context.state[key]
+        return
+    context.state[key] = weights_to_record(residual)
+    context.state[key + ROUND] = ConfigRecord({"round": server_round})
 
 
 def _received(

@@ -1,6 +1,7 @@
 """Searched student architectures as a spec string: `arch:c16k3p-c32k3-h64-relu` (torch-free).
 
-A spec lists convolutions (`c<channels>k<kernel>`, `p`: 2x max pooling after it; `d` instead
+A spec lists convolutions (`c<channels>k<kernel>`, `s`: stride 2, so it computes only every
+other position in each dimension; `p`: 2x max pooling after it; `d` instead
 of `c`: depthwise-separable, a depthwise `k`x`k` convolution then a pointwise one to
 `<channels>`, as in DS-CNN and MobileNet), then hidden linear layers (`h<units>`), then the
 activation; the classifier to the classes is implied. Images and signals take convolutions;
@@ -21,10 +22,10 @@ KERNELS = (1, 3, 5, 7)
 MAX_LAYERS = 6
 MAX_WIDTH = 512
 FORMAT = (
-    "arch:c<channels>k<kernel>[p]-d<channels>k<kernel>[p]-...-h<units>-...-<activation>, "
+    "arch:c<channels>k<kernel>[s][p]-d<channels>k<kernel>[s][p]-...-h<units>-...-<activation>, "
     "e.g. arch:c16k3p-d32k3p-h64-relu"
 )
-_CONV = re.compile(r"([cd])(\d+)k(\d+)(p?)")
+_CONV = re.compile(r"([cd])(\d+)k(\d+)(s?)(p?)")
 
 
 class Conv(NamedTuple):
@@ -34,6 +35,12 @@ class Conv(NamedTuple):
     kernel: int
     pooled: bool  # 2x max pooling after it
     separable: bool = False  # depthwise kernel x kernel, then pointwise to `width`
+    strided: bool = False  # stride 2: half the positions in each dimension, as pooling gives
+
+    @property
+    def halvings(self) -> int:
+        """How many times this layer halves each spatial dimension (stride, pooling)."""
+        return int(self.strided) + int(self.pooled)
 
 
 _HIDDEN = re.compile(r"h(\d+)")
@@ -65,7 +72,8 @@ class Arch:
     def spec(self) -> str:
         """The spec string (`parse(a.spec) == a`)."""
         convs = [
-            f"{'d' if c.separable else 'c'}{c.width}k{c.kernel}{'p' if c.pooled else ''}"
+            f"{'d' if c.separable else 'c'}{c.width}k{c.kernel}{'s' if c.strided else ''}"
+            f"{'p' if c.pooled else ''}"
             for c in self.convs
         ]
         return PREFIX + "-".join([*convs, *(f"h{h}" for h in self.hidden), self.activation])
@@ -93,7 +101,9 @@ def parse(name: str) -> Arch:
         *layers, activation = parts
         for part in layers:
             if (conv := _CONV.fullmatch(part)) and not hidden:
-                convs.append(Conv(int(conv[2]), int(conv[3]), conv[4] == "p", conv[1] == "d"))
+                convs.append(
+                    Conv(int(conv[2]), int(conv[3]), conv[5] == "p", conv[1] == "d", conv[4] == "s")
+                )
             elif hidden_match := _HIDDEN.fullmatch(part):
                 hidden.append(int(hidden_match[1]))
             else:
@@ -107,9 +117,11 @@ def check_input(arch: Arch, input_shape: tuple[int, ...]) -> None:
     """ValueError if the architecture cannot take inputs of this shape."""
     if len(input_shape) == 1 and arch.convs:
         raise ValueError(f"{arch.spec}: flat features (D,) take only hidden layers (h<units>)")
-    pools = sum(c.pooled for c in arch.convs)
-    if len(input_shape) > 1 and min(input_shape[1:]) < 2**pools:
-        raise ValueError(f"{arch.spec}: {pools} poolings shrink input {input_shape} to nothing")
+    halvings = sum(c.halvings for c in arch.convs)
+    if len(input_shape) > 1 and min(input_shape[1:]) < 2**halvings:
+        raise ValueError(
+            f"{arch.spec}: {halvings} poolings and strides shrink input {input_shape} to nothing"
+        )
 
 
 def check_student(student: str, input_shape: tuple[int, ...]) -> None:

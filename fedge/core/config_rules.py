@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
+from fedge.core import secagg_grid as grid
 from fedge.core.archspec import is_arch, parse
 from fedge.core.budgets import Budget, BudgetError, parse_budget
 from fedge.core.bundle_format import TIER_NAME
@@ -248,17 +249,24 @@ def _secure_aggregation(cfg: RunConfig) -> None:
     if cfg.secure_aggregation == "off":
         return
     needs_each = {
-        "aggregation": (cfg.aggregation, "fedavg"),
-        "update-compression": (cfg.update_compression, "none"),
-        "downlink-compression": (cfg.downlink_compression, "none"),
-        "teacher-mode": (cfg.teacher_mode, "global"),
+        "aggregation": (cfg.aggregation, ("fedavg",)),
+        "update-compression": (cfg.update_compression, ("none", "int8")),
+        "downlink-compression": (cfg.downlink_compression, ("none",)),
+        "teacher-mode": (cfg.teacher_mode, ("global",)),
     }
     for key, (value, allowed) in needs_each.items():
-        if value != allowed:
+        if value not in allowed:
             raise ConfigError(
                 f"secure-aggregation secagg+ hides each update, and {key} {value!r} needs "
-                f"them one by one; allowed with secagg+: {key} {allowed}"
+                f"them one by one; allowed with secagg+: {key} {' or '.join(allowed)}"
             )
+    if grid.masks_update(cfg) and cfg.secagg_quantization != grid.WEIGHTS_LEVELS:
+        raise ConfigError(
+            f"secagg-quantization={cfg.secagg_quantization} with update-compression int8: an "
+            f"int8 update is masked on the 8-bit grid ({grid.INT8_LEVELS} levels over "
+            "[-secagg-clip, secagg-clip]); allowed: leave secagg-quantization unset, or "
+            "update-compression none"
+        )
     if cfg.dp == "central" and (cfg.dp_clipping, cfg.dp_clip_mode) != ("client", "fixed"):
         raise ConfigError(
             f"secure-aggregation secagg+ with dp central needs each client to clip its own "
@@ -266,6 +274,12 @@ def _secure_aggregation(cfg: RunConfig) -> None:
             f"clipped update; got dp-clipping {cfg.dp_clipping!r}, dp-clip-mode "
             f"{cfg.dp_clip_mode!r}; allowed with secagg+: dp-clipping client, dp-clip-mode fixed"
         )
+    _secagg_group(cfg)
+    _secagg_grid(cfg)
+
+
+def _secagg_group(cfg: RunConfig) -> None:
+    """The share group and the threshold that recovers a dropped node."""
     sampled, shares, threshold = train_size(cfg), secagg_shares(cfg), secagg_threshold(cfg)
     if shares < 3:
         raise ConfigError(
@@ -277,15 +291,19 @@ def _secure_aggregation(cfg: RunConfig) -> None:
             f"round): allowed {shares // 2 + 1} to {shares} (more than half: fewer would let a "
             "server that lies about who dropped rebuild both of a client's secrets)"
         )
-    if cfg.secagg_quantization >= 1 << 31 or sampled * cfg.secagg_modulus >= 1 << 63:
+
+
+def _secagg_grid(cfg: RunConfig) -> None:
+    """The levels and the modulus: Flower's int32 rounding, the server's int64 sum, no overflow."""
+    most, levels, modulus = grid.most_clients(cfg), grid.levels(cfg), grid.modulus(cfg)
+    if levels >= 1 << 31 or most * modulus >= 1 << 63:
         raise ConfigError(
-            f"secagg-quantization={cfg.secagg_quantization} must be below 2^31 (Flower rounds "
-            f"to int32) and {sampled} x secagg-modulus={cfg.secagg_modulus} below 2^63 (the "
-            "server's int64 sum)"
+            f"secagg-quantization={levels} must be below 2^31 (Flower rounds to int32) and "
+            f"{most} x secagg-modulus={modulus} below 2^63 (the server's int64 sum)"
         )
-    if sampled * cfg.secagg_quantization >= cfg.secagg_modulus:
+    if most * levels >= modulus:
         raise ConfigError(
-            f"secagg-modulus={cfg.secagg_modulus} cannot hold the sum of {sampled} clients' "
-            f"values of up to secagg-quantization={cfg.secagg_quantization}: allowed "
-            f"secagg-modulus > {sampled * cfg.secagg_quantization}"
+            f"secagg-modulus={modulus} cannot hold the sum of {most} clients' values of up to "
+            f"{levels} levels: allowed secagg-modulus > {most * levels}, or 0 (the smallest "
+            "power of two that does)"
         )

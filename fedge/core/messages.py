@@ -32,7 +32,8 @@ STATUS = "status"
 INPUTS = "inputs"  # query.logits: the public transfer inputs (ArrayRecord, one array "x")
 SECAGG = "secagg"  # ConfigRecord of a SecAgg+ stage (Flower's keys, plus "round" and "kind")
 SECAGG_WEIGHT = "weight"  # ... and in the collect stage, the metric that weighs the update
-SECAGG_MASKED = "secagg-masked"  # collect stage reply: the masked vector, int64 arrays "0".."n"
+SECAGG_MASKED = "secagg-masked"  # collect stage reply: the masked vector, arrays "0".."n"
+SECAGG_DELTA = "delta"  # ... 1: mask the update (trained - received) on the int8 grid
 LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, classes)
 
 # context.state keys: the model the server's downlink deltas apply to (+ message type), and

@@ -193,19 +193,18 @@ class ArchNet(nn.Module):
         layers: list[nn.Module] = []
         channels = input_shape[0]
         for layer in arch.convs:
-            width, kernel = layer.width, layer.kernel
+            width, kernel, stride = layer.width, layer.kernel, 2 if layer.strided else 1
             if layer.separable:  # depthwise, then pointwise: one bias, one activation
                 depthwise = conv(
-                    channels, channels, kernel, padding=kernel // 2, groups=channels, bias=False
+                    channels, channels, kernel, stride, kernel // 2, groups=channels, bias=False
                 )
                 layers += [nn.Sequential(depthwise, conv(channels, width, 1)), act()]
             else:
-                layers += [conv(channels, width, kernel, padding=kernel // 2), act()]
+                layers += [conv(channels, width, kernel, stride, kernel // 2), act()]
             layers += [pool(2, ceil_mode=True)] if layer.pooled else []
             channels = width
         self.features = nn.Sequential(*layers)
-        pools = sum(c.pooled for c in arch.convs)
-        positions = math.prod(math.ceil(s / 2**pools) for s in input_shape[1:])
+        positions = math.prod(_halved(s, arch.convs) for s in input_shape[1:])
         features = channels * positions if arch.convs else math.prod(input_shape)
         head: list[nn.Module] = []
         for units in arch.hidden:
@@ -216,6 +215,13 @@ class ArchNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits."""
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _halved(size: int, convs: tuple[archspec.Conv, ...]) -> int:
+    """A spatial size after the convolutions' strides and poolings (each rounds up)."""
+    for layer in convs:
+        size = math.ceil(size / 2**layer.halvings)
+    return size
 
 
 def build_model(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedge.core import choices
+from fedge.core import choices, secagg_grid
 from fedge.core.settings import setting
 
 
@@ -154,12 +154,21 @@ class FederationSettings:
         0, "secagg+: shares that recover a dropped client's mask (0: a majority)", interval=">= 0"
     )
     secagg_clip: float = setting(
-        8.0, "secagg+: |weight share x parameter| a client may mask", interval="> 0"
+        0.0,
+        "secagg+: |weight share x value| a client may mask (0: 8 for a model, 0.5 for an "
+        "int8 update)",
+        interval=">= 0",
     )
     secagg_quantization: int = setting(
-        1 << 22, "secagg+: integer levels over [-clip, clip]", interval=">= 2"
+        secagg_grid.WEIGHTS_LEVELS,
+        "secagg+: integer levels over [-clip, clip] (an int8 update: 255)",
+        interval=">= 2",
     )
-    secagg_modulus: int = setting(1 << 32, "secagg+: modulus of the masked sums", interval=">= 2")
+    secagg_modulus: int = setting(
+        0,
+        "secagg+: modulus of the masked sums (0: the smallest power of two above clients x levels)",
+        interval=">= 0",
+    )
     secagg_max_weight: int = setting(
         0,
         "secagg+: most training records of one client (0: from the run's partitions)",

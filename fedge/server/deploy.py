@@ -23,9 +23,9 @@ from fedge.server.replies import (
     MAX_PARTITION,
     BadReplyError,
     count,
+    error_text,
     metrics_of,
     number,
-    printable,
     replies_by_node,
     status_of,
     text,
@@ -175,7 +175,7 @@ def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
     if reply is None:
         return _not_installed(partition_id, "no reply before round-timeout")
     if reply.has_error():
-        return _not_installed(partition_id, printable(reply.error.reason))
+        return _not_installed(partition_id, error_text(reply.error.reason))
     try:
         metrics, status = metrics_of(reply), status_of(reply)
         installed = bool(count(metrics, m.INSTALLED, 0, 1))

@@ -9,6 +9,7 @@ reply's records.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,21 @@ def text(values: ConfigRecord, key: str, limit: int = 300) -> str:
 def printable(value: object, limit: int = 300) -> str:
     """A node's free text as the log and the report may show it: printable, at most `limit`."""
     return "".join(c if c.isprintable() else "?" for c in str(value)[:limit])
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^\s*([\w.]*(?:Error|Exception)): (.+)$")
+
+
+def error_text(reason: object, limit: int = 300) -> str:
+    """A node's error reason, printable: the last exception line when it holds a traceback.
+
+    Ray's simulation wraps a client's error in its actor's traceback, whose first 300
+    characters name only the actor; the line that says what went wrong is the last one raised.
+    """
+    lines = _ANSI.sub("", str(reason)).splitlines()
+    raised = [f"{m[1]}: {m[2]}" for line in lines if (m := _RAISED.match(line))]
+    return printable(raised[-1] if raised else str(reason), limit)
 
 
 def partition_of(reply: Message | None) -> int | None:

@@ -36,12 +36,13 @@ from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedge.core import messages as m
+from fedge.core import secagg_grid as sg
 from fedge.core.config import RunConfig
 from fedge.core.config_rules import secagg_shares, secagg_threshold
 from fedge.core.partition import build_federation, client_data
 from fedge.core.records import record_to_weights
 from fedge.server.exchange import Collected
-from fedge.server.replies import printable, replies_by_node
+from fedge.server.replies import error_text, replies_by_node
 from fedge.server.update_codec import wire_bytes
 from fedge.server.validation import Checked
 
@@ -76,6 +77,7 @@ class _Exchange:
         self.downlink = self.uplink = 0  # serialized bytes, as sent and received
         self.public_keys: dict[int, list[bytes]] = {}
         self.neighbours: dict[int, set[int]] = {}  # each node's share group, itself included
+        self.modulus = sg.modulus(cfg)
 
     def ask(self, stage: str, nodes: list[int], records: dict[int, dict[str, Any]]) -> dict:
         """Send `stage` to `nodes` (each its record); the replies of those that answered."""
@@ -97,7 +99,7 @@ class _Exchange:
         answered = {}
         for node, reply in replies_by_node(messages, replies).items():
             if reply is None or reply.has_error():
-                why = "no reply" if reply is None else printable(reply.error.reason)
+                why = "no reply" if reply is None else error_text(reply.error.reason)
                 self.failed.setdefault(node, f"secagg {stage}: {why}")
             else:
                 answered[node] = reply
@@ -112,9 +114,9 @@ class _Exchange:
             Key.SAMPLE_NUMBER: len(nodes),
             Key.SHARE_NUMBER: shares,
             Key.THRESHOLD: secagg_threshold(cfg),
-            Key.CLIPPING_RANGE: float(cfg.secagg_clip),
-            Key.TARGET_RANGE: cfg.secagg_quantization,
-            Key.MOD_RANGE: cfg.secagg_modulus,
+            Key.CLIPPING_RANGE: sg.clip(cfg),
+            Key.TARGET_RANGE: sg.levels(cfg),
+            Key.MOD_RANGE: self.modulus,
             Key.MAX_WEIGHT: float(max_weight(cfg)),
         }
         replies = self.ask(Stage.SETUP, nodes, dict.fromkeys(nodes, config))
@@ -176,6 +178,7 @@ class _Exchange:
                 Key.SOURCE_LIST: forward[n][0],
                 Key.CIPHERTEXT_LIST: forward[n][1],
                 m.SECAGG_WEIGHT: weight,
+                m.SECAGG_DELTA: int(sg.masks_update(self.cfg)),
             }
             for n in nodes
         }
@@ -191,7 +194,7 @@ class _Exchange:
             del reply.content[m.SECAGG_MASKED]  # only the sum is kept
         if total is None:
             raise SecAggError("secagg: no node sent a masked update")
-        return good, parameters_mod(total, self.cfg.secagg_modulus)
+        return good, parameters_mod(total, self.modulus)
 
     def _masked(self, node: int, reply: Message, shapes: list[tuple]) -> Vector | None:
         """The node's masked vector if it is what the protocol sends, else None (it failed)."""
@@ -200,16 +203,18 @@ class _Exchange:
             vector = [] if record is None else [record[k].numpy() for k in record]
         except (ValueError, TypeError):  # bytes that are not an array: as a missing vector
             vector = []
+        dtype = sg.wire_dtype(self.modulus)
         well_formed = [tuple(v.shape) for v in vector] == shapes and all(
-            v.dtype == np.int64
-            and v.min(initial=0) >= 0
-            and v.max(initial=0) < self.cfg.secagg_modulus
+            v.dtype == dtype and v.min(initial=0) >= 0 and v.max(initial=0) < self.modulus
             for v in vector
         )
         if not well_formed:
-            self.failed[node] = "secagg collect: not a masked vector of the model's shapes"
+            self.failed[node] = (
+                f"secagg collect: not a masked vector of the model's shapes in {dtype} below "
+                f"{self.modulus}"
+            )
             return None
-        return vector
+        return [v.astype(np.int64) for v in vector]
 
     def unmask(self, survivors: list[int], dropped: list[int], total: Vector) -> Vector:
         """Remove the survivors' own masks and the dropped nodes' pairwise masks from `total`."""
@@ -240,7 +245,7 @@ class _Exchange:
                 total = self._remove(node, combine_shares(pieces), alive, total, dims)
             except (ValueError, TypeError) as err:  # shares of no key, or of a malformed one
                 raise SecAggError(f"secagg: node {node}'s masks cannot be removed: {err}") from None
-        return parameters_mod(total, self.cfg.secagg_modulus)
+        return parameters_mod(total, self.modulus)
 
     def _remove(
         self, node: int, secret: bytes, alive: set[int], total: Vector, dims: list[tuple[int, ...]]
@@ -256,18 +261,25 @@ class _Exchange:
         return total
 
     def _prg(self, seed: bytes, dims: list[tuple[int, ...]]) -> Vector:
-        return pseudo_rand_gen(seed, self.cfg.secagg_modulus, dims)
+        return pseudo_rand_gen(seed, self.modulus, dims)
 
     def mean(self, total: Vector, survivors: int) -> tuple[Vector, float]:
-        """The weighted mean of the survivors' vectors, from the unmasked sum; its weight."""
-        cfg = self.cfg
+        """The weighted mean of the survivors' vectors, from the unmasked sum; its weight.
+
+        The last value is the mean training loss (sent scaled into the clip range when the
+        nodes masked their int8 update, see `fedge.client.secagg`).
+        """
+        clip, levels = sg.clip(self.cfg), sg.levels(self.cfg)
         weight, summed = factor_extract(total)
         if weight == 0:
             raise SecAggError("secagg: the survivors' total weight is 0")
-        values = dequantize(summed, cfg.secagg_clip, cfg.secagg_quantization)
-        shift = (survivors - 1) * cfg.secagg_clip  # each survivor's values were shifted by clip
-        scale = cfg.secagg_quantization / weight
-        return [(v - shift) * scale for v in values], weight / cfg.secagg_quantization
+        values = dequantize(summed, clip, levels)
+        shift = (survivors - 1) * clip  # each survivor's values were shifted by clip
+        scale = levels / weight
+        mean = [(v - shift) * scale for v in values]
+        if sg.masks_update(self.cfg):
+            mean[-1] = mean[-1] * sg.LOSS_CAP / clip
+        return mean, weight / levels
 
 
 def _valid_keys(keys: list[Any], known: dict[int, list[bytes]]) -> bool:
@@ -320,6 +332,11 @@ def secure_exchange(
                 f"secagg: {len(survivors)} masked updates, min-clients={cfg.min_clients}"
             )
         values, _ = run.mean(run.unmask(survivors, dropped, total), len(survivors))
+        if sg.masks_update(cfg):  # the mean update, onto the model the nodes received
+            values = [
+                np.asarray(w, dtype=np.float64).ravel() + v.ravel()
+                for w, v in zip(reference.values(), values, strict=False)
+            ] + values[len(reference) :]
         accepted = [_synthetic(reference, values, run.kind, survivors)]
     except SecAggError as err:
         failed, survivors = str(err), []

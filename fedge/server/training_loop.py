@@ -38,10 +38,10 @@ from fedge.server.exchange import Collected, plain_exchange
 from fedge.server.nodes import FederationError, Nodes, wait_for_nodes
 from fedge.server.replies import (
     BadReplyError,
+    error_text,
     metrics_of,
     number,
     partition_of,
-    printable,
     replies_by_node,
 )
 from fedge.server.secagg import secure_exchange
@@ -325,7 +325,9 @@ def _failures(
         if reply is not None and not reply.has_error():
             nodes.learn(node, reply)
             continue
-        reason = "no reply before round-timeout" if reply is None else printable(reply.error.reason)
+        reason = (
+            "no reply before round-timeout" if reply is None else error_text(reply.error.reason)
+        )
         reason = (errors or {}).get(node, reason)
         failures.append(
             {"node_id": node, "partition_id": nodes.partition_of(node), "reason": reason}

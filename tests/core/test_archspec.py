@@ -54,6 +54,34 @@ def test_a_separable_convolution_is_depthwise_then_pointwise_and_rebuilds_when_p
         archspec.parse("arch:d16k3-relu")
 
 
+def test_a_strided_convolution_computes_every_other_position_as_pooling_would_keep():
+    spec = "arch:c16k3s-d32k3sp-d64k3p-relu"
+    parsed = archspec.parse(spec)
+    assert parsed.spec == spec
+    assert [(c.strided, c.pooled) for c in parsed.convs] == [
+        (True, False),
+        (True, True),
+        (False, True),
+    ]
+    model = build_student((1, 28, 28), 10, spec, seed=0)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2), (1, 1), (1, 1), (1, 1)]  # dw strides
+    # 28 -> 14 (stride) -> 7 (stride) -> 4 (pool, rounding up) -> 2 (pool): 64 x 2 x 2 features
+    assert model.classifier[0].in_features == 64 * 2 * 2
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    pooled = build_student((1, 28, 28), 10, "arch:c16k3p-d32k3p-d64k3p-relu", seed=0)
+    x = torch.randn(2, 1, 28, 28)
+    # the same first layer: the stride keeps the positions a 2x2 window's top-left corner sees
+    strided = build_student((1, 28, 28), 10, "arch:c16k3s-relu", seed=0)
+    strided.features[0].load_state_dict(pooled.features[0].state_dict())
+    full = torch.nn.functional.conv2d(
+        x, pooled.features[0].weight, pooled.features[0].bias, padding=1
+    )
+    torch.testing.assert_close(strided.features[0](x), full[:, :, ::2, ::2])
+    with pytest.raises(ValueError, match="poolings and strides shrink input"):
+        build_student((1, 8, 8), 10, "arch:c8k3s-c8k3sp-c8k3p-relu", 0)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -208,3 +209,30 @@ def test_replies_without_their_metrics_are_refused_with_the_reason():
     assert _bad_reply(reply_to(_message(m.LOGITS), RecordDict()), (4, 10)) == (
         "malformed reply: no 'logits' array record"
     )
+
+
+RAY_REASON = (
+    "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()"
+    "\x1b[39m (pid=15340, ip=192.0.2.2, actor_id=d4f4bbffda0d, repr=<flwr.simulation.ray_transport"
+    ".ray_actor.ClientAppActor object at 0x7f4fb353a350>)\n"
+    + '  File "x.py", line 1\n'
+    * 8
+    + "ValueError: secagg: a weighted value 0.585 is outside secagg-clip 0.5\n\nThe above "
+    "exception was the direct cause of the following exception:\n\n"
+    "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException occurred. "
+    "Message: secagg: a weighted value 0.585 is outside secagg-clip 0.5'>"
+)
+
+
+@pytest.mark.parametrize(
+    ("reason", "shown"),
+    [
+        (RAY_REASON, "ValueError: secagg: a weighted value 0.585 is outside secagg-clip 0.5"),
+        ("no such partition", "no such partition"),
+        ("\x1b[31mforged\nline", "?[31mforged?line"),
+    ],
+)
+def test_a_node_error_is_reported_by_what_was_raised_not_by_rays_actor(reason, shown):
+    from fedge.server.replies import error_text
+
+    assert error_text(reason) == shown

@@ -5,6 +5,7 @@ import pytest
 
 from fedge.client.app import app as client_app
 from fedge.core import messages as m
+from fedge.core import secagg_grid as sg
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.models import build_teacher
 from fedge.core.partition import build_federation
@@ -45,7 +46,8 @@ def test_two_dropped_after_key_sharing_the_aggregate_is_fedavg_over_the_survivor
     assert all("secagg collect" in f["reason"] for f in row["clients_failed"])
     # within the quantization error: 8 values each off by < 2 clip / T, over the total weight
     sizes = [len(r) for r in _survivor_sizes(CFG, dropped)]
-    bound = 8 * (2 * CFG.secagg_clip / CFG.secagg_quantization) / (sum(sizes) / max_weight(CFG))
+    quantum = 2 * sg.clip(CFG) / sg.levels(CFG)
+    bound = 8 * quantum / (sum(sizes) / max_weight(CFG))
     for name, value in plain.items():
         assert np.abs(secure[name] - value).max() <= bound + 1e-6, name
     assert not all(np.array_equal(secure[k], plain[k]) for k in plain)  # really a different path
@@ -95,7 +97,6 @@ def test_too_few_survivors_fail_the_round_with_the_reason():
 def test_secure_aggregation_refuses_what_needs_each_update():
     for kwargs, match in (
         ({"aggregation": "median"}, "aggregation 'median' needs them one by one"),
-        ({"update_compression": "int8"}, "update-compression 'int8'"),
         ({"teacher_mode": "ensemble"}, "teacher-mode 'ensemble'"),
         ({"dp": "central"}, "got dp-clipping 'server'"),  # the server never sees an update
         (
@@ -106,6 +107,12 @@ def test_secure_aggregation_refuses_what_needs_each_update():
         ({"secagg_threshold": 11}, "allowed 6 to 10"),
         ({"secagg_quantization": 1 << 31}, "below 2\\^31"),
         ({"secagg_modulus": 1 << 24}, "cannot hold the sum of 10"),
+        ({"update_compression": "topk"}, "allowed with secagg\\+: update-compression none or int8"),
+        (
+            {"update_compression": "int8", "secagg_quantization": 1 << 16},
+            "int8 update is masked on the 8-bit grid",
+        ),
+        ({"update_compression": "int8", "secagg_modulus": 2048}, "allowed secagg-modulus > 2550"),
     ):
         with pytest.raises(ConfigError, match=match):
             RunConfig(clients=10, secure_aggregation="secagg+", **kwargs)
@@ -126,7 +133,7 @@ def test_central_dp_noises_the_secure_sum_as_it_noises_the_plain_one(fraction):
     assert log.rounds[0]["clients_ok"] == plain_log.rounds[0]["clients_ok"]
     assert log.rounds[0]["sampled"] == plain_log.rounds[0]["sampled"]
     survivors = log.rounds[0]["clients_ok"]
-    bound = survivors * 2 * base.secagg_clip / base.secagg_quantization / survivors
+    bound = survivors * 2 * sg.clip(base) / sg.levels(base) / survivors
     moved = 0.0
     for name, value in plain.items():
         assert np.abs(secure[name] - value).max() <= bound + 1e-6, name

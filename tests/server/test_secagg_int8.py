@@ -1,0 +1,66 @@
+"""SecAgg+ with int8 updates: each node quantizes its update to 8 bits, then masks it."""
+
+import numpy as np
+import pytest
+
+from fedge.client.app import app as client_app
+from fedge.core import messages as m
+from fedge.core import secagg_grid as sg
+from fedge.core.config import RunConfig
+from fedge.core.partition import build_federation, client_data
+from fedge.server.secagg import max_weight
+from tests.flower_local import LocalGrid
+from tests.server.test_secagg import CFG, _train
+
+INT8 = CFG.replace(secure_aggregation="secagg+", update_compression="int8")
+
+
+def test_int8_grid_settings_follow_the_update_not_the_model():
+    assert (sg.levels(INT8), sg.clip(INT8), sg.modulus(INT8)) == (255, 0.5, 4096)
+    assert sg.wire_dtype(sg.modulus(INT8)) == np.uint16
+    plain = CFG.replace(secure_aggregation="secagg+")
+    assert (sg.levels(plain), sg.clip(plain)) == (1 << 22, 8.0)
+    assert sg.modulus(plain) == 1 << 26 and sg.wire_dtype(1 << 26) == np.uint32
+    poisson = RunConfig(clients=100, fraction_train=0.1, dp="central", dp_clipping="client")
+    assert sg.modulus(poisson.replace(secure_aggregation="secagg+")) == 1 << 29  # all 100 may come
+
+
+def test_int8_masked_aggregate_is_fedavg_over_the_survivors_within_the_8_bit_grid():
+    secure, log, grid = _train(INT8)
+    plain, plain_log, _ = _train(CFG)  # uncompressed, unmasked: the same two nodes drop
+    row = log.rounds[0]
+    assert row["clients_ok"] == plain_log.rounds[0]["clients_ok"] == 8
+    assert row["secagg"]["recovered"] == 2
+    dropped = {f["node_id"] - 100 for f in row["clients_failed"]}
+    fed = build_federation(INT8)
+    weight = sum(len(client_data(fed, p, INT8).train) for p in range(10) if p not in dropped)
+    quantum = 2 * sg.clip(INT8) / sg.levels(INT8)  # one node's rounding: under one step
+    bound = 8 * quantum / (weight / max_weight(INT8))
+    errors = [float(np.abs(secure[k] - plain[k]).max()) for k in plain]
+    assert max(errors) <= bound + 1e-6
+    assert max(errors) > bound / 1000  # really rounded to 8 bits, not sent exact
+    # the loss the server reports is the survivors' mean, sent scaled into the clip range
+    assert row["train_loss"] == pytest.approx(plain_log.rounds[0]["train_loss"], abs=0.2)
+
+
+def test_int8_masked_vectors_go_as_uint16_half_the_bytes_of_float32():
+    sent: dict[str, list[np.ndarray]] = {"none": [], "int8": []}
+    for mode, arrays in sent.items():
+        grid = LocalGrid(client_app, num_nodes=CFG.clients)
+        send = grid.send_and_receive
+
+        def spy(messages, *, timeout=None, send=send, arrays=arrays):
+            replies = send(messages, timeout=timeout)
+            for r in replies:
+                if not r.has_error() and m.SECAGG_MASKED in r.content.array_records:
+                    masked = r.content.array_records[m.SECAGG_MASKED]
+                    arrays.extend(masked[k].numpy() for k in masked)
+            return replies
+
+        grid.send_and_receive = spy
+        _train(CFG.replace(secure_aggregation="secagg+", update_compression=mode), grid)
+    values = sum(a.size for a in sent["int8"])
+    assert values == sum(a.size for a in sent["none"]) > 0
+    assert {a.dtype for a in sent["int8"]} == {np.dtype(np.uint16)}
+    assert {a.dtype for a in sent["none"]} == {np.dtype(np.uint32)}
+    assert sum(a.nbytes for a in sent["int8"]) == 2 * values  # float32 would be 4 a value
