@@ -8,8 +8,9 @@ FedAvg over the same 8 survivors, with the bound the quantization allows
 (survivors x 2 secagg-clip / secagg-quantization over the survivors' weight share), as
 `secagg_matches_plain` and `secagg_max_abs_error`.
 
-`timing`: `fedge simulate` (Flower's simulation engine, Ray) with and without
-`--secure-aggregation secagg+`, interleaved `--repeats` times, on 10 and 100 IID digits clients
+`timing`: `fedge simulate` (Flower's simulation engine, Ray) without and with
+`--secure-aggregation secagg+` (and with `--update-compression int8` under it), interleaved
+`--repeats` times, on 10 and 100 IID digits clients
 and on 10 fmnist clients; a round's time is the median of its `rounds[].seconds` without the
 first round (Ray's actors start in it). `secagg_round_time_ratio_10` / `_100` are digits';
 fmnist's, where local training is a real cost, is `secagg_round_time_ratio_fmnist_10`.
@@ -51,8 +52,8 @@ SETUPS = {
 
 def matches() -> dict[str, Any]:
     """The differential run: secure aggregate vs FedAvg over the same survivors."""
-    from fedge.core.partition import build_federation, client_data
     from fedge.core import secagg_grid as sg
+    from fedge.core.partition import build_federation, client_data
     from fedge.server.secagg import max_weight
     from tests.server.test_secagg import CFG, _train
 
@@ -91,21 +92,35 @@ def _round_seconds(work: Path, name: str, settings: dict[str, Any]) -> dict[str,
     }
 
 
-def timing(work: Path, rounds: int, repeats: int) -> dict[str, Any]:
+MODES = {
+    "plain": {},
+    "secagg": {"secure-aggregation": "secagg+"},
+    "secagg_int8": {"secure-aggregation": "secagg+", "update-compression": "int8"},
+}
+
+
+def timing(work: Path, rounds: int, repeats: int, setups: list[str]) -> dict[str, Any]:
     """Plain and secure runs of each setup, interleaved; the ratio of median round times."""
     rows: dict[str, Any] = {}
-    for name, setup in SETUPS.items():
-        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "secagg": []}
+    for name in setups:
+        runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
         for repeat in range(repeats):
-            for mode in ("plain", "secagg"):
-                settings = {**setup, "rounds": rounds, **LIGHT_COMPRESSION}
-                if mode == "secagg":
-                    settings["secure-aggregation"] = "secagg+"
+            for mode, extra in MODES.items():
+                settings = {**SETUPS[name], "rounds": rounds, **LIGHT_COMPRESSION, **extra}
                 runs[mode].append(_round_seconds(work, f"{name}-{mode}-{repeat}", settings))
                 print(name, mode, repeat, runs[mode][-1]["round_seconds_median"], flush=True)
-        plain = statistics.median(r["round_seconds_median"] for r in runs["plain"])
-        secure = statistics.median(r["round_seconds_median"] for r in runs["secagg"])
-        rows[name] = {"runs": runs, "plain_s": plain, "secagg_s": secure, "ratio": secure / plain}
+        median = {
+            mode: statistics.median(r["round_seconds_median"] for r in rows_)
+            for mode, rows_ in runs.items()
+        }
+        rows[name] = {
+            "runs": runs,
+            "plain_s": median["plain"],
+            "secagg_s": median["secagg"],
+            "secagg_int8_s": median["secagg_int8"],
+            "ratio": median["secagg"] / median["plain"],
+            "ratio_int8": median["secagg_int8"] / median["plain"],
+        }
     return rows
 
 
@@ -116,7 +131,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--parts", default="matches,timing")
+    parser.add_argument("--setups", default=",".join(SETUPS), help="of: " + ", ".join(SETUPS))
     args = parser.parse_args()
+    setups = args.setups.split(",")
+    if unknown := sorted(set(setups) - set(SETUPS)):
+        parser.error(f"--setups: unknown {', '.join(unknown)}; allowed: {', '.join(SETUPS)}")
     out: dict[str, Any] = {"arguments": {"rounds": args.rounds, "repeats": args.repeats}}
     if "matches" in args.parts:
         out["matches"] = matches()
@@ -124,10 +143,11 @@ def main() -> None:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
     if "timing" in args.parts:
         with tempfile.TemporaryDirectory(prefix="fedge-secagg-") as tmp:
-            rows = timing(Path(tmp), args.rounds, args.repeats)
+            rows = timing(Path(tmp), args.rounds, args.repeats, setups)
         out["timing"] = rows
         for name, row in rows.items():
             out[f"secagg_round_time_ratio_{name}"] = row["ratio"]
+            out[f"secagg_int8_round_time_ratio_{name}"] = row["ratio_int8"]
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 

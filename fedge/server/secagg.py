@@ -242,7 +242,10 @@ class _Exchange:
                     f"secagg-threshold={threshold}"
                 )
             try:
-                total = self._remove(node, combine_shares(pieces), alive, total, dims)
+                # Any `threshold` shares rebuild the secret; Lagrange interpolation costs the
+                # square of the shares given, so more only slow it (3x at 10 of threshold 6).
+                secret = combine_shares(pieces[:threshold])
+                total = self._remove(node, secret, alive, total, dims)
             except (ValueError, TypeError) as err:  # shares of no key, or of a malformed one
                 raise SecAggError(f"secagg: node {node}'s masks cannot be removed: {err}") from None
         return parameters_mod(total, self.modulus)
