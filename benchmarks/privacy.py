@@ -14,7 +14,12 @@ beside `public_student_accuracy`.
 `scale`: central DP with Poisson client sampling over many clients (mnist1d generated at
 `--scale-size` samples, `--scale-clients` clients, `fraction-train` 0.1) at each epsilon of
 `--epsilons` and without DP; teacher and student accuracy, the ledger, and
-`dp_scale_teacher_drop_pt` (no DP minus epsilon 3). Each point is one `fedge simulate` process.
+`dp_scale_teacher_drop_pt` (no DP minus epsilon 3), and a plot of accuracy against epsilon
+(the JSON's path with `.png`). Each point is one `fedge simulate` process.
+
+`audit`: the audit against the accountant (benchmarks/privacy_audit.py): three calibrated DP
+runs and one whose noise was secretly cut; `audit_empirical_over_accountant_max` and
+`audit_flags_miscalibration`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from privacy_audit import audits, plot
 
 from fedge.cli.run import NOT_SHIPPED_EXIT
 from fedge.pipeline.rundir.paths import RESULTS_FILE
@@ -135,13 +142,22 @@ def main() -> None:
     parser.add_argument("--scale-clients", type=int, default=1000)
     parser.add_argument("--scale-rounds", type=int, default=40)
     parser.add_argument("--scale-teacher", default="cnn")
+    parser.add_argument("--audit-epsilons", default="1,3,8")
     args = parser.parse_args()
     out: dict[str, Any] = {"arguments": {k: v for k, v in vars(args).items() if k != "json"}}
+    parts = args.parts.split(",")
+    if unknown := sorted(set(parts) - {"students", "scale", "audit"}):
+        parser.error(f"--parts: unknown {', '.join(unknown)}; allowed: students, scale, audit")
     with tempfile.TemporaryDirectory(prefix="fedge-privacy-") as tmp:
-        for part in args.parts.split(","):
-            out[part] = students(Path(tmp), args.seeds) if part == "students" else scale(
-                Path(tmp), args
-            )  # fmt: skip
+        for part in parts:
+            if part == "students":
+                out[part] = students(Path(tmp), args.seeds)
+            elif part == "scale":
+                out[part] = scale(Path(tmp), args)
+                plot(out[part], args.json.with_suffix(".png"))
+            else:
+                eps = [float(e) for e in args.audit_epsilons.split(",")]
+                out[part] = audits(Path(tmp), eps)
             args.json.write_text(json.dumps(out, indent=1) + "\n")
 
 
