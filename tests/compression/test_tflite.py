@@ -64,6 +64,8 @@ def raw_public(fed) -> np.ndarray:
         ("small", (3, 12, 10)),  # three channels: the layout moves and per-channel constants
         ("deep-tiny", (1, 40)),  # 1-D convolutions and pooling (MNIST-1D)
         ("arch:c8k3p-d16k5p-h32-hardswish", (1, 28, 28)),  # hard-swish, a hidden layer
+        ("arch:c8k3s-d16k3sp-d16k3p-relu", (1, 27, 27)),  # strides, odd sizes (SAME padding)
+        ("arch:c8k5s-relu", (1, 40)),  # a strided 1-D convolution
         ("small", (20,)),  # an MLP on flat features
     ],
 )

@@ -129,3 +129,19 @@ def test_the_searchs_first_trials_are_the_hand_written_family_exactly():
         for name, spec in zip(family, seed_specs(shape), strict=True):
             family, searched = build_student(shape, 10, name, 0), build_student(shape, 10, spec, 0)
             torch.testing.assert_close(family(x), searched(x))  # same layers, same start
+
+
+def test_every_sampled_architecture_builds_and_some_stride_their_first_layer():
+    import optuna
+
+    from fedge.pipeline.ship.search_space import sample
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for shape in ((1, 8, 8), (1, 40), (1, 28, 28)):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        specs = [sample(study.ask(), shape) for _ in range(60)]
+        for spec in specs:
+            out = build_student(shape, 10, spec, 0)(torch.zeros(2, *shape))
+            assert out.shape == (2, 10), spec
+        strided = [archspec.parse(s).convs[0].strided for s in specs]
+        assert any(strided) and not all(strided)

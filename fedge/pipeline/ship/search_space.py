@@ -48,12 +48,14 @@ def sample(trial: Any, input_shape: tuple[int, ...]) -> str:
     max_pools = int(math.log2(min(input_shape[1:])))
     convs: list[archspec.Conv] = []
     for i in range(trial.suggest_int("convs", 1, 3)):
+        # the first may run at stride 2: it computes only the positions pooling would keep
+        strided = not i and trial.suggest_categorical("stride0", (False, True))
         pooled = trial.suggest_categorical(f"p{i}", (False, True))
-        pooled = pooled and sum(c.pooled for c in convs) < max_pools
+        pooled = pooled and sum(c.halvings for c in convs) + strided < max_pools
         # after the first: a full or a depthwise-separable convolution (DS-CNN, MobileNet)
         separable = bool(i) and trial.suggest_categorical(f"s{i}", (False, True))
         width = trial.suggest_categorical(f"c{i}", CHANNELS)
         kernel = trial.suggest_categorical(f"k{i}", kernels)
-        convs.append(archspec.Conv(width, kernel, pooled, separable))
+        convs.append(archspec.Conv(width, kernel, pooled, separable, strided))
     hidden = (trial.suggest_categorical("h0", HIDDEN),) if trial.suggest_int("hidden", 0, 1) else ()
     return archspec.Arch(tuple(convs), hidden, activation).spec
