@@ -162,9 +162,10 @@ def _update_vector(
         delta = with_residual(context, kind, server_round, delta)
     limit = state.clipping_range / ratio if ratio > 0 else np.inf
     sent = {k: np.clip(v, -limit, limit) for k, v in delta.items()}
-    if cfg.error_feedback:
+    if cfg.error_feedback:  # kept only when something was cut: usually nothing is
         left = {k: (delta[k] - sent[k]).astype(np.float32) for k in delta}
-        keep_residual(context, kind, server_round, left)
+        cut = any(v.any() for v in left.values())
+        keep_residual(context, kind, server_round, left if cut else None)
     loss = as_float(reply.content.metric_records[m.METRICS][m.TRAIN_LOSS])
     scaled = min(loss, sg.LOSS_CAP) / sg.LOSS_CAP * state.clipping_range
     return [*sent.values(), np.array([scaled])]

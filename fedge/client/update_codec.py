@@ -35,7 +35,9 @@ def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     if config is None or m.ARRAYS not in msg.content.array_records:
         return call_next(msg, context)
     cfg = record_to_config(config)
-    if cfg.update_compression == "none" and cfg.downlink_compression == "none":
+    if cfg.downlink_compression == "none" and (
+        cfg.update_compression == "none" or cfg.secure_aggregation != "off"
+    ):  # nothing to decode; under secagg+, secagg_mod quantizes the update itself
         return call_next(msg, context)
     arrived = msg.content
     base = _received(cfg, arrived, context, msg.metadata.message_type)
@@ -46,8 +48,6 @@ def update_codec_mod(msg: Message, context: Context, call_next: ClientAppCallabl
     finally:
         msg.content = arrived
     if cfg.update_compression == "none" or reply.has_error():
-        return reply
-    if cfg.secure_aggregation != "off":  # secagg_mod masks the update on the int8 grid itself
         return reply
     trained = record_to_weights(reply.content.array_records[m.ARRAYS])
     delta = {

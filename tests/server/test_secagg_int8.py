@@ -64,3 +64,21 @@ def test_int8_masked_vectors_go_as_uint16_half_the_bytes_of_float32():
     assert {a.dtype for a in sent["int8"]} == {np.dtype(np.uint16)}
     assert {a.dtype for a in sent["none"]} == {np.dtype(np.uint32)}
     assert sum(a.nbytes for a in sent["int8"]) == 2 * values  # float32 would be 4 a value
+
+
+def test_an_update_beyond_the_clip_is_saturated_and_the_excess_carried_not_dropped():
+    from fedge.client.update_codec import RESIDUAL
+
+    cfg = INT8.replace(secagg_clip=1e-3, dropout_fraction=0.0, rounds=2)
+    grid = LocalGrid(client_app, num_nodes=cfg.clients)
+    _, log, _ = _train(cfg, grid)
+    assert [r["clients_ok"] for r in log.rounds] == [10, 10]  # nobody dropped for its size
+    assert all(not r["clients_failed"] for r in log.rounds)
+    residuals = [c.state.array_records.get(RESIDUAL + m.TRAIN) for c in grid.contexts.values()]
+    assert all(r is not None for r in residuals)  # each node keeps what the clip cut
+    largest = max(float(np.abs(a.numpy()).max()) for r in residuals for a in r.values())
+    assert largest > 1e-3  # the excess, not a rounding error
+    roomy = INT8.replace(dropout_fraction=0.0)  # the default clip holds a round of this model
+    grid = LocalGrid(client_app, num_nodes=roomy.clients)
+    _train(roomy, grid)
+    assert all(RESIDUAL + m.TRAIN not in c.state.array_records for c in grid.contexts.values())
