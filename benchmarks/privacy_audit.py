@@ -98,6 +98,7 @@ def plot(scale: dict[str, Any], path: Path) -> None:
         if "none" in points and points["none"][key] is not None:
             ax.axhline(points["none"][key], ls="--", color=colour, label=f"{label}, no DP")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the runs' epsilons
     ax.set_xticks([e for e, _ in dp], [f"{e:.2f}" for e, _ in dp])
     ax.set_xlabel("epsilon (delta 1e-5), total over the run's releases")
     ax.set_ylabel("test accuracy (%)")
