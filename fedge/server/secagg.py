@@ -43,6 +43,7 @@ from fedge.core.partition import build_federation, client_data
 from fedge.core.records import record_to_weights
 from fedge.server.exchange import Collected
 from fedge.server.replies import error_text, replies_by_node
+from fedge.server.secagg_graph import share_ring, valid_keys
 from fedge.server.update_codec import wire_bytes
 from fedge.server.validation import Checked
 
@@ -109,7 +110,7 @@ class _Exchange:
         """Each node makes its key pairs; the nodes that sent both public keys."""
         cfg = self.cfg
         shares = min(secagg_shares(cfg), len(nodes))
-        self.neighbours = _ring(nodes, shares, random.SystemRandom())
+        self.neighbours = share_ring(nodes, shares, random.SystemRandom())
         config = {
             Key.SAMPLE_NUMBER: len(nodes),
             Key.SHARE_NUMBER: shares,
@@ -122,7 +123,7 @@ class _Exchange:
         replies = self.ask(Stage.SETUP, nodes, dict.fromkeys(nodes, config))
         for node, reply in replies.items():
             keys = self._read(node, Stage.SETUP, reply, Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2)
-            if keys is not None and _valid_keys(keys, self.public_keys):
+            if keys is not None and valid_keys(keys, self.public_keys):
                 self.public_keys[node] = [bytes(k) for k in keys]
             elif keys is not None:
                 self.failed[node] = "secagg setup: public keys that do not load, or repeat others'"
@@ -283,32 +284,6 @@ class _Exchange:
         if sg.masks_update(self.cfg):
             mean[-1] = mean[-1] * sg.LOSS_CAP / clip
         return mean, weight / levels
-
-
-def _valid_keys(keys: list[Any], known: dict[int, list[bytes]]) -> bool:
-    """Two distinct public keys that load, neither one another node already sent."""
-    if not all(isinstance(k, bytes) for k in keys) or keys[0] == keys[1]:
-        return False
-    taken = {k for pair in known.values() for k in pair}
-    try:
-        for k in keys:
-            bytes_to_public_key(k)
-    except (ValueError, TypeError):
-        return False
-    return not taken & set(keys)
-
-
-def _ring(nodes: list[int], shares: int, rng: random.Random) -> dict[int, set[int]]:
-    """SecAgg+'s graph: nodes on a shuffled ring, each with the `shares` nearest (itself too)."""
-    order = list(nodes)
-    rng.shuffle(order)
-    half = shares // 2
-    return {
-        node: {order[(i + offset) % len(order)] for offset in range(-half, half + 1)}
-        if shares < len(order)
-        else set(order)
-        for i, node in enumerate(order)
-    }
 
 
 def secure_exchange(
