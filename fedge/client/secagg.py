@@ -106,18 +106,25 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         raise ValueError("secagg: a train message must carry the collect stage of its own kind")
     del msg.content[m.SECAGG]  # the handler and the inner mods see the usual train message
     received = msg.content.array_records.get(m.ARRAYS) if delta else None
+    if delta and received is None:
+        raise ValueError("secagg: an int8 update needs the model it trains from; none came")
     try:
         reply = call_next(msg, context)
     finally:
         msg.content[m.SECAGG] = sent
     if reply.has_error():
         return reply  # a drop after key sharing: the others' shares recover its masks
+    left: dict[str, np.ndarray] | None = None
     if received is None:
         vector = _model_vector(reply)
     else:
         weight = as_float(reply.content.metric_records[m.METRICS][weight_key])
-        vector = _update_vector(msg, context, reply, received, (weight / state.max_weight, state))
+        vector, left = _update_vector(msg, context, reply, received, (weight, state))
     masked = _masked(state, configs, vector, reply, (as_int(sent[ROUND]), weight_key))
+    if left is not None:  # kept only once the update went out masked; {}: nothing was cut
+        config = msg.content.config_records[m.CONFIG]
+        server_round = as_int(config.get("server-round", 0))
+        keep_residual(context, msg.metadata.message_type, server_round, left or None)
     context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
     metrics = reply.content.metric_records[m.METRICS]
     clear = MetricRecord({k: metrics[k] for k in CLEAR_METRICS if k in metrics})
@@ -138,15 +145,16 @@ def _model_vector(reply: Message) -> list[np.ndarray]:
 
 def _update_vector(
     msg: Message, context: Context, reply: Message, received: ArrayRecord, share: tuple
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], dict[str, np.ndarray] | None]:
     """What a node masks of int8 training: its update, saturated to the grid's range; the loss.
 
     The update is trained minus `received` (plus, with error-feedback, what saturation left
-    out of the last round's); `share` is (weight share, SecAgg state): a weighted value
-    beyond the clip is saturated and the excess kept for the next round. The loss is sent as
-    min(loss, cap) / cap x clip.
+    out of the last round's). `share` is (weight, SecAgg state): Flower scales the update by
+    the weight share rounded to the grid's levels, so a value beyond clip over that share is
+    saturated. Returns the vector and, with error-feedback, what saturation cut ({}: nothing;
+    None: no feedback). The loss is sent as min(loss, cap) / cap x clip.
     """
-    ratio, state = share
+    weight, state = share
     config = msg.content.config_records[m.CONFIG]
     cfg, server_round = record_to_config(config), as_int(config.get("server-round", 0))
     arrays = reply.content.array_records[m.ARRAYS]
@@ -160,15 +168,21 @@ def _update_vector(
     kind = msg.metadata.message_type
     if cfg.error_feedback:
         delta = with_residual(context, kind, server_round, delta)
-    limit = state.clipping_range / ratio if ratio > 0 else np.inf
+    scale = _share(weight, state)
+    limit = state.clipping_range / scale if scale > 0 else np.inf
     sent = {k: np.clip(v, -limit, limit) for k, v in delta.items()}
-    if cfg.error_feedback:  # kept only when something was cut: usually nothing is
-        left = {k: (delta[k] - sent[k]).astype(np.float32) for k in delta}
-        cut = any(v.any() for v in left.values())
-        keep_residual(context, kind, server_round, left if cut else None)
+    left = None
+    if cfg.error_feedback:
+        cut = {k: (delta[k] - sent[k]).astype(np.float32) for k in delta}
+        left = cut if any(v.any() for v in cut.values()) else {}
     loss = as_float(reply.content.metric_records[m.METRICS][m.TRAIN_LOSS])
     scaled = min(loss, sg.LOSS_CAP) / sg.LOSS_CAP * state.clipping_range
-    return [*sent.values(), np.array([scaled])]
+    return [*sent.values(), np.array([scaled])], left
+
+
+def _share(weight: float, state: Any) -> float:
+    """The weight share Flower multiplies a vector by: weight / max-weight on the grid's levels."""
+    return round(weight / state.max_weight * state.target_range) / state.target_range
 
 
 def _masked(
@@ -185,7 +199,7 @@ def _masked(
         raise ValueError("secagg: the update is not finite; it is not masked")
     if weight > state.max_weight:
         raise ValueError(f"secagg: {weight:.0f} records > secagg-max-weight {state.max_weight}")
-    largest = max(float(np.abs(v).max(initial=0.0)) for v in vector) * weight / state.max_weight
+    largest = max(float(np.abs(v).max(initial=0.0)) for v in vector) * _share(weight, state)
     if largest > state.clipping_range * (1 + 1e-9):  # a saturated value may round up
         raise ValueError(
             f"secagg: a weighted value {largest:.3g} is outside secagg-clip {state.clipping_range}"

@@ -232,16 +232,19 @@ def _check_teacher_epsilon(cfg: RunConfig) -> None:
 SECAGG_AUTO_SHARES = 21  # Bell et al. 2020: O(log n) neighbours suffice; 21 covers 10-1,000
 
 
-def secagg_shares(cfg: RunConfig) -> int:
-    """Clients each client shares with (itself included): odd, at most a round's clients."""
-    clients = train_size(cfg)
+def secagg_shares(cfg: RunConfig, nodes: int | None = None) -> int:
+    """Clients each client shares with (itself included): odd, at most a round's clients.
+
+    `nodes`: how many a round asks (default: the clients it samples).
+    """
+    clients = train_size(cfg) if nodes is None else nodes
     shares = min(cfg.secagg_shares or SECAGG_AUTO_SHARES, clients)
     return shares + 1 if shares < clients and shares % 2 == 0 else shares  # a ring: odd
 
 
-def secagg_threshold(cfg: RunConfig) -> int:
+def secagg_threshold(cfg: RunConfig, nodes: int | None = None) -> int:
     """Shares that recover a client's mask: secagg-threshold, or a majority of its shares."""
-    return cfg.secagg_threshold or secagg_shares(cfg) // 2 + 1
+    return cfg.secagg_threshold or secagg_shares(cfg, nodes) // 2 + 1
 
 
 def _secure_aggregation(cfg: RunConfig) -> None:
@@ -260,11 +263,11 @@ def _secure_aggregation(cfg: RunConfig) -> None:
                 f"secure-aggregation secagg+ hides each update, and {key} {value!r} needs "
                 f"them one by one; allowed with secagg+: {key} {' or '.join(allowed)}"
             )
-    if grid.masks_update(cfg) and cfg.secagg_quantization != grid.WEIGHTS_LEVELS:
+    if grid.masks_update(cfg) and cfg.secagg_quantization not in (0, grid.INT8_LEVELS):
         raise ConfigError(
             f"secagg-quantization={cfg.secagg_quantization} with update-compression int8: an "
             f"int8 update is masked on the 8-bit grid ({grid.INT8_LEVELS} levels over "
-            "[-secagg-clip, secagg-clip]); allowed: leave secagg-quantization unset, or "
+            "[-secagg-clip, secagg-clip]); allowed: secagg-quantization 0 or 255, or "
             "update-compression none"
         )
     if cfg.dp == "central" and (cfg.dp_clipping, cfg.dp_clip_mode) != ("client", "fixed"):
@@ -295,15 +298,13 @@ def _secagg_group(cfg: RunConfig) -> None:
 
 def _secagg_grid(cfg: RunConfig) -> None:
     """The levels and the modulus: Flower's int32 rounding, the server's int64 sum, no overflow."""
-    most, levels, modulus = grid.most_clients(cfg), grid.levels(cfg), grid.modulus(cfg)
+    most, levels = grid.most_clients(cfg), grid.levels(cfg)
+    try:
+        modulus = grid.modulus(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if levels >= 1 << 31 or most * modulus >= 1 << 63:
         raise ConfigError(
             f"secagg-quantization={levels} must be below 2^31 (Flower rounds to int32) and "
             f"{most} x secagg-modulus={modulus} below 2^63 (the server's int64 sum)"
-        )
-    if most * levels >= modulus:
-        raise ConfigError(
-            f"secagg-modulus={modulus} cannot hold the sum of {most} clients' values of up to "
-            f"{levels} levels: allowed secagg-modulus > {most * levels}, or 0 (the smallest "
-            "power of two that does)"
         )

@@ -19,7 +19,7 @@ from fedge.core.sampling import poisson, train_size
 if TYPE_CHECKING:
     from fedge.core.config import RunConfig
 
-WEIGHTS_LEVELS = 1 << 22  # secagg-quantization's default, for a masked model
+WEIGHTS_LEVELS = 1 << 22  # secagg-quantization 0's levels, for a masked model
 INT8_LEVELS = 255  # 256 values over [-clip, clip]: what an int8 code carries
 WEIGHTS_CLIP = 8.0  # |weight share x parameter| of a masked model (Flower's default range)
 DELTA_CLIP = 0.5  # |weight share x change| of a masked int8 update
@@ -33,7 +33,9 @@ def masks_update(cfg: RunConfig) -> bool:
 
 def levels(cfg: RunConfig) -> int:
     """Integer levels over [-clip, clip]: 255 for int8 updates, else secagg-quantization."""
-    return INT8_LEVELS if masks_update(cfg) else cfg.secagg_quantization
+    if masks_update(cfg):
+        return INT8_LEVELS
+    return cfg.secagg_quantization or WEIGHTS_LEVELS
 
 
 def clip(cfg: RunConfig) -> float:
@@ -48,11 +50,23 @@ def most_clients(cfg: RunConfig) -> int:
     return cfg.clients if poisson(cfg) else train_size(cfg)
 
 
-def modulus(cfg: RunConfig) -> int:
-    """secagg-modulus, or the smallest power of two above the largest sum a round can make."""
-    if cfg.secagg_modulus:
-        return int(cfg.secagg_modulus)
-    return 1 << (most_clients(cfg) * levels(cfg)).bit_length()
+def modulus(cfg: RunConfig, nodes: int | None = None) -> int:
+    """secagg-modulus, or the smallest power of two above the largest sum a round can make.
+
+    `nodes`: how many a round asks (their vectors are what is summed); default: the most
+    clients a round of this configuration samples. ValueError if a set modulus cannot hold
+    their sum.
+    """
+    most = most_clients(cfg) if nodes is None else nodes
+    if not cfg.secagg_modulus:
+        return 1 << (most * levels(cfg)).bit_length()
+    if most * levels(cfg) >= cfg.secagg_modulus:
+        raise ValueError(
+            f"secagg-modulus={cfg.secagg_modulus} cannot hold the sum of {most} nodes' values of "
+            f"up to {levels(cfg)} levels: allowed secagg-modulus > {most * levels(cfg)}, or 0 "
+            "(the smallest power of two that does)"
+        )
+    return int(cfg.secagg_modulus)
 
 
 def wire_dtype(mod: int) -> np.dtype:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedge.core import choices, secagg_grid
+from fedge.core import choices
 from fedge.core.settings import setting
 
 
@@ -160,9 +160,9 @@ class FederationSettings:
         interval=">= 0",
     )
     secagg_quantization: int = setting(
-        secagg_grid.WEIGHTS_LEVELS,
-        "secagg+: integer levels over [-clip, clip] (an int8 update: 255)",
-        interval=">= 2",
+        0,
+        "secagg+: integer levels over [-clip, clip] (0: 2^22 for a model, 255 for an int8 update)",
+        interval=">= 0",
     )
     secagg_modulus: int = setting(
         0,

@@ -78,7 +78,7 @@ class _Exchange:
         self.downlink = self.uplink = 0  # serialized bytes, as sent and received
         self.public_keys: dict[int, list[bytes]] = {}
         self.neighbours: dict[int, set[int]] = {}  # each node's share group, itself included
-        self.modulus = sg.modulus(cfg)
+        self.modulus = self.threshold = 0  # set by setup() for the nodes it asks
 
     def ask(self, stage: str, nodes: list[int], records: dict[int, dict[str, Any]]) -> dict:
         """Send `stage` to `nodes` (each its record); the replies of those that answered."""
@@ -109,12 +109,19 @@ class _Exchange:
     def setup(self, nodes: list[int]) -> list[int]:
         """Each node makes its key pairs; the nodes that sent both public keys."""
         cfg = self.cfg
-        shares = min(secagg_shares(cfg), len(nodes))
+        # Sized for the nodes asked, which may be more than `clients` (extra nodes, or nodes
+        # sharing a partition): the ring, the majority threshold and the modulus.
+        shares = secagg_shares(cfg, len(nodes))
+        self.threshold = secagg_threshold(cfg, len(nodes))
+        try:
+            self.modulus = sg.modulus(cfg, len(nodes))
+        except ValueError as err:
+            raise SecAggError(f"secagg: {err}") from None
         self.neighbours = share_ring(nodes, shares, random.SystemRandom())
         config = {
             Key.SAMPLE_NUMBER: len(nodes),
             Key.SHARE_NUMBER: shares,
-            Key.THRESHOLD: secagg_threshold(cfg),
+            Key.THRESHOLD: self.threshold,
             Key.CLIPPING_RANGE: sg.clip(cfg),
             Key.TARGET_RANGE: sg.levels(cfg),
             Key.MOD_RANGE: self.modulus,
@@ -235,7 +242,7 @@ class _Exchange:
             ):
                 if owner in shares:
                     shares[owner].append(share)
-        threshold, dims = secagg_threshold(self.cfg), get_parameters_shape(total)
+        threshold, dims = self.threshold, get_parameters_shape(total)
         for node, pieces in shares.items():
             if len(pieces) < threshold:
                 raise SecAggError(

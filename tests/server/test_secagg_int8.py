@@ -116,3 +116,49 @@ def test_the_students_int8_updates_are_masked_too():
     bound = 10 * (2 * sg.clip(INT8) / sg.levels(INT8)) / share  # each node under one step
     errors = [float(np.abs(trained["secagg+"][k] - v).max()) for k, v in trained["off"].items()]
     assert 0 < max(errors) <= bound
+
+
+def test_the_modulus_holds_every_node_that_answers_not_only_the_configured_clients():
+    # 17 nodes for 10 clients (7 share a partition): all 17 are asked, masked and summed, so
+    # a modulus sized for 10 (4,096 > 10 x 255) would wrap the sum (17 x 255 = 4,335).
+    from tests.flower_local import node_context
+
+    cfg = INT8.replace(dropout_fraction=0.0)
+    grids = []
+    for _ in range(2):
+        grid = LocalGrid(client_app, num_nodes=17)
+        grid.contexts = {100 + i: node_context(100 + i, i % 10, 10) for i in range(17)}
+        grids.append(grid)
+    secure, log, _ = _train(cfg, grids[0])
+    plain, plain_log, _ = _train(CFG.replace(dropout_fraction=0.0), grids[1])
+    assert log.rounds[0]["clients_ok"] == plain_log.rounds[0]["clients_ok"] == 17
+    setups = [
+        msg.content.config_records[m.SECAGG]
+        for msg in grids[0].sent
+        if m.SECAGG in msg.content.config_records
+        and msg.content.config_records[m.SECAGG].get("stage") == "setup"
+    ]
+    assert {r["mod_range"] for r in setups} == {8192}  # the smallest power of two > 17 x 255
+    errors = [float(np.abs(secure[k] - plain[k]).max()) for k in plain]
+    assert max(errors) < 2 * sg.clip(INT8) / sg.levels(INT8) * 17 / 10  # no wrapped sum
+    with pytest.raises(Exception, match="cannot hold the sum of 17 nodes"):
+        _train(cfg.replace(secagg_modulus=4096), LocalGrid(client_app, num_nodes=17))
+
+
+def test_a_well_formed_vector_of_the_wrong_type_fails_that_node_only():
+    from flwr.app import Array
+
+    from tests.server.test_secagg import TamperingGrid
+
+    def widen(reply):  # the same values, in range and of the right shapes, as int64
+        masked = reply.content.array_records[m.SECAGG_MASKED]
+        for key in list(masked):
+            masked[key] = Array(masked[key].numpy().astype(np.int64))
+
+    cfg = INT8.replace(dropout_fraction=0.0)
+    grid = TamperingGrid("collect_masked_vectors", widen, num_nodes=cfg.clients)
+    secure, log, _ = _train(cfg, grid)
+    row = log.rounds[0]
+    assert row["clients_ok"] == 9
+    (failed,) = row["clients_failed"]
+    assert failed["node_id"] == 104 and "in uint16 below 4096" in failed["reason"]
