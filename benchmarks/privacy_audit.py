@@ -12,14 +12,12 @@ and `audit_flags_miscalibration` (the cut run reported as a failure).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from fedge.pipeline.rundir.paths import RESULTS_FILE
 from fedge.privacy.fault import ENV as FAULT
+from fedge.simulations.crash import run_fedge
 
 AUDIT_RUN = {
     "dataset": "mnist1d", "dataset-size": 1000, "clients": 2, "rounds": 1, "partition": "iid",
@@ -31,26 +29,14 @@ AUDIT_FAILED_EXIT = 5  # `fedge audit`: a lower bound above the accountant's eps
 SHADOWS = 4
 
 
-def _fedge(args: list[str], log: Path, env: dict[str, str]) -> int:
-    command = [sys.executable, "-m", "fedge", *args]
-    with open(log, "ab") as handle:
-        done = subprocess.run(
-            command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **env}, check=False
-        )
-    return done.returncode
-
-
 def audited(work: Path, name: str, epsilon: float, fault: str | None) -> dict[str, Any]:
     """One DP run and its audit: the accountant's claim against the empirical lower bound."""
     run, out, log = work / name, work / f"{name}-audit", work / f"{name}.log"
     env = {FAULT: fault} if fault else {}
     flags = [p for k, v in {**AUDIT_RUN, "dp-epsilon": epsilon}.items() for p in (f"--{k}", str(v))]
-    code = _fedge(["simulate", *flags, "--out", str(run)], log, env)
-    if code != 0:
-        raise RuntimeError(f"{name}: fedge simulate exited {code}; see {log}")
-    code = _fedge(["audit", str(run), "--shadows", str(SHADOWS), "--out", str(out)], log, env)
-    if code not in (0, AUDIT_FAILED_EXIT):
-        raise RuntimeError(f"{name}: fedge audit exited {code}; see {log}")
+    run_fedge(["simulate", *flags, "--out", str(run)], log, env=env)
+    audit = ["audit", str(run), "--shadows", str(SHADOWS), "--out", str(out)]
+    code = run_fedge(audit, log, (0, AUDIT_FAILED_EXIT), env)
     check = json.loads((out / "audit.json").read_text())["accountant_check"]
     claimed = json.loads((run / RESULTS_FILE).read_text())["privacy"]["epsilon"]
     return {
@@ -92,8 +78,10 @@ def plot(scale: dict[str, Any], path: Path) -> None:
     # x: the accountant's total epsilon of each run (what it spent), not the one asked for
     dp = sorted((float(v["epsilon"]), v) for k, v in points.items() if k != "none")
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for key, label, colour in (("teacher_accuracy", "teacher", "C0"), ("student", "student", "C1")):
-        key = "student_accuracy" if key == "student" else key
+    for key, label, colour in (
+        ("teacher_accuracy", "teacher", "C0"),
+        ("student_accuracy", "student", "C1"),
+    ):
         ax.plot([e for e, _ in dp], [v[key] for _, v in dp], "o-", color=colour, label=label)
         if "none" in points and points["none"][key] is not None:
             ax.axhline(points["none"][key], ls="--", color=colour, label=f"{label}, no DP")

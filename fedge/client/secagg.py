@@ -114,17 +114,22 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         msg.content[m.SECAGG] = sent
     if reply.has_error():
         return reply  # a drop after key sharing: the others' shares recover its masks
-    left: dict[str, np.ndarray] | None = None
+    server_round = as_int(sent[ROUND])  # the train message's own round
+    feedback = (
+        received is not None
+        and record_to_config(msg.content.config_records[m.CONFIG]).error_feedback
+    )
     if received is None:
-        vector = _model_vector(reply)
+        vector, cut = _model_vector(reply), None
     else:
+        update = _update(reply, received)
+        if feedback:
+            update = with_residual(context, kind, server_round, update)
         weight = as_float(reply.content.metric_records[m.METRICS][weight_key])
-        vector, left = _update_vector(msg, context, reply, received, (weight, state))
-    masked = _masked(state, configs, vector, reply, (as_int(sent[ROUND]), weight_key))
-    if left is not None:  # kept only once the update went out masked; {}: nothing was cut
-        config = msg.content.config_records[m.CONFIG]
-        server_round = as_int(config.get("server-round", 0))
-        keep_residual(context, msg.metadata.message_type, server_round, left or None)
+        vector, cut = _saturated(update, reply, _share(weight, state), state.clipping_range)
+    masked = _masked(state, configs, vector, reply, (server_round, weight_key))
+    if feedback:  # kept only once the update went out masked; None: nothing was cut
+        keep_residual(context, kind, server_round, cut)
     context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
     metrics = reply.content.metric_records[m.METRICS]
     clear = MetricRecord({k: metrics[k] for k in CLEAR_METRICS if k in metrics})
@@ -143,41 +148,32 @@ def _model_vector(reply: Message) -> list[np.ndarray]:
     return [*(np.asarray(arrays[k].numpy(), dtype=np.float64) for k in arrays), np.array([loss])]
 
 
-def _update_vector(
-    msg: Message, context: Context, reply: Message, received: ArrayRecord, share: tuple
-) -> tuple[list[np.ndarray], dict[str, np.ndarray] | None]:
-    """What a node masks of int8 training: its update, saturated to the grid's range; the loss.
-
-    The update is trained minus `received` (plus, with error-feedback, what saturation left
-    out of the last round's). `share` is (weight, SecAgg state): Flower scales the update by
-    the weight share rounded to the grid's levels, so a value beyond clip over that share is
-    saturated. Returns the vector and, with error-feedback, what saturation cut ({}: nothing;
-    None: no feedback). The loss is sent as min(loss, cap) / cap x clip.
-    """
-    weight, state = share
-    config = msg.content.config_records[m.CONFIG]
-    cfg, server_round = record_to_config(config), as_int(config.get("server-round", 0))
+def _update(reply: Message, received: ArrayRecord) -> dict[str, np.ndarray]:
+    """What a node of int8 training masks instead of its model: trained minus `received`."""
     arrays = reply.content.array_records[m.ARRAYS]
     if list(received) != list(arrays):
         raise ValueError("secagg: the trained arrays are not the received model's")
-    delta = {
+    return {
         k: np.asarray(arrays[k].numpy(), dtype=np.float64) - received[k].numpy() for k in arrays
     }
-    if not all(np.isfinite(v).all() for v in delta.values()):
-        raise ValueError("secagg: the update is not finite; it is not masked")
-    kind = msg.metadata.message_type
-    if cfg.error_feedback:
-        delta = with_residual(context, kind, server_round, delta)
-    scale = _share(weight, state)
-    limit = state.clipping_range / scale if scale > 0 else np.inf
+
+
+def _saturated(
+    delta: dict[str, np.ndarray], reply: Message, share: float, clip: float
+) -> tuple[list[np.ndarray], dict[str, np.ndarray] | None]:
+    """The update's vector inside the grid's range, then the loss; what saturation cut.
+
+    Flower multiplies the vector by `share` (the weight share on the grid's levels), so a
+    value beyond clip / share is saturated; the cut part is returned for error feedback (None:
+    nothing was cut). The loss is sent as min(loss, cap) / cap x clip. A non-finite update
+    passes through unchanged: `_masked` refuses it.
+    """
+    limit = clip / share if share > 0 else np.inf
     sent = {k: np.clip(v, -limit, limit) for k, v in delta.items()}
-    left = None
-    if cfg.error_feedback:
-        cut = {k: (delta[k] - sent[k]).astype(np.float32) for k in delta}
-        left = cut if any(v.any() for v in cut.values()) else {}
+    cut = {k: (delta[k] - sent[k]).astype(np.float32) for k in delta}
     loss = as_float(reply.content.metric_records[m.METRICS][m.TRAIN_LOSS])
-    scaled = min(loss, sg.LOSS_CAP) / sg.LOSS_CAP * state.clipping_range
-    return [*sent.values(), np.array([scaled])], left
+    scaled = min(loss, sg.LOSS_CAP) / sg.LOSS_CAP * clip
+    return [*sent.values(), np.array([scaled])], cut if any(v.any() for v in cut.values()) else None
 
 
 def _share(weight: float, state: Any) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from fedge.core import secagg_grid as grid
+from fedge.core import secagg_grid as sg
 from fedge.core.archspec import is_arch, parse
 from fedge.core.budgets import Budget, BudgetError, parse_budget
 from fedge.core.bundle_format import TIER_NAME
@@ -263,10 +263,10 @@ def _secure_aggregation(cfg: RunConfig) -> None:
                 f"secure-aggregation secagg+ hides each update, and {key} {value!r} needs "
                 f"them one by one; allowed with secagg+: {key} {' or '.join(allowed)}"
             )
-    if grid.masks_update(cfg) and cfg.secagg_quantization not in (0, grid.INT8_LEVELS):
+    if sg.masks_update(cfg) and cfg.secagg_quantization not in (0, sg.INT8_LEVELS):
         raise ConfigError(
             f"secagg-quantization={cfg.secagg_quantization} with update-compression int8: an "
-            f"int8 update is masked on the 8-bit grid ({grid.INT8_LEVELS} levels over "
+            f"int8 update is masked on the 8-bit grid ({sg.INT8_LEVELS} levels over "
             "[-secagg-clip, secagg-clip]); allowed: secagg-quantization 0 or 255, or "
             "update-compression none"
         )
@@ -298,9 +298,9 @@ def _secagg_group(cfg: RunConfig) -> None:
 
 def _secagg_grid(cfg: RunConfig) -> None:
     """The levels and the modulus: Flower's int32 rounding, the server's int64 sum, no overflow."""
-    most, levels = grid.most_clients(cfg), grid.levels(cfg)
+    most, levels = sg.most_clients(cfg), sg.levels(cfg)
     try:
-        modulus = grid.modulus(cfg)
+        modulus = sg.modulus(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if levels >= 1 << 31 or most * modulus >= 1 << 63:

@@ -29,9 +29,22 @@ def run_simulate(args: list[str], log: Path, finished: tuple[int, ...] = (0,)) -
     `finished`: the exit codes of a run that finished (e.g. 3, the quality gate refused to
     ship); any other code raises CalledProcessError.
     """
-    command = [sys.executable, "-m", "fedge", "simulate", *args]
+    return run_fedge(["simulate", *args], log, finished)
+
+
+def run_fedge(
+    args: list[str],
+    log: Path,
+    finished: tuple[int, ...] = (0,),
+    env: dict[str, str] | None = None,
+) -> int:
+    """`python -m fedge ARGS` (any command; `env` added to this one's) as `run_simulate` runs."""
+    command = [sys.executable, "-m", "fedge", *args]
+    environment = {**os.environ, **env} if env else None
     with open(log, "ab") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=environment, check=False
+        )
     if done.returncode not in finished:
         raise subprocess.CalledProcessError(done.returncode, command)
     return done.returncode

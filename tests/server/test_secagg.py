@@ -151,11 +151,13 @@ def test_a_clipping_range_that_cannot_hold_the_update_masks_nothing_and_says_so(
         _train(cfg)
 
 
-def test_the_students_rounds_are_aggregated_securely_too():
+@pytest.mark.parametrize("codec", ["none", "int8"])  # the model masked, or its int8 update
+def test_the_students_rounds_are_aggregated_securely_too(codec):
     import copy
 
     from fedge.core.federate import FederateConfig
     from fedge.core.models import build_student
+    from fedge.core.partition import client_data
     from fedge.core.training import weights_sha256
     from fedge.server.student_rounds import flower_trainer
 
@@ -170,15 +172,23 @@ def test_the_students_rounds_are_aggregated_securely_too():
     rounds = FederateConfig("deep-tiny", 1, 1, 0.02, 0.5, 4.0, False, 32)
     trained = {}
     for mode in ("off", "secagg+"):
-        mine = cfg.replace(secure_aggregation=mode)
+        mine = cfg.replace(secure_aggregation=mode, update_compression=codec)
+        if mode == "off":
+            mine = mine.replace(update_compression="none")  # plain FedAvg, uncompressed
         model, summary = flower_trainer(grid, mine, spec, sha, fed.server.test)(
             copy.deepcopy(start), rounds
         )
         trained[mode] = get_weights(model)
         assert summary.rounds[0]["clients_ok"] == 10
-    assert "secagg" in summary.rounds[0]
-    for name, value in trained["off"].items():
-        np.testing.assert_allclose(trained["secagg+"][name], value, atol=1e-5)
+    assert summary.rounds[0]["secagg"]["masked"] == 10
+    bound = 1e-5  # 2^22 levels: the masked model is exact to float32's noise
+    if codec == "int8":  # each node under one step of the 8-bit grid, over the weight share
+        secure = cfg.replace(secure_aggregation="secagg+", update_compression=codec)
+        share = sum(len(client_data(fed, p, cfg).train) for p in range(10)) / max_weight(cfg)
+        bound = 10 * (2 * sg.clip(secure) / sg.levels(secure)) / share
+    errors = [float(np.abs(trained["secagg+"][k] - v).max()) for k, v in trained["off"].items()]
+    assert max(errors) <= bound
+    assert codec == "none" or max(errors) > 0  # int8: really rounded to 8 bits
     sent = [msg for msg in grid.sent if msg.metadata.message_type == m.TRAIN_STUDENT]
     assert any(m.SECAGG in msg.content.config_records for msg in sent)
 
