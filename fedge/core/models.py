@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedge.core import archspec
-from fedge.core.choices import TEACHERS
+from fedge.core.choices import STUDENTS, TEACHERS
 
 # Student widths: (conv1 channels, conv2 channels, hidden units). The teacher is far wider.
 STUDENT_WIDTHS: dict[str, tuple[int, int, int]] = {
@@ -268,7 +268,7 @@ def build_teacher(
     """
     if kind not in TEACHERS:
         raise ValueError(f"unknown teacher {kind!r}; allowed: {', '.join(TEACHERS)}")
-    if kind in STUDENT_WIDTHS:
+    if kind in STUDENTS:
         return build_student(input_shape, num_classes, kind, seed)
     torch.manual_seed(seed)
     if kind == "linear":

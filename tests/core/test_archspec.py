@@ -6,7 +6,8 @@ import torch
 
 from fedge.core import archspec
 from fedge.core.config import ConfigError, RunConfig
-from fedge.core.models import build_student, student_from_weights
+from fedge.core.choices import STUDENTS
+from fedge.core.models import build_student, build_teacher, count_params, student_from_weights
 
 
 def test_a_spec_round_trips_and_builds_the_layers_it_names():
@@ -145,3 +146,12 @@ def test_every_sampled_architecture_builds_and_some_stride_their_first_layer():
             assert out.shape == (2, 10), spec
         strided = [archspec.parse(s).convs[0].strided for s in specs]
         assert any(strided) and not all(strided)
+
+
+@pytest.mark.parametrize("kind", STUDENTS)
+def test_every_student_name_federated_as_teacher_is_that_student(kind):
+    # A separable student as --teacher once built the wide NormTeacher without a word.
+    for shape in ((1, 28, 28), (1, 40)):
+        teacher, student = build_teacher(shape, 10, 0, kind), build_student(shape, 10, kind, 0)
+        assert count_params(teacher) == count_params(student), (kind, shape)
+        assert count_params(teacher) < count_params(build_teacher(shape, 10, 0, "cnn"))
