@@ -4,7 +4,9 @@ The key stages (setup, share keys, unmask) arrive as `query.secagg`; the masked 
 reply to the round's own train message (teacher or student), made by `secagg_mod` from what
 the handler trained: the update never leaves the node unmasked. Every stage is Flower's own
 function (flwr.client.mod.secure_aggregation.secaggplus_mod); fedge writes no cryptography.
-State (keys, shares) lives in `context.state` between the stages of one round.
+State (keys, shares) lives in `context.state` between the stages of one round; key pairs
+made at an unmask for the node's next round (so it needs no setup exchange) live there until
+that round's share keys stage uses them, once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import bytes_to_ndarray, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+from flwr.supercore.primitives.asymmetric import (
+    generate_key_pairs,
+    private_key_to_bytes,
+    public_key_to_bytes,
+)
 
 from fedge.client.update_codec import keep_residual, with_residual
 from fedge.core import messages as m
@@ -30,15 +37,36 @@ _GLOBAL_RNG = threading.Lock()  # nodes in threads of one process (tests) share 
 ROUND = "round"
 KIND = "kind"  # the train message type the round's masked vector answers
 CLEAR_METRICS = (m.PARTITION_ID, m.DP_EPSILON, m.DP_NOISE)  # sent beside the masked vector
+AHEAD_FIELDS = ("sk1", "pk1", "sk2", "pk2")  # key pairs made ahead, as the state names them
 
 
-def _state(context: Context, configs: ConfigRecord, kind: str) -> Any:
-    """The node's state for the stage in `configs` (popping "round"); a new one at setup."""
+def _state(context: Context, configs: ConfigRecord, kind: str, nid: int) -> Any:
+    """The node's state for the stage in `configs` (popping "round"); a new one at setup.
+
+    A share keys stage that carries the setup values (`setup.` keys, popped) is the first of
+    a round this node keyed ahead, at its last unmask: Flower's setup with those values, on
+    the key pairs it made then (used once).
+    """
     server_round = as_int(configs.pop(ROUND))
     saved = context.state.config_records.get(m.STATE_SECAGG)
-    if configs.get(Key.STAGE) == Stage.SETUP:
+    setup = {
+        k[len(m.SECAGG_SETUP) :]: configs.pop(k)
+        for k in list(configs)
+        if k.startswith(m.SECAGG_SETUP)
+    }
+    if configs.get(Key.STAGE) == Stage.SETUP or setup:
+        ahead = context.state.config_records.get(m.STATE_SECAGG_AHEAD)
+        if ahead is not None:
+            del context.state[m.STATE_SECAGG_AHEAD]  # keys made ahead serve one round at most
         context.state[m.STATE_SECAGG_ROUND] = ConfigRecord({ROUND: server_round, KIND: kind})
-        return _FLOWER.SecAggPlusState()
+        if not setup:
+            return _FLOWER.SecAggPlusState()
+        if configs.get(Key.STAGE) != Stage.SHARE_KEYS or ahead is None:
+            raise ValueError(
+                f"secagg {configs.get(Key.STAGE)!r} of round {server_round} with setup values: "
+                "only a share keys stage carries them, to a node that keyed ahead"
+            )
+        return _keyed_ahead(ConfigRecord(setup), ahead, nid)
     mine = context.state.config_records.get(m.STATE_SECAGG_ROUND)
     if saved is None or mine is None or (mine[ROUND], mine[KIND]) != (server_round, kind):
         raise ValueError(
@@ -46,6 +74,37 @@ def _state(context: Context, configs: ConfigRecord, kind: str) -> Any:
             "this node set up no such round"
         )
     return _FLOWER.SecAggPlusState(**dict(saved))
+
+
+def _setup(state: Any, configs: ConfigRecord, nid: int) -> dict[str, Any]:
+    """Flower's setup stage (two new key pairs) after fedge's check of the threshold."""
+    _FLOWER.check_configs(Stage.SETUP, configs)
+    threshold, shares = as_int(configs[Key.THRESHOLD]), as_int(configs[Key.SHARE_NUMBER])
+    if 2 * threshold <= shares or threshold < 2:  # a majority, or a server could rebuild both
+        raise ValueError(f"secagg setup: threshold {threshold} is not over half of {shares}")
+    state.nid = nid
+    return dict(_FLOWER._setup(state, configs))
+
+
+def _keyed_ahead(setup: ConfigRecord, ahead: ConfigRecord, nid: int) -> Any:
+    """A state set up by `setup` on the key pairs in `ahead`, ready for the share keys stage."""
+    state = _FLOWER.SecAggPlusState()
+    _setup(state, setup, nid)  # its new key pairs are dropped for the ones already published
+    keys = [ahead[k] for k in AHEAD_FIELDS]
+    if not all(isinstance(k, bytes) for k in keys):
+        raise ValueError("secagg: the key pairs this node made ahead are not bytes")
+    state.sk1, state.pk1, state.sk2, state.pk2 = keys
+    state.current_stage = Stage.SETUP
+    return state
+
+
+def _make_keys_ahead(context: Context) -> dict[str, bytes]:
+    """Two key pairs for this node's next round, kept; their public keys for the server."""
+    (sk1, pk1), (sk2, pk2) = generate_key_pairs(), generate_key_pairs()
+    keys = [private_key_to_bytes(sk1), public_key_to_bytes(pk1)]
+    keys += [private_key_to_bytes(sk2), public_key_to_bytes(pk2)]
+    context.state[m.STATE_SECAGG_AHEAD] = ConfigRecord(dict(zip(AHEAD_FIELDS, keys, strict=True)))
+    return dict(zip(m.SECAGG_AHEAD_KEYS, (keys[1], keys[3]), strict=True))
 
 
 def _advance(state: Any, configs: ConfigRecord) -> str:
@@ -57,17 +116,18 @@ def _advance(state: Any, configs: ConfigRecord) -> str:
 
 
 def key_stage(msg: Message, context: Context) -> Message:
-    """query.secagg: setup (key pairs), share keys (encrypted shares), unmask (shares)."""
+    """query.secagg: setup (key pairs), share keys (encrypted shares), unmask (shares).
+
+    An unmask that asks for it (`ahead`) also makes the key pairs of the node's next round,
+    so that round needs no setup exchange.
+    """
     configs = ConfigRecord(dict(msg.content.config_records[m.SECAGG]))  # a copy: never pop sent
     kind = str(configs.pop(KIND))
-    state = _state(context, configs, kind)
+    ahead = bool(configs.pop(m.SECAGG_AHEAD, 0))
+    state = _state(context, configs, kind, msg.metadata.dst_node_id)
     stage = _advance(state, configs)
     if stage == Stage.SETUP:
-        threshold, shares = as_int(configs[Key.THRESHOLD]), as_int(configs[Key.SHARE_NUMBER])
-        if 2 * threshold <= shares or threshold < 2:  # a majority, or a server could rebuild both
-            raise ValueError(f"secagg setup: threshold {threshold} is not over half of {shares}")
-        state.nid = msg.metadata.dst_node_id
-        result = _FLOWER._setup(state, configs)
+        result = _setup(state, configs, msg.metadata.dst_node_id)
     elif stage == Stage.SHARE_KEYS:
         result = _FLOWER._share_keys(state, configs)
     elif stage == Stage.UNMASK:
@@ -76,6 +136,8 @@ def key_stage(msg: Message, context: Context) -> Message:
         if active & dead or state.nid not in active:  # never reveal both secrets of a node
             raise ValueError("secagg unmask: a node both active and dropped, or this one dropped")
         result = _FLOWER._unmask(state, configs)
+        if ahead:
+            result.update(_make_keys_ahead(context))
     else:
         raise ValueError(f"secagg stage {stage!r} comes with the train message, not a query")
     context.state[m.STATE_SECAGG] = ConfigRecord(state.to_dict())
@@ -98,7 +160,7 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     delta = bool(configs.pop(m.SECAGG_DELTA, 0))
     if weight_key not in m.SECAGG_WEIGHTS:
         raise ValueError(f"secagg: weight {weight_key!r}; allowed: {', '.join(m.SECAGG_WEIGHTS)}")
-    state = _state(context, configs, kind)
+    state = _state(context, configs, kind, msg.metadata.dst_node_id)
     if (
         _advance(state, configs) != Stage.COLLECT_MASKED_VECTORS
         or kind != msg.metadata.message_type

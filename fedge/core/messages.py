@@ -34,6 +34,9 @@ SECAGG = "secagg"  # ConfigRecord of a SecAgg+ stage (Flower's keys, plus "round
 SECAGG_WEIGHT = "weight"  # ... and in the collect stage, the metric that weighs the update
 SECAGG_MASKED = "secagg-masked"  # collect stage reply: the masked vector, arrays "0".."n"
 SECAGG_DELTA = "delta"  # ... 1: mask the update (trained - received) on the int8 grid
+SECAGG_AHEAD = "ahead"  # unmask stage: 1 = also make key pairs for the node's next round
+SECAGG_AHEAD_KEYS = ("ahead-pk1", "ahead-pk2")  # ... the unmask reply: their public keys
+SECAGG_SETUP = "setup."  # share keys stage: the setup values, for a node that keyed ahead
 LOGITS_RECORD = "logits"  # query.logits reply: one array "logits" of shape (N, classes)
 
 # context.state keys: the model the server's downlink deltas apply to (+ message type), and
@@ -47,6 +50,7 @@ STATE_TEACHER_LOGITS = "fedge.teacher-logits"
 STATE_TEACHER = "fedge.teacher"
 STATE_SECAGG = "fedge.secagg"  # the node's SecAgg+ state (keys, shares) of the current round
 STATE_SECAGG_ROUND = "fedge.secagg.round"  # which round and train type it was set up for
+STATE_SECAGG_AHEAD = "fedge.secagg.ahead"  # key pairs made at the last unmask, for one round
 TEACHER_SHA256 = "teacher-sha256"
 STUDENT_ROUNDS_BEFORE = "student-rounds-before"  # train.student: earlier students' rounds (DP)
 

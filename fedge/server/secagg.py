@@ -2,13 +2,16 @@
 
 Four exchanges a round: setup (each node's two public keys), share keys (each node's shares
 of its secrets, encrypted to the others), collect (the train message; each node replies with
-its update masked; the server sums them mod M and deletes each), unmask (the survivors' shares: the
-survivors' own masks, and the pairwise masks of those that dropped after sharing keys, are
-removed). The server holds public keys, ciphertexts it cannot read, the running masked sum and
-then the weighted mean of the survivors; never one client's update. Primitives are Flower's
-(flwr.common.secure_aggregation). As in Flower's SecAgg+, each node masks and shares only with
-its neighbours on a shuffled ring (secagg-shares of them, itself included; every node when the
-round is small), so a round's work grows with clients x shares, not clients squared.
+its update masked; the server sums them mod M and deletes each), unmask (the survivors'
+shares: the survivors' own masks, and the pairwise masks of those that dropped after sharing
+keys, are removed). Each survivor's unmask reply also carries the public keys of its next
+round, made then, so a round whose nodes all unmasked the last one has no setup exchange:
+three exchanges, not four. The server holds public keys, ciphertexts it cannot read, the
+running masked sum and then the weighted mean of the survivors; never one client's update.
+Primitives are Flower's (flwr.common.secure_aggregation). As in Flower's SecAgg+, each node
+masks and shares only with its neighbours on a shuffled ring (secagg-shares of them, itself
+included; every node when the round is small), so a round's work grows with clients x
+shares, not clients squared.
 """
 
 from __future__ import annotations
@@ -19,17 +22,15 @@ import random
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
 from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-    factor_extract,
     get_parameters_shape,
     parameters_addition,
     parameters_mod,
     parameters_subtraction,
 )
-from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.serverapp import Grid
@@ -44,16 +45,13 @@ from fedge.core.records import record_to_weights
 from fedge.server.exchange import Collected
 from fedge.server.replies import error_text, replies_by_node
 from fedge.server.secagg_graph import share_ring, valid_keys
+from fedge.server.secagg_values import SecAggError, as_update, survivors_mean
 from fedge.server.update_codec import wire_bytes
 from fedge.server.validation import Checked
 
 log = logging.getLogger("fedge")
 
 Vector = list[np.ndarray]
-
-
-class SecAggError(RuntimeError):
-    """A round the protocol cannot finish (too few nodes or shares): the reason is the text."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -70,8 +68,15 @@ def max_weight(cfg: RunConfig) -> int:
 class _Exchange:
     """One round's protocol state on the server, stage by stage."""
 
-    def __init__(self, grid: Grid, cfg: RunConfig, messages: list[Message], server_round: int):
-        self.grid, self.cfg, self.round = grid, cfg, server_round
+    def __init__(
+        self,
+        grid: Grid,
+        cfg: RunConfig,
+        messages: list[Message],
+        server_round: int,
+        ahead: dict[int, list[bytes]],
+    ):
+        self.grid, self.cfg, self.round, self.ahead = grid, cfg, server_round, ahead
         self.train = {msg.metadata.dst_node_id: msg for msg in messages}
         self.kind = messages[0].metadata.message_type if messages else m.TRAIN
         self.failed: dict[int, str] = {}  # node -> stage and reason
@@ -79,6 +84,8 @@ class _Exchange:
         self.public_keys: dict[int, list[bytes]] = {}
         self.neighbours: dict[int, set[int]] = {}  # each node's share group, itself included
         self.modulus = self.threshold = 0  # set by setup() for the nodes it asks
+        self.config: dict[str, Any] = {}  # setup's values (share keys carries them to `early`)
+        self.early: set[int] = set()  # nodes whose keys came ahead: no setup exchange
 
     def ask(self, stage: str, nodes: list[int], records: dict[int, dict[str, Any]]) -> dict:
         """Send `stage` to `nodes` (each its record); the replies of those that answered."""
@@ -127,7 +134,15 @@ class _Exchange:
             Key.MOD_RANGE: self.modulus,
             Key.MAX_WEIGHT: float(max_weight(cfg)),
         }
-        replies = self.ask(Stage.SETUP, nodes, dict.fromkeys(nodes, config))
+        self.config = config
+        for node in nodes:  # keys made at the last unmask, for this round: checked as sent
+            keys = self.ahead.pop(node, None)
+            if keys is not None and valid_keys(keys, self.public_keys):
+                self.public_keys[node] = keys
+                self.early.add(node)
+        self.ahead.clear()  # a node's keys serve its next round only
+        late = [n for n in nodes if n not in self.early]
+        replies = self.ask(Stage.SETUP, late, dict.fromkeys(late, config)) if late else {}
         for node, reply in replies.items():
             keys = self._read(node, Stage.SETUP, reply, Key.PUBLIC_KEY_1, Key.PUBLIC_KEY_2)
             if keys is not None and valid_keys(keys, self.public_keys):
@@ -164,6 +179,8 @@ class _Exchange:
         """Each node's shares, encrypted to each other node; who shared, and what goes to whom."""
         keyed = set(nodes)
         keys = {n: {str(v): self.public_keys[v] for v in self.neighbours[n] & keyed} for n in nodes}
+        for node in self.early & keyed:  # the setup these nodes had no exchange for
+            keys[node].update({m.SECAGG_SETUP + k: v for k, v in self.config.items()})
         replies = self.ask(Stage.SHARE_KEYS, nodes, keys)
         forward: dict[int, tuple[list, list]] = {n: ([], []) for n in replies}
         for source, reply in replies.items():
@@ -231,12 +248,14 @@ class _Exchange:
             n: {
                 Key.ACTIVE_NODE_ID_LIST: sorted(self.neighbours[n] & alive),
                 Key.DEAD_NODE_ID_LIST: sorted(self.neighbours[n] & dead),
+                m.SECAGG_AHEAD: 1,  # and the key pairs of the node's next round
             }
             for n in survivors
         }
         replies = self.ask(Stage.UNMASK, survivors, records)
         shares: dict[int, list[bytes]] = {n: [] for n in survivors + dropped}
         for node, reply in replies.items():
+            self._keys_ahead(node, reply)
             for owner, share in self._pairs(
                 node, Stage.UNMASK, reply, Key.NODE_ID_LIST, Key.SHARE_LIST
             ):
@@ -258,6 +277,13 @@ class _Exchange:
                 raise SecAggError(f"secagg: node {node}'s masks cannot be removed: {err}") from None
         return parameters_mod(total, self.modulus)
 
+    def _keys_ahead(self, node: int, reply: Message) -> None:
+        """The public keys of the node's next round, if its unmask reply holds two."""
+        record = reply.content.config_records.get(m.SECAGG)
+        keys = [record.get(k) for k in m.SECAGG_AHEAD_KEYS] if record is not None else []
+        if len(keys) == 2 and all(isinstance(k, bytes) for k in keys):
+            self.ahead[node] = [k for k in keys if isinstance(k, bytes)]
+
     def _remove(
         self, node: int, secret: bytes, alive: set[int], total: Vector, dims: list[tuple[int, ...]]
     ) -> Vector:
@@ -274,30 +300,21 @@ class _Exchange:
     def _prg(self, seed: bytes, dims: list[tuple[int, ...]]) -> Vector:
         return pseudo_rand_gen(seed, self.modulus, dims)
 
-    def mean(self, total: Vector, survivors: int) -> tuple[Vector, float]:
-        """The weighted mean of the survivors' vectors, from the unmasked sum; its weight.
-
-        The last value is the mean training loss (sent scaled into the clip range when the
-        nodes masked their int8 update, see `fedge.client.secagg`).
-        """
-        clip, levels = sg.clip(self.cfg), sg.levels(self.cfg)
-        weight, summed = factor_extract(total)
-        if weight == 0:
-            raise SecAggError("secagg: the survivors' total weight is 0")
-        values = dequantize(summed, clip, levels)
-        shift = (survivors - 1) * clip  # each survivor's values were shifted by clip
-        scale = levels / weight
-        mean = [(v - shift) * scale for v in values]
-        if sg.masks_update(self.cfg):
-            mean[-1] = mean[-1] * sg.LOSS_CAP / clip
-        return mean, weight / levels
-
 
 def secure_exchange(
-    grid: Grid, cfg: RunConfig, messages: list[Message], arrays: ArrayRecord, server_round: int
+    grid: Grid,
+    cfg: RunConfig,
+    messages: list[Message],
+    arrays: ArrayRecord,
+    server_round: int,
+    ahead: dict[int, list[bytes]] | None = None,
 ) -> Collected:
-    """The round's exchange under SecAgg+: the survivors' weighted mean as the one update."""
-    run = _Exchange(grid, cfg, messages, server_round)
+    """The round's exchange under SecAgg+: the survivors' weighted mean as the one update.
+
+    `ahead`: the public keys nodes made at the last round's unmask, for this round (the
+    round loop's; used or dropped here, and refilled by this round's unmask).
+    """
+    run = _Exchange(grid, cfg, messages, server_round, {} if ahead is None else ahead)
     reference = record_to_weights(arrays)
     shapes = [(1,), *(tuple(v.shape) for v in reference.values()), (1,)]
     counts: dict[str, Any] = {"asked": len(messages)}
@@ -310,19 +327,14 @@ def secure_exchange(
         shared, forward = run.share_keys(keyed)
         good, total = run.collect(shared, forward, shapes)
         survivors, dropped = sorted(good), sorted(set(shared) - set(good))
-        counts.update(keys=len(keyed), shared=len(shared), masked=len(survivors))
-        counts["recovered"] = len(dropped)
+        counts.update(keys=len(keyed), keyed_ahead=len(run.early), shared=len(shared))
+        counts.update(masked=len(survivors), recovered=len(dropped))
         if len(survivors) < cfg.min_clients:  # decided before anything is unmasked
             raise SecAggError(
                 f"secagg: {len(survivors)} masked updates, min-clients={cfg.min_clients}"
             )
-        values, _ = run.mean(run.unmask(survivors, dropped, total), len(survivors))
-        if sg.masks_update(cfg):  # the mean update, onto the model the nodes received
-            values = [
-                np.asarray(w, dtype=np.float64).ravel() + v.ravel()
-                for w, v in zip(reference.values(), values, strict=False)
-            ] + values[len(reference) :]
-        accepted = [_synthetic(reference, values, run.kind, survivors)]
+        values = survivors_mean(cfg, run.unmask(survivors, dropped, total), len(survivors))
+        accepted = [as_update(cfg, reference, values, run.kind, survivors)]
     except SecAggError as err:
         failed, survivors = str(err), []
         log.warning("round %d: %s", server_round, failed)
@@ -333,18 +345,3 @@ def secure_exchange(
         by_node, accepted, [], survivors, run.downlink, run.uplink,
         failed=failed, secagg=counts, errors=errors,
     )  # fmt: skip
-
-
-def _synthetic(
-    reference: dict[str, np.ndarray], values: Vector, kind: str, survivors: list[int]
-) -> Checked:
-    """The secure mean as the one update the strategy aggregates (weight 1, and how many)."""
-    arrays = {
-        name: Array(np.asarray(value, dtype=reference[name].dtype).reshape(reference[name].shape))
-        for name, value in zip(reference, values[:-1], strict=True)
-    }
-    counts = {m.NUM_EXAMPLES: 1, m.UNIT_WEIGHT: 1, m.CONTRIBUTORS: len(survivors)}
-    metrics = MetricRecord({**counts, m.TRAIN_LOSS: float(values[-1][0])})
-    content = RecordDict({m.ARRAYS: ArrayRecord(arrays), m.METRICS: metrics})
-    reply = Message(content, dst_node_id=survivors[0], message_type=kind)
-    return Checked(reply, node_id=survivors[0], partition_id=-1, norm=0.0)

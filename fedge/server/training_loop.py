@@ -68,6 +68,7 @@ class RoundLoop:
     last_round_nodes: list[int] = field(default_factory=list)  # whose update was aggregated
     earlier: list[dict[str, Any]] = field(default_factory=list)  # earlier loops' rows (DP ledger)
     phase: str = "teacher"  # whose rounds: teacher | student (the DP noise of that phase)
+    secagg_ahead: dict[int, list[bytes]] = field(default_factory=dict)  # next round's keys
 
 
 def train_teacher(
@@ -187,8 +188,10 @@ def train_round(
         msg.metadata.ttl, msg.metadata.message_type = cfg.round_timeout, message_type
         msg.content.update(records or {})
     encode_downlink(cfg, messages, arrays, loop.downlink)
-    exchange = secure_exchange if cfg.secure_aggregation != "off" else plain_exchange
-    got = exchange(grid, cfg, messages, arrays, server_round)
+    if cfg.secure_aggregation != "off":
+        got = secure_exchange(grid, cfg, messages, arrays, server_round, loop.secagg_ahead)
+    else:
+        got = plain_exchange(grid, cfg, messages, arrays, server_round)
     out.train_bytes += got.downlink + got.uplink
     failures = _failures(got.by_node, loop.nodes, got.errors)
     if samples_clients(cfg):  # every node was asked its partition: one nobody holds is lost

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fedge.core import archspec
-from fedge.core.config import ConfigError, RunConfig
 from fedge.core.choices import STUDENTS
+from fedge.core.config import ConfigError, RunConfig
 from fedge.core.models import build_student, build_teacher, count_params, student_from_weights
 
 
