@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -188,10 +189,9 @@ def train_round(
         msg.metadata.ttl, msg.metadata.message_type = cfg.round_timeout, message_type
         msg.content.update(records or {})
     encode_downlink(cfg, messages, arrays, loop.downlink)
-    if cfg.secure_aggregation != "off":
-        got = secure_exchange(grid, cfg, messages, arrays, server_round, loop.secagg_ahead)
-    else:
-        got = plain_exchange(grid, cfg, messages, arrays, server_round)
+    secure = partial(secure_exchange, ahead=loop.secagg_ahead)  # keys made at the last unmask
+    exchange = secure if cfg.secure_aggregation != "off" else plain_exchange
+    got = exchange(grid, cfg, messages, arrays, server_round)
     out.train_bytes += got.downlink + got.uplink
     failures = _failures(got.by_node, loop.nodes, got.errors)
     if samples_clients(cfg):  # every node was asked its partition: one nobody holds is lost
