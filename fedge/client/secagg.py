@@ -56,8 +56,9 @@ def _state(context: Context, configs: ConfigRecord, kind: str, nid: int) -> Any:
     }
     if configs.get(Key.STAGE) == Stage.SETUP or setup:
         ahead = context.state.config_records.get(m.STATE_SECAGG_AHEAD)
-        if ahead is not None:
-            del context.state[m.STATE_SECAGG_AHEAD]  # keys made ahead serve one round at most
+        for old in (m.STATE_SECAGG_AHEAD, m.STATE_SECAGG):  # keys ahead serve one round at
+            if old in context.state:  # most; the last round's state none after this stage
+                del context.state[old]
         context.state[m.STATE_SECAGG_ROUND] = ConfigRecord({ROUND: server_round, KIND: kind})
         if not setup:
             return _FLOWER.SecAggPlusState()

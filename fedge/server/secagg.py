@@ -118,6 +118,8 @@ class _Exchange:
         cfg = self.cfg
         # Sized for the nodes asked, which may be more than `clients` (extra nodes, or nodes
         # sharing a partition): the ring, the majority threshold and the modulus.
+        ahead = {n: self.ahead.pop(n) for n in nodes if n in self.ahead}
+        self.ahead.clear()  # a node's keys serve its next round only
         shares = secagg_shares(cfg, len(nodes))
         self.threshold = secagg_threshold(cfg, len(nodes))
         try:
@@ -135,12 +137,10 @@ class _Exchange:
             Key.MAX_WEIGHT: float(max_weight(cfg)),
         }
         self.config = config
-        for node in nodes:  # keys made at the last unmask, for this round: checked as sent
-            keys = self.ahead.pop(node, None)
-            if keys is not None and valid_keys(keys, self.public_keys):
-                self.public_keys[node] = keys
+        for node, pair in ahead.items():  # made at the last unmask, for this round: checked
+            if valid_keys(pair, self.public_keys):
+                self.public_keys[node] = pair
                 self.early.add(node)
-        self.ahead.clear()  # a node's keys serve its next round only
         late = [n for n in nodes if n not in self.early]
         replies = self.ask(Stage.SETUP, late, dict.fromkeys(late, config)) if late else {}
         for node, reply in replies.items():
@@ -148,7 +148,7 @@ class _Exchange:
             if keys is not None and valid_keys(keys, self.public_keys):
                 self.public_keys[node] = [bytes(k) for k in keys]
             elif keys is not None:
-                self.failed[node] = "secagg setup: public keys that do not load, or repeat others'"
+                self.failed[node] = "secagg setup: public keys not on Flower's curve, or others'"
         return sorted(self.public_keys)
 
     def _read(self, node: int, stage: str, reply: Message, *keys: str) -> list[Any] | None:
@@ -255,10 +255,10 @@ class _Exchange:
         replies = self.ask(Stage.UNMASK, survivors, records)
         shares: dict[int, list[bytes]] = {n: [] for n in survivors + dropped}
         for node, reply in replies.items():
-            self._keys_ahead(node, reply)
-            for owner, share in self._pairs(
-                node, Stage.UNMASK, reply, Key.NODE_ID_LIST, Key.SHARE_LIST
-            ):
+            pairs = self._pairs(node, Stage.UNMASK, reply, Key.NODE_ID_LIST, Key.SHARE_LIST)
+            if pairs:  # a well-formed reply: its keys for the next round may be kept
+                self._keys_ahead(node, reply)
+            for owner, share in pairs:
                 if owner in shares:
                     shares[owner].append(share)
         threshold, dims = self.threshold, get_parameters_shape(total)

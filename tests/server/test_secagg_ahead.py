@@ -41,6 +41,13 @@ def test_only_nodes_without_keys_from_the_last_unmask_get_a_setup_and_fedavg_hol
         assert row["clients_ok"] == plain_log.rounds[server_round - 1]["clients_ok"] == 8
     for name, value in plain.items():  # three rounds, 2^22 levels: FedAvg to float32's noise
         assert np.abs(secure[name] - value).max() <= 1e-4, name
+    # fresh keys each round: a key published in one round never comes back in another
+    published = [
+        {k for r in shares[rnd].values() for v in r.values() if isinstance(v, list) for k in v}
+        for rnd in (1, 2, 3)
+    ]
+    assert all(len(keys) == 20 for keys in published)  # two per node, all 10 nodes keyed
+    assert not (published[0] & published[1] or published[1] & published[2])
 
 
 def _bad_ahead_keys(reply):
@@ -48,9 +55,42 @@ def _bad_ahead_keys(reply):
     record[m.SECAGG_AHEAD_KEYS[0]], record[m.SECAGG_AHEAD_KEYS[1]] = b"not a key", b"nor this"
 
 
-def test_keys_ahead_that_do_not_load_are_not_used_the_node_sets_up_as_before():
+def _p256_keys():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return [
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        for _ in range(2)
+    ]
+
+
+def _other_curve_ahead_keys(reply):  # they load, but no neighbour could agree a key with them
+    record = reply.content.config_records[m.SECAGG]
+    record[m.SECAGG_AHEAD_KEYS[0]], record[m.SECAGG_AHEAD_KEYS[1]] = _p256_keys()
+
+
+def _other_curve_setup_keys(reply):
+    record = reply.content.config_records[m.SECAGG]
+    record[Key.PUBLIC_KEY_1], record[Key.PUBLIC_KEY_2] = _p256_keys()
+
+
+def test_setup_keys_on_another_curve_fail_that_node_only():
+    cfg = SECURE.replace(dropout_fraction=0.0, rounds=1)
+    grid = TamperingGrid(Stage.SETUP, _other_curve_setup_keys, num_nodes=cfg.clients)
+    _, log, _ = _train(cfg, grid)
+    row = log.rounds[0]
+    assert row["clients_ok"] == 9 and row["skipped"] is None
+    (failed,) = row["clients_failed"]
+    assert failed["node_id"] == 104 and "not on Flower's curve" in failed["reason"]
+
+
+@pytest.mark.parametrize("tamper", [_bad_ahead_keys, _other_curve_ahead_keys])
+def test_keys_ahead_that_are_not_flowers_are_not_used_the_node_sets_up_as_before(tamper):
     cfg = SECURE.replace(dropout_fraction=0.0, rounds=2)
-    grid = TamperingGrid(Stage.UNMASK, _bad_ahead_keys, num_nodes=cfg.clients)
+    grid = TamperingGrid(Stage.UNMASK, tamper, num_nodes=cfg.clients)
     _, log, _ = _train(cfg, grid)
     assert set(_stage_messages(grid, Stage.SETUP)[2]) == {104}
     assert log.rounds[1]["clients_ok"] == 10 and log.rounds[1]["secagg"]["keyed_ahead"] == 9
@@ -82,7 +122,8 @@ def test_keys_made_ahead_serve_one_round_only_and_need_a_majority_threshold():
     node = min(set(grid.contexts) - dropped)
     reply = _share_keys(grid, node, {**SETUP, Key.THRESHOLD: 5})
     assert reply.has_error() and "threshold 5 is not over half of 10" in reply.error.reason
-    # the refused stage used the keys up: a node never reuses key pairs it published
+    # this grid keeps a failed handler's state: the refused stage dropped the keys (Flower's
+    # runtimes discard it, which leaves them unused; nothing derived from them went out)
     reply = _share_keys(grid, node, SETUP)
     assert reply.has_error() and "a node that keyed ahead" in reply.error.reason
     other = min(set(grid.contexts) - dropped - {node})
