@@ -298,6 +298,8 @@ def _secagg_group(cfg: RunConfig) -> None:
 
 def _secagg_grid(cfg: RunConfig) -> None:
     """The levels and the modulus: Flower's int32 rounding, the server's int64 sum, no overflow."""
+    if cfg.secagg_quantization == 1:  # one level cannot hold a value: nothing to round to
+        raise ConfigError("secagg-quantization=1; allowed: 0 (the mode's default) or >= 2")
     most, levels = sg.most_clients(cfg), sg.levels(cfg)
     try:
         modulus = sg.modulus(cfg)

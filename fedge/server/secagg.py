@@ -45,13 +45,11 @@ from fedge.core.records import record_to_weights
 from fedge.server.exchange import Collected
 from fedge.server.replies import error_text, replies_by_node
 from fedge.server.secagg_graph import share_ring, valid_keys
-from fedge.server.secagg_values import SecAggError, as_update, survivors_mean
+from fedge.server.secagg_values import SecAggError, Vector, as_update, survivors_mean
 from fedge.server.update_codec import wire_bytes
 from fedge.server.validation import Checked
 
 log = logging.getLogger("fedge")
-
-Vector = list[np.ndarray]
 
 
 @functools.lru_cache(maxsize=8)

@@ -106,6 +106,7 @@ def test_secure_aggregation_refuses_what_needs_each_update():
         ({"secagg_threshold": 5}, "allowed 6 to 10"),  # exactly half is not a majority
         ({"secagg_threshold": 11}, "allowed 6 to 10"),
         ({"secagg_quantization": 1 << 31}, "below 2\\^31"),
+        ({"secagg_quantization": 1}, "allowed: 0 \\(the mode's default\\) or >= 2"),
         ({"secagg_modulus": 1 << 24}, "cannot hold the sum of 10"),
         ({"update_compression": "topk"}, "allowed with secagg\\+: update-compression none or int8"),
         (
