@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from fedge.cli.common import app, console, fail, setup_logging
+from fedge.cli.common import app, console, fail, say, setup_logging
 from fedge.core.config import ConfigError
 
 ACCOUNTANT_FAILED_EXIT = 5  # the audit proved more epsilon than the run's accountant claims
@@ -47,15 +48,16 @@ def audit(
         result = run_audit(run, shadows, work, workers)
     add_to_report(run.run_dir, target)
     for name, row in result["models"].items():
-        console.print(
+        say(
             f"{name:10} accuracy {100 * row['accuracy']:6.2f} %  AUC {row['auc']:.3f}  "
-            f"TPR@1%FPR {100 * row['tpr_at_1pct_fpr']:5.2f} %",
-            highlight=False,
+            f"TPR@1%FPR {100 * row['tpr_at_1pct_fpr']:5.2f} %"
         )
     check = result["accountant_check"]
     colour = {None: "", True: "green", False: "bold red"}[check["passed"]]
     line = accountant_line(check).replace("**", "")
-    console.print(f"[{colour}]{line}[/]" if colour else line, highlight=False, soft_wrap=True)
-    console.print(f"{result['seconds']:.0f} s -> {target}", highlight=False)
+    console.print(
+        f"[{colour}]{escape(line)}[/]" if colour else escape(line), highlight=False, soft_wrap=True
+    )
+    say(f"{result['seconds']:.0f} s -> {target}")
     if check["passed"] is False:
         raise typer.Exit(ACCOUNTANT_FAILED_EXIT)

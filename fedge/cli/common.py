@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 app = typer.Typer(
     help="Federated edge-cloud learning: train, compress, sign, deploy.",
@@ -40,9 +41,14 @@ def _main(
     """Federated edge-cloud learning: train, compress, sign, deploy."""
 
 
+def say(line: str) -> None:
+    """Print a line to stderr as it is: paths and values with brackets are not markup."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line error and return the Exit to raise (the message is never markup)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

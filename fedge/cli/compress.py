@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fedge.cli.common import app, console, fail, setup_logging
+from fedge.cli.common import app, fail, say, setup_logging
 from fedge.cli.run import EXTRA_ARGS, NOT_SHIPPED_EXIT, SETTINGS_HELP, relative_size
 from fedge.core.config import ConfigError
 from fedge.core.profile import ProfileError
@@ -128,11 +128,10 @@ def compress(
         raise fail(str(err)) from None
     student_row, teacher = results.compression.student, results.compression.teacher
     assert student_row is not None
-    console.print(
+    say(
         f"student {100 * student_row.accuracy:.2f} % ({student_row.onnx_bytes:,} bytes, "
         f"{relative_size(student_row.size_ratio)} than the teacher at "
-        f"{100 * teacher.accuracy:.2f} %) -> {target}",
-        highlight=False,
+        f"{100 * teacher.accuracy:.2f} %) -> {target}"
     )
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from fedge.cli.bundles import Runtime, check_runtime
-from fedge.cli.common import app, console, fail, keys_app
+from fedge.cli.common import app, console, fail, keys_app, say
 
 
 @app.command()
@@ -221,10 +221,9 @@ def profile(
     result = measure((1, batch), iters=iters, name=name)
     atomic_write_json(out, result)
     b1 = sorted(p["batches"]["1"]["p50_us"] for p in result["probes"].values())
-    console.print(
+    say(
         f"{len(b1)} probes in {result['seconds']:.1f} s on {result['device']['cpu']}: "
-        f"batch 1 p50 {b1[0]:.1f} to {b1[-1]:.1f} µs -> {out}",
-        highlight=False,
+        f"batch 1 p50 {b1[0]:.1f} to {b1[-1]:.1f} µs -> {out}"
     )
 
 
@@ -241,7 +240,7 @@ def keys_generate(
         private_path, public_path = generate_keypair(out)
     except FileExistsError as err:
         raise fail(str(err)) from None
-    console.print(f"private key: {private_path}\npublic key:  {public_path}", highlight=False)
+    say(f"private key: {private_path}\npublic key:  {public_path}")
 
 
 from fedge.cli import bundles  # noqa: E402, F401  (registers install, verify, status after these)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedge.cli.common import app, console, fail, setup_logging
+from fedge.cli.common import app, fail, say, setup_logging
 from fedge.core.budgets import Budget
 from fedge.core.config import ConfigError
 
@@ -74,10 +74,9 @@ def simulate(
     except ConfigError as err:
         raise fail(str(err)) from None
     setup_logging(verbose)
-    console.print(
+    say(
         f"fedge simulate: {cfg.dataset}, {cfg.clients} clients, {cfg.partition}, "
-        f"{cfg.rounds} rounds -> {cfg.out}",
-        highlight=False,
+        f"{cfg.rounds} rounds -> {cfg.out}"
     )
     try:
         with stop_on_signals(Path(cfg.out)):  # Ctrl-C: exit within seconds, resumable
@@ -137,11 +136,10 @@ def _summary(run_dir: Path) -> None:
         table.add_row("deployed student", _pct(student.accuracy), f"{student.params:,}", size)
     Console().print(table)
     installed = sum(c.installed for c in results.clients)
-    console.print(
+    say(
         f"{relative_size(student.size_ratio)}, {installed}/{len(results.clients)} "
         "clients installed it, "
-        f"{results.timing_s['total']:.0f} s. Report: {run_dir / 'report.md'}",
-        highlight=False,
+        f"{results.timing_s['total']:.0f} s. Report: {run_dir / 'report.md'}"
     )
     if results.deployment is not None and not results.deployment.passed:
         reasons = sorted({c.reason for c in results.clients if not c.installed})[:3]

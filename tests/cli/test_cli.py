@@ -31,6 +31,9 @@ from tests.cli.conftest import one_line, written
         (["--clients", "5000", "--partition", "iid"], "clients=5000 is too many"),
         (["--scenario", "nope.toml"], "scenario file not found"),
         (["--dataset", "npz:missing.npz"], "npz file not found"),
+        # brackets in a value or a message are text, not rich markup (this one crashed rich)
+        (["--dataset", "npz:x[/b].npz"], "x[/b].npz"),
+        (["--student", "arch:c16k3p"], "format: arch:c<channels>k<kernel>[s][p]-d<channels>"),
         (
             ["--dataset", "fmnist", "--data-dir", "nowhere"],
             "nowhere does not exist; install Debian's package (apt-get install",
