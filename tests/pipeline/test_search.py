@@ -123,3 +123,17 @@ def test_a_trial_takes_the_quantization_it_is_asked_for(run):
     assert rows["fp32"].quant == "fp32" and not rows["fp32"].quantized
     assert rows["qdq"].quantized and rows["qdq"].bytes < rows["fp32"].bytes / 2
     assert rows["qdq"].graph["int8"] and not rows["fp32"].graph["int8"]
+
+
+def test_a_trial_distils_a_share_of_the_final_sample_steps_capped_or_not():
+    """fmnist's pool (17,500) meets kd-sample-budget: a trial gets the same quarter of it."""
+    from fedge.core.config import RunConfig
+    from fedge.pipeline.ship.search import trial_recipe
+
+    capped = trial_recipe(RunConfig(kd_epochs=100, kd_sample_budget=500_000), 25)
+    assert (capped.kd_epochs, capped.kd_sample_budget) == (25, 125_000)
+    short = trial_recipe(RunConfig(kd_epochs=10, kd_sample_budget=500_000), 25)
+    assert (short.kd_epochs, short.kd_sample_budget) == (10, 500_000)  # never more than final
+    uncapped = trial_recipe(RunConfig(kd_epochs=100, kd_sample_budget=0), 25)
+    assert (uncapped.kd_epochs, uncapped.kd_sample_budget) == (25, 0)
+    assert capped.qat == "off" and capped.kd_source == "public"
