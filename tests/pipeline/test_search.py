@@ -93,7 +93,11 @@ def test_bad_search_options_exit_2_before_any_work(run, tmp_path):
         (["--search", "--device-profile", str(bad)], "has version 7"),
         (["--search", "--device-profile", str(energy)], "device.energy.pj_per_byte must be finite"),
         (["--max-latency-us", "20"], "need --search"),
-        (["--search", "--sweep"], "--search chooses the student"),
+        (["--search", "--sweep"], "--search chooses the student: not with --sweep"),
+        (
+            ["--search", "--run-config", "student='ds-small'"],
+            "not with student 'ds-small' (from --student, --scenario or --run-config)",
+        ),
         (["--search", "--trials", "0"], "--trials must be >= 1"),
         (["--search", "--kd-source", "federated"], "--search distils on the public pool"),
     ):

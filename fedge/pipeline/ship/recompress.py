@@ -54,10 +54,15 @@ class CompressRequest:
     def __post_init__(self) -> None:
         if self.search is None:
             return
-        if self.grid is not None or "student" in self.changes or self.choice.active:
-            raise ConfigError(
-                "--search chooses the student: not with --sweep, --student or --max-accuracy-drop"
-            )
+        clash = (
+            "--sweep" if self.grid is not None
+            else "--max-accuracy-drop" if self.choice.active
+            else f"student {self.changes['student']!r} (from --student, --scenario or --run-config)"
+            if "student" in self.changes
+            else None
+        )  # fmt: skip
+        if clash:
+            raise ConfigError(f"--search chooses the student: not with {clash}")
         source = self.changes.get("kd-source", "public")
         if source in ("federated", "both"):  # trials and the final student use the pool
             raise ConfigError(
