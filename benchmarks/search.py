@@ -1,12 +1,15 @@
 """Device-aware student search against the hand-written student family, per dataset and seed.
 
     python benchmarks/search.py --json OUT.json [--datasets digits,mnist1d] [--seeds 3]
-        [--trials 30] [--speedup 1.5]
+        [--trials 30] [--speedup 1.5] [--time-budget S] [--runs DIR] [--jobs 2]
 
 Per dataset and seed, all real processes and files:
-1. `fedge simulate` trains the teacher (its own compression is cut short: kd-epochs 5).
-2. `fedge compress RUN --student S --kd-source public --kd-epochs 100` (the default recipe) for
-   every hand-written student S.
+1. `fedge simulate` trains the teacher (its own compression is cut short: kd-epochs 5), or
+   with --runs the kept run DIR/<dataset>-<seed> (fmnist: benchmarks/compression.py's runs,
+   `simulations/fmnist.toml`) gives it.
+2. `fedge compress RUN --student S --kd-source public --kd-epochs 100` (the default recipe; on
+   fmnist its scenario's, weight-only int8) for every hand-written student S,
+   --jobs of them at a time (one torch thread each; nothing is timed meanwhile).
    The most accurate of them is compressed once more without int8 (`--quant-mode none`): the
    search may ship fp32, and so may a person.
 3. `fedge profile` once, on this machine, at the start; the search targets that profile.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,18 +55,33 @@ from fedge.core.profile import load_profile
 
 WITHIN_PT = 0.3
 RECIPE = ("--kd-epochs", "100")  # the run's own compression was cut short; this is the default
+# simulations/fmnist.toml's compression settings but its student (--search chooses that)
+DATASET_RECIPE = {"fmnist": ("--quant-mode", "weights", "--kd-source", "public")}
 
 
-def fedge(*args: str, log: Path) -> float:
+def fedge(*args: str, log: Path, threads: int | None = None) -> float:
     """Run the fedge CLI to the end; its wall seconds."""
-    start = time.monotonic()
-    with log.open("ab") as sink:
-        proc = subprocess.run(
-            [sys.executable, "-m", "fedge", *args], stdout=sink, stderr=subprocess.STDOUT
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"fedge {' '.join(args)} failed ({proc.returncode}); see {log}")
-    return time.monotonic() - start
+    return wait(start_fedge(*args, log=log, threads=threads))
+
+
+def start_fedge(*args: str, log: Path, threads: int | None = None) -> tuple[Any, ...]:
+    """The fedge CLI started (`threads`: torch's threads), for `wait`."""
+    env = dict(os.environ) | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    sink = log.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedge", *args], stdout=sink, stderr=subprocess.STDOUT, env=env
+    )
+    return proc, sink, args, log, time.monotonic()
+
+
+def wait(started: tuple[Any, ...]) -> float:
+    """Wait for a `start_fedge` process; its wall seconds, RuntimeError if it failed."""
+    proc, sink, args, log, start = started
+    code = proc.wait()
+    sink.close()
+    if code != 0:
+        raise RuntimeError(f"fedge {' '.join(args)} failed ({code}); see {log}")
+    return float(time.monotonic() - start)
 
 
 def one(
@@ -71,49 +90,63 @@ def one(
     """Teacher, hand-written students, search, side-by-side timing for one dataset and seed."""
     run = work / f"{dataset}-{seed}"
     log = work / f"{dataset}-{seed}.log"
-    fedge(
-        "simulate",
-        "--run-config",
-        f'dataset="{dataset}" seed={seed} kd-epochs=5',
-        "--out",
-        str(run),
-        log=log,
-    )
-    hands = {}
-    for student in STUDENTS:
-        out = run / "hand" / student
-        fedge(
-            "compress",
-            str(run),
-            "--student",
-            student,
-            "--kd-source",
-            "public",
-            *RECIPE,
-            "--out",
-            str(out),
-            log=log,
-        )
-        hands[student] = out
+    recipe = (*DATASET_RECIPE.get(dataset, ()), *RECIPE)
+    if args.runs:
+        run = args.runs / f"{dataset}-{seed}"  # a kept run: its teacher, not trained again
+        if not (run / "teacher.onnx").is_file():
+            raise SystemExit(f"--runs: {run} holds no teacher.onnx (a finished fedge run)")
+    else:
+        config = f'dataset="{dataset}" seed={seed} kd-epochs=5'
+        fedge("simulate", "--run-config", config, "--out", str(run), log=log)
+    out_dir = work / f"{dataset}-{seed}-students"
+    hands = {student: out_dir / "hand" / student for student in args.students}
+    pending = list(hands.items())
+    while pending:
+        batch, pending = pending[: args.jobs], pending[args.jobs :]
+        started = [
+            start_fedge(
+                "compress",
+                str(run),
+                "--student",
+                student,
+                "--kd-source",
+                "public",
+                *recipe,
+                "--out",
+                str(out),
+                log=log.with_suffix(f".{student}.log"),
+                threads=1 if args.jobs > 1 else None,
+            )
+            for student, out in batch
+            if not (out / "results.json").is_file()  # --work: kept from an interrupted run
+        ]
+        for one_started in started:
+            wait(one_started)
     model = fit(load_profile(profile))
     rows = {name: _row(out, model) for name, out in hands.items()}
     best = max(rows.values(), key=lambda r: (r["val_accuracy"], -r["predicted_b1_us"]))
     budget = best["predicted_b1_us"] / args.speedup
     # The search may ship fp32; so may a person: the best hand-written student without int8.
-    fp32 = run / "hand" / f"{best['student']}-fp32"
-    hand_args = ("--student", best["student"], "--kd-source", "public", *RECIPE)
-    fedge("compress", str(run), *hand_args, "--quant-mode", "none", "--out", str(fp32), log=log)
+    fp32 = out_dir / "hand" / f"{best['student']}-fp32"
+    hand_args = ("--student", best["student"], "--kd-source", "public", *recipe)
+    if not (fp32 / "results.json").is_file():
+        fedge("compress", str(run), *hand_args, "--quant-mode", "none", "--out", str(fp32), log=log)
     hands[f"{best['student']} fp32"] = fp32
     rows[f"{best['student']} fp32"] = _row(fp32, model)
-    searched = run / "searched"
-    search = ["compress", str(run), "--search", "--device-profile", str(profile), *RECIPE]
+    searched = out_dir / "searched"
+    search = ["compress", str(run), "--search", "--device-profile", str(profile), *recipe]
     search += ["--trials", str(args.trials), "--out", str(searched)]
-    budget_met = True
-    try:
-        search_s = fedge(*search, "--max-latency-us", f"{budget:.3f}", log=log)
-    except RuntimeError:  # exit 2: nothing met the budget; the unconstrained front instead
-        budget_met = False
-        search_s = fedge(*search, log=log)
+    search += ["--time-budget", str(args.time_budget)] if args.time_budget else []
+    meta = out_dir / "search.json"  # how the search went, for a second run with --work
+    if not meta.is_file():
+        budget_met = True
+        try:
+            search_s = fedge(*search, "--max-latency-us", f"{budget:.3f}", log=log)
+        except RuntimeError:  # exit 2: nothing met the budget; the unconstrained front instead
+            budget_met = False
+            search_s = fedge(*search, log=log)
+        meta.write_text(json.dumps({"budget_met": budget_met, "seconds": search_s}))
+    budget_met, search_s = json.loads(meta.read_text()).values()
     rows["searched"] = _row(searched, model)
     trials = json.loads((searched / "search" / "trials.json").read_text())["rows"]
     measured = _side_by_side({**hands, "searched": searched}, dataset, seed)
@@ -249,12 +282,29 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--speedup", type=float, default=1.0)
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="fedge compress --time-budget of each search (default: fedge's)")  # fmt: skip
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep the outputs here; a second run reuses what is finished")  # fmt: skip
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="kept runs DIR/<dataset>-<seed> whose teachers to reuse")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="hand-written students compressed at a time (one thread each)")  # fmt: skip
+    parser.add_argument("--students", default=",".join(STUDENTS),
+                        help="the hand-written family, comma-separated (default: all)")  # fmt: skip
     args = parser.parse_args()
+    args.students = args.students.split(",")
+    if unknown := set(args.students) - set(STUDENTS):
+        parser.error(f"--students: unknown {sorted(unknown)}; allowed: {', '.join(STUDENTS)}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     datasets = args.datasets.split(",")
     with tempfile.TemporaryDirectory(prefix="fedge-search-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         profile = work / "profile.json"
-        fedge("profile", "--out", str(profile), "--iters", "1000", log=work / "profile.log")
+        if not profile.is_file():
+            fedge("profile", "--out", str(profile), "--iters", "1000", log=work / "profile.log")
         per_run = []
         for dataset in datasets:
             for seed in range(args.seeds):
@@ -270,7 +320,12 @@ def main() -> None:
                 )
         device = json.loads(profile.read_text())["device"]
     result = {
-        "args": vars(args) | {"json": args.json.name},
+        "args": vars(args)
+        | {
+            "json": args.json.name,
+            "runs": args.runs and args.runs.name,
+            "work": args.work and args.work.name,
+        },
         "device": device,
         "summary": summarize(per_run, datasets),
         "per_run": per_run,
