@@ -3,6 +3,7 @@
     python benchmarks/compression.py --json OUT.json [--datasets digits,mnist1d] [--seeds 5]
         [--set KEY=VALUE ...] [--audit-seed 0] [--shadows 16] [--work DIR]
         [--reuse | --reuse-teachers] [--skip direct,default-run] [--latency-only]
+        [--mcu-student SPEC]
 
 Per dataset and seed, the real pipeline: `fedge simulate` (Dirichlet alpha 0.5, 10 clients,
 the default recipe unless --set changes it), then from its results: teacher and shipped student
@@ -15,7 +16,10 @@ accuracy on the central test split, bytes, the recipe shipped. Side by side:
 - speed: batch-1 and batch-64 p50 of the teacher in torch eager and in onnxruntime and of the
   shipped student in onnxruntime, interleaved, one thread (BENCHMARKS.md);
 - leakage: `fedge audit` (online LiRA) of --audit-seed: the student's TPR at 1 % FPR as a
-  multiple of the teacher's.
+  multiple of the teacher's;
+- fmnist's microcontroller student: the shipped student, or with --mcu-student another one
+  distilled from the same teacher (`fedge compress`, the same recipe), with int8 activations
+  too (mcu_student).
 OUT holds per dataset the means over seeds (with the worst seed and a 95 % t-interval of the
 accuracy drop) and every per-seed row.
 """
@@ -39,6 +43,7 @@ import torch
 from measure import run_measured
 from scipy import stats
 
+from fedge.client.runtime.profile import device_facts
 from fedge.compression.minify import minified_size
 from fedge.compression.quantize import QuantizeConfig, quantize
 from fedge.core.augment import teacher_view
@@ -93,7 +98,10 @@ def fedge(*args: str, log: Path) -> None:
 
 
 REUSE = {"runs": False, "teachers": False}  # --reuse, --reuse-teachers
-SKIP: set[str] = set()  # --skip: parts not measured this time (direct, default-run)
+SKIP: set[str] = set()  # --skip: parts not measured this time (direct, default-run, centralized)
+MCU: dict[
+    str, str
+] = {}  # --mcu-student: "student", the microcontroller student if not the shipped one
 
 
 def recompress(kept: Path, settings: list[str], out: Path, log: Path) -> dict[str, Any]:
@@ -142,7 +150,7 @@ def latency(run: Path, teacher_onnx: Path | None = None) -> dict[str, float]:
     teacher_ort = make_session((teacher_onnx or run / "teacher.onnx").read_bytes())
     student = make_session((run / "bundle" / "model.onnx").read_bytes())
     x = fed.server.test.x
-    figures = {}
+    figures: dict[str, Any] = {}
     for name, batch, iters in (("b1", x[:1], 1000), ("b64", np.resize(x, (64, *x.shape[1:])), 200)):
         tensor = torch.from_numpy(np.ascontiguousarray(batch))
 
@@ -243,6 +251,21 @@ def mcu_student(run: Path) -> dict[str, Any]:
     }
 
 
+def mcu_of(kept: Path, settings: list[str], shipped: Path, log: Path) -> dict[str, Any]:
+    """The microcontroller figures: of the shipped student, or of --mcu-student from its teacher."""
+    student = MCU.get("student")
+    if student is None:
+        return mcu_student(shipped) | {"mcu_student_architecture": "shipped"}
+    out = kept.with_name(f"{kept.name}-mcu")
+    if not (REUSE["runs"] and (out / "results.json").is_file()):
+        fedge("compress", str(kept), *settings, "--student", student, "--out", str(out), log=log)
+    results = json.loads((out / "results.json").read_text())
+    return mcu_student(out) | {
+        "mcu_student_architecture": results["student"]["architecture"],
+        "mcu_student_shipped_accuracy": results["student"]["accuracy"],  # its own recipe's int8
+    }
+
+
 def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path) -> dict[str, Any]:
     settings = [*DATASET_SETTINGS.get(dataset, []), *settings]
     kept, teacher_onnx = work / f"{dataset}-{seed}", None
@@ -264,9 +287,10 @@ def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path
     teacher, student = run["teacher"]["accuracy"], run["student"]["accuracy"]
     extra: dict[str, Any] = {}
     if dataset == "fmnist":
-        extra["centralized_accuracy"] = centralized(kept)
-        extra["centralized_flip_shift_accuracy"] = centralized(kept, "flip-shift")
-        extra.update(mcu_student(run_dir))
+        if "centralized" not in SKIP:
+            extra["centralized_accuracy"] = centralized(kept)
+            extra["centralized_flip_shift_accuracy"] = centralized(kept, "flip-shift")
+        extra.update(mcu_of(kept, settings, run_dir, log))
     return {
         **extra,
         "dataset": dataset,
@@ -393,6 +417,7 @@ def remeasure(path: Path, work: Path) -> None:
             + ", ".join(f"{k} {summary[k]:.1f}" for k in MEANS if k.startswith("speedup"))
         )
     out["config"]["latency_remeasured"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out["config"]["latency_cpu"] = device_facts()["cpu"]  # speed-ups move with the CPU model
     path.write_text(json.dumps(out, indent=2) + "\n")
 
 
@@ -435,14 +460,22 @@ def main() -> None:
         "--skip",
         default="",
         help="comma-separated parts not to measure: direct (the student federated directly), "
-        "default-run (fmnist's default fedge simulate)",
+        "default-run (fmnist's default fedge simulate), centralized (fmnist's reference)",
+    )
+    parser.add_argument(
+        "--mcu-student",
+        default=None,
+        help="fmnist: the microcontroller student (a family name or arch: spec), distilled from "
+        "each seed's teacher with the run's recipe; default: the shipped student",
     )
     args = parser.parse_args()
     REUSE["runs"] = args.reuse
     REUSE["teachers"] = args.reuse_teachers
     SKIP.update(part for part in args.skip.split(",") if part)
-    if SKIP - {"direct", "default-run"}:
-        parser.error(f"--skip {args.skip!r}; allowed: direct, default-run")
+    if args.mcu_student:
+        MCU["student"] = args.mcu_student
+    if SKIP - {"direct", "default-run", "centralized"}:
+        parser.error(f"--skip {args.skip!r}; allowed: direct, default-run, centralized")
     if args.reuse_teachers and args.work is None:
         parser.error("--reuse-teachers needs --work: the directory that kept the runs")
     if args.latency_only:
@@ -466,8 +499,10 @@ def main() -> None:
             if args.reuse_teachers
             else "trained",
             "skipped": sorted(SKIP),
+            "mcu_student": args.mcu_student or "shipped",
             "threads": 1,
             "machine": platform.platform(),
+            "cpu": device_facts()["cpu"],  # the hosts differ: speed-ups move with the CPU model
             "work": work.name,  # the runs' directory (--work), by name: no machine's path
         },
         "datasets": {},
