@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # ':cd:' in a path stays text
 
 
 def _print_version(value: bool) -> None:

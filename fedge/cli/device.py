@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fedge.cli.bundles import Runtime, check_runtime
 from fedge.cli.common import app, console, fail, keys_app, say
@@ -189,7 +190,7 @@ def _serving_token(token_file: Path | None, host: str, allow_no_token: bool) -> 
                 "--allow-no-token if that is what you want"
             )
         console.print(
-            f"[bold yellow]warning:[/] serving {host} without a token: anyone who can reach "
+            f"[bold yellow]warning:[/] serving {escape(host)} without a token: anyone who can reach "
             "this port can query the model",
             highlight=False,
         )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedge.cli.common import app, fail, say, setup_logging
 from fedge.core.budgets import Budget
@@ -116,7 +117,7 @@ def _summary(run_dir: Path) -> None:
     results = RunResults.from_json(json.loads((run_dir / "results.json").read_text()))
     record = results.compression
     teacher, student = record.teacher, record.student
-    table = Table(title=f"fedge run {results.run_id}")
+    table = Table(title=Text(f"fedge run {results.run_id}"))  # the --out name: text, not markup
     for column in ("model", "accuracy", "params", "bytes"):
         table.add_column(column, justify="right" if column != "model" else "left")
     params = f"{teacher.params:,}" if teacher.params is not None else ""

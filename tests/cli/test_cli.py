@@ -109,3 +109,21 @@ def test_a_run_that_reached_too_few_clients_exits_4_naming_why(tmp_path):
         _summary(tmp_path)
     assert exit_.value.exit_code == 4
     assert json.loads((tmp_path / "results.json").read_text())["deployment"]["passed"] is False
+
+
+def test_the_summary_prints_a_run_name_and_paths_as_text(tmp_path, capsys):
+    """An --out named 'x[/b]' (rich markup) trained a whole run, then crashed the summary table."""
+    import json
+
+    from fedge.cli.run import _summary
+    from fedge.pipeline.outputs.rows import Deployment
+    from tests.pipeline.test_report import results
+
+    run_dir = tmp_path / "run:cd:[s]"
+    run_dir.mkdir()
+    shipped = results(run_id="x[/b]", deployment=Deployment(2, 2, 2, True))
+    (run_dir / "results.json").write_text(json.dumps(shipped.to_json()))
+    _summary(run_dir)
+    printed = capsys.readouterr()
+    assert "fedge run x[/b]" in printed.out  # the table's title
+    assert "Report: " in printed.err and "run:cd:[s]" in printed.err  # no emoji, no markup
