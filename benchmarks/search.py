@@ -1,7 +1,8 @@
 """Device-aware student search against the hand-written student family, per dataset and seed.
 
     python benchmarks/search.py --json OUT.json [--datasets digits,mnist1d] [--seeds 3]
-        [--trials 30] [--speedup 1.5] [--time-budget S] [--runs DIR] [--jobs 2]
+        [--trials 30] [--speedup 1.5] [--time-budget S] [--runs DIR] [--jobs 2] [--work DIR]
+        [--students ds-small,small,...]
 
 Per dataset and seed, all real processes and files:
 1. `fedge simulate` trains the teacher (its own compression is cut short: kd-epochs 5), or
@@ -9,7 +10,8 @@ Per dataset and seed, all real processes and files:
    `simulations/fmnist.toml`) gives it.
 2. `fedge compress RUN --student S --kd-source public --kd-epochs 100` (the default recipe; on
    fmnist its scenario's, weight-only int8) for every hand-written student S,
-   --jobs of them at a time (one torch thread each; nothing is timed meanwhile).
+   --jobs of them at a time (one torch thread each; the latency each compress measures of its
+   own student is not used: step 5 times every model again, alone).
    The most accurate of them is compressed once more without int8 (`--quant-mode none`): the
    search may ship fp32, and so may a person.
 3. `fedge profile` once, on this machine, at the start; the search targets that profile.
@@ -95,33 +97,12 @@ def one(
         run = args.runs / f"{dataset}-{seed}"  # a kept run: its teacher, not trained again
         if not (run / "teacher.onnx").is_file():
             raise SystemExit(f"--runs: {run} holds no teacher.onnx (a finished fedge run)")
-    else:
+    elif not (run / "teacher.onnx").is_file():  # --work: a teacher trained before is kept
         config = f'dataset="{dataset}" seed={seed} kd-epochs=5'
         fedge("simulate", "--run-config", config, "--out", str(run), log=log)
     out_dir = work / f"{dataset}-{seed}-students"
     hands = {student: out_dir / "hand" / student for student in args.students}
-    pending = list(hands.items())
-    while pending:
-        batch, pending = pending[: args.jobs], pending[args.jobs :]
-        started = [
-            start_fedge(
-                "compress",
-                str(run),
-                "--student",
-                student,
-                "--kd-source",
-                "public",
-                *recipe,
-                "--out",
-                str(out),
-                log=log.with_suffix(f".{student}.log"),
-                threads=1 if args.jobs > 1 else None,
-            )
-            for student, out in batch
-            if not (out / "results.json").is_file()  # --work: kept from an interrupted run
-        ]
-        for one_started in started:
-            wait(one_started)
+    compress_family(run, hands, recipe, args.jobs, log)
     model = fit(load_profile(profile))
     rows = {name: _row(out, model) for name, out in hands.items()}
     best = max(rows.values(), key=lambda r: (r["val_accuracy"], -r["predicted_b1_us"]))
@@ -138,15 +119,21 @@ def one(
     search += ["--trials", str(args.trials), "--out", str(searched)]
     search += ["--time-budget", str(args.time_budget)] if args.time_budget else []
     meta = out_dir / "search.json"  # how the search went, for a second run with --work
+    command = [*search, "--max-latency-us", f"{budget:.3f}"]
     if not meta.is_file():
         budget_met = True
         try:
-            search_s = fedge(*search, "--max-latency-us", f"{budget:.3f}", log=log)
+            search_s = fedge(*command, log=log)
         except RuntimeError:  # exit 2: nothing met the budget; the unconstrained front instead
             budget_met = False
             search_s = fedge(*search, log=log)
-        meta.write_text(json.dumps({"budget_met": budget_met, "seconds": search_s}))
-    budget_met, search_s = json.loads(meta.read_text()).values()
+        meta.write_text(
+            json.dumps({"command": command, "budget_met": budget_met, "seconds": search_s})
+        )
+    kept = json.loads(meta.read_text())
+    if kept.get("command") != command:
+        raise SystemExit(f"--work: {meta} is another search's ({kept.get('command')}); remove it")
+    budget_met, search_s = kept["budget_met"], kept["seconds"]
     rows["searched"] = _row(searched, model)
     trials = json.loads((searched / "search" / "trials.json").read_text())["rows"]
     measured = _side_by_side({**hands, "searched": searched}, dataset, seed)
@@ -164,6 +151,39 @@ def one(
         **compare(rows),
         **compare(rows, prefix="vs_fp32_too_"),
     }
+
+
+def compress_family(
+    run: Path, hands: dict[str, Path], recipe: tuple[str, ...], jobs: int, log: Path
+) -> None:
+    """`fedge compress` of every hand-written student not yet done, `jobs` at a time.
+
+    If one fails, the others of its batch are stopped and waited for before the error rises.
+    """
+    todo = [(s, out) for s, out in hands.items() if not (out / "results.json").is_file()]
+    for first in range(0, len(todo), jobs):
+        started: list[tuple[Any, ...]] = []
+        try:
+            for student, out in todo[first : first + jobs]:
+                args = ("compress", str(run), "--student", student, "--kd-source", "public")
+                started.append(
+                    start_fedge(
+                        *args,
+                        *recipe,
+                        "--out",
+                        str(out),
+                        log=log.with_suffix(f".{student}.log"),
+                        threads=1 if jobs > 1 else None,
+                    )  # fmt: skip
+                )
+            for one_started in started:
+                wait(one_started)
+        finally:
+            for proc, sink, *_ in started:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+                sink.close()
 
 
 def _row(out: Path, model: LatencyModel) -> dict[str, Any]:
@@ -293,7 +313,9 @@ def main() -> None:
     parser.add_argument("--students", default=",".join(STUDENTS),
                         help="the hand-written family, comma-separated (default: all)")  # fmt: skip
     args = parser.parse_args()
-    args.students = args.students.split(",")
+    args.students = [name.strip() for name in args.students.split(",") if name.strip()]
+    if args.time_budget is not None and not args.time_budget > 0:
+        parser.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     if unknown := set(args.students) - set(STUDENTS):
         parser.error(f"--students: unknown {sorted(unknown)}; allowed: {', '.join(STUDENTS)}")
     if args.jobs < 1:
