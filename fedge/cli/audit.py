@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from fedge.cli.common import app, console, fail, say, setup_logging
+from fedge.cli.common import app, fail, say, setup_logging
 from fedge.core.config import ConfigError
 
 ACCOUNTANT_FAILED_EXIT = 5  # the audit proved more epsilon than the run's accountant claims
@@ -55,9 +54,7 @@ def audit(
     check = result["accountant_check"]
     colour = {None: "", True: "green", False: "bold red"}[check["passed"]]
     line = accountant_line(check).replace("**", "")
-    console.print(
-        f"[{colour}]{escape(line)}[/]" if colour else escape(line), highlight=False, soft_wrap=True
-    )
+    say(line, style=colour)
     say(f"{result['seconds']:.0f} s -> {target}")
     if check["passed"] is False:
         raise typer.Exit(ACCOUNTANT_FAILED_EXIT)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
+from rich.text import Text
 
 app = typer.Typer(
     help="Federated edge-cloud learning: train, compress, sign, deploy.",
@@ -41,14 +41,18 @@ def _main(
     """Federated edge-cloud learning: train, compress, sign, deploy."""
 
 
-def say(line: str) -> None:
-    """Print a line to stderr as it is: paths and values with brackets are not markup."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
+def say(line: str, style: str = "", label: tuple[str, str] | None = None) -> None:
+    """Print a line to stderr as text: brackets and `:name:` in paths and values stay as typed.
+
+    `style` colours the line; `label` is a styled word before it, as (word, style).
+    """
+    text = Text(line, style=style)
+    console.print(Text.assemble(label, " ", text) if label else text, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise (the message is never markup)."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print a one-line error and return the Exit to raise."""
+    say(message, label=("error:", "bold red"))
     return typer.Exit(code)
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from fedge.cli.bundles import Runtime, check_runtime
-from fedge.cli.common import app, console, fail, keys_app, say
+from fedge.cli.common import app, fail, keys_app, say
 
 
 @app.command()
@@ -189,10 +188,9 @@ def _serving_token(token_file: Path | None, host: str, allow_no_token: bool) -> 
                 "anyone who can connect could use the model; pass --token-file, or "
                 "--allow-no-token if that is what you want"
             )
-        console.print(
-            f"[bold yellow]warning:[/] serving {escape(host)} without a token: anyone who can reach "
-            "this port can query the model",
-            highlight=False,
+        say(
+            f"serving {host} without a token: anyone who can reach this port can query the model",
+            label=("warning:", "bold yellow"),
         )
     return None
 

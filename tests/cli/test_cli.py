@@ -127,3 +127,11 @@ def test_the_summary_prints_a_run_name_and_paths_as_text(tmp_path, capsys):
     printed = capsys.readouterr()
     assert "fedge run x[/b]" in printed.out  # the table's title
     assert "Report: " in printed.err and "run:cd:[s]" in printed.err  # no emoji, no markup
+
+
+def test_the_no_token_warning_prints_the_host_as_typed(capsys):
+    from fedge.cli.device import _serving_token
+
+    assert _serving_token(None, "[bold]10.0.0.1", allow_no_token=True) is None
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: serving [bold]10.0.0.1 without a token" in err
