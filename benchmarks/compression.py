@@ -262,22 +262,18 @@ def mcu_of(kept: Path, settings: list[str], shipped: Path, log: Path) -> dict[st
     ours = mcu_student(shipped)
     own = {"shipped_mcu_accuracy": ours["mcu_student_accuracy"],
            "shipped_mcu_bytes": ours["mcu_student_bytes"]}  # fmt: skip
-    shipped_results = json.loads((shipped / "results.json").read_text())
     student = MCU.get("student")
     if student is None:
-        architecture = shipped_results["student"]["architecture"]
-        return ours | own | {"mcu_student_architecture": architecture}
+        return ours | own
     out = kept.with_name(f"{kept.name}-mcu")
-    if not (REUSE["runs"] and (out / "results.json").is_file()):
-        fedge("compress", str(kept), *settings, "--student", student, "--out", str(out), log=log)
-    results = json.loads((out / "results.json").read_text())
+    results = recompress(kept, [*settings, "--student", student], out, log)
+    student_row = results["student"]
+    weights_int8 = {"mcu_student_weights_int8_accuracy": student_row["accuracy"]}  # as it ships
     return (
         mcu_student(out)
         | own
-        | {
-            "mcu_student_architecture": results["student"]["architecture"],
-            "mcu_student_weights_int8_accuracy": results["student"]["accuracy"],  # as it ships
-        }
+        | weights_int8
+        | {"mcu_student_architecture": student_row["architecture"]}
     )
 
 
@@ -305,6 +301,7 @@ def one_seed(dataset: str, seed: int, settings: list[str], work: Path, log: Path
         if "centralized" not in SKIP:
             extra["centralized_accuracy"] = centralized(kept)
             extra["centralized_flip_shift_accuracy"] = centralized(kept, "flip-shift")
+        extra.update({"mcu_student_architecture": student_name})  # unless --mcu-student
         extra.update(mcu_of(kept, settings, run_dir, log))
     return {
         **extra,
