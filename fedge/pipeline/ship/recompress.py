@@ -54,14 +54,7 @@ class CompressRequest:
     def __post_init__(self) -> None:
         if self.search is None:
             return
-        clash = (
-            "--sweep" if self.grid is not None
-            else "--max-accuracy-drop" if self.choice.active
-            else f"student {self.changes['student']!r} (from --student, --scenario or --run-config)"
-            if "student" in self.changes
-            else None
-        )  # fmt: skip
-        if clash:
+        if clash := self._search_clash():
             raise ConfigError(f"--search chooses the student: not with {clash}")
         source = self.changes.get("kd-source", "public")
         if source in ("federated", "both"):  # trials and the final student use the pool
@@ -70,6 +63,17 @@ class CompressRequest:
                 "clients: allowed with --search: public, auto"
             )
         object.__setattr__(self, "changes", {**self.changes, "kd-source": "public"})
+
+    def _search_clash(self) -> str | None:
+        """What else chooses the student, named as the user gave it; None if nothing does."""
+        if self.grid is not None:
+            return "--sweep"
+        if self.choice.active:
+            return "--max-accuracy-drop"
+        if "student" in self.changes:
+            student = self.changes["student"]
+            return f"student {student!r} (from --student, --scenario or --run-config)"
+        return None
 
 
 def compress_into(
