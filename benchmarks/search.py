@@ -43,22 +43,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from fedge.compression.latency import LatencyModel, fit
 from fedge.core.choices import STUDENTS
-from fedge.core.config import RunConfig
+from fedge.core.config import SETTINGS, RunConfig
 from fedge.core.ort import blocked_latency_us, make_session, session_call
 from fedge.core.partition import build_federation
 from fedge.core.profile import load_profile
+from fedge.simulations.runner import load_scenario
 
 WITHIN_PT = 0.3
 RECIPE = ("--kd-epochs", "100")  # the run's own compression was cut short; this is the default
-# simulations/fmnist.toml's compression settings but its student (--search chooses that)
-DATASET_RECIPE = {"fmnist": ("--quant-mode", "weights", "--kd-source", "public")}
+SCENARIOS = {"fmnist": Path(__file__).resolve().parent.parent / "simulations" / "fmnist.toml"}
+
+
+def dataset_recipe(dataset: str) -> tuple[str, ...]:
+    """The dataset's scenario's compression settings as flags, but its student (searched)."""
+    if dataset not in SCENARIOS:
+        return ()
+    scenario = load_scenario(SCENARIOS[dataset]).items()
+    keys = [(k, v) for k, v in scenario if SETTINGS[k].compress and k != "student"]
+    return tuple(part for k, v in keys for part in (f"--{k}", str(v)))
 
 
 def fedge(*args: str, log: Path, threads: int | None = None) -> float:
@@ -66,24 +75,33 @@ def fedge(*args: str, log: Path, threads: int | None = None) -> float:
     return wait(start_fedge(*args, log=log, threads=threads))
 
 
-def start_fedge(*args: str, log: Path, threads: int | None = None) -> tuple[Any, ...]:
+class Started(NamedTuple):
+    """A fedge process `start_fedge` started, for `wait`."""
+
+    proc: subprocess.Popen[bytes]
+    sink: IO[bytes]  # its log, open
+    args: tuple[str, ...]
+    log: Path
+    start: float
+
+
+def start_fedge(*args: str, log: Path, threads: int | None = None) -> Started:
     """The fedge CLI started (`threads`: torch's threads), for `wait`."""
     env = dict(os.environ) | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     sink = log.open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedge", *args], stdout=sink, stderr=subprocess.STDOUT, env=env
     )
-    return proc, sink, args, log, time.monotonic()
+    return Started(proc, sink, args, log, time.monotonic())
 
 
-def wait(started: tuple[Any, ...]) -> float:
+def wait(started: Started) -> float:
     """Wait for a `start_fedge` process; its wall seconds, RuntimeError if it failed."""
-    proc, sink, args, log, start = started
-    code = proc.wait()
-    sink.close()
+    code = started.proc.wait()
+    started.sink.close()
     if code != 0:
-        raise RuntimeError(f"fedge {' '.join(args)} failed ({code}); see {log}")
-    return float(time.monotonic() - start)
+        raise RuntimeError(f"fedge {' '.join(started.args)} failed ({code}); see {started.log}")
+    return float(time.monotonic() - started.start)
 
 
 def one(
@@ -92,7 +110,7 @@ def one(
     """Teacher, hand-written students, search, side-by-side timing for one dataset and seed."""
     run = work / f"{dataset}-{seed}"
     log = work / f"{dataset}-{seed}.log"
-    recipe = (*DATASET_RECIPE.get(dataset, ()), *RECIPE)
+    recipe = (*dataset_recipe(dataset), *RECIPE)
     if args.runs:
         run = args.runs / f"{dataset}-{seed}"  # a kept run: its teacher, not trained again
         if not (run / "teacher.onnx").is_file():
@@ -162,7 +180,7 @@ def compress_family(
     """
     todo = [(s, out) for s, out in hands.items() if not (out / "results.json").is_file()]
     for first in range(0, len(todo), jobs):
-        started: list[tuple[Any, ...]] = []
+        started: list[Started] = []
         try:
             for student, out in todo[first : first + jobs]:
                 args = ("compress", str(run), "--student", student, "--kd-source", "public")
@@ -179,11 +197,11 @@ def compress_family(
             for one_started in started:
                 wait(one_started)
         finally:
-            for proc, sink, *_ in started:
-                if proc.poll() is None:
-                    proc.terminate()
-                    proc.wait()
-                sink.close()
+            for one_started in started:
+                if one_started.proc.poll() is None:
+                    one_started.proc.terminate()
+                    one_started.proc.wait()
+                one_started.sink.close()
 
 
 def _row(out: Path, model: LatencyModel) -> dict[str, Any]:
