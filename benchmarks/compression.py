@@ -2,7 +2,7 @@
 
     python benchmarks/compression.py --json OUT.json [--datasets digits,mnist1d] [--seeds 5]
         [--set KEY=VALUE ...] [--audit-seed 0] [--shadows 16] [--work DIR]
-        [--reuse | --reuse-teachers] [--skip direct,default-run] [--latency-only]
+        [--reuse | --reuse-teachers] [--skip direct,default-run,centralized] [--latency-only]
         [--mcu-student SPEC]
 
 Per dataset and seed, the real pipeline: `fedge simulate` (Dirichlet alpha 0.5, 10 clients,
