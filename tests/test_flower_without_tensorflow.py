@@ -42,3 +42,21 @@ def test_ray_workers_run_the_same_import_first(monkeypatch):
     runner._start_ray(None, verbose=False)
     module, name = started["runtime_env"]["worker_process_setup_hook"].rsplit(".", 1)
     assert getattr(importlib.import_module(module), name) is import_flower_simulation
+
+
+def test_an_empty_ray_address_starts_a_ray_of_its_own_not_a_running_cluster(monkeypatch):
+    # ray.init(address=None) joins the cluster a `ray start` left on this machine (or
+    # RAY_ADDRESS's): an empty ray-address must not, a given one must.
+    import ray
+
+    from fedge.simulations import runner
+
+    started: dict = {}
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.update(kwargs))
+    runner._start_ray(None, verbose=False)
+    assert started["address"] == "local"
+    runner._start_ray("10.0.0.5:6380", verbose=False)
+    assert started["address"] == "10.0.0.5:6380"

@@ -177,7 +177,9 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     ours, so the variables that mark a simulated node (and the driver's import path) travel in
     Ray's runtime_env. ray.init also replaces the SIGTERM handler with one that raises
     SystemExit (which hangs the engine); the caller's handler is put back. Flower's backend
-    only calls ray.init when Ray is not yet initialised.
+    only calls ray.init when Ray is not yet initialised. Without `address` the Ray is a new
+    local one ("local"): ray.init(address=None) would join any cluster `ray start` left
+    running on this machine (or RAY_ADDRESS's), which an empty ray-address does not ask for.
     """
     import signal
     import sys
@@ -195,7 +197,7 @@ def _start_ray(address: str | None, verbose: bool) -> None:
     main = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(
-        address=address,
+        address=address or "local",
         runtime_env={"env_vars": env, "worker_process_setup_hook": WORKER_SETUP},
         logging_level=logging.ERROR,
         log_to_driver=verbose,
