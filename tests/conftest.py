@@ -15,10 +15,22 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A slow test (a whole federation through the full chain) runs with the e2e tests."""
+    """A slow test (a whole federation through the full chain) runs with the e2e tests.
+
+    Those (and everything under tests/e2e/) run first: pytest-xdist's workers take one test at
+    a time from the front (pyproject's addopts), so the minute-long process tests start at once
+    on both workers and the second-long ones fill the end, instead of one long test last.
+    """
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: not _heavy(item))  # stable: the order within each part stays
+
+
+def _heavy(item: pytest.Item) -> bool:
+    return (
+        "tests/e2e/" in item.nodeid.replace("\\", "/") or item.get_closest_marker("e2e") is not None
+    )
 
 
 @pytest.fixture(scope="session")

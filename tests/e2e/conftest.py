@@ -1,8 +1,11 @@
 """Everything under tests/e2e starts real processes (a Ray simulation, SuperLink, the CLI): e2e."""
 
+import json
+import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.client.conftest import device, student_models  # noqa: F401  (device fixtures)
 from tests.e2e.processes import TINY, fedge
@@ -16,8 +19,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One uninterrupted tiny run, shared by every e2e test that reads a finished run."""
-    tmp = tmp_path_factory.mktemp("tiny")
+    """One uninterrupted tiny run, shared by every e2e test that reads a finished run.
+
+    Under pytest-xdist the workers share one run: the first to need it makes it while holding
+    a lock in the session's common temp directory, the others wait and read it (or its failure).
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
+        return _tiny(tmp_path_factory.mktemp("tiny"))
+    shared = tmp_path_factory.getbasetemp().parent / "tiny"
+    with FileLock(f"{shared}.lock"):
+        failed = shared / "failed.json"
+        if failed.is_file():
+            pytest.fail(json.loads(failed.read_text()))
+        if not (shared / "run" / "results.json").is_file():
+            shared.mkdir(exist_ok=True)
+            try:
+                _tiny(shared)
+            except AssertionError as err:
+                failed.write_text(json.dumps(str(err)))
+                raise
+    return shared / "run"
+
+
+def _tiny(tmp: Path) -> Path:
     proc = fedge("simulate", "--scenario", TINY, "--out", str(tmp / "run"), cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run"

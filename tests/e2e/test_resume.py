@@ -5,8 +5,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from fedge.simulations.crash import kill_tree, kill_when, start_simulate
 from fedge.simulations.interrupt import descendants
 from tests.e2e.processes import TINY, fedge
@@ -63,21 +61,38 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_round_3_stops_the_run_at_once_and_it_resumes_to_the_same_bytes(
-    tmp_path, tiny_run, monkeypatch, signum
+def test_ctrl_c_then_sigterm_during_training_stop_the_run_at_once_and_it_resumes_to_the_same_bytes(
+    tmp_path, tiny_run, monkeypatch
 ):
-    """Ctrl-C (or SIGTERM) while round 3 trains: exit 128+signal within 10 s, one line that
-    says how to resume, no Ray process left; --resume ends with the uninterrupted bytes."""
+    """Ctrl-C while round 2 trains, then SIGTERM while the resumed run trains round 3: each exits
+    128+signal within 10 s, says in one line how to resume and leaves no Ray process; the second
+    --resume ends with the uninterrupted bytes."""
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    out, log = tmp_path / "run", tmp_path / "run.log"
-    proc = start_simulate(["--scenario", TINY, "--out", str(out)], log)
+    out = tmp_path / "run"
+    args = ["--scenario", TINY, "--out", str(out)]
+    for signum, done in ((signal.SIGINT, 1), (signal.SIGTERM, 2)):
+        _stop_after_round(args, done, signum, tmp_path / f"stopped-{signum}.log")
+        args = ["--resume", str(out)]
+    resumed = fedge("simulate", *args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    reference = json.loads((tiny_run / "results.json").read_text())
+    assert results["resumed_from"] == [1, 2]  # the round each signal caught was abandoned
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    assert results["final_model_sha256"] == reference["final_model_sha256"]
+    assert results["student"]["sha256"] == reference["student"]["sha256"]
+
+
+def _stop_after_round(args: list[str], done: int, signum: int, log: Path) -> None:
+    """Start `fedge simulate ARGS`, send `signum` once round `done` is checkpointed, check it."""
+    out = Path(args[-1])
+    proc = start_simulate(args, log)
     try:
-        second = tmp_path / "run.partial" / "checkpoints" / "round-0002.json"
+        checkpoint = out.with_name(f"{out.name}.partial") / "checkpoints" / f"round-{done:04d}.json"
         deadline = time.monotonic() + 300  # bounds a hang, not a speed
-        while not second.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        while not checkpoint.is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert second.is_file(), log.read_text()[-3000:]
+        assert checkpoint.is_file(), log.read_text()[-3000:]
         below = descendants(proc.pid)
         assert below  # Ray's processes, which must not outlive the run
         proc.send_signal(signum)
@@ -93,11 +108,3 @@ def test_a_signal_during_round_3_stops_the_run_at_once_and_it_resumes_to_the_sam
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in below if _alive(pid)}
     assert not left
     assert not out.exists()  # the run is unfinished, not half-written
-    resumed = fedge("simulate", "--resume", str(out), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
-    reference = json.loads((tiny_run / "results.json").read_text())
-    assert results["resumed_from"] == [2]  # round 3 was abandoned, not recorded
-    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
-    assert results["final_model_sha256"] == reference["final_model_sha256"]
-    assert results["student"]["sha256"] == reference["student"]["sha256"]
