@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.core import bundle_format as fmt
+from fedge.core.bounded import MAX_KEY_BYTES, read_bounded
 from fedge.core.manifest import (
     PREPROCESSING_KEYS,
     Artifact,
@@ -174,8 +175,9 @@ def public_pem(key: Ed25519PrivateKey) -> bytes:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM; a clear error for anything else."""
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    try:  # bounded: a FIFO, a device or a huge file is refused, not read into memory
+        pem = read_bounded(path, MAX_KEY_BYTES)
+        key = serialization.load_pem_private_key(pem, password=None)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"cannot read private key {path}: {err}") from err
     if not isinstance(key, Ed25519PrivateKey):

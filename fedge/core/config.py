@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,14 @@ class RunConfig(CompressionSettings, FederationSettings):
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunConfig:
-        """Build from kebab-case keys (Flower run_config, scenario files, CLI flags)."""
+        """Build from kebab-case keys (Flower run_config, scenario files, CLI flags).
+
+        ConfigError for anything but a mapping (a stored config is read from files).
+        """
+        if not isinstance(run_config, Mapping):
+            raise ConfigError(
+                f"a run config is a table of settings, got {type(run_config).__name__}"
+            )
         kwargs: dict[str, Any] = {}
         for key, value in run_config.items():
             spec = lookup(key, SETTINGS)

@@ -9,6 +9,7 @@ declarations; tests check pyproject.toml's defaults against them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import shlex
 import tomllib
@@ -59,9 +60,11 @@ class Setting:
         free = self.prefix and isinstance(value, str) and value.startswith(self.prefix)
         if self.choices and value not in self.choices and not free:
             raise ConfigError(f"unknown {self.key} {value!r}; allowed: {self.allowed()}")
-        if self.interval and not _in_interval(value, self.interval):
+        finite = not isinstance(value, float) or math.isfinite(value)
+        if self.interval and not (finite and _in_interval(value, self.interval)):
             where = "" if self.interval[0] in "<>" else "in "
-            raise ConfigError(f"{self.key} must be {where}{self.interval}, got {value}")
+            number = "" if finite else "a finite number "
+            raise ConfigError(f"{self.key} must be {number}{where}{self.interval}, got {value}")
 
 
 def setting(

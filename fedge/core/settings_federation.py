@@ -35,7 +35,11 @@ class FederationSettings:
     classes_per_client: int = setting(
         2, "pathological: classes held by each client", interval=">= 1"
     )
-    seed: int = setting(0, "fixes splits, partitions, initialisation, sampling, compression")
+    seed: int = setting(
+        0,
+        "fixes splits, partitions, initialisation, sampling, compression",
+        interval="[0, 4294967295]",  # numpy's and scikit-learn's seeds: 32 bits
+    )
     strategy: str = setting("fedavg", "server optimiser", choices=choices.STRATEGIES)
     proximal_mu: float = setting(0.01, "FedProx proximal term weight", interval=">= 0")
     server_lr: float = setting(0.01, "FedAdam server learning rate", interval="> 0")

@@ -42,15 +42,16 @@ def finished_run(tmp_path_factory, teacher) -> Path:
     """What `fedge compress` and `fedge audit` read of a finished tiny run, without training one.
 
     The tiny scenario's config in results.json, a signing key pair, a teacher that passes the
-    quality gate (trained centrally) and a bundle model: enough for every check that comes
+    quality gate (trained centrally) and a bundle model (the teacher's, as a stand-in): enough for every check that comes
     before compression or the audit starts.
     """
     run = tmp_path_factory.mktemp("finished") / "run"
     cfg = build_config(requested_settings(TINY, None, [], {"out": str(run)}))
     generate_keypair(run / "keys")
-    (run / "teacher.onnx").write_bytes(export_onnx(teacher, (1, 8, 8), ExportConfig()))
+    model = export_onnx(teacher, (1, 8, 8), ExportConfig())
+    (run / "teacher.onnx").write_bytes(model)
     (run / "bundle").mkdir()
-    (run / "bundle" / "model.onnx").write_bytes(b"not read before the checks")
+    (run / "bundle" / "model.onnx").write_bytes(model)  # loads: that much is checked up front
     results = {
         "config": cfg.to_run_config(),
         "teacher": {"params": 283786},

@@ -54,6 +54,11 @@ from tests.cli.conftest import one_line, written
         (["--update-compression", "zip"], "unknown update-compression 'zip'; allowed: none"),
         (["--ray-address", "127.0.0.1:1"], "ray-address 127.0.0.1:1 is unreachable"),
         (["--ray-address", "nohost"], "ray-address must be HOST:PORT"),
+        (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
+        (["--kd-temperature", "inf"], "kd-temperature must be a finite number > 0, got inf"),
+        (["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
+        # read bounded: a device, a FIFO or a huge file is refused, not read into memory
+        (["--private-key", "/dev/zero"], "/dev/zero is a device, not a regular file"),
     ],
 )
 def test_simulate_bad_settings_exit_2_and_write_nothing(cli, tmp_path, args, message):

@@ -1,5 +1,8 @@
 """`fedge compress` and `fedge audit` in-process: bad input exits 2 with one line, writes nothing."""
 
+import json
+import shutil
+
 import pytest
 
 from tests.cli.conftest import one_line, written
@@ -84,3 +87,52 @@ def test_a_sweep_that_meets_no_limit_still_writes_its_table_and_names_the_limit(
     assert "a larger --max-accuracy-drop" in text and f"the sweep's table and plots: {out}" in text
     assert {p.name for p in out.iterdir()} == {"sweep.csv", "sweep.json", "pareto.png"}
     assert "deep-tiny" in (out / "sweep.csv").read_text()
+
+
+def _json(path, value):
+    path.write_text(json.dumps(value))
+
+
+def _results(run, change):
+    results = json.loads((run / "results.json").read_text())
+    _json(run / "results.json", change(results))
+
+
+TAMPERED = [
+    (lambda run: _json(run / "results.json", []), "a JSON object was expected, got list"),
+    (
+        lambda run: _results(run, lambda r: {**r, "config": []}),
+        "a run config is a table of settings, got list",
+    ),
+    (
+        lambda run: (run / "teacher.onnx").write_bytes((run / "teacher.onnx").read_bytes()[:200]),
+        "teacher.onnx is not a model onnxruntime can load",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tamper", "message"), TAMPERED)
+@pytest.mark.parametrize("command", ["compress", "audit"])
+def test_a_tampered_run_is_refused_in_one_line_before_any_work(
+    cli, tmp_path, finished_run, tamper, message, command
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    tamper(run)
+    before = written(tmp_path)
+    quick = ["--kd-source", "public"] if command == "compress" else []
+    result = cli(command, run, *quick, "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert message in one_line(result.output), result.output
+    assert written(tmp_path) == before
+
+
+def test_compress_refuses_a_damaged_signing_key_in_one_line(cli, tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "keys" / "signing.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    result = cli("compress", run, "--kd-source", "public", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    text = one_line(result.output)
+    assert "cannot read private key" in text and "signs with the run's key" in text, text
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -10,7 +10,9 @@ PACKAGE = Path(fedge.__file__).parent
 # ai_edge_litert and tflite_micro: a tflite node's interpreters (the litert extra), imported
 # only inside the functions that run a tflite artifact.
 THIRD_PARTY = {"numpy", "onnxruntime", "cryptography", "uvicorn", "ai_edge_litert", "tflite_micro"}
-DEVICE_SAFE_CORE = {"bundle_format", "manifest", "onnx_scan", "ort", "profile", "io", "litert"}
+DEVICE_SAFE_CORE = {
+    "bundle_format", "bounded", "manifest", "onnx_scan", "ort", "profile", "io", "litert"
+}  # fmt: skip
 
 
 def _imports(path: Path) -> set[str]:

@@ -73,6 +73,45 @@ def test_compress_without_the_runs_clients_is_refused(tmp_path):
         saved(tmp_path)(start, ROUNDS)
 
 
+def _damage_weights_shape(npz):
+    with np.load(npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    first = next(iter(arrays))
+    arrays[first] = np.zeros((3, 3), np.float32)  # the wrong shape for that layer
+    np.savez(npz, **arrays)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda npz: npz.write_bytes(npz.read_bytes()[:100]), "cannot read npz"),
+        (lambda npz: npz.with_suffix(".json").write_text("{}"), "lacks 'rounds'"),
+        (lambda npz: npz.with_suffix(".json").write_text("[1, 2"), "damaged federated student"),
+        (_damage_weights_shape, "size mismatch"),
+        (lambda npz: np.savez(npz, other=np.zeros(2)), "lacks arrays"),
+    ],
+)
+def test_a_damaged_saved_student_is_one_clear_error_not_a_traceback(tmp_path, damage, reason):
+    # RUN/federated/ is read back by `fedge compress` and the audit: untrusted files
+    from fedge.core.config import ConfigError
+
+    start = build_student((1, 8, 8), 10, "deep-tiny", seed=0)
+    trainer = recording(lambda model, config: (copy.deepcopy(model), _summary()), tmp_path)
+    trainer(copy.deepcopy(start), ROUNDS)
+    npz = tmp_path / "federated" / f"{result_key(start, ROUNDS)}.npz"
+    saved(tmp_path)(copy.deepcopy(start), ROUNDS)  # intact: read back
+    damage(npz)
+    with pytest.raises(ConfigError) as err:
+        saved(tmp_path)(copy.deepcopy(start), ROUNDS)
+    assert reason in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def _summary():
+    from fedge.pipeline.outputs.rows import StudentRounds
+
+    return StudentRounds(rounds=[], rejected=[], train_bytes=0)
+
+
 def test_kd_source_auto_under_dp_is_public_unless_the_budget_leaves_the_student_a_share():
     assert RunConfig(dp="central").distill_from == "public"  # auto: free post-processing
     shared = RunConfig(dp="central", dp_epsilon=3.0, dp_teacher_epsilon=2.0)

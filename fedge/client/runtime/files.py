@@ -9,73 +9,9 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO must not wait for a writer
+from fedge.core.bounded import NOFOLLOW, NONBLOCK, UnsafeFileError, kind_of, read_bounded
 
-
-class UnsafeFileError(OSError):
-    """A file is missing, not a regular file, a symlink, or not of an allowed size.
-
-    `reason` is "missing", "unreadable", "type" or "size".
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-def read_bounded(path: Path | str, limit: int, *, exact: int | None = None) -> bytes:
-    """The bytes of `path`, refused before reading when it is too big (or not `exact` bytes).
-
-    Parameters
-    ----------
-    path
-        The file. A symlink, a directory, a FIFO or a device is refused, not followed.
-    limit
-        The most bytes read; a larger file is refused by its size, not read.
-    exact
-        When given, the size the file must have (checked with fstat before reading).
-
-    Raises
-    ------
-    UnsafeFileError
-        With a one-line message naming the file and what is wrong with it.
-
-    """
-    path = Path(path)
-    try:
-        if path.is_symlink():  # O_NOFOLLOW covers this on POSIX; this also covers Windows
-            raise UnsafeFileError(
-                f"{path} is a symlink; bundle and store files must be regular files", "type"
-            )
-        fd = os.open(path, os.O_RDONLY | NOFOLLOW | NONBLOCK | getattr(os, "O_BINARY", 0))
-    except UnsafeFileError:
-        raise
-    except FileNotFoundError:
-        raise UnsafeFileError(f"{path} does not exist", "missing") from None
-    except OSError as err:
-        if err.errno == errno.ELOOP:  # a symlink that appeared after the check
-            raise UnsafeFileError(f"{path} is a symlink, not a regular file", "type") from None
-        reason = "type" if err.errno == errno.EISDIR else "unreadable"
-        raise UnsafeFileError(f"cannot open {path}: {err.strerror or err}", reason) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which raises for a directory
-            raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not a regular file", "type")
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "rb") as handle:
-        if exact is not None and info.st_size != exact:
-            raise UnsafeFileError(f"{path} has {info.st_size} bytes, expected {exact}", "size")
-        if info.st_size > limit:
-            raise UnsafeFileError(
-                f"{path} has {info.st_size} bytes, more than the {limit} allowed", "size"
-            )
-        data = handle.read(limit + 1)
-    if len(data) > limit or (exact is not None and len(data) != exact):
-        raise UnsafeFileError(f"{path} changed size while being read", "size")
-    return data
+__all__ = ["UnsafeFileError", "exclusive_lock", "plain_dir", "plain_file", "read_bounded"]
 
 
 def plain_dir(path: Path | str) -> bool:
@@ -111,7 +47,7 @@ def _plain(path: Path, is_kind: Callable[[int], bool], kind: str) -> bool:
     except OSError as err:
         raise UnsafeFileError(f"cannot stat {path}: {err.strerror or err}", "unreadable") from None
     if not is_kind(info.st_mode):
-        raise UnsafeFileError(f"{path} is {_kind(info.st_mode)}, not {kind}", "type")
+        raise UnsafeFileError(f"{path} is {kind_of(info.st_mode)}, not {kind}", "type")
     return True
 
 
@@ -142,20 +78,8 @@ def exclusive_lock(path: Path | str) -> Iterator[None]:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise UnsafeFileError(f"{path} is {_kind(mode)}, not a regular file", "type")
+            raise UnsafeFileError(f"{path} is {kind_of(mode)}, not a regular file", "type")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
-
-
-def _kind(mode: int) -> str:
-    """What a file of this mode is, in words ("a symlink", "a directory", ...)."""
-    kinds = {
-        stat.S_ISLNK: "a symlink",
-        stat.S_ISDIR: "a directory",
-        stat.S_ISREG: "a regular file",
-        stat.S_ISFIFO: "a FIFO",
-        stat.S_ISSOCK: "a socket",
-    }
-    return next((name for test, name in kinds.items() if test(mode)), "a device")

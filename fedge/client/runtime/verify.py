@@ -12,10 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.files import UnsafeFileError, read_bounded
 from fedge.core import bundle_format as fmt
+from fedge.core.bounded import MAX_KEY_BYTES
 from fedge.core.manifest import Manifest, ManifestError
 from fedge.core.onnx_scan import MalformedModelError, external_data_refs, has_graph
-
-MAX_KEY_BYTES = 16 << 10
 
 
 class BundleError(Exception):

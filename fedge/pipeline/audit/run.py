@@ -35,7 +35,13 @@ from fedge.pipeline.audit.report import render_audit
 from fedge.pipeline.chain.federate import FederatedTrainer, saved
 from fedge.pipeline.chain.stages import CompressionConfig, Inputs, compress
 from fedge.pipeline.outputs.plots import roc_plot
-from fedge.pipeline.rundir.paths import BUNDLE_DIR, RESULTS_FILE, TEACHER_FILE, FinishedRun
+from fedge.pipeline.rundir.paths import (
+    BUNDLE_DIR,
+    RESULTS_FILE,
+    TEACHER_FILE,
+    FinishedRun,
+    run_model,
+)
 from fedge.privacy import lira
 from fedge.privacy.epsilon_bound import CONFIDENCE, epsilon_lower_bound, record_level
 
@@ -148,8 +154,8 @@ def load_target(run_dir: Path) -> AuditTarget:
     return AuditTarget(
         run_dir=run_dir,
         cfg=cfg,
-        teacher_onnx=(run_dir / TEACHER_FILE).read_bytes(),
-        student_onnx=(run_dir / BUNDLE_DIR / MODEL_FILE).read_bytes(),
+        teacher_onnx=run_model(run_dir / TEACHER_FILE),  # both load, before any shadow
+        student_onnx=run_model(run_dir / BUNDLE_DIR / MODEL_FILE),
         privacy=finished.privacy,
     )
 

@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from fedge.core.bounded import read_bounded
 from fedge.core.config import ConfigError
 from fedge.core.federate import FederateConfig
 from fedge.core.io import atomic_write_bytes
 from fedge.core.models import set_model_weights
+from fedge.core.npz import checked_npz
 from fedge.core.training import get_weights, weights_sha256
 from fedge.pipeline.outputs.rows import StudentRounds
 
 FEDERATED_DIR = "federated"  # in the run directory: one npz per federated student
+MAX_SUMMARY_BYTES = 4 << 20  # its rounds' summary (json): a few kB per round
 
 
 # (student to start from, config) -> (trained student, summary for results.json)
@@ -71,16 +74,29 @@ def saved(run_dir: Path) -> FederatedTrainer:
                 f"{run_dir} saved no federated student for these student settings; allowed: "
                 "the run's own student, prune, kd and student-* settings, or kd-source public"
             )
-        with np.load(path, allow_pickle=False) as data:
-            weights = {name: data[name] for name in data.files}
-        trained = _copy(model)
-        set_model_weights(trained, weights)
-        summary = StudentRounds.from_json(json.loads(path.with_suffix(".json").read_text()))
+        trained, summary = _read_saved(path, model)
         return trained.eval(), dataclasses.replace(
             summary, replayed_from=f"{FEDERATED_DIR}/{path.name}"
         )
 
     return train
+
+
+def _read_saved(path: Path, model: nn.Module) -> tuple[nn.Module, StudentRounds]:
+    """A saved federated student and its rounds, read as untrusted files (ConfigError if not)."""
+    weights = checked_npz(path, tuple(model.state_dict()))  # sizes checked before loading
+    trained = _copy(model)
+    try:
+        set_model_weights(trained, weights)
+        text = read_bounded(path.with_suffix(".json"), MAX_SUMMARY_BYTES)
+        summary = StudentRounds.from_json(json.loads(text))
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:300]  # torch's shape errors span lines
+        raise ConfigError(
+            f"{path.parent} holds a damaged federated student {path.stem}: {reason}; allowed: "
+            "the files the run wrote, or kd-source public (no federated rounds)"
+        ) from None
+    return trained, summary
 
 
 def once_under_dp(

@@ -13,7 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedge.core.bounded import read_bounded
 from fedge.core.config import ConfigError, RunConfig
+from fedge.core.ort import make_session
 from fedge.pipeline.rundir.checkpoint import CheckpointDir, resume_fingerprint
 
 log = logging.getLogger("fedge")
@@ -160,6 +162,8 @@ class FinishedRun:
         path = Path(run_dir) / RESULTS_FILE
         try:
             results = json.loads(path.read_text())
+            if not isinstance(results, dict):
+                raise ValueError(f"a JSON object was expected, got {type(results).__name__}")
             student = results.get("student")
             privacy = results.get("privacy")
             return cls(
@@ -170,3 +174,24 @@ class FinishedRun:
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path} has no readable config: {err}") from err
+
+
+MAX_MODEL_BYTES = 2 << 30  # onnx's own limit for one protobuf
+
+
+def run_model(path: Path) -> bytes:
+    """A run's ONNX model file, once onnxruntime loads it; ConfigError naming it if not.
+
+    `fedge compress` and `fedge audit` read the teacher and the bundle's student from a run
+    directory anyone may have edited: a truncated or foreign file is refused before any work.
+    """
+    try:
+        data = read_bounded(path, MAX_MODEL_BYTES)
+        make_session(data)
+    except Exception as err:  # noqa: BLE001 - onnxruntime's and protobuf's own exception types
+        reason = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"{path} is not a model onnxruntime can load ({reason}); allowed: the file the run "
+            "wrote"
+        ) from None
+    return data

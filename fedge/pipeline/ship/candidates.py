@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +98,10 @@ class Choice:
     def __post_init__(self) -> None:
         if self.max_accuracy_drop is not None and self.max_bytes is not None:
             raise ConfigError("give --max-accuracy-drop or --max-bytes, not both")
-        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
-            raise ConfigError(f"max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop < math.inf:
+            raise ConfigError(
+                f"max-accuracy-drop must be a finite number >= 0, got {self.max_accuracy_drop}"
+            )
         if self.max_bytes is not None and self.max_bytes < 1:
             raise ConfigError(f"max-bytes must be >= 1, got {self.max_bytes}")
 

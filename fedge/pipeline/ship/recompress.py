@@ -25,6 +25,7 @@ from fedge.pipeline.rundir.paths import (
     RESULTS_FILE,
     TEACHER_FILE,
     FinishedRun,
+    run_model,
     staged_run_dir,
     timestamped_out,
 )
@@ -141,8 +142,8 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             f"allowed: {', '.join(COMPRESSION_SETTINGS)}"
         )
     _check_federated_replay(cfg, finished.cfg)
+    teacher_input = make_session(run_model(run_dir / TEACHER_FILE)).get_inputs()[0]
     try:
-        teacher_input = make_session((run_dir / TEACHER_FILE).read_bytes()).get_inputs()[0]
         check_student(cfg.student, tuple(int(d) for d in teacher_input.shape[1:]))
     except ValueError as err:
         raise ConfigError(f"student: {err}") from None
@@ -243,7 +244,10 @@ def _job(run_dir: Path, cfg: RunConfig) -> CompressionJob:
     source = global_source(OnnxTeacher(teacher_onnx), fed.server.public_pool)
     if cfg.teacher_mode == "ensemble":
         source = stored_source(run_dir, cfg.ensemble_views)
-    key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
+    try:
+        key = load_private_key(run_dir / KEYS_DIR / PRIVATE_KEY_FILE)
+    except ValueError as err:  # the run's own key, refused as any key file a user names
+        raise ConfigError(f"{err}; fedge compress signs with the run's key") from None
     return CompressionJob(cfg, source, fed, teacher_onnx, key, run_dir.name)
 
 
