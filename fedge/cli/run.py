@@ -84,6 +84,8 @@ def simulate(
             run_dir = runner.simulate(cfg, verbose=verbose)
     except ConfigError as err:  # found by the server after training: the teacher is kept
         raise fail(str(err)) from None
+    except runner.RunFailedError as err:  # not a setting: the nodes (lost, or every reply refused)
+        raise fail(f"the federation could not go on: {err}", code=1) from None
     _summary(run_dir)
 
 

@@ -237,6 +237,10 @@ def run_engine(
     )
 
 
+class RunFailedError(RuntimeError):
+    """The federation could not go on (too few nodes, no round with a usable reply)."""
+
+
 Engine = Callable[..., None]  # (client_app, server_app, cfg, run_config, *, verbose)
 
 
@@ -256,9 +260,13 @@ def simulate(cfg: RunConfig, *, verbose: bool = False, engine: Engine | None = N
     from fedge.client import app as client
     from fedge.pipeline.rundir.paths import RESULTS_FILE, STOPPED_FILE, partial_dir
     from fedge.server import app as server
+    from fedge.server.nodes import FederationError
 
     run = engine or run_engine
-    run(client.app, server.app, cfg, cfg.to_run_config(), verbose=verbose)
+    try:
+        run(client.app, server.app, cfg, cfg.to_run_config(), verbose=verbose)
+    except FederationError as err:  # Flower's engine raises again what the ServerApp raised
+        raise RunFailedError(str(err)) from None
     out = Path(cfg.out)
     stopped = partial_dir(out) / STOPPED_FILE
     if not (out / RESULTS_FILE).is_file() and stopped.is_file():

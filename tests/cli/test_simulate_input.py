@@ -46,3 +46,20 @@ def test_keys_generate_refuses_to_overwrite(cli, tmp_path):
     again = cli("keys", "generate", "--out", "k")
     assert again.exit_code == 2 and "refusing to overwrite" in one_line(again.output)
     assert (tmp_path / "k" / "signing.key").read_bytes() == key
+
+
+def test_a_federation_that_cannot_go_on_is_one_line_and_exit_1(cli, tmp_path, monkeypatch):
+    # every reply refused, or too few nodes: not a setting (exit 2) and not a crash (a
+    # traceback): Flower's engine raises again what the ServerApp raised, and the CLI says it
+    from fedge.server.nodes import FederationError
+    from fedge.simulations import runner
+
+    def engine(*args, **kwargs):
+        raise FederationError("no round produced a model (round 1: 0 valid updates)")
+
+    monkeypatch.setattr(runner, "run_engine", engine)
+    result = cli("simulate", "--rounds", "1", "--out", tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    text = one_line(result.output)
+    assert "error: the federation could not go on: no round produced a model" in text, text
+    assert "Traceback" not in result.output
