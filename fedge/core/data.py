@@ -271,6 +271,11 @@ def dataset_from_arrays(
 
 def _check_split(name: str, split: str, xs: np.ndarray, ys: np.ndarray, min_classes: int) -> None:
     """One split's arrays: shapes, dtypes, label range, at least two classes, finite x."""
+    if xs.ndim < 2:
+        raise ConfigError(
+            f"{name}: x_{split} has shape {xs.shape}; allowed: one row per sample, (N, D), "
+            "(N, C, L), (N, H, W) or (N, C, H, W)"
+        )
     if ys.ndim != 1:
         raise ConfigError(f"{name}: y_{split} must be 1-D class labels (N,), got shape {ys.shape}")
     if len(xs) != len(ys):

@@ -93,14 +93,40 @@ def build_config(settings: dict[str, Any], *, resume: Path | None = None) -> Run
 
 
 def _check_student(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
-    """ConfigError if the student is an arch: spec these data cannot go through."""
+    """ConfigError if the student or the teacher cannot take inputs of this shape.
+
+    An arch: spec says why from its layers; any model is then run once on a zero input, so
+    data too small for its pooling (npz of 1x1 images, 3-sample signals) is refused here, not
+    by every client's first batch.
+    """
+    import warnings
+
+    import torch
+
     from fedge.core.archspec import check_student
+    from fedge.core.models import build_student, build_teacher
 
     for name in (cfg.student, cfg.teacher):
         try:
             check_student(name, input_shape)
         except ValueError as err:
             raise ConfigError(f"student: {err}") from None
+    probes = [("teacher", cfg.teacher, lambda: build_teacher(input_shape, 2, 0, cfg.teacher))]
+    if cfg.student != "auto":
+        probes.append(
+            ("student", cfg.student, lambda: build_student(input_shape, 2, cfg.student, 0))
+        )
+    for role, name, build in probes:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns of zero-element layers first
+                build().eval()(torch.zeros(1, *input_shape))
+        except (RuntimeError, ValueError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise ConfigError(
+                f"{role} {name} cannot take samples of shape {input_shape} ({reason}); allowed: "
+                "larger samples, or a model without that pooling (teacher linear or mlp)"
+            ) from None
 
 
 def preflight(cfg: RunConfig) -> None:

@@ -63,3 +63,16 @@ def test_a_federation_that_cannot_go_on_is_one_line_and_exit_1(cli, tmp_path, mo
     text = one_line(result.output)
     assert "error: the federation could not go on: no round produced a model" in text, text
     assert "Traceback" not in result.output
+
+
+def test_samples_too_small_for_the_teachers_pooling_are_refused_before_training(cli, tmp_path):
+    # an npz of 1x1 images passes every array check; the cnn teacher's pooling cannot take it
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(60, 1, 1, 1)).astype(np.float32)
+    y = np.arange(60) % 2
+    np.savez(tmp_path / "d.npz", x_train=x[:50], y_train=y[:50], x_test=x[50:], y_test=y[50:])
+    result = cli("simulate", "--dataset", "npz:d.npz", "--clients", "2", "--out", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert "teacher cnn cannot take samples of shape (1, 1, 1)" in one_line(result.output)
+    assert written(tmp_path) == ["d.npz"]

@@ -43,8 +43,9 @@ def arrays(n: int = 40, d: int = 3, rng=None):
         ({"y_train": (np.arange(40) % 2).astype(np.float32)}, "y_train must hold integer labels"),
         (
             {"x_train": np.zeros((40,), dtype=np.float32)},
-            "allowed: (N, D), (N, C, L), (N, C, H, W)",
+            "x_train has shape (40,); allowed: one row per sample, (N, D), (N, C, L)",
         ),
+        ({"x_train": np.array(5.0, dtype=np.float32)}, "x_train has shape (); allowed"),
         ({"x_test": np.zeros((10, 4), dtype=np.float32)}, "sample shapes differ"),
     ],
 )
