@@ -30,7 +30,7 @@ def audit(
     """
     from fedge.pipeline.audit.report import accountant_line, add_to_report
     from fedge.pipeline.audit.run import check_shadows, load_target, run_audit
-    from fedge.pipeline.rundir.paths import staged_run_dir, timestamped_out
+    from fedge.pipeline.rundir.paths import check_new_out, staged_run_dir, timestamped_out
 
     try:
         run = load_target(run_dir)
@@ -40,8 +40,10 @@ def audit(
     except ConfigError as err:
         raise fail(str(err)) from None
     target = (out or timestamped_out(run_dir, "audit")).expanduser().resolve()
-    if target.exists() and any(target.iterdir()):
-        raise fail(f"out {target} already exists and is not empty; choose a new --out")
+    try:
+        check_new_out(target)
+    except ConfigError as err:
+        raise fail(str(err)) from None
     setup_logging(verbose)
     with staged_run_dir(target) as work:
         result = run_audit(run, shadows, work, workers)

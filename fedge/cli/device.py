@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -217,8 +218,13 @@ def profile(
         raise fail(f"--out {out} is a directory; give a file name")
     if not out.parent.is_dir():
         raise fail(f"--out {out}: directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise fail(f"--out {out}: directory {out.parent} is not writable")
     result = measure((1, batch), iters=iters, name=name)
-    atomic_write_json(out, result)
+    try:
+        atomic_write_json(out, result)
+    except OSError as err:  # e.g. a file system that takes no new files (/proc)
+        raise fail(f"cannot write {out}: {err.strerror or err}") from None
     b1 = sorted(p["batches"]["1"]["p50_us"] for p in result["probes"].values())
     say(
         f"{len(b1)} probes in {result['seconds']:.1f} s on {result['device']['cpu']}: "
@@ -239,6 +245,8 @@ def keys_generate(
         private_path, public_path = generate_keypair(out)
     except FileExistsError as err:
         raise fail(str(err)) from None
+    except OSError as err:  # --out under a file, or where this user cannot write
+        raise fail(f"cannot write the key pair in {out}: {err.strerror or err}") from None
     say(f"private key: {private_path}\npublic key:  {public_path}")
 
 

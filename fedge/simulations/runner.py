@@ -133,16 +133,13 @@ def preflight(cfg: RunConfig) -> None:
     """Every check that can fail before training starts (data, partitions, key, output dir)."""
     from fedge.compression.bundle import load_private_key
     from fedge.core.partition import build_federation, client_data
-    from fedge.pipeline.rundir.paths import RUN_CONFIG_FILE, partial_dir
+    from fedge.pipeline.rundir.paths import RUN_CONFIG_FILE, check_new_out, partial_dir
     from fedge.privacy.central import central_noise
     from fedge.privacy.dp_sgd import plan
 
     out = Path(cfg.out)
     if not cfg.resume:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(
-                f"out {out} already exists and is not an empty directory; choose a new --out"
-            )
+        check_new_out(out)
         if (partial_dir(out) / RUN_CONFIG_FILE).exists():
             raise ConfigError(
                 f"{partial_dir(out)} holds an unfinished run; continue it with "

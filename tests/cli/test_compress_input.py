@@ -136,3 +136,21 @@ def test_compress_refuses_a_damaged_signing_key_in_one_line(cli, tmp_path, finis
     text = one_line(result.output)
     assert "cannot read private key" in text and "signs with the run's key" in text, text
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("command", ["compress", "audit"])
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("file", "already exists and is not an empty directory"),
+        ("file/sub", "is under"),
+    ],
+)
+def test_an_out_that_is_a_file_or_under_one_is_refused_before_any_work(
+    cli, tmp_path, finished_run, command, out, message
+):
+    (tmp_path / "file").write_text("a user's file")
+    result = cli(command, finished_run, "--out", tmp_path / out)
+    assert result.exit_code == 2, result.output
+    assert message in one_line(result.output) and "Traceback" not in result.output
+    assert (tmp_path / "file").read_text() == "a user's file"

@@ -76,3 +76,19 @@ def test_samples_too_small_for_the_teachers_pooling_are_refused_before_training(
     assert result.exit_code == 2, result.output
     assert "teacher cnn cannot take samples of shape (1, 1, 1)" in one_line(result.output)
     assert written(tmp_path) == ["d.npz"]
+
+
+def test_an_out_under_a_file_is_refused_before_training(cli, tmp_path):
+    (tmp_path / "file").write_text("a user's file")
+    result = cli("simulate", "--out", tmp_path / "file" / "run")
+    assert result.exit_code == 2, result.output
+    assert f"is under {tmp_path / 'file'}, a file" in one_line(result.output)
+    assert written(tmp_path) == ["file"]
+
+
+def test_keys_generate_under_a_file_is_one_line(cli, tmp_path):
+    (tmp_path / "file").write_text("a user's file")
+    result = cli("keys", "generate", "--out", tmp_path / "file" / "keys")
+    assert result.exit_code == 2, result.output
+    assert "cannot write the key pair in" in one_line(result.output)
+    assert written(tmp_path) == ["file"]

@@ -195,3 +195,20 @@ def run_model(path: Path) -> bytes:
             "wrote"
         ) from None
     return data
+
+
+def check_new_out(target: Path) -> None:
+    """ConfigError unless `target` can become a new output directory (absent, or empty).
+
+    Checked before any work: a file there, a file among its parents, or a parent this process
+    cannot write in would otherwise fail at the first write, after training or compression.
+    """
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(
+            f"out {target} already exists and is not an empty directory; choose a new --out"
+        )
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"out {target} is under {parent}, a file; choose a --out in a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"out {target}: {parent} is not writable; choose another --out")

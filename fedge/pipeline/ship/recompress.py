@@ -25,6 +25,7 @@ from fedge.pipeline.rundir.paths import (
     RESULTS_FILE,
     TEACHER_FILE,
     FinishedRun,
+    check_new_out,
     run_model,
     staged_run_dir,
     timestamped_out,
@@ -89,8 +90,7 @@ def compress_into(
     run_dir = Path(run_dir).expanduser().resolve()
     cfg, teacher_params = compress_config(run_dir, request.changes)
     target = Path(out or timestamped_out(run_dir, "compress")).expanduser().resolve()
-    if target.exists() and any(target.iterdir()):
-        raise ConfigError(f"out {target} already exists and is not empty; choose a new --out")
+    check_new_out(target)
     new_parent = not target.parent.exists()  # RUN/compress/ on the first compress of a run
     unmet: NoCandidateError | None = None
     try:
