@@ -49,6 +49,26 @@ class TfliteArtifact:
     int8: bool  # full-integer: int8 input and output, no float tensor
 
 
+def _calibration(calibration: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Calibration samples as float32, or TargetError naming what is wrong with them."""
+    if np.asarray(calibration).dtype.kind not in "iuf":
+        raise TargetError(
+            f"calibration samples must be real numbers, got dtype {np.asarray(calibration).dtype}"
+        )
+    samples = np.asarray(calibration, dtype=np.float32)
+    if samples.ndim != len(input_shape) or samples.shape[1:] != input_shape[1:]:
+        raise TargetError(
+            f"calibration samples have shape {samples.shape[1:]}; the model takes {input_shape[1:]}"
+        )
+    if not len(samples):
+        raise TargetError("calibration holds no samples; allowed: at least 1 (a few hundred)")
+    if not np.isfinite(samples).all():
+        raise TargetError(
+            "calibration samples hold NaN or Inf (as float32); allowed: finite values"
+        )
+    return samples
+
+
 def to_tflite(model_bytes: bytes, calibration: np.ndarray | None) -> TfliteArtifact:
     """Convert a fedge device ONNX model (raw input in, `logits` out) to a LiteRT model.
 
@@ -68,12 +88,7 @@ def to_tflite(model_bytes: bytes, calibration: np.ndarray | None) -> TfliteArtif
         raise TargetError(f"TensorFlow cannot build the graph: {first_line(err)}") from None
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], func)
     if calibration is not None:
-        samples = np.asarray(calibration, dtype=np.float32)
-        if samples.ndim != len(graph.input_shape) or samples.shape[1:] != graph.input_shape[1:]:
-            raise TargetError(
-                f"calibration samples have shape {samples.shape[1:]}; the model takes "
-                f"{graph.input_shape[1:]}"
-            )
+        samples = _calibration(calibration, graph.input_shape)
 
         def representative() -> Any:
             for sample in samples:

@@ -179,9 +179,20 @@ def test_grouped_convolutions_that_are_not_depthwise_are_refused():
         to_tflite(model.SerializeToString(), None)
 
 
-def test_calibration_of_another_shape_is_refused(shipped):
-    with pytest.raises(TargetError, match=r"calibration samples have shape \(1, 9, 9\)"):
-        to_tflite(shipped, np.zeros((4, 1, 9, 9), np.float32))
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        (np.zeros((4, 1, 9, 9), np.float32), r"calibration samples have shape \(1, 9, 9\)"),
+        (np.zeros((0, 1, 8, 8), np.float32), "calibration holds no samples"),
+        (np.full((4, 1, 8, 8), np.nan, np.float32), "calibration samples hold NaN or Inf"),
+        (np.full((4, 1, 8, 8), 1e39), "calibration samples hold NaN or Inf"),  # inf as float32
+        (np.ones((4, 1, 8, 8), bool), "calibration samples must be real numbers, got dtype bool"),
+    ],
+)
+def test_calibration_that_cannot_calibrate_is_refused(shipped, samples, message):
+    # before TensorFlow sees it: empty samples crashed it, NaN blamed the model's scales
+    with pytest.raises(TargetError, match=message):
+        to_tflite(shipped, samples)
 
 
 def test_without_tensorflow_the_error_names_the_extra(shipped, monkeypatch):
