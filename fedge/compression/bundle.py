@@ -176,7 +176,7 @@ def public_pem(key: Ed25519PrivateKey) -> bytes:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM; a clear error for anything else."""
     try:  # bounded: a FIFO, a device or a huge file is refused, not read into memory
-        pem = read_bounded(path, MAX_KEY_BYTES)
+        pem = read_bounded(Path(path).resolve(), MAX_KEY_BYTES)  # a symlinked secret is fine
         key = serialization.load_pem_private_key(pem, password=None)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"cannot read private key {path}: {err}") from err

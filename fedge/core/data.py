@@ -119,6 +119,8 @@ def load_dataset(name: str, size: int = 0, data_dir: str = "") -> Dataset:
         directory = idx.data_dir(data_dir).resolve()
         return _fmnist(str(directory), _mtimes(directory))
     if name.startswith("npz:"):
+        if not name[4:].strip():
+            raise ConfigError("dataset npz: names no file; allowed: npz:PATH")
         path = Path(name[4:]).expanduser().resolve()
         stat = path.stat() if path.is_file() else None
         return _npz(str(path), stat.st_mtime_ns if stat else 0)

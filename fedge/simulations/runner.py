@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedge.core.bounded import UnsafeFileError, read_bounded
 from fedge.core.config import SETTINGS, ConfigError, RunConfig
 from fedge.core.settings import parse_flags, parse_pairs
 from fedge.pipeline.rundir.paths import check_resumable, default_run_dir, final_dir, stored_config
@@ -26,14 +27,23 @@ FLOWER_ENV = {
 }
 
 
+MAX_SCENARIO_BYTES = 1 << 20  # settings in TOML: a few kB
+
+
 def load_scenario(path: Path) -> dict[str, Any]:
     """A scenario file: flat kebab-case settings in TOML (unknown keys are errors later)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"scenario file not found: {path}")
+    try:  # bounded: a directory, a FIFO or a huge file is named, not read
+        text = read_bounded(path.resolve(), MAX_SCENARIO_BYTES).decode()
+    except UnsafeFileError as err:
+        raise ConfigError(f"scenario {path}: {err}; allowed: a TOML file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"scenario {path} is not valid TOML: {err}") from None
     try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"scenario {path} is not valid TOML: {err}") from err
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:

@@ -59,6 +59,8 @@ from tests.cli.conftest import one_line, written
         (["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
         # read bounded: a device, a FIFO or a huge file is refused, not read into memory
         (["--private-key", "/dev/zero"], "/dev/zero is a device, not a regular file"),
+        (["--scenario", "."], "is a directory, not a regular file; allowed: a TOML file"),
+        (["--dataset", "npz:"], "dataset npz: names no file; allowed: npz:PATH"),
     ],
 )
 def test_simulate_bad_settings_exit_2_and_write_nothing(cli, tmp_path, args, message):

@@ -88,7 +88,7 @@ def _read_saved(path: Path, model: nn.Module) -> tuple[nn.Module, StudentRounds]
     trained = _copy(model)
     try:
         set_model_weights(trained, weights)
-        text = read_bounded(path.with_suffix(".json"), MAX_SUMMARY_BYTES)
+        text = read_bounded(path.with_suffix(".json").resolve(), MAX_SUMMARY_BYTES)
         summary = StudentRounds.from_json(json.loads(text))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = " ".join(str(err).split())[:300]  # torch's shape errors span lines

@@ -186,7 +186,7 @@ def run_model(path: Path) -> bytes:
     directory anyone may have edited: a truncated or foreign file is refused before any work.
     """
     try:
-        data = read_bounded(path, MAX_MODEL_BYTES)
+        data = read_bounded(Path(path).resolve(), MAX_MODEL_BYTES)
         make_session(data)
     except Exception as err:  # noqa: BLE001 - onnxruntime's and protobuf's own exception types
         reason = " ".join(str(err).split())[:300]
