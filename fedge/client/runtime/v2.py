@@ -120,4 +120,6 @@ def _wanted(outputs: Any, predictor: Predictor) -> list[str]:
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise InputError(f"unknown outputs {str(unknown)[:80]}; the model has {names}")
+    if not wanted or len(set(wanted)) < len(wanted):
+        raise InputError(f"outputs must name each wanted output once; the model has {names}")
     return [str(w) for w in wanted]
