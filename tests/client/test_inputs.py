@@ -67,6 +67,15 @@ def test_a_hostile_input_file_is_a_one_line_error(device, tmp_path, name, conten
     _refused(_infer(device, str(tmp_path / name)), message)
 
 
+def test_float64_beyond_float32_is_one_line_without_numpys_overflow_warning(device, tmp_path):
+    import warnings
+
+    np.save(tmp_path / "big.npy", np.full((2, 64), 1e300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning printed a second line
+        _refused(_infer(device, str(tmp_path / "big.npy")), "float32's +-3.4e38 becomes Inf")
+
+
 def test_a_npy_header_claiming_1e11_values_is_refused_before_allocating(device, tmp_path):
     _npy_header(tmp_path / "liar.npy", (100_000_000_000,))
     _refused(

@@ -63,7 +63,9 @@ def read_input_parts(source: str, sample_size: int, rows: int = ROWS) -> Iterato
 def require_finite(array: np.ndarray, where: str) -> np.ndarray:
     """Refuse NaN and Inf (numeric arrays only; dtype problems are the Predictor's to report)."""
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
-        raise InputError(f"{where}: input holds NaN or Inf")
+        raise InputError(
+            f"{where}: input holds NaN or Inf (a value beyond float32's +-3.4e38 becomes Inf)"
+        )
     return array
 
 

@@ -199,14 +199,17 @@ class Predictor:
 
     def model_input(self, batch: Any) -> np.ndarray:
         """What predict feeds onnxruntime for raw samples: checked, reshaped, float32."""
-        return self._shaped(batch, self._loaded).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # beyond float32: Inf, refused by the caller's check
+            return self._shaped(batch, self._loaded).astype(np.float32, copy=False)
 
     def batches(self, batch: Any, size: int | None = None) -> Iterator[np.ndarray]:
         """The checked, reshaped samples as float32 chunks of at most `size` (memory: one chunk)."""
         x = self._shaped(batch, self._loaded)
         size = size or self.batch_size
         for start in range(0, len(x), size):
-            yield np.ascontiguousarray(x[start : start + size], dtype=np.float32)
+            with np.errstate(over="ignore"):  # beyond float32: Inf, refused by the caller's check
+                chunk = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
+            yield chunk
 
     def reload_if_newer(self) -> bool:
         """Switch to a newer verified bundle if the store has one; True if switched."""
