@@ -176,7 +176,7 @@ def _serving_token(token_file: Path | None, host: str, allow_no_token: bool) -> 
 
     if token_file is not None:
         try:
-            token = read_bounded(token_file, 4096).decode("ascii").strip()
+            token = read_bounded(token_file.resolve(), 4096).decode("ascii").strip()
         except (UnsafeFileError, UnicodeDecodeError) as err:
             raise fail(f"cannot read --token-file: {err}") from None
         if len(token) < 16 or not token.isprintable() or " " in token:

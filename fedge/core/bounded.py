@@ -33,7 +33,8 @@ def read_bounded(path: Path | str, limit: int, *, exact: int | None = None) -> b
     Parameters
     ----------
     path
-        The file. A symlink, a directory, a FIFO or a device is refused, not followed.
+        The file. A symlink, a directory, a FIFO or a device is refused, not followed: a
+        file a user names (a key, a token) is resolved by the caller first.
     limit
         The most bytes read; a larger file is refused by its size, not read.
     exact
@@ -49,7 +50,7 @@ def read_bounded(path: Path | str, limit: int, *, exact: int | None = None) -> b
     try:
         if path.is_symlink():  # O_NOFOLLOW covers this on POSIX; this also covers Windows
             raise UnsafeFileError(
-                f"{path} is a symlink; bundle and store files must be regular files", "type"
+                f"{path} is a symlink, not a regular file (not followed here)", "type"
             )
         fd = os.open(path, os.O_RDONLY | NOFOLLOW | NONBLOCK | getattr(os, "O_BINARY", 0))
     except UnsafeFileError:

@@ -38,7 +38,8 @@ class FederationSettings:
     seed: int = setting(
         0,
         "fixes splits, partitions, initialisation, sampling, compression",
-        interval="[0, 4294967295]",  # numpy's and scikit-learn's seeds: 32 bits
+        # numpy's and scikit-learn's seeds take 32 bits; the splits use seed + 1 and seed + 2
+        interval="[0, 4294967293]",
     )
     strategy: str = setting("fedavg", "server optimiser", choices=choices.STRATEGIES)
     proximal_mu: float = setting(0.01, "FedProx proximal term weight", interval=">= 0")

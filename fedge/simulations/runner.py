@@ -109,34 +109,46 @@ def _check_student(cfg: RunConfig, input_shape: tuple[int, ...]) -> None:
     data too small for its pooling (npz of 1x1 images, 3-sample signals) is refused here, not
     by every client's first batch.
     """
-    import warnings
-
-    import torch
-
     from fedge.core.archspec import check_student
-    from fedge.core.models import build_student, build_teacher
 
     for name in (cfg.student, cfg.teacher):
         try:
             check_student(name, input_shape)
         except ValueError as err:
             raise ConfigError(f"student: {err}") from None
-    probes = [("teacher", cfg.teacher, lambda: build_teacher(input_shape, 2, 0, cfg.teacher))]
-    if cfg.student != "auto":
-        probes.append(
-            ("student", cfg.student, lambda: build_student(input_shape, 2, cfg.student, 0))
-        )
-    for role, name, build in probes:
+    students = cfg.auto_candidates if cfg.student == "auto" else (cfg.student,)
+    for role, name in [("teacher", cfg.teacher), *(("student", n) for n in students)]:
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch warns of zero-element layers first
-                build().eval()(torch.zeros(1, *input_shape))
+            _probe(role, name, input_shape)
         except (RuntimeError, ValueError) as err:
             reason = " ".join(str(err).split())[:200]
+            fix = (
+                "larger samples, or teacher linear (no pooling)"
+                if role == "teacher"
+                else "larger samples, or a student that fits them (--student, auto-students)"
+            )
             raise ConfigError(
-                f"{role} {name} cannot take samples of shape {input_shape} ({reason}); allowed: "
-                "larger samples, or a model without that pooling (teacher linear or mlp)"
+                f"{role} {name} cannot take samples of shape {input_shape} ({reason}); "
+                f"allowed: {fix}"
             ) from None
+
+
+def _probe(role: str, name: str, input_shape: tuple[int, ...]) -> None:
+    """Build the model and run it once on a zero sample (the caller's RNG state is kept)."""
+    import warnings
+
+    import torch
+
+    from fedge.core.models import build_student, build_teacher
+
+    with torch.random.fork_rng(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns of zero-element layers first
+        model = (
+            build_teacher(input_shape, 2, 0, name)
+            if role == "teacher"
+            else build_student(input_shape, 2, name, 0)
+        )
+        model.eval()(torch.zeros(1, *input_shape))
 
 
 def preflight(cfg: RunConfig) -> None:

@@ -42,8 +42,8 @@ def finished_run(tmp_path_factory, teacher) -> Path:
     """What `fedge compress` and `fedge audit` read of a finished tiny run, without training one.
 
     The tiny scenario's config in results.json, a signing key pair, a teacher that passes the
-    quality gate (trained centrally) and a bundle model (the teacher's, as a stand-in): enough for every check that comes
-    before compression or the audit starts.
+    quality gate (trained centrally) and a bundle model (the teacher's, as a stand-in): enough
+    for every check that comes before compression or the audit starts.
     """
     run = tmp_path_factory.mktemp("finished") / "run"
     cfg = build_config(requested_settings(TINY, None, [], {"out": str(run)}))

@@ -56,7 +56,8 @@ from tests.cli.conftest import one_line, written
         (["--ray-address", "nohost"], "ray-address must be HOST:PORT"),
         (["--lr", "inf"], "lr must be a finite number > 0, got inf"),
         (["--kd-temperature", "inf"], "kd-temperature must be a finite number > 0, got inf"),
-        (["--seed", "-1"], "seed must be in [0, 4294967295], got -1"),
+        (["--seed", "-1"], "seed must be in [0, 4294967293], got -1"),
+        (["--seed", "4294967294"], "seed must be in [0, 4294967293], got 4294967294"),
         # read bounded: a device, a FIFO or a huge file is refused, not read into memory
         (["--private-key", "/dev/zero"], "/dev/zero is a device, not a regular file"),
         (["--scenario", "."], "is a directory, not a regular file; allowed: a TOML file"),

@@ -211,18 +211,21 @@ def test_a_signed_bad_manifest_is_refused_with_the_schema_s_reasons(model_bytes,
     assert str(err.value) == f"manifest check failed: {'; '.join(schema_errors(manifest))}"
 
 
-def test_a_signing_key_is_read_through_a_symlink_and_a_device_or_fifo_is_refused(tmp_path):
+def test_keys_are_read_through_a_symlink_and_a_device_or_fifo_is_refused(tmp_path):
     # a mounted secret is often a symlink; /dev/zero or a FIFO would be read forever
     import os
     from pathlib import Path
 
+    from fedge.client.runtime.verify import load_public_key
     from fedge.compression.bundle import generate_keypair, load_private_key
 
-    private, _ = generate_keypair(tmp_path / "keys")
+    private, public = generate_keypair(tmp_path / "keys")
     (tmp_path / "link").symlink_to(private)
     assert load_private_key(tmp_path / "link").private_bytes_raw() == (
         load_private_key(private).private_bytes_raw()
     )
+    (tmp_path / "trusted").symlink_to(public)  # the device's trusted key, mounted the same way
+    assert load_public_key(tmp_path / "trusted") == load_public_key(public)
     os.mkfifo(tmp_path / "fifo")
     for path, kind in ((Path("/dev/zero"), "a device"), (tmp_path / "fifo", "a FIFO")):
         with pytest.raises(ValueError, match=f"{path} is {kind}, not a regular file"):

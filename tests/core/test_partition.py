@@ -98,6 +98,12 @@ def test_too_few_samples_for_dirichlet_clients_names_the_fix():
         build_federation(cfg)
 
 
+def test_the_largest_seed_allowed_builds_a_federation():
+    # the splits draw with seed + 1 and seed + 2: scikit-learn takes at most 2**32 - 1
+    fed = build_federation(RunConfig(clients=2, partition="iid", seed=2**32 - 3))
+    assert len(fed.server.val) and len(fed.server.public_pool)
+
+
 def test_dataset_size_is_refused_for_data_of_fixed_size():
     with pytest.raises(ConfigError, match="dataset-size applies to generated data only"):
         build_federation(RunConfig(dataset="digits", dataset_size=10_000))

@@ -112,7 +112,7 @@ def v2_response(
 
 def _wanted(outputs: Any, predictor: Predictor) -> list[str]:
     names = list(predictor.output_names)
-    if outputs is None:
+    if outputs is None or outputs == []:  # none named: every output (as Triton answers)
         return names
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InputError('outputs must be a list of {"name": ...}')
@@ -120,6 +120,6 @@ def _wanted(outputs: Any, predictor: Predictor) -> list[str]:
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise InputError(f"unknown outputs {str(unknown)[:80]}; the model has {names}")
-    if not wanted or len(set(wanted)) < len(wanted):
+    if len(set(wanted)) < len(wanted):
         raise InputError(f"outputs must name each wanted output once; the model has {names}")
     return [str(w) for w in wanted]

@@ -66,7 +66,8 @@ class VerifiedBundle:
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
     """Read the trusted Ed25519 public key (PEM); BundleError("trusted-key") when it cannot."""
     try:
-        key = serialization.load_pem_public_key(read_bounded(path, MAX_KEY_BYTES))
+        pem = read_bounded(Path(path).resolve(), MAX_KEY_BYTES)  # a mounted secret: a link
+        key = serialization.load_pem_public_key(pem)
     except (OSError, ValueError, TypeError) as err:
         raise BundleError("trusted-key", f"cannot read public key {path}: {err}") from err
     if not isinstance(key, Ed25519PublicKey):

@@ -84,9 +84,9 @@ def saved(run_dir: Path) -> FederatedTrainer:
 
 def _read_saved(path: Path, model: nn.Module) -> tuple[nn.Module, StudentRounds]:
     """A saved federated student and its rounds, read as untrusted files (ConfigError if not)."""
-    weights = checked_npz(path, tuple(model.state_dict()))  # sizes checked before loading
     trained = _copy(model)
     try:
+        weights = checked_npz(path, tuple(model.state_dict()))  # sizes checked before loading
         set_model_weights(trained, weights)
         text = read_bounded(path.with_suffix(".json").resolve(), MAX_SUMMARY_BYTES)
         summary = StudentRounds.from_json(json.loads(text))
