@@ -131,6 +131,17 @@ def test_editing_current_back_is_not_served(device):
         Predictor(device.store, device.public_key)
 
 
+def test_a_removed_current_is_reported_not_an_older_refusal(device):
+    device.install(2)
+    predictor = Predictor(device.store, device.public_key, check_interval=0.0)
+    (device.store / "CURRENT").write_text("1")  # an older version: refused, and said so
+    predictor.predict(hostile.np.zeros((1, 64)))
+    assert "not rolling back" in predictor.last_error
+    (device.store / "CURRENT").unlink()  # /health must not keep showing the refusal above
+    assert predictor.predict(hostile.np.zeros((1, 64))).version == 2
+    assert "the store names no current version; serving 2" in predictor.last_error
+
+
 def test_a_lagging_high_water_mark_is_not_a_rollback(device):
     """An install that stopped between CURRENT and state.json still loads."""
     state = json.loads((device.store / "state.json").read_text())

@@ -220,6 +220,11 @@ class Predictor:
             except BundleError as err:
                 self.last_error = str(err)
                 return False
+            if version is None:  # CURRENT removed: say so, instead of an older refusal
+                self.last_error = (
+                    f"the store names no current version; serving {self._loaded.version} "
+                    "from memory"
+                )
             if version is not None and version < self._loaded.version:
                 self.last_error = (
                     f"CURRENT says {version}, below the served {self._loaded.version}; "
