@@ -171,12 +171,13 @@ def serve(
 
 def _serving_token(token_file: Path | None, host: str, allow_no_token: bool) -> str | None:
     """The bearer token of `fedge serve`, or None where serving without one is allowed."""
-    from fedge.client.runtime.files import UnsafeFileError, read_bounded
+    from fedge.client.runtime.files import UnsafeFileError
     from fedge.client.runtime.httpserver import is_loopback
+    from fedge.core.bounded import read_named
 
     if token_file is not None:
         try:
-            token = read_bounded(token_file.resolve(), 4096).decode("ascii").strip()
+            token = read_named(token_file, 4096).decode("ascii").strip()
         except (UnsafeFileError, UnicodeDecodeError) as err:
             raise fail(f"cannot read --token-file: {err}") from None
         if len(token) < 16 or not token.isprintable() or " " in token:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedge.core import bundle_format as fmt
-from fedge.core.bounded import MAX_KEY_BYTES, read_bounded
+from fedge.core.bounded import MAX_KEY_BYTES, read_named
 from fedge.core.manifest import (
     PREPROCESSING_KEYS,
     Artifact,
@@ -176,7 +176,7 @@ def public_pem(key: Ed25519PrivateKey) -> bytes:
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an Ed25519 private key PEM; a clear error for anything else."""
     try:  # bounded: a FIFO, a device or a huge file is refused, not read into memory
-        pem = read_bounded(Path(path).resolve(), MAX_KEY_BYTES)  # a symlinked secret is fine
+        pem = read_named(path, MAX_KEY_BYTES)
         key = serialization.load_pem_private_key(pem, password=None)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"cannot read private key {path}: {err}") from err

@@ -82,6 +82,15 @@ def read_bounded(path: Path | str, limit: int, *, exact: int | None = None) -> b
     return data
 
 
+def read_named(path: Path | str, limit: int) -> bytes:
+    """A file a user names (a key, a token, a scenario, a run's file): symlinks are followed.
+
+    A mounted secret is often a symlink; the target is then read as `read_bounded` reads a
+    store file, so a directory, FIFO, device or oversized file is still refused unread.
+    """
+    return read_bounded(Path(path).resolve(), limit)
+
+
 def kind_of(mode: int) -> str:
     """What a file of this mode is, in words ("a symlink", "a directory", ...)."""
     kinds = {

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedge.core.bounded import UnsafeFileError, read_bounded
+from fedge.core.bounded import UnsafeFileError, read_named
 from fedge.core.config import SETTINGS, ConfigError, RunConfig
 from fedge.core.settings import parse_flags, parse_pairs
 from fedge.pipeline.rundir.paths import check_resumable, default_run_dir, final_dir, stored_config
@@ -36,7 +36,7 @@ def load_scenario(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"scenario file not found: {path}")
     try:  # bounded: a directory, a FIFO or a huge file is named, not read
-        text = read_bounded(path.resolve(), MAX_SCENARIO_BYTES).decode()
+        text = read_named(path, MAX_SCENARIO_BYTES).decode()
     except UnsafeFileError as err:
         raise ConfigError(f"scenario {path}: {err}; allowed: a TOML file") from None
     except UnicodeDecodeError as err:

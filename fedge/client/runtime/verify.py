@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.client.runtime.files import UnsafeFileError, read_bounded
 from fedge.core import bundle_format as fmt
-from fedge.core.bounded import MAX_KEY_BYTES
+from fedge.core.bounded import MAX_KEY_BYTES, read_named
 from fedge.core.manifest import Manifest, ManifestError
 from fedge.core.onnx_scan import MalformedModelError, external_data_refs, has_graph
 
@@ -66,7 +66,7 @@ class VerifiedBundle:
 def load_public_key(path: Path | str) -> Ed25519PublicKey:
     """Read the trusted Ed25519 public key (PEM); BundleError("trusted-key") when it cannot."""
     try:
-        pem = read_bounded(Path(path).resolve(), MAX_KEY_BYTES)  # a mounted secret: a link
+        pem = read_named(path, MAX_KEY_BYTES)
         key = serialization.load_pem_public_key(pem)
     except (OSError, ValueError, TypeError) as err:
         raise BundleError("trusted-key", f"cannot read public key {path}: {err}") from err

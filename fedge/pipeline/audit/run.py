@@ -154,8 +154,8 @@ def load_target(run_dir: Path) -> AuditTarget:
     return AuditTarget(
         run_dir=run_dir,
         cfg=cfg,
-        teacher_onnx=run_model(run_dir / TEACHER_FILE),  # both load, before any shadow
-        student_onnx=run_model(run_dir / BUNDLE_DIR / MODEL_FILE),
+        teacher_onnx=run_model(run_dir / TEACHER_FILE)[0],  # both load, before any shadow
+        student_onnx=run_model(run_dir / BUNDLE_DIR / MODEL_FILE)[0],
         privacy=finished.privacy,
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fedge.core.bounded import read_bounded
+from fedge.core.bounded import read_named
 from fedge.core.config import ConfigError
 from fedge.core.federate import FederateConfig
 from fedge.core.io import atomic_write_bytes
@@ -88,7 +88,7 @@ def _read_saved(path: Path, model: nn.Module) -> tuple[nn.Module, StudentRounds]
     try:
         weights = checked_npz(path, tuple(model.state_dict()))  # sizes checked before loading
         set_model_weights(trained, weights)
-        text = read_bounded(path.with_suffix(".json").resolve(), MAX_SUMMARY_BYTES)
+        text = read_named(path.with_suffix(".json"), MAX_SUMMARY_BYTES)
         summary = StudentRounds.from_json(json.loads(text))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         reason = " ".join(str(err).split())[:300]  # torch's shape errors span lines

@@ -11,12 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedge.core.bounded import read_bounded
+from fedge.core.bounded import read_named
 from fedge.core.config import ConfigError, RunConfig
 from fedge.core.ort import make_session
 from fedge.pipeline.rundir.checkpoint import CheckpointDir, resume_fingerprint
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger("fedge")
 RESULTS_FILE = "results.json"
@@ -179,22 +182,22 @@ class FinishedRun:
 MAX_MODEL_BYTES = 2 << 30  # onnx's own limit for one protobuf
 
 
-def run_model(path: Path) -> bytes:
-    """A run's ONNX model file, once onnxruntime loads it; ConfigError naming it if not.
+def run_model(path: Path) -> tuple[bytes, InferenceSession]:
+    """A run's ONNX model file and its session; ConfigError naming the file if it does not load.
 
     `fedge compress` and `fedge audit` read the teacher and the bundle's student from a run
     directory anyone may have edited: a truncated or foreign file is refused before any work.
     """
     try:
-        data = read_bounded(Path(path).resolve(), MAX_MODEL_BYTES)
-        make_session(data)
+        data = read_named(path, MAX_MODEL_BYTES)
+        session = make_session(data)
     except Exception as err:  # noqa: BLE001 - onnxruntime's and protobuf's own exception types
         reason = " ".join(str(err).split())[:300]
         raise ConfigError(
             f"{path} is not a model onnxruntime can load ({reason}); allowed: the file the run "
             "wrote"
         ) from None
-    return data
+    return data, session
 
 
 def check_new_out(target: Path) -> None:

@@ -142,7 +142,8 @@ def compress_config(run_dir: Path, changes: dict[str, Any]) -> tuple[RunConfig, 
             f"allowed: {', '.join(COMPRESSION_SETTINGS)}"
         )
     _check_federated_replay(cfg, finished.cfg)
-    teacher_input = make_session(run_model(run_dir / TEACHER_FILE)).get_inputs()[0]
+    _, teacher = run_model(run_dir / TEACHER_FILE)  # loads, or one line naming the file
+    teacher_input = teacher.get_inputs()[0]
     try:
         check_student(cfg.student, tuple(int(d) for d in teacher_input.shape[1:]))
     except ValueError as err:
