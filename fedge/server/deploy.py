@@ -182,7 +182,9 @@ def _client_row(reply: Message | None, partition_id: int | None) -> ClientRow:
         return ClientRow(
             partition_id=count(metrics, m.PARTITION_ID, 0, MAX_PARTITION),
             installed=installed,
-            reason=text(status, m.REASON),
+            # an empty reason is no reason: the report and results.json always say one
+            reason=text(status, m.REASON)
+            or ("installed" if installed else "the node gave no reason"),
             accuracy=_optional(metrics, m.ACCURACY) if installed else None,
             # a node with install-timing off does not time the model, an older one the bare
             # onnxruntime call

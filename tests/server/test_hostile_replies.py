@@ -236,3 +236,21 @@ def test_a_node_error_is_reported_by_what_was_raised_not_by_rays_actor(reason, s
     from fedge.server.replies import error_text
 
     assert error_text(reason) == shown
+
+
+def test_a_deploy_reply_with_an_empty_reason_still_says_one():
+    # found by hypothesis: installed 0 with reason "" left an empty reason in the report
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedge.core import messages as m
+    from fedge.server.deploy import _client_row
+
+    content = RecordDict(
+        {
+            m.METRICS: MetricRecord({m.NUM_EXAMPLES: 0, m.PARTITION_ID: 0, m.INSTALLED: 0}),
+            m.STATUS: ConfigRecord({m.REASON: ""}),
+        }
+    )
+    reply = Message(content, dst_node_id=1, message_type="query")
+    row = _client_row(reply, 0)
+    assert row.installed is False and row.reason == "the node gave no reason"
