@@ -280,7 +280,11 @@ def per_channel(const: np.ndarray, channels: int) -> np.ndarray:
     """A broadcastable ONNX constant (scalar, per channel or per feature) as `channels` values."""
     c = np.asarray(const, dtype=np.float32)
     if c.size not in (1, channels):
-        raise TargetError(f"a preprocessing constant of {c.size} values for {channels} channels")
+        raise TargetError(
+            f"a preprocessing constant of {c.size} values for {channels} channels; allowed: one "
+            "value or one per channel (a model trained with center-inputs public has one per "
+            "input value: ship it in ONNX)"
+        )
     return np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float32).copy()
 
 

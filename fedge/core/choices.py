@@ -40,4 +40,5 @@ SECURE_AGGREGATIONS = ("off", "secagg+")  # Flower's SecAgg+ protocol (fedge.ser
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan")
 BYZANTINE_MODES = ("sign-flip", "gaussian", "label-flip")
 AUGMENTS = ("none", "shift", "flip-shift")  # the teacher's local training (core.augment)
+CENTERINGS = ("none", "public")  # the inputs' shift (fedge.core.data.centered)
 INSTALL_TIMINGS = ("auto", "settled", "once", "off")

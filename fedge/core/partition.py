@@ -16,6 +16,7 @@ from fedge.core.data import (
     NPZ_KEYS,
     Dataset,
     Preprocessing,
+    centered,
     dataset_from_arrays,
     load_dataset,
     read_npz,
@@ -115,6 +116,7 @@ SPLIT_FIELDS = (
     "test_fraction",
     "val_fraction",
     "public_fraction",
+    "center_inputs",
 )
 
 
@@ -152,6 +154,8 @@ def _build(cfg: RunConfig) -> Federation:
     if data.standardize:  # the server's own unlabeled pool sets the statistics: no data moves
         shape = data.preprocessing.input_shape
         data = dataclasses.replace(data, preprocessing=standardization(x_pub, data.kind, shape))
+    if cfg.center_inputs == "public":
+        data = dataclasses.replace(data, preprocessing=centered(data.preprocessing, x_pub))
     if cfg.clients * 2 > len(y):
         raise ConfigError(
             f"clients={cfg.clients} is too many for {len(y)} client samples of {data.name}; "

@@ -72,6 +72,13 @@ class FederationSettings:
     public_fraction: float = setting(
         0.25, "server public pool (labels dropped), for distillation", interval="(0, 1)"
     )
+    center_inputs: str = setting(
+        "none",
+        "none | public: subtract the public pool's mean input value by value (each pixel, "
+        "step or feature its own mean; the server's unlabeled data, folded into the shipped "
+        "model); conditions DP training (digits-dp's linear teacher)",
+        choices=choices.CENTERINGS,
+    )
     out: str = setting(
         "", "run directory; empty: ~/fedge-runs/<time>-<dataset>", resume=True, server_only=True
     )

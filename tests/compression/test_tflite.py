@@ -531,3 +531,15 @@ def test_the_preprocessing_rounds_once_as_in_onnxruntime():
     got = litert_logits(to_tflite(model, raw).tflite_bytes, raw)
     assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
     assert np.abs(got - want).max() <= 1.01 * onnx_grid(model, "logits")[0]
+
+
+def test_a_per_value_input_shift_is_refused_by_name_not_converted_wrongly():
+    shape = (1, 8, 8)
+    model = build_student(shape, 10, "deep-small", seed=0)
+    shift = tuple(float(v) for v in np.linspace(0.0, 1.0, 64))  # center-inputs public
+    prep = Preprocessing(shift=shift, scale=0.5, input_shape=shape)
+    folded = fold_device_ops(
+        export_onnx(model, shape, ExportConfig()), prep, np.zeros((2, *shape), np.float32)
+    )
+    with pytest.raises(TargetError, match="64 values for 1 channels.*center-inputs public"):
+        to_tflite(folded, None)
