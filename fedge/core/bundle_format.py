@@ -153,15 +153,21 @@ def _preprocessing_errors(prep: dict[str, Any]) -> list[str]:
         )
     elif math.prod(shape) > MAX_SAMPLE_SIZE:
         errors.append(f"preprocessing.input_shape {shape} has more than {MAX_SAMPLE_SIZE} values")
+    fits = {shape[0], math.prod(shape)} if isinstance(shape, list) and not errors else set()
     if prep.get("in_model") is not True:
         errors.append("preprocessing.in_model must be true (the model takes raw input)")
-    for key in ("shift", "scale"):  # a number, or one per feature; the model applies them
+    for key in ("shift", "scale"):  # a number, or a list; the model applies them
         value = prep.get(key, 0.0)
         if not (
             _is_number(value)
             or (isinstance(value, list) and value and all(_is_number(v) for v in value))
         ):
             errors.append(f"preprocessing.{key} must be a finite number or a list of them")
+        elif isinstance(value, list) and fits and len(value) not in fits:
+            errors.append(
+                f"preprocessing.{key} has {len(value)} values for input_shape {shape}; allowed: "
+                f"{' or '.join(map(str, sorted(fits)))} (per channel or per value)"
+            )
     return errors
 
 

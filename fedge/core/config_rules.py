@@ -77,6 +77,12 @@ def check(cfg: RunConfig) -> None:
 def _device_targets(cfg: RunConfig) -> None:
     if "tflite" not in cfg.device_targets:
         return
+    if cfg.center_inputs == "public" and not cfg.dataset.startswith("npz:"):
+        raise ConfigError(
+            f"center-inputs public gives every input value its own shift, which the tflite "
+            f"target cannot fold for {cfg.dataset}'s inputs; allowed: center-inputs none, or "
+            "device-targets without tflite"
+        )
     missing = [p for p in ("tensorflow", "ai_edge_litert") if importlib.util.find_spec(p) is None]
     if missing:
         raise ConfigError(

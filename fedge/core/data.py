@@ -31,6 +31,18 @@ class Preprocessing:
     scale: Statistic
     input_shape: tuple[int, ...]  # per-sample shape the model takes, channels first
 
+    def __post_init__(self) -> None:
+        """A tuple statistic must fit the shape: one per channel (first axis) or per value."""
+        allowed = sorted({self.input_shape[0], math.prod(self.input_shape)})
+        for name in ("shift", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) not in allowed:
+                raise ValueError(
+                    f"preprocessing {name} has {len(value)} values for input shape "
+                    f"{self.input_shape}; allowed: one number, or a list of "
+                    f"{' or '.join(map(str, allowed))}"
+                )
+
     def _broadcast(self, value: Statistic) -> np.ndarray:
         """A statistic shaped to broadcast against a batch: (), (D,), (C, 1, ...) or per value."""
         array = np.asarray(value, dtype=np.float32)
@@ -85,6 +97,9 @@ def standardization(x: np.ndarray, kind: str, input_shape: tuple[int, ...]) -> P
     )
 
 
+MAX_CENTERED_VALUES = 20_000  # about 460 kB of manifest JSON, under its 1 MiB bound
+
+
 def centered(prep: Preprocessing, x_raw: np.ndarray) -> Preprocessing:
     """`prep` with its shift replaced by the mean of raw samples `x_raw`, value by value.
 
@@ -92,6 +107,12 @@ def centered(prep: Preprocessing, x_raw: np.ndarray) -> Preprocessing:
     the scale stays. A linear model under DP noise trains better on centered inputs: the mean
     image no longer takes a share of every clipped gradient. ConfigError if it is not finite.
     """
+    values = math.prod(prep.input_shape)
+    if values > MAX_CENTERED_VALUES:
+        raise ConfigError(
+            f"center-inputs public: a sample of shape {prep.input_shape} has {values} values, "
+            f"each a shift in the bundle's manifest; allowed: at most {MAX_CENTERED_VALUES}"
+        )
     mean = np.asarray(x_raw, dtype=np.float64).reshape(-1, *prep.input_shape).mean(axis=0)
     if not np.isfinite(mean).all():
         raise ConfigError(

@@ -74,9 +74,10 @@ class FederationSettings:
     )
     center_inputs: str = setting(
         "none",
-        "none | public: subtract the public pool's mean input value by value (each pixel, "
-        "step or feature its own mean; the server's unlabeled data, folded into the shipped "
-        "model); conditions DP training (digits-dp's linear teacher)",
+        "none | public: replace the inputs' shift with the public pool's mean of each input "
+        "value (pixel, step or feature; the server's unlabeled data), kept in the shipped "
+        "model, the scale unchanged; helps DP-SGD on a linear teacher (digits-dp); the "
+        "tflite target cannot fold it for images or signals",
         choices=choices.CENTERINGS,
     )
     out: str = setting(

@@ -68,3 +68,20 @@ def _record(values: dict) -> object:
     from flwr.app import ConfigRecord
 
     return ConfigRecord(values)
+
+
+@pytest.mark.parametrize("length", [5, 8, 65])
+def test_a_statistic_that_fits_neither_channels_nor_values_is_refused_by_name(length):
+    with pytest.raises(ValueError, match=rf"shift has {length} values.*allowed: .*1 or 64"):
+        Preprocessing(shift=(0.0,) * length, scale=1.0, input_shape=(1, 8, 8))
+
+
+def test_center_inputs_with_the_tflite_target_is_refused_before_training():
+    with pytest.raises(ConfigError, match="center-inputs public .* tflite target cannot fold"):
+        RunConfig(center_inputs="public", device_targets="onnx,tflite")
+
+
+def test_inputs_too_large_for_the_manifest_are_refused_before_training():
+    prep = Preprocessing(shift=0.0, scale=1.0, input_shape=(3, 100, 100))
+    with pytest.raises(ConfigError, match=r"30000 values.*at most 20000"):
+        centered(prep, np.zeros((2, 3, 100, 100), np.float32))

@@ -79,6 +79,8 @@ BAD = [
     ("preprocessing.in_model", False),
     ("preprocessing.shift", "abc"),
     ("preprocessing.scale", []),
+    ("preprocessing.shift", [0.5] * 5),  # neither one per channel (1) nor per value (64)
+    ("preprocessing.scale", [1.0] * 8),
     ("input", KeyError),
 ]
 
