@@ -11,8 +11,9 @@ teacher's and the shipped student's test accuracy, the total epsilon and the led
 and `dp_student_accuracy` / `dp_total_epsilon` (means over seeds of the federated variant)
 beside `public_student_accuracy`.
 
-`scale`: central DP with Poisson client sampling over many clients (mnist1d generated at
-`--scale-size` samples, `--scale-clients` clients, `fraction-train` 0.1) at each epsilon of
+`scale`: central DP with Poisson client sampling over many clients (`--scale-dataset`: mnist1d
+generated at `--scale-size` samples, or fmnist's 60,000 training images; `--scale-clients`
+clients, `fraction-train` 0.1, `--scale-teacher`) at each epsilon of
 `--epsilons` and without DP; teacher and student accuracy, the ledger, and
 `dp_scale_teacher_drop_pt` (no DP minus epsilon 3), and a plot of accuracy against epsilon
 (the JSON's path with `.png`). Each point is one `fedge simulate` process.
@@ -109,9 +110,11 @@ def students(work: Path, seeds: int) -> dict[str, Any]:
 
 def scale(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Central DP with Poisson sampling over many clients, per epsilon and without DP."""
+    data = {"dataset": args.scale_dataset}
+    if args.scale_dataset == "mnist1d":
+        data["dataset-size"] = args.scale_size
     base = {
-        "dataset": "mnist1d",
-        "dataset-size": args.scale_size,
+        **data,
         "clients": args.scale_clients,
         "fraction-train": 0.1,
         "rounds": args.scale_rounds,
@@ -138,7 +141,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--parts", default="students")
     parser.add_argument("--epsilons", default="1,3,8")
-    parser.add_argument("--scale-size", type=int, default=100_000)
+    parser.add_argument("--scale-dataset", default="mnist1d", choices=("mnist1d", "fmnist"))
+    parser.add_argument("--scale-size", type=int, default=100_000, help="mnist1d only")
     parser.add_argument("--scale-clients", type=int, default=1000)
     parser.add_argument("--scale-rounds", type=int, default=40)
     parser.add_argument("--scale-teacher", default="cnn")
