@@ -62,15 +62,20 @@ def test_per_channel_scales_have_one_scale_per_output_channel(fp32):
     assert scales(weight_only_int8(fp32, per_channel=False)) == [1, 1, 1, 1]
 
 
-def test_sessions_fold_weight_only_models_and_no_other(fp32, digits_fed):
+def test_sessions_fold_weight_only_models_and_static_ones_only_where_int8_saturates(
+    fp32, digits_fed, monkeypatch
+):
     int8 = weight_only_int8(fp32)
     static = quantize(fp32, digits_fed.server.public_pool, digits_fed.server.val, STATIC)
     assert static.quantized
     static = static.model_bytes
     assert weight_only(int8) and not weight_only(fp32) and not weight_only(static)
+    monkeypatch.setattr("fedge.core.ort.int8_saturates", lambda: False)  # ARM, or x86 with VNNI
     assert cpu_options(int8).get_session_config_entry(FOLD_QDQ) == "1"
     with pytest.raises(RuntimeError, match="does not have configuration"):
         cpu_options(static).get_session_config_entry(FOLD_QDQ)
+    monkeypatch.setattr("fedge.core.ort.int8_saturates", lambda: True)  # x86 without VNNI
+    assert cpu_options(static).get_session_config_entry(FOLD_QDQ) == "1"
     assert not weight_only(b"\xff not a protobuf")  # onnxruntime refuses such bytes itself
 
 
