@@ -139,6 +139,11 @@ def _is_number(value: Any) -> bool:
     return _is(value, (int, float)) and math.isfinite(value)
 
 
+def statistic_lengths(shape: list[int] | tuple[int, ...]) -> list[int]:
+    """The lengths a list statistic may have for a sample shape: per channel or per value."""
+    return sorted({shape[0], math.prod(shape)})
+
+
 def _preprocessing_errors(prep: dict[str, Any]) -> list[str]:
     errors = []
     shape = prep.get("input_shape")
@@ -153,7 +158,7 @@ def _preprocessing_errors(prep: dict[str, Any]) -> list[str]:
         )
     elif math.prod(shape) > MAX_SAMPLE_SIZE:
         errors.append(f"preprocessing.input_shape {shape} has more than {MAX_SAMPLE_SIZE} values")
-    fits = {shape[0], math.prod(shape)} if isinstance(shape, list) and not errors else set()
+    fits = statistic_lengths(shape) if isinstance(shape, list) and not errors else []
     if prep.get("in_model") is not True:
         errors.append("preprocessing.in_model must be true (the model takes raw input)")
     for key in ("shift", "scale"):  # a number, or a list; the model applies them
@@ -166,7 +171,7 @@ def _preprocessing_errors(prep: dict[str, Any]) -> list[str]:
         elif isinstance(value, list) and fits and len(value) not in fits:
             errors.append(
                 f"preprocessing.{key} has {len(value)} values for input_shape {shape}; allowed: "
-                f"{' or '.join(map(str, sorted(fits)))} (per channel or per value)"
+                f"{' or '.join(map(str, fits))} (per channel or per value)"
             )
     return errors
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.core import idx
+from fedge.core.bundle_format import statistic_lengths
 from fedge.core.config import ConfigError
 from fedge.core.npz import checked_npz
 
@@ -33,7 +34,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         """A tuple statistic must fit the shape: one per channel (first axis) or per value."""
-        allowed = sorted({self.input_shape[0], math.prod(self.input_shape)})
+        allowed = statistic_lengths(self.input_shape)
         for name in ("shift", "scale"):
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) not in allowed:

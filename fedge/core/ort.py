@@ -31,14 +31,19 @@ def int8_saturates() -> bool:
     2026-12-06 host: avx2, no VNNI) a static int8 student's fused kernels moved probabilities
     by up to 0.84 from the same graph run without fusion. Elsewhere (ARM, VNNI, no cpuinfo): False.
     """
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
+        cpuinfo = ""
+    return saturating_cpu(platform.machine(), cpuinfo)
+
+
+def saturating_cpu(machine: str, cpuinfo: str) -> bool:
+    """int8_saturates for a machine name and /proc/cpuinfo text ("" when there is none)."""
+    if machine.lower() not in ("x86_64", "amd64", "i686", "x86") or not cpuinfo:
         return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return "vnni" not in flags
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return not any("vnni" in flag for flag in flags.split())  # avx512_vnni, avx_vnni, ...
 
 
 def weight_only(model_bytes: bytes) -> bool:

@@ -231,3 +231,19 @@ def test_the_phone_artifact_is_saved_folded(fp32):
 
     int8 = weight_only_int8(fp32)
     assert len(to_ort(int8)) > 3 * len(int8)  # fp32 weights inside: no dequantize per call
+
+
+@pytest.mark.parametrize(
+    ("machine", "cpuinfo", "saturates"),
+    [
+        ("x86_64", "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n", True),  # this host
+        ("x86_64", "flags\t\t: avx2 avx512f avx512_vnni\n", False),
+        ("x86_64", "flags\t\t: avx2 avx_vnni\n", False),
+        ("aarch64", "Features\t: fp asimd\n", False),  # ARM kernels do not saturate
+        ("x86_64", "", False),  # no /proc/cpuinfo: onnxruntime's own kernels
+    ],
+)
+def test_int8_kernels_are_judged_to_saturate_only_on_x86_without_vnni(machine, cpuinfo, saturates):
+    from fedge.core.ort import saturating_cpu
+
+    assert saturating_cpu(machine, cpuinfo) is saturates
