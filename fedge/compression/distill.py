@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from fedge.compression.batchnorm import fold_batchnorm, with_batchnorm
 from fedge.compression.kd import KDConfig, kd_train
 from fedge.core.archspec import is_arch, parse
-from fedge.core.choices import STUDENTS
+from fedge.core.choices import STUDENT_NORMS, STUDENTS
 from fedge.core.config import RunConfig
 from fedge.core.models import build_student
 from fedge.core.partition import PublicPool
@@ -22,6 +23,7 @@ class DistillConfig:
     epochs: int  # passes over the public pool (kd-epochs)
     kd: KDConfig  # what the student learns from the teacher, shared with pruning's fine-tuning
     lr: float = 0.005  # Adam learning rate, cosine decay (kd-lr)
+    norm: str = "none"  # batch: BatchNorm after each convolution while distilling (student-norm)
 
     def __post_init__(self) -> None:
         if is_arch(self.student):
@@ -30,6 +32,8 @@ class DistillConfig:
             raise ValueError(
                 f"unknown student {self.student!r}; allowed: {', '.join(STUDENTS)}, arch:SPEC"
             )
+        if self.norm not in STUDENT_NORMS:
+            raise ValueError(f"unknown student norm {self.norm!r}; allowed: {STUDENT_NORMS}")
         if self.lr <= 0 or self.epochs < 0:
             raise ValueError(f"invalid distill config: {self}")
 
@@ -37,7 +41,8 @@ class DistillConfig:
     def from_run(cls, cfg: RunConfig) -> DistillConfig:
         """KD on the public pool for kd-epochs (none when the student learns on clients only)."""
         epochs = 0 if cfg.distill_from == "federated" else cfg.kd_epochs
-        return cls(student=cfg.student, epochs=epochs, kd=KDConfig.from_run(cfg), lr=cfg.kd_lr)
+        kd = KDConfig.from_run(cfg)
+        return cls(cfg.student, epochs, kd, lr=cfg.kd_lr, norm=cfg.student_norm)
 
 
 def distill(
@@ -48,10 +53,19 @@ def distill(
     input_shape: tuple[int, ...],
     num_classes: int,
 ) -> nn.Module:
-    """Return a new student trained by KD from `teacher` on the unlabeled public pool."""
+    """Return a new student trained by KD from `teacher` on the unlabeled public pool.
+
+    norm "batch": the student trains with BatchNorm after its convolutions (the pool is one
+    process's data, so batch statistics are meaningful here, unlike on non-IID clients), then
+    each BatchNorm is folded into its convolution: the student returned has exactly the
+    architecture's layers, so export, pruning, QAT and clients see no difference.
+    """
     require_public_pool(public_pool)
     student = build_student(input_shape, num_classes, config.student, config.kd.seed)
+    normed = with_batchnorm(student) if config.norm == "batch" and config.epochs else 0
     kd_train(student, teacher, public_pool.x, config.kd, epochs=config.epochs, lr=config.lr)
+    if normed:
+        fold_batchnorm(student.eval())
     return student
 
 

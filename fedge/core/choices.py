@@ -27,6 +27,7 @@ QUANT_CALIBRATIONS = ("minmax", "entropy", "percentile")
 QAT_MODES = ("off", "fallback", "always")
 TEACHER_MODES = ("global", "ensemble")
 KD_LABELS = ("hard", "soft")
+STUDENT_NORMS = ("none", "batch")  # student-norm: BatchNorm while distilling, folded after
 KD_QUERIES = ("pool", "augmented")
 KD_SOURCES = ("auto", "public", "federated", "both")
 DP_MODES = ("none", "central", "local")

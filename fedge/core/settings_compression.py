@@ -96,6 +96,13 @@ class CompressionSettings:
         interval=">= 0",
         compress=True,
     )
+    student_norm: str = setting(
+        "none",
+        "distillation: none | batch (BatchNorm after each of the student's convolutions while "
+        "it learns on the public pool, folded into their weights before export)",
+        choices=choices.STUDENT_NORMS,
+        compress=True,
+    )
     # What the student learns from: the teacher's top class (hard) on the pool's own samples
     # (pool) leaks far less membership than soft labels on augmented views (see README, Privacy).
     kd_labels: str = setting(
