@@ -8,15 +8,22 @@ from torch import nn
 Conv = nn.Conv1d | nn.Conv2d
 
 
+def _output_conv(layer: nn.Module) -> Conv | None:
+    """The convolution whose outputs `layer` produces, if `layer` is a convolution (or pair)."""
+    if isinstance(layer, Conv):
+        return layer
+    if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], Conv):
+        return layer[-1]
+    return None
+
+
 class _Normed(nn.Module):
     """A convolution (or a depthwise-pointwise pair) followed by BatchNorm over its outputs."""
 
-    def __init__(self, inner: nn.Module, conv: Conv) -> None:
+    def __init__(self, inner: nn.Module, channels: int, dims: int) -> None:
         super().__init__()
         self.inner = inner
-        self.conv = conv  # the layer whose output is normalized: inner itself, or its pointwise
-        norm = nn.BatchNorm2d if isinstance(conv, nn.Conv2d) else nn.BatchNorm1d
-        self.norm = norm(conv.out_channels)
+        self.norm = nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution's output, normalized."""
@@ -24,23 +31,14 @@ class _Normed(nn.Module):
 
     def folded(self) -> nn.Module:
         """`inner` with the normalization's running statistics and affine folded into it."""
-        norm, conv = self.norm, self.conv
+        norm, conv = self.norm, _output_conv(self.inner)
         assert norm.running_var is not None and norm.running_mean is not None
-        assert conv.bias is not None  # with_batchnorm wraps only convolutions with a bias
+        assert conv is not None and conv.bias is not None  # what with_batchnorm wraps
         scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
         with torch.no_grad():
             conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))
             conv.bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias.detach())
         return self.inner
-
-
-def _output_conv(layer: nn.Module) -> Conv | None:
-    """The convolution whose outputs `layer` produces, if `layer` is a convolution (or pair)."""
-    if isinstance(layer, nn.Conv1d | nn.Conv2d):
-        return layer
-    if isinstance(layer, nn.Sequential) and len(layer) and isinstance(layer[-1], Conv):
-        return layer[-1]
-    return None
 
 
 def with_batchnorm(model: nn.Module) -> int:
@@ -58,7 +56,8 @@ def with_batchnorm(model: nn.Module) -> int:
     for index, layer in enumerate(features):
         conv = _output_conv(layer)
         if conv is not None and conv.bias is not None:
-            features[index] = _Normed(layer, conv)
+            dims = 2 if isinstance(conv, nn.Conv2d) else 1
+            features[index] = _Normed(layer, conv.out_channels, dims)
             count += 1
     return count
 

@@ -6,6 +6,7 @@ import torch
 from fedge.compression.batchnorm import fold_batchnorm, with_batchnorm
 from fedge.compression.distill import DistillConfig, distill
 from fedge.compression.kd import KDConfig
+from fedge.core.config import RunConfig
 from fedge.core.models import build_student
 
 CASES = [
@@ -68,3 +69,9 @@ def test_an_unknown_norm_is_refused():
     kd = KDConfig(temperature=4.0, labels="hard", queries="pool", seed=0)
     with pytest.raises(ValueError, match="layer"):
         DistillConfig(student="ds-small", epochs=1, kd=kd, norm="layer")
+
+
+def test_the_run_setting_reaches_distillation():
+    cfg = RunConfig(dataset="digits", student="ds-small", student_norm="batch")
+    assert DistillConfig.from_run(cfg).norm == "batch"
+    assert DistillConfig.from_run(RunConfig(dataset="digits", student="ds-small")).norm == "none"
