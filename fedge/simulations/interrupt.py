@@ -6,7 +6,8 @@ replies that never come, so the process hangs. fedge does not need a graceful st
 completed round is checkpointed atomically, and a process killed anywhere resumes to the same
 bytes (tests/e2e/test_resume.py). So a signal ends the run the way a kill would, but tidily:
 one line saying how to resume, the Ray processes this run started are killed, and the process
-exits with 128 + the signal number. The round in progress is abandoned, not recorded.
+exits with 128 + the signal number. The stage in progress (a round, the compression, the
+deployment) is abandoned, not recorded.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def stop_on_signals(out: Path) -> Iterator[None]:
         name = signal.Signals(signum).name
         stop_now(
             signum,
-            f"fedge: stopped by {name}; the round in progress was abandoned. Continue from the "
-            f"last completed round with: fedge simulate --resume {out}",
+            f"fedge: stopped by {name}; the stage in progress was abandoned (a round, the "
+            f"compression or the deployment). Continue from what was saved with: "
+            f"fedge simulate --resume {out}",
         )
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
+from fedge.client.app import app as client_app
+from fedge.client.node import SIMULATION_ENV
+from fedge.pipeline.rundir.paths import staged_run_dir
 from fedge.privacy.fault import ENV as FAULT
+from fedge.server.run import run_server
+from fedge.simulations.runner import build_config, preflight, requested_settings
 from tests.e2e.processes import fedge, one_line
+from tests.flower_local import LocalGrid
 
 
 def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
@@ -53,14 +59,15 @@ DP_RUN = (
 
 
 @pytest.mark.parametrize("under_calibrated", [True, False])
-def test_the_audit_catches_noise_below_what_the_accountant_was_told(tmp_path, under_calibrated):
+def test_the_audit_catches_noise_below_what_the_accountant_was_told(
+    tmp_path, under_calibrated, monkeypatch
+):
     # The test-only fault applies 1/1000 of the calibrated noise while the accountant, the
     # ledger and results.json still claim epsilon 0.2: the audit's empirical lower bound must
     # exceed it, say so in red and exit 5. The same run with the real noise passes.
     env = {FAULT: "0.001"} if under_calibrated else {}
     run, out = tmp_path / "run", tmp_path / "audit"
-    proc = fedge("simulate", *DP_RUN, "--out", str(run), cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _dp_run(run, env, monkeypatch)
     claimed = json.loads((run / "results.json").read_text())["privacy"]
     assert claimed["mode"] == "local" and claimed["epsilon"] <= 0.2  # the same claim either way
     proc = fedge("audit", str(run), "--shadows", "4", "--out", str(out), cwd=tmp_path, env=env)
@@ -75,3 +82,18 @@ def test_the_audit_catches_noise_below_what_the_accountant_was_told(tmp_path, un
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert check["passed"] is True and check["largest_lower_bound"] <= check["epsilon"]
         assert "Accountant check passed" in text
+
+
+def _dp_run(out, env: dict[str, str], monkeypatch) -> None:
+    """DP_RUN's whole pipeline, in this process on Flower's in-process grid.
+
+    Under test is the audit, a real `fedge audit` process; how the run's two clients were
+    reached does not change what it audits (tests/e2e/test_simulate.py replays a Ray run's
+    teacher to the same bytes in one process), and no Ray start is paid twice per case.
+    """
+    for key, value in {**env, SIMULATION_ENV: "1"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = build_config(requested_settings(None, None, list(DP_RUN), {"out": str(out)}))
+    preflight(cfg)
+    with staged_run_dir(out) as work:
+        run_server(LocalGrid(client_app, num_nodes=cfg.clients), cfg, work)
