@@ -1,6 +1,7 @@
 """End to end: `fedge audit` scores every model of a finished tiny run with online LiRA."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,7 +68,11 @@ def test_the_audit_catches_noise_below_what_the_accountant_was_told(
     # exceed it, say so in red and exit 5. The same run with the real noise passes.
     env = {FAULT: "0.001"} if under_calibrated else {}
     run, out = tmp_path / "run", tmp_path / "audit"
-    _dp_run(run, env, monkeypatch)
+    if under_calibrated:
+        _dp_run(run, env, monkeypatch)
+    else:  # local DP-SGD in Ray's workers, through the real `fedge simulate`
+        proc = fedge("simulate", *DP_RUN, "--out", str(run), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     claimed = json.loads((run / "results.json").read_text())["privacy"]
     assert claimed["mode"] == "local" and claimed["epsilon"] <= 0.2  # the same claim either way
     proc = fedge("audit", str(run), "--shadows", "4", "--out", str(out), cwd=tmp_path, env=env)
@@ -85,15 +90,16 @@ def test_the_audit_catches_noise_below_what_the_accountant_was_told(
 
 
 def _dp_run(out, env: dict[str, str], monkeypatch) -> None:
-    """DP_RUN's whole pipeline, in this process on Flower's in-process grid.
+    """DP_RUN's whole pipeline, in this process on Flower's in-process grid (no Ray start).
 
-    Under test is the audit, a real `fedge audit` process; how the run's two clients were
-    reached does not change what it audits (tests/e2e/test_simulate.py replays a Ray run's
-    teacher to the same bytes in one process), and no Ray start is paid twice per case.
+    Under test is the audit, a real `fedge audit` process. How the run's two clients were
+    reached does not change what they train: DP-SGD's Poisson sampling and noise draw from
+    generators seeded per client (fedge.privacy.dp_sgd), not from a process's global RNG. The
+    calibrated case goes through `fedge simulate` on Ray.
     """
     for key, value in {**env, SIMULATION_ENV: "1"}.items():
         monkeypatch.setenv(key, value)
     cfg = build_config(requested_settings(None, None, list(DP_RUN), {"out": str(out)}))
     preflight(cfg)
-    with staged_run_dir(out) as work:
+    with staged_run_dir(Path(cfg.out)) as work:
         run_server(LocalGrid(client_app, num_nodes=cfg.clients), cfg, work)
