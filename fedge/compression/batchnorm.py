@@ -41,6 +41,12 @@ class _Normed(nn.Module):
         return self.inner
 
 
+def _features(model: nn.Module) -> nn.Sequential:
+    """The model's convolution stack, or an empty one for a model without `features` (an MLP)."""
+    features = getattr(model, "features", None)
+    return features if isinstance(features, nn.Sequential) else nn.Sequential()
+
+
 def with_batchnorm(model: nn.Module) -> int:
     """Put BatchNorm after every convolution of `model.features`, in place; how many.
 
@@ -49,10 +55,7 @@ def with_batchnorm(model: nn.Module) -> int:
     has exactly the architecture's layers and parameter names. A model without `features`
     (an MLP) is left as it is.
     """
-    features = getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential):
-        return 0
-    count = 0
+    features, count = _features(model), 0
     for index, layer in enumerate(features):
         conv = _output_conv(layer)
         if conv is not None and conv.bias is not None:
@@ -64,10 +67,7 @@ def with_batchnorm(model: nn.Module) -> int:
 
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold every BatchNorm `with_batchnorm` added into its convolution, in place; how many."""
-    features = getattr(model, "features", None)
-    if not isinstance(features, nn.Sequential):
-        return 0
-    count = 0
+    features, count = _features(model), 0
     for index, layer in enumerate(features):
         if isinstance(layer, _Normed):
             features[index] = layer.folded()

@@ -33,7 +33,9 @@ class DistillConfig:
                 f"unknown student {self.student!r}; allowed: {', '.join(STUDENTS)}, arch:SPEC"
             )
         if self.norm not in STUDENT_NORMS:
-            raise ValueError(f"unknown student norm {self.norm!r}; allowed: {STUDENT_NORMS}")
+            raise ValueError(
+                f"unknown student-norm {self.norm!r}; allowed: {', '.join(STUDENT_NORMS)}"
+            )
         if self.lr <= 0 or self.epochs < 0:
             raise ValueError(f"invalid distill config: {self}")
 
