@@ -6,8 +6,10 @@ in a handler into an error reply) so server code can be tested without Ray or gR
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -89,3 +91,24 @@ class LocalGrid(Grid):
             return self.client_app(msg, context)
         except Exception as err:  # what a Flower runtime does with a raising handler
             return Message(Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+
+
+def in_process_engine(
+    num_nodes: int, swallowed: tuple[type[Exception], ...] = ()
+) -> Callable[..., None]:
+    """An engine for `fedge.simulations.runner.simulate`: the real ServerApp on a LocalGrid.
+
+    What `fedge simulate` runs, without a Ray start: the server's `main` (its staged run
+    directory, its checkpoints) and `num_nodes` ClientApps in this process. `swallowed`: the
+    exceptions Flower's engine would log rather than raise.
+    """
+    from fedge.server.app import main as server_main
+
+    def engine(client_app: ClientApp, server_app: Any, cfg: Any, run_config: Any, **_: Any) -> None:
+        context = Context(
+            run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+        )
+        with contextlib.suppress(*swallowed):
+            server_main(LocalGrid(client_app, num_nodes=num_nodes), context)
+
+    return engine

@@ -1,18 +1,14 @@
 """End to end: `fedge audit` scores every model of a finished tiny run with online LiRA."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from fedge.client.app import app as client_app
 from fedge.client.node import SIMULATION_ENV
-from fedge.pipeline.rundir.paths import staged_run_dir
 from fedge.privacy.fault import ENV as FAULT
-from fedge.server.run import run_server
-from fedge.simulations.runner import build_config, preflight, requested_settings
+from fedge.simulations.runner import build_config, preflight, requested_settings, simulate
 from tests.e2e.processes import fedge, one_line
-from tests.flower_local import LocalGrid
+from tests.flower_local import in_process_engine
 
 
 def test_audit_scores_every_model_and_refuses_bad_input(tmp_path, tiny_run):
@@ -90,7 +86,7 @@ def test_the_audit_catches_noise_below_what_the_accountant_was_told(
 
 
 def _dp_run(out, env: dict[str, str], monkeypatch) -> None:
-    """DP_RUN's whole pipeline, in this process on Flower's in-process grid (no Ray start).
+    """DP_RUN as `fedge simulate` runs it, but its nodes in this process (no Ray start).
 
     Under test is the audit, a real `fedge audit` process. How the run's two clients were
     reached does not change what they train: DP-SGD's Poisson sampling and noise draw from
@@ -101,5 +97,4 @@ def _dp_run(out, env: dict[str, str], monkeypatch) -> None:
         monkeypatch.setenv(key, value)
     cfg = build_config(requested_settings(None, None, list(DP_RUN), {"out": str(out)}))
     preflight(cfg)
-    with staged_run_dir(Path(cfg.out)) as work:
-        run_server(LocalGrid(client_app, num_nodes=cfg.clients), cfg, work)
+    simulate(cfg, engine=in_process_engine(cfg.clients))

@@ -49,7 +49,8 @@ def test_a_run_stopped_at_every_stage_by_every_signal_resumes_to_the_same_bytes(
             else:
                 _stop_gracefully(proc, signum, log, out)
         finally:
-            kill_tree(proc) if proc.poll() is None else None
+            if proc.poll() is None:
+                kill_tree(proc)
         stopped.append(name)
         if name.startswith("results written"):  # the kill may land just after the rename
             assert out.exists() != partial.exists()

@@ -1,6 +1,5 @@
 """Device tiers: one search, a student per latency budget, each node its tier's bundle."""
 
-import contextlib
 import json
 from dataclasses import replace
 
@@ -22,7 +21,7 @@ from fedge.server.deploy import deploy_bundle
 from fedge.server.nodes import Nodes
 from fedge.server.run import run_server
 from tests.client.conftest import bundle_config, device_model
-from tests.flower_local import LocalGrid
+from tests.flower_local import LocalGrid, in_process_engine
 from tests.server.test_server import QUICKER
 
 
@@ -157,18 +156,10 @@ def test_a_hostile_profile_counts_as_none():
 
 
 def test_a_tier_budget_found_impossible_in_a_simulation_is_one_line_exit_2(tmp_path):
-    from flwr.app import Context, RecordDict
-
     import fedge.simulations.runner as runner
-    from fedge.server.app import main as server_main
 
-    def engine(client_app, server_app, cfg, run_config, *, verbose):  # the ServerApp, in-process
-        context = Context(
-            run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
-        )
-        with contextlib.suppress(SearchError):  # as Flower's engine: logged, not raised
-            server_main(LocalGrid(client_app, num_nodes=4), context)
-
+    # Flower's engine logs what the ServerApp raised, it does not raise it
+    engine = in_process_engine(4, swallowed=(SearchError,))
     out = tmp_path / "run"  # 0.1 µs: below onnxruntime's own cost per call, whatever the model
     cfg = QUICKER.replace(tiers="mcu:0.1", search_trials=2, student="auto", out=str(out))
     with pytest.raises(ConfigError, match=r"tier 'mcu': no architecture of 2 tried meets"):
